@@ -1,0 +1,52 @@
+# station-stack: `make station` deploys the lab station, `make test` runs everything.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+VENV := $(CURDIR)/.venv
+export PATH := $(VENV)/bin:$(PATH)
+export ANSIBLE_CONFIG := $(CURDIR)/ansible.cfg
+# Molecule and ansible-lint write caches under ~/.ansible; keep them in the tree.
+export ANSIBLE_HOME := $(CURDIR)/.cache/ansible
+export ANSIBLE_FORCE_COLOR := false
+export PY_COLORS := 0
+# Prints the lab image reference, building it only when its recipe changed.
+LAB_IMAGE = $$(lab/image/build.sh)
+
+.PHONY: help bootstrap station station-down test lint unit molecule image clean
+
+help:
+	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
+	@echo "make station-down  remove the lab station"
+	@echo "make test          yamllint, ansible-lint, Python tests and every molecule scenario"
+
+bootstrap:
+	@lab/bootstrap-host.sh
+	@lab/bootstrap-python.sh
+
+image: bootstrap
+	@lab/image/build.sh >/dev/null
+
+station: image
+	STATION_LAB_IMAGE=$(LAB_IMAGE) ansible-playbook -i localhost, lab/up.yml
+	ansible-playbook -i inventories/local playbooks/site.yml
+	@lab/station-info.sh
+
+station-down: bootstrap
+	ansible-playbook -i localhost, lab/down.yml
+
+test: lint unit molecule
+
+lint: bootstrap
+	yamllint --strict .
+	ansible-lint --profile production
+	ruff check bridge
+
+unit: bootstrap
+	pytest tests/unit bridge/tests
+
+molecule: image
+	STATION_LAB_IMAGE=$(LAB_IMAGE) molecule test --all
+
+clean: station-down
+	rm -rf .cache

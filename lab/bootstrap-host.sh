@@ -1,0 +1,39 @@
+#!/usr/bin/env bash
+# Installs what the lab needs on a Debian 12 controller (run as root) and starts
+# the Docker engine when none answers. Safe to run again: it only acts on what is missing.
+set -euo pipefail
+
+log() { printf '[lab] %s\n' "$*" >&2; }
+
+need_pkgs=()
+command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
+command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
+command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)         # real influxd for unit tests
+command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)  # real redis for bridge tests
+command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+# Debian's python3 has no ensurepip until python3-venv is installed.
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
+
+if ((${#need_pkgs[@]})); then
+  if [[ $(id -u) -ne 0 ]]; then
+    log "missing ${need_pkgs[*]} and not root: install them or run as root"; exit 1
+  fi
+  log "installing ${need_pkgs[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  # The host has no init: keep package scripts from starting services here.
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d && chmod +x /usr/sbin/policy-rc.d
+  trap 'rm -f /usr/sbin/policy-rc.d' EXIT
+  apt-get update -q
+  apt-get install -y -q --no-install-recommends "${need_pkgs[@]}"
+fi
+
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd (log: /var/log/station-stack-dockerd.log)"
+  nohup dockerd >/var/log/station-stack-dockerd.log 2>&1 &
+  for _ in $(seq 1 60); do
+    docker info >/dev/null 2>&1 && break
+    sleep 1
+  done
+  docker info >/dev/null 2>&1 || { log "dockerd did not answer in 60 s"; tail -20 /var/log/station-stack-dockerd.log; exit 1; }
+fi
+log "docker engine $(docker version --format '{{.Server.Version}}') ready"
