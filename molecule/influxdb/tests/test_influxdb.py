@@ -13,6 +13,15 @@ def test_service_running_and_enabled(host):
     assert service.is_enabled
 
 
+def test_offline_station_installed_from_the_controllers_deb(host):
+    staged = host.file("/var/cache/station-stack/packages/influxdb.deb")
+    if host.backend.get_hostname() == "station-stack-influxdb-offline":
+        assert staged.exists
+        assert host.package("influxdb").is_installed
+    else:
+        assert not staged.exists
+
+
 def test_http_port_listening(host):
     assert host.socket("tcp://8086").is_listening
 

@@ -1,0 +1,82 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: station-stack contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: influxdb1_database
+short_description: Create or drop an InfluxDB 1.x database
+description:
+  - Creates or drops a database over the InfluxDB 1.x HTTP API.
+  - Check mode reports the change without executing it; diff mode shows the database before and after.
+options:
+  name:
+    description: Database name.
+    type: str
+    required: true
+  state:
+    description: Whether the database exists. C(absent) drops it and all its data.
+    type: str
+    choices: [present, absent]
+    default: present
+extends_documentation_fragment: []
+notes:
+  - Connection options C(login_host), C(login_port), C(login_username), C(login_password), C(ssl),
+    C(validate_certs), C(ca_path) and C(timeout) are shared by every influxdb1_* module.
+author: station-stack
+"""
+
+EXAMPLES = r"""
+- name: Create the tick database
+  influxdb1_database:
+    name: tick
+    login_username: admin
+    login_password: "{{ influxdb_admin_password }}"
+"""
+
+RETURN = r"""
+queries:
+  description: Statements executed (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible.module_utils.influxdb1_api import connection_spec, quote_ident, run_module
+
+
+def ensure(module, client):
+    name, state = module.params["name"], module.params["state"]
+    exists = name in client.databases()
+    queries = []
+    if state == "present" and not exists:
+        queries.append("CREATE DATABASE %s" % quote_ident(name))
+    elif state == "absent" and exists:
+        queries.append("DROP DATABASE %s" % quote_ident(name))
+    if not module.check_mode:
+        for statement in queries:
+            client.query(statement)
+    result = dict(changed=bool(queries), queries=queries)
+    if module._diff:
+        result["diff"] = dict(before={"name": name} if exists else {},
+                              after={"name": name} if state == "present" else {})
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            name=dict(type="str", required=True),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+        ),
+        supports_check_mode=True,
+    )
+    run_module(module, lambda client: ensure(module, client))
+
+
+if __name__ == "__main__":
+    main()
