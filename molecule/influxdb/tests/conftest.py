@@ -102,8 +102,8 @@ class PlayResult:
 def run_converge(extra_vars: str, *flags: str) -> PlayResult:
     """Run this scenario's converge playbook against the instance, as molecule does."""
     scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
-               ANSIBLE_CALLBACKS_ENABLED="")
+    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
+    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)  # task timing would print into the JSON
     proc = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
          str(scenario / "converge.yml"), "-e", f"@{scenario / extra_vars}", *flags],
