@@ -7,10 +7,13 @@ from __future__ import annotations
 
 from conftest import run_converge
 
+# Each converge runs on every platform; the checks run once, from the first one.
+testinfra_hosts = ["ansible://station-stack-influxdb"]
+
 EXPECTED = {
-    ("Manage retention policies", "tick.high_frequency"),
-    ("Manage continuous queries", "tick.ticks_ohlc_1h"),
-    ("Drop undeclared users", "analyst"),
+    ("influxdb : Manage retention policies", "tick.high_frequency"),
+    ("influxdb : Manage continuous queries", "tick.ticks_ohlc_1h"),
+    ("influxdb : Drop undeclared users", "analyst"),
 }
 
 
@@ -31,7 +34,7 @@ def test_check_diff_reports_changes_and_touches_nothing(influx):
     diffs = [
         res.get("diff")
         for play in result.output["plays"] for task in play["tasks"]
-        if task["task"]["name"] == "Manage retention policies"
+        if task["task"]["name"] == "influxdb : Manage retention policies"
         for host in task["hosts"].values() for res in host.get("results", [])
         if res.get("changed")
     ]

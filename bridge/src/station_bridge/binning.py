@@ -1,0 +1,49 @@
+"""Time binning: exact-interval, time-weighted means (from the EHT station client).
+
+Each sample's value holds since the previous sample (the first one since its bin's
+start); a bin is labelled by its start and emitted once a later sample shows that the
+bin is complete. Golden check (1 s bins): samples (T+0.1,100), (T+0.6,200), (T+1.1,100),
+(T+3.5,50) give (T,150), (T+1,55), (T+2,50).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+
+@dataclass
+class _State:
+    bin_start: int
+    last_ns: int
+    acc: dict[str, float] = field(default_factory=dict)
+
+
+class TimeWeightedBinner:
+    def __init__(self, interval_ns: int, fields: list[str]) -> None:
+        self.interval = interval_ns
+        self.fields = fields
+        self._series: dict[str, _State] = {}
+
+    def add(self, series: str, time_ns: int, values: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        """Adds a sample; returns the bins it completed as (bin_start_ns, means)."""
+        state = self._series.get(series)
+        if state is None:
+            start = time_ns - time_ns % self.interval
+            state = self._series[series] = _State(start, start, dict.fromkeys(self.fields, 0.0))
+        if time_ns < state.last_ns:
+            return []  # late sample: its interval was already accounted for
+        done: list[tuple[int, dict[str, float]]] = []
+        cursor = state.last_ns
+        while cursor < time_ns:
+            bin_end = state.bin_start + self.interval
+            segment_end = min(time_ns, bin_end)
+            width = segment_end - cursor
+            for name in self.fields:
+                state.acc[name] += values[name] * width
+            cursor = segment_end
+            if segment_end == bin_end:
+                done.append((state.bin_start, {n: state.acc[n] / self.interval for n in self.fields}))
+                state.bin_start = bin_end
+                state.acc = dict.fromkeys(self.fields, 0.0)
+        state.last_ns = time_ns
+        return done

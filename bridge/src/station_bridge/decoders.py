@@ -1,0 +1,114 @@
+"""Framings: ZMQ frames -> (topic, record dict). Chosen per subscription by configuration.
+
+- msgpack:        multipart [topic, msgpack map]
+- json:           multipart [topic, JSON object]
+- text_json:      one frame `topic<space>{json object}`
+- text_delimited: one frame `topic<space>v1<DELIM>v2...` with a declared ordered field list
+Every failure raises DecodeError with a reason that names a counter.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+
+import msgpack
+
+from .config import SubscriptionSpec
+
+
+class DecodeError(ValueError):
+    def __init__(self, reason: str, detail: str) -> None:
+        super().__init__(detail)
+        self.reason = reason
+
+
+Decoder = Callable[[list[bytes]], tuple[str, dict]]
+
+
+def _topic(frame: bytes) -> str:
+    try:
+        return frame.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invalid_utf8", "topic is not UTF-8") from exc
+
+
+def _object(value: object, what: str) -> dict:
+    if not isinstance(value, dict):
+        raise DecodeError("not_a_map", f"{what} payload is a {type(value).__name__}, not a map")
+    return value
+
+
+def _check_size(frames: list[bytes], limit: int) -> None:
+    for frame in frames:
+        if len(frame) > limit:
+            raise DecodeError("oversized", f"frame of {len(frame)} bytes exceeds max_frame_bytes={limit}")
+
+
+def build(spec: SubscriptionSpec) -> Decoder:
+    limit = spec.max_frame_bytes
+    unpackb = msgpack.unpackb
+
+    if spec.framing == "msgpack":
+        def decode_msgpack(frames: list[bytes]) -> tuple[str, dict]:
+            if len(frames) != 2:
+                raise DecodeError("bad_framing", f"expected 2 frames [topic, msgpack], got {len(frames)}")
+            _check_size(frames, limit)
+            try:
+                record = unpackb(frames[1], raw=False, strict_map_key=False)
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+                reason = "invalid_utf8" if isinstance(exc, UnicodeDecodeError) else "undecodable"
+                raise DecodeError(reason, f"msgpack: {exc}") from exc
+            except Exception as exc:  # msgpack raises a few odd types on hostile input
+                raise DecodeError("undecodable", f"msgpack: {exc!r}") from exc
+            return _topic(frames[0]), _object(record, "msgpack")
+        return decode_msgpack
+
+    if spec.framing == "json":
+        def decode_json(frames: list[bytes]) -> tuple[str, dict]:
+            if len(frames) != 2:
+                raise DecodeError("bad_framing", f"expected 2 frames [topic, json], got {len(frames)}")
+            _check_size(frames, limit)
+            try:
+                record = json.loads(frames[1])
+            except UnicodeDecodeError as exc:
+                raise DecodeError("invalid_utf8", f"json: {exc}") from exc
+            except ValueError as exc:
+                raise DecodeError("undecodable", f"json: {exc}") from exc
+            return _topic(frames[0]), _object(record, "json")
+        return decode_json
+
+    def split(frames: list[bytes]) -> tuple[str, bytes]:
+        if len(frames) != 1:
+            raise DecodeError("bad_framing", f"expected 1 frame `topic payload`, got {len(frames)}")
+        _check_size(frames, limit)
+        topic, sep, payload = frames[0].partition(b" ")
+        if not sep:
+            raise DecodeError("bad_framing", "no space between topic and payload")
+        return _topic(topic), payload
+
+    if spec.framing == "text_json":
+        def decode_text_json(frames: list[bytes]) -> tuple[str, dict]:
+            topic, payload = split(frames)
+            try:
+                record = json.loads(payload)
+            except UnicodeDecodeError as exc:
+                raise DecodeError("invalid_utf8", f"json: {exc}") from exc
+            except ValueError as exc:
+                raise DecodeError("undecodable", f"json: {exc}") from exc
+            return topic, _object(record, "json")
+        return decode_text_json
+
+    names = spec.field_order
+    delimiter = spec.delimiter.encode("utf-8")
+
+    def decode_delimited(frames: list[bytes]) -> tuple[str, dict]:
+        topic, payload = split(frames)
+        try:
+            values = payload.decode("utf-8").split(delimiter.decode("utf-8"))
+        except UnicodeDecodeError as exc:
+            raise DecodeError("invalid_utf8", "delimited payload is not UTF-8") from exc
+        if len(values) != len(names):
+            raise DecodeError("bad_framing", f"expected {len(names)} delimited values, got {len(values)}")
+        return topic, dict(zip(names, values, strict=True))
+    return decode_delimited
