@@ -1,0 +1,158 @@
+"""Real servers for tests and the benchmark: influxd and redis-server on free loopback ports."""
+
+from __future__ import annotations
+
+import base64
+import json
+import shutil
+import socket
+import subprocess
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from pathlib import Path
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _binary(name: str, package: str) -> str:
+    path = shutil.which(name) or f"/usr/bin/{name}"
+    if not Path(path).exists():
+        raise RuntimeError(f"{name} not found: install Debian's `{package}` package (make bootstrap does)")
+    return path
+
+
+class Influxd:
+    """influxd 1.x with its own data directory; auth on with an admin when `auth` is set."""
+
+    def __init__(self, workdir: Path, auth: bool = False, port: int | None = None) -> None:
+        self.workdir = workdir
+        self.auth = auth
+        self.port = port or free_port()
+        self.rpc_port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.admin = ("admin", "admin-pw")
+        self.process: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+        (workdir / "influxdb.conf").write_text(f"""
+reporting-enabled = false
+bind-address = "127.0.0.1:{self.rpc_port}"
+[meta]
+  dir = "{workdir}/meta"
+[data]
+  dir = "{workdir}/data"
+  wal-dir = "{workdir}/wal"
+  query-log-enabled = false
+  cache-max-memory-size = "1g"
+[http]
+  bind-address = "127.0.0.1:{self.port}"
+  auth-enabled = {str(auth).lower()}
+  log-enabled = false
+  max-body-size = 0
+[monitor]
+  store-enabled = false
+[continuous_queries]
+  enabled = false
+[logging]
+  level = "warn"
+  suppress-logo = true
+""")
+
+    def start(self) -> Influxd:
+        binary = _binary("influxd", "influxdb")
+        log = open(self.workdir / "influxd.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen([binary, "-config", str(self.workdir / "influxdb.conf")],
+                                        stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
+                    if response.status == 204:
+                        break
+            except OSError:
+                time.sleep(0.1)
+        else:
+            self.stop()
+            raise RuntimeError("influxd did not answer /ping within 30 s")
+        if self.auth:
+            self.query(f"CREATE USER admin WITH PASSWORD '{self.admin[1]}' WITH ALL PRIVILEGES", credentials=False,
+                       allow_error=True)
+        return self
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+    def _request(self, path: str, params: dict[str, str], body: bytes | None = None,
+                 credentials: bool = True) -> tuple[int, str]:
+        request = urllib.request.Request(f"{self.url}{path}?{urllib.parse.urlencode(params)}",
+                                         data=body if body is not None else b"", method="POST")
+        if self.auth and credentials:
+            token = base64.b64encode(":".join(self.admin).encode()).decode()
+            request.add_header("Authorization", "Basic " + token)
+        try:
+            with urllib.request.urlopen(request, timeout=60) as response:
+                return response.status, response.read().decode()
+        except urllib.error.HTTPError as exc:
+            return exc.code, exc.read().decode()
+
+    def query(self, q: str, db: str | None = None, credentials: bool = True, allow_error: bool = False) -> list[dict]:
+        params = {"q": q, "epoch": "ns"}
+        if db:
+            params["db"] = db
+        status, text = self._request("/query", params, credentials=credentials)
+        payload = json.loads(text)
+        result = payload.get("results", [{}])[0]
+        if not allow_error:
+            assert status == 200 and "error" not in payload and "error" not in result, text
+        rows = []
+        for series in result.get("series", []):
+            for values in series.get("values") or []:
+                row = dict(zip(series["columns"], values, strict=True))
+                row.update(series.get("tags") or {})
+                row["_measurement"] = series.get("name")
+                rows.append(row)
+        return rows
+
+    def write(self, lines: str, db: str) -> tuple[int, str]:
+        return self._request("/write", {"db": db, "precision": "ns"}, body=lines.encode())
+
+    def count(self, db: str, measurement: str, field: str = "bid") -> int:
+        rows = self.query(f'SELECT count("{field}") FROM "{measurement}"', db=db)
+        return int(rows[0]["count"]) if rows else 0
+
+
+class RedisServer:
+    def __init__(self, workdir: Path, password: str = "redis-pw") -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.password = password
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> RedisServer:
+        binary = _binary("redis-server", "redis-server")
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.process = subprocess.Popen(
+            [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no",
+             "--requirepass", self.password, "--dir", str(self.workdir)],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.5):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError("redis-server did not start")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(10)
