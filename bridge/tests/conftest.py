@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import Influxd, RedisServer  # noqa: E402
+from servers import Influxd, RedisServer
 
 
 @pytest.fixture(scope="session")

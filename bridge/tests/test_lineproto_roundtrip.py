@@ -10,7 +10,7 @@ from hypothesis import strategies as st
 
 from station_bridge.lineproto import LineError, escape_key, escape_measurement, format_field_value, format_line
 
-HOSTILE = st.text(alphabet=st.sampled_from(list('ab ,="\\\n\r=#\t\'é€') + ["x"]), min_size=1, max_size=12)
+HOSTILE = st.text(alphabet=st.sampled_from([*list('ab ,="\\\n\r=#\t\'é€'), "x"]), min_size=1, max_size=12)
 _seq = [0]
 
 

@@ -16,7 +16,7 @@ from station_bridge.binning import TimeWeightedBinner
 from station_bridge.decoders import DecodeError, build
 from station_bridge.journal import Journal
 from station_bridge.lineproto import LineError
-from station_bridge.mapping import Mapper, MapError
+from station_bridge.mapping import MapError, Mapper
 from station_bridge.timestamps import parser
 
 T0 = 1_700_000_000

@@ -27,6 +27,30 @@ log = logging.getLogger("station_bridge")
 _DRAIN = 2000
 
 
+_NOBLOCK = int(zmq.NOBLOCK)
+
+
+def _drain(socket: zmq.Socket) -> list[list[bytes]]:
+    """Up to _DRAIN multipart messages without blocking.
+
+    Frames with their `more` flag instead of recv_multipart: pyzmq's RCVMORE lookup converts
+    the option to an enum on every frame, which halved the receive rate in profiles.
+    """
+    messages = []
+    recv = socket.recv
+    try:
+        for _ in range(_DRAIN):
+            frame = recv(_NOBLOCK, copy=False)
+            frames = [frame.bytes]
+            while frame.more:
+                frame = recv(_NOBLOCK, copy=False)
+                frames.append(frame.bytes)
+            messages.append(frames)
+    except zmq.Again:
+        pass
+    return messages
+
+
 class RateLimitedLog:
     """At most `per_second` log lines per reason; the rest are only counted."""
 
@@ -167,16 +191,9 @@ class Bridge:
             ready()
         while not self._stop.is_set():
             for socket, _ in poller.poll(200):
-                sub = by_socket[socket]
-                messages = []
-                recv = socket.recv_multipart
-                try:
-                    for _ in range(_DRAIN):
-                        messages.append(recv(zmq.NOBLOCK))
-                except zmq.Again:
-                    pass
+                messages = _drain(socket)
                 if messages:
-                    self.dispatch(self.process(sub, messages))
+                    self.dispatch(self.process(by_socket[socket], messages))
         return self.shutdown()
 
     def shutdown(self) -> int:

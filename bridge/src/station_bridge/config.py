@@ -287,7 +287,7 @@ def _subscription(r: _Reader) -> SubscriptionSpec:
     assert m is not None
     spec = SubscriptionSpec(
         name=name, endpoints=endpoints, bind=r.get("bind", bool, False), topics=r.strings("topics", [""]),
-        rcvhwm=r.positive("rcvhwm", int, 100_000), framing=framing,
+        rcvhwm=r.positive("rcvhwm", int, 1_000_000), framing=framing,
         delimiter=r.get("delimiter", str, "\x01"), field_order=field_order,
         max_frame_bytes=r.positive("max_frame_bytes", int, 1_048_576),
         mapping=_mapping(m, field_order), binning=binning,

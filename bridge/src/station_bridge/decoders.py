@@ -50,7 +50,9 @@ def build(spec: SubscriptionSpec) -> Decoder:
     unpackb = msgpack.unpackb
 
     if spec.framing == "msgpack":
-        def decode_msgpack(frames: list[bytes]) -> tuple[str, dict]:
+        topics: dict[bytes, str] = {}
+
+        def checked_msgpack(frames: list[bytes]) -> tuple[str, dict]:
             if len(frames) != 2:
                 raise DecodeError("bad_framing", f"expected 2 frames [topic, msgpack], got {len(frames)}")
             _check_size(frames, limit)
@@ -62,6 +64,23 @@ def build(spec: SubscriptionSpec) -> Decoder:
             except Exception as exc:  # msgpack raises a few odd types on hostile input
                 raise DecodeError("undecodable", f"msgpack: {exc!r}") from exc
             return _topic(frames[0]), _object(record, "msgpack")
+
+        def decode_msgpack(frames: list[bytes]) -> tuple[str, dict]:
+            # Fast path for well-formed messages; anything unusual is re-checked step by step.
+            if len(frames) == 2:
+                topic_bytes, payload = frames
+                if len(payload) <= limit:
+                    topic = topics.get(topic_bytes)
+                    if topic is not None:
+                        try:
+                            record = unpackb(payload, raw=False, strict_map_key=False)
+                        except Exception:
+                            return checked_msgpack(frames)
+                        if type(record) is dict:
+                            return topic, record
+                    elif len(topic_bytes) <= 256 and len(topics) < 10_000:
+                        topics[topic_bytes] = _topic(topic_bytes)
+            return checked_msgpack(frames)
         return decode_msgpack
 
     if spec.framing == "json":

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 
 import msgpack
 import zmq
@@ -30,19 +31,30 @@ def ticks(count: int, instruments: list[str], seed: int = 7, start_seq: int = 0)
 
 
 def publish(endpoint: str, topic: str, count: int, rate: float, duration: float, bind: bool = True,
-            instruments: list[str] | None = None, warmup: float = 0.5, start_seq: int = 0) -> int:
-    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s."""
+            instruments: list[str] | None = None, warmup: float = 0.5, start_seq: int = 0,
+            prepack: bool = False, on_start: Callable[[], None] | None = None) -> int:
+    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s.
+
+    prepack builds every message before the first send, so that a benchmark measures the
+    receiver, not this generator (their timestamps are then the build time).
+    """
     context = zmq.Context.instance()
     socket = context.socket(zmq.PUB)
     socket.setsockopt(zmq.SNDHWM, 0)  # never drop on the publisher side
-    socket.setsockopt(zmq.LINGER, 5000)
+    socket.setsockopt(zmq.LINGER, -1)  # deliver everything queued for connected subscribers
     (socket.bind if bind else socket.connect)(endpoint)
     time.sleep(warmup)  # let subscribers connect: PUB drops what nobody receives yet
     topic_bytes = topic.encode()
     packb = msgpack.packb
     started = time.monotonic()
     sent = 0
-    for tick in ticks(count, instruments or list(INSTRUMENTS), start_seq=start_seq):
+    stream = (packb(t) for t in ticks(count, instruments or list(INSTRUMENTS), start_seq=start_seq))
+    if prepack:
+        stream = iter(list(stream))
+        started = time.monotonic()
+    if on_start is not None:
+        on_start()
+    for payload in stream:
         if rate:
             due = started + sent / rate
             delay = due - time.monotonic()
@@ -50,7 +62,7 @@ def publish(endpoint: str, topic: str, count: int, rate: float, duration: float,
                 time.sleep(delay)
         if time.monotonic() - started > duration:
             break
-        socket.send_multipart([topic_bytes, packb(tick)])
+        socket.send_multipart([topic_bytes, payload])
         sent += 1
     socket.close()
     return sent

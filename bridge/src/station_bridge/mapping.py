@@ -84,6 +84,14 @@ class Mapper:
         self._fields = [(key, escape_key(key, "field"), _formatter(kind)) for key, kind in m.fields.items()]
         self._time_field = m.time.field
         self._parse_time = parser(m.time.format, m.time.timezone)
+        # Fast path tables: prefixes pre-escaped, kinds as small ints, escaped tag values cached.
+        self._fast_tags = [(key, f",{ekey}=") for key, ekey in self._tags] if not self._derived else None
+        kinds = {"float": 0, "integer": 1}
+        self._fast_fields = [(key, f"{ekey}=", kinds.get(kind, 2), fmt)
+                             for (key, ekey, fmt), kind in zip(self._fields, m.fields.values(), strict=True)]
+        self._epoch_scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000,
+                             "epoch_ns": 1}.get(m.time.format)
+        self._tag_cache: dict[object, str] = {}
         self._clock = ReceiveClock()
         self._last: dict[str, tuple[int, int]] = {}
         self.timestamp_fallbacks = 0
@@ -152,8 +160,61 @@ class Mapper:
         self._last[series] = (ts, ts)
         return ts
 
+    def _escaped_tag(self, value: object) -> str:
+        cached = self._tag_cache.get(value)
+        if cached is None:
+            cached = escape_key(_tag_text(value), "tag value")
+            if len(self._tag_cache) < 100_000:  # bounded: tag cardinality is small in practice
+                self._tag_cache[value] = cached
+        return cached
+
     def line(self, topic: str, record: dict) -> str:
-        """The point as one line; raises MapError/LineError with a counter reason."""
+        """The point as one line; raises MapError/LineError with a counter reason.
+
+        The common shape (fixed measurement, plain tags, float/integer fields, epoch time)
+        runs inline here; anything else takes the general path in _line.
+        """
+        if self._fast_tags is None or self._fixed is None or self._from != "fixed":
+            return self._line(topic, record)
+        series = self._fixed
+        try:
+            for key, prefix in self._fast_tags:
+                value = record.get(key)
+                if value is not None and value != "":
+                    series += prefix + self._escaped_tag(value)
+        except TypeError:  # unhashable tag value: let the general path name the reason
+            return self._line(topic, record)
+        series += self._static
+        parts = []
+        for key, prefix, kind, fmt in self._fast_fields:
+            value = record.get(key)
+            if value is None:
+                continue
+            vtype = type(value)
+            if kind == 0 and vtype is float and value - value == 0.0:
+                parts.append(prefix + repr(value))
+            elif kind == 1 and vtype is int and -9223372036854775808 <= value <= 9223372036854775807:
+                parts.append(f"{prefix}{value}i")
+            else:
+                parts.append(prefix + fmt(value))
+        if not parts:
+            raise MapError("missing_field", f"none of the declared fields {[f[0] for f in self._fields]} is present")
+        scale = self._epoch_scale
+        stamp = record.get(self._time_field) if self._time_field else None
+        if scale is not None and (type(stamp) is float or type(stamp) is int):
+            ts = round(stamp * scale) if type(stamp) is float else stamp * scale
+        else:
+            ts = self._time(record)
+        last = self._last.get(series)
+        if last is not None and ts == last[0]:
+            assigned = last[1] + 1
+            self._last[series] = (ts, assigned)
+            ts = assigned
+        else:
+            self._last[series] = (ts, ts)
+        return f"{series} {','.join(parts)} {ts}"
+
+    def _line(self, topic: str, record: dict) -> str:
         series = self._series(topic, record, None)
         parts = []
         for key, ekey, fmt in self._fields:
