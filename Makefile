@@ -40,6 +40,7 @@ test: lint unit molecule
 lint: bootstrap
 	yamllint --strict .
 	ansible-lint --profile production
+	ruff check .
 	ruff check bridge
 
 unit: bootstrap

@@ -56,7 +56,7 @@ class Response:
         out = []
         for s in self.series():
             for values in s.get("values", []):
-                row = dict(zip(s["columns"], values))
+                row = dict(zip(s["columns"], values, strict=True))
                 row.update(s.get("tags") or {})
                 out.append(row)
         return out

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import time
 
-from conftest import ADMIN, READER, WRITER
+from conftest import READER, WRITER
 
 
 def test_service_running_and_enabled(host):

@@ -73,8 +73,13 @@ server_query:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.influxdb1_api import (
-    canonical_select, connection_spec, default_retention_policy, parse_duration,
-    parse_stored_cq, quote_ident, run_module,
+    canonical_select,
+    connection_spec,
+    default_retention_policy,
+    parse_duration,
+    parse_stored_cq,
+    quote_ident,
+    run_module,
 )
 
 

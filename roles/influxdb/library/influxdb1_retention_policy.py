@@ -71,7 +71,11 @@ retention_policy:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.influxdb1_api import (
-    connection_spec, format_duration, parse_duration, quote_ident, run_module,
+    connection_spec,
+    format_duration,
+    parse_duration,
+    quote_ident,
+    run_module,
 )
 
 

@@ -93,7 +93,12 @@ bootstrapped:
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible.module_utils.influxdb1_api import (
-    InfluxDBClient, InfluxDBError, connection_spec, quote_ident, quote_string, run_module,
+    InfluxDBClient,
+    InfluxDBError,
+    connection_spec,
+    quote_ident,
+    quote_string,
+    run_module,
 )
 
 PRIVILEGE_NAMES = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL", "ALL": "ALL"}

@@ -78,11 +78,11 @@ class InfluxDBClient:
         except HTTPError as exc:
             status, body = exc.code, exc.read()
         except (URLError, OSError) as exc:
-            raise InfluxDBError("cannot reach InfluxDB at %s: %s" % (self.base_url, exc))
+            raise InfluxDBError("cannot reach InfluxDB at %s: %s" % (self.base_url, exc)) from exc
         try:
             payload = json.loads(body.decode("utf-8") or "{}")
-        except ValueError:
-            raise InfluxDBError("InfluxDB answered HTTP %d with a body that is not JSON" % status, status)
+        except ValueError as exc:
+            raise InfluxDBError("InfluxDB answered HTTP %d with a body that is not JSON" % status, status) from exc
         if "error" in payload:
             raise InfluxDBError(payload["error"], status)
         if status >= 300:
@@ -97,7 +97,7 @@ class InfluxDBClient:
         out = []
         for series in self.query(statement, database).get("series", []):
             for values in series.get("values") or []:
-                row = dict(zip(series["columns"], values))
+                row = dict(zip(series["columns"], values, strict=True))
                 row["_series"] = series.get("name")
                 out.append(row)
         return out
@@ -308,7 +308,7 @@ def _qualify(tokens, database, default_rp):
                 names = [database] + names
             if names[1] == "":
                 names[1] = default_rp
-            for n, part in enumerate(names[:-1]):
+            for part in names[:-1]:
                 out.extend([("ident", part), ("op", ".")])
             out.append(parts[-1] if parts[-1][0] == "regex" else ("ident", names[-1]))
             i = j

@@ -65,7 +65,7 @@ class Server:
         rows = []
         for series in result.get("series", []):
             for values in series.get("values") or []:
-                rows.append(dict(zip(series["columns"], values), _series=series.get("name")))
+                rows.append(dict(zip(series["columns"], values, strict=True), _series=series.get("name")))
         return rows
 
     def login(self, **extra: Any) -> dict[str, Any]:
