@@ -30,9 +30,11 @@ def _binary(name: str, package: str) -> str:
 class Influxd:
     """influxd 1.x with its own data directory; auth on with an admin when `auth` is set."""
 
-    def __init__(self, workdir: Path, auth: bool = False, port: int | None = None) -> None:
+    def __init__(self, workdir: Path, auth: bool = False, port: int | None = None,
+                 create_admin: bool = True) -> None:
         self.workdir = workdir
         self.auth = auth
+        self.create_admin = create_admin
         self.port = port or free_port()
         self.rpc_port = free_port()
         self.url = f"http://127.0.0.1:{self.port}"
@@ -79,7 +81,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         else:
             self.stop()
             raise RuntimeError("influxd did not answer /ping within 30 s")
-        if self.auth:
+        if self.auth and self.create_admin:
             self.query(f"CREATE USER admin WITH PASSWORD '{self.admin[1]}' WITH ALL PRIVILEGES", credentials=False,
                        allow_error=True)
         return self

@@ -6,10 +6,7 @@ import contextlib
 import importlib.util
 import io
 import json
-import shutil
-import socket
-import subprocess
-import time
+import sys
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -19,11 +16,14 @@ from typing import Any, Iterator
 
 import pytest
 
-ROLE = Path(__file__).resolve().parents[3] / "roles" / "influxdb"
+ROOT = Path(__file__).resolve().parents[3]
+ROLE = ROOT / "roles" / "influxdb"
 ADMIN = ("admin", "admin-pw")
 
+sys.path.insert(0, str(ROOT / "bridge" / "tests"))
 # Modules import `ansible.module_utils.influxdb1_api`, as they do inside the role.
 import ansible.module_utils  # noqa: E402
+from servers import Influxd  # noqa: E402
 
 if str(ROLE / "module_utils") not in ansible.module_utils.__path__:
     ansible.module_utils.__path__.append(str(ROLE / "module_utils"))
@@ -31,17 +31,11 @@ if str(ROLE / "module_utils") not in ansible.module_utils.__path__:
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 @dataclass
 class Server:
     port: int
     auth: bool
-    process: subprocess.Popen
+    influxd: Influxd
 
     def http(self, path: str, params: dict[str, str], auth: tuple[str, str] | None = ADMIN,
              body: bytes | None = None) -> tuple[int, Any]:
@@ -76,66 +70,31 @@ class Server:
         return args
 
 
-def _start(tmp: Path, auth: bool) -> Server:
-    influxd = shutil.which("influxd") or "/usr/bin/influxd"
-    if not Path(influxd).exists():
-        pytest.fail("influxd not found: install Debian's `influxdb` package (make bootstrap does)")
-    http_port, rpc_port = _free_port(), _free_port()
-    config = tmp / "influxdb.conf"
-    config.write_text(f"""
-reporting-enabled = false
-bind-address = "127.0.0.1:{rpc_port}"
-[meta]
-  dir = "{tmp}/meta"
-[data]
-  dir = "{tmp}/data"
-  wal-dir = "{tmp}/wal"
-  query-log-enabled = false
-[http]
-  bind-address = "127.0.0.1:{http_port}"
-  auth-enabled = {str(auth).lower()}
-  log-enabled = false
-[continuous_queries]
-  enabled = false
-[monitor]
-  store-enabled = false
-[logging]
-  level = "warn"
-  suppress-logo = true
-""")
-    process = subprocess.Popen([influxd, "-config", str(config)], stdout=subprocess.DEVNULL,
-                               stderr=open(tmp / "influxd.log", "wb"))
-    deadline = time.monotonic() + 30
-    while time.monotonic() < deadline:
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{http_port}/ping", timeout=1) as r:
-                if r.status == 204:
-                    return Server(http_port, auth, process)
-        except OSError:
-            time.sleep(0.1)
-    process.kill()
-    pytest.fail("influxd did not answer /ping within 30 s: " + (tmp / "influxd.log").read_text()[-2000:])
+def _start(tmp: Path, auth: bool, create_admin: bool = True) -> Server:
+    """influxd from the bridge's test helpers: one launcher for every test suite here."""
+    try:
+        influxd = Influxd(tmp, auth=auth, create_admin=create_admin)
+        influxd.admin = ADMIN
+        influxd.start()
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
+    return Server(influxd.port, auth, influxd)
 
 
 @pytest.fixture(scope="session")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Auth on, admin already created: the steady state of a station."""
     srv = _start(tmp_path_factory.mktemp("influxd-auth"), auth=True)
-    status, _ = srv.http("/query", {"q": f"CREATE USER {ADMIN[0]} WITH PASSWORD '{ADMIN[1]}' WITH ALL PRIVILEGES"},
-                         auth=None)
-    assert status == 200
     yield srv
-    srv.process.terminate()
-    srv.process.wait(10)
+    srv.influxd.stop()
 
 
 @pytest.fixture()
 def fresh_server(tmp_path: Path) -> Iterator[Server]:
     """Auth on and no user at all: a station right after install."""
-    srv = _start(tmp_path, auth=True)
+    srv = _start(tmp_path, auth=True, create_admin=False)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(10)
+    srv.influxd.stop()
 
 
 @pytest.fixture(scope="session")
@@ -143,8 +102,7 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     """Auth off."""
     srv = _start(tmp_path_factory.mktemp("influxd-open"), auth=False)
     yield srv
-    srv.process.terminate()
-    srv.process.wait(10)
+    srv.influxd.stop()
 
 
 _LOADED: dict[str, Any] = {}
