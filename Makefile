@@ -30,6 +30,7 @@ image: bootstrap
 station: image
 	STATION_LAB_IMAGE=$(LAB_IMAGE) ansible-playbook -i localhost, lab/up.yml
 	ansible-playbook -i inventories/local playbooks/site.yml
+	ansible-playbook -i inventories/local playbooks/validate.yml
 	@lab/station-info.sh
 
 station-down: bootstrap

@@ -102,11 +102,17 @@ class PlayResult:
 def run_converge(extra_vars: str, *flags: str) -> PlayResult:
     """Run this scenario's converge playbook against the instance, as molecule does."""
     scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+    return run_playbook(scenario / "converge.yml", extra_vars, *flags)
+
+
+def run_playbook(playbook: Path, extra_vars: str, *flags: str) -> PlayResult:
+    """Run a playbook against the scenario's instances with a vars file of the scenario."""
+    scenario = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
     env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)  # task timing would print into the JSON
     proc = subprocess.run(
         ["ansible-playbook", "-i", os.environ["MOLECULE_INVENTORY_FILE"],
-         str(scenario / "converge.yml"), "-e", f"@{scenario / extra_vars}", *flags],
+         str(playbook), "-e", f"@{scenario / extra_vars}", *flags],
         capture_output=True, text=True, env=env, check=False, timeout=600,
     )
     assert proc.stdout, proc.stderr

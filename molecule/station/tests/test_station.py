@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import json
+import os
 import re
 import time
+from pathlib import Path
 
-from conftest import READER, run_converge
+from conftest import READER, run_converge, run_playbook
 
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 
@@ -53,3 +56,13 @@ def test_bad_configuration_fails_the_play_and_leaves_the_bridge_running(host):
     assert "unknown type 'flaot'" in str(result.output)
     assert host.file("/etc/station-bridge/kraken.yml").content_string == config
     assert host.check_output("systemctl show station-bridge@kraken -p MainPID --value") == pid
+
+
+def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one():
+    playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "validate.yml"
+    good = run_playbook(playbook, "validate_feeds.yml")
+    assert good.rc == 0
+    assert "kraken | tick.ticks | 300 | 300 |" in json.dumps(good.output)
+    silent = run_playbook(playbook, "validate_silent.yml")
+    assert silent.rc != 0
+    assert "Feeds whose data did not land: ['silent']" in json.dumps(silent.output)
