@@ -13,10 +13,11 @@ export PY_COLORS := 0
 # Prints the lab image reference, building it only when its recipe changed.
 LAB_IMAGE = $$(lab/image/build.sh)
 
-.PHONY: help bootstrap station station-down test lint unit molecule image clean
+.PHONY: help bootstrap station station-service station-down test lint unit molecule image clean
 
 help:
 	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
+	@echo "make station-service STATE=stopped|started|restarted  control station.target on the lab station"
 	@echo "make station-down  remove the lab station"
 	@echo "make test          yamllint, ansible-lint, Python tests and every molecule scenario"
 
@@ -27,11 +28,18 @@ bootstrap:
 image: bootstrap
 	@lab/image/build.sh >/dev/null
 
+# The lab inventory's secrets are vault-encrypted with a documented, non-secret lab password.
+station station-service: export ANSIBLE_VAULT_PASSWORD_FILE := $(CURDIR)/inventories/local/lab-vault-password
+
 station: image
 	STATION_LAB_IMAGE=$(LAB_IMAGE) ansible-playbook -i localhost, lab/up.yml
 	ansible-playbook -i inventories/local playbooks/site.yml
 	ansible-playbook -i inventories/local playbooks/validate.yml
 	@lab/station-info.sh
+
+# make station-service STATE=stopped|started|restarted: station.target on the lab station.
+station-service: bootstrap
+	ansible-playbook -i inventories/local playbooks/service.yml -e station_state=$(or $(STATE),started)
 
 station-down: bootstrap
 	ansible-playbook -i localhost, lab/down.yml

@@ -276,3 +276,20 @@ def test_check_config_refuses_a_bad_file(tmp_path):
     proc = subprocess.run([BRIDGE, "check-config", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode == 2
     assert f"{path}: destinations[0].url: 'ftp://x' must start with http://" in proc.stderr
+
+
+def test_self_metrics_are_written_as_points(tmp_path, influxd, database, endpoint):
+    bridge = Bridge(tmp_path, influxd, database, endpoint,
+                    self_metrics={"interval": "300ms", "instance": "kraken"}).start()
+    publish(endpoint, "kraken_tick", 300, rate=0, duration=30)
+    wait_for(lambda: influxd.count(database, "ticks") == 300, 20, "300 points")
+
+    def newest() -> dict:
+        rows = influxd.query("SELECT * FROM station_bridge ORDER BY time DESC LIMIT 1", db=database)
+        return rows[0] if rows else {}
+
+    wait_for(lambda: newest().get("written", 0) >= 300, 10, "self-metrics point")
+    row = newest()
+    assert (row["instance"], row["destination"], row["station"]) == ("kraken", "local", "test1")
+    assert row["received"] == 300 and row["rejected"] == 0 and row["dropped"] == 0 and row["journal_bytes"] == 0
+    assert bridge.stop() == 0

@@ -128,3 +128,16 @@ def run_playbook(playbook: Path, extra_vars: str, *flags: str) -> PlayResult:
                         label = item.get("_ansible_item_label", item.get("item", ""))
                         changed.add((name, json.dumps(label) if not isinstance(label, str) else label))
     return PlayResult(proc.returncode, changed, output)
+
+
+REDIS_ADMIN = ("admin", "molecule-redis-admin-pw")
+REDIS_BRIDGE = ("bridge", "molecule-redis-bridge-pw")
+
+
+def redis_cli(host: Any, auth: tuple[str, str] | None, *command: str) -> str:
+    """redis-cli on the station; the password travels in the environment, not argv."""
+    env = f"REDISCLI_AUTH={auth[1]} " if auth else ""
+    user = f"--user {auth[0]} " if auth else ""
+    quoted = " ".join("'" + c.replace("'", "'\\''") + "'" for c in command)
+    result = host.run(f"{env}redis-cli --no-auth-warning {user}{quoted}")
+    return (result.stdout + result.stderr).strip()

@@ -169,6 +169,26 @@ class Bridge:
                 out.append(format_line(measurement, tags, fields, start))
         return out
 
+    def self_report(self, now_ns: int) -> list[str]:
+        """The bridge's own counters as one point per destination (self_metrics)."""
+        spec = self.config.self_metrics
+        assert spec is not None
+        m = self.metrics
+        received = int(m.total("bridge_received_messages_total"))
+        rejected = int(m.total("bridge_rejected_messages_total"))
+        base = [("instance", spec.instance)] + ([("station", self.config.station)] if self.config.station else [])
+        lines = []
+        for sink in self.sinks:
+            tags = sorted([(escape_key(k), escape_key(v, "tag value")) for k, v in [*base, ("destination", sink.name)]])
+            dropped = sum(v for labels, v in m.counters["bridge_dropped_points_total"].items()
+                          if ("destination", sink.name) in labels)
+            fields = [("received", f"{received}i"), ("rejected", f"{rejected}i"),
+                      ("written", f"{int(m.get('bridge_written_points_total', destination=sink.name))}i"),
+                      ("dropped", f"{int(dropped)}i"), ("journal_bytes", f"{sink.journal.bytes}i"),
+                      ("queue_depth", f"{sink.queued}i")]
+            lines.append(format_line(spec.measurement, tags, fields, now_ns))
+        return lines
+
     def dispatch(self, lines: list[str]) -> None:
         for sink in self.sinks:
             sink.submit(lines)
@@ -189,11 +209,16 @@ class Bridge:
                                           "destinations": [s.name for s in self.sinks]})
         if ready:
             ready()
+        report_every = self.config.self_metrics.interval_ns / 1e9 if self.config.self_metrics else None
+        next_report = time.monotonic() + (report_every or 0)
         while not self._stop.is_set():
             for socket, _ in poller.poll(200):
                 messages = _drain(socket)
                 if messages:
                     self.dispatch(self.process(by_socket[socket], messages))
+            if report_every and time.monotonic() >= next_report:
+                next_report += report_every
+                self.dispatch(self.self_report(time.time_ns()))
         return self.shutdown()
 
     def shutdown(self) -> int:

@@ -1,8 +1,10 @@
 """Redis latest-value cache: per series, a hash of the newest fields and their time.
 
-Key: `<key_prefix>:<series>` where series is the point's escaped line-protocol series
-(`ticks,instrument=EURUSD,venue=kraken`). Hash fields: the point's fields as text plus
-`time` (ns since the epoch). Each update also sets the TTL, so a silent series expires.
+Key: `<key_prefix>:<series>` where series is the point's escaped line-protocol series with
+its tags sorted by key, as InfluxDB keys it (`ticks,instrument=EURUSD,venue=kraken`), so that a
+reader can build the key from the tags without knowing the bridge's configuration.
+Hash fields: the point's fields as text plus `time` (ns since the epoch). Each update also
+sets the TTL, so a silent series expires.
 A dashboard reads the newest tick with one `HGETALL latest:ticks,instrument=EURUSD,...`.
 Values are plain strings: no pickle, readable from any language.
 """
@@ -14,6 +16,7 @@ import logging
 import redis
 
 from .config import CacheSpec
+from .lineproto import escape_key, escape_measurement
 from .mapping import Point
 from .metrics import Metrics
 
@@ -28,8 +31,9 @@ class LatestCache:
                                            socket_timeout=2, socket_connect_timeout=2)
         self._ttl_ms = spec.ttl * 1000
 
-    def key(self, series: str) -> str:
-        return f"{self.spec.key_prefix}:{series}"
+    def key(self, point: Point) -> str:
+        tags = "".join(f",{escape_key(k)}={escape_key(v, 'tag value')}" for k, v in sorted(point.tags.items()))
+        return f"{self.spec.key_prefix}:{escape_measurement(point.measurement)}{tags}"
 
     def update(self, points: list[Point]) -> None:
         """One pipeline per batch; only the newest point per series is sent."""
@@ -42,8 +46,8 @@ class LatestCache:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for series, point in newest.items():
-                key = self.key(series)
+            for point in newest.values():
+                key = self.key(point)
                 mapping = {k: str(v) for k, v in point.fields.items()}
                 mapping["time"] = str(point.time_ns)
                 pipe.hset(key, mapping=mapping)

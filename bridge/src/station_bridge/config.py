@@ -104,6 +104,15 @@ class CacheSpec:
 
 
 @dataclass(frozen=True)
+class SelfMetricsSpec:
+    """The bridge's own counters, written as points so that dashboards can graph them."""
+
+    interval_ns: int
+    measurement: str
+    instance: str
+
+
+@dataclass(frozen=True)
 class Config:
     source: str
     station: str | None
@@ -117,6 +126,7 @@ class Config:
     shutdown_timeout: float
     log_level: str
     log_rate_per_s: float
+    self_metrics: SelfMetricsSpec | None = None
     raw: dict[str, Any] = field(repr=False, default_factory=dict)
 
 
@@ -349,12 +359,19 @@ def parse(data: Any, source: str = "<config>") -> Config:
     level = log.get("level", str, "info", choices=("debug", "info", "warning", "error"))
     rate = log.positive("rate_limit_per_s", float, 5.0)
     log.done()
+    self_metrics = None
+    sm = top.child("self_metrics", None)
+    if sm is not None:
+        self_metrics = SelfMetricsSpec(
+            parse_interval_ns(sm.get("interval", str, "10s"), f"{source}: self_metrics.interval"),
+            sm.get("measurement", str, "station_bridge"), sm.get("instance", str, "bridge"))
+        sm.done()
     config = Config(
         source=source, station=top.get("station", str, None), subscriptions=subscriptions,
         destinations=destinations, cache=cache, journal_dir=journal_dir, journal_max_bytes=journal_max,
         dead_letter_dir=dead_dir, http_listen=listen or None,
         shutdown_timeout=top.positive("shutdown_timeout", float, 20.0), log_level=level, log_rate_per_s=rate,
-        raw=data or {},
+        self_metrics=self_metrics, raw=data or {},
     )
     top.done()
     return config

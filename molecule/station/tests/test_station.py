@@ -66,3 +66,147 @@ def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one():
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
     assert "Feeds whose data did not land: ['silent']" in json.dumps(silent.output)
+
+
+# --- Redis, operator services, graceful stop, SIGKILL recovery, targeted restarts -------------
+
+REDIS_ADMIN = ("admin", "molecule-redis-admin-pw")
+
+
+def redis_cli(host, *command: str) -> str:
+    quoted = " ".join("'" + c + "'" for c in command)
+    return host.check_output(f"REDISCLI_AUTH={REDIS_ADMIN[1]} redis-cli --no-auth-warning --user admin {quoted}")
+
+
+def metrics(host, port: int = 9108) -> dict[str, float]:
+    text = host.check_output("python3 -c \"import urllib.request;"
+                             f"print(urllib.request.urlopen('http://127.0.0.1:{port}/metrics').read().decode())\"")
+    out = {}
+    for line in text.splitlines():
+        if line and not line.startswith("#"):
+            key, value = line.rsplit(" ", 1)
+            out[key] = float(value)
+    return out
+
+
+def main_pid(host, unit: str) -> str:
+    return host.check_output(f"systemctl show {unit} -p MainPID --value")
+
+
+def count_since(influx, measurement: str, since_ns: int, instrument: str) -> int:
+    q = f"SELECT count(bid) FROM {measurement} WHERE time >= {since_ns} AND instrument = '{instrument}'"
+    rows = influx.query(q, auth=READER, db="tick").rows()
+    return rows[0]["count"] if rows else 0
+
+
+def wait_until(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
+
+
+def test_latest_values_land_in_redis(host, influx):
+    host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 500 --rate 0 "
+                      "--duration 30 --instruments EURUSD")
+    key = "latest:ticks,base=EUR,instrument=EURUSD,station=lab1,term=USD"
+
+    def cached_and_newest():
+        cached = dict(zip(*[iter(redis_cli(host, "hgetall", key).splitlines())] * 2, strict=True))
+        rows = influx.query("SELECT last(bid) AS bid, last(seq) AS seq FROM ticks WHERE instrument = 'EURUSD'",
+                            auth=READER, db="tick").rows()
+        # The cache is updated on receipt, InfluxDB after the flush interval: wait for both.
+        return (cached, rows[0]) if rows and cached and int(cached["time"]) == rows[0]["time"] else None
+
+    cached, newest = wait_until(cached_and_newest, 20, "the same newest EURUSD tick in Redis and InfluxDB")
+    assert float(cached["bid"]) == newest["bid"] and int(cached["seq"]) == newest["seq"]
+    assert 0 < int(redis_cli(host, "ttl", key)) <= 3600
+
+
+def test_operator_service_runs_hardened_and_feeds_the_second_instance(host, influx):
+    unit = host.service("station-heartbeat-feed")
+    assert unit.is_running and unit.is_enabled
+    assert host.check_output("systemctl show station-heartbeat-feed -p User --value") == "station-heartbeat-feed"
+    assert host.file("/etc/station-services/heartbeat-feed.env").mode == 0o600
+    wait_until(lambda: influx.query("SELECT count(bid) FROM heartbeats", auth=READER, db="tick").rows(), 20,
+               "heartbeats from the operator's publisher")
+
+
+def test_every_templated_unit_has_exposure_at_most_3(host):
+    scores = {}
+    for unit in ("station-bridge@kraken.service", "station-bridge@heartbeat.service",
+                 "station-heartbeat-feed.service", "influxdb.service", "redis-server.service"):
+        out = host.check_output(f"systemd-analyze security {unit} --no-pager")
+        scores[unit] = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    print("systemd-analyze security:", json.dumps(scores, indent=1))
+    # Ours are templated whole; influxdb and redis are Debian's units hardened by drop-ins.
+    assert all(scores[u] <= 3.0 for u in list(scores)[:3]), scores
+    assert all(score <= 5.0 for score in scores.values()), scores
+
+
+def test_self_metrics_points_are_written(influx):
+    rows = wait_until(lambda: influx.query("SELECT last(received) FROM station_bridge WHERE instance = 'kraken'",
+                                           auth=READER, db="tick").rows(), 25, "station_bridge points")
+    assert rows[0]["last"] > 0
+
+
+def test_stopping_station_target_flushes_before_the_bridge_exits(host, influx):
+    start_ns = int(host.check_output("date +%s%N"))
+    host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 3000 --rate 0 "
+                      "--duration 30 --instruments USDCHF")
+    databases = {u: main_pid(host, u) for u in ("influxdb", "redis-server")}
+    host.check_output("systemctl stop station.target")
+    for unit in ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed"):
+        assert not host.service(unit).is_running, unit
+    assert {u: main_pid(host, u) for u in databases} == databases  # the databases keep running
+    # Counted while the bridge is down: what landed was flushed before it exited.
+    assert count_since(influx, "ticks", start_ns, "USDCHF") == 3000
+    log = host.check_output("journalctl -u station-bridge@kraken --no-pager -n 50 -o cat")
+    assert "stopping: flushing destinations" in log
+    host.check_output("systemctl start station.target")
+    for unit in ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed"):
+        wait_until(lambda u=unit: host.service(u).is_running, 20, f"{unit} running again")
+
+
+def test_sigkilled_bridge_is_restarted_and_delivers_its_journal(host, influx):
+    wait_until(lambda: host.run("python3 -c \"import urllib.request;"
+                                "urllib.request.urlopen('http://127.0.0.1:9108/healthz')\"").rc == 0, 20, "healthz")
+    restarts = int(host.check_output("systemctl show station-bridge@kraken -p NRestarts --value"))
+    host.check_output("systemctl stop influxdb")
+    try:
+        start_ns = int(host.check_output("date +%s%N"))
+        host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 2000 --rate 0 "
+                          "--duration 30 --instruments AUDUSD")
+
+        def all_journaled():
+            m = metrics(host)
+            return (m.get('bridge_queue_points{destination="local"}', 1) == 0
+                    and m.get('bridge_journal_points{destination="local"}', 0) >= 2000)
+
+        wait_until(all_journaled, 30, "the outage's points in the journal")
+        pid = main_pid(host, "station-bridge@kraken")
+        host.check_output("systemctl kill -s SIGKILL station-bridge@kraken")
+        wait_until(lambda: main_pid(host, "station-bridge@kraken") not in ("0", pid), 30, "systemd's restart")
+        assert int(host.check_output("systemctl show station-bridge@kraken -p NRestarts --value")) == restarts + 1
+    finally:
+        host.check_output("systemctl start influxdb")
+    landed = wait_until(lambda: count_since(influx, "ticks", start_ns, "AUDUSD") >= 2000 and
+                        count_since(influx, "ticks", start_ns, "AUDUSD"), 60, "the journal replayed")
+    assert landed == 2000
+    assert metrics(host).get('bridge_journal_points{destination="local"}', 0) == 0
+
+
+def test_changed_configuration_restarts_only_its_instance(host):
+    units = ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed", "influxdb", "redis-server")
+    before = {u: main_pid(host, u) for u in units}
+    result = run_converge("heartbeat_change.yml")
+    assert result.rc == 0, result.output
+    after = {u: main_pid(host, u) for u in units}
+    assert after["station-bridge@heartbeat"] != before["station-bridge@heartbeat"]
+    assert {u: after[u] for u in units[2:] + units[:1]} == {u: before[u] for u in units[2:] + units[:1]}
+    assert "batch_size: 2000" in host.file("/etc/station-bridge/heartbeat.yml").content_string
+    restarted = {label for task, label in result.changed if task == "bridge : Restart station-bridge instances"}
+    assert restarted == {"heartbeat"}, result.changed
