@@ -13,13 +13,15 @@ export PY_COLORS := 0
 # Prints the lab image reference, building it only when its recipe changed.
 LAB_IMAGE = $$(lab/image/build.sh)
 
-.PHONY: help bootstrap station station-service station-down test lint unit molecule image clean
+.PHONY: help bootstrap station station-service station-down test lint unit chaos bench molecule image clean
 
 help:
 	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
 	@echo "make station-service STATE=stopped|started|restarted  control station.target on the lab station"
 	@echo "make station-down  remove the lab station"
-	@echo "make test          yamllint, ansible-lint, Python tests and every molecule scenario"
+	@echo "make test          yamllint, ansible-lint, Python tests, chaos suite and every molecule scenario"
+	@echo "make chaos         the fault suite alone (bounded, about 5 minutes)"
+	@echo "make bench         bridge and converge benchmarks, one table, written to docs/benchmarks.md"
 
 bootstrap:
 	@lab/bootstrap-host.sh
@@ -44,7 +46,7 @@ station-service: bootstrap
 station-down: bootstrap
 	ansible-playbook -i localhost, lab/down.yml
 
-test: lint unit molecule
+test: lint unit chaos molecule
 
 lint: bootstrap
 	yamllint --strict .
@@ -55,6 +57,15 @@ lint: bootstrap
 unit: bootstrap
 	pytest tests/unit
 	cd bridge && pytest
+
+# Faults at operator scale (InfluxDB down 60 s, central down 150 s, SIGKILL under load, spool
+# cap, fuzzed input), each printing what it did and counted; about 5 minutes.
+chaos: bootstrap
+	cd bridge && pytest -rP chaos
+
+# Prints one table of figures measured in this run and writes it to docs/benchmarks.md.
+bench: image
+	STATION_LAB_IMAGE=$(LAB_IMAGE) python lab/bench.py
 
 molecule: image
 	STATION_LAB_IMAGE=$(LAB_IMAGE) molecule test --all

@@ -55,7 +55,7 @@ class Bridge:
                             "fields": {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"},
                             "time": {"field": "timestamp", "format": "epoch_s"}},
             }],
-            "destinations": [destination],
+            "destinations": [destination, *overrides.pop("destinations_extra", [])],
             "journal": {"dir": str(tmp / "journal"), **overrides.pop("journal", {})},
             "dead_letter": {"dir": str(tmp / "dead")},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
@@ -90,9 +90,9 @@ class Bridge:
                 out[key] = float(value)
         return out
 
-    def journal_lines(self) -> list[str]:
+    def journal_lines(self, destination: str = "local") -> list[str]:
         lines: list[str] = []
-        for segment in sorted((self.tmp / "journal" / "local").glob("*.lp")):
+        for segment in sorted((self.tmp / "journal" / destination).glob("*.lp")):
             lines += segment.read_text().splitlines()
         return lines
 

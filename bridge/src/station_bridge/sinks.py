@@ -230,7 +230,8 @@ class InfluxSink:
             if not self._deliver(lines):
                 return
             self.journal.ack(path)
-            log.info("replayed journal segment", extra={"destination": self.name, "points": len(lines),
+            log.info("replayed journal segment", extra={"destination": self.name, "segment": path.name,
+                                                         "points": len(lines),
                                                          "journal_points": self.journal.points})
 
     def _to_journal(self, lines: list[str]) -> None:

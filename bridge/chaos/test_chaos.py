@@ -1,0 +1,221 @@
+"""Each case prints what it did and what it counted, and fails on any loss.
+
+Run with `make chaos` (part of `make test`); the whole suite is bounded to a few minutes.
+"""
+
+from __future__ import annotations
+
+import json
+import random
+import re
+import threading
+import time
+from pathlib import Path
+
+import msgpack
+import pytest
+import zmq
+from servers import Influxd, free_port
+from test_integration import Bridge, metric, wait_for
+
+from station_bridge.demo import publish
+
+INFLUX_DOWN_S = 60
+CENTRAL_DOWN_S = 150
+
+
+def report(title: str, **counts: object) -> None:
+    print(f"\n[chaos] {title}")
+    for key, value in counts.items():
+        print(f"[chaos]   {key:<28} {value}")
+
+
+@pytest.fixture()
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+def own_server(path: Path) -> Influxd:
+    server = Influxd(path).start()
+    server.query('CREATE DATABASE "tick"')
+    return server
+
+
+def publish_in_background(endpoint: str, count: int, rate: float, duration: float) -> tuple[threading.Thread, list]:
+    sent: list[int] = []
+    thread = threading.Thread(target=lambda: sent.append(
+        publish(endpoint, "kraken_tick", count=count, rate=rate, duration=duration)))
+    thread.start()
+    return thread, sent
+
+
+def distinct_points(server: Influxd, db: str = "tick") -> set[tuple[str, int]]:
+    return {(row["instrument"], row["time"]) for row in server.query("SELECT bid, instrument FROM ticks", db=db)}
+
+
+def test_influxdb_stopped_60s_under_steady_rate_loses_nothing(tmp_path, endpoint):
+    local = own_server(tmp_path / "influxd")
+    try:
+        bridge = Bridge(tmp_path, local, "tick", endpoint).start()
+        rate = 500
+        thread, sent = publish_in_background(endpoint, count=(INFLUX_DOWN_S + 10) * rate, rate=rate,
+                                             duration=INFLUX_DOWN_S + 30)
+        time.sleep(3)
+        local.stop()
+        time.sleep(INFLUX_DOWN_S)
+        journaled = metric(bridge.metrics(), "bridge_journaled_points_total", destination="local")
+        local.start()
+        thread.join()
+        wait_for(lambda: local.count("tick", "ticks") == sent[0], 90, "every point in InfluxDB")
+        landed = local.count("tick", "ticks")
+        values = bridge.metrics()
+        report(f"InfluxDB stopped {INFLUX_DOWN_S} s while publishing {rate}/s", published=sent[0],
+               journaled_during_outage=int(journaled), landed=landed,
+               dropped=int(metric(values, "bridge_dropped_points_total", destination="local", reason="spool_full")),
+               lost=sent[0] - landed)
+        assert journaled > INFLUX_DOWN_S * rate * 0.9
+        assert landed == sent[0] and len(distinct_points(local)) == sent[0]
+        assert bridge.journal_lines() == []
+        assert bridge.stop() == 0
+    finally:
+        local.stop()
+
+
+def test_sigkill_under_load_delivers_every_journaled_point(tmp_path, endpoint):
+    local = own_server(tmp_path / "influxd")
+    try:
+        local.stop()  # the destination is down: batches go to the journal while the load runs
+        bridge = Bridge(tmp_path, local, "tick", endpoint).start()
+        thread, sent = publish_in_background(endpoint, count=20_000, rate=2000, duration=60)
+        wait_for(lambda: len(bridge.journal_lines()) >= 8000, 30, "8000 points journaled under load")
+        bridge.process.kill()  # SIGKILL mid-stream: no flush, no cleanup
+        bridge.process.wait(10)
+        journaled = bridge.journal_lines()
+        thread.join()
+        local.start()
+        restarted = Bridge(tmp_path, local, "tick", endpoint).start()  # what systemd's Restart= does
+        wait_for(lambda: local.count("tick", "ticks") >= len(journaled), 60, "the journal delivered")
+        stamps = {(re.search(r"instrument=(\w+)", line).group(1), int(line.rsplit(" ", 1)[1])) for line in journaled}
+        stored = distinct_points(local)
+        report("bridge SIGKILLed under load (2000/s), restarted", published=sent[0],
+               journaled_at_kill=len(journaled), journaled_points_landed=len(stamps & stored),
+               lost_journaled=len(stamps - stored),
+               not_journaled=f"{sent[0] - len(journaled)} (in memory at the kill, or sent while no bridge ran)")
+        assert stamps <= stored
+        assert restarted.stop() == 0
+    finally:
+        local.stop()
+
+
+def test_central_unreachable_for_minutes_catches_up_in_order_without_duplicates(tmp_path, endpoint):
+    local = own_server(tmp_path / "local")
+    central = own_server(tmp_path / "central")
+    try:
+        bridge = Bridge(tmp_path, local, "tick", endpoint, destinations_extra=[
+            {"name": "central", "url": central.url, "database": "tick", "batch_size": 500,
+             "flush_interval": 0.5, "max_backoff": 5.0}]).start()
+        rate = 200
+        thread, sent = publish_in_background(endpoint, count=(CENTRAL_DOWN_S + 20) * rate, rate=rate,
+                                             duration=CENTRAL_DOWN_S + 60)
+        time.sleep(5)
+        central.stop()
+        time.sleep(CENTRAL_DOWN_S / 2)
+        local_during = local.count("tick", "ticks")
+        time.sleep(CENTRAL_DOWN_S / 2)
+        journal_at_reconnect = len(bridge.journal_lines("central"))
+        central.start()
+        thread.join()
+        wait_for(lambda: central.count("tick", "ticks") == sent[0], 120, "central caught up")
+        wait_for(lambda: local.count("tick", "ticks") == sent[0], 30, "local complete")
+        on_central, on_local = distinct_points(central), distinct_points(local)
+        logs = [json.loads(line) for line in (tmp_path / "bridge.log").read_text().splitlines() if line.startswith("{")]
+        replays = [e["segment"] for e in logs if e.get("destination") == "central" and "segment" in e]
+        report(f"central unreachable {CENTRAL_DOWN_S} s at {rate}/s", published=sent[0],
+               local_while_cut=local_during, journaled_for_central=journal_at_reconnect,
+               on_central=central.count("tick", "ticks"), distinct_on_central=len(on_central),
+               missing_on_central=len(on_local - on_central), replayed_segments=len(replays))
+        assert local_during > CENTRAL_DOWN_S / 2 * rate * 0.8  # the station kept writing locally
+        assert journal_at_reconnect > 0
+        assert on_central == on_local and len(on_central) == sent[0]  # nothing lost, nothing twice
+        assert replays == sorted(replays)  # oldest segment first
+        assert bridge.stop() == 0
+    finally:
+        local.stop()
+        central.stop()
+
+
+def test_spool_cap_keeps_the_bridge_up_and_counts_every_drop(tmp_path, endpoint):
+    local = own_server(tmp_path / "influxd")
+    try:
+        local.stop()
+        bridge = Bridge(tmp_path, local, "tick", endpoint, journal={"max_bytes": 200_000}).start()
+        sent = publish(endpoint, "kraken_tick", 10_000, rate=0, duration=30)
+
+        def settled():
+            v = bridge.metrics()
+            total = (metric(v, "bridge_journaled_points_total", destination="local")
+                     + metric(v, "bridge_dropped_points_total", destination="local", reason="spool_full"))
+            return v if total == sent else None
+
+        values = wait_for(settled, 30, "every point journaled or dropped")
+        dropped = int(metric(values, "bridge_dropped_points_total", destination="local", reason="spool_full"))
+        journaled = len(bridge.journal_lines())
+        report("spool cap 200 kB reached with InfluxDB down", published=sent, journaled=journaled,
+               dropped_and_counted=dropped, unaccounted=sent - journaled - dropped)
+        assert dropped > 0 and journaled + dropped == sent
+        assert bridge.healthy() and "journal full" in (tmp_path / "bridge.log").read_text()
+        assert bridge.stop() == 0
+    finally:
+        local.stop()
+
+
+def test_fuzzed_hostile_stream_never_crashes_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
+    bridge = Bridge(tmp_path, influxd, database, endpoint).start()
+    rng = random.Random(20261125)
+    pub = zmq.Context.instance().socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(endpoint)
+    time.sleep(0.5)
+    base = time.time()
+    injections = ["a,b=c d", "x\ny=1", 'q"uote', "back\\slash", "eq=ual", "sp ace", "\u00e9\u00e8", "t,ab=1 f=2 3"]
+    valid, frames_sent = {}, 0
+    huge = rng.randbytes(2_000_000)
+    for i in range(20_000):
+        kind = rng.random()
+        if kind < 0.25:  # random bytes, random frame counts
+            frames = [b"kraken_tick"] + [rng.randbytes(rng.randint(0, 64)) for _ in range(rng.randint(0, 3))]
+        elif kind < 0.255:
+            frames = [b"kraken_tick", huge]  # oversized
+        elif kind < 0.45:  # valid shape, hostile values
+            tick = {"timestamp": base + i / 1000, "instrument": rng.choice(injections), "bid": rng.choice(
+                [float("nan"), float("inf"), "1.0; DROP", None, 1.5]), "ask": 1.6, "volume": 1, "seq": i}
+            frames = [b"kraken_tick", msgpack.packb(tick)]
+        elif kind < 0.50:
+            frames = [b"kraken_tick", b"\xff\xfe invalid utf-8 \xc3\x28"]
+        else:
+            tick = {"timestamp": base + i / 1000, "instrument": rng.choice(["EURUSD", "GBPUSD"]),
+                    "bid": round(rng.uniform(1, 2), 5), "ask": 2.5, "volume": rng.randint(1, 10**6), "seq": i}
+            valid[i] = tick
+            frames = [b"kraken_tick", msgpack.packb(tick)]
+        pub.send_multipart(frames)
+        frames_sent += 1
+    pub.close(linger=5000)
+    wait_for(lambda: metric(bridge.metrics(), "bridge_received_messages_total", subscription="kraken")
+             == frames_sent, 60, "every frame received")
+    values = bridge.metrics()
+    rejected = {key: int(v) for key, v in values.items() if key.startswith("bridge_rejected_messages_total")}
+    wait_for(lambda: influxd.count(database, "ticks", field="seq") >= frames_sent - sum(rejected.values()), 30,
+             "accepted points")
+    rows = {row["seq"]: row for row in influxd.query("SELECT * FROM ticks", db=database)}
+    intact = sum(1 for i, t in valid.items() if i in rows and rows[i]["bid"] == t["bid"]
+                 and rows[i]["instrument"] == t["instrument"] and rows[i]["volume"] == t["volume"])
+    report("fuzzed hostile stream (seed 20261125)", frames=frames_sent, valid=len(valid),
+           rejected=sum(rejected.values()), accepted=len(rows), valid_landed_intact=intact,
+           **{re.search(r'reason="(\w+)"', k).group(1): v for k, v in sorted(rejected.items())})
+    assert bridge.process.poll() is None and bridge.healthy()  # no crash
+    assert sum(rejected.values()) + len(rows) == frames_sent  # every frame accounted for
+    assert intact == len(valid)
+    # Whatever hostile-but-valid points were accepted carry only the declared fields.
+    columns = set().union(*(set(r) for r in rows.values()))
+    assert columns <= {"_measurement", "time", "bid", "ask", "volume", "seq", "instrument", "station"}, columns
+    assert bridge.stop() == 0
