@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import os
 import subprocess
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -141,3 +142,14 @@ def redis_cli(host: Any, auth: tuple[str, str] | None, *command: str) -> str:
     quoted = " ".join("'" + c.replace("'", "'\\''") + "'" for c in command)
     result = host.run(f"{env}redis-cli --no-auth-warning {user}{quoted}")
     return (result.stdout + result.stderr).strip()
+
+
+def wait_until(predicate: Any, timeout: float, what: str) -> Any:
+    """Polls predicate until it returns something truthy, which it returns; fails after timeout."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.5)
+    raise AssertionError(f"timed out after {timeout}s waiting for {what}")

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from conftest import READER, run_converge, run_playbook
+from conftest import READER, run_converge, run_playbook, wait_until
 
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 
@@ -99,14 +99,6 @@ def count_since(influx, measurement: str, since_ns: int, instrument: str) -> int
     return rows[0]["count"] if rows else 0
 
 
-def wait_until(predicate, timeout: float, what: str):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.5)
-    raise AssertionError(f"timed out after {timeout}s waiting for {what}")
 
 
 def test_latest_values_land_in_redis(host, influx):
@@ -116,7 +108,7 @@ def test_latest_values_land_in_redis(host, influx):
 
     def cached_and_newest():
         cached = dict(zip(*[iter(redis_cli(host, "hgetall", key).splitlines())] * 2, strict=True))
-        rows = influx.query("SELECT last(bid) AS bid, last(seq) AS seq FROM ticks WHERE instrument = 'EURUSD'",
+        rows = influx.query("SELECT bid, seq FROM ticks WHERE instrument = 'EURUSD' ORDER BY time DESC LIMIT 1",
                             auth=READER, db="tick").rows()
         # The cache is updated on receipt, InfluxDB after the flush interval: wait for both.
         return (cached, rows[0]) if rows and cached and int(cached["time"]) == rows[0]["time"] else None
