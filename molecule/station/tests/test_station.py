@@ -191,6 +191,23 @@ def test_sigkilled_bridge_is_restarted_and_delivers_its_journal(host, influx):
     assert metrics(host).get('bridge_journal_points{destination="local"}', 0) == 0
 
 
+def test_service_playbook_stops_starts_and_reports_every_unit(host):
+    playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/service.yml"
+    bridges = ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed")
+    influxdb = main_pid(host, "influxdb")
+    stopped = run_playbook(playbook, "station.yml", "-e", "station_state=stopped")
+    assert stopped.rc == 0, stopped.output
+    report = json.dumps(stopped.output)
+    assert "station-bridge@kraken.service: inactive (dead)" in report and "influxdb.service: active (running)" in report
+    assert not any(host.service(u).is_running for u in bridges)
+    started = run_playbook(playbook, "station.yml", "-e", "station_state=started")
+    assert started.rc == 0, started.output
+    assert "station-heartbeat-feed.service: active (running)" in json.dumps(started.output)
+    assert all(host.service(u).is_running for u in bridges) and main_pid(host, "influxdb") == influxdb
+    refused = run_playbook(playbook, "station.yml", "-e", "station_state=paused")
+    assert refused.rc != 0 and "station_state must be started, stopped or restarted" in json.dumps(refused.output)
+
+
 def test_changed_configuration_restarts_only_its_instance(host):
     units = ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed", "influxdb", "redis-server")
     before = {u: main_pid(host, u) for u in units}
