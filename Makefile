@@ -13,7 +13,7 @@ export PY_COLORS := 0
 # Prints the lab image reference, building it only when its recipe changed.
 LAB_IMAGE = $$(lab/image/build.sh)
 
-.PHONY: help bootstrap station station-service station-down test lint unit chaos bench molecule image clean
+.PHONY: help bootstrap station station-service station-down artifacts test lint unit chaos bench molecule image clean
 
 help:
 	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
@@ -21,7 +21,8 @@ help:
 	@echo "make station-down  remove the lab station"
 	@echo "make test          yamllint, ansible-lint, Python tests, chaos suite and every molecule scenario"
 	@echo "make chaos         the fault suite alone (bounded, about 5 minutes)"
-	@echo "make bench         bridge and converge benchmarks, one table, written to docs/benchmarks.md"
+	@echo "make bench         bridge, converge and fleet benchmarks, one table, written to docs/benchmarks.md"
+	@echo "make artifacts     fill .cache/artifacts for offline stations (Debian .debs, Grafana, bridge wheels)"
 
 bootstrap:
 	@lab/bootstrap-host.sh
@@ -45,6 +46,10 @@ station-service: bootstrap
 
 station-down: bootstrap
 	ansible-playbook -i localhost, lab/down.yml
+
+# Everything an offline station installs (playbooks/artifacts.yml); ARTIFACTS_DIR to put it elsewhere.
+artifacts: bootstrap
+	ansible-playbook -i localhost, playbooks/artifacts.yml $(if $(ARTIFACTS_DIR),-e artifacts_dir=$(ARTIFACTS_DIR))
 
 test: lint unit chaos molecule
 

@@ -5,6 +5,9 @@ docs/benchmarks.md with the machine's description and the date.
    ceiling, the naive pattern's ratio, publish -> queryable latency at half load, peak RSS.
 2. Station converge on a fresh lab container (station-stack-bench): first run, idempotent
    second run and --check, with their ratios to the first run.
+3. Fleet rollout (playbooks/rollout.yml, the example fleet's variables) on a central and four
+   stations: the first rollout, then idempotent rollouts of one station and of all four, with
+   the default batches (canary, then halves) and with every station in one batch.
 Times are wall-clock seconds; ratios compare figures from the same run (machines here are noisy).
 """
 
@@ -14,6 +17,7 @@ import json
 import os
 import platform
 import re
+import shutil
 import subprocess
 import sys
 import time
@@ -67,6 +71,8 @@ def converge_rows() -> list[tuple[str, str, str]]:
         raise SystemExit(f"could not start {BENCH_HOST}:\n{up.stdout[-3000:]}")
     try:
         site = ["-i", str(inventory), "playbooks/site.yml"]
+        check_fresh, changed_check_fresh, _ = timed_playbook([*site, "--check", "--diff"], env)
+        say(f"--check on the fresh host {check_fresh:.0f} s, changed={changed_check_fresh}")
         first, changed_first, _ = timed_playbook(site, env)
         say(f"first converge {first:.0f} s, changed={changed_first}")
         second, changed_second, _ = timed_playbook(site, env)
@@ -75,12 +81,76 @@ def converge_rows() -> list[tuple[str, str, str]]:
         say(f"--check {check:.0f} s, changed={changed_check}")
     finally:
         run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
+    if changed_second or changed_check:
+        raise SystemExit(f"not idempotent: second run changed={changed_second}, --check changed={changed_check}")
     return [
-        ("station converge, first run (fresh container)", f"{first:.0f} s, changed={changed_first}", "1.00"),
-        ("station converge, second run (idempotent)", f"{second:.0f} s, changed={changed_second}",
-         f"{second / first:.2f} (target <= 0.25)"),
-        ("station converge, --check --diff on a converged host", f"{check:.0f} s, changed={changed_check}",
-         f"{check / first:.2f}"),
+        ("converge: first run (fresh container)", f"{first:.0f} s, changed={changed_first}", "1.00"),
+        ("converge: second run (idempotent)", f"{second:.0f} s, changed=0", f"{second / first:.2f}, <= 0.25"),
+        ("converge: --check --diff, fresh container", f"{check_fresh:.0f} s, changed={changed_check_fresh}",
+         f"{check_fresh / first:.2f} of the first run"),
+        ("converge: --check --diff, converged host", f"{check:.0f} s, changed=0",
+         f"{check / check_fresh:.2f} of --check on the fresh one"),
+    ]
+
+
+FLEET_CODES = ["ams", "bcn", "cpt", "dxb"]
+
+
+def fleet_rows() -> list[tuple[str, str, str]]:
+    """Rollouts on station-stack-bench-central and one container per code in FLEET_CODES."""
+    env = dict(os.environ, ANSIBLE_VAULT_PASSWORD_FILE=str(ROOT / "inventories/fleet-example/lab-vault-password"))
+    example = ROOT / "inventories/fleet-example"
+    inventory = ROOT / ".cache/bench/fleet"
+    shutil.rmtree(inventory, ignore_errors=True)
+    (inventory / "host_vars").mkdir(parents=True)
+    central = "station-stack-bench-central"
+    stations = [f"station-stack-bench-{code}" for code in FLEET_CODES]
+    (inventory / "hosts.yml").write_text(json.dumps({"all": {
+        "vars": {"ansible_connection": "community.docker.docker", "ansible_user": "root"},
+        "children": {"central": {"hosts": {central: {}}}, "stations": {"hosts": {h: {} for h in stations}}}}}))
+    (inventory / "group_vars").symlink_to(example / "group_vars")
+    for code, name in zip(FLEET_CODES, stations, strict=True):
+        source = example / f"host_vars/station-stack-fleet-{code}.yml"
+        text = source.read_text() if source.exists() else f"---\nstation_code: {code}\nstation_timezone: Asia/Dubai\n"
+        (inventory / f"host_vars/{name}.yml").write_text(text)
+    # The example's vault holds three stations' central passwords: the bench gives all four its own.
+    extra = inventory / "bench-vars.json"
+    extra.write_text(json.dumps({"fleet_central_url": f"http://{central}:8086",
+                                 "vault_fleet_station_passwords": {c: f"bench-{c}-pw" for c in FLEET_CODES}}))
+    lab = json.dumps({"lab_instances": [{"name": n} for n in [central, *stations]]})
+    run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
+    up = run(["ansible-playbook", "-i", "localhost,", "lab/up.yml", "-e", lab], env=env)
+    if up.returncode != 0:
+        raise SystemExit(f"could not start the bench fleet:\n{up.stdout[-3000:]}")
+
+    def rollout(*flags: str, idempotent: bool = True) -> float:
+        started = time.monotonic()
+        proc = run(["ansible-playbook", "-i", str(inventory), "-e", f"@{extra}", "playbooks/rollout.yml", *flags],
+                   env=env)
+        took = time.monotonic() - started
+        changed = sum(int(n) for n in re.findall(r"^\S+\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
+        if proc.returncode != 0 or (idempotent and changed):
+            raise SystemExit(f"rollout {' '.join(flags)} failed or changed {changed}:\n{proc.stdout[-4000:]}\n"
+                             f"{proc.stderr[-2000:]}")
+        return took
+
+    try:
+        first = rollout(idempotent=False)
+        say(f"first fleet rollout {first:.0f} s")
+        one = rollout("--limit", stations[0])
+        say(f"rollout of one station {one:.0f} s")
+        canary = rollout()
+        say(f"rollout of central + {len(stations)} stations, canary first {canary:.0f} s")
+        flat = rollout("-e", '{"rollout_serial": ["100%"]}')
+        say(f"rollout of central + {len(stations)} stations in one batch {flat:.0f} s")
+    finally:
+        run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
+    n = len(stations)
+    return [
+        (f"fleet: first rollout, central + {n} stations (fresh)", f"{first:.0f} s", ""),
+        ("fleet: rollout of 1 station (idempotent, --limit)", f"{one:.0f} s", "1.00"),
+        (f"fleet: central + {n} stations, canary then halves", f"{canary:.0f} s", f"{canary / one:.2f}, <= 1.5"),
+        (f"fleet: central + {n} stations in one batch (forks)", f"{flat:.0f} s", f"{flat / one:.2f}"),
     ]
 
 
@@ -89,37 +159,30 @@ def main() -> None:
     bridge = run([sys.executable, "bridge/bench/run.py"])
     if bridge.returncode != 0:
         raise SystemExit(f"bridge benchmark failed:\n{bridge.stderr[-3000:]}")
-    bridge_rows = [line for line in bridge.stdout.splitlines() if line.startswith("| (") or
-                   line.startswith("| bridge")]
+    # Its rows (after the header and the rule) join the one table below.
+    cells = [[c.strip() for c in line.strip("|").split("|")] for line in bridge.stdout.splitlines()
+             if line.startswith("|")][2:]
+    rows = [(f"bridge: {a}", b, c) for a, b, c in cells]
     say("station converge timings")
-    rows = converge_rows()
-    width = max(len(r[0]) for r in rows) + 2
-    converge_table = [f"| {'measurement':<{width}} | {'result':<24} | {'ratio to the first run':<26} |",
-                      f"|{'-' * (width + 2)}|{'-' * 26}|{'-' * 28}|"]
-    converge_table += [f"| {a:<{width}} | {b:<24} | {c:<26} |" for a, b, c in rows]
+    rows += converge_rows()
+    say("fleet rollout timings")
+    rows += fleet_rows()
+    width = max(len(r[0]) for r in rows)
+    result = max(len(r[1]) for r in rows)
+    table = [f"| {'measurement':<{width}} | {'result':<{result}} | ratio, target |",
+             f"|{'-' * (width + 2)}|{'-' * (result + 2)}|---|",
+             *[f"| {a:<{width}} | {b:<{result}} | {c} |" for a, b, c in rows]]
     text = "\n".join([
         "# Benchmarks",
         "",
         f"Measured by `make bench` on {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}.",
         f"Machine: {machine()}.",
         "",
-        "Every ratio compares figures measured in the same run. Rerun `make bench` to refresh this file.",
+        "One run, one table: every ratio compares figures measured in this run (machines here are noisy).",
+        "bridge: bridge/bench/run.py, (a) is the ceiling; converge: playbooks/site.yml on a fresh lab",
+        "container; fleet: playbooks/rollout.yml with the example fleet's variables, default forks.",
         "",
-        "## Bridge (ZMQ -> InfluxDB), bridge/bench/run.py",
-        "",
-        f"| {'measurement':<52} | {'result':<28} | {'ratio to (a)':<22} |",
-        f"|{'-' * 54}|{'-' * 30}|{'-' * 24}|",
-        *bridge_rows,
-        "",
-        "## Station converge (playbooks/site.yml on a fresh lab container)",
-        "",
-        *converge_table,
-        "",
-        "## Fleet rollout",
-        "",
-        "Not measured by `make bench`: building the four-container fleet takes about ten minutes. The `fleet`",
-        "molecule scenario (part of `make test`) measures it on every run and prints",
-        "`rollout (idempotent) wall time: 1 station ... all 3 stations + central ... ratio ...`.",
+        *table,
         "",
     ])
     (ROOT / "docs").mkdir(exist_ok=True)

@@ -20,7 +20,7 @@ from servers import Influxd, free_port
 
 from station_bridge.config import parse
 from station_bridge.demo import publish
-from station_bridge.journal import DeadLetters, Journal
+from station_bridge.journal import Chunk, DeadLetters, Intake, Journal
 from station_bridge.metrics import Metrics
 from station_bridge.sinks import InfluxSink
 
@@ -174,6 +174,44 @@ def test_kill_9_delivers_everything_that_was_journaled(tmp_path, own_influxd, en
     assert restarted.stop() == 0
 
 
+def test_kill_9_delivers_what_was_only_in_memory(tmp_path, own_influxd, endpoint):
+    """The write-ahead intake log: points received but not yet written survive SIGKILL."""
+    # A long flush interval and a huge batch keep every point in memory, unwritten.
+    held = {"flush_interval": 600.0, "batch_size": 100000}
+    bridge = Bridge(tmp_path, own_influxd, "tick", endpoint, destination=held).start()
+    publish(endpoint, "kraken_tick", 2500, rate=0, duration=30)
+    wait_for(lambda: metric(bridge.metrics(), "bridge_received_messages_total", subscription="kraken") == 2500,
+             20, "2500 received")
+    assert own_influxd.count("tick", "ticks") == 0 and bridge.journal_lines() == []
+    bridge.process.kill()  # SIGKILL: no flush, no cleanup
+    bridge.process.wait(10)
+    restarted = Bridge(tmp_path, own_influxd, "tick", endpoint).start()
+    wait_for(lambda: own_influxd.count("tick", "ticks") == 2500, 60, "the logged points delivered after restart")
+    seqs = {row["seq"] for row in own_influxd.query("SELECT seq FROM ticks", db="tick")}
+    assert seqs == set(range(2500))
+    wait_for(lambda: not list((tmp_path / "journal" / "local").iterdir()), 10, "journal and intake log emptied")
+    assert restarted.stop() == 0
+
+
+def test_without_write_ahead_kill_9_loses_what_was_in_memory(tmp_path, own_influxd, endpoint):
+    """The control for the test above: it fails for the reason the log exists."""
+    held = {"flush_interval": 600.0, "batch_size": 100000}
+    bridge = Bridge(tmp_path, own_influxd, "tick", endpoint, destination=held,
+                    journal={"write_ahead": False}).start()
+    publish(endpoint, "kraken_tick", 500, rate=0, duration=30)
+    wait_for(lambda: metric(bridge.metrics(), "bridge_received_messages_total", subscription="kraken") == 500,
+             20, "500 received")
+    bridge.process.kill()
+    bridge.process.wait(10)
+    restarted = Bridge(tmp_path, own_influxd, "tick", endpoint).start()
+    # The restarted bridge works (it delivers what it receives now), yet nothing from before.
+    publish(endpoint, "kraken_tick", 100, rate=0, duration=30, start_seq=10_000)
+    wait_for(lambda: own_influxd.count("tick", "ticks") == 100, 20, "the new points")
+    seqs = {row["seq"] for row in own_influxd.query("SELECT seq FROM ticks", db="tick")}
+    assert seqs == set(range(10_000, 10_100))
+    assert restarted.stop() == 0
+
+
 def test_sigterm_flushes_what_is_in_memory(tmp_path, influxd, database, endpoint):
     # A long flush interval keeps the points in memory until SIGTERM.
     bridge = Bridge(tmp_path, influxd, database, endpoint, destination={"flush_interval": 60.0,
@@ -241,11 +279,13 @@ def test_poisoned_line_is_dead_lettered_and_the_rest_lands(tmp_path, influxd, da
     base = (time.time_ns() // 1_000_000_000 - 10) * 1_000_000_000
     lines = [f"ticks,instrument=EURUSD bid={1 + i / 1000} {base + i}" for i in range(100)]
     lines[37] = f'ticks,instrument=EURUSD bid="poison" {base + 37}'  # type conflict with the float field
-    sink = InfluxSink(dest, Journal(tmp_path / "j", 10**7), DeadLetters(tmp_path / "dead.jsonl"), Metrics())
+    sink = InfluxSink(dest, Journal(tmp_path / "j", 10**7), DeadLetters(tmp_path / "dead.jsonl"), Metrics(),
+                      Intake(tmp_path / "j"))
     sink.start()
-    sink.submit(lines)
+    sink.submit(Chunk.of(lines))
     sink.stop(10)
     assert influxd.count(database, "ticks") == 99
+    assert list((tmp_path / "j").iterdir()) == []  # written or dead-lettered: nothing left to recover
     dead = [json.loads(x) for x in (tmp_path / "dead.jsonl").read_text().splitlines()]
     assert [d["line"] for d in dead] == [lines[37]]
     assert "field type conflict" in dead[0]["error"]

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import re
+import tomllib
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -121,6 +122,7 @@ class Config:
     cache: CacheSpec | None
     journal_dir: Path
     journal_max_bytes: int
+    journal_write_ahead: bool
     dead_letter_dir: Path
     http_listen: str | None
     shutdown_timeout: float
@@ -348,6 +350,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     j = top.child("journal", {}) or _Reader({}, "journal", source)
     journal_dir = Path(j.get("dir", str, "/var/lib/station-bridge/journal"))
     journal_max = parse_size(j.get("max_bytes", (str, int), "1GiB"), f"{source}: journal.max_bytes")
+    write_ahead = j.get("write_ahead", bool, True)
     j.done()
     dl = top.child("dead_letter", {}) or _Reader({}, "dead_letter", source)
     dead_dir = Path(dl.get("dir", str, "/var/lib/station-bridge/dead-letter"))
@@ -369,6 +372,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     config = Config(
         source=source, station=top.get("station", str, None), subscriptions=subscriptions,
         destinations=destinations, cache=cache, journal_dir=journal_dir, journal_max_bytes=journal_max,
+        journal_write_ahead=write_ahead,
         dead_letter_dir=dead_dir, http_listen=listen or None,
         shutdown_timeout=top.positive("shutdown_timeout", float, 20.0), log_level=level, log_rate_per_s=rate,
         self_metrics=self_metrics, raw=data or {},
@@ -378,11 +382,20 @@ def parse(data: Any, source: str = "<config>") -> Config:
 
 
 def load(path: str | Path) -> Config:
+    """Reads a YAML file, or TOML when the name ends in .toml (the same keys either way)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+    if path.suffix == ".toml":
+        try:
+            data = tomllib.loads(text)
+        except tomllib.TOMLDecodeError as exc:
+            raise ConfigError(f"{path}: not valid TOML: {exc}") from exc
+    else:
+        try:
+            data = yaml.safe_load(text)
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
     return parse(data, str(path))

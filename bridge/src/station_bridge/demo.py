@@ -32,12 +32,8 @@ def ticks(count: int, instruments: list[str], seed: int = 7, start_seq: int = 0)
 
 def publish(endpoint: str, topic: str, count: int, rate: float, duration: float, bind: bool = True,
             instruments: list[str] | None = None, warmup: float = 0.5, start_seq: int = 0,
-            prepack: bool = False, on_start: Callable[[], None] | None = None) -> int:
-    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s.
-
-    prepack builds every message before the first send, so that a benchmark measures the
-    receiver, not this generator (their timestamps are then the build time).
-    """
+            on_start: Callable[[], None] | None = None) -> int:
+    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s."""
     context = zmq.Context.instance()
     socket = context.socket(zmq.PUB)
     socket.setsockopt(zmq.SNDHWM, 0)  # never drop on the publisher side
@@ -49,9 +45,6 @@ def publish(endpoint: str, topic: str, count: int, rate: float, duration: float,
     started = time.monotonic()
     sent = 0
     stream = (packb(t) for t in ticks(count, instruments or list(INSTRUMENTS), start_seq=start_seq))
-    if prepack:
-        stream = iter(list(stream))
-        started = time.monotonic()
     if on_start is not None:
         on_start()
     for payload in stream:

@@ -84,17 +84,15 @@ class Mapper:
         self._fields = [(key, escape_key(key, "field"), _formatter(kind)) for key, kind in m.fields.items()]
         self._time_field = m.time.field
         self._parse_time = parser(m.time.format, m.time.timezone)
-        # Fast path tables: prefixes pre-escaped, kinds as small ints, escaped tag values cached.
-        self._fast_tags = [(key, f",{ekey}=") for key, ekey in self._tags] if not self._derived else None
-        kinds = {"float": 0, "integer": 1}
-        self._fast_fields = [(key, f"{ekey}=", kinds.get(kind, 2), fmt)
-                             for (key, ekey, fmt), kind in zip(self._fields, m.fields.values(), strict=True)]
-        self._epoch_scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000,
-                             "epoch_ns": 1}.get(m.time.format)
         self._tag_cache: dict[object, str] = {}
         self._clock = ReceiveClock()
         self._last: dict[str, tuple[int, int]] = {}
         self.timestamp_fallbacks = 0
+        scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
+        simple = self._fixed is not None and self._from == "fixed" and not self._derived
+        self._compiled = _compile(self, m.fields, scale) if simple else None
+        self.line = self._compiled[0] if self._compiled else self._line  # type: ignore[method-assign]
+        self.keyed_line = self._compiled[1] if self._compiled else self._keyed_line  # type: ignore[method-assign]
 
     def _measurement(self, topic: str, record: dict) -> str:
         if self._fixed is not None and self._from == "fixed":
@@ -168,52 +166,6 @@ class Mapper:
                 self._tag_cache[value] = cached
         return cached
 
-    def line(self, topic: str, record: dict) -> str:
-        """The point as one line; raises MapError/LineError with a counter reason.
-
-        The common shape (fixed measurement, plain tags, float/integer fields, epoch time)
-        runs inline here; anything else takes the general path in _line.
-        """
-        if self._fast_tags is None or self._fixed is None or self._from != "fixed":
-            return self._line(topic, record)
-        series = self._fixed
-        try:
-            for key, prefix in self._fast_tags:
-                value = record.get(key)
-                if value is not None and value != "":
-                    series += prefix + self._escaped_tag(value)
-        except TypeError:  # unhashable tag value: let the general path name the reason
-            return self._line(topic, record)
-        series += self._static
-        parts = []
-        for key, prefix, kind, fmt in self._fast_fields:
-            value = record.get(key)
-            if value is None:
-                continue
-            vtype = type(value)
-            if kind == 0 and vtype is float and value - value == 0.0:
-                parts.append(prefix + repr(value))
-            elif kind == 1 and vtype is int and -9223372036854775808 <= value <= 9223372036854775807:
-                parts.append(f"{prefix}{value}i")
-            else:
-                parts.append(prefix + fmt(value))
-        if not parts:
-            raise MapError("missing_field", f"none of the declared fields {[f[0] for f in self._fields]} is present")
-        scale = self._epoch_scale
-        stamp = record.get(self._time_field) if self._time_field else None
-        if scale is not None and (type(stamp) is float or type(stamp) is int):
-            ts = round(stamp * scale) if type(stamp) is float else stamp * scale
-        else:
-            ts = self._time(record)
-        last = self._last.get(series)
-        if last is not None and ts == last[0]:
-            assigned = last[1] + 1
-            self._last[series] = (ts, assigned)
-            ts = assigned
-        else:
-            self._last[series] = (ts, ts)
-        return f"{series} {','.join(parts)} {ts}"
-
     def _line(self, topic: str, record: dict) -> str:
         series = self._series(topic, record, None)
         parts = []
@@ -224,6 +176,26 @@ class Mapper:
         if not parts:
             raise MapError("missing_field", f"none of the declared fields {[f[0] for f in self._fields]} is present")
         return f"{series} {','.join(parts)} {self._unique(series, self._time(record))}"
+
+    def line(self, topic: str, record: dict) -> str:  # replaced per instance in __init__
+        """The point as one line; raises MapError/LineError with a counter reason."""
+        return self._line(topic, record)
+
+    def keyed_line(self, topic: str, record: dict) -> tuple[str, str, int]:  # replaced in __init__
+        """(line, series, time): the line and what the cache keys the newest value by."""
+        return self._keyed_line(topic, record)
+
+    def _keyed_line(self, topic: str, record: dict) -> tuple[str, str, int]:
+        line = self._line(topic, record)
+        series = self._series(topic, record, None)
+        return line, series, int(line.rsplit(" ", 1)[1])
+
+    def cached_point(self, topic: str, record: dict, series: str, time_ns: int) -> Point:
+        """The Point of a line already made (same series and time), for the cache."""
+        tags: dict[str, str] = {}
+        self._series(topic, record, tags)
+        values = {key: record[key] for key, _, _ in self._fields if record.get(key) is not None}
+        return Point(series.split(",", 1)[0], series, tags, values, time_ns, "")
 
     def point(self, topic: str, record: dict) -> Point:
         tags: dict[str, str] = {}
@@ -239,3 +211,64 @@ class Mapper:
         ts = self._unique(series, self._time(record))
         measurement = series.split(",", 1)[0]
         return Point(measurement, series, tags, values, ts, f"{series} {','.join(parts)} {ts}")
+
+
+_INT64 = (-(2**63), 2**63 - 1)
+
+
+def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple[Callable, Callable]:
+    """The common shape (fixed measurement, plain tags, declared fields, epoch time) as one
+    straight-line function per subscription, generated at start: no loops, no per-point
+    dictionaries. Anything unusual in a record takes the general path (Mapper._line), which
+    names the reason; tests/test_stages.py checks both paths agree on every input.
+    Only generated names appear in the source: keys and prefixes are bound as constants.
+    """
+    env: dict[str, object] = {
+        "FIXED": mapper._fixed, "STATIC": mapper._static, "SCALE": scale, "LAST": mapper._last,
+        "esc": mapper._escaped_tag, "slow": mapper._line, "slow_keyed": mapper._keyed_line,
+        "slow_time": mapper._time, "MapError": MapError, "LO": _INT64[0], "HI": _INT64[1],
+        "MISSING": f"none of the declared fields {list(fields)} is present", "TIME": mapper._time_field,
+    }
+    body = ["series = FIXED"]
+    for i, (key, ekey) in enumerate(mapper._tags):
+        env[f"T{i}"], env[f"TP{i}"] = key, f",{ekey}="
+        body += [f"v = get(T{i})", "if v is not None and v != '':", f"    series += TP{i} + esc(v)"]
+    body += ["series += STATIC", "f = ''"]
+    for i, ((key, ekey, fmt), kind) in enumerate(zip(mapper._fields, fields.values(), strict=True)):
+        env[f"F{i}"], env[f"FP{i}"], env[f"FMT{i}"] = key, f",{ekey}=", fmt
+        body += [f"v = get(F{i})", "if v is not None:"]
+        if kind == "float":
+            body += ["    if type(v) is float and v - v == 0.0:", f"        f += FP{i} + repr(v)",
+                     "    else:", f"        f += FP{i} + FMT{i}(v)"]
+        elif kind == "integer":
+            body += ["    if type(v) is int and LO <= v <= HI:", f"        f += f'{{FP{i}}}{{v}}i'",
+                     "    else:", f"        f += FP{i} + FMT{i}(v)"]
+        else:
+            body += [f"    f += FP{i} + FMT{i}(v)"]
+    body += ["if not f:", "    raise MapError('missing_field', MISSING)"]
+    if mapper._time_field is None:
+        body += ["ts = slow_time(record)"]
+    elif scale is not None:
+        # A float product that is not finite (NaN, inf, or too large) takes the general path,
+        # which refuses it as bad_timestamp.
+        body += ["s = get(TIME)", "if type(s) is float:", "    x = s * SCALE",
+                 "    ts = round(x) if x - x == 0.0 else slow_time(record)",
+                 "elif type(s) is int:", "    ts = s * SCALE", "else:", "    ts = slow_time(record)"]
+    else:
+        body += ["ts = slow_time(record)"]
+    # Same series, same timestamp would overwrite in InfluxDB: nudge by 1 ns, in order.
+    body += ["last = LAST.get(series)", "if last is not None and ts == last[0]:", "    ts = last[1] + 1",
+             "    LAST[series] = (last[0], ts)", "else:", "    LAST[series] = (ts, ts)"]
+
+    def function(name: str, fallback: str, result: str) -> list[str]:
+        # A TypeError means an unhashable tag value: the general path names the reason.
+        return [f"def {name}(topic, record):", "    get = record.get", "    try:",
+                *[f"        {line}" for line in body[:body.index("series += STATIC") + 1]],
+                "    except TypeError:", f"        return {fallback}(topic, record)",
+                *[f"    {line}" for line in body[body.index("series += STATIC") + 1:]],
+                f"    return {result}"]
+
+    source = "\n".join([*function("line", "slow", "f'{series} {f[1:]} {ts}'"), "",
+                        *function("keyed", "slow_keyed", "(f'{series} {f[1:]} {ts}', series, ts)")])
+    exec(compile(source, f"<mapping {mapper.name}>", "exec"), env)
+    return env["line"], env["keyed"]  # type: ignore[return-value]

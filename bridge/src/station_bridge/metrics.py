@@ -21,6 +21,8 @@ HELP = {
     "bridge_journaled_points_total": "Points written to the journal, per destination.",
     "bridge_dropped_points_total": "Points dropped, per destination and reason (spool_full, rejected).",
     "bridge_write_errors_total": "Failed write requests, per destination and kind.",
+    "bridge_intake_errors_total": "Points the write-ahead intake log could not store (held in memory only).",
+    "bridge_intake_bytes": "Bytes in the write-ahead intake log, per destination.",
     "bridge_queue_points": "Points waiting in memory, per destination.",
     "bridge_journal_bytes": "Bytes in the journal, per destination.",
     "bridge_journal_points": "Points in the journal, per destination.",

@@ -1,7 +1,8 @@
 """Sinks: batching and delivery to one InfluxDB 1.x destination, backed by the journal.
 
 Per destination, one writer thread:
-- collects lines into batches (batch_size, or flush_interval after the first line, so a
+- takes chunks of lines (logged first in the destination's intake log, see journal.py) and
+  collects them into batches (batch_size, or flush_interval after the first line, so a
   quiet stream is flushed too);
 - while the journal is empty, POSTs a batch; a retryable failure (connection refused,
   timeout, 5xx, auth or missing database) puts the batch in the journal and starts
@@ -27,7 +28,7 @@ import urllib.parse
 from collections import deque
 
 from .config import DestinationSpec
-from .journal import DeadLetters, Journal
+from .journal import Chunk, DeadLetters, Intake, Journal
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.sink")
@@ -112,15 +113,17 @@ class Backoff:
 
 
 class InfluxSink:
-    def __init__(self, spec: DestinationSpec, journal: Journal, dead: DeadLetters, metrics: Metrics) -> None:
+    def __init__(self, spec: DestinationSpec, journal: Journal, dead: DeadLetters, metrics: Metrics,
+                 intake: Intake | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.journal = journal
+        self.intake = intake
         self.dead = dead
         self.metrics = metrics
         self.writer = InfluxWriter(spec)
         self.backoff = Backoff(spec.max_backoff)
-        self._queue: deque[list[str]] = deque()
+        self._queue: deque[Chunk] = deque()
         self._queued = 0
         self._cond = threading.Condition()
         self._stopping = False
@@ -133,21 +136,33 @@ class InfluxSink:
     def start(self) -> None:
         self._thread.start()
 
-    def submit(self, lines: list[str]) -> None:
-        if not lines:
+    def submit(self, chunk: Chunk) -> None:
+        """Takes the chunk (logged first when there is an intake log); never blocks on the network."""
+        if not chunk.count:
             return
+        chunk = Chunk(chunk.data, chunk.count)  # each destination numbers its own copy
+        if self.intake is not None:
+            try:
+                self.intake.append(chunk)
+            except OSError as exc:
+                # Disk full or gone: the points are still delivered from memory, only no longer
+                # protected against a kill -9. Said loudly and counted, never fatal.
+                chunk.seq = -1
+                self.metrics.inc("bridge_intake_errors_total", chunk.count, destination=self.name)
+                log.error("intake log write failed: points held in memory only", extra={
+                    "destination": self.name, "points": chunk.count, "error": str(exc)})
         with self._cond:
-            if self._queued + len(lines) > self.spec.queue_max_points:
-                # Memory bound reached: everything queued, then these, goes to disk in order.
+            if self._queued + chunk.count > self.spec.queue_max_points:
+                # Memory bound reached: everything queued, then this, goes to disk in order.
                 pending = list(self._queue)
                 self._queue.clear()
                 self._queued = 0
-                for batch in [*pending, lines]:
-                    self._to_journal(batch)
+                for queued in [*pending, chunk]:
+                    self._to_journal(queued)
                 return
             was_empty = not self._queued
-            self._queue.append(lines)
-            self._queued += len(lines)
+            self._queue.append(chunk)
+            self._queued += chunk.count
             if was_empty or self._queued >= self.spec.batch_size:
                 self._cond.notify()
 
@@ -162,23 +177,32 @@ class InfluxSink:
             self._deadline = time.monotonic() + timeout
             self._cond.notify()
         self._thread.join(timeout + 5)
+        if self.intake is not None:
+            self.intake.close()
 
     # --- writer thread ------------------------------------------------------------------
 
-    def _take(self, limit: int) -> list[str]:
-        batch: list[str] = []
-        while self._queue and len(batch) < limit:
+    def _take(self, limit: int) -> Chunk | None:
+        """Up to `limit` points from the head of the queue, as one chunk (called with the lock)."""
+        taken: list[Chunk] = []
+        room = limit
+        while self._queue and room > 0:
             head = self._queue[0]
-            room = limit - len(batch)
-            if len(head) <= room:
-                batch.extend(self._queue.popleft())
+            if head.count <= room:
+                taken.append(self._queue.popleft())
+                room -= head.count
             else:
-                batch.extend(head[:room])
-                self._queue[0] = head[room:]
-        self._queued -= len(batch)
+                first, rest = head.split(room)
+                taken.append(first)
+                self._queue[0] = rest
+                room = 0
+        if not taken:
+            return None
+        batch = Chunk.join(taken)
+        self._queued -= batch.count
         return batch
 
-    def _collect(self) -> list[str]:
+    def _collect(self) -> Chunk | None:
         """Waits for a full batch, the flush interval, the end of backoff or stop."""
         with self._cond:
             flush_at = None
@@ -200,13 +224,20 @@ class InfluxSink:
                 self._cond.wait(max(0.005, min(waits)))
             return self._take(self.spec.batch_size)
 
+    def _settle(self, chunk: Chunk) -> None:
+        if self.intake is not None:
+            self.intake.settle(chunk.seq, chunk.count)
+
     def _run(self) -> None:
         while True:
             batch = self._collect()
             stopping = self._stopping
             late = stopping and time.monotonic() > self._deadline
-            if batch and (len(self.journal) or late or not self._deliver(batch)):
-                self._to_journal(batch)
+            if batch is not None:
+                if len(self.journal) or late or not self._deliver(batch):
+                    self._to_journal(batch)
+                else:
+                    self._settle(batch)
             self._drain_journal()
             if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline):
                 break
@@ -214,7 +245,7 @@ class InfluxSink:
                 # No time left to retry: journal whatever is still in memory and stop.
                 with self._cond:
                     rest = self._take(self._queued)
-                if rest:
+                if rest is not None:
                     self._to_journal(rest)
                 break
         self.writer.close()
@@ -226,38 +257,42 @@ class InfluxSink:
             oldest = self.journal.oldest()
             if oldest is None:
                 return
-            path, lines = oldest
-            if not self._deliver(lines):
+            path, chunk = oldest
+            if not self._deliver(chunk):
                 return
             self.journal.ack(path)
             log.info("replayed journal segment", extra={"destination": self.name, "segment": path.name,
-                                                         "points": len(lines),
+                                                         "points": chunk.count,
                                                          "journal_points": self.journal.points})
 
-    def _to_journal(self, lines: list[str]) -> None:
-        if self.journal.append(lines):
-            self.metrics.inc("bridge_journaled_points_total", len(lines), destination=self.name)
-            return
-        self.metrics.inc("bridge_dropped_points_total", len(lines), destination=self.name, reason="spool_full")
-        log.error("journal full: points dropped", extra={
-            "destination": self.name, "dropped": len(lines), "journal_bytes": self.journal.bytes,
-            "max_bytes": self.journal.max_bytes})
+    def _to_journal(self, chunk: Chunk) -> None:
+        if self.journal.append(chunk):
+            self.metrics.inc("bridge_journaled_points_total", chunk.count, destination=self.name)
+        else:
+            self.metrics.inc("bridge_dropped_points_total", chunk.count, destination=self.name,
+                             reason="spool_full")
+            log.error("journal full: points dropped", extra={
+                "destination": self.name, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
+                "max_bytes": self.journal.max_bytes})
+        self._settle(chunk)
 
-    def _deliver(self, lines: list[str]) -> bool:
+    def _deliver(self, chunk: Chunk) -> bool:
         """True when every line was written or dead-lettered; False on a retryable failure."""
-        for start in range(0, len(lines), self.spec.batch_size):
-            if not self._write(lines[start:start + self.spec.batch_size]):
+        size = self.spec.batch_size
+        while chunk.count > size:
+            first, chunk = chunk.split(size)
+            if not self._write(first):
                 return False
-        return True
+        return self._write(chunk)
 
-    def _write(self, lines: list[str]) -> bool:
+    def _write(self, chunk: Chunk) -> bool:
         started = time.monotonic()
         try:
-            status, message = self.writer.post(("\n".join(lines) + "\n").encode("utf-8"))
+            status, message = self.writer.post(chunk.data)
         except Retryable as exc:
             return self._retry_later("connection", str(exc))
         if status == 204:
-            self.metrics.inc("bridge_written_points_total", len(lines), destination=self.name)
+            self.metrics.inc("bridge_written_points_total", chunk.count, destination=self.name)
             self.metrics.inc("bridge_write_seconds_sum", time.monotonic() - started, destination=self.name)
             self.metrics.inc("bridge_write_seconds_count", 1, destination=self.name)
             if self.backoff.failures:
@@ -266,7 +301,7 @@ class InfluxSink:
             self.last_error = ""
             return True
         if status in (400, 413):
-            return self._isolate(lines, status, message)
+            return self._isolate(chunk, status, message)
         return self._retry_later(f"http_{status}", message)
 
     def _retry_later(self, kind: str, message: str) -> bool:
@@ -279,12 +314,13 @@ class InfluxSink:
                 "failures": self.backoff.failures})
         return False
 
-    def _isolate(self, lines: list[str], status: int, message: str) -> bool:
-        if len(lines) == 1:
+    def _isolate(self, chunk: Chunk, status: int, message: str) -> bool:
+        if chunk.count == 1:
             self.metrics.inc("bridge_dropped_points_total", 1, destination=self.name, reason="rejected")
-            self.dead.write(destination=self.name, line=lines[0], status=status, error=message)
+            self.dead.write(destination=self.name, line=chunk.data.decode("utf-8", "replace").rstrip("\n"),
+                            status=status, error=message)
             log.warning("point rejected by InfluxDB, dead-lettered",
                         extra={"destination": self.name, "error": message})
             return True
-        middle = len(lines) // 2
-        return self._write(lines[:middle]) and self._write(lines[middle:])
+        first, rest = chunk.split(chunk.count // 2)
+        return self._write(first) and self._write(rest)

@@ -20,6 +20,7 @@ BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 PROVISIONING = "/etc/grafana/provisioning"
 DASHBOARDS = "/var/lib/grafana/dashboards/station-stack"
 HEALTH = "station_bridge"  # the bridge's own metrics, read by the station health dashboard
+CENTRAL = "Central InfluxDB"  # the datasource grafana_central_datasource provisions
 # What Grafana substitutes before it sends a raw InfluxQL query.
 MACROS = {"$timeFilter": "time > now() - 1h", "$__interval": "10s", "$interval": "10s"}
 
@@ -239,6 +240,55 @@ def test_undeclared_dashboards_are_pruned(host):
     assert not host.file(stale).exists
     changed = {task for task, _ in result.changed}
     assert changed == {"grafana : Remove dashboards the inventory no longer declares"}, result.changed
+
+
+def datasource_names(doc: dict) -> tuple[set[str], set[str]]:
+    """Names provisioned, and names Grafana is told to delete, in a datasource file."""
+    return {ds["name"] for ds in doc["datasources"]}, {d["name"] for d in doc.get("deleteDatasources") or []}
+
+
+def test_a_disabled_central_datasource_is_deleted(host):
+    """Provisioned once, then dropped from the inventory: the central datasource goes to deleteDatasources."""
+    path = f"{PROVISIONING}/datasources/station-stack.yaml"
+    record = f"{PROVISIONING}/datasources/.station-stack-names.json"
+    saved = "/root/station-stack-names.json.pre-test"
+    central = json.dumps({"grafana_central_datasource": {
+        "url": "http://127.0.0.1:8086", "database": "tick", "user": "grafana", "password": "x-central-pw"}})
+    before = host.file(record).content_string
+    host.check_output(f"cp -p {record} {saved}")
+    try:
+        first = run_converge("station.yml", "--tags", "grafana", "-e", central)
+        assert first.rc == 0, first.output
+        assert "x-central-pw" not in json.dumps(first.output), "the central password reached the log"
+        doc = load_yaml(host, path)
+        sources = {ds["name"]: ds for ds in check_datasources_file(doc)}
+        provisioned, deleted = datasource_names(doc)
+        assert CENTRAL in provisioned and CENTRAL not in deleted, doc.get("deleteDatasources")
+        assert sources[CENTRAL]["uid"] == "central-influxdb"
+        assert sources[CENTRAL]["secureJsonData"] == {"password": "x-central-pw"}
+        rec = host.file(record)
+        assert rec.user == "root" and rec.group == "grafana" and rec.mode == 0o640
+        assert CENTRAL in json.loads(rec.content_string)
+
+        dropped = run_converge("station.yml", "--tags", "grafana")
+        assert dropped.rc == 0, dropped.output
+        doc = load_yaml(host, path)
+        check_datasources_file(doc)
+        provisioned, deleted = datasource_names(doc)
+        assert CENTRAL not in provisioned and CENTRAL in deleted, (provisioned, deleted)
+        assert "x-central-pw" not in host.file(path).content_string
+        changed = {task for task, _ in dropped.changed}
+        assert changed == {"grafana : Provision the datasources"}, dropped.changed
+
+        again = run_converge("station.yml", "--tags", "grafana")
+        assert again.rc == 0 and again.changed == set(), again.changed
+    finally:
+        # The record as before the test, and the datasource file rendered from the inventory.
+        host.run(f"mv -f {saved} {record}")
+        restored = run_converge("station.yml", "--tags", "grafana")
+    assert restored.rc == 0, restored.output
+    assert host.file(record).content_string == before
+    assert CENTRAL not in datasource_names(load_yaml(host, path))[0]
 
 
 def test_local_plugins_and_extra_dashboards_are_installed_then_extras_pruned(host):

@@ -37,8 +37,9 @@ def test_influxdb_bridge_user_cannot_read_and_grafana_user_cannot_write(influx):
 
 def test_redis_requires_auth_is_loopback_only_and_confines_the_bridge(host):
     assert "NOAUTH" in redis(host, None, "ping")
-    listening = host.check_output("ss -Hltn 'sport = :6379'")
-    assert {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()} <= {"127.0.0.1", "[::1]"}
+    listening = host.check_output("ss -Hltn 'sport = :6379'").splitlines()
+    addresses = {line.split()[3].rsplit(":", 1)[0] for line in listening}
+    assert addresses and addresses <= {"127.0.0.1", "[::1]"}, listening
     bridge = ("bridge", "molecule-redis-bridge-pw")
     for command in (["config", "set", "dir", "/tmp"], ["acl", "setuser", "evil", "on"], ["shutdown"],
                     ["flushall"], ["script", "flush"], ["get", "latest:x"]):
@@ -53,6 +54,25 @@ def test_no_secret_in_check_diff_output_and_check_mode_reports_nothing(host):
     leaked = [s for s in SECRETS if s in text]
     assert not leaked, f"secrets in play output: {leaked}"
     assert not result.changed, f"--check on a converged station predicts changes: {result.changed}"
+
+
+def test_no_secret_in_the_log_of_a_converge_that_rewrites_every_secret(host, influx):
+    """The log of a converge that changes every secret-bearing file, with --diff."""
+    secret_files = ["/etc/station-bridge/*.env", "/etc/station-services/*.env", "/etc/grafana/grafana.ini",
+                    "/etc/grafana/provisioning/datasources/station-stack.yaml", "/etc/redis/redis.conf"]
+    host.check_output("rm -f " + " ".join(secret_files))
+    # And a password that no longer matches the inventory, so the users task must set it.
+    assert influx.query("SET PASSWORD FOR \"bridge\" = 'rotated-elsewhere'", auth=ADMIN).status == 200
+    result = run_converge("station.yml", "--diff")
+    assert result.rc == 0, result.output
+    changed = {task for task, _ in result.changed}
+    assert {"bridge : Write each instance's secrets for systemd", "influxdb : Manage users and their grants",
+            "grafana : Render grafana.ini", "redis : Render redis.conf"} <= changed, changed
+    text = json.dumps(result.output)
+    leaked = [s for s in SECRETS if s in text]
+    assert not leaked, f"secrets in the converge log: {leaked}"
+    assert influx.write(f"security_probe,instrument=X bid=1 {time.time_ns()}", auth=WRITER).status == 204
+    influx.query("DROP MEASUREMENT security_probe", auth=ADMIN, db="tick")
 
 
 def test_no_secret_bearing_file_is_world_readable(host):

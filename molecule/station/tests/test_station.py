@@ -32,6 +32,7 @@ def test_bridge_unit_exposure_at_most_3(host):
 def test_published_ticks_land_in_influxdb(host, influx):
     before = influx.query("SELECT count(bid) FROM ticks", auth=READER, db="tick").rows()
     start = before[0]["count"] if before else 0
+    start_ns = int(host.check_output("date +%s%N"))
     host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 2000 --rate 2000 "
                       "--duration 30 --instruments EURUSD,GBPUSD")
     deadline = time.monotonic() + 30
@@ -43,6 +44,16 @@ def test_published_ticks_land_in_influxdb(host, influx):
     assert count == start + 2000
     rows = influx.query("SELECT * FROM ticks WHERE instrument = 'EURUSD' LIMIT 1", auth=READER, db="tick").rows()
     assert rows[0]["base"] == "EUR" and rows[0]["term"] == "USD" and rows[0]["station"] == "lab1"
+    # The declared field types, and one point per message at the publisher's own time.
+    types = {r["fieldKey"]: r["fieldType"] for r in influx.query("SHOW FIELD KEYS FROM ticks", auth=READER,
+                                                                  db="tick").rows()}
+    assert types == {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"}, types
+    end_ns = int(host.check_output("date +%s%N"))
+    points = influx.query(f"SELECT seq, bid FROM ticks WHERE time >= {start_ns} AND time <= {end_ns}",
+                          auth=READER, db="tick").rows()
+    assert sorted(p["seq"] for p in points) == list(range(2000))
+    stamps = [p["time"] for p in points]
+    assert len(set(stamps)) == 2000 and all(start_ns <= t <= end_ns for t in stamps)
     metrics = host.check_output("python3 -c \"import urllib.request;"
                                 "print(urllib.request.urlopen('http://127.0.0.1:9108/metrics').read().decode())\"")
     assert 'bridge_written_points_total{destination="local"}' in metrics
@@ -62,7 +73,7 @@ def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one():
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "validate.yml"
     good = run_playbook(playbook, "validate_feeds.yml")
     assert good.rc == 0
-    assert "kraken | tick.ticks | 300 | 300 |" in json.dumps(good.output)
+    assert "kraken | tick.ticks | 300 | 300 | 300 |" in json.dumps(good.output)  # published, received, landed
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
     assert "Feeds whose data did not land: ['silent']" in json.dumps(silent.output)
@@ -146,19 +157,31 @@ def test_self_metrics_points_are_written(influx):
 
 
 def test_stopping_station_target_flushes_before_the_bridge_exits(host, influx):
-    start_ns = int(host.check_output("date +%s%N"))
-    host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 3000 --rate 0 "
-                      "--duration 30 --instruments USDCHF")
-    databases = {u: main_pid(host, u) for u in ("influxdb", "redis-server")}
-    host.check_output("systemctl stop station.target")
-    for unit in ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed"):
-        assert not host.service(unit).is_running, unit
-    assert {u: main_pid(host, u) for u in databases} == databases  # the databases keep running
-    # Counted while the bridge is down: what landed was flushed before it exited.
-    assert count_since(influx, "ticks", start_ns, "USDCHF") == 3000
-    log = host.check_output("journalctl -u station-bridge@kraken --no-pager -n 50 -o cat")
-    assert "stopping: flushing destinations" in log
-    host.check_output("systemctl start station.target")
+    held = run_converge("kraken_hold.yml", "--tags", "bridge")  # points now wait in memory
+    assert held.rc == 0, held.output
+    try:
+        wait_until(lambda: host.run("python3 -c \"import urllib.request;"
+                                    "urllib.request.urlopen('http://127.0.0.1:9108/healthz')\"").rc == 0, 20, "healthz")
+        received = metrics(host).get('bridge_received_messages_total{subscription="kraken"}', 0)
+        start_ns = int(host.check_output("date +%s%N"))
+        host.check_output(f"{BRIDGE} publish-demo --endpoint tcp://127.0.0.1:5556 --count 3000 --rate 0 "
+                          "--duration 30 --instruments USDCHF")
+        wait_until(lambda: metrics(host).get('bridge_received_messages_total{subscription="kraken"}', 0)
+                   >= received + 3000, 20, "3000 received")
+        assert count_since(influx, "ticks", start_ns, "USDCHF") == 0  # all of them still in memory
+        databases = {u: main_pid(host, u) for u in ("influxdb", "redis-server")}
+        host.check_output("systemctl stop station.target")
+        for unit in ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed"):
+            assert not host.service(unit).is_running, unit
+        assert {u: main_pid(host, u) for u in databases} == databases  # the databases keep running
+        # Counted while the bridge is down: what landed was flushed before it exited.
+        assert count_since(influx, "ticks", start_ns, "USDCHF") == 3000
+        log = host.check_output("journalctl -u station-bridge@kraken --no-pager -n 50 -o cat")
+        assert "stopping: flushing destinations" in log
+    finally:
+        host.check_output("systemctl start station.target")
+        restored = run_converge("station.yml", "--tags", "bridge")
+        assert restored.rc == 0, restored.output
     for unit in ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed"):
         wait_until(lambda u=unit: host.service(u).is_running, 20, f"{unit} running again")
 
@@ -195,17 +218,36 @@ def test_service_playbook_stops_starts_and_reports_every_unit(host):
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks/service.yml"
     bridges = ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed")
     influxdb = main_pid(host, "influxdb")
-    stopped = run_playbook(playbook, "station.yml", "-e", "station_state=stopped")
-    assert stopped.rc == 0, stopped.output
-    report = json.dumps(stopped.output)
-    assert "station-bridge@kraken.service: inactive (dead)" in report and "influxdb.service: active (running)" in report
-    assert not any(host.service(u).is_running for u in bridges)
-    started = run_playbook(playbook, "station.yml", "-e", "station_state=started")
+    try:
+        stopped = run_playbook(playbook, "station.yml", "-e", "station_state=stopped")
+        assert stopped.rc == 0, stopped.output
+        report = json.dumps(stopped.output)
+        assert "station-bridge@kraken.service: inactive (dead)" in report
+        assert "influxdb.service: active (running)" in report
+        assert not any(host.service(u).is_running for u in bridges)
+    finally:
+        started = run_playbook(playbook, "station.yml", "-e", "station_state=started")
     assert started.rc == 0, started.output
     assert "station-heartbeat-feed.service: active (running)" in json.dumps(started.output)
     assert all(host.service(u).is_running for u in bridges) and main_pid(host, "influxdb") == influxdb
     refused = run_playbook(playbook, "station.yml", "-e", "station_state=paused")
     assert refused.rc != 0 and "station_state must be started, stopped or restarted" in json.dumps(refused.output)
+
+
+def test_an_instance_removed_from_the_inventory_is_stopped_and_its_journal_kept(host):
+    added = run_converge("spare_instance.yml", "--tags", "bridge")
+    assert added.rc == 0, added.output
+    wait_until(lambda: host.service("station-bridge@spare").is_running, 20, "the spare instance running")
+    others = {u: main_pid(host, u) for u in ("station-bridge@kraken", "station-bridge@heartbeat")}
+    pruned = run_converge("station.yml", "--tags", "bridge")
+    assert pruned.rc == 0, pruned.output
+    spare = host.service("station-bridge@spare")
+    assert not spare.is_running and not spare.is_enabled
+    assert not any(host.file(f"/etc/station-bridge/spare.{ext}").exists for ext in ("yml", "env"))
+    assert host.file("/var/lib/station-bridge/spare/journal").is_directory  # undelivered points stay
+    assert {u: main_pid(host, u) for u in others} == others
+    assert {task for task, _ in pruned.changed} == {"bridge : Stop and disable removed instances",
+                                                   "bridge : Remove the configuration and secrets of removed instances"}
 
 
 def test_changed_configuration_restarts_only_its_instance(host):
