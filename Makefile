@@ -42,7 +42,7 @@ station: image
 
 # make station-service STATE=stopped|started|restarted: station.target on the lab station.
 station-service: bootstrap
-	ansible-playbook -i inventories/local playbooks/service.yml -e station_state=$(or $(STATE),started)
+	ansible-playbook -i inventories/local playbooks/service.yml -e state=$(or $(STATE),started)
 
 station-down: bootstrap
 	ansible-playbook -i localhost, lab/down.yml

@@ -162,7 +162,7 @@ def main() -> None:
     # Its rows (after the header and the rule) join the one table below.
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in bridge.stdout.splitlines()
              if line.startswith("|")][2:]
-    rows = [(f"bridge: {a}", b, c) for a, b, c in cells]
+    rows = [(f"bridge: {a.removeprefix('bridge ')}", b, c) for a, b, c in cells]
     say("station converge timings")
     rows += converge_rows()
     say("fleet rollout timings")

@@ -313,3 +313,13 @@ def test_compiled_mapping_agrees_with_the_general_path(time_format, records):
             # Receive time: the two mappers' clocks differ; everything else must not.
             fast, slow = (fast[0], fast[1].rsplit(" ", 1)[0]), (slow[0], slow[1].rsplit(" ", 1)[0])
         assert fast == slow, record
+
+
+def test_metrics_expose_large_counts_exactly():
+    from station_bridge.metrics import Metrics
+    metrics = Metrics()
+    metrics.inc("bridge_received_messages_total", 1_030_175, subscription="kraken")
+    metrics.inc("bridge_write_seconds_sum", 0.125, destination="local")
+    text = metrics.render()
+    assert 'bridge_received_messages_total{subscription="kraken"} 1030175\n' in text
+    assert 'bridge_write_seconds_sum{destination="local"} 0.125\n' in text

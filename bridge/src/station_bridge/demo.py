@@ -30,17 +30,37 @@ def ticks(count: int, instruments: list[str], seed: int = 7, start_seq: int = 0)
                "ask": round(mid + spread / 2, 6), "volume": rng.randrange(1, 100) * 10_000, "seq": seq}
 
 
+def wait_for_subscriber(socket: zmq.Socket, topic: bytes, timeout: float) -> bool:
+    """On an XPUB socket: True once a subscriber's subscription covers `topic`.
+
+    A PUB socket drops what no subscriber has asked for yet; XPUB hands the subscriptions to
+    the application, so a publisher can start the moment its first subscriber is listening
+    instead of sleeping and hoping.
+    """
+    deadline = time.monotonic() + timeout
+    while (left := deadline - time.monotonic()) > 0:
+        if not socket.poll(int(left * 1000) + 1, zmq.POLLIN):
+            break
+        message = socket.recv()
+        if message[:1] == b"\x01" and topic.startswith(message[1:]):
+            return True
+    return False
+
+
 def publish(endpoint: str, topic: str, count: int, rate: float, duration: float, bind: bool = True,
-            instruments: list[str] | None = None, warmup: float = 0.5, start_seq: int = 0,
+            instruments: list[str] | None = None, warmup: float = 5.0, start_seq: int = 0,
             on_start: Callable[[], None] | None = None) -> int:
-    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s."""
-    context = zmq.Context.instance()
-    socket = context.socket(zmq.PUB)
+    """Publishes up to `count` ticks at `rate`/s (0 = as fast as possible) for at most `duration` s.
+
+    Waits up to `warmup` seconds for a subscriber of the topic (none: publishes anyway).
+    """
+    # An own context: terminating it below waits until everything queued has been sent.
+    context = zmq.Context()
+    socket = context.socket(zmq.XPUB)
     socket.setsockopt(zmq.SNDHWM, 0)  # never drop on the publisher side
-    socket.setsockopt(zmq.LINGER, -1)  # deliver everything queued for connected subscribers
     (socket.bind if bind else socket.connect)(endpoint)
-    time.sleep(warmup)  # let subscribers connect: PUB drops what nobody receives yet
     topic_bytes = topic.encode()
+    wait_for_subscriber(socket, topic_bytes, warmup)
     packb = msgpack.packb
     started = time.monotonic()
     sent = 0
@@ -57,5 +77,8 @@ def publish(endpoint: str, topic: str, count: int, rate: float, duration: float,
             break
         socket.send_multipart([topic_bytes, payload])
         sent += 1
-    socket.close()
+    # Returning (or a process exiting) while libzmq still holds queued messages would drop them:
+    # close with a linger and terminate the context, which waits until they are sent.
+    socket.close(linger=30_000)
+    context.term()
     return sent

@@ -1,7 +1,8 @@
 """Mapping: a decoded record -> one line of line protocol, compiled once per subscription.
 
-The hot path avoids per-point dictionaries: tag and field keys are escaped at start,
-formatters are chosen at start, and a point is built as one string.
+Tag and field keys are escaped and formatters chosen at start. The common shape (fixed
+measurement, plain tags, epoch times) runs as one generated straight-line function per
+subscription (_compile); everything else, and every refusal's reason, takes the general path.
 """
 
 from __future__ import annotations

@@ -35,6 +35,12 @@ HELP = {
 Labels = tuple[tuple[str, str], ...]
 
 
+def _number(value: float) -> str:
+    """Exact for counts (no exponent: 1030175, not 1.03018e+06), repr for the rest."""
+    value = float(value)
+    return str(int(value)) if value.is_integer() and abs(value) < 2**53 else repr(value)
+
+
 class Metrics:
     def __init__(self) -> None:
         self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
@@ -64,7 +70,7 @@ class Metrics:
             out.append(f"# TYPE {name} {kind}")
             for labels, value in sorted(series[name].items()):
                 text = ",".join(f'{k}="{_escape(v)}"' for k, v in labels)
-                out.append(f"{name}{{{text}}} {value:g}" if text else f"{name} {value:g}")
+                out.append(f"{name}{{{text}}} {_number(value)}" if text else f"{name} {_number(value)}")
         return "\n".join(out) + "\n"
 
 

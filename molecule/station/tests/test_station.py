@@ -219,7 +219,7 @@ def test_service_playbook_stops_starts_and_reports_every_unit(host):
     bridges = ("station-bridge@kraken", "station-bridge@heartbeat", "station-heartbeat-feed")
     influxdb = main_pid(host, "influxdb")
     try:
-        stopped = run_playbook(playbook, "station.yml", "-e", "station_state=stopped")
+        stopped = run_playbook(playbook, "station.yml", "-e", "state=stopped")
         assert stopped.rc == 0, stopped.output
         report = json.dumps(stopped.output)
         assert "station-bridge@kraken.service: inactive (dead)" in report
