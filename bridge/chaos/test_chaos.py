@@ -5,11 +5,13 @@ Run with `make chaos` (part of `make test`); the whole suite is bounded to a few
 
 from __future__ import annotations
 
+import http.client
 import json
 import random
 import re
 import threading
 import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgpack
@@ -47,6 +49,51 @@ def publish_in_background(endpoint: str, count: int, rate: float, duration: floa
         publish(endpoint, "kraken_tick", count=count, rate=rate, duration=duration)))
     thread.start()
     return thread, sent
+
+
+class DeliveryRecorder:
+    """An HTTP hop in front of an InfluxDB that records, in delivery order, the `seq` of every
+    line InfluxDB acknowledged: the order central received the points in. While the server is
+    down it answers 503, as a load balancer in front of a stopped InfluxDB would."""
+
+    SEQ = re.compile(rb"seq=(\d+)i")
+
+    def __init__(self, target: Influxd) -> None:
+        self.order: list[int] = []
+        recorder, lock = self, threading.Lock()
+
+        class Hop(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"  # keep-alive, as the bridge's client expects
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                try:
+                    conn = http.client.HTTPConnection("127.0.0.1", target.port, timeout=30)
+                    conn.request("POST", self.path, body=body, headers={"Content-Type": "text/plain"})
+                    response = conn.getresponse()
+                    status, data = response.status, response.read()
+                    conn.close()
+                except OSError:
+                    status, data = 503, b'{"error": "central unreachable"}'
+                if status == 204:
+                    with lock:
+                        recorder.order.extend(int(n) for n in recorder.SEQ.findall(body))
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Hop)
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+    def first_deliveries(self) -> list[int]:
+        """Each seq at its first acknowledgement (a batch re-sent after a lost reply repeats)."""
+        seen: set[int] = set()
+        return [n for n in self.order if not (n in seen or seen.add(n))]
 
 
 def distinct_points(server: Influxd, db: str = "tick") -> set[tuple[str, int]]:
@@ -116,8 +163,9 @@ def test_central_unreachable_for_minutes_catches_up_in_order_without_duplicates(
     local = own_server(tmp_path / "local")
     central = own_server(tmp_path / "central")
     try:
+        hop = DeliveryRecorder(central)
         bridge = Bridge(tmp_path, local, "tick", endpoint, destinations_extra=[
-            {"name": "central", "url": central.url, "database": "tick", "batch_size": 500,
+            {"name": "central", "url": hop.url, "database": "tick", "batch_size": 500,
              "flush_interval": 0.5, "max_backoff": 5.0}]).start()
         rate = 200
         thread, sent = publish_in_background(endpoint, count=(CENTRAL_DOWN_S + 20) * rate, rate=rate,
@@ -135,14 +183,18 @@ def test_central_unreachable_for_minutes_catches_up_in_order_without_duplicates(
         on_central, on_local = distinct_points(central), distinct_points(local)
         logs = [json.loads(line) for line in (tmp_path / "bridge.log").read_text().splitlines() if line.startswith("{")]
         replays = [e["segment"] for e in logs if e.get("destination") == "central" and "segment" in e]
+        delivered = hop.first_deliveries()
         report(f"central unreachable {CENTRAL_DOWN_S} s at {rate}/s", published=sent[0],
                local_while_cut=local_during, journaled_for_central=journal_at_reconnect,
                on_central=central.count("tick", "ticks"), distinct_on_central=len(on_central),
-               missing_on_central=len(on_local - on_central), replayed_segments=len(replays))
+               missing_on_central=len(on_local - on_central), replayed_segments=len(replays),
+               acknowledged_lines=len(hop.order), sent_again=len(hop.order) - len(delivered),
+               delivered_in_publish_order=delivered == sorted(delivered))
         assert local_during > CENTRAL_DOWN_S / 2 * rate * 0.8  # the station kept writing locally
         assert journal_at_reconnect > 0
         assert on_central == on_local and len(on_central) == sent[0]  # nothing lost, nothing twice
-        assert replays == sorted(replays)  # oldest segment first
+        # In order: central acknowledged the points in the order they were published.
+        assert delivered == sorted(delivered) and len(delivered) == sent[0]
         assert bridge.stop() == 0
     finally:
         local.stop()
