@@ -77,6 +77,12 @@ def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one():
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
     assert "Feeds whose data did not land: ['silent']" in json.dumps(silent.output)
+    # Observing live feeds writes nothing: the live heartbeat passes, the idle kraken feed fails.
+    observed = run_playbook(playbook, "validate_observe.yml")
+    table = json.dumps(observed.output)
+    assert observed.rc != 0 and "Feeds whose data did not land: ['kraken']" in table, table
+    row = re.search(r"heartbeat \| tick.heartbeats \| observed 5 s \| (\d+) \| (\d+) \|", table)
+    assert row and int(row.group(1)) >= 3 and int(row.group(2)) >= 3, table
 
 
 # --- Redis, operator services, graceful stop, SIGKILL recovery, targeted restarts -------------
