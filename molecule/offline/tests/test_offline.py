@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import READER, wait_until
+from conftest import READER, run_converge, wait_until
 
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 REPO = "/var/cache/station-stack/repo"
@@ -29,9 +29,9 @@ def test_the_only_apt_source_is_the_local_repository(host):
 
 
 def test_services_installed_from_the_repository_run(host):
-    for package in ("influxdb", "redis-server", "python3-venv"):
+    for package in ("influxdb", "redis-server", "python3-venv", "grafana"):
         assert host.package(package).is_installed, package
-    for unit in ("influxdb", "redis-server", "station-bridge@feed"):
+    for unit in ("influxdb", "redis-server", "station-bridge@feed", "grafana-server"):
         assert host.service(unit).is_running, unit
     # The bridge came from the wheelhouse, not from an index.
     assert host.run(f"{BRIDGE} --help").rc == 0
@@ -45,3 +45,47 @@ def test_published_ticks_land_in_influxdb_and_redis(host, influx):
     cached = host.check_output("REDISCLI_AUTH=molecule-redis-admin-pw redis-cli --no-auth-warning --user admin "
                                "hget latest:ticks,instrument=EURUSD,station=offline1 seq")
     assert cached.strip() == "299", cached
+
+
+# Grafana here is the lab's stand-in package (prepare.yml): the role's service paths, not Grafana.
+GRAFANA = "http://127.0.0.1:3000"
+_STATUS = """import base64, sys, urllib.error, urllib.request
+r = urllib.request.Request(sys.argv[1])
+if len(sys.argv) > 2:
+    r.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
+try:
+    print(urllib.request.urlopen(r, timeout=5).status)
+except urllib.error.HTTPError as e:
+    print(e.code)"""
+
+
+def grafana_status(host, path: str, password: str | None = None) -> int:
+    auth = f" 'admin:{password}'" if password else ""
+    return int(host.check_output(f"python3 -c '{_STATUS}' {GRAFANA}{path}{auth}"))
+
+
+def test_grafana_pinned_held_started_and_answering_with_the_inventory_password(host):
+    assert host.package("grafana").version == "11.3.1+stationstack1"
+    assert host.check_output("dpkg --get-selections grafana").split() == ["grafana", "hold"]
+    assert host.service("grafana-server").is_enabled
+    assert grafana_status(host, "/api/health") == 200
+    assert grafana_status(host, "/api/user", "molecule-grafana-pw") == 200
+    assert grafana_status(host, "/api/user", "admin") == 401
+    # The first converge changed the provisioning: its handler reloaded both kinds, with the password.
+    reloads = host.file("/var/lib/grafana/stub-reloads.log").content_string.split()
+    assert {"datasources", "dashboards"} <= set(reloads), reloads
+
+
+def test_a_rotated_admin_password_is_enforced_on_the_running_grafana(host):
+    rotated = run_converge("rotated.yml")
+    try:
+        assert rotated.rc == 0, rotated.output
+        changed = {task for task, _ in rotated.changed}
+        assert {"grafana : Render grafana.ini", "grafana : Reset the admin password"} <= changed, changed
+        assert grafana_status(host, "/api/user", "molecule-grafana-rotated") == 200
+        assert grafana_status(host, "/api/user", "molecule-grafana-pw") == 401
+        again = run_converge("rotated.yml")
+        assert again.rc == 0 and again.changed == set(), again.changed
+    finally:
+        restored = run_converge("original.yml")
+    assert restored.rc == 0 and grafana_status(host, "/api/user", "molecule-grafana-pw") == 200
