@@ -85,7 +85,7 @@ class Mapper:
         self._fields = [(key, escape_key(key, "field"), _formatter(kind)) for key, kind in m.fields.items()]
         self._time_field = m.time.field
         self._parse_time = parser(m.time.format, m.time.timezone)
-        self._tag_cache: dict[object, str] = {}
+        self._tag_cache: dict[str, str] = {}
         self._clock = ReceiveClock()
         self._last: dict[str, tuple[int, int]] = {}
         self.timestamp_fallbacks = 0
@@ -160,6 +160,10 @@ class Mapper:
         return ts
 
     def _escaped_tag(self, value: object) -> str:
+        # Only strings are cached: 0 == False == 0.0 share a dict key but not a rendering
+        # (found by the differential test).
+        if type(value) is not str:
+            return escape_key(_tag_text(value), "tag value")
         cached = self._tag_cache.get(value)
         if cached is None:
             cached = escape_key(_tag_text(value), "tag value")
@@ -262,7 +266,8 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
              "    LAST[series] = (last[0], ts)", "else:", "    LAST[series] = (ts, ts)"]
 
     def function(name: str, fallback: str, result: str) -> list[str]:
-        # A TypeError means an unhashable tag value: the general path names the reason.
+        # Tag values that are not strings are formatted, not cached; a TypeError here (a value
+        # that neither path expects) takes the general path, which names the reason.
         return [f"def {name}(topic, record):", "    get = record.get", "    try:",
                 *[f"        {line}" for line in body[:body.index("series += STATIC") + 1]],
                 "    except TypeError:", f"        return {fallback}(topic, record)",
