@@ -292,25 +292,53 @@ def test_a_disabled_central_datasource_is_deleted(host):
 
 
 def test_local_plugins_and_extra_dashboards_are_installed_then_extras_pruned(host):
-    """A plugin zip and an extra dashboard from the controller; a dashboard no longer listed goes."""
+    """A plugin zip and an extra dashboard from the controller; a new zip replaces the plugin,
+    and what is no longer listed goes, but not a plugin the role did not unpack."""
+    plugins = "/var/lib/grafana/plugins"
+
+    def plugin_zip(path: Path, version: str) -> Path:
+        with zipfile.ZipFile(path, "w") as z:
+            z.writestr("station-test-panel/plugin.json",
+                       json.dumps({"id": "station-test-panel", "type": "panel", "info": {"version": version}}))
+            if version == "1.0.0":
+                z.writestr("station-test-panel/old-only.js", "// dropped in 2.0.0")
+        return path
+
     with tempfile.TemporaryDirectory() as tmp:
-        plugin = Path(tmp) / "station-test-panel-1.0.0.any.zip"
-        with zipfile.ZipFile(plugin, "w") as z:
-            z.writestr("station-test-panel/plugin.json", json.dumps({"id": "station-test-panel", "type": "panel"}))
+        old = plugin_zip(Path(tmp) / "station-test-panel-1.0.0.any.zip", "1.0.0")
+        new = plugin_zip(Path(tmp) / "station-test-panel-2.0.0.any.zip", "2.0.0")
         extra = Path(tmp) / "operator.json"
         extra.write_text(json.dumps({"uid": "operator-extra", "title": "Operator", "panels": []}))
-        wanted = json.dumps({"grafana_plugins_local": [str(plugin)], "grafana_dashboards_extra": [str(extra)]})
+        host.check_output(f"mkdir -p {plugins}/operator-cli-panel")  # e.g. from grafana-cli
+
+        def wanted(plugin: Path) -> str:
+            return json.dumps({"grafana_plugins_local": [str(plugin)], "grafana_dashboards_extra": [str(extra)]})
+
+        def version() -> str:
+            return json.loads(host.file(f"{plugins}/station-test-panel/plugin.json").content_string)["info"]["version"]
+
         try:
-            first = run_converge("station.yml", "--tags", "grafana", "-e", wanted)
+            first = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
             assert first.rc == 0, first.output
-            assert host.file("/var/lib/grafana/plugins/station-test-panel/plugin.json").user == "grafana"
+            assert host.file(f"{plugins}/station-test-panel/plugin.json").user == "grafana" and version() == "1.0.0"
             assert json.loads(host.file(f"{DASHBOARDS}/extra-operator.json").content_string)["uid"] == "operator-extra"
-            again = run_converge("station.yml", "--tags", "grafana", "-e", wanted)
+            again = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
             assert again.rc == 0 and again.changed == set(), again.changed
+            upgraded = run_converge("station.yml", "--tags", "grafana", "-e", wanted(new))
+            assert upgraded.rc == 0, upgraded.output
+            assert version() == "2.0.0" and not host.file(f"{plugins}/station-test-panel/old-only.js").exists
+            replaced = ("grafana : Remove plugins replaced by a new zip or no longer listed", "station-test-panel")
+            assert replaced in upgraded.changed, upgraded.changed
             dropped = run_converge("station.yml", "--tags", "grafana")
             assert dropped.rc == 0 and not host.file(f"{DASHBOARDS}/extra-operator.json").exists
+            assert not host.file(f"{plugins}/station-test-panel").exists
+            assert not host.file("/var/lib/grafana/plugin-archives/station-test-panel.zip").exists
+            assert host.file(f"{plugins}/operator-cli-panel").is_directory
+            settled = run_converge("station.yml", "--tags", "grafana")
+            assert settled.rc == 0 and settled.changed == set(), settled.changed
         finally:
-            host.run(f"rm -rf /var/lib/grafana/plugins/station-test-panel {DASHBOARDS}/extra-operator.json")
+            host.run(f"rm -rf {plugins}/station-test-panel {plugins}/operator-cli-panel "
+                     f"/var/lib/grafana/plugin-archives/station-test-panel.zip {DASHBOARDS}/extra-operator.json")
 
 
 def test_apt_repository_and_package_choice_as_far_as_the_lab_allows(host):
