@@ -24,7 +24,7 @@ READER = ("grafana", "molecule-reader-pw")
 _HTTP = r"""
 import base64, json, sys, urllib.error, urllib.parse, urllib.request
 a = json.loads(sys.argv[1])
-url = "http://127.0.0.1:8086" + a["path"] + "?" + urllib.parse.urlencode(a["params"])
+url = a["url"] + ("?" + urllib.parse.urlencode(a["params"]) if a["params"] else "")
 body = a["body"].encode() if a["body"] is not None else None
 req = urllib.request.Request(url, data=body, method=a["method"])
 if a["auth"]:
@@ -63,16 +63,21 @@ class Response:
         return out
 
 
+def http(host: Any, method: str, url: str, params: dict[str, str] | None = None,
+         body: str | None = None, auth: tuple[str, str] | None = None) -> Response:
+    """One HTTP request made on the station (its loopback), with optional basic auth."""
+    args = {"method": method, "url": url, "params": params or {}, "body": body, "auth": auth}
+    data = json.loads(host.check_output("python3 -c %s %s", _HTTP, json.dumps(args)))
+    return Response(data["status"], data["body"])
+
+
 class Influx:
     def __init__(self, host: Any) -> None:
         self._host = host
 
     def request(self, method: str, path: str, params: dict[str, str],
                 body: str | None = None, auth: tuple[str, str] | None = None) -> Response:
-        args = {"method": method, "path": path, "params": params, "body": body, "auth": auth}
-        out = self._host.check_output("python3 -c %s %s", _HTTP, json.dumps(args))
-        data = json.loads(out)
-        return Response(data["status"], data["body"])
+        return http(self._host, method, "http://127.0.0.1:8086" + path, params, body, auth)
 
     def query(self, q: str, auth: tuple[str, str] | None = ADMIN, db: str | None = None) -> Response:
         params = {"q": q, "epoch": "ns"}

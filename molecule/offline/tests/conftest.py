@@ -5,4 +5,4 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[2] / "_shared"))
 
-from verifier import ADMIN, READER, WRITER, Influx, influx, run_converge, wait_until  # noqa: E402,F401
+from verifier import ADMIN, READER, WRITER, Influx, http, influx, run_converge, wait_until  # noqa: E402,F401

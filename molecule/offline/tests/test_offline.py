@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from conftest import READER, run_converge, wait_until
+from conftest import READER, http, run_converge, wait_until
 
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 REPO = "/var/cache/station-stack/repo"
@@ -49,19 +49,10 @@ def test_published_ticks_land_in_influxdb_and_redis(host, influx):
 
 # Grafana here is the lab's stand-in package (prepare.yml): the role's service paths, not Grafana.
 GRAFANA = "http://127.0.0.1:3000"
-_STATUS = """import base64, sys, urllib.error, urllib.request
-r = urllib.request.Request(sys.argv[1])
-if len(sys.argv) > 2:
-    r.add_header("Authorization", "Basic " + base64.b64encode(sys.argv[2].encode()).decode())
-try:
-    print(urllib.request.urlopen(r, timeout=5).status)
-except urllib.error.HTTPError as e:
-    print(e.code)"""
 
 
 def grafana_status(host, path: str, password: str | None = None) -> int:
-    auth = f" 'admin:{password}'" if password else ""
-    return int(host.check_output(f"python3 -c '{_STATUS}' {GRAFANA}{path}{auth}"))
+    return http(host, "GET", GRAFANA + path, auth=("admin", password) if password else None).status
 
 
 def test_grafana_pinned_held_started_and_answering_with_the_inventory_password(host):
