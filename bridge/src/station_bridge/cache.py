@@ -16,7 +16,6 @@ import logging
 import redis
 
 from .config import CacheSpec
-from .lineproto import escape_key, escape_measurement
 from .mapping import Point
 from .metrics import Metrics
 
@@ -32,8 +31,7 @@ class LatestCache:
         self._ttl_ms = spec.ttl * 1000
 
     def key(self, point: Point) -> str:
-        tags = "".join(f",{escape_key(k)}={escape_key(v, 'tag value')}" for k, v in sorted(point.tags.items()))
-        return f"{self.spec.key_prefix}:{escape_measurement(point.measurement)}{tags}"
+        return f"{self.spec.key_prefix}:{point.series}"  # the one series key (lineproto.series_key)
 
     def update(self, points: list[Point]) -> None:
         """One pipeline per batch; only the newest point per series is sent."""
