@@ -17,10 +17,12 @@ from pathlib import Path
 import msgpack
 import pytest
 import zmq
+from harness import BridgeProcess as Bridge
+from harness import wait_for
 from servers import Influxd, free_port
-from test_integration import Bridge, metric, wait_for
 
 from station_bridge.demo import publish
+from station_bridge.metrics import value
 
 INFLUX_DOWN_S = 60
 CENTRAL_DOWN_S = 180
@@ -28,8 +30,8 @@ CENTRAL_DOWN_S = 180
 
 def report(title: str, **counts: object) -> None:
     print(f"\n[chaos] {title}")
-    for key, value in counts.items():
-        print(f"[chaos]   {key:<28} {value}")
+    for key, count in counts.items():
+        print(f"[chaos]   {key:<28} {count}")
 
 
 @pytest.fixture()
@@ -110,15 +112,15 @@ def test_influxdb_stopped_60s_under_steady_rate_loses_nothing(tmp_path, endpoint
         time.sleep(3)
         local.stop()
         time.sleep(INFLUX_DOWN_S)
-        journaled = metric(bridge.metrics(), "bridge_journaled_points_total", destination="local")
+        journaled = value(bridge.samples(), "bridge_journaled_points_total", destination="local")
         local.start()
         thread.join()
         wait_for(lambda: local.count("tick", "ticks") == sent[0], 90, "every point in InfluxDB")
         landed = local.count("tick", "ticks")
-        values = bridge.metrics()
+        values = bridge.samples()
         report(f"InfluxDB stopped {INFLUX_DOWN_S} s while publishing {rate}/s", published=sent[0],
                journaled_during_outage=int(journaled), landed=landed,
-               dropped=int(metric(values, "bridge_dropped_points_total", destination="local", reason="spool_full")),
+               dropped=int(value(values, "bridge_dropped_points_total", destination="local", reason="spool_full")),
                lost=sent[0] - landed)
         assert journaled > INFLUX_DOWN_S * rate * 0.9
         assert landed == sent[0] and len(distinct_points(local)) == sent[0]
@@ -209,13 +211,13 @@ def test_spool_cap_keeps_the_bridge_up_and_counts_every_drop(tmp_path, endpoint)
         sent = publish(endpoint, "kraken_tick", 10_000, rate=0, duration=30)
 
         def settled():
-            v = bridge.metrics()
-            total = (metric(v, "bridge_journaled_points_total", destination="local")
-                     + metric(v, "bridge_dropped_points_total", destination="local", reason="spool_full"))
+            v = bridge.samples()
+            total = (value(v, "bridge_journaled_points_total", destination="local")
+                     + value(v, "bridge_dropped_points_total", destination="local", reason="spool_full"))
             return v if total == sent else None
 
         values = wait_for(settled, 30, "every point journaled or dropped")
-        dropped = int(metric(values, "bridge_dropped_points_total", destination="local", reason="spool_full"))
+        dropped = int(value(values, "bridge_dropped_points_total", destination="local", reason="spool_full"))
         journaled = len(bridge.journal_lines())
         report("spool cap 200 kB reached with InfluxDB down", published=sent, journaled=journaled,
                dropped_and_counted=dropped, unaccounted=sent - journaled - dropped)
@@ -257,9 +259,9 @@ def test_fuzzed_hostile_stream_never_crashes_and_valid_points_land_intact(tmp_pa
         pub.send_multipart(frames)
         frames_sent += 1
     pub.close(linger=5000)
-    wait_for(lambda: metric(bridge.metrics(), "bridge_received_messages_total", subscription="kraken")
+    wait_for(lambda: value(bridge.samples(), "bridge_received_messages_total", subscription="kraken")
              == frames_sent, 60, "every frame received")
-    values = bridge.metrics()
+    values = bridge.samples()
     rejected = {key: int(v) for key, v in values.items() if key.startswith("bridge_rejected_messages_total")}
     wait_for(lambda: influxd.count(database, "ticks", field="seq") >= frames_sent - sum(rejected.values()), 30,
              "accepted points")

@@ -10,6 +10,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from station_bridge.journal import Chunk
 from station_bridge.lineproto import (
     LineError,
     count_lines,
@@ -105,5 +106,9 @@ def test_line_boundaries_respect_newlines_inside_strings():
     assert count_lines(data) == 4
     assert [data[s:e].decode() for s, e in zip([0, *line_ends(data)], line_ends(data), strict=False)] == \
         [line + "\n" for line in lines]
+    chunk = Chunk(data, 4, seq=10)
+    head, rest = chunk.split(1)
+    assert head.data.decode() == lines[0] + "\n" and (rest.count, rest.seq) == (3, 11)
+    assert [x.decode() for x in rest.lines()] == lines[1:]
     assert parse_line(lines[0].encode()) == ("m", "m,t=a", {"s": "string", "v": "float"}, 1)
     assert series_key("m", [("b", "2"), ("a", "1"), ("c", "")]) == "m,a=1,b=2"

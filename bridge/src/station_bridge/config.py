@@ -165,7 +165,7 @@ class Config:
     http_timeout: float = 5.0
     health: HealthSpec = field(default_factory=HealthSpec)
     uniqueness: UniquenessSpec = field(default_factory=UniquenessSpec)
-    raw: dict[str, Any] = field(repr=False, default_factory=dict)
+    raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as JSON-ready data, without secrets:
