@@ -58,7 +58,7 @@ class BridgeProcess:
             "journal": {"dir": str(tmp / "journal"), "min_free_bytes": "1MiB", **overrides.pop("journal", {})},
             "dead_letter": {"dir": str(tmp / "dead"), **overrides.pop("dead_letter", {})},
             "http": {"listen": f"127.0.0.1:{self.http_port}"},
-            "health": {"destination_grace": "3s", "subscription_grace": "3s", "probe_interval": "1s",
+            "health": {"destination_grace": "3s", "subscription_grace": "60s", "probe_interval": "1s",
                        **overrides.pop("health", {})},
             "shutdown_timeout": 10,
             **overrides,

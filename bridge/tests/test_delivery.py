@@ -154,6 +154,7 @@ def test_replay_and_export_use_the_sinks_path_and_client(tmp_path, influxd, data
     copy_config = tmp_path / "copy.yml"
     copy_config.write_text(replay_config.read_text().replace(f"database: {database}", "database: copy"))
     proc = subprocess.run([BRIDGE, "replay", "--config", str(copy_config), "--dead-letter",
-                           str(tmp_path / "copy-rejected.jsonl"), str(out)], capture_output=True, text=True, check=False)
+                           str(tmp_path / "copy-rejected.jsonl"), str(out)],
+                          capture_output=True, text=True, check=False)
     assert proc.returncode == 0, proc.stderr
     assert influxd.query("SELECT * FROM rp", db="copy") == influxd.query("SELECT * FROM rp", db=database)

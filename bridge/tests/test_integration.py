@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import pytest
 import yaml
 import zmq
 from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, quiet_ledger, wait_for
@@ -146,7 +147,13 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
     assert len(bridge.journal_lines()) == 3000 - dropped == value(samples, "bridge_pending_points", destination="local")
     assert bridge.alive
     assert any(r.get("reason") == "spool_full" for r in bridge.log_records())
-    bridge.stop()
+    assert bridge.stop() == 0
+    # The drop counters live in the ledger: a restart keeps them (they vanished before).
+    restarted = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, journal={"max_bytes": 60_000}).start()
+    again = quiet_ledger(restarted)
+    assert value(again, "bridge_dropped_points_total", destination="local", reason="spool_full") == dropped
+    assert value(again, "bridge_received_messages_total", subscription="kraken") == 3000
+    assert restarted.stop() == 0
 
 
 def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
@@ -173,12 +180,15 @@ def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influx
         for frames, _ in hostile:
             pub.send_multipart(frames)
         pub.send_multipart([b"kraken_tick", msgpack.packb({**good, "seq": i, "timestamp": good["timestamp"] + i})])
+    for i in range(5):  # no time field: the receive time, counted as a fallback
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": 1.1, "seq": 100 + i})])
     pub.close()
-    wait_for(lambda: influxd.count(database, "ticks") == 50, 20, "the 50 valid points")
+    wait_for(lambda: influxd.count(database, "ticks") == 55, 20, "the 55 valid points")
     samples = quiet_ledger(bridge)
     for _, reason in hostile:
         assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason=reason) == 50, reason
-    assert value(samples, "bridge_received_messages_total", subscription="kraken") == 50 * (len(hostile) + 1)
+    assert value(samples, "bridge_received_messages_total", subscription="kraken") == 50 * (len(hostile) + 1) + 5
+    assert value(samples, "bridge_timestamp_fallbacks_total", subscription="kraken") == 5
     rows = influxd.query("SELECT * FROM ticks", db=database)
     assert {r["instrument"] for r in rows} == {"EURUSD"} and {r["bid"] for r in rows} == {1.1}
     dead = [json.loads(line) for line in (tmp_path / "dead" / "input.jsonl").read_text().splitlines()]
@@ -350,4 +360,46 @@ def test_http_listener_is_bounded(tmp_path, influxd, database, endpoint):
     for s in idle:
         s.close()
     assert bridge.value("bridge_http_refused_total") > 0
+    assert bridge.stop() == 0
+
+
+@pytest.mark.filterwarnings("ignore::pytest.PytestUnhandledThreadExceptionWarning")  # the thread dies on purpose
+def test_a_writer_thread_that_dies_anyway_is_restarted_and_nothing_is_lost(tmp_path, influxd, database):
+    """A BaseException the loop does not contain (SystemExit raised asynchronously in the thread):
+    ensure_alive (called by the bridge every 200 ms) restarts it, counts it, and the queue goes on."""
+    import ctypes
+    spec = parse({"subscriptions": [], "destinations": [{"name": "d", "url": influxd.url, "database": database,
+                                                         "flush_interval": "100ms"}]})
+    metrics = Metrics()
+    sink = InfluxSink(spec.destinations[0], Journal(tmp_path / "j", 10**7), DeadLetters(tmp_path / "dead.jsonl"),
+                      metrics, Intake(tmp_path / "j"))
+    sink.start()
+    base = (time.time_ns() // 1_000_000_000 - 10) * 1_000_000_000
+    sink.submit(Chunk.of([f"w v={i} {base + i}" for i in range(100)]))
+    wait_for(lambda: metrics.get("bridge_written_points_total", destination="d") == 100, 10, "first points")
+    ctypes.pythonapi.PyThreadState_SetAsyncExc(ctypes.c_ulong(sink._thread.ident), ctypes.py_object(SystemExit))
+    wait_for(lambda: not sink.alive, 10, "the thread to die")
+    sink.submit(Chunk.of([f"w v={i} {base + 100 + i}" for i in range(100)]))  # queued while it is dead
+    assert sink.ensure_alive() is False and sink.alive
+    wait_for(lambda: metrics.get("bridge_written_points_total", destination="d") == 200, 10, "the rest")
+    assert metrics.get("bridge_sink_restarts_total", destination="d") == 1
+    assert influxd.count(database, "w", "v") == 200 and sink.pending == 0
+    sink.stop(5)
+
+
+def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, database, endpoint):
+    """Issue 11: /healthz said 200 with the publisher gone. Connecting subscriptions require a
+    connection; after health.subscription_grace without one, 503 names the subscription."""
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, health={"subscription_grace": "1s"}).start()
+    _, body = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(bridge.health()), 10, "503")
+    assert body["problems"] == [{"part": "subscription", "name": "kraken",
+                                 "reason": body["problems"][0]["reason"]}]
+    assert bridge.value("bridge_subscription_connected", subscription="kraken") == 0
+    context = zmq.Context()
+    pub = context.socket(zmq.PUB)
+    pub.bind(endpoint)  # the publisher comes (back)
+    wait_for(bridge.healthy, 10, "/healthz 200 once connected")
+    assert bridge.value("bridge_subscription_connected", subscription="kraken") == 1
+    pub.close(linger=0)
+    context.term()
     assert bridge.stop() == 0

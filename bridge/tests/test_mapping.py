@@ -169,6 +169,9 @@ def test_uniqueness_memory_is_bounded_and_the_bound_is_counted():
     # A run of equal times far longer than the window still never repeats a time.
     got = [unique.claim("run", 5) for _ in range(200)]
     assert got == list(range(5, 205))
+    # Several repeated times interleaved, each repeated far more often than the window holds.
+    got = [unique.claim("interleaved", 10**9 * (i % 7)) for i in range(3000)]
+    assert len(set(got)) == 3000 and unique.unchecked == 1
 
 
 def test_random_duplicates_against_a_reference_model():

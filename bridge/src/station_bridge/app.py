@@ -9,9 +9,9 @@ its own failures and turns them into counted, named outcomes:
   loop; a writer thread that dies anyway is restarted (`Sink.ensure_alive`);
 - housekeeping every 200 ms: the systemd watchdog, dropped connections re-opened, writer
   threads supervised, self-metrics points; a ledger thread persists the counters.
-Graceful stop (SIGTERM): unsubscribe, drain what libzmq holds until quiet (at most half of
-`shutdown_timeout`), flush every destination within the rest, journal what is left, save the
-ledger.
+Graceful stop (SIGTERM): receive until every socket's queue is caught up (what libzmq held when
+the stop began, at most half of `shutdown_timeout`), flush every destination within the rest,
+journal what is left, save the ledger.
 """
 
 from __future__ import annotations
@@ -35,12 +35,12 @@ from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
 from .sinks import InfluxSink
-from .sources import Source, receive
+from .sources import BURST, Source, receive
 
 log = logging.getLogger("station_bridge")
 
 TICK_S = 0.2  # housekeeping period
-DRAIN_QUIET_S = 0.2  # a drain ends after this long without a message
+DRAIN_POLL_S = 0.05  # a drain's poll: what arrives later than this after catching up is not waited for
 
 
 class RateLimitedLog:
@@ -155,8 +155,14 @@ class Bridge:
 
     # --- the pipeline -------------------------------------------------------------------------
 
-    def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes]) -> None:
-        self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
+    def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes],
+                counts: dict[str, int] | None = None) -> None:
+        """Counts (in `counts`, committed with the burst's other counters, or at once), logs
+        (rate limited) and dead-letters a rejected message."""
+        if counts is None:
+            self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
+        else:
+            counts[reason] = counts.get(reason, 0) + 1
         self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
         ok = self.dead_input.write(subscription=sub.name, reason=reason, detail=detail[:500],
                                    frames=[f[:256].hex() for f in frames[:8]], frame_count=len(frames))
@@ -172,6 +178,7 @@ class Bridge:
         newest: dict[str, tuple[int, dict]] = {}
         cached = self.cache is not None and binning is None
         points = []
+        rejected: dict[str, int] = {}
         for frames in messages:
             try:
                 topic, record = decode(frames)
@@ -186,13 +193,13 @@ class Bridge:
                 else:
                     lines.append(mapper.line(topic, record))
             except (DecodeError, MapError, LineError) as exc:
-                self._reject(sub, exc.reason, str(exc), frames)
+                self._reject(sub, exc.reason, str(exc), frames, rejected)
             except RecursionError:
-                self._reject(sub, "too_deep", "value nested too deeply to process", frames)
+                self._reject(sub, "too_deep", "value nested too deeply to process", frames, rejected)
             except Exception as exc:  # hostile input must never stop the bridge
                 if self.rate_log.allow("unexpected"):
                     log.exception("unexpected error mapping a message", extra={"subscription": sub.name})
-                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames)
+                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames, rejected)
         raw = len(lines)
         if binning is not None:
             if sub.keep_raw:
@@ -207,8 +214,11 @@ class Bridge:
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
         mapped = len(points) if binning is not None else raw
-        self.metrics.inc("bridge_received_messages_total", len(messages), **sub.labels)
-        self.metrics.inc("bridge_mapped_messages_total", mapped, **sub.labels)
+        # One update: the ledger never sees received without its mapped and rejected.
+        self.metrics.add([("bridge_received_messages_total", len(messages), sub.labels),
+                          ("bridge_mapped_messages_total", mapped, sub.labels),
+                          *[("bridge_rejected_messages_total", n, {**sub.labels, "reason": reason})
+                            for reason, n in rejected.items()]])
         return lines, raw, newest
 
     def _encode(self, sub: Subscription | None, lines: list[str], raw: int) -> bytes:
@@ -223,9 +233,11 @@ class Bridge:
                     kept.append(line.encode("utf-8"))
                 except UnicodeEncodeError:
                     if sub is not None and i < raw:
-                        self.metrics.inc("bridge_mapped_messages_total", -1, **sub.labels)
+                        self.metrics.add([("bridge_mapped_messages_total", -1, sub.labels),
+                                          ("bridge_rejected_messages_total", 1,
+                                           {**sub.labels, "reason": "invalid_utf8"})])
                         self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
-                                     [line.encode("utf-8", "surrogatepass")])
+                                     [line.encode("utf-8", "surrogatepass")], {})
                     else:
                         self.metrics.inc("bridge_stage_errors_total", 1, stage="encode")
             lines[:] = [k.decode() for k in kept]
@@ -309,9 +321,9 @@ class Bridge:
         for sink in self.sinks:
             sink.ensure_alive()
 
-    def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
-        """One poll round; returns the number of messages received."""
-        got = 0
+    def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> tuple[int, bool]:
+        """One poll round: (messages received, whether some socket still had more than a burst)."""
+        got, behind = 0, False
         for socket, _ in poller.poll(timeout_ms):
             sub = by_socket[socket]
             if socket is sub.source.monitor:
@@ -320,12 +332,13 @@ class Bridge:
             messages = receive(socket)
             if messages:
                 got += len(messages)
+                behind = behind or len(messages) >= BURST
                 try:
                     self.receive(sub, messages)
                 except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
-        return got
+        return got, behind
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
         for sink in self.sinks:
@@ -376,17 +389,14 @@ class Bridge:
         log.info("stopping: draining subscriptions, then flushing destinations", extra={"timeout_s": budget})
         drained = 0
         if poller is not None and by_socket is not None:
-            for sub in self.subscriptions:
-                sub.source.unsubscribe()
-            quiet_since = time.monotonic()
-            while time.monotonic() < started + budget / 2:
-                got = self._poll(poller, by_socket, 50)
+            # Receive until caught up: two rounds in a row in which every socket was emptied
+            # (a SUB socket filters at receive time, so unsubscribing would discard the queue).
+            caught_up = 0
+            while time.monotonic() < started + budget / 2 and caught_up < 2:
+                got, behind = self._poll(poller, by_socket, int(DRAIN_POLL_S * 1000))
                 self.notifier.watchdog()
                 drained += got
-                if got:
-                    quiet_since = time.monotonic()
-                elif time.monotonic() - quiet_since >= DRAIN_QUIET_S:
-                    break
+                caught_up = 0 if behind else caught_up + 1
         for sub in self.subscriptions:
             sub.source.close()
         self.housekeeping(time.monotonic())  # count the last timestamp fallbacks

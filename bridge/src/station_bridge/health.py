@@ -5,8 +5,9 @@ failing part, when:
 - a destination has failed (no write or /ping succeeded) for longer than `health.destination_grace`;
 - a destination's writer thread is dead (it is restarted at once; a thread that keeps dying stays
   visible here);
-- a journal cannot be written (the last segment write failed, the free space is below
-  `journal.min_free_bytes`, or the intake log cannot be appended to);
+- a journal cannot be written: a segment write or an intake-log append failed within the last
+  `health.destination_grace` (disk full, the reserve reached), or the free space is below
+  `journal.min_free_bytes` now;
 - a dead-letter file or the ledger cannot be written;
 - a subscription that requires a connection (`require_connection`, default: connecting ones) has
   had none for longer than `health.subscription_grace`;
@@ -73,12 +74,14 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
     spec = bridge.config.health
     problems: list[dict[str, str]] = []
     destinations = {}
+    now = time.monotonic()
     for sink in bridge.sinks:
         failing = sink.failing_seconds()
         journal = sink.journal
         free = bridge.guard.free()
-        writable = journal.writable and free >= bridge.guard.reserve and \
-            (sink.intake is None or not sink.intake.last_error)
+        recent = [f for f in (journal.failed_at, sink.intake.failed_at if sink.intake is not None else 0.0)
+                  if f and now - f < spec.destination_grace]
+        writable = not recent and free >= bridge.guard.reserve
         destinations[sink.name] = {
             "pending": sink.pending, "queue": sink.queued, "journal_points": journal.points,
             "journal_bytes": journal.bytes, "failing_s": round(failing, 3), "last_error": sink.last_error,
@@ -90,8 +93,10 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
         if not sink.alive:
             problems.append({"part": "sink", "name": sink.name, "reason": "writer thread is not running"})
         if not writable:
-            reason = journal.last_error or (sink.intake.last_error if sink.intake is not None else "") or \
-                f"free space {free} bytes is below the reserve of {bridge.guard.reserve} bytes"
+            reason = (f"free space {free} bytes is below the reserve of {bridge.guard.reserve} bytes"
+                      if free < bridge.guard.reserve else
+                      f"write failed {now - max(recent):.0f} s ago: " +
+                      (journal.last_error or (sink.intake.last_error if sink.intake is not None else "")))
             problems.append({"part": "journal", "name": sink.name, "reason": reason[:200]})
         if sink.dead.last_error:
             problems.append({"part": "dead_letters", "name": sink.dead.path.name, "reason": sink.dead.last_error[:200]})
@@ -101,7 +106,6 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
     if bridge.ledger.last_error:
         problems.append({"part": "ledger", "name": str(bridge.ledger.path), "reason": bridge.ledger.last_error[:200]})
     subscriptions = {}
-    now = time.monotonic()
     for sub in bridge.subscriptions:
         source = sub.source
         away = source.disconnected_for()

@@ -184,6 +184,7 @@ class Journal:
         self._seq = 0
         self.writable = True
         self.last_error = ""
+        self.failed_at = 0.0  # monotonic time of the last refused write (0: never)
         for stale in [*self.dir.glob("*.tmp")]:
             try:
                 stale.unlink()  # never renamed: never acknowledged as journaled
@@ -274,6 +275,7 @@ class Journal:
                 return "spool_full"
             if self.guard is not None and not self.guard.room(size):
                 self.writable = False
+                self.failed_at = time.monotonic()
                 self.last_error = f"free space below the reserve of {self.guard.reserve} bytes"
                 return "disk_full"
             self._seq += 1
@@ -282,10 +284,10 @@ class Journal:
                 durable_write(final, chunk.data)
             except OSError as exc:
                 self.writable = False
+                self.failed_at = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 return disk_reason(exc)
             self.writable = True
-            self.last_error = ""
             self._segments.append(Segment(final, size, chunk.count))
             self._bytes += size
             self._lines += chunk.count
@@ -348,6 +350,7 @@ class Intake:
         self._count = 0
         self.failed_points = 0
         self.last_error = ""
+        self.failed_at = 0.0  # monotonic time of the last failed append (0: never)
         self.before_delete = None  # called (without arguments) before a segment is deleted
 
     @property
@@ -381,6 +384,7 @@ class Intake:
                         self._handle.close()
                     self._handle = None
                 self.failed_points += chunk.count
+                self.failed_at = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 self._settle(chunk.seq, chunk.count)
                 return False
@@ -390,7 +394,6 @@ class Intake:
             if active[2] >= self.segment_bytes:
                 self._handle.close()
                 self._handle = None
-            self.last_error = ""
         return True
 
     def settle(self, seq: int, count: int) -> None:

@@ -62,18 +62,19 @@ class Point:
 class Uniqueness:
     """Points of one series never share a timestamp, so InfluxDB never overwrites one silently.
 
-    Rule: a point keeps its time unless another point of the same series already used that time
-    within the window; then it takes the next nanosecond no point of the series used
-    (t+1, t+2, ...). Repeated source times (a run of `t`) continue where the run left off, so a
-    burst of equal times costs O(1) per point.
-    The window per series is the `window` highest times used (a sorted array); a point older
-    than its series' whole window cannot be checked: it keeps its time and is counted
-    (`unchecked`). At most `max_series` series are remembered, least recently used first out
-    (two generations: a series not seen for `max_series / 2` new series is forgotten, counted
-    in `evicted`). The window lives in memory: after a restart it starts empty.
+    Rule: a point keeps its time unless another point of the same series already used it; then
+    it takes the next nanosecond no point of the series used (t+1, t+2, ...). A source time seen
+    again continues where its own run of nudges ended (`runs`), so a burst of equal times costs
+    O(1) per point and interleaved runs of several repeated times never meet.
+    Memory is bounded: per series, the `window` highest times used (a sorted array) and the last
+    `window` source times that needed a nudge with the end of their run; at most `max_series`
+    series (two generations: a series not seen for `max_series / 2` new series is forgotten,
+    counted in `evicted`). A point older than its series' whole window whose time was never
+    nudged cannot be checked: it keeps its time and is counted (`unchecked`). Everything lives
+    in memory: after a restart the window starts empty.
     """
 
-    __slots__ = ("_hints", "current", "evicted", "max_series", "nudged", "previous", "trim", "unchecked", "window")
+    __slots__ = ("current", "evicted", "max_series", "nudged", "previous", "runs", "trim", "unchecked", "window")
 
     def __init__(self, window: int = 128, max_series: int = 20_000) -> None:
         self.window = window
@@ -81,7 +82,7 @@ class Uniqueness:
         self.max_series = max_series
         self.current: dict[str, array] = {}
         self.previous: dict[str, array] = {}
-        self._hints: dict[str, tuple[int, int]] = {}
+        self.runs: dict[str, dict[int, int]] = {}  # series -> {source time: last time its run took}
         self.nudged = self.unchecked = self.evicted = 0
 
     def claim(self, series: str, ts: int) -> int:
@@ -97,13 +98,12 @@ class Uniqueness:
                 self.current[series] = array("q", (ts,))
                 return ts
             self.current[series] = times
-        hint = self._hints.get(series)
-        candidate = hint[1] + 1 if hint is not None and hint[0] == ts else ts
+        runs = self.runs.get(series)
+        run_end = runs.get(ts) if runs is not None else None
+        candidate = ts if run_end is None else run_end + 1
         if candidate > times[-1]:
             times.append(candidate)
-            if len(times) > self.trim:
-                del times[:len(times) - self.window]
-        elif len(times) >= self.window and candidate < times[0]:
+        elif len(times) >= self.window and candidate < times[0] and run_end is None:
             self.unchecked += 1  # older than everything the window remembers
             return candidate
         else:
@@ -112,13 +112,19 @@ class Uniqueness:
                 candidate += 1
                 i += 1
             times.insert(i, candidate)
-            if len(times) > self.trim:
-                del times[:len(times) - self.window]
+        if len(times) > self.trim:
+            del times[:len(times) - self.window]
         if candidate != ts:
             if candidate > MAX_TIME:
                 raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             self.nudged += 1
-            self._hints[series] = (ts, candidate)
+            if runs is None:
+                runs = self.runs[series] = {}
+            elif run_end is not None:
+                del runs[ts]  # re-inserted last: the most recently used run
+            runs[ts] = candidate
+            if len(runs) > self.window:
+                del runs[next(iter(runs))]
         return candidate
 
     def _rotate(self) -> None:
@@ -126,7 +132,7 @@ class Uniqueness:
         self.evicted += len(self.previous)
         self.previous = self.current.copy()
         self.current.clear()
-        self._hints = {k: v for k, v in self._hints.items() if k in self.previous}
+        self.runs = {k: v for k, v in self.runs.items() if k in self.previous}
 
 
 def _tag_text(value: object) -> str:

@@ -94,6 +94,13 @@ class Metrics:
         with self.lock:
             self.counters[name][key] += value
 
+    def add(self, updates: list[tuple[str, float, dict[str, str]]]) -> None:
+        """Several counters at once: a snapshot (the ledger) sees all of them or none."""
+        keyed = [(name, tuple(sorted(labels.items())), amount) for name, amount, labels in updates if amount]
+        with self.lock:
+            for name, key, amount in keyed:
+                self.counters[name][key] += amount
+
     def get(self, name: str, **labels: str) -> float:
         with self.lock:
             return self.counters[name].get(tuple(sorted(labels.items())), 0)

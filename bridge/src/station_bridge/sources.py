@@ -8,7 +8,8 @@ by a socket monitor.
   disconnected without a reconnect attempt for `REOPEN_AFTER_S` is disconnected and connected
   again on the same socket (messages already queued are kept), counted in
   `bridge_subscription_reconnects_total` and logged.
-- `unsubscribe` then `receive` until quiet is how a graceful stop drains what libzmq holds.
+- A graceful stop drains with `receive` until every socket is caught up (app.py); it does not
+  unsubscribe first: a SUB socket filters at receive time and would discard its queue.
 """
 
 from __future__ import annotations
@@ -135,12 +136,6 @@ class Source:
             log.warning("connection dropped by libzmq and not retried (a message above the transport limit of "
                         f"{self.spec.max_frame_bytes * TRANSPORT_LIMIT_FACTOR} bytes, or a protocol error): "
                         "re-opened", extra={"subscription": self.name, "endpoint": endpoint})
-
-    def unsubscribe(self) -> None:
-        """Asks the publishers to stop sending; what is already queued stays to be received."""
-        for topic in self.spec.topics:
-            with contextlib.suppress(zmq.ZMQError):
-                self.socket.setsockopt(zmq.UNSUBSCRIBE, topic.encode("utf-8"))
 
     def close(self) -> None:
         with contextlib.suppress(zmq.ZMQError):
