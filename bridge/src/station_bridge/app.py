@@ -77,6 +77,14 @@ class Subscription:
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
+        self.key = Metrics.key(subscription=spec.name)
+        self.reason_keys: dict[str, tuple] = {}
+
+    def reason_key(self, reason: str) -> tuple:
+        found = self.reason_keys.get(reason)
+        if found is None:
+            found = self.reason_keys[reason] = Metrics.key(subscription=self.name, reason=reason)
+        return found
 
 
 class Bridge:
@@ -85,9 +93,9 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self.stopping = False
         config.journal_dir.mkdir(parents=True, exist_ok=True)
+        config.dead_letter_dir.mkdir(parents=True, exist_ok=True)
         self.guard = DiskGuard(config.journal_dir, config.journal_min_free_bytes)
-        dead_guard = DiskGuard(config.dead_letter_dir if config.dead_letter_dir.exists() else config.journal_dir,
-                               config.journal_min_free_bytes)
+        dead_guard = DiskGuard(config.dead_letter_dir, config.journal_min_free_bytes)
         self.ledger = Ledger(config.journal_dir / "ledger.json", self.metrics)
         had_ledger = self.ledger.load()
         self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl", config.dead_letter_max_bytes, dead_guard)
@@ -112,6 +120,7 @@ class Bridge:
         self._stop = threading.Event()
         self._ledger_stop = threading.Event()
         self.http = None
+        self._health: tuple[float, dict] | None = None
         self._register_gauges()
 
     # --- gauges -------------------------------------------------------------------------------
@@ -134,12 +143,12 @@ class Bridge:
         g("bridge_oldest_pending_seconds", per_sink(lambda s: round(s.oldest_pending_seconds(), 3)))
         g("bridge_sink_alive", per_sink(lambda s: s.alive))
         g("bridge_journal_writable", lambda: {(("destination", d),): float(v["journal_writable"])
-                                              for d, v in evaluate(self)["destinations"].items()})
+                                              for d, v in self.health(0.1)["destinations"].items()})
         g("bridge_journal_free_bytes", lambda: {(): float(self.guard.free())})
         g("bridge_subscription_connected", per_sub(lambda s: s.source.connected))
         g("bridge_last_message_age_seconds",
           per_sub(lambda s: round(time.monotonic() - s.last_message, 3) if s.last_message else -1))
-        g("bridge_healthy", lambda: {(): float(evaluate(self)["ok"])})
+        g("bridge_healthy", lambda: {(): float(self.health(0.1)["ok"])})
         g("bridge_start_time_seconds", lambda: {(): float(int(self.metrics.started))})
         g("bridge_uniqueness_nudged_total", lambda: {(): float(self.unique.nudged)})
         g("bridge_uniqueness_unchecked_total", lambda: {(): float(self.unique.unchecked)})
@@ -147,8 +156,14 @@ class Bridge:
         if self.cache is not None:
             g("bridge_cache_queue", lambda: {(): float(self.cache.queued)})  # type: ignore[union-attr]
 
-    def health(self) -> dict:
-        return evaluate(self)
+    def health(self, max_age: float = 0.0) -> dict:
+        """/healthz's document; `max_age` lets the gauges of one /metrics render share one."""
+        cached = self._health
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        state = evaluate(self)
+        self._health = (time.monotonic(), state)
+        return state
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -169,9 +184,10 @@ class Bridge:
         self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1,
                          file=self.dead_input.path.name)
 
-    def process(self, sub: Subscription, messages: list[list[bytes]]) -> tuple[list[str], int, dict]:
+    def process(self, sub: Subscription, messages: list[list[bytes]]) -> tuple[list[str], int, dict, list]:
         """Decodes and maps a burst. Returns (lines, how many of them are raw message lines,
-        newest record per series for the cache). Never raises on bad input."""
+        newest record per series for the cache, the subscription's counter updates for
+        Metrics.bump). Never raises on bad input."""
         lines: list[str] = []
         decode, mapper = sub.decode, sub.mapper
         binning = sub.binning
@@ -214,16 +230,15 @@ class Bridge:
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
         mapped = len(points) if binning is not None else raw
-        # One update: the ledger never sees received without its mapped and rejected.
-        self.metrics.add([("bridge_received_messages_total", len(messages), sub.labels),
-                          ("bridge_mapped_messages_total", mapped, sub.labels),
-                          *[("bridge_rejected_messages_total", n, {**sub.labels, "reason": reason})
-                            for reason, n in rejected.items()]])
-        return lines, raw, newest
+        counts = [("bridge_received_messages_total", sub.key, len(messages)),
+                  ("bridge_mapped_messages_total", sub.key, mapped)]
+        if rejected:
+            counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
+        return lines, raw, newest, counts
 
-    def _encode(self, sub: Subscription | None, lines: list[str], raw: int) -> bytes:
+    def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None) -> bytes:
         """One encode for the burst; a line that cannot be encoded (never expected: mapping
-        refuses lone surrogates) is rejected on its own."""
+        refuses lone surrogates) is rejected on its own (its counts join `counts`)."""
         try:
             return ("\n".join(lines) + "\n").encode("utf-8")
         except UnicodeEncodeError:
@@ -232,10 +247,9 @@ class Bridge:
                 try:
                     kept.append(line.encode("utf-8"))
                 except UnicodeEncodeError:
-                    if sub is not None and i < raw:
-                        self.metrics.add([("bridge_mapped_messages_total", -1, sub.labels),
-                                          ("bridge_rejected_messages_total", 1,
-                                           {**sub.labels, "reason": "invalid_utf8"})])
+                    if sub is not None and i < raw and counts is not None:
+                        counts += [("bridge_mapped_messages_total", sub.key, -1),
+                                   ("bridge_rejected_messages_total", sub.reason_key("invalid_utf8"), 1)]
                         self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
                                      [line.encode("utf-8", "surrogatepass")], {})
                     else:
@@ -243,25 +257,28 @@ class Bridge:
             lines[:] = [k.decode() for k in kept]
             return b"".join(k + b"\n" for k in kept)
 
-    def hand_over(self, sub: Subscription | None, lines: list[str], raw: int | None = None) -> None:
-        """Gives a burst's lines to every destination (each logs and queues its own copy)."""
-        if not lines:
-            return
-        data = self._encode(sub, lines, len(lines) if raw is None else raw)
-        if not lines:
-            return
-        chunk = Chunk(data, len(lines), -1, time.time())
-        if sub is not None:
-            self.metrics.inc("bridge_mapped_points_total", len(lines), **sub.labels)
-        else:
-            self.metrics.inc("bridge_self_points_total", len(lines))
-        for sink in self.sinks:
-            sink.submit(chunk)
+    def hand_over(self, sub: Subscription | None, lines: list[str], raw: int | None = None,
+                  counts: list | None = None) -> None:
+        """Gives a burst's lines to every destination (each logs and queues its own copy).
+        The burst's counters are committed in one update (a ledger snapshot sees all or none):
+        the subscription's (`counts`), its points, and what every destination accepts."""
+        data = self._encode(sub, lines, len(lines) if raw is None else raw, counts) if lines else b""
+        n = len(lines)
+        updates = counts or []
+        if n:
+            updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
+                           else ("bridge_self_points_total", (), n))
+            updates += [("bridge_accepted_points_total", sink.key, n) for sink in self.sinks]
+        self.metrics.bump(updates)
+        if n:
+            chunk = Chunk(data, n, -1, time.time())
+            for sink in self.sinks:
+                sink.submit(chunk, counted=True)
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
         sub.last_message = time.monotonic()
-        lines, raw, newest = self.process(sub, messages)
-        self.hand_over(sub, lines, raw)
+        lines, raw, newest, counts = self.process(sub, messages)
+        self.hand_over(sub, lines, raw, counts)
         if newest and self.cache is not None:
             self.cache.offer(sub.mapper.field_names, newest)
 
@@ -274,7 +291,7 @@ class Bridge:
         m = self.metrics
         received = int(m.total("bridge_received_messages_total"))
         rejected = int(m.total("bridge_rejected_messages_total"))
-        healthy = "true" if evaluate(self)["ok"] else "false"
+        healthy = "true" if self.health()["ok"] else "false"
         base = [("instance", spec.instance)] + ([("station", self.config.station)] if self.config.station else [])
         lines = []
         for sink in self.sinks:

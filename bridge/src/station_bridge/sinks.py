@@ -388,6 +388,7 @@ class InfluxSink:
         self.failing_since: float | None = None  # monotonic time of the first failure since the last success
         self.last_error = ""
         self._labels = {"destination": spec.name}
+        self.key = Metrics.key(destination=spec.name)
 
     # --- producer side (receive thread) ---------------------------------------------
 
@@ -416,9 +417,10 @@ class InfluxSink:
                 self._queued += self._inflight.count
                 self._inflight = None
 
-    def submit(self, chunk: Chunk) -> None:
+    def submit(self, chunk: Chunk, counted: bool = False) -> None:
         """Takes the chunk (logged first when there is an intake log); never blocks on the
-        network, never raises."""
+        network, never raises. `counted`: the caller counted it as accepted already (with the
+        rest of its burst's counters, in one update)."""
         if not chunk.count:
             return
         mine = Chunk(chunk.data, chunk.count, -1, chunk.born)  # each destination numbers its own copy
@@ -426,7 +428,8 @@ class InfluxSink:
             # Disk full or gone: the points are still delivered from memory, only no longer
             # protected against a kill -9. Counted (and visible in /healthz), never fatal.
             self.metrics.inc("bridge_intake_errors_total", mine.count, **self._labels)
-        self.metrics.inc("bridge_accepted_points_total", mine.count, **self._labels)
+        if not counted:
+            self.metrics.bump([("bridge_accepted_points_total", self.key, mine.count)])
         overflow: list[Chunk] = []
         with self._cond:
             if self._queued + mine.count > self.spec.queue_max_points:
