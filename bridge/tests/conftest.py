@@ -8,7 +8,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from servers import Influxd, RedisServer
+from servers import Influxd, RedisServer, free_port
 
 
 @pytest.fixture(scope="session")
@@ -40,3 +40,16 @@ def database(influxd: Influxd) -> str:
     name = f"t{_counter[0]}"
     influxd.query(f'CREATE DATABASE "{name}"')
     return name
+
+
+@pytest.fixture()
+def endpoint() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture()
+def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
+    server = Influxd(tmp_path / "influxd").start()
+    server.query('CREATE DATABASE "tick"')
+    yield server
+    server.stop()

@@ -1,4 +1,18 @@
-"""The running bridge: sources -> decoders -> mapping -> (binning) -> sinks and cache."""
+"""The running bridge: sources -> decoders -> mapping -> (binning) -> sinks and cache.
+
+One receive loop (this thread) reads every subscription's socket, maps each message and hands
+each burst to every destination's writer thread and to the cache worker. Each stage contains
+its own failures and turns them into counted, named outcomes:
+- a message that cannot be decoded or mapped is rejected with a reason (per subscription:
+  received == mapped + rejected), dead-lettered to `input.jsonl`, and never touches the others;
+- a destination's writer, the journal, the dead letters and the cache never raise into this
+  loop; a writer thread that dies anyway is restarted (`Sink.ensure_alive`);
+- housekeeping every 200 ms: the systemd watchdog, dropped connections re-opened, writer
+  threads supervised, self-metrics points; a ledger thread persists the counters.
+Graceful stop (SIGTERM): receive until every socket's queue is caught up (what libzmq held when
+the stop began, at most half of `shutdown_timeout`), flush every destination within the rest,
+journal what is left, save the ledger.
+"""
 
 from __future__ import annotations
 
@@ -6,54 +20,27 @@ import logging
 import signal
 import threading
 import time
-from collections import defaultdict
 from collections.abc import Callable
 
 import zmq
 
-from .binning import TimeWeightedBinner
+from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
-from .journal import Chunk, DeadLetters, Intake, Journal
-from .lineproto import LineError, escape_key, format_line
-from .mapping import MapError, Mapper, Point
+from .health import SystemdNotifier, evaluate
+from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal
+from .ledger import Ledger
+from .lineproto import LineError, format_line
+from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
 from .sinks import InfluxSink
+from .sources import BURST, Source, receive
 
 log = logging.getLogger("station_bridge")
 
-# Messages taken from one socket before the others get a turn.
-_DRAIN = 2000
-
-
-_NOBLOCK = int(zmq.NOBLOCK)
-
-
-def _drain(socket: zmq.Socket) -> list[list[bytes]]:
-    """Up to _DRAIN multipart messages without blocking.
-
-    Frames with their `more` flag instead of recv_multipart: pyzmq's RCVMORE lookup converts
-    the option to an enum on every frame, which halved the receive rate in profiles. The
-    common two-frame message [topic, payload] takes the shortest path.
-    """
-    messages = []
-    recv = socket.recv
-    try:
-        for _ in range(_DRAIN):
-            first = recv(_NOBLOCK, copy=False)
-            if not first.more:
-                messages.append([first.bytes])
-                continue
-            frame = recv(_NOBLOCK, copy=False)
-            frames = [first.bytes, frame.bytes]
-            while frame.more:
-                frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            messages.append(frames)
-    except zmq.Again:
-        pass
-    return messages
+TICK_S = 0.2  # housekeeping period
+DRAIN_POLL_S = 0.05  # a drain's poll: what arrives later than this after catching up is not waited for
 
 
 class RateLimitedLog:
@@ -63,195 +50,391 @@ class RateLimitedLog:
         self.per_second = per_second
         self._windows: dict[str, tuple[float, int]] = {}
 
-    def warn(self, reason: str, message: str, **extra: object) -> None:
+    def allow(self, reason: str) -> bool:
         now = time.monotonic()
         start, count = self._windows.get(reason, (now, 0))
         if now - start >= 1.0:
             start, count = now, 0
-        if count < self.per_second:
-            log.warning(message, extra={"reason": reason, **extra})
         self._windows[reason] = (start, count + 1)
+        return count < self.per_second
+
+    def warn(self, reason: str, message: str, **extra: object) -> None:
+        if self.allow(reason):
+            log.warning(message, extra={"reason": reason, **extra})
 
 
 class Subscription:
-    def __init__(self, spec: SubscriptionSpec, config: Config, socket: zmq.Socket) -> None:
+    """One subscription's pipeline state: its source, decoder, mapper and binning."""
+
+    def __init__(self, spec: SubscriptionSpec, config: Config, context: zmq.Context, unique: Uniqueness) -> None:
         self.spec = spec
         self.name = spec.name
-        self.socket = socket
         self.decode = build(spec)
-        self.mapper = Mapper(spec, config.station)
-        self.binner = TimeWeightedBinner(spec.binning.interval_ns, spec.binning.fields) if spec.binning else None
-        self.received = 0
-        self.rejected: dict[str, int] = defaultdict(int)
+        self.mapper = Mapper(spec, config.station, unique)
+        self.binning = Binning(spec.binning) if spec.binning else None
+        self.keep_raw = spec.binning is None or spec.binning.keep_raw
+        self.source = Source(context, spec)
+        self.last_message = 0.0  # monotonic; 0: none yet
+        self.fallbacks_counted = 0
+        self.labels = {"subscription": spec.name}
+        self.key = Metrics.key(subscription=spec.name)
+        self.reason_keys: dict[str, tuple] = {}
+
+    def reason_key(self, reason: str) -> tuple:
+        found = self.reason_keys.get(reason)
+        if found is None:
+            found = self.reason_keys[reason] = Metrics.key(subscription=self.name, reason=reason)
+        return found
 
 
 class Bridge:
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
-        self.context = zmq.Context.instance()
-        self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl")
-        self.sinks = [
-            InfluxSink(d, Journal(config.journal_dir / d.name, config.journal_max_bytes),
-                       DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl"), self.metrics,
-                       Intake(config.journal_dir / d.name) if config.journal_write_ahead else None)
-            for d in config.destinations
-        ]
+        self.stopping = False
+        config.journal_dir.mkdir(parents=True, exist_ok=True)
+        config.dead_letter_dir.mkdir(parents=True, exist_ok=True)
+        self.guard = DiskGuard(config.journal_dir, config.journal_min_free_bytes)
+        dead_guard = DiskGuard(config.dead_letter_dir, config.journal_min_free_bytes)
+        self.ledger = Ledger(config.journal_dir / "ledger.json", self.metrics)
+        had_ledger = self.ledger.load()
+        self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl", config.dead_letter_max_bytes, dead_guard)
+        self.sinks: list[InfluxSink] = []
+        for d in config.destinations:
+            journal = Journal(config.journal_dir / d.name, config.journal_max_bytes, self.guard)
+            intake = Intake(config.journal_dir / d.name, guard=self.guard) if config.journal_write_ahead else None
+            dead = DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl", config.dead_letter_max_bytes, dead_guard)
+            self.sinks.append(InfluxSink(d, journal, dead, self.metrics, intake, config.health,
+                                         before_delete=self._save_ledger_now))
+            recovered, lost = self.ledger.reconcile(d.name, journal.points)
+            if recovered or lost or journal.points:
+                log.warning("ledger reconciled with the journal", extra={
+                    "destination": d.name, "journal_points": journal.points, "adopted": journal.adopted,
+                    "recovered": recovered, "lost_in_crash": lost, "ledger": had_ledger})
+        self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
-        self.subscriptions = [Subscription(s, config, self._open(s)) for s in config.subscriptions]
+        self.context = zmq.Context()
+        self.subscriptions = [Subscription(s, config, self.context, self.unique) for s in config.subscriptions]
         self.rate_log = RateLimitedLog(config.log_rate_per_s)
+        self.notifier = SystemdNotifier()
         self._stop = threading.Event()
+        self._ledger_stop = threading.Event()
         self.http = None
-        self.metrics.gauge("bridge_queue_points", lambda: {(("destination", s.name),): s.queued for s in self.sinks})
-        self.metrics.gauge("bridge_journal_bytes",
-                           lambda: {(("destination", s.name),): s.journal.bytes for s in self.sinks})
-        self.metrics.gauge("bridge_intake_bytes", lambda: {(("destination", s.name),): s.intake.bytes
-                                                          for s in self.sinks if s.intake is not None})
-        self.metrics.gauge("bridge_journal_points",
-                           lambda: {(("destination", s.name),): s.journal.points for s in self.sinks})
+        self._health: tuple[float, dict] | None = None
+        self._register_gauges()
 
-    def _open(self, spec: SubscriptionSpec) -> zmq.Socket:
-        from .sources import open_subscription
-        return open_subscription(self.context, spec)
+    # --- gauges -------------------------------------------------------------------------------
 
-    def health(self) -> dict:
-        return {
-            "ok": not self._stop.is_set(),
-            "destinations": {s.name: {"queue": s.queued, "journal_points": s.journal.points,
-                                      "journal_bytes": s.journal.bytes, "failing": bool(s.backoff.failures),
-                                      "last_error": s.last_error} for s in self.sinks},
-        }
+    def _register_gauges(self) -> None:
+        g = self.metrics.gauge
+
+        def per_sink(read: Callable[[InfluxSink], float]) -> Callable[[], dict]:
+            return lambda: {(("destination", s.name),): float(read(s)) for s in self.sinks}
+
+        def per_sub(read: Callable[[Subscription], float]) -> Callable[[], dict]:
+            return lambda: {(("subscription", s.name),): float(read(s)) for s in self.subscriptions}
+
+        g("bridge_pending_points", per_sink(lambda s: s.pending))
+        g("bridge_queue_points", per_sink(lambda s: s.queued))
+        g("bridge_journal_bytes", per_sink(lambda s: s.journal.bytes))
+        g("bridge_journal_points", per_sink(lambda s: s.journal.points))
+        g("bridge_intake_bytes", per_sink(lambda s: s.intake.bytes if s.intake is not None else 0))
+        g("bridge_destination_failing_seconds", per_sink(lambda s: round(s.failing_seconds(), 3)))
+        g("bridge_oldest_pending_seconds", per_sink(lambda s: round(s.oldest_pending_seconds(), 3)))
+        g("bridge_sink_alive", per_sink(lambda s: s.alive))
+        g("bridge_journal_writable", lambda: {(("destination", d),): float(v["journal_writable"])
+                                              for d, v in self.health(0.1)["destinations"].items()})
+        g("bridge_journal_free_bytes", lambda: {(): float(self.guard.free())})
+        g("bridge_subscription_connected", per_sub(lambda s: s.source.connected))
+        g("bridge_last_message_age_seconds",
+          per_sub(lambda s: round(time.monotonic() - s.last_message, 3) if s.last_message else -1))
+        g("bridge_healthy", lambda: {(): float(self.health(0.1)["ok"])})
+        g("bridge_start_time_seconds", lambda: {(): float(int(self.metrics.started))})
+        g("bridge_uniqueness_nudged_total", lambda: {(): float(self.unique.nudged)})
+        g("bridge_uniqueness_unchecked_total", lambda: {(): float(self.unique.unchecked)})
+        g("bridge_uniqueness_evicted_total", lambda: {(): float(self.unique.evicted)})
+        if self.cache is not None:
+            g("bridge_cache_queue", lambda: {(): float(self.cache.queued)})  # type: ignore[union-attr]
+
+    def health(self, max_age: float = 0.0) -> dict:
+        """/healthz's document; `max_age` lets the gauges of one /metrics render share one."""
+        cached = self._health
+        if cached is not None and time.monotonic() - cached[0] <= max_age:
+            return cached[1]
+        state = evaluate(self)
+        self._health = (time.monotonic(), state)
+        return state
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
 
-    def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes]) -> None:
-        sub.rejected[reason] += 1
-        self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
-        self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
-        self.dead_input.write(subscription=sub.name, reason=reason, detail=detail[:500],
-                              frames=[f[:256].hex() for f in frames])
+    # --- the pipeline -------------------------------------------------------------------------
 
-    def process(self, sub: Subscription, messages: list[list[bytes]]) -> list[str]:
-        """Decodes and maps a burst of messages; returns their lines. Never raises on bad input."""
+    def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes],
+                counts: dict[str, int] | None = None) -> None:
+        """Counts (in `counts`, committed with the burst's other counters, or at once), logs
+        (rate limited) and dead-letters a rejected message."""
+        if counts is None:
+            self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
+        else:
+            counts[reason] = counts.get(reason, 0) + 1
+        self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
+        ok = self.dead_input.write(subscription=sub.name, reason=reason, detail=detail[:500],
+                                   frames=[f[:256].hex() for f in frames[:8]], frame_count=len(frames))
+        self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1,
+                         file=self.dead_input.path.name)
+
+    def process(self, sub: Subscription, messages: list[list[bytes]]) -> tuple[list[str], int, dict, list]:
+        """Decodes and maps a burst. Returns (lines, how many of them are raw message lines,
+        newest record per series for the cache, the subscription's counter updates for
+        Metrics.bump). Never raises on bad input."""
         lines: list[str] = []
         decode, mapper = sub.decode, sub.mapper
-        points: list[Point] = []
-        # The cache needs only the newest point per series: lines for all, Points for those few.
-        newest: dict[str, tuple[int, str, dict]] = {}
-        binned = sub.binner is not None
-        keep_raw = not binned or sub.spec.binning.keep_raw  # type: ignore[union-attr]
-        cached = self.cache is not None and not binned
+        binning = sub.binning
+        newest: dict[str, tuple[int, dict]] = {}
+        cached = self.cache is not None and binning is None
+        points = []
+        rejected: dict[str, int] = {}
         for frames in messages:
             try:
                 topic, record = decode(frames)
-                if binned:
-                    point = mapper.point(topic, record)
-                    points.append(point)
-                    if keep_raw:
-                        lines.append(point.line)
+                if binning is not None:
+                    points.append(mapper.point(topic, record))
                 elif cached:
                     line, series, ts = mapper.keyed_line(topic, record)
                     lines.append(line)
-                    newest[series] = (ts, topic, record)
+                    current = newest.get(series)
+                    if current is None or ts >= current[0]:
+                        newest[series] = (ts, record)
                 else:
                     lines.append(mapper.line(topic, record))
             except (DecodeError, MapError, LineError) as exc:
-                self._reject(sub, exc.reason, str(exc), frames)
+                self._reject(sub, exc.reason, str(exc), frames, rejected)
+            except RecursionError:
+                self._reject(sub, "too_deep", "value nested too deeply to process", frames, rejected)
             except Exception as exc:  # hostile input must never stop the bridge
-                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames)
-        sub.received += len(messages)
-        self.metrics.inc("bridge_received_messages_total", len(messages), subscription=sub.name)
-        if binned and points:
-            lines.extend(self._bin(sub, points))
-        if self.cache is not None:
-            if newest:
-                points = [mapper.cached_point(topic, record, series, ts)
-                          for series, (ts, topic, record) in newest.items()]
-            if points:
-                self.cache.update(points)
-        return lines
+                if self.rate_log.allow("unexpected"):
+                    log.exception("unexpected error mapping a message", extra={"subscription": sub.name})
+                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames, rejected)
+        raw = len(lines)
+        if binning is not None:
+            if sub.keep_raw:
+                lines = [p.line for p in points]
+            raw = len(lines)
+            for point in points:
+                try:
+                    lines.extend(binning.lines(point))
+                except Exception as exc:  # contained: the point is still written raw (keep_raw)
+                    self.metrics.inc("bridge_stage_errors_total", 1, stage="binning")
+                    if self.rate_log.allow("binning"):
+                        log.exception("binning error (contained)", extra={"subscription": sub.name,
+                                                                          "error": repr(exc)})
+        mapped = len(points) if binning is not None else raw
+        counts = [("bridge_received_messages_total", sub.key, len(messages)),
+                  ("bridge_mapped_messages_total", sub.key, mapped)]
+        if rejected:
+            counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
+        return lines, raw, newest, counts
 
-    def _bin(self, sub: Subscription, points: list[Point]) -> list[str]:
-        spec = sub.spec.binning
-        assert spec is not None and sub.binner is not None
-        out = []
-        for point in points:
-            try:
-                values = {name: float(point.fields[name]) for name in spec.fields}  # type: ignore[arg-type]
-            except (KeyError, TypeError, ValueError):
-                continue
-            for start, means in sub.binner.add(point.series, point.time_ns, values):
-                measurement = spec.measurement or point.measurement + "_binned"
-                tags = sorted((escape_key(k), escape_key(v, "tag value")) for k, v in point.tags.items())
-                fields = [(escape_key(k, "field"), repr(v)) for k, v in means.items()]
-                out.append(format_line(measurement, tags, fields, start))
-        return out
+    def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None) -> bytes:
+        """One encode for the burst; a line that cannot be encoded (never expected: mapping
+        refuses lone surrogates) is rejected on its own (its counts join `counts`)."""
+        try:
+            return ("\n".join(lines) + "\n").encode("utf-8")
+        except UnicodeEncodeError:
+            kept = []
+            for i, line in enumerate(lines):
+                try:
+                    kept.append(line.encode("utf-8"))
+                except UnicodeEncodeError:
+                    if sub is not None and i < raw and counts is not None:
+                        counts += [("bridge_mapped_messages_total", sub.key, -1),
+                                   ("bridge_rejected_messages_total", sub.reason_key("invalid_utf8"), 1)]
+                        self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
+                                     [line.encode("utf-8", "surrogatepass")], {})
+                    else:
+                        self.metrics.inc("bridge_stage_errors_total", 1, stage="encode")
+            lines[:] = [k.decode() for k in kept]
+            return b"".join(k + b"\n" for k in kept)
+
+    def hand_over(self, sub: Subscription | None, lines: list[str], raw: int | None = None,
+                  counts: list | None = None) -> None:
+        """Gives a burst's lines to every destination (each logs and queues its own copy).
+        The burst's counters are committed in one update (a ledger snapshot sees all or none):
+        the subscription's (`counts`), its points, and what every destination accepts."""
+        data = self._encode(sub, lines, len(lines) if raw is None else raw, counts) if lines else b""
+        n = len(lines)
+        updates = counts or []
+        if n:
+            updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
+                           else ("bridge_self_points_total", (), n))
+            updates += [("bridge_accepted_points_total", sink.key, n) for sink in self.sinks]
+        self.metrics.bump(updates)
+        if n:
+            chunk = Chunk(data, n, -1, time.time())
+            for sink in self.sinks:
+                sink.submit(chunk, counted=True)
+
+    def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
+        sub.last_message = time.monotonic()
+        lines, raw, newest, counts = self.process(sub, messages)
+        self.hand_over(sub, lines, raw, counts)
+        if newest and self.cache is not None:
+            self.cache.offer(sub.mapper.field_names, newest)
+
+    # --- self-metrics -------------------------------------------------------------------------
 
     def self_report(self, now_ns: int) -> list[str]:
-        """The bridge's own counters as one point per destination (self_metrics)."""
+        """station_bridge (one point per destination) and station_bridge_feed (per subscription)."""
         spec = self.config.self_metrics
         assert spec is not None
         m = self.metrics
         received = int(m.total("bridge_received_messages_total"))
         rejected = int(m.total("bridge_rejected_messages_total"))
+        healthy = "true" if self.health()["ok"] else "false"
         base = [("instance", spec.instance)] + ([("station", self.config.station)] if self.config.station else [])
         lines = []
         for sink in self.sinks:
-            tags = sorted([(escape_key(k), escape_key(v, "tag value")) for k, v in [*base, ("destination", sink.name)]])
-            dropped = sum(v for labels, v in m.counters["bridge_dropped_points_total"].items()
-                          if ("destination", sink.name) in labels)
+            d = {"destination": sink.name}
             fields = [("received", f"{received}i"), ("rejected", f"{rejected}i"),
-                      ("written", f"{int(m.get('bridge_written_points_total', destination=sink.name))}i"),
-                      ("dropped", f"{int(dropped)}i"), ("journal_bytes", f"{sink.journal.bytes}i"),
-                      ("queue_depth", f"{sink.queued}i")]
-            lines.append(format_line(spec.measurement, tags, fields, now_ns))
+                      ("accepted", f"{int(m.get('bridge_accepted_points_total', **d))}i"),
+                      ("written", f"{int(m.get('bridge_written_points_total', **d))}i"),
+                      ("dropped", f"{int(m.total('bridge_dropped_points_total', **d))}i"),
+                      ("pending", f"{sink.pending}i"), ("journal_points", f"{sink.journal.points}i"),
+                      ("journal_bytes", f"{sink.journal.bytes}i"),
+                      ("oldest_pending_s", repr(float(round(sink.oldest_pending_seconds(), 3)))),
+                      ("failing_s", repr(float(round(sink.failing_seconds(), 3)))),
+                      ("started", f"{int(m.started)}i"), ("healthy", healthy)]
+            lines.append(format_line(spec.measurement, [*base, ("destination", sink.name)], fields, now_ns))
+        now = time.monotonic()
+        for sub in self.subscriptions:
+            s = sub.labels
+            age = round(now - sub.last_message, 3) if sub.last_message else -1.0
+            fields = [("received", f"{int(m.get('bridge_received_messages_total', **s))}i"),
+                      ("rejected", f"{int(m.total('bridge_rejected_messages_total', **s))}i"),
+                      ("points", f"{int(m.get('bridge_mapped_points_total', **s))}i"),
+                      ("last_message_age_s", repr(float(age))),
+                      ("connected", "true" if sub.source.connected else "false")]
+            lines.append(format_line(spec.feed_measurement, [*base, ("subscription", sub.name)], fields, now_ns))
         return lines
 
-    def dispatch(self, lines: list[str]) -> None:
-        if lines:
-            chunk = Chunk.of(lines)  # encoded once for every destination
-            for sink in self.sinks:
-                sink.submit(chunk)
+    # --- the loop -----------------------------------------------------------------------------
+
+    def _save_ledger_now(self) -> None:
+        self.ledger.save()
+
+    def _ledger_loop(self) -> None:
+        while not self._ledger_stop.wait(self.config.ledger_interval):
+            self.ledger.save(sync=True)
+
+    def housekeeping(self, now: float) -> None:
+        self.notifier.watchdog()
+        for sub in self.subscriptions:
+            sub.source.repair(self.metrics.inc)
+            fallbacks = sub.mapper.timestamp_fallbacks
+            if fallbacks != sub.fallbacks_counted:
+                self.metrics.inc("bridge_timestamp_fallbacks_total", fallbacks - sub.fallbacks_counted, **sub.labels)
+                sub.fallbacks_counted = fallbacks
+        for sink in self.sinks:
+            sink.ensure_alive()
+
+    def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> tuple[int, bool]:
+        """One poll round: (messages received, whether some socket still had more than a burst)."""
+        got, behind = 0, False
+        for socket, _ in poller.poll(timeout_ms):
+            sub = by_socket[socket]
+            if socket is sub.source.monitor:
+                sub.source.on_monitor()
+                continue
+            messages = receive(socket)
+            if messages:
+                got += len(messages)
+                behind = behind or len(messages) >= BURST
+                try:
+                    self.receive(sub, messages)
+                except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
+                    self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
+                    log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+        return got, behind
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
         for sink in self.sinks:
             sink.start()
+        if self.cache is not None:
+            self.cache.start()
         if self.config.http_listen:
-            self.http = serve(self.metrics, self.config.http_listen, self.health)
+            self.http = serve(self.metrics, self.config.http_listen, self.health,
+                              self.config.http_max_connections, self.config.http_timeout)
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         poller = zmq.Poller()
         by_socket = {}
         for sub in self.subscriptions:
-            poller.register(sub.socket, zmq.POLLIN)
-            by_socket[sub.socket] = sub
+            for socket in (sub.source.socket, sub.source.monitor):
+                poller.register(socket, zmq.POLLIN)
+                by_socket[socket] = sub
+        ledger_thread = threading.Thread(target=self._ledger_loop, name="ledger", daemon=True)
+        ledger_thread.start()
         log.info("bridge running", extra={"subscriptions": [s.name for s in self.subscriptions],
                                           "destinations": [s.name for s in self.sinks]})
+        self.notifier.ready()
         if ready:
             ready()
         report_every = self.config.self_metrics.interval_ns / 1e9 if self.config.self_metrics else None
         next_report = time.monotonic() + (report_every or 0)
+        next_tick = time.monotonic() + TICK_S
         while not self._stop.is_set():
-            for socket, _ in poller.poll(200):
-                messages = _drain(socket)
-                if messages:
-                    self.dispatch(self.process(by_socket[socket], messages))
-            if report_every and time.monotonic() >= next_report:
-                next_report += report_every
-                self.dispatch(self.self_report(time.time_ns()))
-        return self.shutdown()
+            self._poll(poller, by_socket, int(TICK_S * 1000))
+            now = time.monotonic()
+            if now >= next_tick:
+                next_tick = now + TICK_S
+                try:
+                    self.housekeeping(now)
+                    if report_every and now >= next_report:
+                        next_report = now + report_every
+                        self.hand_over(None, self.self_report(time.time_ns()))
+                except Exception as exc:  # contained
+                    self.metrics.inc("bridge_stage_errors_total", 1, stage="housekeeping")
+                    log.exception("housekeeping error (contained)", extra={"error": repr(exc)})
+        return self.shutdown(poller, by_socket)
 
-    def shutdown(self) -> int:
-        log.info("stopping: flushing destinations", extra={"timeout_s": self.config.shutdown_timeout})
+    def shutdown(self, poller: zmq.Poller | None = None, by_socket: dict | None = None) -> int:
+        self.stopping = True
+        self.notifier.stopping()
+        started = time.monotonic()
+        budget = self.config.shutdown_timeout
+        log.info("stopping: draining subscriptions, then flushing destinations", extra={"timeout_s": budget})
+        drained = 0
+        if poller is not None and by_socket is not None:
+            # Receive until caught up: two rounds in a row in which every socket was emptied
+            # (a SUB socket filters at receive time, so unsubscribing would discard the queue).
+            caught_up = 0
+            while time.monotonic() < started + budget / 2 and caught_up < 2:
+                got, behind = self._poll(poller, by_socket, int(DRAIN_POLL_S * 1000))
+                self.notifier.watchdog()
+                drained += got
+                caught_up = 0 if behind else caught_up + 1
         for sub in self.subscriptions:
-            sub.socket.close(linger=0)
-        threads = [threading.Thread(target=s.stop, args=(self.config.shutdown_timeout,)) for s in self.sinks]
+            sub.source.close()
+        self.housekeeping(time.monotonic())  # count the last timestamp fallbacks
+        remaining = max(1.0, budget - (time.monotonic() - started))
+        threads = [threading.Thread(target=s.stop, args=(remaining,)) for s in self.sinks]
         for t in threads:
             t.start()
-        for t in threads:
-            t.join()
+        while any(t.is_alive() for t in threads):
+            self.notifier.watchdog()
+            for t in threads:
+                t.join(0.5)
+        if self.cache is not None:
+            self.cache.stop(min(2.0, remaining))
+        self._ledger_stop.set()
+        self.ledger.save(clean=True, sync=True)
         if self.http is not None:
             self.http.shutdown()
-        log.info("stopped", extra={d.name: {"journal_points": d.journal.points} for d in self.sinks})
+        self.dead_input.close()
+        for sink in self.sinks:
+            sink.dead.close()
+        self.context.term()
+        log.info("stopped", extra={"drained_messages": drained,
+                                   **{s.name: {"journal_points": s.journal.points} for s in self.sinks}})
         return 0

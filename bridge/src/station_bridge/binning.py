@@ -4,11 +4,19 @@ Each sample's value holds since the previous sample (the first one since its bin
 start); a bin is labelled by its start and emitted once a later sample shows that the
 bin is complete. Golden check (1 s bins): samples (T+0.1,100), (T+0.6,200), (T+1.1,100),
 (T+3.5,50) give (T,150), (T+1,55), (T+2,50).
+
+`Binning` turns mapped points into binned lines: the series of a binned line is the binned
+measurement followed by the point's own escaped tags (the one series key of lineproto), and
+its state is keyed by the point's series key.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+
+from .config import BinningSpec
+from .lineproto import LineError, escape_field_key, escape_measurement, format_float
+from .mapping import Point
 
 
 @dataclass
@@ -47,3 +55,41 @@ class TimeWeightedBinner:
                 state.acc = dict.fromkeys(self.fields, 0.0)
         state.last_ns = time_ns
         return done
+
+
+class Binning:
+    """Mapped points -> binned lines (measurement `spec.measurement` or `<measurement>_binned`)."""
+
+    def __init__(self, spec: BinningSpec) -> None:
+        self.spec = spec
+        self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields)
+        self._keys = {name: escape_field_key(name) for name in spec.fields}
+        self._measurements: dict[str, tuple[int, str]] = {}  # raw -> (escaped length, binned escaped)
+        self.skipped = 0  # points without every binned field, and bins whose mean is not finite
+
+    def _measurement(self, raw: str) -> tuple[int, str]:
+        found = self._measurements.get(raw)
+        if found is None:
+            binned = escape_measurement(self.spec.measurement or raw + "_binned")
+            found = (len(escape_measurement(raw)), binned)
+            if len(self._measurements) < 10_000:
+                self._measurements[raw] = found
+        return found
+
+    def lines(self, point: Point) -> list[str]:
+        try:
+            values = {name: float(point.fields[name]) for name in self.spec.fields}  # type: ignore[arg-type]
+        except (KeyError, TypeError, ValueError, OverflowError):
+            self.skipped += 1
+            return []
+        cut, measurement = self._measurement(point.measurement)
+        series = measurement + point.series[cut:]
+        out = []
+        for start, means in self.binner.add(point.series, point.time_ns, values):
+            try:
+                fields = ",".join(f"{self._keys[k]}={format_float(v)}" for k, v in means.items())
+            except LineError:
+                self.skipped += 1
+                continue
+            out.append(f"{series} {fields} {start}")
+        return out

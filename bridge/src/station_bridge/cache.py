@@ -1,26 +1,41 @@
 """Redis latest-value cache: per series, a hash of the newest fields and their time.
 
-Key: `<key_prefix>:<series>` where series is the point's escaped line-protocol series with
-its tags sorted by key, as InfluxDB keys it (`ticks,instrument=EURUSD,venue=kraken`), so that a
-reader can build the key from the tags without knowing the bridge's configuration.
-Hash fields: the point's fields as text plus `time` (ns since the epoch). Each update also
-sets the TTL, so a silent series expires.
+Key: `<key_prefix>:<series>` where series is the point's series key (lineproto.series_key:
+escaped measurement and tags sorted by key, as InfluxDB keys it:
+`ticks,instrument=EURUSD,venue=kraken`), so that a reader can build the key from the tags
+without knowing the bridge's configuration. Hash fields: the point's fields as text plus `time`
+(ns since the epoch). Each update also sets the TTL, so a silent series expires.
 A dashboard reads the newest tick with one `HGETALL latest:ticks,instrument=EURUSD,...`.
-Values are plain strings: no pickle, readable from any language.
+
+The cache runs off the receive thread: the receive loop offers the newest record per series of
+each burst to a bounded queue (never blocking: when the queue is full, Redis is slow or hung,
+and the update is dropped and counted in `bridge_cache_dropped_total`); one worker thread
+coalesces what is queued (newest time per series wins) and sends one pipeline. InfluxDB
+remains the record: a slow or dead Redis never slows the database path.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import queue
+import threading
+import time
 
 import redis
 
 from .config import CacheSpec
-from .lineproto import escape_key, escape_measurement
-from .mapping import Point
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.cache")
+
+Update = tuple[list[str], dict[str, tuple[int, dict]]]  # field names, series -> (time, record)
+
+
+def _text(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.decode("utf-8", "replace")
+    return str(value)
 
 
 class LatestCache:
@@ -28,33 +43,80 @@ class LatestCache:
         self.spec = spec
         self.metrics = metrics
         self.client = redis.Redis.from_url(spec.url, username=spec.username, password=spec.password,
-                                           socket_timeout=2, socket_connect_timeout=2)
+                                           socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
         self._ttl_ms = spec.ttl * 1000
+        self._queue: queue.Queue[Update | None] = queue.Queue(maxsize=spec.queue_max)
+        self._thread: threading.Thread | None = None
+        self.last_error = ""
+        self._failing_logged = 0.0
 
-    def key(self, point: Point) -> str:
-        tags = "".join(f",{escape_key(k)}={escape_key(v, 'tag value')}" for k, v in sorted(point.tags.items()))
-        return f"{self.spec.key_prefix}:{escape_measurement(point.measurement)}{tags}"
+    @property
+    def queued(self) -> int:
+        return self._queue.qsize()
 
-    def update(self, points: list[Point]) -> None:
-        """One pipeline per batch; only the newest point per series is sent."""
-        newest: dict[str, Point] = {}
-        for point in points:
-            current = newest.get(point.series)
-            if current is None or point.time_ns >= current.time_ns:
-                newest[point.series] = point
-        if not newest:
+    def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name="cache", daemon=True)
+        self._thread.start()
+
+    def offer(self, fields: list[str], newest: dict[str, tuple[int, dict]]) -> None:
+        """From the receive thread: never blocks."""
+        try:
+            self._queue.put_nowait((fields, newest))
+        except queue.Full:
+            self.metrics.inc("bridge_cache_dropped_total", len(newest))
+
+    def stop(self, timeout: float) -> None:
+        """Sends what is queued if Redis answers within `timeout`, then stops."""
+        if self._thread is None:
+            return
+        with contextlib.suppress(queue.Full):
+            self._queue.put(None, timeout=timeout)
+        self._thread.join(timeout)
+
+    def _run(self) -> None:
+        while True:
+            item = self._queue.get()
+            if item is None:
+                return
+            batch: dict[str, tuple[int, dict[str, str]]] = {}
+            stop = False
+            while True:
+                fields, newest = item
+                for series, (ts, record) in newest.items():
+                    current = batch.get(series)
+                    if current is None or ts >= current[0]:
+                        batch[series] = (ts, {k: _text(record[k]) for k in fields if record.get(k) is not None})
+                try:
+                    item = self._queue.get_nowait()
+                except queue.Empty:
+                    break
+                if item is None:
+                    stop = True
+                    break
+            try:
+                self._send(batch)
+            except Exception as exc:  # contained: the cache is a convenience
+                self.metrics.inc("bridge_stage_errors_total", 1, stage="cache")
+                log.exception("cache worker error (contained)", extra={"error": repr(exc)})
+            if stop:
+                return
+
+    def _send(self, batch: dict[str, tuple[int, dict[str, str]]]) -> None:
+        if not batch:
             return
         try:
             pipe = self.client.pipeline(transaction=False)
-            for point in newest.values():
-                key = self.key(point)
-                mapping = {k: str(v) for k, v in point.fields.items()}
-                mapping["time"] = str(point.time_ns)
-                pipe.hset(key, mapping=mapping)
+            for series, (ts, mapping) in batch.items():
+                key = f"{self.spec.key_prefix}:{series}"
+                pipe.hset(key, mapping={**mapping, "time": str(ts)})
                 pipe.pexpire(key, self._ttl_ms)
             pipe.execute()
-            self.metrics.inc("bridge_cache_updates_total", len(newest))
-        except redis.RedisError as exc:
-            # The cache is a convenience: InfluxDB remains the record. Count and go on.
+            self.metrics.inc("bridge_cache_updates_total", len(batch))
+            self.last_error = ""
+        except (redis.RedisError, OSError) as exc:
             self.metrics.inc("bridge_cache_errors_total", 1)
-            log.warning("redis cache update failed", extra={"error": str(exc)})
+            self.last_error = f"{type(exc).__name__}: {exc}"
+            now = time.monotonic()
+            if now - self._failing_logged > 10:
+                self._failing_logged = now
+                log.warning("redis cache update failed", extra={"error": self.last_error})

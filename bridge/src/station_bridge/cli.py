@@ -3,12 +3,9 @@
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import sys
 import time
-import urllib.parse
-import urllib.request
 from importlib import resources
 from pathlib import Path
 
@@ -36,6 +33,9 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
+    if args.json:
+        print(json.dumps(config.effective(), indent=2, sort_keys=False))
+        return 0
     print(f"{args.config}: OK ({len(config.subscriptions)} subscriptions, "
           f"{len(config.destinations)} destinations{', cache' if config.cache else ''})")
     return 0
@@ -46,125 +46,36 @@ def cmd_print(_: argparse.Namespace) -> int:
     return 0
 
 
-def _annotated_csv(path: Path) -> list[str]:
-    """InfluxDB annotated CSV (#datatype measurement,tag,...,dateTime:number) -> lines."""
-    from .lineproto import escape_key, escape_measurement, format_field_value
-    lines: list[str] = []
-    with open(path, newline="", encoding="utf-8") as handle:
-        rows = csv.reader(handle)
-        datatypes: list[str] = []
-        header: list[str] | None = None
-        for row in rows:
-            if not row:
-                continue
-            if row[0].startswith("#datatype"):
-                datatypes = [row[0].split(" ", 1)[1], *row[1:]]
-                header = None
-                continue
-            if row[0].startswith("#"):
-                continue
-            if header is None:
-                header = row
-                continue
-            measurement, tags, fields, stamp = "", [], [], ""
-            for kind, name, value in zip(datatypes, header, row, strict=False):
-                if kind == "measurement":
-                    measurement = value
-                elif kind == "tag":
-                    tags.append(f"{escape_key(name)}={escape_key(value, 'tag value')}")
-                elif kind.startswith("dateTime"):
-                    stamp = value
-                elif kind in ("long", "unsignedLong"):
-                    fields.append(f"{escape_key(name, 'field')}={format_field_value(value, 'integer')}")
-                elif kind == "double":
-                    fields.append(f"{escape_key(name, 'field')}={format_field_value(value, 'float')}")
-                elif kind == "boolean":
-                    fields.append(f"{escape_key(name, 'field')}={format_field_value(value, 'boolean')}")
-                elif kind == "string":
-                    fields.append(f"{escape_key(name, 'field')}={format_field_value(value, 'string')}")
-            head = ",".join([escape_measurement(measurement), *tags])
-            lines.append(f"{head} {','.join(fields)} {stamp}".rstrip())
-    return lines
-
-
-def _jsonl(path: Path) -> list[str]:
-    """JSONL: either {"line": "..."} (dead letters) or {"measurement","tags","fields","time"}."""
-    from .lineproto import escape_key, escape_measurement, format_field_value
-    lines = []
-    for text in path.read_text(encoding="utf-8").splitlines():
-        if not text.strip():
-            continue
-        record = json.loads(text)
-        if "line" in record:
-            lines.append(record["line"])
-            continue
-        tags = "".join(f",{escape_key(k)}={escape_key(str(v), 'tag value')}"
-                       for k, v in sorted(record.get("tags", {}).items()))
-        fields = []
-        for k, v in record["fields"].items():
-            kind = "boolean" if isinstance(v, bool) else "integer" if isinstance(v, int) else \
-                "float" if isinstance(v, float) else "string"
-            fields.append(f"{escape_key(k, 'field')}={format_field_value(v, kind)}")
-        lines.append(f"{escape_measurement(record['measurement'])}{tags} {','.join(fields)} {record['time']}")
-    return lines
-
-
 def cmd_replay(args: argparse.Namespace) -> int:
-    from .journal import DeadLetters
-    from .sinks import InfluxWriter, Retryable
+    from .replay import replay
     destination = _destination(args.config, args.destination)
-    writer = InfluxWriter(destination)
-    dead = DeadLetters(Path(args.dead_letter))
-    total = rejected = 0
-    for name in args.files:
-        path = Path(name)
-        if path.suffix == ".csv":
-            lines = _annotated_csv(path)
-        elif path.suffix == ".jsonl":
-            lines = _jsonl(path)
-        else:
-            lines = [line for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
-        for start in range(0, len(lines), destination.batch_size):
-            batch = lines[start:start + destination.batch_size]
-            pending = [batch]
-            while pending:
-                chunk = pending.pop()
-                try:
-                    status, message = writer.post(("\n".join(chunk) + "\n").encode())
-                except Retryable as exc:
-                    print(f"{path}: destination unreachable: {exc}", file=sys.stderr)
-                    return 1
-                if status == 204:
-                    total += len(chunk)
-                elif status in (400, 413) and len(chunk) > 1:
-                    pending += [chunk[len(chunk) // 2:], chunk[:len(chunk) // 2]]
-                elif status in (400, 413):
-                    rejected += 1
-                    dead.write(destination=destination.name, line=chunk[0], status=status, error=message)
-                else:
-                    print(f"{path}: HTTP {status}: {message}", file=sys.stderr)
-                    return 1
-    print(f"replayed {total} points into {destination.name}; {rejected} rejected (see {args.dead_letter})")
-    return 0 if not rejected else 2
+    result = replay(destination, [Path(f) for f in args.files], Path(args.dead_letter))
+    if result.error:
+        print(f"{result.error}; {result.written} points written, {result.not_attempted} not attempted "
+              "(run the replay again: InfluxDB keeps one point per series and time)", file=sys.stderr)
+        return 1
+    print(f"replayed {result.written} points into {destination.name}; {result.rejected} rejected "
+          f"(see {args.dead_letter})")
+    return 0 if not result.rejected else 2
 
 
 def cmd_export(args: argparse.Namespace) -> int:
+    from .sinks import InfluxWriter
     destination = _destination(args.config, args.destination)
     where = f"time >= '{args.start}'" + (f" AND time < '{args.end}'" if args.end else "")
     rp = f'"{destination.retention_policy}".' if destination.retention_policy else ""
-    query = f'SELECT * FROM {rp}"{args.measurement}" WHERE {where} GROUP BY *'
-    params = urllib.parse.urlencode({"db": destination.database, "q": query, "epoch": "ns",
-                                     "chunked": "true", "chunk_size": "10000"})
-    request = urllib.request.Request(f"{destination.url}/query?{params}")
-    if destination.username:
-        import base64
-        token = base64.b64encode(f"{destination.username}:{destination.password or ''}".encode()).decode()
-        request.add_header("Authorization", "Basic " + token)
+    measurement = args.measurement.replace("\\", "\\\\").replace('"', '\\"')
+    query = f'SELECT * FROM {rp}"{measurement}" WHERE {where} GROUP BY *'
+    writer = InfluxWriter(destination)
     out = open(args.output, "w", encoding="utf-8") if args.output != "-" else sys.stdout  # noqa: SIM115
     count = 0
-    with urllib.request.urlopen(request, timeout=destination.timeout) as response:
-        for raw in response:
-            for result in json.loads(raw).get("results", []):
+    try:
+        # InfluxDB's JSON writes the float 1.0 as 1: the field types keep replay's types right.
+        floats = {row[0] for document in writer.query(f'SHOW FIELD KEYS FROM {rp}"{measurement}"')
+                  for result in document.get("results", []) for series in result.get("series", [])
+                  for row in series.get("values", []) if row[1] == "float"}
+        for document in writer.query(query):
+            for result in document.get("results", []):
                 if "error" in result:
                     print(result["error"], file=sys.stderr)
                     return 1
@@ -172,12 +83,17 @@ def cmd_export(args: argparse.Namespace) -> int:
                     for values in series["values"]:
                         row = dict(zip(series["columns"], values, strict=True))
                         stamp = row.pop("time")
-                        fields = {k: v for k, v in row.items() if v is not None}
+                        fields = {k: float(v) if k in floats and isinstance(v, int) else v
+                                  for k, v in row.items() if v is not None}
                         out.write(json.dumps({"measurement": series["name"], "tags": series.get("tags", {}),
                                               "fields": fields, "time": stamp}) + "\n")
                         count += 1
-    if out is not sys.stdout:
-        out.close()
+    except (OSError, RuntimeError) as exc:
+        print(f"export failed: {exc}", file=sys.stderr)
+        return 1
+    finally:
+        if out is not sys.stdout:
+            out.close()
     print(f"exported {count} points", file=sys.stderr)
     return 0
 
@@ -200,6 +116,8 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config")
+    check.add_argument("--json", action="store_true",
+                       help="print the effective configuration (every default filled in, no secrets) as JSON")
     check.set_defaults(func=cmd_check)
     sub.add_parser("print-config", help="print a commented configuration with every key").set_defaults(
         func=cmd_print)

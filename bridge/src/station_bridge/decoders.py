@@ -4,7 +4,8 @@
 - json:           multipart [topic, JSON object]
 - text_json:      one frame `topic<space>{json object}`
 - text_delimited: one frame `topic<space>v1<DELIM>v2...` with a declared ordered field list
-Every failure raises DecodeError with a reason that names a counter.
+Every failure raises DecodeError with a reason that names a counter (bad_framing, oversized,
+undecodable, invalid_utf8, too_deep, integer_overflow, not_a_map).
 """
 
 from __future__ import annotations
@@ -39,6 +40,19 @@ def _object(value: object, what: str) -> dict:
     return value
 
 
+def _json(payload: bytes) -> object:
+    try:
+        return json.loads(payload)
+    except UnicodeDecodeError as exc:
+        raise DecodeError("invalid_utf8", f"json: {exc}") from exc
+    except RecursionError as exc:
+        raise DecodeError("too_deep", "json: nested too deeply") from exc
+    except ValueError as exc:
+        # Python refuses integers beyond 4300 digits as text (a ValueError naming the limit).
+        reason = "integer_overflow" if "integer string conversion" in str(exc) else "undecodable"
+        raise DecodeError(reason, f"json: {str(exc)[:200]}") from exc
+
+
 def _check_size(frames: list[bytes], limit: int) -> None:
     for frame in frames:
         if len(frame) > limit:
@@ -58,7 +72,9 @@ def build(spec: SubscriptionSpec) -> Decoder:
             _check_size(frames, limit)
             try:
                 record = unpackb(frames[1], raw=False, strict_map_key=False)
-            except (ValueError, msgpack.ExtraData, msgpack.FormatError, msgpack.StackError) as exc:
+            except msgpack.StackError as exc:
+                raise DecodeError("too_deep", "msgpack: nested deeper than the unpacker's limit") from exc
+            except (ValueError, msgpack.ExtraData, msgpack.FormatError) as exc:
                 reason = "invalid_utf8" if isinstance(exc, UnicodeDecodeError) else "undecodable"
                 raise DecodeError(reason, f"msgpack: {exc}") from exc
             except Exception as exc:  # msgpack raises a few odd types on hostile input
@@ -88,13 +104,7 @@ def build(spec: SubscriptionSpec) -> Decoder:
             if len(frames) != 2:
                 raise DecodeError("bad_framing", f"expected 2 frames [topic, json], got {len(frames)}")
             _check_size(frames, limit)
-            try:
-                record = json.loads(frames[1])
-            except UnicodeDecodeError as exc:
-                raise DecodeError("invalid_utf8", f"json: {exc}") from exc
-            except ValueError as exc:
-                raise DecodeError("undecodable", f"json: {exc}") from exc
-            return _topic(frames[0]), _object(record, "json")
+            return _topic(frames[0]), _object(_json(frames[1]), "json")
         return decode_json
 
     def split(frames: list[bytes]) -> tuple[str, bytes]:
@@ -109,13 +119,7 @@ def build(spec: SubscriptionSpec) -> Decoder:
     if spec.framing == "text_json":
         def decode_text_json(frames: list[bytes]) -> tuple[str, dict]:
             topic, payload = split(frames)
-            try:
-                record = json.loads(payload)
-            except UnicodeDecodeError as exc:
-                raise DecodeError("invalid_utf8", f"json: {exc}") from exc
-            except ValueError as exc:
-                raise DecodeError("undecodable", f"json: {exc}") from exc
-            return topic, _object(record, "json")
+            return topic, _object(_json(payload), "json")
         return decode_text_json
 
     names = spec.field_order

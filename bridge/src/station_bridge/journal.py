@@ -1,30 +1,44 @@
 """On-disk state of one destination: the journal, the write-ahead intake log, dead letters.
 
-Points travel as `Chunk`s: line protocol bytes (each line ends in a newline) with their count
-and the intake sequence number of their first line, so no stage re-joins or re-splits lines.
+Points travel as `Chunk`s: line protocol bytes (each line ends in a newline; a string field may
+hold newlines too, so lines are found with `lineproto.line_ends`), their count and the intake
+sequence number of their first line, so no stage re-joins or re-splits lines needlessly.
 
-- Journal: segment files (`*.lp`) of batches that could not be written now, each written to a
-  temporary name, fsynced and renamed, so a crash leaves whole segments or nothing. Replayed
-  oldest first, deleted only after InfluxDB acknowledged them. A size cap bounds the spool: a
-  batch that does not fit is dropped, counted and logged. `station-bridge replay` reads them.
+- Journal: segment files (`*.lp`) of batches that could not be written now. Each is written to
+  a temporary name, fsynced, renamed, and its directory fsynced, so a crash or a power cut
+  leaves whole segments or nothing; deletions are fsynced the same way. Replayed oldest first,
+  deleted only after InfluxDB acknowledged every line (a segment delivered in part records its
+  progress in `<segment>.done`, so no acknowledged line is sent twice). A size cap
+  (`journal.max_bytes`) and a free-space reserve (`journal.min_free_bytes`) bound the spool: a
+  batch that does not fit is refused and the caller counts the drop (spool_full, disk_full).
 - Intake (write-ahead log, `*.wal`): every point a destination accepts is appended before it
-  is queued in memory, with one write(2) per burst (no fsync: it survives a killed process,
-  not a power cut), and is forgotten once settled: written, journaled, dead-lettered or counted
-  as dropped. At the next start the journal adopts what was not settled, so a `kill -9` loses
-  nothing that reached the bridge. Points that were written but not yet settled are written
-  again: InfluxDB keeps one point per series and timestamp, so nothing is doubled.
+  is queued in memory, one write(2) per burst, no fsync (it survives a killed process, not a
+  power cut), and forgotten once settled. Every point gets a sequence number, logged or not:
+  a failed append (disk full) settles its own range at once, so the log never waits for it
+  and never forgets a point that was logged and is still undelivered. At the next start the
+  journal adopts what is left by renaming it (no copy: adoption needs no free space) after
+  cutting a torn last line.
+- DeadLetters: append-only JSONL of what was refused for good, capped in size: beyond
+  `dead_letter.max_bytes` the file is rotated to `<name>.1` (the previous `.1` is deleted and
+  its records counted as discarded).
+Nothing here raises into the pipeline on a disk error: writes report failure, the caller counts.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import os
+import re
 import threading
 import time
 from collections import deque
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+
+from .lineproto import complete_prefix, count_lines, line_ends
 
 log = logging.getLogger("station_bridge.journal")
 
@@ -36,65 +50,196 @@ class Chunk:
     data: bytes
     count: int
     seq: int = -1
+    born: float = field(default_factory=time.time)  # when its oldest point was accepted
 
     @classmethod
     def of(cls, lines: list[str], seq: int = -1) -> Chunk:
         return cls(("\n".join(lines) + "\n").encode("utf-8") if lines else b"", len(lines), seq)
 
-    def lines(self) -> list[str]:
-        return self.data.decode("utf-8").splitlines()
+    @classmethod
+    def of_bytes(cls, lines: list[bytes]) -> Chunk:
+        """From lines without their newlines."""
+        return cls(b"".join(line + b"\n" for line in lines), len(lines))
+
+    def lines(self) -> list[bytes]:
+        """Each line without its newline."""
+        out, start = [], 0
+        for end in self._ends():
+            out.append(self.data[start:end - 1])
+            start = end
+        return out
+
+    def _ends(self, limit: int | None = None) -> list[int]:
+        if self.data.count(b"\n") == self.count:  # no newline inside a string: every one ends a line
+            ends, pos = [], -1
+            for _ in range(self.count if limit is None else min(limit, self.count)):
+                pos = self.data.index(b"\n", pos + 1)
+                ends.append(pos + 1)
+            return ends
+        return line_ends(self.data, limit)
 
     def split(self, count: int) -> tuple[Chunk, Chunk]:
         """The first `count` lines, and the rest."""
-        parts = self.data.split(b"\n", count)
-        head = b"\n".join(parts[:count]) + b"\n"
+        if self.data.count(b"\n") == self.count:
+            parts = self.data.split(b"\n", count)
+            head = b"\n".join(parts[:count]) + b"\n"
+            rest = parts[count]
+        else:
+            cut = line_ends(self.data, count)[-1]
+            head, rest = self.data[:cut], self.data[cut:]
         rest_seq = self.seq + count if self.seq >= 0 else -1
-        return Chunk(head, count, self.seq), Chunk(parts[count], self.count - count, rest_seq)
+        return Chunk(head, count, self.seq, self.born), Chunk(rest, self.count - count, rest_seq, self.born)
+
+    def skip(self, count: int) -> Chunk:
+        return self.split(count)[1] if count else self
 
     @staticmethod
     def join(chunks: list[Chunk]) -> Chunk:
         if len(chunks) == 1:
             return chunks[0]
-        return Chunk(b"".join(c.data for c in chunks), sum(c.count for c in chunks), chunks[0].seq)
+        return Chunk(b"".join(c.data for c in chunks), sum(c.count for c in chunks), chunks[0].seq,
+                     min(c.born for c in chunks))
 
 
-def _durable_write(path: Path, data: bytes) -> None:
+def fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def durable_write(path: Path, data: bytes, sync: bool = True) -> None:
+    """Temp file, (fsync), rename, (fsync the directory). Leaves no temp file behind on failure."""
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "wb") as handle:
-        handle.write(data)
-        handle.flush()
-        os.fsync(handle.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            if sync:
+                os.fsync(handle.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            tmp.unlink(missing_ok=True)
+        raise
+    if sync:
+        fsync_dir(path.parent)
+
+
+def disk_reason(exc: OSError) -> str:
+    return "disk_full" if exc.errno in (errno.ENOSPC, errno.EDQUOT) else "journal_error"
+
+
+class DiskGuard:
+    """Free space on the journal's filesystem against a reserve, without a statvfs per write.
+
+    The figure is refreshed every `refresh_s` and decremented by what is written meanwhile;
+    threads update it without a lock (an estimate: the reserve is a margin, not an exact line).
+    """
+
+    def __init__(self, path: Path, reserve: int, refresh_s: float = 0.5) -> None:
+        self.path = path
+        self.reserve = reserve
+        self.refresh_s = refresh_s
+        self._free = 0
+        self._at = -1e9
+
+    def free(self) -> int:
+        now = time.monotonic()
+        if now - self._at >= self.refresh_s:
+            try:
+                st = os.statvfs(self.path)
+                self._free = st.f_bavail * st.f_frsize
+            except OSError:
+                self._free = 0
+            self._at = now
+        return self._free
+
+    def room(self, nbytes: int) -> bool:
+        """True when `nbytes` can be written and the reserve still left free."""
+        if self.free() - nbytes < self.reserve:
+            return False
+        self._free -= nbytes
+        return True
+
+
+_SEGMENT = re.compile(r"^(?P<stem>.+?)(?:-n(?P<count>\d+))?\.lp$")
+
+
+@dataclass(slots=True)
+class Segment:
+    path: Path
+    size: int
+    count: int
+    done: int = 0  # lines already acknowledged (progress of a segment delivered in part)
 
 
 class Journal:
-    def __init__(self, directory: Path, max_bytes: int) -> None:
+    def __init__(self, directory: Path, max_bytes: int, guard: DiskGuard | None = None) -> None:
         self.dir = directory
         self.max_bytes = max_bytes
+        self.guard = guard
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._seq = 0
-        for stale in self.dir.glob("*.tmp"):
-            stale.unlink(missing_ok=True)  # never renamed: never acknowledged as journaled
+        self.writable = True
+        self.last_error = ""
+        self.failed_at = 0.0  # monotonic time of the last refused write (0: never)
+        for stale in [*self.dir.glob("*.tmp")]:
+            try:
+                stale.unlink()  # never renamed: never acknowledged as journaled
+            except OSError as exc:
+                log.error("cannot remove a stale temporary file", extra={"file": str(stale), "error": str(exc)})
         self.adopted = self._adopt_intake()
-        self._segments = sorted(self.dir.glob("*.lp"))
-        self._bytes = sum(p.stat().st_size for p in self._segments)
-        self._lines = sum(_count_lines(p) for p in self._segments)
+        self._segments: deque[Segment] = deque()
+        for path in sorted(self.dir.glob("*.lp")):
+            try:
+                self._segments.append(self._load(path))
+            except OSError as exc:
+                log.error("cannot read a journal segment; left in place", extra={"file": str(path), "error": str(exc)})
+        for orphan in self.dir.glob("*.done"):
+            if not orphan.with_suffix("").exists():
+                orphan.unlink(missing_ok=True)
+        self._bytes = sum(s.size for s in self._segments)
+        self._lines = sum(s.count - s.done for s in self._segments)
+
+    def _load(self, path: Path) -> Segment:
+        match = _SEGMENT.match(path.name)
+        size = path.stat().st_size
+        count = int(match.group("count")) if match and match.group("count") else count_lines(path.read_bytes())
+        done = 0
+        progress = path.with_name(path.name + ".done")
+        if progress.exists():
+            try:
+                done = min(count, int(progress.read_text().strip() or 0))
+            except (OSError, ValueError):
+                done = 0
+        return Segment(path, size, count, done)
 
     def _adopt_intake(self) -> int:
-        """Turns the intake logs a stopped process left behind into journal segments."""
+        """Turns the intake logs a stopped process left behind into journal segments, by rename."""
         adopted = 0
         for wal in sorted(self.dir.glob(f"*{Intake.SUFFIX}")):
-            data = wal.read_bytes()
-            end = data.rfind(b"\n") + 1
-            if end < len(data):  # the process died inside a write: that line never fully arrived
-                log.warning("intake log ends in a partial line, which is discarded",
-                            extra={"segment": wal.name, "bytes": len(data) - end})
-            if end:
-                _durable_write(wal.with_suffix(".lp"), data[:end])
-                adopted += data.count(b"\n", 0, end)
-            wal.unlink()
+            try:
+                data = wal.read_bytes()
+                end = complete_prefix(data)
+                if end < len(data):  # the process died inside a write: that line never fully arrived
+                    log.warning("intake log ends in a partial line, which is discarded",
+                                extra={"segment": wal.name, "bytes": len(data) - end})
+                    os.truncate(wal, end)
+                if not end:
+                    wal.unlink()
+                    continue
+                count = count_lines(data[:end])
+                os.replace(wal, wal.with_name(f"{wal.stem}-n{count}.lp"))
+                adopted += count
+            except OSError as exc:
+                log.error("cannot adopt an intake log; left for the next start",
+                          extra={"segment": wal.name, "error": str(exc)})
         if adopted:
+            with contextlib.suppress(OSError):
+                fsync_dir(self.dir)
             log.warning("delivering points a stopped bridge had accepted but not settled",
                         extra={"destination": self.dir.name, "points": adopted})
         return adopted
@@ -105,43 +250,86 @@ class Journal:
 
     @property
     def points(self) -> int:
+        """Points still to deliver (acknowledged lines of a segment in progress excluded)."""
         return self._lines
+
+    def oldest_time(self) -> float | None:
+        """Wall time the oldest segment was written (its name), None when empty."""
+        with self._lock:
+            if not self._segments:
+                return None
+            name = self._segments[0].path.name
+        try:
+            return int(name[:20]) / 1e9
+        except ValueError:
+            return None
 
     def __len__(self) -> int:
         return len(self._segments)
 
-    def append(self, chunk: Chunk) -> bool:
-        """Writes a batch as a new segment; False when the spool cap would be exceeded."""
+    def append(self, chunk: Chunk) -> str | None:
+        """Writes a batch as a new segment. None when written; else the drop reason
+        (spool_full: the cap; disk_full: no space or the reserve reached; journal_error)."""
+        size = len(chunk.data)
         with self._lock:
-            if self._bytes + len(chunk.data) > self.max_bytes:
-                return False
+            if self._bytes + size > self.max_bytes:
+                return "spool_full"
+            if self.guard is not None and not self.guard.room(size):
+                self.writable = False
+                self.failed_at = time.monotonic()
+                self.last_error = f"free space below the reserve of {self.guard.reserve} bytes"
+                return "disk_full"
             self._seq += 1
-            final = self.dir / f"{time.time_ns():020d}-{self._seq:08d}.lp"
-            _durable_write(final, chunk.data)
-            self._segments.append(final)
-            self._bytes += len(chunk.data)
+            final = self.dir / f"{time.time_ns():020d}-{self._seq:08d}-n{chunk.count}.lp"
+            try:
+                durable_write(final, chunk.data)
+            except OSError as exc:
+                self.writable = False
+                self.failed_at = time.monotonic()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                return disk_reason(exc)
+            self.writable = True
+            self._segments.append(Segment(final, size, chunk.count))
+            self._bytes += size
             self._lines += chunk.count
-        return True
+        return None
 
-    def oldest(self) -> tuple[Path, Chunk] | None:
+    def oldest(self) -> tuple[Segment, Chunk] | None:
+        """The oldest segment and what of it is still to deliver."""
         with self._lock:
             if not self._segments:
                 return None
-            path = self._segments[0]
-        data = path.read_bytes()
+            segment = self._segments[0]
+        data = segment.path.read_bytes()
         if data and not data.endswith(b"\n"):
             data += b"\n"
-        return path, Chunk(data, data.count(b"\n"))
+        chunk = Chunk(data, segment.count, -1, (self.oldest_time() or time.time()))
+        return segment, chunk.skip(segment.done)
 
-    def ack(self, path: Path) -> None:
-        """InfluxDB acknowledged the segment: delete it."""
+    def progress(self, segment: Segment, lines: int) -> None:
+        """`lines` more lines of the segment were acknowledged (it stays for the rest)."""
         with self._lock:
-            size = path.stat().st_size
-            lines = _count_lines(path)
-            path.unlink()
-            self._segments.remove(path)
-            self._bytes -= size
+            segment.done += lines
             self._lines -= lines
+        try:
+            durable_write(segment.path.with_name(segment.path.name + ".done"), str(segment.done).encode(), sync=False)
+        except OSError as exc:
+            log.error("cannot record a journal segment's progress; its acknowledged lines would be sent again "
+                      "after a restart", extra={"segment": segment.path.name, "error": str(exc)})
+
+    def ack(self, segment: Segment) -> None:
+        """InfluxDB acknowledged the whole segment: delete it (and its progress), durably."""
+        with self._lock:
+            self._segments.remove(segment)
+            self._bytes -= segment.size
+            self._lines -= segment.count - segment.done
+        for path in (segment.path, segment.path.with_name(segment.path.name + ".done")):
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot delete a delivered journal segment", extra={"file": str(path), "error": str(exc)})
+        with contextlib.suppress(OSError):
+            fsync_dir(self.dir)
 
 
 class Intake:
@@ -149,9 +337,10 @@ class Intake:
 
     SUFFIX = ".wal"
 
-    def __init__(self, directory: Path, segment_bytes: int = 8 << 20) -> None:
+    def __init__(self, directory: Path, segment_bytes: int = 8 << 20, guard: DiskGuard | None = None) -> None:
         self.dir = directory
         self.segment_bytes = segment_bytes
+        self.guard = guard
         self.dir.mkdir(parents=True, exist_ok=True)
         self._lock = threading.Lock()
         self._segments: deque[list] = deque()  # [path, end_seq, size]; the last may be open
@@ -160,78 +349,161 @@ class Intake:
         self._low = 0  # every point below is settled
         self._settled: dict[int, int] = {}  # settled ranges above _low: start -> end
         self._count = 0
+        self.failed_points = 0
+        self.last_error = ""
+        self.failed_at = 0.0  # monotonic time of the last failed append (0: never)
+        self.before_delete = None  # called (without arguments) before a segment is deleted
 
     @property
     def bytes(self) -> int:
         with self._lock:
             return sum(s[2] for s in self._segments)
 
-    def append(self, chunk: Chunk) -> None:
-        """Logs the chunk and numbers it (chunk.seq)."""
+    def append(self, chunk: Chunk) -> bool:
+        """Numbers the chunk (chunk.seq) and logs it; False when it could not be logged (its
+        range is then settled at once: nothing to forget later)."""
         with self._lock:
-            if self._handle is None:
-                self._count += 1
-                path = self.dir / f"{time.time_ns():020d}-w{self._count:07d}{self.SUFFIX}"
-                self._handle = open(path, "ab", buffering=0)  # noqa: SIM115 - open until rotated
-                self._segments.append([path, self._next, 0])
-            try:
-                self._handle.write(chunk.data)  # unbuffered: in the kernel when this returns
-            except OSError:
-                # A partial write leaves a torn line: start a new segment for what follows
-                # (adoption drops the torn tail) and let the caller count the failure.
-                self._handle.close()
-                self._handle = None
-                raise
             chunk.seq = self._next
             self._next += chunk.count
+            try:
+                if self.guard is not None and not self.guard.room(len(chunk.data)):
+                    raise OSError(errno.ENOSPC, f"free space below the reserve of {self.guard.reserve} bytes")
+                if self._handle is None:
+                    self._count += 1
+                    path = self.dir / f"{time.time_ns():020d}-w{self._count:07d}{self.SUFFIX}"
+                    self._handle = open(path, "ab", buffering=0)  # noqa: SIM115 - open until rotated
+                    self._segments.append([path, chunk.seq, 0])
+                    fsync_dir(self.dir)
+                written = self._handle.write(chunk.data)  # unbuffered: in the kernel when this returns
+                if written != len(chunk.data):
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(chunk.data)} bytes)")
+            except OSError as exc:
+                # A partial write leaves a torn line: start a new segment for what follows
+                # (adoption cuts the torn tail). The chunk lives in memory only.
+                if self._handle is not None:
+                    with contextlib.suppress(OSError):
+                        self._handle.close()
+                    self._handle = None
+                self.failed_points += chunk.count
+                self.failed_at = time.monotonic()
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                self._settle(chunk.seq, chunk.count)
+                return False
             active = self._segments[-1]
             active[1] = self._next
             active[2] += len(chunk.data)
             if active[2] >= self.segment_bytes:
                 self._handle.close()
                 self._handle = None
+        return True
 
     def settle(self, seq: int, count: int) -> None:
         """Points seq .. seq+count-1 no longer need the log."""
         if count <= 0 or seq < 0:
             return
         with self._lock:
-            if seq == self._low:
-                self._low += count
-                while self._low in self._settled:
-                    self._low = self._settled.pop(self._low)
-            else:
-                self._settled[seq] = seq + count
-            while self._segments and self._segments[0][1] <= self._low:
-                open_one = len(self._segments) == 1 and self._handle is not None
-                if open_one and self._low < self._next:
-                    break
-                if open_one:
+            self._settle(seq, count)
+
+    def _settle(self, seq: int, count: int) -> None:
+        if seq == self._low:
+            self._low += count
+            while self._low in self._settled:
+                self._low = self._settled.pop(self._low)
+        else:
+            self._settled[seq] = seq + count
+        while self._segments and self._segments[0][1] <= self._low:
+            open_one = len(self._segments) == 1 and self._handle is not None
+            if open_one and self._low < self._next:
+                break
+            if open_one:
+                self._handle.close()
+                self._handle = None
+            if self.before_delete is not None:
+                self.before_delete()
+            path = self._segments.popleft()[0]
+            try:
+                path.unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot delete a settled intake log segment", extra={"file": str(path), "error": str(exc)})
+
+    def close(self) -> None:
+        with self._lock:
+            if self._handle is not None:
+                with contextlib.suppress(OSError):
                     self._handle.close()
+                self._handle = None
+
+
+class DeadLetters:
+    """Append-only JSONL of what was refused for good, for an operator to inspect; capped."""
+
+    def __init__(self, path: Path, max_bytes: int = 64 << 20, guard: DiskGuard | None = None) -> None:
+        self.path = path
+        self.max_bytes = max_bytes
+        self.guard = guard
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._lock = threading.Lock()
+        self._handle = None
+        self._size = self._records = 0
+        self._torn = False  # a short write left a partial record: end it before the next one
+        self.errors = 0  # records that could not be written
+        self.discarded = 0  # records deleted by rotation
+        self.rotations = 0
+        self.last_error = ""
+
+    def _open(self) -> None:
+        self._handle = open(self.path, "ab", buffering=0)  # noqa: SIM115 - kept open
+        self._size = self.path.stat().st_size
+        if self._size and not self._records:
+            with open(self.path, "rb") as handle:
+                self._records = sum(b.count(b"\n") for b in iter(lambda: handle.read(1 << 20), b""))
+
+    def _rotate(self) -> None:
+        old = self.path.with_name(self.path.name + ".1")
+        if old.exists():
+            with open(old, "rb") as handle:
+                self.discarded += sum(b.count(b"\n") for b in iter(lambda: handle.read(1 << 20), b""))
+        if self._handle is not None:
+            self._handle.close()
+            self._handle = None
+        os.replace(self.path, old)
+        self.rotations += 1
+        self._records = 0
+        self._open()
+
+    def write(self, **record: object) -> bool:
+        record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
+        data = (json.dumps(record, ensure_ascii=False, default=str) + "\n").encode("utf-8", "backslashreplace")
+        with self._lock:
+            try:
+                if self.guard is not None and not self.guard.room(len(data)):
+                    raise OSError(errno.ENOSPC, f"free space below the reserve of {self.guard.reserve} bytes")
+                if self._handle is None:
+                    self._open()
+                if self._size + len(data) > self.max_bytes and self._size:
+                    self._rotate()
+                if self._torn:
+                    data = b"\n" + data
+                written = self._handle.write(data) or 0
+                self._size += written
+                if written < len(data):
+                    self._torn = True
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                self._torn = False
+                self._records += 1
+                self.last_error = ""
+                return True
+            except OSError as exc:
+                self.errors += 1
+                self.last_error = f"{type(exc).__name__}: {exc}"
+                if self._handle is not None:
+                    with contextlib.suppress(OSError):
+                        self._handle.close()
                     self._handle = None
-                self._segments.popleft()[0].unlink(missing_ok=True)
+                return False
 
     def close(self) -> None:
         with self._lock:
             if self._handle is not None:
                 self._handle.close()
                 self._handle = None
-
-
-def _count_lines(path: Path) -> int:
-    with open(path, "rb") as handle:
-        return sum(chunk.count(b"\n") for chunk in iter(lambda: handle.read(1 << 20), b""))
-
-
-class DeadLetters:
-    """Append-only JSONL of what was refused for good, with the reason, for an operator to inspect."""
-
-    def __init__(self, path: Path) -> None:
-        self.path = path
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._lock = threading.Lock()
-
-    def write(self, **record: object) -> None:
-        record.setdefault("time", time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()))
-        with self._lock, open(self.path, "a", encoding="utf-8") as handle:
-            handle.write(json.dumps(record, ensure_ascii=False) + "\n")

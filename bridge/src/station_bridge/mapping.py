@@ -1,17 +1,38 @@
 """Mapping: a decoded record -> one line of line protocol, compiled once per subscription.
 
-Tag and field keys are escaped and formatters chosen at start. The common shape (fixed
-measurement, plain tags, epoch times) runs as one generated straight-line function per
-subscription (_compile); everything else, and every refusal's reason, takes the general path.
+Two paths that must agree (tests/test_stages.py checks them against each other on hostile
+records):
+- the general path (`Mapper._map`) handles every configuration and names the reason of every
+  refusal (MapError/LineError with a counter reason);
+- the compiled fast path (`_compile`) covers the common shape (fixed measurement, configured
+  and static tags, declared fields, epoch or receive time) as one generated straight-line
+  function per subscription; anything unusual in a record falls back to the general path.
+
+Both build the series with `lineproto` rules (tags sorted by key, the one series key) and take
+the point's time through `Uniqueness`, which is shared by every subscription of a bridge.
 """
 
 from __future__ import annotations
 
+import bisect
+from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
 
 from .config import SubscriptionSpec
-from .lineproto import LineError, escape_key, escape_measurement, format_field_value
+from .lineproto import (
+    INT64_MAX,
+    INT64_MIN,
+    MAX_KEY_BYTES,
+    MAX_TIME,
+    MIN_TIME,
+    LineError,
+    check_key_length,
+    escape_field_key,
+    escape_measurement,
+    escape_tag,
+    format_field_value,
+)
 from .timestamps import ReceiveClock, TimestampError, parser
 
 
@@ -23,14 +44,95 @@ class MapError(ValueError):
 
 @dataclass(slots=True)
 class Point:
-    """A mapped point, for consumers that need more than the line (cache, binning)."""
+    """A mapped point, for consumers that need more than the line (binning)."""
 
-    measurement: str
-    series: str  # escaped `measurement,tag=value,...`
-    tags: dict[str, str]
+    measurement: str  # raw
+    series: str  # the series key: escaped measurement + sorted escaped tags
+    tags: dict[str, str]  # raw
     fields: dict[str, object]
     time_ns: int
     line: str
+
+    @property
+    def tag_part(self) -> str:
+        """The escaped `,key=value...` part of the series (empty without tags)."""
+        return self.series[len(escape_measurement(self.measurement)):]
+
+
+class Uniqueness:
+    """Points of one series never share a timestamp, so InfluxDB never overwrites one silently.
+
+    Rule: a point keeps its time unless another point of the same series already used it; then
+    it takes the next nanosecond no point of the series used (t+1, t+2, ...). A source time seen
+    again continues where its own run of nudges ended (`runs`), so a burst of equal times costs
+    O(1) per point and interleaved runs of several repeated times never meet.
+    Memory is bounded: per series, the `window` highest times used (a sorted array) and the last
+    `window` source times that needed a nudge with the end of their run; at most `max_series`
+    series (two generations: a series not seen for `max_series / 2` new series is forgotten,
+    counted in `evicted`). A point older than its series' whole window whose time was never
+    nudged cannot be checked: it keeps its time and is counted (`unchecked`). Everything lives
+    in memory: after a restart the window starts empty.
+    """
+
+    __slots__ = ("current", "evicted", "max_series", "nudged", "previous", "runs", "trim", "unchecked", "window")
+
+    def __init__(self, window: int = 128, max_series: int = 20_000) -> None:
+        self.window = window
+        self.trim = window + 64
+        self.max_series = max_series
+        self.current: dict[str, array] = {}
+        self.previous: dict[str, array] = {}
+        self.runs: dict[str, dict[int, int]] = {}  # series -> {source time: last time its run took}
+        self.nudged = self.unchecked = self.evicted = 0
+
+    def claim(self, series: str, ts: int) -> int:
+        """The time this point gets (the general path; the compiled one inlines the common case)."""
+        if not MIN_TIME <= ts <= MAX_TIME:
+            raise MapError("bad_timestamp", f"time {ts} is outside InfluxDB's range")
+        times = self.current.get(series)
+        if times is None:
+            times = self.previous.pop(series, None)
+            if times is None:
+                if len(self.current) >= self.max_series // 2:
+                    self._rotate()
+                self.current[series] = array("q", (ts,))
+                return ts
+            self.current[series] = times
+        runs = self.runs.get(series)
+        run_end = runs.get(ts) if runs is not None else None
+        candidate = ts if run_end is None else run_end + 1
+        if candidate > times[-1]:
+            times.append(candidate)
+        elif len(times) >= self.window and candidate < times[0] and run_end is None:
+            self.unchecked += 1  # older than everything the window remembers
+            return candidate
+        else:
+            i = bisect.bisect_left(times, candidate)
+            while i < len(times) and times[i] == candidate:
+                candidate += 1
+                i += 1
+            times.insert(i, candidate)
+        if len(times) > self.trim:
+            del times[:len(times) - self.window]
+        if candidate != ts:
+            if candidate > MAX_TIME:
+                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
+            self.nudged += 1
+            if runs is None:
+                runs = self.runs[series] = {}
+            elif run_end is not None:
+                del runs[ts]  # re-inserted last: the most recently used run
+            runs[ts] = candidate
+            if len(runs) > self.window:
+                del runs[next(iter(runs))]
+        return candidate
+
+    def _rotate(self) -> None:
+        # In place: the compiled mappers hold a reference to `current`.
+        self.evicted += len(self.previous)
+        self.previous = self.current.copy()
+        self.current.clear()
+        self.runs = {k: v for k, v in self.runs.items() if k in self.previous}
 
 
 def _tag_text(value: object) -> str:
@@ -41,9 +143,16 @@ def _tag_text(value: object) -> str:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MapError("invalid_utf8", "tag value is not UTF-8") from exc
-    if isinstance(value, bool | int | float):
+    if isinstance(value, bool | float):
         return str(value)
-    raise MapError("wrong_type", f"tag value {value!r} is not a scalar")
+    if isinstance(value, int):
+        try:
+            return str(value)
+        except ValueError as exc:  # beyond Python's 4300-digit conversion limit
+            raise MapError("integer_overflow", "integer tag value too long to write as text") from exc
+    if isinstance(value, dict | list | tuple):
+        raise MapError("nested_value", f"a {type(value).__name__} where a tag value is expected")
+    raise MapError("wrong_type", f"tag value of type {type(value).__name__} is not a scalar")
 
 
 def _fast_float(value: object) -> str:
@@ -60,7 +169,7 @@ def _formatter(kind: str) -> Callable[[object], str]:
         return _fast_float
     if kind == "integer":
         def integer(value: object) -> str:
-            if type(value) is int and -(2**63) <= value < 2**63:
+            if type(value) is int and INT64_MIN <= value <= INT64_MAX:
                 return f"{value}i"
             return format_field_value(value, "integer")
         return integer
@@ -68,47 +177,65 @@ def _formatter(kind: str) -> Callable[[object], str]:
 
 
 class Mapper:
-    def __init__(self, spec: SubscriptionSpec, station: str | None = None) -> None:
+    def __init__(self, spec: SubscriptionSpec, station: str | None = None,
+                 uniqueness: Uniqueness | None = None) -> None:
         m = spec.mapping
         self.name = spec.name
+        self.unique = uniqueness or Uniqueness()
         self._from = m.measurement_from
-        self._fixed = escape_measurement(m.measurement) if m.measurement else None
+        self._fixed = escape_measurement(m.measurement) if m.measurement and self._from == "fixed" else None
+        self._measurement_raw = m.measurement
         self._measurement_field = m.measurement_field
-        self._table = {topic: escape_measurement(name) for topic, name in m.measurements.items()}
-        self._tags = [(key, escape_key(key)) for key in sorted(m.tags)]
+        self._table = {topic: (name, escape_measurement(name)) for topic, name in m.measurements.items()}
+        self._names: dict[str, str] = {}  # measurement taken from data -> escaped
+        self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(m.tags)]
         static = dict(m.static_tags)
         if station:
             static.setdefault("station", station)
-        self._static = "".join(f",{escape_key(k)}={escape_key(v, 'tag value')}" for k, v in sorted(static.items()))
-        self._static_tags = static
-        self._derived = [(d.source, d.regex, {g: escape_key(g) for g in d.regex.groupindex}) for d in m.derived_tags]
-        self._fields = [(key, escape_key(key, "field"), _formatter(kind)) for key, kind in m.fields.items()]
+        self._static_tags = dict(sorted(static.items()))
+        self._static = [(k, f",{escape_tag(k, 'tag key')}={escape_tag(v)}") for k, v in self._static_tags.items()]
+        self._derived = [(d.source, d.regex, [(g, escape_tag(g, "tag key")) for g in d.regex.groupindex])
+                         for d in m.derived_tags]
+        self._fields = [(key, escape_field_key(key), _formatter(kind)) for key, kind in m.fields.items()]
+        self.field_names = [key for key, _, _ in self._fields]
+        self._longest_field = max(len(k.encode("utf-8")) for k in self.field_names)
+        # A series this long (in characters) may exceed InfluxDB's key limit in bytes: check it.
+        self._key_check_chars = (MAX_KEY_BYTES - 4 - self._longest_field) // 4
         self._time_field = m.time.field
         self._parse_time = parser(m.time.format, m.time.timezone)
         self._tag_cache: dict[str, str] = {}
         self._clock = ReceiveClock()
-        self._last: dict[str, tuple[int, int]] = {}
         self.timestamp_fallbacks = 0
         scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
-        simple = self._fixed is not None and self._from == "fixed" and not self._derived
+        simple = self._fixed is not None and not self._derived
         self._compiled = _compile(self, m.fields, scale) if simple else None
         self.line = self._compiled[0] if self._compiled else self._line  # type: ignore[method-assign]
         self.keyed_line = self._compiled[1] if self._compiled else self._keyed_line  # type: ignore[method-assign]
 
-    def _measurement(self, topic: str, record: dict) -> str:
-        if self._fixed is not None and self._from == "fixed":
-            return self._fixed
+    # --- general path ---------------------------------------------------------------------------
+
+    def _measurement(self, topic: str, record: dict) -> tuple[str, str]:
+        """(raw, escaped)."""
+        if self._fixed is not None:
+            return self._measurement_raw, self._fixed  # type: ignore[return-value]
         if self._from == "topic":
             if self._table:
-                name = self._table.get(topic)
-                if name is None:
-                    raise MapError("unknown_topic", f"topic {topic!r} has no measurement in `measurements`")
-                return name
-            return escape_measurement(topic)
-        value = record.get(self._measurement_field)  # type: ignore[arg-type]
-        if value is None:
-            raise MapError("missing_field", f"measurement field {self._measurement_field!r} is missing")
-        return escape_measurement(_tag_text(value))
+                found = self._table.get(topic)
+                if found is None:
+                    raise MapError("unknown_topic", f"topic {topic[:80]!r} has no measurement in `measurements`")
+                return found
+            raw = topic
+        else:
+            value = record.get(self._measurement_field)  # type: ignore[arg-type]
+            if value is None:
+                raise MapError("missing_field", f"measurement field {self._measurement_field!r} is missing")
+            raw = _tag_text(value)
+        escaped = self._names.get(raw)
+        if escaped is None:
+            escaped = escape_measurement(raw)
+            if len(self._names) < 10_000:
+                self._names[raw] = escaped
+        return raw, escaped
 
     def _time(self, record: dict) -> int:
         if self._time_field is None:
@@ -119,19 +246,19 @@ class Mapper:
             return self._clock()
         try:
             return self._parse_time(value)
-        except (TimestampError, ValueError, OverflowError) as exc:
-            raise MapError("bad_timestamp", str(exc)) from exc
+        except (TimestampError, ValueError, OverflowError, TypeError) as exc:
+            raise MapError("bad_timestamp", str(exc)[:300]) from exc
 
-    def _series(self, topic: str, record: dict, tags_out: dict[str, str] | None) -> str:
-        series = self._measurement(topic, record)
+    def _tag_pairs(self, record: dict) -> list[tuple[str, str, str]]:
+        """(raw key, raw value, `,ekey=evalue`) for every tag of the record, sorted by key."""
+        pairs = []
         for key, ekey in self._tags:
             value = record.get(key)
-            if value is None or value == "":
+            if value is None:
                 continue
             text = _tag_text(value)
-            series += f",{ekey}={escape_key(text, 'tag value')}"
-            if tags_out is not None:
-                tags_out[key] = text
+            if text != "":
+                pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
         for source, regex, groups in self._derived:
             value = record.get(source)
             if value is None:
@@ -139,48 +266,52 @@ class Mapper:
             match = regex.match(_tag_text(value))
             if match is None:
                 continue
-            for group, egroup in groups.items():
+            for group, egroup in groups:
                 text = match.group(group)
                 if text:
-                    series += f",{egroup}={escape_key(text, 'tag value')}"
-                    if tags_out is not None:
-                        tags_out[group] = text
-        if tags_out is not None:
-            tags_out.update(self._static_tags)
-        return series + self._static
-
-    def _unique(self, series: str, ts: int) -> int:
-        # Same series, same timestamp would overwrite in InfluxDB: nudge by 1 ns, in order.
-        last = self._last.get(series)
-        if last is not None and ts == last[0]:
-            assigned = last[1] + 1
-            self._last[series] = (ts, assigned)
-            return assigned
-        self._last[series] = (ts, ts)
-        return ts
+                    pairs.append((group, text, f",{egroup}={self._escaped_tag(text)}"))
+        pairs += [(k, self._static_tags[k], part) for k, part in self._static]
+        pairs.sort(key=lambda p: p[0])
+        return pairs
 
     def _escaped_tag(self, value: object) -> str:
-        # Only strings are cached: 0 == False == 0.0 share a dict key but not a rendering
-        # (found by the differential test).
+        """The escaped tag value; "" for an empty one (the tag is left out)."""
+        # Only strings are cached: 0 == False == 0.0 share a dict key but not a rendering.
         if type(value) is not str:
-            return escape_key(_tag_text(value), "tag value")
+            text = _tag_text(value)
+            return escape_tag(text) if text else ""
         cached = self._tag_cache.get(value)
         if cached is None:
-            cached = escape_key(_tag_text(value), "tag value")
+            cached = escape_tag(value) if value else ""
             if len(self._tag_cache) < 100_000:  # bounded: tag cardinality is small in practice
                 self._tag_cache[value] = cached
         return cached
 
-    def _line(self, topic: str, record: dict) -> str:
-        series = self._series(topic, record, None)
+    def _map(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, list, int]:
+        """(line, series, tag pairs, time): every refusal raises MapError/LineError with a reason."""
+        _, emeasurement = self._measurement(topic, record)
+        pairs = self._tag_pairs(record)
+        series = emeasurement + "".join(p[2] for p in pairs)
+        if len(series) > self._key_check_chars:
+            check_key_length(series, self._longest_field)
         parts = []
         for key, ekey, fmt in self._fields:
             value = record.get(key)
             if value is not None:
                 parts.append(f"{ekey}={fmt(value)}")
+                if values is not None:
+                    values[key] = value
         if not parts:
-            raise MapError("missing_field", f"none of the declared fields {[f[0] for f in self._fields]} is present")
-        return f"{series} {','.join(parts)} {self._unique(series, self._time(record))}"
+            raise MapError("missing_field", f"none of the declared fields {self.field_names} is present")
+        ts = self.unique.claim(series, self._time(record))
+        return f"{series} {','.join(parts)} {ts}", series, pairs, ts
+
+    def _line(self, topic: str, record: dict) -> str:
+        return self._map(topic, record)[0]
+
+    def _keyed_line(self, topic: str, record: dict) -> tuple[str, str, int]:
+        line, series, _, ts = self._map(topic, record)
+        return line, series, ts
 
     def line(self, topic: str, record: dict) -> str:  # replaced per instance in __init__
         """The point as one line; raises MapError/LineError with a counter reason."""
@@ -190,55 +321,44 @@ class Mapper:
         """(line, series, time): the line and what the cache keys the newest value by."""
         return self._keyed_line(topic, record)
 
-    def _keyed_line(self, topic: str, record: dict) -> tuple[str, str, int]:
-        line = self._line(topic, record)
-        series = self._series(topic, record, None)
-        return line, series, int(line.rsplit(" ", 1)[1])
-
-    def cached_point(self, topic: str, record: dict, series: str, time_ns: int) -> Point:
-        """The Point of a line already made (same series and time), for the cache."""
-        tags: dict[str, str] = {}
-        self._series(topic, record, tags)
-        values = {key: record[key] for key, _, _ in self._fields if record.get(key) is not None}
-        return Point(series.split(",", 1)[0], series, tags, values, time_ns, "")
-
     def point(self, topic: str, record: dict) -> Point:
-        tags: dict[str, str] = {}
-        series = self._series(topic, record, tags)
-        parts, values = [], {}
-        for key, ekey, fmt in self._fields:
-            value = record.get(key)
-            if value is not None:
-                parts.append(f"{ekey}={fmt(value)}")
-                values[key] = value
-        if not parts:
-            raise MapError("missing_field", f"none of the declared fields {[f[0] for f in self._fields]} is present")
-        ts = self._unique(series, self._time(record))
-        measurement = series.split(",", 1)[0]
-        return Point(measurement, series, tags, values, ts, f"{series} {','.join(parts)} {ts}")
-
-
-_INT64 = (-(2**63), 2**63 - 1)
+        values: dict[str, object] = {}
+        raw, _ = self._measurement(topic, record)
+        line, series, pairs, ts = self._map(topic, record, values)
+        return Point(raw, series, {k: v for k, v, _ in pairs}, values, ts, line)
 
 
 def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple[Callable, Callable]:
-    """The common shape (fixed measurement, plain tags, declared fields, epoch time) as one
-    straight-line function per subscription, generated at start: no loops, no per-point
-    dictionaries. Anything unusual in a record takes the general path (Mapper._line), which
-    names the reason; tests/test_stages.py checks both paths agree on every input.
+    """The common shape (fixed measurement, configured and static tags, declared fields, epoch
+    or receive time) as one straight-line function per subscription, generated at start: no
+    loops, no per-point dictionaries. Anything unusual in a record takes the general path
+    (Mapper._line), which names the reason; tests/test_stages.py checks both paths agree.
+    Tags are emitted in key order (configured and static interleaved), as the series key wants.
     Only generated names appear in the source: keys and prefixes are bound as constants.
     """
+    unique = mapper.unique
     env: dict[str, object] = {
-        "FIXED": mapper._fixed, "STATIC": mapper._static, "SCALE": scale, "LAST": mapper._last,
+        "FIXED": mapper._fixed, "SCALE": scale, "CUR": unique.current, "UNIQUE": unique,
         "esc": mapper._escaped_tag, "slow": mapper._line, "slow_keyed": mapper._keyed_line,
-        "slow_time": mapper._time, "MapError": MapError, "LO": _INT64[0], "HI": _INT64[1],
+        "slow_time": mapper._time, "MapError": MapError, "LO": INT64_MIN, "HI": INT64_MAX,
+        "TMAX": MAX_TIME, "TRIM": unique.trim, "WINDOW": unique.window,
+        "KEYCHK": mapper._key_check_chars, "check_key": check_key_length,
+        "LONGEST": mapper._longest_field,
         "MISSING": f"none of the declared fields {list(fields)} is present", "TIME": mapper._time_field,
     }
-    body = ["series = FIXED"]
-    for i, (key, ekey) in enumerate(mapper._tags):
-        env[f"T{i}"], env[f"TP{i}"] = key, f",{ekey}="
-        body += [f"v = get(T{i})", "if v is not None and v != '':", f"    series += TP{i} + esc(v)"]
-    body += ["series += STATIC", "f = ''"]
+    tags = [("record", i, key, ekey) for i, (key, ekey) in enumerate(mapper._tags)]
+    tags += [("static", i, key, part) for i, (key, part) in enumerate(mapper._static)]
+    tags.sort(key=lambda t: t[2])
+    head = ["series = FIXED"]
+    for source, i, key, ekey_or_part in tags:
+        if source == "record":
+            env[f"T{i}"], env[f"TP{i}"] = key, f",{ekey_or_part}="
+            head += [f"v = get(T{i})", "if v is not None:", "    e = esc(v)", "    if e:",
+                     f"        series += TP{i} + e"]
+        else:
+            env[f"S{i}"] = ekey_or_part
+            head += [f"series += S{i}"]
+    body = ["if len(series) > KEYCHK:", "    check_key(series, LONGEST)", "f = ''"]
     for i, ((key, ekey, fmt), kind) in enumerate(zip(mapper._fields, fields.values(), strict=True)):
         env[f"F{i}"], env[f"FP{i}"], env[f"FMT{i}"] = key, f",{ekey}=", fmt
         body += [f"v = get(F{i})", "if v is not None:"]
@@ -251,27 +371,27 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
         else:
             body += [f"    f += FP{i} + FMT{i}(v)"]
     body += ["if not f:", "    raise MapError('missing_field', MISSING)"]
-    if mapper._time_field is None:
+    if mapper._time_field is None or scale is None:
         body += ["ts = slow_time(record)"]
-    elif scale is not None:
+    else:
         # A float product that is not finite (NaN, inf, or too large) takes the general path,
         # which refuses it as bad_timestamp.
         body += ["s = get(TIME)", "if type(s) is float:", "    x = s * SCALE",
                  "    ts = round(x) if x - x == 0.0 else slow_time(record)",
                  "elif type(s) is int:", "    ts = s * SCALE", "else:", "    ts = slow_time(record)"]
-    else:
-        body += ["ts = slow_time(record)"]
-    # Same series, same timestamp would overwrite in InfluxDB: nudge by 1 ns, in order.
-    body += ["last = LAST.get(series)", "if last is not None and ts == last[0]:", "    ts = last[1] + 1",
-             "    LAST[series] = (last[0], ts)", "else:", "    LAST[series] = (ts, ts)"]
+    # Uniqueness (see Uniqueness): the common case, a time above everything the series used,
+    # inline; everything else (new series, repeats, out of order, out of range) in claim().
+    body += ["times = CUR.get(series)", "if times is not None and times[-1] < ts <= TMAX:",
+             "    times.append(ts)", "    if len(times) > TRIM:", "        del times[:len(times) - WINDOW]",
+             "else:", "    ts = UNIQUE.claim(series, ts)"]
 
     def function(name: str, fallback: str, result: str) -> list[str]:
         # Tag values that are not strings are formatted, not cached; a TypeError here (a value
-        # that neither path expects) takes the general path, which names the reason.
+        # that neither path expects, e.g. an unhashable one) takes the general path.
         return [f"def {name}(topic, record):", "    get = record.get", "    try:",
-                *[f"        {line}" for line in body[:body.index("series += STATIC") + 1]],
+                *[f"        {line}" for line in head],
                 "    except TypeError:", f"        return {fallback}(topic, record)",
-                *[f"    {line}" for line in body[body.index("series += STATIC") + 1:]],
+                *[f"    {line}" for line in body],
                 f"    return {result}"]
 
     source = "\n".join([*function("line", "slow", "f'{series} {f[1:]} {ts}'"), "",

@@ -1,26 +1,49 @@
-"""Counters and gauges, exposed as Prometheus text on /metrics, with /healthz.
+"""Counters and gauges, exposed as Prometheus text on /metrics, with /healthz; and `parse`, the
+one reader of that text (tests, `station-bridge validate`).
 
-Counters are plain dict entries updated by the stage that owns them (one writer
-per key), read by the HTTP thread; no lock is needed for that under the GIL.
+Counters are updated under one lock (several threads count: the receive loop, one writer per
+destination, the cache worker); gauges are read when rendered. The ledger (ledger.py) persists
+the counters, so that they and the equations they satisfy survive restarts.
+
+The HTTP listener is bounded: each connection has a read timeout and at most
+`http.max_connections` are served at once (more are closed at once, counted).
 """
 
 from __future__ import annotations
 
 import json
+import logging
+import re
+import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+log = logging.getLogger("station_bridge.metrics")
+
 HELP = {
+    # per subscription: received == mapped + sum(rejected)
     "bridge_received_messages_total": "Messages received from ZMQ, per subscription.",
+    "bridge_mapped_messages_total": "Messages mapped to a point, per subscription.",
     "bridge_rejected_messages_total": "Messages refused, per subscription and reason.",
+    "bridge_mapped_points_total": "Points a subscription handed to every destination (raw and binned).",
+    "bridge_self_points_total": "Self-metrics points handed to every destination.",
     "bridge_timestamp_fallbacks_total": "Points whose configured time field was missing (receive time used).",
+    "bridge_subscription_reconnects_total": "Connections re-opened after libzmq dropped them, per subscription.",
+    "bridge_uniqueness_nudged_total": "Points moved to the next free nanosecond of their series.",
+    "bridge_uniqueness_unchecked_total": "Points older than their series' uniqueness window (not checked).",
+    "bridge_uniqueness_evicted_total": "Series forgotten by the uniqueness window (least recently used).",
+    # per destination: accepted == written + sum(dropped) + pending
+    "bridge_accepted_points_total": "Points a destination accepted (queued, logged), including recovered ones.",
+    "bridge_recovered_points_total": "Points found on disk at start beyond what the ledger had pending.",
     "bridge_written_points_total": "Points acknowledged by InfluxDB, per destination.",
+    "bridge_dropped_points_total": "Points dropped, per destination and reason.",
+    "bridge_pending_points": "Points not yet written nor dropped: queue, in flight and journal.",
     "bridge_journaled_points_total": "Points written to the journal, per destination.",
-    "bridge_dropped_points_total": "Points dropped, per destination and reason (spool_full, rejected).",
     "bridge_write_errors_total": "Failed write requests, per destination and kind.",
+    "bridge_write_requests_total": "Write requests sent, per destination.",
     "bridge_intake_errors_total": "Points the write-ahead intake log could not store (held in memory only).",
     "bridge_intake_bytes": "Bytes in the write-ahead intake log, per destination.",
     "bridge_queue_points": "Points waiting in memory, per destination.",
@@ -28,8 +51,26 @@ HELP = {
     "bridge_journal_points": "Points in the journal, per destination.",
     "bridge_write_seconds_sum": "Total time of successful write requests, per destination.",
     "bridge_write_seconds_count": "Successful write requests, per destination.",
+    "bridge_dead_letters_total": "Records written to a dead-letter file, per file.",
+    "bridge_dead_letter_errors_total": "Dead-letter records that could not be written, per file.",
+    "bridge_dead_letters_discarded_total": "Dead-letter records deleted by rotation, per file.",
+    "bridge_sink_restarts_total": "Writer threads restarted after they died, per destination.",
+    "bridge_stage_errors_total": "Unexpected errors caught and contained, per stage.",
     "bridge_cache_errors_total": "Failed Redis cache updates.",
     "bridge_cache_updates_total": "Series updated in the Redis cache.",
+    "bridge_cache_dropped_total": "Cache updates dropped because the cache queue was full (Redis slow or hung).",
+    "bridge_http_refused_total": "HTTP connections closed because max_connections were open.",
+    # health gauges
+    "bridge_destination_failing_seconds": "Seconds since the destination's first failure without a success (0: ok).",
+    "bridge_oldest_pending_seconds": "Age of the oldest point not yet written, per destination.",
+    "bridge_sink_alive": "1 while the destination's writer thread runs.",
+    "bridge_journal_writable": "1 while the journal can be written (last write succeeded, reserve free).",
+    "bridge_journal_free_bytes": "Free bytes on the journal's filesystem.",
+    "bridge_subscription_connected": "Connections (peers) a subscription's socket has.",
+    "bridge_last_message_age_seconds": "Seconds since the subscription's last message (-1: none yet).",
+    "bridge_cache_queue": "Cache updates waiting for Redis.",
+    "bridge_healthy": "1 when /healthz answers 200.",
+    "bridge_start_time_seconds": "Process start, unix seconds.",
 }
 
 Labels = tuple[tuple[str, str], ...]
@@ -46,24 +87,66 @@ class Metrics:
         self.counters: dict[str, dict[Labels, float]] = defaultdict(lambda: defaultdict(float))
         self.gauges: dict[str, Callable[[], dict[Labels, float]]] = {}
         self.started = time.time()
+        self.lock = threading.Lock()
 
     def inc(self, name: str, value: float = 1, **labels: str) -> None:
-        self.counters[name][tuple(sorted(labels.items()))] += value
+        key = tuple(sorted(labels.items()))
+        with self.lock:
+            self.counters[name][key] += value
+
+    @staticmethod
+    def key(**labels: str) -> Labels:
+        """A label set in the form counters are stored under (for `bump`)."""
+        return tuple(sorted(labels.items()))
+
+    def bump(self, updates: list[tuple[str, Labels, float]]) -> None:
+        """Several counters with precomputed label keys, atomically (the hot path's form of `add`)."""
+        with self.lock:
+            counters = self.counters
+            for name, key, amount in updates:
+                if amount:
+                    counters[name][key] += amount
+
+    def add(self, updates: list[tuple[str, float, dict[str, str]]]) -> None:
+        """Several counters at once: a snapshot (the ledger) sees all of them or none."""
+        keyed = [(name, tuple(sorted(labels.items())), amount) for name, amount, labels in updates if amount]
+        with self.lock:
+            for name, key, amount in keyed:
+                self.counters[name][key] += amount
 
     def get(self, name: str, **labels: str) -> float:
-        return self.counters[name].get(tuple(sorted(labels.items())), 0)
+        with self.lock:
+            return self.counters[name].get(tuple(sorted(labels.items())), 0)
 
-    def total(self, name: str) -> float:
-        return sum(self.counters[name].values())
+    def total(self, name: str, **labels: str) -> float:
+        """Sum over every label set that includes `labels`."""
+        want = set(labels.items())
+        with self.lock:
+            return sum(v for k, v in self.counters[name].items() if want <= set(k))
 
     def gauge(self, name: str, read: Callable[[], dict[Labels, float]]) -> None:
         self.gauges[name] = read
 
+    def snapshot(self) -> dict[str, list]:
+        with self.lock:
+            return {name: [[list(map(list, labels)), value] for labels, value in values.items()]
+                    for name, values in self.counters.items() if values}
+
+    def restore(self, data: dict[str, list]) -> None:
+        with self.lock:
+            for name, entries in data.items():
+                for labels, value in entries:
+                    self.counters[name][tuple(tuple(pair) for pair in labels)] += float(value)
+
     def render(self) -> str:
         out: list[str] = []
-        series = {name: dict(values) for name, values in list(self.counters.items())}
-        for name, read in self.gauges.items():
-            series[name] = read()
+        with self.lock:
+            series = {name: dict(values) for name, values in self.counters.items()}
+        for name, read in list(self.gauges.items()):
+            try:
+                series[name] = read()
+            except Exception as exc:  # a gauge must never break /metrics
+                log.warning("gauge failed", extra={"gauge": name, "error": repr(exc)})
         for name in sorted(series):
             kind = "counter" if name.endswith(("_total", "_sum", "_count")) else "gauge"
             out.append(f"# HELP {name} {HELP.get(name, name)}")
@@ -78,16 +161,91 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-def serve(metrics: Metrics, listen: str, health: Callable[[], dict]) -> ThreadingHTTPServer:
+_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$')
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+
+
+def _unescape(value: str) -> str:
+    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value)
+
+
+def parse(text: str) -> dict[tuple[str, Labels], float]:
+    """Prometheus text exposition -> {(name, sorted labels): value}. The one parser of /metrics."""
+    out: dict[tuple[str, Labels], float] = {}
+    for raw in text.splitlines():
+        line = raw.strip()
+        if not line or line.startswith("#"):
+            continue
+        match = _SAMPLE.match(line)
+        if match is None:
+            raise ValueError(f"not a Prometheus sample: {line!r}")
+        name, labels_text, value = match.groups()
+        labels: list[tuple[str, str]] = []
+        pos = 0
+        body = labels_text or ""
+        while pos < len(body):
+            found = _LABEL.match(body, pos)
+            if found is None:
+                raise ValueError(f"bad labels in {line!r}")
+            labels.append((found.group(1), _unescape(found.group(2))))
+            pos = found.end()
+        out[(name, tuple(sorted(labels)))] = float(value)
+    return out
+
+
+def value(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float:
+    """One sample of parse()'s result (0 when absent)."""
+    return samples.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+def total(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float:
+    """Sum of a metric over every label set that includes `labels`."""
+    want = set(labels.items())
+    return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
+
+
+class _BoundedServer(ThreadingHTTPServer):
+    daemon_threads = True
+    request_queue_size = 64
+
+    def __init__(self, address: tuple[str, int], handler: type, max_connections: int, metrics: Metrics) -> None:
+        self._slots = threading.BoundedSemaphore(max_connections)
+        self._metrics = metrics
+        super().__init__(address, handler)
+
+    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        if not self._slots.acquire(blocking=False):
+            self._metrics.inc("bridge_http_refused_total")
+            self.shutdown_request(request)
+            return
+        try:
+            super().process_request(request, client_address)
+        except Exception:
+            self._slots.release()
+            raise
+
+    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+        try:
+            super().process_request_thread(request, client_address)
+        finally:
+            self._slots.release()
+
+
+def serve(metrics: Metrics, listen: str, health: Callable[[], dict], max_connections: int = 16,
+          timeout: float = 5.0) -> ThreadingHTTPServer:
     host, _, port = listen.rpartition(":")
 
     class Handler(BaseHTTPRequestHandler):
+        def setup(self) -> None:
+            self.timeout = timeout  # read timeout per connection: an idle client cannot hold a thread
+            super().setup()
+
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 body, kind, status = metrics.render().encode(), "text/plain; version=0.0.4", 200
             elif self.path == "/healthz":
                 state = health()
-                body = json.dumps(state).encode()
+                body = json.dumps(state, default=str).encode()
                 kind, status = "application/json", 200 if state.get("ok") else 503
             else:
                 body, kind, status = b"not found\n", "text/plain", 404
@@ -100,7 +258,6 @@ def serve(metrics: Metrics, listen: str, health: Callable[[], dict]) -> Threadin
         def log_message(self, *args: object) -> None:  # quiet: journald gets the bridge's own logs
             pass
 
-    server = ThreadingHTTPServer((host or "127.0.0.1", int(port)), Handler)
-    server.daemon_threads = True
+    server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, max_connections, metrics)
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server

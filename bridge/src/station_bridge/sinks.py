@@ -1,17 +1,29 @@
 """Sinks: batching and delivery to one InfluxDB 1.x destination, backed by the journal.
 
-Per destination, one writer thread:
-- takes chunks of lines (logged first in the destination's intake log, see journal.py) and
-  collects them into batches (batch_size, or flush_interval after the first line, so a
-  quiet stream is flushed too);
-- while the journal is empty, POSTs a batch; a retryable failure (connection refused,
-  timeout, 5xx, auth or missing database) puts the batch in the journal and starts
-  exponential backoff with jitter; new batches go to the journal while it is non-empty,
-  so delivery order is kept;
-- replays the journal oldest first, deleting a segment only after a 204;
-- a permanent rejection (400, 413) is bisected until the offending lines are isolated:
-  those go to the dead-letter file with the server's message, the rest is written.
-  Re-sent lines are harmless: InfluxDB keeps one point per series and timestamp.
+`InfluxWriter` is the one InfluxDB client (writes, /ping, queries for `export`); `Delivery` is the
+one write path (the writer thread here and `station-bridge replay` use it):
+- a batch of up to `batch_size` lines is POSTed; 204: written;
+- connection errors, timeouts, 5xx, 401/403/404/408/429 are retryable: the caller journals
+  what was not attempted and retries with backoff; nothing already accepted is sent again;
+- 400 `partial write: ... dropped=N` means InfluxDB stored every other line: the refused lines
+  are told apart from the message where it names them (`unable to parse '<line>'`, `field type
+  conflict: input field "f" on measurement "m" is type T` (every line with that field and type),
+  `points beyond retention policy` (the N oldest lines)); only what the message leaves open is
+  found by bisection, re-sending lines InfluxDB already holds (harmless: same series and time),
+  counted once. A 400 or 413 that stored nothing is split and re-sent until the refused lines
+  are isolated. Refused lines go to the dead-letter file with InfluxDB's message.
+
+`InfluxSink` is one writer thread per destination:
+- takes chunks (logged first in the destination's intake log) and batches them (batch_size, or
+  flush_interval after the first line);
+- while the journal is empty, delivers a batch; a retryable failure journals the rest and starts
+  exponential backoff with jitter; later batches go to the journal while it is not empty, so
+  delivery order is kept; the journal is replayed oldest first;
+- every failure of its own is contained: a journal write that fails (disk full, the reserve
+  reached) is a counted drop, an unexpected exception is counted and logged and the loop goes on;
+  a thread that dies anyway is restarted by the bridge (`ensure_alive`) and counted.
+Counters per destination: accepted == written + dropped(reason) + pending (queue, in flight,
+journal), exact at any quiet moment.
 """
 
 from __future__ import annotations
@@ -22,24 +34,33 @@ import http.client
 import json
 import logging
 import random
+import re
 import threading
 import time
 import urllib.parse
 from collections import deque
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
 
-from .config import DestinationSpec
+from .config import DestinationSpec, HealthSpec
 from .journal import Chunk, DeadLetters, Intake, Journal
+from .lineproto import parse_line
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.sink")
 
+RETRYABLE_STATUS = {401, 403, 404, 408, 429}
+
 
 class Retryable(Exception):
-    pass
+    def __init__(self, message: str, kind: str = "connection", remaining: Chunk | None = None) -> None:
+        super().__init__(message)
+        self.kind = kind
+        self.remaining = remaining
 
 
 class InfluxWriter:
-    """One keep-alive HTTP connection to /write."""
+    """One keep-alive HTTP connection to an InfluxDB 1.x: /write, /ping, /query."""
 
     def __init__(self, spec: DestinationSpec) -> None:
         self.spec = spec
@@ -47,17 +68,20 @@ class InfluxWriter:
         self._https = url.scheme == "https"
         self._host = url.hostname or "127.0.0.1"
         self._port = url.port or (443 if self._https else 8086)
+        self._base = url.path or ""
         params = {"db": spec.database, "precision": "ns"}
         if spec.retention_policy:
             params["rp"] = spec.retention_policy
-        self._path = (url.path or "") + "/write?" + urllib.parse.urlencode(params)
-        self._headers = {"Content-Type": "text/plain; charset=utf-8"}
+        self._path = self._base + "/write?" + urllib.parse.urlencode(params)
+        self._auth: dict[str, str] = {}
         if spec.username:
             token = base64.b64encode(f"{spec.username}:{spec.password or ''}".encode()).decode()
-            self._headers["Authorization"] = "Basic " + token
+            self._auth["Authorization"] = "Basic " + token
+        self._headers = {"Content-Type": "text/plain; charset=utf-8", **self._auth}
         if spec.gzip:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
+        self.requests = 0
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
@@ -70,25 +94,249 @@ class InfluxWriter:
             self._conn.close()
             self._conn = None
 
-    def post(self, body: bytes) -> tuple[int, str]:
-        """Returns (status, error text); raises Retryable on transport failures."""
-        if self.spec.gzip:
-            body = gzip.compress(body, compresslevel=1)
+    def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, str]:
+        self.requests += 1
         try:
             conn = self._connection()
-            conn.request("POST", self._path, body=body, headers=self._headers)
+            conn.request(method, path, body=body, headers=headers)
             response = conn.getresponse()
             text = response.read().decode("utf-8", "replace")
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise Retryable(f"{type(exc).__name__}: {exc}") from exc
-        if response.status == 204:
+        return response.status, text
+
+    def post(self, body: bytes) -> tuple[int, str]:
+        """Returns (status, InfluxDB's error text); raises Retryable on transport failures."""
+        if self.spec.gzip:
+            body = gzip.compress(body, compresslevel=1)
+        status, text = self._request("POST", self._path, body, self._headers)
+        if status == 204:
             return 204, ""
         try:
             message = json.loads(text).get("error", text)
-        except ValueError:
+        except (ValueError, AttributeError):
             message = text.strip()
-        return response.status, message
+        return status, str(message)
+
+    def ping(self) -> bool:
+        try:
+            status, _ = self._request("GET", self._base + "/ping", None, self._auth)
+        except Retryable:
+            return False
+        return status == 204
+
+    def query(self, query: str, chunk_size: int = 10_000) -> Iterator[dict]:
+        """Results of a chunked InfluxQL query (one JSON document per chunk), on its own connection."""
+        params = urllib.parse.urlencode({"db": self.spec.database, "q": query, "epoch": "ns",
+                                         "chunked": "true", "chunk_size": str(chunk_size)})
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self.spec.timeout)
+        try:
+            conn.request("GET", f"{self._base}/query?{params}", headers=self._auth)
+            response = conn.getresponse()
+            if response.status != 200:
+                raise RuntimeError(f"HTTP {response.status}: {response.read().decode('utf-8', 'replace')[:500]}")
+            for raw in response:
+                if raw.strip():
+                    yield json.loads(raw)
+        finally:
+            conn.close()
+
+
+@dataclass
+class Outcome:
+    """What a delivery did: counts for the caller to add, lines to dead-letter."""
+
+    written: int = 0
+    rejected: list[tuple[bytes, int, str, str]] = field(default_factory=list)  # line, status, message, reason
+    unidentified: int = 0  # refused by InfluxDB but not told apart (probing was cut short)
+    unidentified_message: str = ""
+    retry: Chunk | None = None  # the part not attempted (retryable failure)
+    error: str = ""
+    kind: str = ""
+
+
+_DROPPED = re.compile(r" dropped=(\d+)\s*$")
+_PARSE_PREFIX = "unable to parse '"
+
+
+class Delivery:
+    """The one write path: batching, retryable errors, partial writes (see the module's docstring)."""
+
+    def __init__(self, writer: InfluxWriter, batch_size: int) -> None:
+        self.writer = writer
+        self.batch_size = batch_size
+
+    def deliver(self, chunk: Chunk) -> Outcome:
+        out = Outcome()
+        while chunk.count:
+            piece, rest = chunk.split(self.batch_size) if chunk.count > self.batch_size else (chunk, None)
+            try:
+                self._write(piece, out)
+            except Retryable as exc:
+                remaining = exc.remaining if exc.remaining is not None else piece
+                out.retry = Chunk.join([remaining, rest]) if rest is not None and rest.count else remaining
+                out.error, out.kind = str(exc), exc.kind
+                return out
+            if rest is None:
+                break
+            chunk = rest
+        return out
+
+    def _write(self, chunk: Chunk, out: Outcome) -> None:
+        """Raises Retryable (with `remaining`: what was not stored) before anything of that
+        remainder was accepted."""
+        status, message = self.writer.post(chunk.data)
+        if status == 204:
+            out.written += chunk.count
+            return
+        if status >= 500 or status in RETRYABLE_STATUS:
+            raise Retryable(message[:500], f"http_{status}", chunk)
+        if status == 413 or (status == 400 and "entity too large" in message.lower()):
+            if chunk.count == 1:
+                out.rejected.append((chunk.data.rstrip(b"\n"), status, message, "too_large"))
+                return
+            self._halves(chunk, out)
+            return
+        self._resolve(chunk, status, message, out)
+
+    def _halves(self, chunk: Chunk, out: Outcome) -> None:
+        """Nothing of `chunk` was stored: deliver its halves separately."""
+        first, second = chunk.split(chunk.count // 2)
+        try:
+            self._write(first, out)
+        except Retryable as exc:
+            exc.remaining = Chunk.join([exc.remaining or first, second])
+            raise
+        self._write(second, out)
+
+    def _resolve(self, chunk: Chunk, status: int, message: str, out: Outcome) -> None:
+        lines = chunk.lines()
+        partial = message.startswith("partial write")
+        parsed, named = self._identify(lines, message)
+        if not partial:
+            # Nothing was stored: refuse what the message names, re-send the rest.
+            refused = parsed | named
+            if not refused and len(lines) == 1:
+                refused = {0}
+            for i in sorted(refused):
+                out.rejected.append((lines[i], status, message, "rejected"))
+            if refused and len(refused) < len(lines):
+                rest = [line for i, line in enumerate(lines) if i not in refused]
+                self._write(Chunk.of_bytes(rest), out)
+            elif not refused:
+                self._halves(chunk, out)
+            return
+        found = _DROPPED.search(message)
+        dropped = int(found.group(1)) if found else len(named)
+        refused = parsed | named
+        unknown = 0
+        if len(named) < dropped:
+            rest = [i for i in range(len(lines)) if i not in refused]
+            more, unknown = self._probe([lines[i] for i in rest], dropped - len(named))
+            refused |= {rest[i] for i in more}
+            if unknown:
+                out.unidentified += unknown
+                out.unidentified_message = message
+        for i in sorted(refused):
+            out.rejected.append((lines[i], status, message, "rejected"))
+        out.written += len(lines) - len(refused) - unknown
+
+    def _identify(self, lines: list[bytes], message: str) -> tuple[set[int], set[int]]:
+        """(lines that failed to parse, lines refused for a reason the message names)."""
+        parsed: set[int] = set()
+        if _PARSE_PREFIX in message:
+            texts = {line.decode("utf-8", "replace"): i for i, line in enumerate(lines)}
+            start = message.find(_PARSE_PREFIX)
+            while start >= 0:
+                begin = start + len(_PARSE_PREFIX)
+                end = message.find("': ", begin)
+                while end >= 0:
+                    i = texts.get(message[begin:end])
+                    if i is not None:
+                        parsed.add(i)
+                        break
+                    end = message.find("': ", end + 1)
+                start = message.find(_PARSE_PREFIX, begin)
+        named: set[int] = set()
+        if "field type conflict: input field" in message:
+            parsed_lines = {}
+            triples: dict[tuple[str, str, str], list[int]] = {}
+            for i, line in enumerate(lines):
+                if i in parsed:
+                    continue
+                try:
+                    measurement, _, fields, _ = parse_line(line)
+                except ValueError:
+                    continue
+                parsed_lines[i] = fields
+                for key, kind in fields.items():
+                    triples.setdefault((measurement, key, kind), []).append(i)
+            for (measurement, key, kind), members in triples.items():
+                if (f'input field "{key}" on measurement "{measurement}" is type {kind}, already exists as type'
+                        in message):
+                    named.update(members)
+        if "points beyond retention policy" in message:
+            found = _DROPPED.search(message)
+            count = int(found.group(1)) if found else 0
+            stamps = []
+            for i, line in enumerate(lines):
+                try:
+                    stamps.append((parse_line(line)[3], i))
+                except ValueError:
+                    continue
+            stamps.sort(key=lambda s: (s[0] is None, s[0] or 0))
+            if 0 < count <= len(stamps) and (count == len(stamps) or stamps[count - 1][0] != stamps[count][0]):
+                named.update(i for _, i in stamps[:count])
+        return parsed, named - parsed
+
+    def _probe(self, lines: list[bytes], expected: int) -> tuple[set[int], int]:
+        """Finds the `expected` refused lines among `lines` (InfluxDB stored the others) by
+        re-sending halves. Returns (their indexes, how many stayed unidentified)."""
+        if expected <= 0 or not lines:
+            return set(), 0
+        if expected >= len(lines):
+            return set(range(len(lines))), 0
+        found, complete = self._split_find(lines)
+        return found, 0 if complete else max(0, expected - len(found))
+
+    def _split_find(self, lines: list[bytes]) -> tuple[set[int], bool]:
+        found: set[int] = set()
+        middle = len(lines) // 2
+        for offset, part in ((0, lines[:middle]), (middle, lines[middle:])):
+            here, complete = self._find(part)
+            found |= {offset + i for i in here}
+            if not complete:
+                return found, False
+        return found, True
+
+    def _find(self, part: list[bytes]) -> tuple[set[int], bool]:
+        """Re-sends `part`: (indexes InfluxDB refuses, whether the answer was complete)."""
+        try:
+            status, message = self.writer.post(b"".join(line + b"\n" for line in part))
+        except Retryable:
+            return set(), False
+        if status == 204:
+            return set(), True
+        if status >= 500 or status in RETRYABLE_STATUS or status == 413:
+            return set(), False
+        parsed, named = self._identify(part, message)
+        here = parsed | named
+        if message.startswith("partial write"):
+            match = _DROPPED.search(message)
+            dropped = len(parsed) + (int(match.group(1)) if match else len(named))
+        elif here:
+            dropped = len(here)
+        elif len(part) == 1:
+            return {0}, True
+        else:
+            return self._split_find(part)
+        if len(here) >= dropped:
+            return here, True
+        rest = [i for i in range(len(part)) if i not in here]
+        more, unknown = self._probe([part[i] for i in rest], dropped - len(here))
+        return here | {rest[i] for i in more}, unknown == 0
 
 
 class Backoff:
@@ -114,61 +362,114 @@ class Backoff:
 
 class InfluxSink:
     def __init__(self, spec: DestinationSpec, journal: Journal, dead: DeadLetters, metrics: Metrics,
-                 intake: Intake | None = None) -> None:
+                 intake: Intake | None = None, health: HealthSpec | None = None,
+                 before_delete: Callable[[], None] | None = None) -> None:
         self.spec = spec
         self.name = spec.name
         self.journal = journal
         self.intake = intake
         self.dead = dead
         self.metrics = metrics
+        self.health = health or HealthSpec()
+        self.before_delete = before_delete or (lambda: None)
+        if intake is not None:
+            intake.before_delete = self.before_delete
         self.writer = InfluxWriter(spec)
+        self.delivery = Delivery(self.writer, spec.batch_size)
         self.backoff = Backoff(spec.max_backoff)
         self._queue: deque[Chunk] = deque()
         self._queued = 0
+        self._inflight: Chunk | None = None
         self._cond = threading.Condition()
         self._stopping = False
         self._deadline = float("inf")
-        self._thread = threading.Thread(target=self._run, name=f"sink-{spec.name}", daemon=True)
+        self._thread: threading.Thread | None = None
+        self._last_attempt = time.monotonic()
+        self.failing_since: float | None = None  # monotonic time of the first failure since the last success
         self.last_error = ""
+        self._labels = {"destination": spec.name}
+        self.key = Metrics.key(destination=spec.name)
 
     # --- producer side (receive thread) ---------------------------------------------
 
     def start(self) -> None:
+        self._thread = threading.Thread(target=self._run, name=f"sink-{self.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, chunk: Chunk) -> None:
-        """Takes the chunk (logged first when there is an intake log); never blocks on the network."""
+    @property
+    def alive(self) -> bool:
+        return self._thread is not None and self._thread.is_alive()
+
+    def ensure_alive(self) -> bool:
+        """Restarts a writer thread that died (counted); False when it had to."""
+        if self.alive or self._stopping or self._thread is None:
+            return True
+        self.metrics.inc("bridge_sink_restarts_total", 1, **self._labels)
+        log.error("writer thread died: restarting it", extra=self._labels)
+        self._recover_inflight()
+        self.start()
+        return False
+
+    def _recover_inflight(self) -> None:
+        with self._cond:
+            if self._inflight is not None:
+                self._queue.appendleft(self._inflight)
+                self._queued += self._inflight.count
+                self._inflight = None
+
+    def submit(self, chunk: Chunk, counted: bool = False) -> None:
+        """Takes the chunk (logged first when there is an intake log); never blocks on the
+        network, never raises. `counted`: the caller counted it as accepted already (with the
+        rest of its burst's counters, in one update)."""
         if not chunk.count:
             return
-        chunk = Chunk(chunk.data, chunk.count)  # each destination numbers its own copy
-        if self.intake is not None:
-            try:
-                self.intake.append(chunk)
-            except OSError as exc:
-                # Disk full or gone: the points are still delivered from memory, only no longer
-                # protected against a kill -9. Said loudly and counted, never fatal.
-                chunk.seq = -1
-                self.metrics.inc("bridge_intake_errors_total", chunk.count, destination=self.name)
-                log.error("intake log write failed: points held in memory only", extra={
-                    "destination": self.name, "points": chunk.count, "error": str(exc)})
+        mine = Chunk(chunk.data, chunk.count, -1, chunk.born)  # each destination numbers its own copy
+        if self.intake is not None and not self.intake.append(mine):
+            # Disk full or gone: the points are still delivered from memory, only no longer
+            # protected against a kill -9. Counted (and visible in /healthz), never fatal.
+            self.metrics.inc("bridge_intake_errors_total", mine.count, **self._labels)
+        if not counted:
+            self.metrics.bump([("bridge_accepted_points_total", self.key, mine.count)])
+        overflow: list[Chunk] = []
         with self._cond:
-            if self._queued + chunk.count > self.spec.queue_max_points:
+            if self._queued + mine.count > self.spec.queue_max_points:
                 # Memory bound reached: everything queued, then this, goes to disk in order.
-                pending = list(self._queue)
+                overflow = [*self._queue, mine]
                 self._queue.clear()
                 self._queued = 0
-                for queued in [*pending, chunk]:
-                    self._to_journal(queued)
-                return
-            was_empty = not self._queued
-            self._queue.append(chunk)
-            self._queued += chunk.count
-            if was_empty or self._queued >= self.spec.batch_size:
-                self._cond.notify()
+            else:
+                was_empty = not self._queued
+                self._queue.append(mine)
+                self._queued += mine.count
+                if was_empty or self._queued >= self.spec.batch_size:
+                    self._cond.notify()
+        for queued in overflow:
+            self._to_journal(queued)
 
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def pending(self) -> int:
+        inflight = self._inflight
+        return self._queued + (inflight.count if inflight is not None else 0) + self.journal.points
+
+    def oldest_pending_seconds(self) -> float:
+        times = []
+        with self._cond:
+            if self._inflight is not None:
+                times.append(self._inflight.born)
+            if self._queue:
+                times.append(self._queue[0].born)
+        journal = self.journal.oldest_time()
+        if journal is not None:
+            times.append(journal)
+        return max(0.0, time.time() - min(times)) if times else 0.0
+
+    def failing_seconds(self) -> float:
+        since = self.failing_since
+        return 0.0 if since is None else time.monotonic() - since
 
     def stop(self, timeout: float) -> None:
         """Flushes what it can within timeout; journals the rest."""
@@ -176,7 +477,15 @@ class InfluxSink:
             self._stopping = True
             self._deadline = time.monotonic() + timeout
             self._cond.notify()
-        self._thread.join(timeout + 5)
+        if self._thread is not None:
+            self._thread.join(timeout + 5)
+        if self._thread is not None and self._thread.is_alive():
+            # Stuck (a request beyond the deadline): journal what is still in memory from here.
+            log.error("writer thread did not stop in time: journaling its queue", extra=self._labels)
+        with self._cond:
+            rest = self._take(self._queued)
+        if rest is not None:
+            self._to_journal(rest)
         if self.intake is not None:
             self.intake.close()
 
@@ -203,7 +512,8 @@ class InfluxSink:
         return batch
 
     def _collect(self) -> Chunk | None:
-        """Waits for a full batch, the flush interval, the end of backoff or stop."""
+        """Waits for a full batch, the flush interval, the end of backoff or stop; takes the
+        batch as in flight."""
         with self._cond:
             flush_at = None
             while not self._stopping:
@@ -216,13 +526,18 @@ class InfluxSink:
                     break
                 if len(self.journal) and self.backoff.remaining() == 0:
                     break
-                waits = [self.spec.flush_interval]
+                idle_probe = self._last_attempt + self.health.probe_interval
+                if not self._queued and not len(self.journal) and now >= idle_probe:
+                    break
+                waits = [self.spec.flush_interval, max(0.0, idle_probe - now)]
                 if flush_at is not None:
                     waits.append(flush_at - now)
                 if len(self.journal):
                     waits.append(self.backoff.remaining())
                 self._cond.wait(max(0.005, min(waits)))
-            return self._take(self.spec.batch_size)
+            batch = self._take(self.spec.batch_size)
+            self._inflight = batch
+            return batch
 
     def _settle(self, chunk: Chunk) -> None:
         if self.intake is not None:
@@ -230,25 +545,55 @@ class InfluxSink:
 
     def _run(self) -> None:
         while True:
-            batch = self._collect()
-            stopping = self._stopping
-            late = stopping and time.monotonic() > self._deadline
-            if batch is not None:
-                if len(self.journal) or late or not self._deliver(batch):
-                    self._to_journal(batch)
-                else:
-                    self._settle(batch)
-            self._drain_journal()
-            if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline):
-                break
-            if stopping and self.backoff.remaining() and time.monotonic() + self.backoff.remaining() > self._deadline:
-                # No time left to retry: journal whatever is still in memory and stop.
-                with self._cond:
-                    rest = self._take(self._queued)
-                if rest is not None:
-                    self._to_journal(rest)
-                break
+            try:
+                if not self._step():
+                    break
+            except Exception as exc:  # contained: counted, logged, the loop goes on
+                self.metrics.inc("bridge_stage_errors_total", 1, stage=f"sink:{self.name}")
+                log.exception("writer thread error (contained)", extra={**self._labels, "error": repr(exc)})
+                self._recover_inflight()
+                time.sleep(0.5)
         self.writer.close()
+
+    def _step(self) -> bool:
+        """One round; False when stopped."""
+        batch = self._collect()
+        stopping = self._stopping
+        late = stopping and time.monotonic() > self._deadline
+        if batch is not None:
+            if len(self.journal) or late:
+                self._to_journal(batch)
+            else:
+                self._deliver_batch(batch)
+            with self._cond:
+                self._inflight = None
+        elif not stopping and not len(self.journal) and not self._queued:
+            self._probe_idle()
+        self._drain_journal()
+        if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline):
+            return False
+        if stopping and self.backoff.remaining() and time.monotonic() + self.backoff.remaining() > self._deadline:
+            # No time left to retry: journal whatever is still in memory and stop.
+            with self._cond:
+                rest = self._take(self._queued)
+            if rest is not None:
+                self._to_journal(rest)
+            return False
+        return True
+
+    def _probe_idle(self) -> None:
+        """Nothing to write for a while: ask /ping, so /healthz knows the destination's state."""
+        self._last_attempt = time.monotonic()
+        if self.writer.ping():
+            self._succeeded()
+        else:
+            self._failed("ping", "no answer to /ping")
+
+    def _deliver_batch(self, batch: Chunk) -> None:
+        out = self._deliver(batch)
+        if out.retry is not None:
+            self._to_journal(out.retry)
+        self._settle(batch)
 
     def _drain_journal(self) -> None:
         while len(self.journal) and self.backoff.remaining() == 0:
@@ -257,70 +602,79 @@ class InfluxSink:
             oldest = self.journal.oldest()
             if oldest is None:
                 return
-            path, chunk = oldest
-            if not self._deliver(chunk):
+            segment, chunk = oldest
+            out = self._deliver(chunk)
+            done = chunk.count - (out.retry.count if out.retry is not None else 0)
+            if out.retry is None:
+                self.before_delete()  # the ledger records the written points before the file goes
+                self.journal.ack(segment)
+                log.info("replayed journal segment", extra={**self._labels, "segment": segment.path.name,
+                                                             "points": chunk.count,
+                                                             "journal_points": self.journal.points})
+            else:
+                if done:
+                    self.journal.progress(segment, done)
                 return
-            self.journal.ack(path)
-            log.info("replayed journal segment", extra={"destination": self.name, "segment": path.name,
-                                                         "points": chunk.count,
-                                                         "journal_points": self.journal.points})
 
     def _to_journal(self, chunk: Chunk) -> None:
-        if self.journal.append(chunk):
-            self.metrics.inc("bridge_journaled_points_total", chunk.count, destination=self.name)
+        reason = self.journal.append(chunk)
+        if reason is None:
+            self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
         else:
-            self.metrics.inc("bridge_dropped_points_total", chunk.count, destination=self.name,
-                             reason="spool_full")
-            log.error("journal full: points dropped", extra={
-                "destination": self.name, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
-                "max_bytes": self.journal.max_bytes})
+            self.metrics.inc("bridge_dropped_points_total", chunk.count, **self._labels, reason=reason)
+            log.error("journal write refused: points dropped", extra={
+                **self._labels, "reason": reason, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
+                "max_bytes": self.journal.max_bytes, "error": self.journal.last_error})
         self._settle(chunk)
 
-    def _deliver(self, chunk: Chunk) -> bool:
-        """True when every line was written or dead-lettered; False on a retryable failure."""
-        size = self.spec.batch_size
-        while chunk.count > size:
-            first, chunk = chunk.split(size)
-            if not self._write(first):
-                return False
-        return self._write(chunk)
-
-    def _write(self, chunk: Chunk) -> bool:
+    def _deliver(self, chunk: Chunk) -> Outcome:
+        """Delivers a chunk and counts what happened; `retry` is what is left to do later."""
         started = time.monotonic()
-        try:
-            status, message = self.writer.post(chunk.data)
-        except Retryable as exc:
-            return self._retry_later("connection", str(exc))
-        if status == 204:
-            self.metrics.inc("bridge_written_points_total", chunk.count, destination=self.name)
-            self.metrics.inc("bridge_write_seconds_sum", time.monotonic() - started, destination=self.name)
-            self.metrics.inc("bridge_write_seconds_count", 1, destination=self.name)
-            if self.backoff.failures:
-                log.info("destination reachable again", extra={"destination": self.name})
-            self.backoff.reset()
-            self.last_error = ""
-            return True
-        if status in (400, 413):
-            return self._isolate(chunk, status, message)
-        return self._retry_later(f"http_{status}", message)
+        self._last_attempt = started
+        before = self.writer.requests
+        out = self.delivery.deliver(chunk)
+        self.metrics.inc("bridge_write_requests_total", self.writer.requests - before, **self._labels)
+        if out.written:
+            self.metrics.inc("bridge_written_points_total", out.written, **self._labels)
+            self.metrics.inc("bridge_write_seconds_sum", time.monotonic() - started, **self._labels)
+            self.metrics.inc("bridge_write_seconds_count", 1, **self._labels)
+        for line, status, message, reason in out.rejected:
+            self.metrics.inc("bridge_dropped_points_total", 1, **self._labels, reason=reason)
+            self._dead_letter(line=line.decode("utf-8", "replace"), status=status, error=message[:2000],
+                              reason=reason)
+        if out.unidentified:
+            self.metrics.inc("bridge_dropped_points_total", out.unidentified, **self._labels, reason="rejected")
+            self._dead_letter(unidentified_points=out.unidentified, error=out.unidentified_message[:2000],
+                              reason="rejected")
+        if out.rejected:
+            log.warning("points refused by InfluxDB, dead-lettered",
+                        extra={**self._labels, "points": len(out.rejected), "error": out.rejected[0][2][:300]})
+        if out.retry is not None:
+            self._failed(out.kind, out.error)
+        else:
+            self._succeeded()
+        return out
 
-    def _retry_later(self, kind: str, message: str) -> bool:
-        self.metrics.inc("bridge_write_errors_total", 1, destination=self.name, kind=kind)
+    def _dead_letter(self, **record: object) -> None:
+        if self.dead.write(destination=self.name, **record):
+            self.metrics.inc("bridge_dead_letters_total", 1, file=self.dead.path.name)
+        else:
+            self.metrics.inc("bridge_dead_letter_errors_total", 1, file=self.dead.path.name)
+
+    def _succeeded(self) -> None:
+        if self.backoff.failures:
+            log.info("destination reachable again", extra=self._labels)
+        self.backoff.reset()
+        self.failing_since = None
+        self.last_error = ""
+
+    def _failed(self, kind: str, message: str) -> None:
+        self.metrics.inc("bridge_write_errors_total", 1, **self._labels, kind=kind)
+        if self.failing_since is None:
+            self.failing_since = time.monotonic()
         delay = self.backoff.fail()
         self.last_error = message
         if self.backoff.failures in (1, 2) or self.backoff.failures % 20 == 0:
             log.warning("write failed, journaling and retrying", extra={
-                "destination": self.name, "error": message, "retry_in_s": round(delay, 2),
+                **self._labels, "error": message[:300], "retry_in_s": round(delay, 2),
                 "failures": self.backoff.failures})
-        return False
-
-    def _isolate(self, chunk: Chunk, status: int, message: str) -> bool:
-        if chunk.count == 1:
-            self.metrics.inc("bridge_dropped_points_total", 1, destination=self.name, reason="rejected")
-            self.dead.write(destination=self.name, line=chunk.data.decode("utf-8", "replace").rstrip("\n"),
-                            status=status, error=message)
-            log.warning("point rejected by InfluxDB, dead-lettered",
-                        extra={"destination": self.name, "error": message})
-            return True
-        first, rest = chunk.split(chunk.count // 2)
-        return self._write(first) and self._write(rest)

@@ -1,0 +1,181 @@
+"""The bridge as a child process for end-to-end, fault, fuzz and chaos tests: its own
+configuration, journal and metrics port; /metrics read with station_bridge.metrics.parse; the
+ledger's equations checked from /metrics alone."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import yaml
+from servers import Influxd, free_port
+
+from station_bridge.lineproto import split_lines
+from station_bridge.metrics import parse, total, value
+
+BRIDGE = str(Path(sys.executable).with_name("station-bridge"))
+
+TICKS_MAPPING = {"measurement": "ticks", "tags": ["instrument"],
+                 "fields": {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"},
+                 "time": {"field": "timestamp", "format": "epoch_s"}}
+
+
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        result = predicate()
+        if result:
+            return result
+        time.sleep(interval)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+class BridgeProcess:
+    """`station-bridge run` as a child process with its own config, journal and metrics port."""
+
+    def __init__(self, tmp: Path, influx: Influxd | None, db: str, endpoint: str, **overrides: Any) -> None:
+        self.tmp = tmp
+        self.http_port = free_port()
+        destination = {"name": "local", "url": influx.url if influx else "http://127.0.0.1:9",
+                       "database": db, "batch_size": 500, "flush_interval": "200ms", "max_backoff": "2s",
+                       **overrides.pop("destination", {})}
+        subscription = {"name": "kraken", "endpoints": [endpoint], "topics": ["kraken_tick"], "framing": "msgpack",
+                        "mapping": TICKS_MAPPING, **overrides.pop("subscription", {})}
+        self.config = {
+            "station": "test1",
+            "subscriptions": [subscription, *overrides.pop("subscriptions_extra", [])],
+            "destinations": [destination, *overrides.pop("destinations_extra", [])],
+            "journal": {"dir": str(tmp / "journal"), "min_free_bytes": "1MiB", **overrides.pop("journal", {})},
+            "dead_letter": {"dir": str(tmp / "dead"), **overrides.pop("dead_letter", {})},
+            "http": {"listen": f"127.0.0.1:{self.http_port}"},
+            "health": {"destination_grace": "3s", "subscription_grace": "60s", "probe_interval": "1s",
+                       **overrides.pop("health", {})},
+            "shutdown_timeout": 10,
+            **overrides,
+        }
+        self.path = tmp / "bridge.yml"
+        self.path.write_text(yaml.safe_dump(self.config))
+        self.process: subprocess.Popen | None = None
+        self.env = dict(os.environ)
+
+    def start(self, wait: bool = True) -> BridgeProcess:
+        self.log = open(self.tmp / "bridge.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen([BRIDGE, "run", "--config", str(self.path)], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=self.env)
+        if wait:
+            wait_for(self.answers, 15, "bridge /metrics")
+        return self
+
+    @property
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def answers(self) -> bool:
+        try:
+            self.samples()
+            return True
+        except OSError:
+            return False
+
+    def health(self) -> tuple[int, dict]:
+        try:
+            with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/healthz", timeout=2) as r:
+                return r.status, json.loads(r.read())
+        except urllib.error.HTTPError as exc:
+            return exc.code, json.loads(exc.read())
+
+    def healthy(self) -> bool:
+        try:
+            return self.health()[0] == 200
+        except OSError:
+            return False
+
+    def samples(self) -> dict:
+        with urllib.request.urlopen(f"http://127.0.0.1:{self.http_port}/metrics", timeout=3) as r:
+            return parse(r.read().decode())
+
+    def value(self, name: str, **labels: str) -> float:
+        return value(self.samples(), name, **labels)
+
+    def journal_lines(self, destination: str = "local") -> list[bytes]:
+        lines: list[bytes] = []
+        for segment in sorted((self.tmp / "journal" / destination).glob("*.lp")):
+            lines += split_lines(segment.read_bytes())
+        return lines
+
+    def log_records(self) -> list[dict]:
+        out = []
+        for line in (self.tmp / "bridge.log").read_text(errors="replace").splitlines():
+            with contextlib.suppress(ValueError):
+                out.append(json.loads(line))
+        return out
+
+    def stop(self, sig: int = signal.SIGTERM, timeout: float = 40) -> int:
+        assert self.process is not None
+        self.process.send_signal(sig)
+        code = self.process.wait(timeout)
+        self.log.close()
+        return code
+
+    def kill(self) -> None:
+        assert self.process is not None
+        self.process.kill()
+        self.process.wait(10)
+        self.log.close()
+
+
+def ledger_problems(samples: dict, destinations: list[str], subscriptions: list[str]) -> list[str]:
+    """The equations of the README, from /metrics alone (empty when they hold)."""
+    problems = []
+    for sub in subscriptions:
+        received = value(samples, "bridge_received_messages_total", subscription=sub)
+        mapped = value(samples, "bridge_mapped_messages_total", subscription=sub)
+        rejected = total(samples, "bridge_rejected_messages_total", subscription=sub)
+        if received != mapped + rejected:
+            problems.append(f"{sub}: received {received} != mapped {mapped} + rejected {rejected}")
+    for dest in destinations:
+        accepted = value(samples, "bridge_accepted_points_total", destination=dest)
+        written = value(samples, "bridge_written_points_total", destination=dest)
+        dropped = total(samples, "bridge_dropped_points_total", destination=dest)
+        pending = value(samples, "bridge_pending_points", destination=dest)
+        if accepted != written + dropped + pending:
+            problems.append(f"{dest}: accepted {accepted} != written {written} + dropped {dropped} + pending {pending}")
+    return problems
+
+
+def quiet_ledger(bridge: BridgeProcess, destinations: tuple[str, ...] = ("local",),
+                 subscriptions: tuple[str, ...] = ("kraken",), timeout: float = 30) -> dict:
+    """Waits for a moment at which the equations hold; returns those samples."""
+    last: list[str] = []
+
+    def check() -> dict | None:
+        nonlocal last
+        samples = bridge.samples()
+        last = ledger_problems(samples, list(destinations), list(subscriptions))
+        return None if last else samples
+
+    try:
+        return wait_for(check, timeout, "the ledger to close", interval=0.2)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}: {last}") from exc
+
+
+@contextlib.contextmanager
+def tmpfs(path: Path, size: str) -> Iterator[Path]:
+    """A real tmpfs of `size` (we are root in CI), always unmounted."""
+    path.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}", "tmpfs", str(path)], check=True)
+    try:
+        yield path
+    finally:
+        subprocess.run(["umount", "-l", str(path)], check=False)
