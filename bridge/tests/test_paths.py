@@ -447,3 +447,50 @@ def test_null_is_absent_everywhere():
     with pytest.raises(PathError) as caught:
         compile_paths({"v": parse(".")}, parse("m.n[*]", wildcards=True)).rows({"m": {"n": None}})
     assert caught.value.reason == "missing_field" and "m.n: no value" in str(caught.value)
+
+
+# ---------------------------------------------------------------------------------------------
+# The design document's examples stay true
+
+def doc_blocks(language):
+    import re
+    from pathlib import Path as FilePath
+    text = (FilePath(__file__).parents[1] / "docs" / "mapping-paths.md").read_text(encoding="utf-8")
+    return re.findall(rf"```{language}\n(.*?)```", text, re.S)
+
+
+def mapping_paths(mapping):
+    """Every path string of a mapping section written in the documented keys."""
+    each = parse(mapping["each"], wildcards=True) if mapping.get("each") else None
+    sources = {}
+    for name, spec in (mapping.get("fields") or {}).items():
+        sources[f"fields.{name}"] = parse(spec["path"]) if isinstance(spec, dict) else Path.key(name)
+    tags = mapping.get("tags") or []
+    for name in tags:
+        sources[f"tags.{name}"] = parse(tags[name]) if isinstance(tags, dict) else Path.key(name)
+    time = mapping.get("time") or {}
+    if time.get("path") or time.get("field"):
+        sources["time"] = parse(time["path"]) if time.get("path") else Path.key(time["field"])
+    for i, derived in enumerate(mapping.get("derived_tags") or []):
+        sources[f"derived_tags[{i}]"] = parse(derived["path"]) if "path" in derived else Path.key(derived["source"])
+    return compile_paths(sources, each)
+
+
+def test_design_document_examples_parse_and_compile():
+    import tomllib
+
+    import yaml
+    mappings = []
+    for block in doc_blocks("yaml"):
+        data = yaml.safe_load(block)
+        for item in data if isinstance(data, list) else data.get("subscriptions", [data]):
+            mappings.append(item["mapping"])
+    for block in doc_blocks("toml"):
+        mappings += [s["mapping"] for s in tomllib.loads(block)["subscriptions"]]
+    assert len(mappings) == 5
+    compiled = [mapping_paths(m) for m in mappings]
+    reference, kraken_yaml, v20, flat, kraken_toml = compiled  # yaml blocks in order, then toml
+    assert reference.each is not None and not reference.is_flat
+    assert kraken_yaml.rows(KRAKEN_DEPTH) == kraken_toml.rows(KRAKEN_DEPTH) == kraken_paths().rows(KRAKEN_DEPTH)
+    assert v20.is_flat and flat.is_flat
+    assert unreachable("oanda_v20", "text_delimited", ["time", "bid", "ask"], v20) == []

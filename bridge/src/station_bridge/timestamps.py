@@ -219,17 +219,6 @@ def _parse_text(value: str | bytes, zone: ZoneInfo | None) -> int:
     return _in_range(seconds * 1_000_000_000 + ns, text)
 
 
-def _auto(value: object, zone: ZoneInfo | None) -> int:
-    kind = type(value)
-    if kind is float:
-        return _number(value, None)
-    if kind is str or kind is bytes:
-        text = _ascii(value)  # type: ignore[arg-type]
-        ns = _text_number(text, None)
-        return _parse_text(text, zone) if ns is None else ns
-    return _number(value, None)
-
-
 def _epoch(unit: int) -> Callable[[object], int]:
     limit, scale = 9.2e18 / unit, float(unit)
 
@@ -249,6 +238,28 @@ def _epoch(unit: int) -> Callable[[object], int]:
                 return ns
         return _number(value, unit)
     return convert
+
+
+_TO_S, _TO_MS, _TO_US = _epoch(1_000_000_000), _epoch(1_000_000), _epoch(1_000)
+
+
+def _auto(value: object, zone: ZoneInfo | None) -> int:
+    kind = type(value)
+    if kind is float or kind is int:
+        # 1e11, 1e14 and 1e17 are exact doubles: comparing with them is exact.
+        magnitude = abs(value)  # type: ignore[arg-type]
+        if magnitude < 1e11:
+            return _TO_S(value)
+        if magnitude < 1e14:
+            return _TO_MS(value)
+        if magnitude < 1e17:
+            return _TO_US(value)
+        return _number(value, 1)
+    if kind is str or kind is bytes:
+        text = _ascii(value)  # type: ignore[arg-type]
+        ns = _text_number(text, None)
+        return _parse_text(text, zone) if ns is None else ns
+    return _number(value, None)
 
 
 def parser(fmt: str, timezone: str | None = None) -> Callable[[object], int]:
