@@ -494,3 +494,22 @@ def test_design_document_examples_parse_and_compile():
     assert kraken_yaml.rows(KRAKEN_DEPTH) == kraken_toml.rows(KRAKEN_DEPTH) == kraken_paths().rows(KRAKEN_DEPTH)
     assert v20.is_flat and flat.is_flat
     assert unreachable("oanda_v20", "text_delimited", ["time", "bid", "ask"], v20) == []
+
+
+def test_hostile_sizes_and_keys():
+    burst = compile_paths({"v": parse(".")}, parse("l[<i>]", wildcards=True), max_points=10)
+    with pytest.raises(PathError) as caught:
+        burst.rows({"l": [1] * 200_000})
+    assert caught.value.reason == "too_many_points"
+    assert len(burst.rows({"l": [None] * 100_000 + [1] * 10})) == 10  # skipped nulls are no rows
+    deep = parse("".join(f'["k{i}"]' for i in range(200)))
+    nested: object = "bottom"
+    for i in reversed(range(200)):
+        nested = {f"k{i}": nested}
+    assert compile_paths({"d": deep}).rows(nested) == [("bottom",)]  # type: ignore[arg-type]
+    many = compile_paths({f"s{i}": parse(f"a[{i}]") for i in range(300)})
+    assert many.rows({"a": list(range(300))}) == [tuple(range(300))]
+    code = "__import__('os').system('false') or ')"
+    sneaky = compile_paths({"x": parse(f"m[{json.dumps(code)}]"), "y": Path.key(code)})
+    assert code not in sneaky.source_code  # keys are bound as constants, never written into the code
+    assert sneaky.rows({"m": {code: 1}, code: 2}) == [(1, 2)]

@@ -30,7 +30,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -352,23 +352,16 @@ def _step_index(value: object, index: int, path: Path, upto: int) -> object:
     return found
 
 
-def _entries(value: object, path: Path, upto: int) -> Iterable[tuple[object, object]]:
+def _a_map(value: object, path: Path, upto: int) -> dict:
     if not _is_map(value):
         raise _wrong(path, upto, "map", value)
-    return [(k, v) for k, v in value.items() if v is not None]  # type: ignore[attr-defined]
+    return value  # type: ignore[return-value]
 
 
-def _only(value: object, keys: tuple[str, ...], path: Path, upto: int) -> Iterable[tuple[object, object]]:
-    if not _is_map(value):
-        raise _wrong(path, upto, "map", value)
-    get = value.get  # type: ignore[attr-defined]
-    return [(k, get(k)) for k in keys if get(k) is not None]
-
-
-def _items(value: object, path: Path, upto: int) -> Iterable[tuple[str, object]]:
+def _a_list(value: object, path: Path, upto: int) -> list | tuple:
     if not _is_list(value):
         raise _wrong(path, upto, "list", value)
-    return [(str(i), v) for i, v in enumerate(value) if v is not None]  # type: ignore[arg-type]
+    return value  # type: ignore[return-value]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -469,7 +462,7 @@ def compile_paths(sources: Mapping[str, Path], each: Path | None = None, *, max_
                               "use a plain path in the source instead")
     gen = _Gen()
     gen.env.update(PathError=PathError, resolve=resolve, step_key=_step_key, step_index=_step_index,
-                   entries=_entries, only=_only, items=_items, MAX=max_points, EACH=each)
+                   a_map=_a_map, a_list=_a_list, MAX=max_points, EACH=each)
     gen.emit(0, "def rows(record):")
     values = {source: gen.var("s") for source in sources}
     rooted = {s: p for s, p in sources.items() if p.root or each is None}
@@ -487,17 +480,23 @@ def compile_paths(sources: Mapping[str, Path], each: Path | None = None, *, max_
             elif type(step) is Index:
                 gen.emit(indent, f"{nxt} = step_index({current}, {step.index}, EACH, {i})")
             else:
+                # Lazy loops: a hostile message costs at most max_points rows of work, plus
+                # the entries it skips (null, or yielding no row), bounded by its size.
                 key = gen.var("k")
                 if type(step) is EachItem:
-                    loop = f"items({current}, EACH, {i})"
+                    gen.emit(indent, f"for {key}, {nxt} in enumerate(a_list({current}, EACH, {i})):")
                 elif step.only is None:
-                    loop = f"entries({current}, EACH, {i})"
+                    gen.emit(indent, f"for {key}, {nxt} in a_map({current}, EACH, {i}).items():")
                 else:
-                    loop = f"only({current}, {gen.const(step.only)}, EACH, {i})"
-                gen.emit(indent, f"for {key}, {nxt} in {loop}:")
+                    table = gen.var("m")
+                    gen.emit(indent, f"{table} = a_map({current}, EACH, {i})")
+                    gen.emit(indent, f"for {key} in {gen.const(step.only)}:")
+                    gen.emit(indent + 1, f"{nxt} = {table}.get({key})")
                 indent += 1
+                gen.emit(indent, f"if {nxt} is None:")
+                gen.emit(indent + 1, "continue")
                 if step.name is not None:
-                    captured.append(key)
+                    captured.append(f"str({key})" if type(step) is EachItem else key)
             current = nxt
         for source, path in sources.items():
             if source not in rooted:

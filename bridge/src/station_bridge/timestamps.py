@@ -11,10 +11,12 @@ Formats (configured per subscription; `auto` picks the unit from the value):
 Exactness, the rule every conversion follows: the result is the value's exact rational value
 times the unit, rounded to the nearest nanosecond, ties to even.
 - integers: multiplied, exact;
-- floats: from the float's exact binary value (`float.as_integer_ratio()`), never through a
-  float product: `1700000000.123456` is the double 1700000000.1234560012817383..., which lands
-  at ...123456001 ns. (The shortest decimal a float prints as is not its value; guessing the
-  sender's decimal would be a different answer, and not an exact one.)
+- floats: from the float's exact binary value: `1700000000.123456` is the double
+  1700000000.1234560012817383..., which lands at ...123456001 ns (`round(x * 1e9)` rounds the
+  product to a double first: up to 128 ns off today). A float product is used only where it
+  provably gives the same answer (see float_to_ns); otherwise `float.as_integer_ratio()`.
+  (The shortest decimal a float prints as is not its value; guessing the sender's decimal
+  would be a different answer, and not an exact one.)
 - decimal strings and RFC 3339 fractions: integer arithmetic on the digits, never float;
 - `auto` compares the exact value with 10^11 / 10^14 / 10^17 (seconds, ms, us, else ns).
 Results outside InfluxDB's time range (1677-09-21T00:12:43.145224194Z ..
