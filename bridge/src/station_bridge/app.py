@@ -234,6 +234,10 @@ class Bridge:
                   ("bridge_mapped_messages_total", sub.key, mapped)]
         if rejected:
             counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
+        fallbacks = sub.mapper.timestamp_fallbacks
+        if fallbacks != sub.fallbacks_counted:  # with the burst that used them, not a tick later
+            counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
+            sub.fallbacks_counted = fallbacks
         return lines, raw, newest, counts
 
     def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None) -> bytes:
@@ -331,10 +335,6 @@ class Bridge:
         self.notifier.watchdog()
         for sub in self.subscriptions:
             sub.source.repair(self.metrics.inc)
-            fallbacks = sub.mapper.timestamp_fallbacks
-            if fallbacks != sub.fallbacks_counted:
-                self.metrics.inc("bridge_timestamp_fallbacks_total", fallbacks - sub.fallbacks_counted, **sub.labels)
-                sub.fallbacks_counted = fallbacks
         for sink in self.sinks:
             sink.ensure_alive()
 
@@ -416,7 +416,7 @@ class Bridge:
                 caught_up = 0 if behind else caught_up + 1
         for sub in self.subscriptions:
             sub.source.close()
-        self.housekeeping(time.monotonic())  # count the last timestamp fallbacks
+        self.housekeeping(time.monotonic())
         remaining = max(1.0, budget - (time.monotonic() - started))
         threads = [threading.Thread(target=s.stop, args=(remaining,)) for s in self.sinks]
         for t in threads:

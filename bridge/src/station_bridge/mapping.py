@@ -33,7 +33,7 @@ from .lineproto import (
     escape_tag,
     format_field_value,
 )
-from .timestamps import ReceiveClock, TimestampError, parser
+from .timestamps import MAX_NS, MIN_NS, ReceiveClock, TimestampError, parser
 
 
 class MapError(ValueError):
@@ -374,11 +374,16 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
     if mapper._time_field is None or scale is None:
         body += ["ts = slow_time(record)"]
     else:
-        # A float product that is not finite (NaN, inf, or too large) takes the general path,
-        # which refuses it as bad_timestamp.
-        body += ["s = get(TIME)", "if type(s) is float:", "    x = s * SCALE",
-                 "    ts = round(x) if x - x == 0.0 else slow_time(record)",
-                 "elif type(s) is int:", "    ts = s * SCALE", "else:", "    ts = slow_time(record)"]
+        # timestamps.float_to_ns inlined (exact: the float's own value, not a float product);
+        # NaN, infinities, values outside InfluxDB's range and products within 0.0001 of a
+        # half take the general path, which converts exactly or refuses as bad_timestamp.
+        env.update(FSCALE=float(scale), LIMIT=9.2e18 / scale, MIN_NS=MIN_NS, MAX_NS=MAX_NS)
+        body += ["s = get(TIME)", "if type(s) is float and -LIMIT < s < LIMIT:", "    i = int(s)",
+                 "    p = (s - i) * FSCALE", "    q = round(p)",
+                 "    ts = i * SCALE + q if -0.4999 < p - q < 0.4999 else slow_time(record)",
+                 "elif type(s) is int:", "    ts = s * SCALE",
+                 "    if not MIN_NS <= ts <= MAX_NS:", "        ts = slow_time(record)",
+                 "else:", "    ts = slow_time(record)"]
     # Uniqueness (see Uniqueness): the common case, a time above everything the series used,
     # inline; everything else (new series, repeats, out of order, out of range) in claim().
     body += ["times = CUR.get(series)", "if times is not None and times[-1] < ts <= TMAX:",
