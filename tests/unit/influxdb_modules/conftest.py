@@ -17,18 +17,15 @@ from typing import Any, Iterator
 import pytest
 
 ROOT = Path(__file__).resolve().parents[3]
-ROLE = ROOT / "roles" / "influxdb"
+PLUGINS = ROOT / "plugins"
 ADMIN = ("admin", "admin-pw")
 
 sys.path.insert(0, str(ROOT / "bridge" / "tests"))
-# Modules import `ansible.module_utils.influxdb1_api`, as they do inside the role.
-import ansible.module_utils  # noqa: E402
-from servers import Influxd  # noqa: E402
-
-if str(ROLE / "module_utils") not in ansible.module_utils.__path__:
-    ansible.module_utils.__path__.append(str(ROLE / "module_utils"))
-
+# Modules import `ansible_collections.station_stack.station.plugins.module_utils`: the
+# checkout's collections/ directory links the collection back to this repository.
+sys.path.insert(0, str(ROOT / "collections"))
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
+from servers import Influxd  # noqa: E402
 
 
 @dataclass
@@ -110,7 +107,7 @@ _LOADED: dict[str, Any] = {}
 
 def _module(name: str) -> Any:
     if name not in _LOADED:
-        spec = importlib.util.spec_from_file_location(f"station_stack_{name}", ROLE / "library" / f"{name}.py")
+        spec = importlib.util.spec_from_file_location(f"station_stack_{name}", PLUGINS / "modules" / f"{name}.py")
         module = importlib.util.module_from_spec(spec)
         spec.loader.exec_module(module)
         _LOADED[name] = module

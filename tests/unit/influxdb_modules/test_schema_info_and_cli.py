@@ -6,7 +6,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ADMIN, ROLE, run
+from conftest import ADMIN, ROOT, run
 
 
 def test_schema_info_reads_everything_and_changes_nothing(server):
@@ -27,7 +27,7 @@ def test_module_runs_through_the_ansible_cli_in_check_and_diff_mode(server, tmp_
     config = tmp_path / "ansible.cfg"
     config.write_text("[defaults]\n")
     ansible = Path(sys.executable).with_name("ansible")
-    env = dict(os.environ, ANSIBLE_LIBRARY=str(ROLE / "library"), ANSIBLE_MODULE_UTILS=str(ROLE / "module_utils"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(ROOT / "collections"),
                ANSIBLE_LOAD_CALLBACK_PLUGINS="true", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_CONFIG=str(config))
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
@@ -35,7 +35,7 @@ def test_module_runs_through_the_ansible_cli_in_check_and_diff_mode(server, tmp_
             f"login_username={ADMIN[0]} login_password={ADMIN[1]}")
     proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-i", "localhost,",
                            "-e", f"ansible_python_interpreter={sys.executable}",
-                           "-m", "influxdb1_database", "-a", args, "--check", "--diff"],
+                           "-m", "station_stack.station.influxdb1_database", "-a", args, "--check", "--diff"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]

@@ -42,12 +42,22 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 author: station-stack
 """
 
 EXAMPLES = r"""
 - name: Keep raw ticks for 30 days by default
-  influxdb1_retention_policy:
+  station_stack.station.influxdb1_retention_policy:
     database: tick
     name: standard
     duration: 30d
@@ -70,7 +80,7 @@ retention_policy:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import (
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
     connection_spec,
     format_duration,
     parse_duration,

@@ -12,12 +12,22 @@ short_description: Read an InfluxDB 1.x server's databases, retention policies, 
 description:
   - Read-only; used to prune objects that are not declared. Never changes anything.
 options: {}
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
 author: station-stack
 """
 
 EXAMPLES = r"""
 - name: Read the schema
-  influxdb1_schema_info:
+  station_stack.station.influxdb1_schema_info:
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
   register: schema
@@ -45,7 +55,11 @@ users:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import connection_spec, quote_ident, run_module
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    connection_spec,
+    quote_ident,
+    run_module,
+)
 
 
 def read(client):

@@ -55,12 +55,22 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 author: station-stack
 """
 
 EXAMPLES = r"""
 - name: Bootstrap the admin (also works while no admin exists yet)
-  influxdb1_user:
+  station_stack.station.influxdb1_user:
     name: admin
     password: "{{ influxdb_admin_password }}"
     admin: true
@@ -69,7 +79,7 @@ EXAMPLES = r"""
   no_log: true
 
 - name: A writer for the bridge
-  influxdb1_user:
+  station_stack.station.influxdb1_user:
     name: bridge
     password: "{{ influxdb_writer_password }}"
     grants:
@@ -92,7 +102,7 @@ bootstrapped:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import (
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
     InfluxDBClient,
     InfluxDBError,
     connection_spec,

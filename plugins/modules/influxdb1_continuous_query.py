@@ -14,7 +14,7 @@ description:
     and created again.
   - Drift is detected against the server's stored text, which InfluxDB rewrites (measurements
     qualified with database and retention policy, canonical durations and numbers, unneeded
-    quotes removed): both sides are tokenised into one canonical form and compared.
+    quotes removed), and both sides are tokenised into one canonical form and compared.
   - Measurements without a retention policy are qualified with the database's current default
     policy, as the server does when it creates the CQ.
 options:
@@ -42,12 +42,22 @@ options:
     type: str
     choices: [present, absent]
     default: present
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 author: station-stack
 """
 
 EXAMPLES = r"""
 - name: Hourly OHLC bars from raw ticks, kept in the long-term RP
-  influxdb1_continuous_query:
+  station_stack.station.influxdb1_continuous_query:
     database: tick
     name: ticks_ohlc_1h
     query: >-
@@ -72,7 +82,7 @@ server_query:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import (
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
     canonical_select,
     connection_spec,
     default_retention_policy,

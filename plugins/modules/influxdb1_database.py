@@ -22,16 +22,22 @@ options:
     type: str
     choices: [present, absent]
     default: present
-extends_documentation_fragment: []
-notes:
-  - Connection options C(login_host), C(login_port), C(login_username), C(login_password), C(ssl),
-    C(validate_certs), C(ca_path) and C(timeout) are shared by every influxdb1_* module.
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
 author: station-stack
 """
 
 EXAMPLES = r"""
 - name: Create the tick database
-  influxdb1_database:
+  station_stack.station.influxdb1_database:
     name: tick
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
@@ -46,7 +52,11 @@ queries:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import connection_spec, quote_ident, run_module
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    connection_spec,
+    quote_ident,
+    run_module,
+)
 
 
 def ensure(module, client):
