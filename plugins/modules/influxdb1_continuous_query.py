@@ -52,7 +52,7 @@ attributes:
     support: full
   platform:
     platforms: posix
-author: station-stack
+author: station-stack contributors (@station-stack)
 """
 
 EXAMPLES = r"""

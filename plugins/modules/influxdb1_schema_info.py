@@ -22,7 +22,7 @@ attributes:
     support: none
   platform:
     platforms: posix
-author: station-stack
+author: station-stack contributors (@station-stack)
 """
 
 EXAMPLES = r"""

@@ -1,8 +1,14 @@
-"""Real influxd servers for the influxdb1_* module tests, and an in-process module runner."""
+"""Real influxd servers for the influxdb1_* module tests, and an in-process module runner.
+
+Run by `ansible-test units` (tests/ansible-test.sh units, from a copy of the collection under
+.cache/ansible-test) and also importable by plain pytest from the checkout.
+"""
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import importlib
 import importlib.util
 import io
 import json
@@ -12,20 +18,33 @@ import urllib.parse
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any, Callable, Iterator
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[3]
-PLUGINS = ROOT / "plugins"
+
+def _checkout() -> Path:
+    """The repository: the first parent with galaxy.yml and the bridge (a copy has no bridge)."""
+    for parent in Path(__file__).resolve().parents:
+        if (parent / "galaxy.yml").is_file() and (parent / "bridge").is_dir():
+            return parent
+    raise RuntimeError("cannot find the station-stack checkout above %s" % __file__)
+
+
+ROOT = _checkout()
 ADMIN = ("admin", "admin-pw")
 
-sys.path.insert(0, str(ROOT / "bridge" / "tests"))
-# Modules import `ansible_collections.station_stack.station.plugins.module_utils`: the
-# checkout's collections/ directory links the collection back to this repository.
-sys.path.insert(0, str(ROOT / "collections"))
+if importlib.util.find_spec("ansible_collections.station_stack") is None:
+    # Plain pytest from the checkout (ansible-test's collection loader is not there): its
+    # collections/ directory links the collection back to the checkout.
+    sys.path.insert(0, str(ROOT / "collections"))
+
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
-from servers import Influxd  # noqa: E402
+
+sys.path.insert(0, str(ROOT / "bridge" / "tests"))
+from servers import Influxd  # noqa: E402  (one influxd launcher for every suite)
+
+MODULES = "ansible_collections.station_stack.station.plugins.modules."
 
 
 @dataclass
@@ -33,13 +52,13 @@ class Server:
     port: int
     auth: bool
     influxd: Influxd
+    admin: tuple[str, str] = ADMIN
 
     def http(self, path: str, params: dict[str, str], auth: tuple[str, str] | None = ADMIN,
              body: bytes | None = None) -> tuple[int, Any]:
         url = f"http://127.0.0.1:{self.port}{path}?{urllib.parse.urlencode(params)}"
         request = urllib.request.Request(url, data=body or b"", method="POST")
         if auth and self.auth:
-            import base64
             request.add_header("Authorization", "Basic " + base64.b64encode(":".join(auth).encode()).decode())
         try:
             with urllib.request.urlopen(request, timeout=10) as response:
@@ -50,7 +69,7 @@ class Server:
 
     def query(self, q: str, auth: tuple[str, str] | None = ADMIN) -> list[dict[str, Any]]:
         """Rows of a statement, each with its series name under `_series`."""
-        status, payload = self.http("/query", {"q": q}, auth)
+        _status, payload = self.http("/query", {"q": q}, auth)
         result = payload["results"][0]
         assert "error" not in result, result
         rows = []
@@ -68,7 +87,6 @@ class Server:
 
 
 def _start(tmp: Path, auth: bool, create_admin: bool = True) -> Server:
-    """influxd from the bridge's test helpers: one launcher for every test suite here."""
     try:
         influxd = Influxd(tmp, auth=auth, create_admin=create_admin)
         influxd.admin = ADMIN
@@ -102,22 +120,26 @@ def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
     srv.influxd.stop()
 
 
-_LOADED: dict[str, Any] = {}
-
-
-def _module(name: str) -> Any:
-    if name not in _LOADED:
-        spec = importlib.util.spec_from_file_location(f"station_stack_{name}", PLUGINS / "modules" / f"{name}.py")
-        module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-        _LOADED[name] = module
-    return _LOADED[name]
-
-
-def run(name: str, args: dict[str, Any], check: bool = False, diff: bool = True) -> dict[str, Any]:
+def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool = True) -> dict[str, Any]:
     """Runs a module in-process as Ansible would; returns its JSON result (failed ones too)."""
+    module = importlib.import_module(MODULES + name)
     args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
     out = io.StringIO()
     with patch_module_args(args), contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-        _module(name).main()
+        module.main()
     return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="session")
+def collections_path() -> Path:
+    """A collections path that holds the collection under test (the copy ansible-test runs, or the checkout)."""
+    collection = Path(__file__).resolve().parents[1]
+    if collection.parents[1].name == "ansible_collections":
+        return collection.parents[2]
+    return ROOT / "collections"
+
+
+@pytest.fixture(scope="session")
+def run() -> Callable[..., dict[str, Any]]:
+    """run(module_name, args, check=False, diff=True) -> the module's result."""
+    return run_module

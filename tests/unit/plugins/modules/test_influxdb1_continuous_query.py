@@ -1,5 +1,4 @@
 import pytest
-from conftest import run
 
 REALISTIC = {
     "ohlc": ("SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close, "
@@ -23,7 +22,7 @@ REALISTIC = {
 
 
 @pytest.fixture(scope="module")
-def db(server):
+def db(run, server):
     run("influxdb1_database", server.login(name="cqdb"))
     for name, duration, default in (("standard", "30d", True), ("long_term", "365d", False),
                                     ("my rp", "1h", False)):
@@ -46,7 +45,7 @@ def cq(server, db, name, query, every=None, for_=None, **kw):
 
 
 @pytest.mark.parametrize("name", sorted(REALISTIC))
-def test_realistic_cq_is_created_then_idempotent(server, db, name):
+def test_realistic_cq_is_created_then_idempotent(run, server, db, name):
     query, every, for_ = REALISTIC[name]
     first = run("influxdb1_continuous_query", cq(server, db, name, query, every, for_))
     assert first["changed"], first
@@ -56,7 +55,7 @@ def test_realistic_cq_is_created_then_idempotent(server, db, name):
     assert second["queries"] == []
 
 
-def test_changed_query_is_dropped_and_recreated(server, db):
+def test_changed_query_is_dropped_and_recreated(run, server, db):
     base = "SELECT mean(bid) AS bid INTO long_term.drift FROM ticks GROUP BY time(1h)"
     run("influxdb1_continuous_query", cq(server, db, "drift", base))
     changed = base.replace("mean(bid)", "median(bid)")
@@ -68,7 +67,7 @@ def test_changed_query_is_dropped_and_recreated(server, db):
 
 
 @pytest.mark.parametrize("change", ["number", "group_by", "resample", "into"])
-def test_every_kind_of_drift_is_detected(server, db, change):
+def test_every_kind_of_drift_is_detected(run, server, db, change):
     base = ("SELECT mean(bid) * 2 AS b INTO long_term.kinds FROM ticks GROUP BY time(1h)", None, "2h")
     name = f"kind_{change}"
     run("influxdb1_continuous_query", cq(server, db, name, *base))
@@ -84,7 +83,7 @@ def test_every_kind_of_drift_is_detected(server, db, change):
     assert run("influxdb1_continuous_query", cq(server, db, name, query, every, for_))["changed"]
 
 
-def test_check_mode_reports_drift_and_leaves_server(server, db):
+def test_check_mode_reports_drift_and_leaves_server(run, server, db):
     run("influxdb1_continuous_query", cq(server, db, "chk", "SELECT max(v) INTO long_term.c FROM t GROUP BY time(1h)"))
     before = stored(server, db)
     result = run("influxdb1_continuous_query",
@@ -93,7 +92,7 @@ def test_check_mode_reports_drift_and_leaves_server(server, db):
     assert stored(server, db) == before
 
 
-def test_bad_target_fails_and_keeps_the_existing_cq(server, db):
+def test_bad_target_fails_and_keeps_the_existing_cq(run, server, db):
     good = "SELECT max(v) INTO long_term.keep FROM t GROUP BY time(1h)"
     run("influxdb1_continuous_query", cq(server, db, "keep", good))
     result = run("influxdb1_continuous_query",
@@ -103,12 +102,12 @@ def test_bad_target_fails_and_keeps_the_existing_cq(server, db):
     assert not any("probe" in name for name in stored(server, db))
 
 
-def test_not_a_select_fails_clearly(server, db):
+def test_not_a_select_fails_clearly(run, server, db):
     result = run("influxdb1_continuous_query", cq(server, db, "x", "CREATE CONTINUOUS QUERY x ON cqdb BEGIN END"))
     assert result["failed"] and "must be a SELECT ... INTO" in result["msg"]
 
 
-def test_absent(server, db):
+def test_absent(run, server, db):
     run("influxdb1_continuous_query", cq(server, db, "gone", "SELECT max(v) INTO long_term.g FROM t GROUP BY time(1h)"))
     result = run("influxdb1_continuous_query", server.login(database=db, name="gone", state="absent"))
     assert result["changed"] and "gone" not in stored(server, db)
