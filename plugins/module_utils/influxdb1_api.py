@@ -1,17 +1,26 @@
 # -*- coding: utf-8 -*-
-# Shared by the influxdb1_* modules: connection options, InfluxQL over HTTP,
-# quoting, durations, and the server's normalised continuous query text.
-# Only the standard library and ansible.module_utils: stations need no client library.
+# Copyright: station-stack contributors
+# Apache License 2.0 (see LICENSE)
+"""Shared by the influxdb1_* modules: connection options, InfluxQL over HTTP, quoting, and the
+read -> plan -> apply cycle every module follows.
+
+A module reads the server's current state (I/O), hands it with the declared state to a pure
+`plan()` that returns a Plan (the statements that close the gap, the state before and the state
+after), and applies the Plan unless in check mode. Check mode, diff and `changed` all come from
+the Plan, so `--check --diff` shows exactly what a real run does.
+
+Only the standard library and ansible.module_utils: stations need no client library.
+"""
 
 from __future__ import annotations
 
 import json
-import re
 
 from ansible.module_utils.six.moves.urllib.error import HTTPError, URLError
 from ansible.module_utils.six.moves.urllib.parse import urlencode
 from ansible.module_utils.urls import open_url
 
+# Documented once, in the doc fragment station_stack.station.influxdb1.
 CONNECTION_ARGS = dict(
     login_host=dict(type="str", default="localhost"),
     login_port=dict(type="int", default=8086),
@@ -44,11 +53,14 @@ class InfluxDBError(Exception):
         self.status = status
 
 
+class PlanError(Exception):
+    """The declared state cannot be reached (refused before any change); the message says why."""
+
+
 class InfluxDBClient:
     """InfluxQL over the 1.x HTTP API (`POST /query`)."""
 
-    def __init__(self, module, username=None, password=None):
-        params = module.params
+    def __init__(self, params, username=None, password=None):
         self.base_url = "%s://%s:%d" % (
             "https" if params["ssl"] else "http", params["login_host"], params["login_port"])
         self.username = params["login_username"] if username is None else username
@@ -69,7 +81,8 @@ class InfluxDBClient:
         )
         if self.ca_path:
             kwargs["ca_path"] = self.ca_path
-        if credentials and self.username:
+        authenticated = credentials and bool(self.username)
+        if authenticated:
             kwargs.update(url_username=self.username, url_password=self.password or "",
                           force_basic_auth=True)
         try:
@@ -82,11 +95,15 @@ class InfluxDBClient:
         try:
             payload = json.loads(body.decode("utf-8") or "{}")
         except ValueError as exc:
-            raise InfluxDBError("InfluxDB answered HTTP %d with a body that is not JSON" % status, status) from exc
+            raise InfluxDBError("InfluxDB at %s answered HTTP %d with a body that is not JSON"
+                                % (self.base_url, status), status) from exc
+        if status == 401 and authenticated:
+            raise InfluxDBError("InfluxDB at %s refused the credentials of login_username %r (%s)"
+                                % (self.base_url, self.username, payload.get("error", "HTTP 401")), status)
         if "error" in payload:
             raise InfluxDBError(payload["error"], status)
         if status >= 300:
-            raise InfluxDBError("InfluxDB answered HTTP %d" % status, status)
+            raise InfluxDBError("InfluxDB at %s answered HTTP %d" % (self.base_url, status), status)
         result = (payload.get("results") or [{}])[0]
         if "error" in result:
             raise InfluxDBError(result["error"], status)
@@ -102,42 +119,120 @@ class InfluxDBClient:
                 out.append(row)
         return out
 
-    def admin_exists(self):
-        """False while auth is on and no admin exists (the bootstrap window)."""
+    def auth_state(self):
+        """'off' (auth disabled), 'bootstrap' (auth on, no admin yet) or 'on'."""
         try:
             self.query("SHOW DATABASES", credentials=False)
         except InfluxDBError as exc:
             if NO_ADMIN_MESSAGE in exc.message:
-                return False
-            if exc.status == 401:
-                return True
-            raise
-        return True  # auth off: nothing to bootstrap
-
-    def auth_enabled(self):
-        try:
-            self.query("SHOW DATABASES", credentials=False)
-        except InfluxDBError as exc:
+                return "bootstrap"
             if exc.status in (401, 403):
-                return True
+                return "on"
             raise
-        return False
+        return "off"
 
     def databases(self):
         return [row["name"] for row in self.rows("SHOW DATABASES")]
 
+    def default_retention_policy(self, database):
+        for row in self.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(database)):
+            if row.get("default"):
+                return row["name"]
+        return "autogen"
 
-def run_module(module, action):
-    """Calls action(client); turns InfluxDB errors into fail_json with the server's message."""
+
+# --- the plan ------------------------------------------------------------------------
+
+
+class Change:
+    """One statement of a plan; `shown` is what results and logs display (passwords masked)."""
+
+    __slots__ = ("statement", "shown", "credentials")
+
+    def __init__(self, statement, shown=None, credentials=True):
+        self.statement = statement
+        self.shown = shown or statement
+        self.credentials = credentials
+
+    def __repr__(self):
+        return "Change(%r)" % self.shown
+
+    def __eq__(self, other):
+        return isinstance(other, Change) and (self.statement, self.credentials) == (other.statement, other.credentials)
+
+    def __hash__(self):
+        return hash((self.statement, self.credentials))
+
+
+class Plan:
+    """What differs between the declared and the current state, and the statements that close the gap.
+
+    before/after are the object as it is and as it will be (the diff); `result` holds the
+    module's own return values; `warnings` are shown by the module.
+    """
+
+    def __init__(self, before=None, after=None):
+        self.changes = []
+        self.checks = []  # statements run (and undone) before the changes, to validate them
+        self.before = before if before is not None else {}
+        self.after = after if after is not None else {}
+        self.result = {}
+        self.warnings = []
+
+    def add(self, statement, shown=None, credentials=True):
+        self.changes.append(Change(statement, shown, credentials))
+        return self
+
+    def check(self, statement):
+        """A statement run before the changes to prove the server accepts them (not a change itself)."""
+        self.checks.append(Change(statement))
+        return self
+
+    @property
+    def changed(self):
+        return bool(self.changes)
+
+    @property
+    def queries(self):
+        return [change.shown for change in self.changes]
+
+    def output(self, diff):
+        out = dict(changed=self.changed, queries=self.queries)
+        out.update(self.result)
+        if diff:
+            out["diff"] = dict(before=self.before, after=self.after)
+        return out
+
+
+def apply(client, plan):
+    """Runs the plan's checks, then its statements, in order; a refused one fails naming the statement."""
+    for change in plan.checks + plan.changes:
+        try:
+            client.query(change.statement, credentials=change.credentials)
+        except InfluxDBError as exc:
+            raise InfluxDBError("InfluxDB refused `%s`: %s" % (change.shown, exc.message), exc.status) from exc
+
+
+def run(module, read, make_plan, apply_plan=apply):
+    """The modules' cycle: have = read(client) (I/O); plan = make_plan(have) (pure); apply unless check mode.
+
+    A PlanError or an InfluxDB error ends in fail_json with the reason, before any change for the former.
+    """
     try:
-        module.exit_json(**action(InfluxDBClient(module)))
+        client = InfluxDBClient(module.params)
+        plan = make_plan(read(client))
+        if plan.changed and not module.check_mode:
+            apply_plan(client, plan)
+    except PlanError as exc:
+        module.fail_json(msg=str(exc))
     except InfluxDBError as exc:
         module.fail_json(msg=exc.message, status=exc.status)
+    for warning in plan.warnings:
+        module.warn(warning)
+    module.exit_json(**plan.output(module._diff))
 
 
 # --- quoting ---------------------------------------------------------------------
-
-_BARE_IDENT = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 
 
 def quote_ident(name):
@@ -148,201 +243,3 @@ def quote_ident(name):
 def quote_string(value):
     """Single-quoted InfluxQL string literal (passwords)."""
     return "'%s'" % value.replace("\\", "\\\\").replace("'", "\\'")
-
-
-# --- durations ----------------------------------------------------------------------
-
-_UNIT_NS = {
-    "ns": 1, "u": 10**3, "µ": 10**3, "us": 10**3, "ms": 10**6, "s": 10**9,
-    "m": 60 * 10**9, "h": 3600 * 10**9, "d": 86400 * 10**9, "w": 7 * 86400 * 10**9,
-}
-_DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)(ns|us|µs|u|µ|ms|s|m|h|d|w)")
-
-
-def parse_duration(text):
-    """InfluxQL (`30d`, `1h30m`, `INF`) or Go (`720h0m0s`) duration -> ns; INF/0 -> 0.
-
-    Raises ValueError for anything else, negative values included.
-    """
-    value = str(text).strip()
-    if value.upper() == "INF" or value == "0":
-        return 0
-    pos, total = 0, 0
-    for match in _DURATION_PART.finditer(value):
-        if match.start() != pos:
-            break
-        unit = match.group(2).replace("µs", "u").replace("us", "u")
-        total += int(float(match.group(1)) * _UNIT_NS[unit])
-        pos = match.end()
-    if pos != len(value) or not value:
-        raise ValueError("invalid duration %r: use InfluxQL units (ns, u, ms, s, m, h, d, w) or INF" % text)
-    return total
-
-
-def format_duration(ns):
-    """ns -> the compact InfluxQL form the server prints in queries (1h, 90m, 7d -> 168h)."""
-    if ns == 0:
-        return "0s"
-    for unit in ("w", "d", "h", "m", "s", "ms", "u", "ns"):
-        if ns % _UNIT_NS[unit] == 0:
-            # The server prints weeks and days as hours except exact weeks.
-            return "%d%s" % (ns // _UNIT_NS[unit], unit)
-    return "%dns" % ns
-
-
-# --- continuous query normalisation ------------------------------------------------------
-#
-# InfluxDB stores a CQ as `stmt.String()` of its parsed form: keywords upper case,
-# functions lower case, identifiers unquoted unless needed, floats with 3 decimals,
-# durations canonical, and every measurement qualified with database and RP. Both
-# sides are reduced to tokens in one canonical form and compared as lists.
-
-_KEYWORDS = frozenset("""
-ALL ALTER ANALYZE AND ANY AS ASC BEGIN BY CARDINALITY CONTINUOUS CREATE DATABASE
-DATABASES DEFAULT DELETE DESC DESTINATIONS DIAGNOSTICS DISTINCT DROP DURATION END EVERY
-EXACT EXPLAIN FIELD FOR FROM GRANT GRANTS GROUP GROUPS IN INF INSERT INTO KEY KEYS KILL
-LIMIT MEASUREMENT MEASUREMENTS NAME OFFSET ON OR ORDER PASSWORD POLICIES POLICY PRIVILEGES
-QUERIES QUERY READ REPLICATION RESAMPLE RETENTION REVOKE SELECT SERIES SET SHARD SHARDS
-SLIMIT SOFFSET STATS SUBSCRIPTION SUBSCRIPTIONS TAG TO USER USERS VALUES WHERE WITH WRITE
-""".split())
-
-_TOKEN = re.compile(r"""
-    (?P<ws>\s+)
-  | (?P<string>'(?:[^'\\]|\\.)*')
-  | (?P<qident>"(?:[^"\\]|\\.)*")
-  | (?P<duration>\d+(?:ns|us|µs|u|µ|ms|s|m|h|d|w)(?:\d+(?:ns|us|µs|u|µ|ms|s|m|h|d|w))*(?![A-Za-z0-9_]))
-  | (?P<number>\d+\.\d*|\.\d+|\d+)
-  | (?P<backref>:MEASUREMENT\b)
-  | (?P<ident>[A-Za-z_][A-Za-z0-9_]*)
-  | (?P<op>=~|!~|!=|<>|<=|>=|::|[=<>+\-*/%(),.;])
-  | (?P<other>.)
-""", re.VERBOSE)
-
-# After these tokens a `/` opens a regex, not a division.
-_REGEX_CONTEXT = frozenset(["=~", "!~", "FROM", ".", ","])
-
-
-def _unescape(text):
-    return re.sub(r"\\(.)", r"\1", text[1:-1])
-
-
-def tokenize_influxql(text):
-    """Tokens as (kind, value) tuples in canonical form."""
-    tokens = []
-    pos = 0
-    in_from = False
-    while pos < len(text):
-        prev = tokens[-1][1] if tokens else None
-        if text[pos] == "/" and (prev in ("=~", "!~", "FROM", ".") or (prev == "," and in_from)):
-            end = pos + 1
-            while end < len(text) and text[end] != "/":
-                end += 2 if text[end] == "\\" else 1
-            tokens.append(("regex", text[pos:end + 1]))
-            pos = end + 1
-            continue
-        match = _TOKEN.match(text, pos)
-        kind, value = match.lastgroup, match.group()
-        pos = match.end()
-        if kind == "ws":
-            continue
-        if kind == "string":
-            tokens.append(("string", _unescape(value)))
-        elif kind == "qident":
-            tokens.append(("ident", _unescape(value)))
-        elif kind == "duration":
-            tokens.append(("duration", str(parse_duration(value))))
-        elif kind == "number":
-            tokens.append(("number", ("%.3f" % float(value)) if "." in value else str(int(value))))
-        elif kind == "backref":
-            tokens.append(("ident", ":MEASUREMENT"))
-        elif kind == "ident":
-            upper = value.upper()
-            if upper in _KEYWORDS:
-                tokens.append(("kw", upper))
-                if upper == "FROM":
-                    in_from = True
-                elif upper in ("WHERE", "GROUP", "LIMIT", "OFFSET", "SLIMIT", "SOFFSET", "ORDER", "INTO"):
-                    in_from = False
-            elif text[pos:pos + 1] == "(":
-                tokens.append(("func", value.lower()))  # the server lower-cases functions
-            else:
-                tokens.append(("ident", value))
-        else:
-            tokens.append(("op", value))
-    # fill(none|null|previous|linear) arguments are printed lower case.
-    for i in range(2, len(tokens)):
-        if tokens[i - 2] == ("func", "fill") and tokens[i][0] == "ident":
-            tokens[i] = ("ident", tokens[i][1].lower())
-    return tokens
-
-
-def _qualify(tokens, database, default_rp):
-    """Qualifies measurements after INTO and FROM as database.rp.measurement."""
-    out = []
-    i = 0
-    clause = None
-    while i < len(tokens):
-        tok = tokens[i]
-        if tok[0] == "kw":
-            clause = tok[1] if tok[1] in ("INTO", "FROM") else (None if tok[1] not in ("AS",) else clause)
-            out.append(tok)
-            i += 1
-            continue
-        if clause in ("INTO", "FROM") and tok[0] in ("ident", "regex"):
-            # Collect a dotted name: a.b.c, a..c, a./re/
-            parts = [tok]
-            j = i + 1
-            while j < len(tokens) and tokens[j] == ("op", "."):
-                if j + 1 < len(tokens) and tokens[j + 1][0] in ("ident", "regex"):
-                    parts.append(tokens[j + 1])
-                    j += 2
-                elif j + 1 < len(tokens) and tokens[j + 1] == ("op", "."):
-                    parts.append(("ident", ""))  # db..measurement
-                    j += 1
-                else:
-                    break
-            names = [p[1] for p in parts]
-            if len(names) == 1:
-                names = [database, default_rp] + names
-            elif len(names) == 2:
-                names = [database] + names
-            if names[1] == "":
-                names[1] = default_rp
-            for part in names[:-1]:
-                out.extend([("ident", part), ("op", ".")])
-            out.append(parts[-1] if parts[-1][0] == "regex" else ("ident", names[-1]))
-            i = j
-            if clause == "INTO":
-                clause = None
-            continue
-        out.append(tok)
-        i += 1
-    return out
-
-
-def canonical_select(query, database, default_rp):
-    """Canonical token list of a CQ's SELECT statement."""
-    return _qualify(tokenize_influxql(query), database, default_rp)
-
-
-def parse_stored_cq(text):
-    """Splits `CREATE CONTINUOUS QUERY n ON db [RESAMPLE ...] BEGIN select END` stored by the server.
-
-    Returns (resample_every_ns, resample_for_ns, select_text).
-    """
-    match = re.match(
-        r'^CREATE CONTINUOUS QUERY (?:"(?:[^"\\]|\\.)*"|\S+) ON (?:"(?:[^"\\]|\\.)*"|\S+) '
-        r"(?:RESAMPLE(?: EVERY (?P<every>\S+))?(?: FOR (?P<for>\S+))? )?BEGIN (?P<select>.*) END$",
-        text, re.DOTALL)
-    if not match:
-        raise ValueError("unexpected continuous query text from the server: %s" % text)
-    every = parse_duration(match.group("every")) if match.group("every") else None
-    for_ = parse_duration(match.group("for")) if match.group("for") else None
-    return every, for_, match.group("select")
-
-
-def default_retention_policy(client, database):
-    for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(database)):
-        if row.get("default"):
-            return row["name"]
-    return "autogen"

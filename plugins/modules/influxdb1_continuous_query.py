@@ -14,7 +14,10 @@ description:
     and created again.
   - Drift is detected against the server's stored text, which InfluxDB rewrites (measurements
     qualified with database and retention policy, canonical durations and numbers, unneeded
-    quotes removed), and both sides are tokenised into one canonical form and compared.
+    quotes removed). Both sides are tokenised into one canonical form, compared, and shown in
+    the diff in that same form, so only real differences appear.
+  - Before a changed CQ is dropped, the new one is created and dropped under a scratch name, so
+    a query the server refuses leaves the old CQ in place.
   - Measurements without a retention policy are qualified with the database's current default
     policy, as the server does when it creates the CQ.
 options:
@@ -29,13 +32,13 @@ options:
   query:
     description:
       - The C(SELECT ... INTO ... FROM ... GROUP BY time(...)) statement, without
-        C(CREATE CONTINUOUS QUERY) or C(BEGIN)/C(END). Required when I(state=present).
+        C(CREATE CONTINUOUS QUERY) or C(BEGIN)/C(END). Required when O(state=present).
     type: str
   resample_every:
-    description: C(RESAMPLE EVERY) interval.
+    description: C(RESAMPLE EVERY) interval, any InfluxDB duration longer than 0 (C(10m), C(600s)).
     type: str
   resample_for:
-    description: C(RESAMPLE FOR) interval.
+    description: C(RESAMPLE FOR) interval, any InfluxDB duration longer than 0 (C(2h), C(120m)).
     type: str
   state:
     description: Whether the CQ exists.
@@ -81,16 +84,30 @@ server_query:
   type: str
 """
 
+import re
+
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
-    canonical_select,
+    Plan,
+    PlanError,
+    apply,
     connection_spec,
-    default_retention_policy,
-    parse_duration,
-    parse_stored_cq,
     quote_ident,
-    run_module,
+    run,
 )
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
+    DurationError,
+    format_duration,
+    parse_duration,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_influxql import (
+    canonical_select,
+    cq_statement,
+    parse_stored_cq,
+)
+
+# The scratch name a changed CQ is validated under before the old one is dropped.
+PROBE_SUFFIX = "__station_stack_probe"
 
 
 def stored_query(client, database, name):
@@ -100,70 +117,83 @@ def stored_query(client, database, name):
     return None
 
 
-def create_statement(p):
-    resample = ""
-    if p["resample_every"] or p["resample_for"]:
-        resample = "RESAMPLE"
-        if p["resample_every"]:
-            resample += " EVERY " + p["resample_every"]
-        if p["resample_for"]:
-            resample += " FOR " + p["resample_for"]
-        resample += " "
-    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (
-        quote_ident(p["name"]), quote_ident(p["database"]), resample, p["query"].strip())
-
-
-def ensure(module, client):
-    p = module.params
-    database, name = p["database"], p["name"]
+def read(client, database, name):
+    """The server's side: whether the database exists, the CQ's stored text and the default RP."""
     if database not in client.databases():
-        module.fail_json(msg="database %r does not exist: create it before its continuous query %r"
-                         % (database, name))
-    before = stored_query(client, database, name)
-    drop = "DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(name), quote_ident(database))
-    queries = []
-    if p["state"] == "absent":
-        if before:
-            queries.append(drop)
-    else:
-        query = (p["query"] or "").strip()
-        if not query.upper().startswith("SELECT") or " INTO " not in " %s " % query.upper().replace("\n", " "):
-            module.fail_json(msg="continuous query %s.%s: query must be a SELECT ... INTO ... statement "
-                                 "(without CREATE CONTINUOUS QUERY/BEGIN/END), got: %s" % (database, name, query))
+        return dict(database_exists=False, stored=None, default_rp=None)
+    return dict(database_exists=True, stored=stored_query(client, database, name),
+                default_rp=client.default_retention_policy(database))
+
+
+def create_statement(name, database, query, every=None, for_=None):
+    """The CREATE statement the module runs: the declared SELECT as written, resample durations normalised."""
+    resample = ""
+    if every or for_:
+        resample = "RESAMPLE "
+        if every:
+            resample += "EVERY %s " % format_duration(every)
+        if for_:
+            resample += "FOR %s " % format_duration(for_)
+    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (
+        quote_ident(name), quote_ident(database), resample, query)
+
+
+def _resample(value, option, label):
+    if value is None or value == "":
+        return None
+    try:
+        ns = parse_duration(value)
+    except DurationError as exc:
+        raise PlanError("%s: %s %s" % (label, option, exc)) from exc
+    if ns == 0:
+        raise PlanError("%s: %s must be longer than 0 (omit it for the server's default)" % (label, option))
+    return ns
+
+
+def plan(want, have):
+    """Pure: DROP and/or CREATE that make the server's CQ equal to the declared one.
+
+    Both sides are compared and shown (diff) in the same canonical form, so quoting, keyword
+    case, qualification with database and default RP, and duration spellings never count as a
+    difference. Raises PlanError for a declaration that cannot be a CQ, before anything runs.
+    """
+    database, name = want["database"], want["name"]
+    label = "continuous query %s.%s" % (database, name)
+    if not have["database_exists"]:
+        raise PlanError("database %r does not exist: create it before its continuous query %r" % (database, name))
+    stored, default_rp = have["stored"], have["default_rp"]
+    before_text = ""
+    if stored:
         try:
-            every = parse_duration(p["resample_every"]) if p["resample_every"] else None
-            for_ = parse_duration(p["resample_for"]) if p["resample_for"] else None
+            s_every, s_for, s_select = parse_stored_cq(stored)
         except ValueError as exc:
-            module.fail_json(msg="continuous query %s.%s: %s" % (database, name, exc))
-        same = False
-        if before:
-            stored_every, stored_for, stored_select = parse_stored_cq(before)
-            default_rp = default_retention_policy(client, database)
-            same = ((stored_every, stored_for) == (every, for_)
-                    and canonical_select(stored_select, database, default_rp)
-                    == canonical_select(query, database, default_rp))
-        if not same:
-            queries = ([drop] if before else []) + [create_statement(p)]
+            raise PlanError("%s: %s" % (label, exc)) from exc
+        before_text = cq_statement(name, database, canonical_select(s_select, database, default_rp), s_every, s_for)
+    drop = "DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(name), quote_ident(database))
 
-    after = before
-    if not module.check_mode and queries:
-        if before and p["state"] == "present":
-            # Validate on a scratch name first, so a bad query never leaves the CQ dropped.
-            probe = dict(p, name="%s__station_stack_probe" % name)
-            client.query(create_statement(probe))
-            client.query("DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(probe["name"]), quote_ident(database)))
-        for statement in queries:
-            client.query(statement)
-        after = stored_query(client, database, name)
-    elif queries:
-        after = None if p["state"] == "absent" else create_statement(p)
+    if want["state"] == "absent":
+        result = Plan(before=before_text + "\n" if stored else "", after="")
+        if stored:
+            result.add(drop)
+        return result
 
-    result = dict(changed=bool(queries), queries=queries)
-    if after:
-        result["server_query"] = after
-    if module._diff:
-        result["diff"] = dict(before=(before + "\n") if before else "",
-                              after=(after + "\n") if after and p["state"] == "present" else "")
+    query = (want.get("query") or "").strip()
+    if not re.match(r"(?i)^SELECT\b", query) or not re.search(r"(?i)\bINTO\b", query):
+        raise PlanError("%s: query must be a SELECT ... INTO ... statement (without CREATE CONTINUOUS QUERY/"
+                        "BEGIN/END), got: %s" % (label, query))
+    every = _resample(want.get("resample_every"), "resample_every", label)
+    for_ = _resample(want.get("resample_for"), "resample_for", label)
+    after_text = cq_statement(name, database, canonical_select(query, database, default_rp), every, for_)
+    result = Plan(before=before_text + "\n" if stored else "", after=after_text + "\n")
+    if after_text != before_text:
+        if stored:
+            # A CQ cannot be altered. Validate the new one under a scratch name first, so a
+            # query the server refuses never leaves the old CQ dropped.
+            probe = name + PROBE_SUFFIX
+            result.check(create_statement(probe, database, query, every, for_))
+            result.check("DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(probe), quote_ident(database)))
+            result.add(drop)
+        result.add(create_statement(name, database, query, every, for_))
     return result
 
 
@@ -180,7 +210,23 @@ def main():
         required_if=[("state", "present", ["query"])],
         supports_check_mode=True,
     )
-    run_module(module, lambda client: ensure(module, client))
+    params = module.params
+
+    def make_plan(have):
+        result = plan(params, have)
+        if have["stored"]:
+            result.result["server_query"] = have["stored"]
+        return result
+
+    def apply_plan(client, result):
+        apply(client, result)
+        # The server's own text after the change (it rewrites what it was given).
+        result.result.pop("server_query", None)
+        stored = stored_query(client, params["database"], params["name"])
+        if stored:
+            result.result["server_query"] = stored
+
+    run(module, lambda client: read(client, params["database"], params["name"]), make_plan, apply_plan)
 
 
 if __name__ == "__main__":

@@ -105,13 +105,16 @@ from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
     InfluxDBClient,
     InfluxDBError,
+    Plan,
+    PlanError,
     connection_spec,
     quote_ident,
     quote_string,
-    run_module,
+    run,
 )
 
 PRIVILEGE_NAMES = {"READ": "READ", "WRITE": "WRITE", "ALL PRIVILEGES": "ALL", "ALL": "ALL"}
+MASKED = "'********'"
 
 
 def current_user(client, name):
@@ -126,9 +129,10 @@ def current_user(client, name):
     return None
 
 
-def password_works(module, name, password):
+def password_works(params, name, password):
+    """Logs in as the user: True when InfluxDB accepts the password."""
     try:
-        InfluxDBClient(module, username=name, password=password).query("SHOW DATABASES")
+        InfluxDBClient(params, username=name, password=password).query("SHOW DATABASES")
     except InfluxDBError as exc:
         if exc.status == 401:
             return False
@@ -138,93 +142,89 @@ def password_works(module, name, password):
     return True
 
 
-class Plan:
-    """Statements to run; the masked copy is what the module returns."""
+def read(client, params):
+    """The server's side: its auth state, the user, the databases and whether the password works.
 
-    def __init__(self):
-        self.statements, self.shown = [], []
+    `password_ok` is None when it is not asked (no password, on_create) or cannot be known (auth off).
+    """
+    auth = client.auth_state()
+    if auth == "bootstrap":
+        return dict(auth=auth, user=None, databases=[], password_ok=None)
+    user = current_user(client, params["name"])
+    password_ok = None
+    if user and params["password"] and params["update_password"] == "always" and auth == "on":
+        password_ok = password_works(params, params["name"], params["password"])
+    return dict(auth=auth, user=user, databases=client.databases(), password_ok=password_ok)
 
-    def add(self, statement, shown=None):
-        self.statements.append(statement)
-        self.shown.append(shown or statement)
 
+def plan(want, have):
+    """Pure: the statements that give the user the declared password, admin flag and grants.
 
-def ensure(module, client):
-    p = module.params
-    name = p["name"]
+    Grants are authoritative. Passwords appear in the statements but never in what is shown.
+    Raises PlanError for a declaration that cannot be applied, before anything runs.
+    """
+    name = want["name"]
     qname = quote_ident(name)
-    plan = Plan()
-    masked = "'********'"
 
-    if not client.admin_exists():
-        # Bootstrap window: only the first admin may be created, unauthenticated.
-        if p["state"] == "absent":
-            return dict(changed=False, queries=[], bootstrapped=False)
-        if not p["admin"]:
-            module.fail_json(msg="InfluxDB has auth enabled and no admin user yet: create the admin "
-                                 "(admin: true) before %r" % name)
-        if not p["password"]:
-            module.fail_json(msg="user %r: password is required to create it" % name)
+    if have["auth"] == "bootstrap":
+        # Auth on and no admin yet: InfluxDB accepts exactly one statement, unauthenticated.
+        result = Plan(before={}, after={} if want["state"] == "absent" else dict(name=name, admin=True, grants={}))
+        result.result["bootstrapped"] = False
+        if want["state"] == "absent":
+            return result
+        if not want["admin"]:
+            raise PlanError("InfluxDB has auth enabled and no admin user yet: create the admin (admin: true) "
+                            "before %r" % name)
+        if not want["password"]:
+            raise PlanError("user %r: password is required to create it" % name)
         statement = "CREATE USER %s WITH PASSWORD %%s WITH ALL PRIVILEGES" % qname
-        if not module.check_mode:
-            client.query(statement % quote_string(p["password"]), credentials=False)
-        result = dict(changed=True, queries=[statement % masked], bootstrapped=True)
-        if module._diff:
-            result["diff"] = dict(before={}, after=dict(name=name, admin=True, grants={}))
+        result.add(statement % quote_string(want["password"]), statement % MASKED, credentials=False)
+        result.result["bootstrapped"] = True
         return result
 
-    before = current_user(client, name)
-    after = None
-    warnings = []
-    if p["state"] == "absent":
+    before = have["user"]
+    result = Plan(before=dict(before) if before else {})
+    result.result["bootstrapped"] = False
+    if want["state"] == "absent":
         if before:
-            plan.add("DROP USER %s" % qname)
-    else:
-        wanted = {}
-        for grant in p["grants"]:
-            wanted[grant["database"]] = grant["privilege"].upper()
-        after = dict(name=name, admin=p["admin"], grants=wanted if not p["admin"] else {})
-        if not before:
-            if not p["password"]:
-                module.fail_json(msg="user %r: password is required to create it" % name)
-            statement = "CREATE USER %s WITH PASSWORD %%s%s" % (qname, " WITH ALL PRIVILEGES" if p["admin"] else "")
-            plan.add(statement % quote_string(p["password"]), statement % masked)
-            current_grants = {}
-        else:
-            current_grants = before["grants"]
-            if p["password"] and p["update_password"] == "always":
-                if client.auth_enabled():
-                    if not password_works(module, name, p["password"]):
-                        plan.add("SET PASSWORD FOR %s = %s" % (qname, quote_string(p["password"])),
-                                 "SET PASSWORD FOR %s = %s" % (qname, masked))
-                        after["password"] = "changed"
-                else:
-                    warnings.append("auth is disabled on the server, so the password of %r cannot be "
-                                    "verified: it is only set when the user is created" % name)
-            if before["admin"] and not p["admin"]:
-                plan.add("REVOKE ALL PRIVILEGES FROM %s" % qname)
-            elif p["admin"] and not before["admin"]:
-                plan.add("GRANT ALL PRIVILEGES TO %s" % qname)
-        if not p["admin"]:
-            databases = set(client.databases())
-            for database, privilege in sorted(wanted.items()):
-                if database not in databases:
-                    module.fail_json(msg="user %r: grant on database %r, which does not exist" % (name, database))
-                if current_grants.get(database) != privilege:
-                    if current_grants.get(database):
-                        plan.add("REVOKE ALL ON %s FROM %s" % (quote_ident(database), qname))
-                    plan.add("GRANT %s ON %s TO %s" % (privilege, quote_ident(database), qname))
-            for database in sorted(set(current_grants) - set(wanted)):
-                plan.add("REVOKE ALL ON %s FROM %s" % (quote_ident(database), qname))
+            result.add("DROP USER %s" % qname)
+        return result
 
-    if not module.check_mode:
-        for statement in plan.statements:
-            client.query(statement)
-    result = dict(changed=bool(plan.statements), queries=plan.shown, bootstrapped=False)
-    for warning in warnings:
-        module.warn(warning)
-    if module._diff:
-        result["diff"] = dict(before=before or {}, after=after or {})
+    wanted = {} if want["admin"] else {g["database"]: g["privilege"].upper() for g in want["grants"] or []}
+    missing = sorted(set(wanted) - set(have["databases"]))
+    if missing:
+        raise PlanError("user %r: grant on database %s, which does not exist"
+                        % (name, ", ".join(repr(database) for database in missing)))
+    after = dict(name=name, admin=want["admin"], grants=wanted)
+    if not before:
+        if not want["password"]:
+            raise PlanError("user %r: password is required to create it" % name)
+        statement = "CREATE USER %s WITH PASSWORD %%s%s" % (qname, " WITH ALL PRIVILEGES" if want["admin"] else "")
+        result.add(statement % quote_string(want["password"]), statement % MASKED)
+        current_grants = {}
+    else:
+        current_grants = before["grants"]
+        if want["password"] and want["update_password"] == "always":
+            if have["auth"] == "off":
+                result.warnings.append("auth is disabled on the server, so the password of %r cannot be verified: "
+                                       "it is only set when the user is created" % name)
+            elif have["password_ok"] is False:
+                statement = "SET PASSWORD FOR %s = %%s" % qname
+                result.add(statement % quote_string(want["password"]), statement % MASKED)
+                after["password"] = "changed"
+        if before["admin"] and not want["admin"]:
+            result.add("REVOKE ALL PRIVILEGES FROM %s" % qname)
+        elif want["admin"] and not before["admin"]:
+            result.add("GRANT ALL PRIVILEGES TO %s" % qname)
+    if not want["admin"]:
+        for database, privilege in sorted(wanted.items()):
+            if current_grants.get(database) != privilege:
+                if current_grants.get(database):
+                    result.add("REVOKE ALL ON %s FROM %s" % (quote_ident(database), qname))
+                result.add("GRANT %s ON %s TO %s" % (privilege, quote_ident(database), qname))
+        for database in sorted(set(current_grants) - set(wanted)):
+            result.add("REVOKE ALL ON %s FROM %s" % (quote_ident(database), qname))
+    result.after = after
     return result
 
 
@@ -238,12 +238,13 @@ def main():
                 database=dict(type="str", required=True),
                 privilege=dict(type="str", required=True, choices=["READ", "WRITE", "ALL"]),
             )),
-            update_password=dict(type="str", default="always", choices=["always", "on_create"]),
+            update_password=dict(type="str", default="always", choices=["always", "on_create"], no_log=False),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         supports_check_mode=True,
     )
-    run_module(module, lambda client: ensure(module, client))
+    params = module.params
+    run(module, lambda client: read(client, params), lambda have: plan(params, have))
 
 
 if __name__ == "__main__":

@@ -6,13 +6,16 @@ Run by `ansible-test units` (tests/ansible-test.sh units, from a copy of the col
 
 from __future__ import annotations
 
+import atexit
 import base64
 import contextlib
 import importlib
 import importlib.util
 import io
 import json
+import shutil
 import sys
+import tempfile
 import urllib.error
 import urllib.parse
 import urllib.request
@@ -39,6 +42,7 @@ if importlib.util.find_spec("ansible_collections.station_stack") is None:
     # collections/ directory links the collection back to the checkout.
     sys.path.insert(0, str(ROOT / "collections"))
 
+from ansible.module_utils import _internal  # noqa: E402
 from ansible.module_utils.testing import patch_module_args  # noqa: E402
 
 sys.path.insert(0, str(ROOT / "bridge" / "tests"))
@@ -96,26 +100,51 @@ def _start(tmp: Path, auth: bool, create_admin: bool = True) -> Server:
     return Server(influxd.port, auth, influxd)
 
 
+# The long-lived servers start once per pytest process, in the process that collects the tests,
+# before any test runs: ansible-test units runs every test in a fork of its own, where a
+# session fixture would start (and leak) one influxd per test.
+_SHARED: dict[str, Server] = {}
+_SHARED_DIRS: list[Path] = []
+_SHARED_KINDS = {"server": True, "open_server": False}  # fixture name -> auth
+
+
+def pytest_collection_finish(session: pytest.Session) -> None:
+    wanted = {name for item in session.items for name in getattr(item, "fixturenames", ())}
+    base = Path(tempfile.mkdtemp(prefix="station-stack-influxd-"))
+    _SHARED_DIRS.append(base)
+    for name, auth in _SHARED_KINDS.items():
+        if name in wanted and name not in _SHARED:
+            _SHARED[name] = _start(base / name, auth=auth)
+
+
+@atexit.register
+def _stop_shared() -> None:
+    while _SHARED:
+        _SHARED.popitem()[1].influxd.stop()
+    while _SHARED_DIRS:
+        shutil.rmtree(_SHARED_DIRS.pop(), ignore_errors=True)
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    _stop_shared()
+
+
 @pytest.fixture(scope="session")
-def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Auth on, admin already created: the steady state of a station."""
-    srv = _start(tmp_path_factory.mktemp("influxd-auth"), auth=True)
-    yield srv
-    srv.influxd.stop()
+def server() -> Server:
+    """Auth on, admin already created: the steady state of a station (shared by the session's tests)."""
+    return _SHARED["server"]
+
+
+@pytest.fixture(scope="session")
+def open_server() -> Server:
+    """Auth off (shared by the session's tests)."""
+    return _SHARED["open_server"]
 
 
 @pytest.fixture()
 def fresh_server(tmp_path: Path) -> Iterator[Server]:
-    """Auth on and no user at all: a station right after install."""
+    """Auth on and no user at all: a station right after install (one per test)."""
     srv = _start(tmp_path, auth=True, create_admin=False)
-    yield srv
-    srv.influxd.stop()
-
-
-@pytest.fixture(scope="session")
-def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Server]:
-    """Auth off."""
-    srv = _start(tmp_path_factory.mktemp("influxd-open"), auth=False)
     yield srv
     srv.influxd.stop()
 
@@ -125,8 +154,14 @@ def run_module(name: str, args: dict[str, Any], check: bool = False, diff: bool 
     module = importlib.import_module(MODULES + name)
     args = dict(args, _ansible_check_mode=check, _ansible_diff=diff)
     out = io.StringIO()
-    with patch_module_args(args), contextlib.redirect_stdout(out), pytest.raises(SystemExit):
-        module.main()
+    # A module runs in its own process, never beside controller code: when controller code was
+    # imported by another test in this process, module warnings would go to the controller's display.
+    controller, _internal.is_controller = _internal.is_controller, False
+    try:
+        with patch_module_args(args), contextlib.redirect_stdout(out), pytest.raises(SystemExit):
+            module.main()
+    finally:
+        _internal.is_controller = controller
     return json.loads(out.getvalue())
 
 

@@ -112,3 +112,35 @@ def test_absent(run, server, db):
     result = run("influxdb1_continuous_query", server.login(database=db, name="gone", state="absent"))
     assert result["changed"] and "gone" not in stored(server, db)
     assert run("influxdb1_continuous_query", server.login(database=db, name="gone", state="absent"))["changed"] is False
+
+
+# Per case, one real change written the operator's way, and how it reads in the canonical text.
+CHANGES = {
+    "ohlc": ("sum(volume) AS volume", "SUM(volume) AS vol", "sum(volume) AS volume", "sum(volume) AS vol"),
+    "unqualified_from_where_fill": ("MEAN(bid)", "median(bid)", "mean(bid)", "median(bid)"),
+    "regex_backreference_offset": ('AS "n"', 'AS "m"', "AS n", "AS m"),
+    "quoted_names_arithmetic_regex_where": ("* 2 +", "* 3 +", "* 2 +", "* 3 +"),
+    "several_sources_tz": ("Europe/Paris", "Europe/Berlin", "Europe/Paris", "Europe/Berlin"),
+    "escaped_string": ("last(v)", "FIRST(v)", "last(v)", "first(v)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REALISTIC))
+def test_check_diff_compares_normalised_texts_on_both_sides(run, server, db, name):
+    """--check --diff of a real change shows that change and nothing else (issue 13): the server's
+    stored text and the declared statement are normalised the same way."""
+    query, every, for_ = REALISTIC[name]
+    cq_name = "diff_" + name
+    created = run("influxdb1_continuous_query", cq(server, db, cq_name, query, every, for_))
+    assert created["changed"] and created["diff"]["before"] == ""
+    unchanged = run("influxdb1_continuous_query", cq(server, db, cq_name, query, every, for_), check=True)
+    assert unchanged["changed"] is False
+    assert unchanged["diff"]["before"] == unchanged["diff"]["after"] == created["diff"]["after"]
+    declared_old, declared_new, canonical_old, canonical_new = CHANGES[name]
+    assert declared_old in query and canonical_old in unchanged["diff"]["before"]
+    changed = run("influxdb1_continuous_query",
+                  cq(server, db, cq_name, query.replace(declared_old, declared_new), every, for_), check=True)
+    assert changed["changed"]
+    before, after = changed["diff"]["before"], changed["diff"]["after"]
+    assert before == unchanged["diff"]["before"]
+    assert after == before.replace(canonical_old, canonical_new), (before, after)

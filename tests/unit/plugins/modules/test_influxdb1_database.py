@@ -33,7 +33,9 @@ def test_name_needing_quotes(run, server):
 
 def test_wrong_credentials_fail_with_server_message(run, server):
     result = run("influxdb1_database", server.login(name="x", login_password="wrong"))
-    assert result["failed"] and result["msg"] == "authorization failed" and result["status"] == 401
+    assert result["failed"] and result["status"] == 401
+    assert result["msg"] == (f"InfluxDB at http://127.0.0.1:{server.port} refused the credentials of "
+                             "login_username 'admin' (authorization failed)")
 
 
 def test_unreachable_server_fails_clearly(run, server):

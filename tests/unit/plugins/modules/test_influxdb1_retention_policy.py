@@ -1,4 +1,9 @@
 import pytest
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
+    format_duration,
+    format_retention,
+    parse_duration,
+)
 
 
 @pytest.fixture(scope="module")
@@ -77,12 +82,18 @@ def test_missing_database_fails_clearly(run, server):
     assert result["failed"] and "database 'nope' does not exist" in result["msg"]
 
 
-@pytest.mark.parametrize("duration", ["-1d", "30 days", "1y", ""])
-def test_bad_duration_fails_before_any_change(run, server, db, duration):
+@pytest.mark.parametrize(("duration", "reason"), [
+    ("-1d", "negative durations are not allowed"),
+    ("30 days", "is not an InfluxDB duration"),
+    ("1y", "is not an InfluxDB duration"),
+    ("", "is not an InfluxDB duration"),
+    ("30m", "shorter than InfluxDB's minimum retention of 1h"),
+])
+def test_bad_duration_fails_before_any_change(run, server, db, duration, reason):
     before = policies(server, db)
     result = run("influxdb1_retention_policy", rp(server, db, name="bad", duration=duration))
     assert result["failed"]
-    assert "invalid duration" in result["msg"] or "duration is required" in result["msg"] or "missing" in result["msg"]
+    assert result["msg"].startswith(f"retention policy rpdb.bad: duration {duration!r}") and reason in result["msg"]
     assert policies(server, db) == before
 
 
@@ -91,3 +102,36 @@ def test_absent(run, server, db):
     assert run("influxdb1_retention_policy", rp(server, db, name="gone", state="absent"))["changed"]
     assert "gone" not in policies(server, db)
     assert run("influxdb1_retention_policy", rp(server, db, name="gone", state="absent"))["changed"] is False
+
+
+# Each declaration, created and then altered from every other one: the plan's `after` is what the
+# server then holds, and planning again changes nothing (the prediction check mode and diff show).
+DECLARATIONS = [
+    dict(duration="30d", shard_duration="1d"),
+    dict(duration="720h0m0s"),
+    dict(duration="4w2d", shard_duration="30m"),
+    dict(duration="INF", shard_duration="0"),
+    dict(duration="2h", shard_duration="2h", replication=1),
+    dict(duration="1h30m", shard_duration="0s", default=True),
+    dict(duration="200d"),
+]
+
+
+@pytest.mark.parametrize("first", [0, 3, 5])
+def test_plan_predicts_the_server_exactly(run, server, first):
+    database = "predict%d" % first
+    run("influxdb1_database", server.login(name=database))
+    for declared in [DECLARATIONS[first]] + DECLARATIONS:
+        args = server.login(database=database, name="p", **declared)
+        checked = run("influxdb1_retention_policy", args, check=True)
+        applied = run("influxdb1_retention_policy", args)
+        assert "failed" not in applied, applied
+        on_server = [r for r in server.query(f'SHOW RETENTION POLICIES ON "{database}"') if r["name"] == "p"][0]
+        assert applied["retention_policy"] == checked["retention_policy"] == checked["diff"]["after"]
+        predicted = applied["retention_policy"]
+        assert (predicted["duration"], predicted["shard_duration"]) == (
+            format_retention(parse_duration(on_server["duration"])),
+            format_duration(parse_duration(on_server["shardGroupDuration"])))
+        assert predicted["default"] == on_server["default"]
+        again = run("influxdb1_retention_policy", args, check=True)
+        assert again["changed"] is False and again["queries"] == [], (declared, again)
