@@ -58,9 +58,12 @@ lint: bootstrap
 	ansible-lint --profile production
 	ruff check .
 	ruff check bridge
+	tests/ansible-test.sh sanity
 
+# The collection's unit tests (module plans, durations, the modules against a real influxd)
+# run under ansible-test units, as a collection's do; the bridge's under its own pytest.
 unit: bootstrap
-	pytest tests/unit
+	tests/ansible-test.sh units --num-workers 1
 	cd bridge && pytest
 
 # Faults at operator scale (InfluxDB down 60 s, central down 150 s, SIGKILL under load, spool

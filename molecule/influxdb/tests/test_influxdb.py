@@ -22,8 +22,13 @@ def test_offline_station_installed_from_the_controllers_deb(host):
         assert not staged.exists
 
 
-def test_http_port_listening(host):
-    assert host.socket("tcp://8086").is_listening
+def test_http_port_bound_as_declared(host):
+    if host.backend.get_hostname() == "station-stack-influxdb":  # influxdb_http_bind_address: "" (central)
+        assert host.socket("tcp://0.0.0.0:8086").is_listening or host.socket("tcp://:::8086").is_listening
+    else:  # the stations' default: loopback only
+        assert host.socket("tcp://127.0.0.1:8086").is_listening
+        assert not host.socket("tcp://0.0.0.0:8086").is_listening
+        assert not host.socket("tcp://:::8086").is_listening
 
 
 def test_rpc_bound_to_loopback_only(host):

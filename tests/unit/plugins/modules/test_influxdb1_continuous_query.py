@@ -1,5 +1,4 @@
 import pytest
-from conftest import run
 
 REALISTIC = {
     "ohlc": ("SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close, "
@@ -23,7 +22,7 @@ REALISTIC = {
 
 
 @pytest.fixture(scope="module")
-def db(server):
+def db(run, server):
     run("influxdb1_database", server.login(name="cqdb"))
     for name, duration, default in (("standard", "30d", True), ("long_term", "365d", False),
                                     ("my rp", "1h", False)):
@@ -46,7 +45,7 @@ def cq(server, db, name, query, every=None, for_=None, **kw):
 
 
 @pytest.mark.parametrize("name", sorted(REALISTIC))
-def test_realistic_cq_is_created_then_idempotent(server, db, name):
+def test_realistic_cq_is_created_then_idempotent(run, server, db, name):
     query, every, for_ = REALISTIC[name]
     first = run("influxdb1_continuous_query", cq(server, db, name, query, every, for_))
     assert first["changed"], first
@@ -56,7 +55,7 @@ def test_realistic_cq_is_created_then_idempotent(server, db, name):
     assert second["queries"] == []
 
 
-def test_changed_query_is_dropped_and_recreated(server, db):
+def test_changed_query_is_dropped_and_recreated(run, server, db):
     base = "SELECT mean(bid) AS bid INTO long_term.drift FROM ticks GROUP BY time(1h)"
     run("influxdb1_continuous_query", cq(server, db, "drift", base))
     changed = base.replace("mean(bid)", "median(bid)")
@@ -68,7 +67,7 @@ def test_changed_query_is_dropped_and_recreated(server, db):
 
 
 @pytest.mark.parametrize("change", ["number", "group_by", "resample", "into"])
-def test_every_kind_of_drift_is_detected(server, db, change):
+def test_every_kind_of_drift_is_detected(run, server, db, change):
     base = ("SELECT mean(bid) * 2 AS b INTO long_term.kinds FROM ticks GROUP BY time(1h)", None, "2h")
     name = f"kind_{change}"
     run("influxdb1_continuous_query", cq(server, db, name, *base))
@@ -84,7 +83,7 @@ def test_every_kind_of_drift_is_detected(server, db, change):
     assert run("influxdb1_continuous_query", cq(server, db, name, query, every, for_))["changed"]
 
 
-def test_check_mode_reports_drift_and_leaves_server(server, db):
+def test_check_mode_reports_drift_and_leaves_server(run, server, db):
     run("influxdb1_continuous_query", cq(server, db, "chk", "SELECT max(v) INTO long_term.c FROM t GROUP BY time(1h)"))
     before = stored(server, db)
     result = run("influxdb1_continuous_query",
@@ -93,7 +92,7 @@ def test_check_mode_reports_drift_and_leaves_server(server, db):
     assert stored(server, db) == before
 
 
-def test_bad_target_fails_and_keeps_the_existing_cq(server, db):
+def test_bad_target_fails_and_keeps_the_existing_cq(run, server, db):
     good = "SELECT max(v) INTO long_term.keep FROM t GROUP BY time(1h)"
     run("influxdb1_continuous_query", cq(server, db, "keep", good))
     result = run("influxdb1_continuous_query",
@@ -103,13 +102,45 @@ def test_bad_target_fails_and_keeps_the_existing_cq(server, db):
     assert not any("probe" in name for name in stored(server, db))
 
 
-def test_not_a_select_fails_clearly(server, db):
+def test_not_a_select_fails_clearly(run, server, db):
     result = run("influxdb1_continuous_query", cq(server, db, "x", "CREATE CONTINUOUS QUERY x ON cqdb BEGIN END"))
     assert result["failed"] and "must be a SELECT ... INTO" in result["msg"]
 
 
-def test_absent(server, db):
+def test_absent(run, server, db):
     run("influxdb1_continuous_query", cq(server, db, "gone", "SELECT max(v) INTO long_term.g FROM t GROUP BY time(1h)"))
     result = run("influxdb1_continuous_query", server.login(database=db, name="gone", state="absent"))
     assert result["changed"] and "gone" not in stored(server, db)
     assert run("influxdb1_continuous_query", server.login(database=db, name="gone", state="absent"))["changed"] is False
+
+
+# Per case, one real change written the operator's way, and how it reads in the canonical text.
+CHANGES = {
+    "ohlc": ("sum(volume) AS volume", "SUM(volume) AS vol", "sum(volume) AS volume", "sum(volume) AS vol"),
+    "unqualified_from_where_fill": ("MEAN(bid)", "median(bid)", "mean(bid)", "median(bid)"),
+    "regex_backreference_offset": ('AS "n"', 'AS "m"', "AS n", "AS m"),
+    "quoted_names_arithmetic_regex_where": ("* 2 +", "* 3 +", "* 2 +", "* 3 +"),
+    "several_sources_tz": ("Europe/Paris", "Europe/Berlin", "Europe/Paris", "Europe/Berlin"),
+    "escaped_string": ("last(v)", "FIRST(v)", "last(v)", "first(v)"),
+}
+
+
+@pytest.mark.parametrize("name", sorted(REALISTIC))
+def test_check_diff_compares_normalised_texts_on_both_sides(run, server, db, name):
+    """--check --diff of a real change shows that change and nothing else (issue 13): the server's
+    stored text and the declared statement are normalised the same way."""
+    query, every, for_ = REALISTIC[name]
+    cq_name = "diff_" + name
+    created = run("influxdb1_continuous_query", cq(server, db, cq_name, query, every, for_))
+    assert created["changed"] and created["diff"]["before"] == ""
+    unchanged = run("influxdb1_continuous_query", cq(server, db, cq_name, query, every, for_), check=True)
+    assert unchanged["changed"] is False
+    assert unchanged["diff"]["before"] == unchanged["diff"]["after"] == created["diff"]["after"]
+    declared_old, declared_new, canonical_old, canonical_new = CHANGES[name]
+    assert declared_old in query and canonical_old in unchanged["diff"]["before"]
+    changed = run("influxdb1_continuous_query",
+                  cq(server, db, cq_name, query.replace(declared_old, declared_new), every, for_), check=True)
+    assert changed["changed"]
+    before, after = changed["diff"]["before"], changed["diff"]["after"]
+    assert before == unchanged["diff"]["before"]
+    assert after == before.replace(canonical_old, canonical_new), (before, after)

@@ -12,18 +12,33 @@ short_description: Read an InfluxDB 1.x server's databases, retention policies, 
 description:
   - Read-only; used to prune objects that are not declared. Never changes anything.
 options: {}
-author: station-stack
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: none
+  platform:
+    platforms: posix
+author: station-stack contributors (@station-stack)
 """
 
 EXAMPLES = r"""
 - name: Read the schema
-  influxdb1_schema_info:
+  station_stack.station.influxdb1_schema_info:
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
   register: schema
 """
 
 RETURN = r"""
+auth:
+  description: C(on), C(off), or C(bootstrap) (auth on and no user yet; the lists are then empty).
+  returned: always
+  type: str
+  sample: "on"
 databases:
   description: Database names.
   returned: always
@@ -45,10 +60,19 @@ users:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import connection_spec, quote_ident, run_module
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    InfluxDBClient,
+    InfluxDBError,
+    connection_spec,
+    quote_ident,
+)
 
 
 def read(client):
+    auth = client.auth_state()
+    if auth == "bootstrap":
+        # Auth on and no user yet: there is nothing else to read, and nothing else may be read.
+        return dict(auth=auth, databases=[], retention_policies={}, continuous_queries={}, users=[])
     databases = client.databases()
     rps = {}
     for database in databases:
@@ -64,13 +88,16 @@ def read(client):
     for row in client.rows("SHOW USERS"):
         grants = {g["database"]: g["privilege"] for g in client.rows("SHOW GRANTS FOR %s" % quote_ident(row["user"]))}
         users.append(dict(name=row["user"], admin=row["admin"], grants=grants))
-    return dict(changed=False, databases=databases, retention_policies=rps,
-                continuous_queries=cqs, users=users)
+    return dict(auth=auth, databases=databases, retention_policies=rps, continuous_queries=cqs, users=users)
 
 
 def main():
     module = AnsibleModule(argument_spec=connection_spec(), supports_check_mode=True)
-    run_module(module, read)
+    try:
+        info = read(InfluxDBClient(module.params))
+    except InfluxDBError as exc:
+        module.fail_json(msg=exc.message, status=exc.status)
+    module.exit_json(changed=False, **info)
 
 
 if __name__ == "__main__":

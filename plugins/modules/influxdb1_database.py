@@ -12,6 +12,7 @@ short_description: Create or drop an InfluxDB 1.x database
 description:
   - Creates or drops a database over the InfluxDB 1.x HTTP API.
   - Check mode reports the change without executing it; diff mode shows the database before and after.
+  - C(state=absent) drops the database with all its data; the role never does that implicitly.
 options:
   name:
     description: Database name.
@@ -22,16 +23,22 @@ options:
     type: str
     choices: [present, absent]
     default: present
-extends_documentation_fragment: []
-notes:
-  - Connection options C(login_host), C(login_port), C(login_username), C(login_password), C(ssl),
-    C(validate_certs), C(ca_path) and C(timeout) are shared by every influxdb1_* module.
-author: station-stack
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+author: station-stack contributors (@station-stack)
 """
 
 EXAMPLES = r"""
 - name: Create the tick database
-  influxdb1_database:
+  station_stack.station.influxdb1_database:
     name: tick
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
@@ -46,24 +53,22 @@ queries:
 """
 
 from ansible.module_utils.basic import AnsibleModule
-from ansible.module_utils.influxdb1_api import connection_spec, quote_ident, run_module
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    Plan,
+    connection_spec,
+    quote_ident,
+    run,
+)
 
 
-def ensure(module, client):
-    name, state = module.params["name"], module.params["state"]
-    exists = name in client.databases()
-    queries = []
+def plan(name, state, databases):
+    """Pure: the statement that makes `name` exist (or not), given the server's database names."""
+    exists = name in databases
+    result = Plan(before={"name": name} if exists else {}, after={"name": name} if state == "present" else {})
     if state == "present" and not exists:
-        queries.append("CREATE DATABASE %s" % quote_ident(name))
+        result.add("CREATE DATABASE %s" % quote_ident(name))
     elif state == "absent" and exists:
-        queries.append("DROP DATABASE %s" % quote_ident(name))
-    if not module.check_mode:
-        for statement in queries:
-            client.query(statement)
-    result = dict(changed=bool(queries), queries=queries)
-    if module._diff:
-        result["diff"] = dict(before={"name": name} if exists else {},
-                              after={"name": name} if state == "present" else {})
+        result.add("DROP DATABASE %s" % quote_ident(name))
     return result
 
 
@@ -75,7 +80,8 @@ def main():
         ),
         supports_check_mode=True,
     )
-    run_module(module, lambda client: ensure(module, client))
+    params = module.params
+    run(module, lambda client: client.databases(), lambda databases: plan(params["name"], params["state"], databases))
 
 
 if __name__ == "__main__":

@@ -6,10 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from conftest import ADMIN, ROLE, run
 
-
-def test_schema_info_reads_everything_and_changes_nothing(server):
+def test_schema_info_reads_everything_and_changes_nothing(run, server):
     run("influxdb1_database", server.login(name="infodb"))
     run("influxdb1_retention_policy", server.login(database="infodb", name="r1", duration="1d", default=True))
     run("influxdb1_continuous_query", server.login(
@@ -23,19 +21,20 @@ def test_schema_info_reads_everything_and_changes_nothing(server):
     assert {"name": "admin", "admin": True, "grants": {}} in info["users"]
 
 
-def test_module_runs_through_the_ansible_cli_in_check_and_diff_mode(server, tmp_path):
+def test_module_runs_through_the_ansible_cli_in_check_and_diff_mode(server, tmp_path, collections_path):
     config = tmp_path / "ansible.cfg"
     config.write_text("[defaults]\n")
     ansible = Path(sys.executable).with_name("ansible")
-    env = dict(os.environ, ANSIBLE_LIBRARY=str(ROLE / "library"), ANSIBLE_MODULE_UTILS=str(ROLE / "module_utils"),
+    env = dict(os.environ, ANSIBLE_COLLECTIONS_PATH=str(collections_path),
                ANSIBLE_LOAD_CALLBACK_PLUGINS="true", ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
                ANSIBLE_CONFIG=str(config))
     env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+    env.pop("PYTHONPATH", None)  # ansible-test units narrows it to module_utils for module tests
     args = (f"name=cli_db login_host=127.0.0.1 login_port={server.port} "
-            f"login_username={ADMIN[0]} login_password={ADMIN[1]}")
+            f"login_username={server.admin[0]} login_password={server.admin[1]}")
     proc = subprocess.run([str(ansible), "localhost", "-c", "local", "-i", "localhost,",
                            "-e", f"ansible_python_interpreter={sys.executable}",
-                           "-m", "influxdb1_database", "-a", args, "--check", "--diff"],
+                           "-m", "station_stack.station.influxdb1_database", "-a", args, "--check", "--diff"],
                           capture_output=True, text=True, env=env, timeout=120, check=False)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     result = json.loads(proc.stdout)["plays"][0]["tasks"][0]["hosts"]["localhost"]

@@ -1,0 +1,225 @@
+#!/usr/bin/python
+# -*- coding: utf-8 -*-
+# Copyright: station-stack contributors
+# Apache License 2.0 (see LICENSE)
+
+from __future__ import annotations
+
+DOCUMENTATION = r"""
+---
+module: influxdb1_retention_policy
+short_description: Manage an InfluxDB 1.x retention policy
+description:
+  - Creates, alters in place or drops a retention policy.
+  - Durations are compared by value, so C(30d) matches the server's C(720h0m0s), and a shard
+    duration is compared as the server stores it (under 1h is raised to 1h, C(0) is its default).
+  - A declaration InfluxDB would refuse (a duration under 1h other than C(INF), a shard duration
+    longer than the duration, replication under 1) fails before any statement runs.
+  - C(default=false) never un-sets a current default (InfluxDB can only move the default to
+    another policy), so declaring one default per database never flip-flops.
+options:
+  database:
+    description: Database of the policy; it must exist.
+    type: str
+    required: true
+  name:
+    description: Policy name.
+    type: str
+    required: true
+  duration:
+    description:
+      - How long data is kept. Required when O(state=present).
+      - Any InfluxDB 1.x duration (C(30d), C(1h30m), C(720h0m0s)); C(INF), C(0) and C(0s) keep data forever.
+      - At least C(1h) unless infinite.
+    type: str
+  shard_duration:
+    description:
+      - Shard group duration. When omitted the server chooses on creation and it is not compared.
+      - C(0) asks for the server's choice for the duration (compared as such).
+    type: str
+  replication:
+    description: Replication factor (1 on a single node).
+    type: int
+    default: 1
+  default:
+    description: Make this the database's default policy.
+    type: bool
+    default: false
+  state:
+    description: Whether the policy exists.
+    type: str
+    choices: [present, absent]
+    default: present
+extends_documentation_fragment:
+  - station_stack.station.influxdb1
+  - ansible.builtin.action_common_attributes
+attributes:
+  check_mode:
+    support: full
+  diff_mode:
+    support: full
+  platform:
+    platforms: posix
+author: station-stack contributors (@station-stack)
+"""
+
+EXAMPLES = r"""
+- name: Keep raw ticks for 30 days by default
+  station_stack.station.influxdb1_retention_policy:
+    database: tick
+    name: standard
+    duration: 30d
+    shard_duration: 1d
+    default: true
+    login_username: admin
+    login_password: "{{ influxdb_admin_password }}"
+"""
+
+RETURN = r"""
+queries:
+  description: Statements executed (or that would be, in check mode).
+  returned: always
+  type: list
+  elements: str
+retention_policy:
+  description: The policy as it is after the change (as it would be, in check mode), durations as InfluxQL.
+  returned: when state is present
+  sample: {name: standard, duration: 30d, shard_duration: 1d, replication: 1, default: true}
+  type: dict
+"""
+
+from ansible.module_utils.basic import AnsibleModule
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    Plan,
+    PlanError,
+    connection_spec,
+    quote_ident,
+    run,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
+    default_shard_duration,
+    effective_shard_duration,
+    format_duration,
+    format_retention,
+    parse_duration,
+    retention_policy_error,
+)
+
+
+def read(client, database, name):
+    """The server's side: whether the database exists, and the policy (durations in ns) or None."""
+    if database not in client.databases():
+        return dict(database_exists=False, policy=None)
+    for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(database)):
+        if row["name"] == name:
+            return dict(database_exists=True, policy=dict(
+                name=name, duration=parse_duration(row["duration"]),
+                shard_duration=parse_duration(row["shardGroupDuration"]),
+                replication=row["replicaN"], default=row["default"]))
+    return dict(database_exists=True, policy=None)
+
+
+def shown(policy):
+    """A policy with readable durations, for diff and return values."""
+    if not policy:
+        return {}
+    out = dict(policy)
+    out["duration"] = format_retention(out["duration"])
+    out["shard_duration"] = format_duration(out["shard_duration"])
+    return out
+
+
+def plan(want, have):
+    """Pure: the CREATE, ALTER or DROP that turns the server's policy into the declared one.
+
+    `want` holds the module's options (durations as text), `have` what read() returned.
+    Raises PlanError for a declaration InfluxDB would refuse, before anything runs.
+    """
+    database, name = want["database"], want["name"]
+    label = "retention policy %s.%s" % (database, name)
+    if not have["database_exists"]:
+        raise PlanError("database %r does not exist: create it before its retention policy %r" % (database, name))
+    before = have["policy"]
+    target = "%s ON %s" % (quote_ident(name), quote_ident(database))
+    if want["state"] == "absent":
+        result = Plan(before=shown(before), after={})
+        if before:
+            result.add("DROP RETENTION POLICY " + target)
+        return result
+
+    if want.get("duration") is None:
+        raise PlanError("%s: duration is required when state=present" % label)
+    problem = retention_policy_error(want["duration"], want.get("shard_duration"))
+    if problem:
+        raise PlanError("%s: %s" % (label, problem))
+    if want["replication"] < 1:
+        raise PlanError("%s: replication must be >= 1, got %d" % (label, want["replication"]))
+    duration = parse_duration(want["duration"])
+    # As the server will store it: under 1h is raised to 1h, 0 is its own choice for the duration.
+    shard = (None if want.get("shard_duration") is None
+             else effective_shard_duration(parse_duration(want["shard_duration"]), duration))
+
+    if before is None:
+        after = dict(name=name, duration=duration, replication=want["replication"],
+                     shard_duration=default_shard_duration(duration) if shard is None else shard,
+                     default=bool(want["default"]))
+        clauses = ["DURATION %s" % format_retention(duration), "REPLICATION %d" % want["replication"]]
+        if shard is not None:
+            clauses.append("SHARD DURATION %s" % format_duration(shard))
+        if want["default"]:
+            clauses.append("DEFAULT")
+        return Plan(before={}, after=shown(after)).add("CREATE RETENTION POLICY %s %s" % (target, " ".join(clauses)))
+
+    after = dict(before)
+    clauses = []
+    if before["duration"] != duration:
+        clauses.append("DURATION %s" % format_retention(duration))
+        after["duration"] = duration
+    if before["replication"] != want["replication"]:
+        clauses.append("REPLICATION %d" % want["replication"])
+        after["replication"] = want["replication"]
+    if shard is not None and before["shard_duration"] != shard:
+        clauses.append("SHARD DURATION %s" % format_duration(shard))
+        after["shard_duration"] = shard
+    if duration and after["shard_duration"] > duration:
+        raise PlanError(
+            "%s: duration %s is shorter than the policy's current shard group duration %s, which InfluxDB "
+            "refuses: declare a shard_duration of at most %s" % (
+                label, want["duration"], format_duration(after["shard_duration"]), format_duration(duration)))
+    # default: false never un-sets: InfluxDB cannot (it only moves the default), and it would flip-flop.
+    if want["default"] and not before["default"]:
+        clauses.append("DEFAULT")
+        after["default"] = True
+    result = Plan(before=shown(before), after=shown(after))
+    if clauses:
+        result.add("ALTER RETENTION POLICY %s %s" % (target, " ".join(clauses)))
+    return result
+
+
+def main():
+    module = AnsibleModule(
+        argument_spec=connection_spec(
+            database=dict(type="str", required=True),
+            name=dict(type="str", required=True),
+            duration=dict(type="str"),
+            shard_duration=dict(type="str"),
+            replication=dict(type="int", default=1),
+            default=dict(type="bool", default=False),
+            state=dict(type="str", default="present", choices=["present", "absent"]),
+        ),
+        required_if=[("state", "present", ["duration"])],
+        supports_check_mode=True,
+    )
+    params = module.params
+
+    def make_plan(have):
+        result = plan(params, have)
+        if params["state"] == "present":
+            result.result["retention_policy"] = result.after
+        return result
+
+    run(module, lambda client: read(client, params["database"], params["name"]), make_plan)
+
+
+if __name__ == "__main__":
+    main()
