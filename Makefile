@@ -60,7 +60,7 @@ lint: bootstrap
 	ruff check bridge
 
 unit: bootstrap
-	pytest tests/unit
+	pytest tests/unit tests/roles
 	cd bridge && pytest
 
 # Faults at operator scale (InfluxDB down 60 s, central down 150 s, SIGKILL under load, spool

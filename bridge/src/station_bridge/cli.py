@@ -13,7 +13,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, DestinationSpec, load
+from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, load
 
 
 def _destination(config_path: str, name: str | None) -> DestinationSpec:
@@ -34,8 +34,67 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Bridge(config).run()
 
 
+def _measurements(sub: SubscriptionSpec) -> list[str] | None:
+    """The measurement names a subscription can write; None when they come from the data."""
+    m = sub.mapping
+    if m.measurement_from == "fixed" and m.measurement:
+        raw = [m.measurement]
+    elif m.measurement_from == "topic" and m.measurements:
+        raw = sorted(set(m.measurements.values()))
+    else:
+        return None
+    if sub.binning is None:
+        return raw
+    binned = [sub.binning.measurement or name + "_binned" for name in raw]
+    return (raw if sub.binning.keep_raw else []) + [name for name in binned if name not in raw]
+
+
+def effective(config: Config) -> dict:
+    """The configuration as the bridge runs it, every default filled in, without secrets."""
+    def seconds(ns: int) -> float:
+        return ns / 1e9
+
+    subscriptions = []
+    for sub in config.subscriptions:
+        m = sub.mapping
+        tags = list(m.tags) + [g for d in m.derived_tags for g in d.regex.groupindex] + list(m.static_tags)
+        if config.station and "station" not in tags:
+            tags.append("station")
+        subscriptions.append({
+            "name": sub.name, "endpoints": sub.endpoints, "bind": sub.bind, "topics": sub.topics,
+            "framing": sub.framing, "measurements": _measurements(sub), "fields": dict(m.fields),
+            "tags": list(dict.fromkeys(tags)), "cache": config.cache is not None and sub.binning is None,
+        })
+    return {
+        "station": config.station,
+        "subscriptions": subscriptions,
+        "destinations": [{
+            "name": d.name, "url": d.url, "database": d.database, "retention_policy": d.retention_policy,
+            "username": d.username, "batch_size": d.batch_size, "flush_interval_s": d.flush_interval,
+            "gzip": d.gzip, "timeout_s": d.timeout, "queue_max_points": d.queue_max_points,
+            "max_backoff_s": d.max_backoff,
+        } for d in config.destinations],
+        "cache": None if config.cache is None else {
+            "url": config.cache.url, "username": config.cache.username, "ttl_s": config.cache.ttl,
+            "key_prefix": config.cache.key_prefix},
+        "http": {"listen": config.http_listen},
+        "self_metrics": None if config.self_metrics is None else {
+            "interval_s": seconds(config.self_metrics.interval_ns), "measurement": config.self_metrics.measurement,
+            "instance": config.self_metrics.instance},
+        "journal": {"dir": str(config.journal_dir), "max_bytes": config.journal_max_bytes,
+                    "write_ahead": config.journal_write_ahead},
+        "dead_letter": {"dir": str(config.dead_letter_dir)},
+        "shutdown_timeout_s": config.shutdown_timeout,
+        "log": {"level": config.log_level, "rate_limit_per_s": config.log_rate_per_s},
+    }
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
+    if args.json:
+        json.dump(effective(config), sys.stdout, indent=2)
+        sys.stdout.write("\n")
+        return 0
     print(f"{args.config}: OK ({len(config.subscriptions)} subscriptions, "
           f"{len(config.destinations)} destinations{', cache' if config.cache else ''})")
     return 0
@@ -200,6 +259,8 @@ def parser() -> argparse.ArgumentParser:
     run.set_defaults(func=cmd_run)
     check = sub.add_parser("check-config", help="validate a configuration file")
     check.add_argument("config")
+    check.add_argument("--json", action="store_true",
+                       help="print the effective configuration (every default filled in, no secrets) as JSON")
     check.set_defaults(func=cmd_check)
     sub.add_parser("print-config", help="print a commented configuration with every key").set_defaults(
         func=cmd_print)
