@@ -64,6 +64,7 @@ lint: bootstrap
 # run under ansible-test units, as a collection's do; the bridge's under its own pytest.
 unit: bootstrap
 	tests/ansible-test.sh units --num-workers 1
+	pytest tests/roles
 	cd bridge && pytest
 
 # Faults at operator scale (InfluxDB down 60 s, central down 150 s, SIGKILL under load, spool

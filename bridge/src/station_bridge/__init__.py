@@ -6,4 +6,9 @@ sources (ZMQ) -> decoders (framings) -> mapping (line protocol) -> binning (opti
 metrics and config support every stage, cli ties them together.
 """
 
-__version__ = "0.1.0"
+from importlib.metadata import PackageNotFoundError, version
+
+try:
+    __version__ = version("station-bridge")
+except PackageNotFoundError:  # run from the source tree without being installed
+    __version__ = "0+unknown"

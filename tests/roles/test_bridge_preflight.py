@@ -1,0 +1,164 @@
+"""The bridge role's controller side, run for real by ansible-playbook on this machine: the feed
+shorthand (ports follow a feed's name), and the effective configuration read with the bridge's
+own parser (`check-config --json`) from the source or from a wheel, with no station and no
+wheelhouse built before (a fresh controller)."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLE = ROOT / "roles" / "bridge"
+
+DESTINATION = {"name": "local", "url": "http://127.0.0.1:8086", "database": "tick"}
+
+
+def feed(name: str, port: int | None = None) -> dict:
+    out = {"name": name, "endpoint": "tcp://127.0.0.1:5556", "topic": name, "measurement": name,
+           "tags": ["instrument"], "fields": {"bid": "float"}}
+    if port:
+        out["http_port"] = port
+    return out
+
+
+def preflight(tmp_path: Path, variables: dict) -> tuple[int, dict, str]:
+    """Runs roles/bridge/tasks/preflight.yml with the role's own defaults and vars on localhost;
+    returns the exit code, the facts it set and the output."""
+    role = tmp_path / "roles" / "bridge_preflight"
+    (role / "tasks").mkdir(parents=True)
+    for part in ("defaults", "vars"):
+        (role / part).symlink_to(ROLE / part)
+    (role / "tasks" / "main.yml").write_text(yaml.safe_dump([
+        {"name": "Preflight", "ansible.builtin.include_tasks": str(ROLE / "tasks" / "preflight.yml")},
+        {"name": "Show", "ansible.builtin.debug": {"msg": "{{ {'effective': bridge_effective_config, "
+                                                           "'listen': bridge_http_listen} | to_json }}"}},
+    ]))
+    playbook = tmp_path / "play.yml"
+    playbook.write_text(yaml.safe_dump([{"name": "Bridge preflight", "hosts": "localhost", "gather_facts": False,
+                                         "roles": ["bridge_preflight"]}]))
+    # The controller's Python for modules too: interpreter discovery may find another one.
+    (tmp_path / "vars.json").write_text(json.dumps({"ansible_python_interpreter": sys.executable, **variables}))
+    # A configuration of its own: the project's times every task, which would print into the JSON.
+    (tmp_path / "ansible.cfg").write_text(f"[defaults]\nroles_path = {tmp_path / 'roles'}\n"
+                                          "stdout_callback = ansible.posix.json\ninterpreter_python = auto_silent\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("ANSIBLE_")}
+    env.update(ANSIBLE_CONFIG=str(tmp_path / "ansible.cfg"), ANSIBLE_HOME=str(tmp_path / ".ansible"))
+    proc = subprocess.run([str(Path(sys.executable).parent / "ansible-playbook"), "-i", "localhost,", "-c", "local",
+                           str(playbook), "-e", f"@{tmp_path / 'vars.json'}", "--check"],
+                          capture_output=True, text=True, env=env, timeout=300, check=False)
+    output = json.loads(proc.stdout)
+    shown = [r.get("msg") for p in output["plays"] for t in p["tasks"] if t["task"]["name"].endswith("Show")
+             for r in t["hosts"].values()]
+    return proc.returncode, json.loads(shown[0]) if shown else {}, proc.stdout
+
+
+def source(tmp_path: Path) -> dict:
+    """Build mode, on a controller that has never built a wheel (its wheelhouse does not exist)."""
+    return {"bridge_source_dir": str(ROOT / "bridge"), "bridge_wheelhouse_dir": str(tmp_path / "no-wheels-yet")}
+
+
+def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
+    names = ["kraken", "weather", "seismic", "gnss"]
+    base = {**source(tmp_path), "bridge_feed_defaults": {"station": "ams", "destinations": [DESTINATION]}}
+    rc, first, out = preflight(tmp_path / "a", {**base, "bridge_feeds": [feed(n) for n in names[:2]]})
+    assert rc == 0, out
+    rc, second, out = preflight(tmp_path / "b", {**base, "bridge_feeds": [feed(n) for n in reversed(names)]})
+    assert rc == 0, out
+    assert first["listen"]["kraken"] == second["listen"]["kraken"]
+    assert first["listen"]["weather"] == second["listen"]["weather"]
+    ports = {int(address.rsplit(":", 1)[1]) for address in second["listen"].values()}
+    assert len(ports) == 4 and all(9200 <= p < 10000 for p in ports)
+    # Each feed is an instance of its own, on top of the shared defaults, as the bridge reads it.
+    kraken = second["effective"]["kraken"]
+    assert kraken["station"] == "ams" and kraken["destinations"][0]["batch_size"] == 5000
+    assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"]]
+    assert kraken["subscriptions"][0]["tags"] == ["instrument", "station"]
+
+
+def test_two_feeds_on_one_port_fail_naming_both(tmp_path):
+    def port(name: str) -> int:
+        return 9200 + int(hashlib.sha1(name.encode()).hexdigest()[:8], 16) % 800
+
+    seen: dict[int, str] = {}
+    for i in range(10_000):
+        name = f"feed{i}"
+        if port(name) in seen:
+            pair = (seen[port(name)], name)
+            break
+        seen[port(name)] = name
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_feed_defaults": {"destinations": [DESTINATION]},
+                                      "bridge_feeds": [feed(pair[0]), feed(pair[1])]})
+    assert rc != 0
+    assert f"http.listen 127.0.0.1:{port(pair[0])} is also the address of" in out and pair[0] in out and pair[1] in out
+    # An explicit port resolves it.
+    rc, facts, out = preflight(tmp_path / "fixed", {**source(tmp_path),
+                                                    "bridge_feed_defaults": {"destinations": [DESTINATION]},
+                                                    "bridge_feeds": [feed(pair[0]), feed(pair[1], port=9199)]})
+    assert rc == 0 and facts["listen"][pair[1]] == "127.0.0.1:9199", out
+
+
+def test_the_bridges_own_defaults_are_what_the_role_checks(tmp_path):
+    """No http section: the bridge's own default address; no shutdown_timeout: its own 20 s."""
+    instance = {"subscriptions": [{"name": "a", "endpoints": ["tcp://127.0.0.1:5556"],
+                                   "mapping": {"measurement": "a", "fields": {"v": "float"}}}],
+                "destinations": [DESTINATION]}
+    rc, facts, out = preflight(tmp_path, {**source(tmp_path), "bridge_instances": {"one": instance}})
+    assert rc == 0, out
+    assert facts["listen"] == {"one": facts["effective"]["one"]["http"]["listen"]} and facts["listen"]["one"]
+    assert facts["effective"]["one"]["shutdown_timeout_s"] > 0
+    # Two instances without http collide on that default, and the message says so.
+    rc, _, out = preflight(tmp_path / "two", {**source(tmp_path),
+                                              "bridge_instances": {"one": instance, "two": instance}})
+    assert rc != 0 and "is also the address of" in out
+    # A stop timeout below the bridge's own flush timeout is refused with the bridge's value.
+    rc, _, out = preflight(tmp_path / "stop", {**source(tmp_path), "bridge_instances": {"one": instance},
+                                               "bridge_timeout_stop_sec": 5})
+    assert rc != 0 and "must be less than bridge_timeout_stop_sec (5)" in out
+
+
+def test_a_bad_configuration_fails_with_the_bridges_message(tmp_path):
+    bad = {"subscriptions": [{"name": "a", "endpoints": ["tcp://127.0.0.1:5556"],
+                              "mapping": {"measurement": "a", "fields": {"v": "flaot"}}}],
+           "destinations": [DESTINATION]}
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_instances": {"kraken": bad}})
+    assert rc != 0
+    assert "bridge instance kraken: subscriptions[0].mapping.fields.v: unknown type 'flaot'" in out
+
+
+def test_password_env_needs_only_the_environments_names_not_the_secrets(tmp_path):
+    dest = {**DESTINATION, "password_env": "LOCAL_SECRET"}
+    instance = {"subscriptions": [{"name": "a", "endpoints": ["tcp://127.0.0.1:5556"],
+                                   "mapping": {"measurement": "a", "fields": {"v": "float"}}}],
+                "destinations": [dest]}
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_instances": {"one": instance},
+                                      "bridge_environment": {"one": {"LOCAL_SECRET": "s3cret-value"}}})
+    assert rc == 0, out
+    assert "s3cret-value" not in out
+    rc, _, out = preflight(tmp_path / "unset", {**source(tmp_path), "bridge_instances": {"one": instance}})
+    assert rc != 0 and "environment variable LOCAL_SECRET is not set" in out
+
+
+@pytest.fixture(scope="module")
+def wheelhouse(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    out = tmp_path_factory.mktemp("wheels")
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--no-deps", "--wheel-dir", str(out),
+                    str(ROOT / "bridge")], check=True, capture_output=True)
+    return out
+
+
+def test_wheelhouse_mode_reads_the_configuration_with_the_wheels_code(tmp_path, wheelhouse):
+    """An air-gapped controller: wheels, no source."""
+    rc, facts, out = preflight(tmp_path, {
+        "bridge_install_source": "wheelhouse", "bridge_wheelhouse_dir": str(wheelhouse),
+        "bridge_source_dir": str(tmp_path / "no-source"),
+        "bridge_feed_defaults": {"destinations": [DESTINATION]}, "bridge_feeds": [feed("kraken")]})
+    assert rc == 0, out
+    assert facts["effective"]["kraken"]["subscriptions"][0]["fields"] == {"bid": "float"}
