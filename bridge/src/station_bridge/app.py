@@ -141,7 +141,7 @@ class Bridge:
         newest: dict[str, tuple[int, str, dict]] = {}
         binned = sub.binner is not None
         keep_raw = not binned or sub.spec.binning.keep_raw  # type: ignore[union-attr]
-        cached = self.cache is not None and not binned
+        cached = self.cache is not None and not binned and sub.spec.cache
         for frames in messages:
             try:
                 topic, record = decode(frames)
@@ -164,7 +164,7 @@ class Bridge:
         self.metrics.inc("bridge_received_messages_total", len(messages), subscription=sub.name)
         if binned and points:
             lines.extend(self._bin(sub, points))
-        if self.cache is not None:
+        if self.cache is not None and sub.spec.cache:
             if newest:
                 points = [mapper.cached_point(topic, record, series, ts)
                           for series, (ts, topic, record) in newest.items()]

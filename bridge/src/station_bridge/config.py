@@ -77,6 +77,7 @@ class SubscriptionSpec:
     max_frame_bytes: int
     mapping: MappingSpec
     binning: BinningSpec | None
+    cache: bool = True  # false: the subscription's points never reach the Redis cache
 
 
 @dataclass(frozen=True)
@@ -302,7 +303,7 @@ def _subscription(r: _Reader) -> SubscriptionSpec:
         rcvhwm=r.positive("rcvhwm", int, 1_000_000), framing=framing,
         delimiter=r.get("delimiter", str, "\x01"), field_order=field_order,
         max_frame_bytes=r.positive("max_frame_bytes", int, 1_048_576),
-        mapping=_mapping(m, field_order), binning=binning,
+        mapping=_mapping(m, field_order), binning=binning, cache=r.get("cache", bool, True),
     )
     r.done()
     return spec

@@ -7,6 +7,7 @@ per key), read by the HTTP thread; no lock is needed for that under the GIL.
 from __future__ import annotations
 
 import json
+import re
 import threading
 import time
 from collections import defaultdict
@@ -104,3 +105,48 @@ def serve(metrics: Metrics, listen: str, health: Callable[[], dict]) -> Threadin
     server.daemon_threads = True
     threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
     return server
+
+
+
+Sample = tuple[str, Labels]
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})')
+_UNESCAPE = re.compile(r"\\(.)")
+
+
+def parse(text: str) -> dict[Sample, float]:
+    """Prometheus text exposition -> {(name, sorted labels): value}; comments and blank lines skipped.
+
+    The one parser of /metrics for every suite and for `station-bridge validate`. Raises
+    ValueError naming the line it cannot read.
+    """
+    samples: dict[Sample, float] = {}
+    for raw in text.split("\n"):  # the format's only line break (a label value may hold \r or U+2028)
+        line = raw.strip(" \t")
+        if not line or line.startswith("#"):
+            continue
+        match = _NAME.match(line)
+        if not match:
+            raise ValueError(f"not a sample: {raw!r}")
+        name, pos = match.group(), match.end()
+        labels: list[tuple[str, str]] = []
+        if line[pos:pos + 1] == "{":
+            pos += 1
+            while True:
+                rest = line[pos:].lstrip()
+                if rest.startswith("}"):
+                    pos = len(line) - len(rest) + 1
+                    break
+                label = _LABEL.match(line, pos)
+                if not label:
+                    raise ValueError(f"bad labels: {raw!r}")
+                value = _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), label.group(2))
+                labels.append((label.group(1), value))
+                pos = label.end()
+                if label.group(3) == "}":
+                    break
+        fields = line[pos:].split()
+        if not fields:
+            raise ValueError(f"sample without a value: {raw!r}")
+        samples[(name, tuple(sorted(labels)))] = float(fields[0])
+    return samples
