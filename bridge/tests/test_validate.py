@@ -151,19 +151,24 @@ class StationBridge:
         self.log.close()
 
 
-def validate(*args: str, influx: bool = True, redis_admin: bool = True) -> tuple[int, dict]:
+def validate(*args: str, influx: bool = True, redis_admin: bool = True, stdin: bool = False) -> tuple[int, dict]:
+    """Runs the CLI; secrets in the environment, or as JSON on stdin (how the playbook passes them)."""
     env = dict(os.environ)
     for name in ("STATION_BRIDGE_LOCAL_PASSWORD", "STATION_BRIDGE_CACHE_PASSWORD"):
         env.pop(name, None)  # validate reads the unit's .env itself
-    flags = []
+    flags, secrets = [], {}
     if influx:
         flags += ["--influx-user", READER[0]]
-        env["STATION_VALIDATE_INFLUX_PASSWORD"] = READER[1]
+        secrets["influx_password"] = READER[1]
     if redis_admin:
         flags += ["--redis-user", REDIS_ADMIN[0]]
-        env["STATION_VALIDATE_REDIS_PASSWORD"] = REDIS_ADMIN[1]
+        secrets["redis_password"] = REDIS_ADMIN[1]
+    if stdin:
+        flags.append("--secrets-stdin")
+    else:
+        env.update({"STATION_VALIDATE_INFLUX_PASSWORD": READER[1], "STATION_VALIDATE_REDIS_PASSWORD": REDIS_ADMIN[1]})
     proc = subprocess.run([BRIDGE, "validate", "--json", *flags, *args], capture_output=True, text=True,
-                          env=env, timeout=120, check=False)
+                          input=json.dumps(secrets) if stdin else None, env=env, timeout=120, check=False)
     assert proc.stdout, proc.stderr
     assert "reader-pw" not in proc.stdout and "redis-admin-pw" not in proc.stdout
     return proc.returncode, json.loads(proc.stdout)
@@ -243,13 +248,18 @@ def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, 
 def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, feed):
     bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
     try:
-        rc, report = validate(str(bridge.path), "--window", "1", "--max-age", "5")
+        # The directory, as the bridge role lays it out; the reader's password on stdin.
+        rc, report = validate(str(tmp_path), "--window", "1", "--max-age", "5", stdin=True)
     finally:
         bridge.stop()
     assert rc == 1
     problems = failed(report)
     assert set(problems) == {"feed kraken"}, problems
     assert "no message in the 1 s window" in problems["feed kraken"]
+    assert report["problems"] == [f"kraken: feed kraken: {problems['feed kraken']}"]
+    assert any(line.startswith("kraken | feed kraken | received 0 |") for line in report["table"]), report["table"]
+    checks = {c["check"]: c for c in report["instances"][0]["checks"]}
+    assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")  # the stdin password worked
 
 
 def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):

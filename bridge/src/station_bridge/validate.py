@@ -33,6 +33,7 @@ import base64
 import http.client
 import json
 import os
+import sys
 import time
 import urllib.error
 import urllib.parse
@@ -52,7 +53,7 @@ VALIDATION_TAG = ("validation", "demo")
 SELF_MEASUREMENT = "station_bridge"
 
 # Credentials of a reader for InfluxDB and of a Redis user that may SCAN/HGET: from the
-# environment only (never argv, where `ps` shows them).
+# environment or, with --secrets-stdin, as JSON on stdin (never argv, where `ps` shows them).
 INFLUX_PASSWORD_ENV = "STATION_VALIDATE_INFLUX_PASSWORD"
 REDIS_PASSWORD_ENV = "STATION_VALIDATE_REDIS_PASSWORD"
 
@@ -484,36 +485,77 @@ def validate(paths: list[Path], options: Options) -> dict[str, Any]:
             "ok": all(r["ok"] for r in reports), "instances": reports}
 
 
-def table(report: dict[str, Any]) -> str:
-    """One line per feed and destination, then the failed checks."""
-    lines = ["instance | feed/destination | received/written | landed | last message (s) / pending | ok"]
+def problems(report: dict[str, Any]) -> list[str]:
+    return [f"{inst['instance']}: {c['check']}: {c['detail']}" for inst in report["instances"]
+            for c in inst["checks"] if not c["ok"]]
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """One line per feed, validation path and destination: what an operator reads after a rollout."""
+    lines = ["instance | what | counted in the window | landed | state | ok"]
     for inst in report["instances"]:
+        checks = {c["check"]: c for c in inst["checks"]}
+        if "alive" in checks and not checks["alive"]["ok"]:
+            lines.append(f"{inst['instance']} | bridge | - | - | {checks['alive']['detail']} | False")
         for f in inst["feeds"]:
             age = f["last_message_age_s"]
-            lines.append(f"{inst['instance']} | feed {f['feed']} | {f['received']} | "
+            state = checks.get(f"feed {f['feed']}", {}).get("detail", "")
+            lines.append(f"{inst['instance']} | feed {f['feed']} | received {f['received']} | "
                          f"{'-' if f['landed'] is None else f['landed']} | "
-                         f"{'-' if age is None else f'{age:.1f}'} | {f['ok']}")
+                         f"{state if age is None or age < 0 else f'last message {age:.1f} s ago'} | {f['ok']}")
+        if "validation ticks" in checks:
+            v = checks["validation ticks"]
+            lines.append(f"{inst['instance']} | validation | published {v['published']}, received {v['received']} | "
+                         f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']}")
         for d in inst["destinations"]:
-            lines.append(f"{inst['instance']} | destination {d['destination']} | {d['written']} | - | "
-                         f"{d['pending']} pending | {d['ok']}")
-    failed = [f"{inst['instance']}: {c['check']}: {c['detail']}" for inst in report["instances"]
-              for c in inst["checks"] if not c["ok"]]
-    lines.append("every check passed" if not failed else "failed: " + "; ".join(failed))
-    return "\n".join(lines)
+            lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
+                         f"{d['pending']} pending{', failing' if not d['ok'] else ''} | {d['ok']}")
+    return lines
+
+
+def config_files(args: list[str]) -> list[Path]:
+    """Files as given; a directory stands for every *.yml and *.toml in it (the bridge role's layout)."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yml", ".yaml", ".toml") and p.is_file())
+            if not found:
+                raise ValidateError(f"{path}: no bridge configuration (*.yml, *.toml) in this directory")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
 
 
 def main(args: Any) -> int:
     """The `validate` subcommand (parser in cli.py)."""
+    secrets = {"influx_password": os.environ.get(INFLUX_PASSWORD_ENV),
+               "redis_password": os.environ.get(REDIS_PASSWORD_ENV)}
+    if args.secrets_stdin:
+        try:
+            given = json.loads(sys.stdin.read() or "{}")
+        except ValueError:
+            given = None
+        if not isinstance(given, dict) or set(given) - set(secrets):
+            print(json.dumps({"ok": False, "error": "--secrets-stdin: expected a JSON object with "
+                              "influx_password and/or redis_password"}))
+            return 2
+        secrets.update({k: v for k, v in given.items() if v is not None})
     options = Options(mode=args.mode, window=args.window, max_age=args.max_age, count=args.count, rate=args.rate,
-                      timeout=args.timeout, influx_user=args.influx_user,
-                      influx_password=os.environ.get(INFLUX_PASSWORD_ENV), redis_user=args.redis_user,
-                      redis_password=os.environ.get(REDIS_PASSWORD_ENV))
+                      timeout=args.timeout, influx_user=args.influx_user, influx_password=secrets["influx_password"],
+                      redis_user=args.redis_user, redis_password=secrets["redis_password"])
     try:
-        report = validate([Path(p) for p in args.configs], options)
+        report = validate(config_files(args.configs), options)
     except (ValidateError, ConfigError) as exc:
         print(json.dumps({"ok": False, "error": str(exc)}) if args.json else f"error: {exc}")
         return 2
-    print(json.dumps(report, indent=None if args.json else 2) if args.json else table(report))
+    report["problems"] = problems(report)
+    report["table"] = table(report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("\n".join(report["table"] + (["failed: " + p for p in report["problems"]] or ["every check passed"])))
     return 0 if report["ok"] else 1
 
 
@@ -521,7 +563,7 @@ def add_parser(sub: Any) -> None:
     """Registers `station-bridge validate` on the CLI's subparsers."""
     p = sub.add_parser("validate", help="check a running bridge's data path (observe: writes nothing)",
                        description=__doc__.split("\n\n")[0])
-    p.add_argument("configs", nargs="+", help="the instances' configuration files")
+    p.add_argument("configs", nargs="+", help="the instances' configuration files, or a directory of them")
     p.add_argument("--mode", choices=("observe", "publish"), default="observe")
     p.add_argument("--window", type=float, default=10.0, help="observe: seconds to watch (default 10)")
     p.add_argument("--max-age", type=float, default=60.0,
@@ -531,5 +573,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--timeout", type=float, default=30.0, help="publish: seconds to wait for the ticks to land")
     p.add_argument("--influx-user", help=f"an InfluxDB reader (password in ${INFLUX_PASSWORD_ENV})")
     p.add_argument("--redis-user", help=f"a Redis user allowed to SCAN and HGET (password in ${REDIS_PASSWORD_ENV})")
+    p.add_argument("--secrets-stdin", action="store_true",
+                   help='read {"influx_password": ..., "redis_password": ...} as JSON from stdin (never argv)')
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=main)
