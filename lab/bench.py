@@ -242,6 +242,8 @@ def slow_link_rows() -> list[tuple[str, str, str]]:
             started = time.monotonic()
             proc = run(["ansible-playbook", "-i", str(work / inventory), *args], env=env)
             took, cpu = time.monotonic() - started, controller_cpu() - cpu
+            # Kept for reading where the time went (task timings: ansible.cfg's profile_tasks).
+            (work / f"{inventory}-{Path(args[0]).stem}-{int(started)}.log").write_text(proc.stdout)
             recap = re.search(rf"{SLOW_HOST}\s*:\s*ok=(\d+)\s+changed=(\d+)", proc.stdout)
             if proc.returncode != 0 or not recap:
                 raise SystemExit(f"{' '.join(args)} over {inventory} failed:\n{proc.stdout[-4000:]}\n"

@@ -299,6 +299,9 @@ def test_publish_writes_only_the_validation_measurement_never_a_feeds_endpoint_n
     checks = {c["check"]: c for c in report["instances"][0]["checks"]}
     assert checks["validation ticks"]["published"] == 250 == checks["validation ticks"]["landed"]
     assert checks["validation ticks"]["received"] == 250
+    # The destination's counters are read once the ticks are in: they count them.
+    (local,) = report["instances"][0]["destinations"]
+    assert local["written"] >= 250 and local["ok"], local
     rows = station_influx.query('SELECT * FROM "standard"."station_validation"', db="tick")
     assert len(rows) == 250
     assert {(r["validation"], r["station"], r["instrument"]) for r in rows} == {("demo", "tst", "VALIDATION")}

@@ -295,18 +295,19 @@ class InstanceValidation:
         listen = self.config.http_listen
         assert listen is not None
         try:
+            if self.options.mode == "publish":
+                self._validation_landed(started_ns)  # waits until the ticks are in: then the counters settle
             self.after = fetch_metrics(listen)
             health = fetch_health(listen)
         except (OSError, ValueError) as exc:
             self.add("alive", False, f"http://{listen} stopped answering during the window: {exc}")
             return
         started = _labels(self.after, "bridge_start_time_seconds")
-        self.add("alive", True, f"answers on {listen}" + (f", up since {int(started)}" if started else ""))
+        self.checks.insert(0, Check("alive", True, f"answers on {listen}"
+                                    + (f", up since {int(started)}" if started else "")))
         self._feeds(started_ns)
         self._destinations(health)
         self._self_metrics(started_ns)
-        if self.options.mode == "publish":
-            self._validation_landed(started_ns)
         self._cache(started_ns)
 
     def _feeds(self, started_ns: int) -> None:

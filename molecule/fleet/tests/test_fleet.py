@@ -89,7 +89,7 @@ def changed_tasks(output: dict) -> list[str]:
 
 
 # Tasks whose failure a play ignores on purpose: an unreachable or hanging station is skipped.
-REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start"}
+REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start and gather its facts"}
 
 
 def failures(output: dict) -> list[tuple[str, str]]:
