@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import threading
@@ -312,40 +313,8 @@ def stop_sshd(name: str) -> None:
     host(name).check_output("systemctl stop ssh.service && (pkill -KILL -u deploy || true)")
 
 
-def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out():
-    """Also the rollout re-run over SSH: canary first, then the rest, nothing changed on central, ams
-    (sudo requires a tty for all but deploy) and bcn (sudo asks the vault's password)."""
-    stopped = STATIONS["cpt"]
-    stop_sshd(stopped)
-    try:
-        rc, took, output = play("rollout.yml")
-        report = [r["msg"] for p in output["plays"] for t in p["tasks"]
-                  if t["task"]["name"] == "List the stations skipped as unreachable" for r in t["hosts"].values()]
-        print(f"rollout re-run over SSH with {stopped} down: {took:.0f} s; batches {station_batches(output)}; {report}")
-        assert rc == 0, failures(output)
-        assert failures(output) == []
-        assert changed_tasks(output) == []
-        batches = station_batches(output)
-        assert batches == [[STATIONS["ams"]], [STATIONS["bcn"]]], batches  # the canary alone, then the rest
-        (table,) = report
-        assert table[0] == "station | reason" and len(table) == 2 and table[1].startswith(f"{stopped} | ")
-        assert "Connection refused" in table[1] or "port 22" in table[1], table
-        # The others were validated (post-check) in this run.
-        validated = {h for p in output["plays"] for t in p["tasks"] if t["task"]["name"] == "Fail when a check failed"
-                     for h, r in t["hosts"].items() if not r.get("failed")}
-        assert validated == {STATIONS["ams"], STATIONS["bcn"]}
-        # Beyond rollout_max_unreachable the run ends non-zero, and says why.
-        rc, _, output = play("rollout.yml", "--limit", stopped, "-e", "rollout_max_unreachable=0")
-        assert rc != 0
-        message = "1 stations unreachable, more than rollout_max_unreachable (0 = 0)"
-        assert any(message in m for _, m in failures(output)), failures(output)
-    finally:
-        host(stopped).check_output("systemctl start ssh.service")
-
-
-
 class WanCut(threading.Thread):
-    """cpt under load loses its link to everything for 40 s; runs beside the other checks."""
+    """cpt under load loses its link to everything for 40 s; runs beside the rollouts of the others."""
 
     count = 9000
 
@@ -393,15 +362,48 @@ class WanCut(threading.Thread):
 
 
 @pytest.fixture(scope="module")
-def wan_cut():
-    """Started when the first fault test needs it; the checks of other stations run meanwhile."""
+def cpt_offline():
+    """cpt is down for the rest of the module: its sshd stopped (the rollouts must skip it) and, at the
+    same time, its WAN link cut under load (test_wan_cut_...), checked at the end; the rollouts of the
+    other stations run meanwhile. Everything is put back afterwards."""
+    stop_sshd(STATIONS["cpt"])
     cut = WanCut()
     cut.start()
-    yield cut
-    cut.join(400)
+    try:
+        yield cut
+    finally:
+        cut.join(400)
+        host(STATIONS["cpt"]).check_output("systemctl start ssh.service")
 
 
-def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, wan_cut):
+def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(cpt_offline):
+    """Also the rollout re-run over SSH: canary first, then the rest, nothing changed on central, ams
+    (sudo requires a tty for all but deploy) and bcn (sudo asks the vault's password)."""
+    stopped = STATIONS["cpt"]
+    rc, took, output = play("rollout.yml")
+    report = [r["msg"] for p in output["plays"] for t in p["tasks"]
+              if t["task"]["name"] == "List the stations skipped as unreachable" for r in t["hosts"].values()]
+    print(f"rollout re-run over SSH with {stopped} down: {took:.0f} s; batches {station_batches(output)}; {report}")
+    assert rc == 0, failures(output)
+    assert failures(output) == []
+    assert changed_tasks(output) == []
+    batches = station_batches(output)
+    assert batches == [[STATIONS["ams"]], [STATIONS["bcn"]]], batches  # the canary alone, then the rest
+    (table,) = report
+    assert table[0] == "station | reason" and len(table) == 2 and table[1].startswith(f"{stopped} | ")
+    assert re.search(r"ssh|connect|timed out", table[1], re.I), table
+    # The others were validated (post-check) in this run.
+    validated = {h for p in output["plays"] for t in p["tasks"] if t["task"]["name"] == "Fail when a check failed"
+                 for h, r in t["hosts"].items() if not r.get("failed")}
+    assert validated == {STATIONS["ams"], STATIONS["bcn"]}
+    # Beyond rollout_max_unreachable the run ends non-zero, and says why.
+    rc, _, output = play("rollout.yml", "--limit", stopped, "-e", "rollout_max_unreachable=0")
+    assert rc != 0
+    message = "1 stations unreachable, more than rollout_max_unreachable (0 = 0)"
+    assert any(message in m for _, m in failures(output)), failures(output)
+
+
+def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, cpt_offline):
     directory = scenario_inventory(tmp_path)
     broken = yaml.safe_load((EXAMPLE / "host_vars/station-stack-fleet-ams.yml").read_text())
     broken["station_feeds"] = [{"name": "kraken", "endpoint": "tcp://127.0.0.1:5556", "topic": "kraken_tick",
@@ -425,7 +427,8 @@ def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, wan_cut):
     assert host(STATIONS["ams"]).check_output("systemctl show station-bridge@kraken -p MainPID --value") == canary_pid
 
 
-def test_wan_cut_under_load_loses_nothing_and_duplicates_nothing(wan_cut):
+def test_wan_cut_under_load_loses_nothing_and_duplicates_nothing(cpt_offline):
+    wan_cut = cpt_offline
     wan_cut.join(400)
     assert not wan_cut.is_alive(), "the WAN cut did not finish"
     if wan_cut.error:
