@@ -8,6 +8,9 @@ docs/benchmarks.md with the machine's description and the date.
 3. Fleet rollout (playbooks/rollout.yml, the example fleet's variables) on a central and four
    stations: the first rollout, then idempotent rollouts of one station and of all four, with
    the default batches (canary, then halves) and with every station in one batch.
+4. A station reached as a real host (SSH as deploy with sudo, host keys checked): idempotent
+   converges directly and through lab/delay_proxy.py at 300 ms RTT, validate.yml through it, and
+   the controller's CPU seconds per idempotent converge.
 Times are wall-clock seconds; ratios compare figures from the same run (machines here are noisy).
 """
 
@@ -154,19 +157,157 @@ def fleet_rows() -> list[tuple[str, str, str]]:
     ]
 
 
-def main() -> None:
-    say("bridge benchmark (bridge/bench/run.py)")
+SLOW_HOST = "station-stack-bench-ssh"
+SLOW_RTT_MS = 300
+
+
+def controller_cpu() -> float:
+    """CPU seconds (user + system) of this process's finished children: ansible-playbook and its ssh."""
+    import resource
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def proxy_rtt(rtt_ms: float, samples: int = 5) -> float:
+    """The round trip lab/delay_proxy.py adds, measured: small messages through it to a local echo."""
+    import socket
+    import threading
+    server = socket.create_server(("127.0.0.1", 0))
+
+    def echo() -> None:
+        conn, _ = server.accept()
+        with conn:
+            while data := conn.recv(65536):
+                conn.sendall(data)
+
+    threading.Thread(target=echo, daemon=True).start()
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "lab/delay_proxy.py"), "--rtt-ms", str(rtt_ms),
+                              "--target", f"127.0.0.1:{server.getsockname()[1]}"], stdout=subprocess.PIPE, text=True)
+    try:
+        host, _, port = proxy.stdout.readline().strip().rpartition(":")  # type: ignore[union-attr]
+        best = float("inf")
+        with socket.create_connection((host, int(port)), timeout=10) as conn:
+            for _ in range(samples):
+                started = time.monotonic()
+                conn.sendall(b"ping")
+                conn.recv(64)
+                best = min(best, time.monotonic() - started)
+        return best
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        server.close()
+
+
+def slow_link_rows() -> list[tuple[str, str, str]]:
+    """One lab station reached as a real host is: SSH as deploy with sudo, host keys checked. It is
+    converged once through the Docker API (not measured), then idempotent converges run over SSH
+    directly and through lab/delay_proxy.py at 300 ms RTT, and validate.yml through the proxy."""
+    env = dict(os.environ, ANSIBLE_VAULT_PASSWORD_FILE=str(ROOT / "inventories/local/lab-vault-password"))
+    work = ROOT / ".cache/bench/slow"
+    shutil.rmtree(work, ignore_errors=True)
+    work.mkdir(parents=True)
+    lab = json.dumps({"lab_instances": [{"name": SLOW_HOST, "hostname": "slow", "ssh_user": "deploy",
+                                         "sudo": "nopasswd"}], "lab_ssh_dir": str(work / "ssh")})
+    run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
+    up = run(["ansible-playbook", "-i", "localhost,", "lab/up.yml", "-e", lab], env=env)
+    if up.returncode != 0:
+        raise SystemExit(f"could not start {SLOW_HOST}:\n{up.stdout[-3000:]}")
+    known = (work / "ssh/known_hosts").read_text().split()
+    address, key = known[0], " ".join(known[1:3])
+    proxy = subprocess.Popen([sys.executable, str(ROOT / "lab/delay_proxy.py"), "--target", f"{address}:22",
+                              "--rtt-ms", str(SLOW_RTT_MS)], stdout=subprocess.PIPE, text=True)
+    try:
+        listen = proxy.stdout.readline().strip()  # type: ignore[union-attr]
+        proxy_host, _, proxy_port = listen.rpartition(":")
+        (work / "ssh/known_hosts").write_text(f"{address} {key}\n[{proxy_host}]:{proxy_port} {key}\n")
+        ssh = {"ansible_connection": "ssh", "ansible_user": "deploy",
+               "ansible_private_key_file": str(work / "ssh/id_ed25519"),
+               "ansible_ssh_common_args": f"-o UserKnownHostsFile={work}/ssh/known_hosts -o StrictHostKeyChecking=yes"
+                                          " -o IdentitiesOnly=yes"}
+        inventories = {
+            "docker": {"ansible_connection": "community.docker.docker", "ansible_user": "root"},
+            "direct": {**ssh, "ansible_host": address},
+            "slow": {**ssh, "ansible_host": proxy_host, "ansible_port": int(proxy_port)},
+        }
+        for name, hostvars in inventories.items():
+            directory = work / name
+            directory.mkdir()
+            (directory / "hosts.yml").write_text(json.dumps({"all": {"children": {"stations": {"hosts": {
+                SLOW_HOST: hostvars}}}}}))
+            (directory / "group_vars").symlink_to(ROOT / "inventories/local/group_vars")
+
+        def playbook(inventory: str, *args: str) -> tuple[float, float, int, str]:
+            cpu = controller_cpu()
+            started = time.monotonic()
+            proc = run(["ansible-playbook", "-i", str(work / inventory), *args], env=env)
+            took, cpu = time.monotonic() - started, controller_cpu() - cpu
+            # Kept for reading where the time went (task timings: ansible.cfg's profile_tasks).
+            (work / f"{inventory}-{Path(args[0]).stem}-{int(started)}.log").write_text(proc.stdout)
+            recap = re.search(rf"{SLOW_HOST}\s*:\s*ok=(\d+)\s+changed=(\d+)", proc.stdout)
+            if proc.returncode != 0 or not recap:
+                raise SystemExit(f"{' '.join(args)} over {inventory} failed:\n{proc.stdout[-4000:]}\n"
+                                 f"{proc.stderr[-2000:]}")
+            return took, cpu, int(recap.group(2)), proc.stdout
+
+        playbook("docker", "playbooks/site.yml")
+        say("station converged through the Docker API; now over SSH")
+        direct, direct_cpu, changed_direct, _ = playbook("direct", "playbooks/site.yml")
+        say(f"idempotent converge over SSH {direct:.0f} s, controller CPU {direct_cpu:.1f} s, changed={changed_direct}")
+        rtt = proxy_rtt(SLOW_RTT_MS)
+        slow, slow_cpu, changed_slow, out = playbook("slow", "playbooks/site.yml")
+        tasks = len(re.findall(r"^TASK \[", out, re.M))
+        say(f"idempotent converge over SSH at {rtt * 1000:.0f} ms RTT {slow:.0f} s ({tasks} tasks), "
+            f"changed={changed_slow}")
+        validate, _, _, _ = playbook("slow", "playbooks/validate.yml")
+        say(f"validate.yml over SSH at {rtt * 1000:.0f} ms RTT {validate:.0f} s")
+    finally:
+        proxy.terminate()
+        proxy.wait(10)
+        run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
+    if changed_direct or changed_slow:
+        raise SystemExit(f"not idempotent over SSH: changed={changed_direct} direct, {changed_slow} at 300 ms")
+    return [
+        ("ssh: delay proxy, round trip through it (echo)", f"{rtt * 1000:.0f} ms", f"set to {SLOW_RTT_MS} ms"),
+        ("ssh: idempotent station converge, direct", f"{direct:.0f} s, changed=0", "1.00"),
+        (f"ssh: idempotent station converge, {SLOW_RTT_MS} ms RTT", f"{slow:.0f} s, changed=0, {tasks} tasks",
+         f"{slow / direct:.2f}; <= 60 s"),
+        (f"ssh: validate.yml, {SLOW_RTT_MS} ms RTT", f"{validate:.0f} s", f"{validate / direct:.2f}"),
+        ("ssh: controller CPU per idempotent station converge", f"{direct_cpu:.1f} s (direct), {slow_cpu:.1f} s "
+         f"({SLOW_RTT_MS} ms)", f"{direct_cpu / direct:.2f} of its wall time"),
+    ]
+
+
+def bridge_rows() -> list[tuple[str, str, str]]:
     bridge = run([sys.executable, "bridge/bench/run.py"])
     if bridge.returncode != 0:
         raise SystemExit(f"bridge benchmark failed:\n{bridge.stderr[-3000:]}")
     # Its rows (after the header and the rule) join the one table below.
     cells = [[c.strip() for c in line.strip("|").split("|")] for line in bridge.stdout.splitlines()
              if line.startswith("|")][2:]
-    rows = [(f"bridge: {a.removeprefix('bridge ')}", b, c) for a, b, c in cells]
-    say("station converge timings")
-    rows += converge_rows()
-    say("fleet rollout timings")
-    rows += fleet_rows()
+    return [(f"bridge: {a.removeprefix('bridge ')}", b, c) for a, b, c in cells]
+
+
+SECTIONS = {
+    "bridge": ("bridge benchmark (bridge/bench/run.py)", bridge_rows),
+    "converge": ("station converge timings", converge_rows),
+    "fleet": ("fleet rollout timings", fleet_rows),
+    "ssh": ("station over SSH, direct and through a 300 ms link", slow_link_rows),
+}
+
+
+def main() -> None:
+    """`lab/bench.py [section ...]`: every section (and docs/benchmarks.md) by default; named
+    sections only print their rows (bridge, converge, fleet, ssh)."""
+    chosen = sys.argv[1:] or list(SECTIONS)
+    unknown = set(chosen) - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"unknown sections {sorted(unknown)}: choose from {list(SECTIONS)}")
+    rows: list[tuple[str, str, str]] = []
+    for name in chosen:
+        what, rows_of = SECTIONS[name]
+        say(what)
+        rows += rows_of()
     width = max(len(r[0]) for r in rows)
     result = max(len(r[1]) for r in rows)
     table = [f"| {'measurement':<{width}} | {'result':<{result}} | ratio, target |",
@@ -180,13 +321,15 @@ def main() -> None:
         "",
         "One run, one table: every ratio compares figures measured in this run (machines here are noisy).",
         "bridge: bridge/bench/run.py, (a) is the ceiling; converge: playbooks/site.yml on a fresh lab",
-        "container; fleet: playbooks/rollout.yml with the example fleet's variables, default forks.",
+        "container; fleet: playbooks/rollout.yml with the example fleet's variables, default forks;",
+        "ssh: the lab station reached over SSH as deploy with sudo, directly and through lab/delay_proxy.py.",
         "",
         *table,
         "",
     ])
-    (ROOT / "docs").mkdir(exist_ok=True)
-    (ROOT / "docs/benchmarks.md").write_text(text)
+    if chosen == list(SECTIONS):
+        (ROOT / "docs").mkdir(exist_ok=True)
+        (ROOT / "docs/benchmarks.md").write_text(text)
     print(text)
 
 

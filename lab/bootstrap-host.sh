@@ -11,6 +11,7 @@ command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)         # real influxd for unit tests
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)  # real redis for bridge tests
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
+command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)     # the fleet scenario reaches hosts over SSH
 # Debian's python3 has no ensurepip until python3-venv is installed.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 

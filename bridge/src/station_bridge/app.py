@@ -192,7 +192,7 @@ class Bridge:
         decode, mapper = sub.decode, sub.mapper
         binning = sub.binning
         newest: dict[str, tuple[int, dict]] = {}
-        cached = self.cache is not None and binning is None
+        cached = self.cache is not None and binning is None and sub.spec.cache
         points = []
         rejected: dict[str, int] = {}
         for frames in messages:

@@ -1,4 +1,4 @@
-"""station-bridge: run, check-config, print-config, replay, export, publish-demo."""
+"""station-bridge: run, check-config, print-config, replay, export, publish-demo, validate."""
 
 from __future__ import annotations
 
@@ -144,6 +144,8 @@ def parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=60.0, help="upper bound in seconds")
     demo.add_argument("--instruments", default="")
     demo.set_defaults(func=cmd_demo)
+    from .validate import add_parser as add_validate
+    add_validate(sub)
     return p
 
 

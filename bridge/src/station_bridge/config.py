@@ -88,6 +88,7 @@ class SubscriptionSpec:
     mapping: MappingSpec
     binning: BinningSpec | None
     require_connection: bool = True
+    cache: bool = True  # false: the subscription's points never reach the Redis cache
 
 
 @dataclass(frozen=True)
@@ -198,7 +199,7 @@ class Config:
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
                                                 "timezone": m.time.timezone},
-                "binning": binned, "cache": self.cache is not None and (s.binning is None),
+                "binning": binned, "cache": self.cache is not None and s.binning is None and s.cache,
             })
         return {
             "source": self.source,
@@ -478,6 +479,7 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         delimiter=r.get("delimiter", str, "\x01"), field_order=field_order,
         max_frame_bytes=r.size("max_frame_bytes", 1_048_576),
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
+        cache=r.get("cache", bool, True),
     )
     if spec.max_frame_bytes <= 0:
         raise r.fail("max_frame_bytes", "must be positive")

@@ -161,36 +161,48 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
 
 
-_SAMPLE = re.compile(r'^([a-zA-Z_:][a-zA-Z0-9_:]*)(?:\{(.*)\})?\s+(\S+)(?:\s+\S+)?$')
-_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)="((?:[^"\\]|\\.)*)"\s*,?')
+Sample = tuple[str, Labels]
+_NAME = re.compile(r"[a-zA-Z_:][a-zA-Z0-9_:]*")
+_LABEL = re.compile(r'\s*([a-zA-Z_][a-zA-Z0-9_]*)\s*=\s*"((?:[^"\\]|\\.)*)"\s*(,|\})')
+_UNESCAPE = re.compile(r"\\(.)")
 
 
-def _unescape(value: str) -> str:
-    return re.sub(r"\\(.)", lambda m: {"n": "\n"}.get(m.group(1), m.group(1)), value)
+def parse(text: str) -> dict[Sample, float]:
+    """Prometheus text exposition -> {(name, sorted labels): value}; comments and blank lines skipped.
 
-
-def parse(text: str) -> dict[tuple[str, Labels], float]:
-    """Prometheus text exposition -> {(name, sorted labels): value}. The one parser of /metrics."""
-    out: dict[tuple[str, Labels], float] = {}
-    for raw in text.splitlines():
-        line = raw.strip()
+    The one parser of /metrics for every suite and for `station-bridge validate`. Raises
+    ValueError naming the line it cannot read.
+    """
+    samples: dict[Sample, float] = {}
+    for raw in text.split("\n"):  # the format's only line break (a label value may hold \r or U+2028)
+        line = raw.strip(" \t")
         if not line or line.startswith("#"):
             continue
-        match = _SAMPLE.match(line)
-        if match is None:
-            raise ValueError(f"not a Prometheus sample: {line!r}")
-        name, labels_text, value = match.groups()
+        match = _NAME.match(line)
+        if not match:
+            raise ValueError(f"not a sample: {raw!r}")
+        name, pos = match.group(), match.end()
         labels: list[tuple[str, str]] = []
-        pos = 0
-        body = labels_text or ""
-        while pos < len(body):
-            found = _LABEL.match(body, pos)
-            if found is None:
-                raise ValueError(f"bad labels in {line!r}")
-            labels.append((found.group(1), _unescape(found.group(2))))
-            pos = found.end()
-        out[(name, tuple(sorted(labels)))] = float(value)
-    return out
+        if line[pos:pos + 1] == "{":
+            pos += 1
+            while True:
+                rest = line[pos:].lstrip()
+                if rest.startswith("}"):
+                    pos = len(line) - len(rest) + 1
+                    break
+                label = _LABEL.match(line, pos)
+                if not label:
+                    raise ValueError(f"bad labels: {raw!r}")
+                value = _UNESCAPE.sub(lambda m: "\n" if m.group(1) == "n" else m.group(1), label.group(2))
+                labels.append((label.group(1), value))
+                pos = label.end()
+                if label.group(3) == "}":
+                    break
+        fields = line[pos:].split()
+        if not fields:
+            raise ValueError(f"sample without a value: {raw!r}")
+        samples[(name, tuple(sorted(labels)))] = float(fields[0])
+    return samples
 
 
 def value(samples: dict[tuple[str, Labels], float], name: str, **labels: str) -> float:

@@ -1,53 +1,101 @@
-"""A fleet: central first, canary first, forwarding tagged by station, nothing lost on a WAN cut."""
+"""A fleet reached like real hosts: over SSH as `deploy` with sudo, host keys checked.
+
+Every playbook runs over SSH exactly as an operator runs it (the scenario's inventory, the
+project's ansible.cfg, the lab's extra vars); the verifier inspects hosts through `docker exec`
+(testinfra's docker backend), the lab's console, so that looking never depends on what is tested.
+The converged fleet is shared by every check; checks that break something put it back.
+"""
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
+import threading
 import time
 from pathlib import Path
 
+import pytest
 import testinfra
 import yaml
 from conftest import Influx, wait_until
 
 PROJECT = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"])
+SCENARIO = Path(os.environ["MOLECULE_SCENARIO_DIRECTORY"])
+EPHEMERAL = Path(os.environ["MOLECULE_EPHEMERAL_DIRECTORY"])
 EXAMPLE = PROJECT / "inventories/fleet-example"
-ROLLOUT = PROJECT / "playbooks/rollout.yml"
+PLAYBOOKS = PROJECT / "playbooks"
+LAB_VARS = SCENARIO / "lab.yml"
 CENTRAL = "station-stack-fleet-central"
 STATIONS = {"ams": "station-stack-fleet-ams", "bcn": "station-stack-fleet-bcn", "cpt": "station-stack-fleet-cpt"}
 ADMIN = ("admin", "fleet-admin-Tq2x")
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
+# What a validation publisher ever sent: the demo publisher's default instruments (the old
+# rollout's ticks), the validate command's own instrument and tag. The lab's feeds send XBTEUR and
+# ETHEUR, the WAN test USDZAR and EURZAR.
+SYNTHETIC_INSTRUMENTS = ["EURUSD", "GBPUSD", "USDJPY", "AUDUSD", "USDCHF", "EURGBP", "USDCAD", "NZDUSD", "VALIDATION"]
 
 
 def host(name: str):
-    return testinfra.get_host(f"ansible://{name}", ansible_inventory=os.environ["MOLECULE_INVENTORY_FILE"])
+    """The lab's console into a container: root, no SSH, no sudo."""
+    return testinfra.get_host(f"docker://{name}")
 
 
-def central_query(q: str) -> list[dict]:
-    return Influx(host(CENTRAL)).query(q, auth=ADMIN, db="fleet").rows()
+def central_query(q: str, db: str = "fleet") -> list[dict]:
+    return Influx(host(CENTRAL)).query(q, auth=ADMIN, db=db).rows()
 
 
 def local_query(code: str, q: str) -> list[dict]:
     return Influx(host(STATIONS[code])).query(q, auth=ADMIN, db="tick").rows()
 
 
-def rollout(*flags: str, inventory: str | None = None) -> tuple[int, float, dict]:
-    env = dict(os.environ, ANSIBLE_STDOUT_CALLBACK="ansible.posix.json")
-    env.pop("ANSIBLE_CALLBACKS_ENABLED", None)
+def inventory() -> str:
+    return os.environ["MOLECULE_INVENTORY_FILE"]
+
+
+def ansible_env(**extra: str) -> dict[str, str]:
+    """The operator's ansible.cfg, JSON on stdout (no task timing printed into it)."""
+    return dict(os.environ, ANSIBLE_CONFIG=str(PROJECT / "ansible.cfg"), ANSIBLE_STDOUT_CALLBACK="ansible.posix.json",
+                ANSIBLE_CALLBACKS_ENABLED="ansible.posix.json", **extra)
+
+
+def play(playbook: str | Path, *flags: str, inventory_file: str | None = None) -> tuple[int, float, dict]:
+    """ansible-playbook over SSH with the scenario's inventory and lab vars; JSON output."""
+    env = ansible_env()
     started = time.monotonic()
-    proc = subprocess.run(["ansible-playbook", "-i", inventory or os.environ["MOLECULE_INVENTORY_FILE"], str(ROLLOUT),
-                           *flags], capture_output=True, text=True, env=env, check=False, timeout=900)
+    proc = subprocess.run(["ansible-playbook", "-i", inventory_file or inventory(), str(PLAYBOOKS / playbook),
+                           "-e", f"@{LAB_VARS}", *flags], capture_output=True, text=True, env=env, check=False,
+                          timeout=900)
     took = time.monotonic() - started
     assert proc.stdout, proc.stderr
     return proc.returncode, took, json.loads(proc.stdout)
 
 
+def adhoc(pattern: str, *args: str, inventory_file: str | None = None) -> subprocess.CompletedProcess:
+    env = ansible_env(ANSIBLE_LOAD_CALLBACK_PLUGINS="1")
+    return subprocess.run(["ansible", "-i", inventory_file or inventory(), pattern, *args], capture_output=True,
+                          text=True, env=env, check=False, timeout=120)
+
+
+def adhoc_results(proc: subprocess.CompletedProcess) -> dict[str, dict]:
+    output = json.loads(proc.stdout)
+    return {h: r for p in output["plays"] for t in p["tasks"] for h, r in t["hosts"].items()}
+
+
 def changed_tasks(output: dict) -> list[str]:
     return [f"{h}: {t['task']['name']}" for p in output["plays"] for t in p["tasks"]
             for h, r in t["hosts"].items() if r.get("changed")]
+
+
+# Tasks whose failure a play ignores on purpose: an unreachable or hanging station is skipped.
+REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start and gather its facts"}
+
+
+def failures(output: dict) -> list[tuple[str, str]]:
+    return [(h, r.get("msg", "") + json.dumps(r.get("results", ""))) for p in output["plays"] for t in p["tasks"]
+            if t["task"]["name"] not in REACH_TASKS for h, r in t["hosts"].items() if r.get("failed")]
 
 
 def bridge_state(h) -> tuple[str, str]:
@@ -59,13 +107,79 @@ def points(rows: list[dict]) -> set[tuple[str, int]]:
     return {(r["instrument"], r["time"]) for r in rows}
 
 
+def scenario_inventory(tmp_path: Path) -> Path:
+    """A copy of the scenario's inventory a test may change (group_vars linked, host_vars copied)."""
+    directory = tmp_path / "inventory"
+    directory.mkdir()
+    shutil.copy(inventory(), directory / "hosts.yml")
+    (directory / "group_vars").symlink_to(EXAMPLE / "group_vars")
+    shutil.copytree(EXAMPLE / "host_vars", directory / "host_vars")
+    return directory
+
+
+# --- the connection: SSH as deploy, sudo, host keys --------------------------------------------
+
+
+def test_every_host_is_reached_over_ssh_as_deploy_with_sudo():
+    hostvars = json.loads(subprocess.run(["ansible-inventory", "-i", inventory(), "--list"], capture_output=True,
+                                         text=True, check=True).stdout)["_meta"]["hostvars"]
+    for name in [CENTRAL, *STATIONS.values()]:
+        assert hostvars[name]["ansible_connection"] == "ssh" and hostvars[name]["ansible_user"] == "deploy", name
+        assert "StrictHostKeyChecking=yes" in hostvars[name]["ansible_ssh_common_args"], name
+    plain = adhoc_results(adhoc("all", "-m", "ansible.builtin.command", "-a", "id -un"))
+    become = adhoc_results(adhoc("all", "-b", "-m", "ansible.builtin.command", "-a", "id -un"))
+    assert {h: r["stdout"] for h, r in plain.items()} == dict.fromkeys([CENTRAL, *STATIONS.values()], "deploy")
+    assert {h: r["stdout"] for h, r in become.items()} == dict.fromkeys([CENTRAL, *STATIONS.values()], "root")
+    # bcn's sudo asks for deploy's password (given from the vault); the others do not.
+    asks = host(STATIONS["bcn"]).run("runuser -u deploy -- sudo -n true")
+    assert asks.rc != 0 and "password is required" in asks.stderr
+    assert host(STATIONS["cpt"]).run("runuser -u deploy -- sudo -n true").rc == 0
+    # ams requires a tty for sudo, except for deploy (pipelined sudo has none).
+    assert "Defaults requiretty" in host(STATIONS["ams"]).check_output("cat /etc/sudoers.d/station-stack-lab")
+
+
+def test_a_changed_host_key_is_refused(tmp_path):
+    inv = yaml.safe_load(Path(inventory()).read_text())
+    known = EPHEMERAL / "ssh/known_hosts"
+    forged = tmp_path / "known_hosts"
+    # Every host's line with cpt's key: ams now presents a key that known_hosts does not list.
+    lines = known.read_text().splitlines()
+    cpt_key = next(line.split(" ", 1)[1] for line in lines
+                   if line.startswith(inv["all"]["hosts"][STATIONS["cpt"]]["ansible_host"] + " "))
+    forged.write_text("".join(f"{line.split(' ', 1)[0]} {cpt_key}\n" for line in lines))
+    for hostvars in inv["all"]["hosts"].values():
+        hostvars["ansible_ssh_common_args"] = hostvars["ansible_ssh_common_args"].replace(str(known), str(forged))
+        # A fresh control socket: the reused master connection must not hide the check.
+        hostvars["ansible_ssh_extra_args"] = f"-o ControlPath={tmp_path}/cp-%C"
+    (tmp_path / "inventory.yml").write_text(yaml.safe_dump(inv))
+    result = adhoc_results(adhoc(STATIONS["ams"], "-m", "ansible.builtin.ping",
+                                 inventory_file=str(tmp_path / "inventory.yml")))
+    assert result[STATIONS["ams"]].get("unreachable"), result
+    assert "Host key verification failed" in json.dumps(result), result
+
+
+def test_become_user_other_than_root_gets_readable_temporary_files():
+    """deploy -> sudo -u nobody: the module's files must be readable by nobody (acl on the host)."""
+    result = adhoc_results(adhoc(STATIONS["bcn"], "-b", "--become-user", "nobody", "-m", "ansible.builtin.copy",
+                                 "-a", "content=lab dest=/tmp/written-as-nobody mode=0644"))
+    assert not result[STATIONS["bcn"]].get("failed"), result
+    assert host(STATIONS["bcn"]).file("/tmp/written-as-nobody").user == "nobody"
+
+
+# --- the converged fleet ------------------------------------------------------------------------
+
+
+def station_batches(output: dict) -> list[list[str]]:
+    """The hosts of each batch of the station play, in order (one JSON play per serial batch)."""
+    return [sorted({h for t in p["tasks"] for h in t["hosts"]}) for p in output["plays"]
+            if p["play"]["name"] == "Stations, canary first"]
 
 
 def test_central_holds_each_stations_data_tagged_with_its_code():
     per_station = {row["station"]: row["count"] for row in central_query(
         "SELECT count(bid) FROM long_term.ticks GROUP BY station")}
     print("ticks at central per station:", per_station)
-    assert set(per_station) == set(STATIONS) and min(per_station.values()) >= 300
+    assert set(per_station) == set(STATIONS) and min(per_station.values()) >= 10
     weather = {row["station"] for row in central_query("SELECT count(bid) FROM long_term.weather GROUP BY station")}
     assert weather == {"bcn"}  # only Barcelona runs that feed
     health = {row["station"] for row in central_query(
@@ -84,69 +198,242 @@ def test_each_station_forwards_with_its_own_central_user():
         assert not any(f"fleet-{c}-Kx7{c}" in env for c in others), f"{code} holds another station's credentials"
 
 
-def test_rollout_wall_time_one_station_vs_all():
-    rc_one, one, out_one = rollout("--limit", STATIONS["ams"])
-    rc_all, all_, out_all = rollout()
-    assert rc_one == 0 and rc_all == 0
-    assert changed_tasks(out_one) == [] and changed_tasks(out_all) == []
-    print(f"rollout (idempotent) wall time: 1 station {one:.0f} s, all {len(STATIONS)} stations + central "
-          f"{all_:.0f} s, ratio {all_ / one:.2f}")
+def synthetic_points(query, db_rp: str) -> dict[str, int]:
+    """Points of a validation publisher in any measurement but station_validation."""
+    found = {}
+    instruments = "|".join(SYNTHETIC_INSTRUMENTS)
+    for row in query("SHOW MEASUREMENTS"):
+        name = row["name"]
+        for where in (f"\"instrument\" =~ /^({instruments})$/", "\"validation\" = 'demo'"):
+            rows = query(f'SELECT count(*) FROM {db_rp}."{name}" WHERE {where}')
+            count = max((v for r in rows for k, v in r.items() if k.startswith("count")), default=0)
+            if count:
+                found[f"{name} WHERE {where}"] = count
+    return found
 
 
-def test_wan_cut_under_load_loses_nothing_and_duplicates_nothing():
-    station = host(STATIONS["cpt"])
-    start = int(station.check_output("date +%s%N"))
-    count = 9000
-    station.check_output(f"nohup {BRIDGE} publish-demo --count {count} --rate 150 --duration 120 "
-                         "--instruments USDZAR,EURZAR > /tmp/wan-publisher.log 2>&1 &")
-    time.sleep(8)
-    subprocess.run(["docker", "network", "disconnect", "station-stack-lab", STATIONS["cpt"]], check=True)
+def test_validate_observes_over_ssh_and_nothing_synthetic_exists_anywhere():
+    rc, _, output = play("validate.yml")
+    assert rc == 0, failures(output)
+    tables = [r["msg"] for p in output["plays"] for t in p["tasks"] if t["task"]["name"] == "Show the validation table"
+              for r in t["hosts"].values()]
+    print("\n".join(line for table in tables for line in table))
+    assert len(tables) == len(STATIONS) and all(any("| feed kraken | received" in line for line in t) for t in tables)
+    # After the rollout and the validation: nothing synthetic in any production measurement, at the
+    # stations or at central, and the validation measurement does not exist (observe writes nothing).
+    for code in STATIONS:
+        measurements = {r["name"] for r in local_query(code, "SHOW MEASUREMENTS")}
+        assert "station_validation" not in measurements, code
+        assert synthetic_points(lambda q, c=code: local_query(c, q), '"tick"."standard"') == {}, code
+    assert "station_validation" not in {r["name"] for r in central_query("SHOW MEASUREMENTS")}
+    assert synthetic_points(central_query, '"fleet"."long_term"') == {}
+    for code in ("ams", "bcn"):  # the stations with Redis: no validation or demo series cached
+        keys = redis_keys(code)
+        assert keys and all("instrument=XBTEUR" in k or "instrument=ETHEUR" in k or "USDZAR" in k or "EURZAR" in k
+                            for k in keys), keys
+        assert not [k for k in keys if "station_validation" in k or any(i in k for i in SYNTHETIC_INSTRUMENTS)]
+
+
+def redis_keys(code: str) -> list[str]:
+    """Every key in the station's Redis, read as its admin (password from the inventory's vault)."""
+    result = adhoc_results(adhoc(STATIONS[code], "-m", "ansible.builtin.debug", "-a", "var=redis_admin_password"))
+    password = result[STATIONS[code]]["redis_admin_password"]
+    out = host(STATIONS[code]).run(f"REDISCLI_AUTH='{password}' redis-cli --no-auth-warning --user admin --scan")
+    assert out.rc == 0, out.stderr
+    return out.stdout.split()
+
+
+def test_service_playbook_over_ssh_with_a_sudo_password():
+    rc, _, output = play("service.yml", "-e", "state=restarted", "--limit", STATIONS["bcn"])
+    assert rc == 0, failures(output)
+    units = host(STATIONS["bcn"]).check_output("systemctl is-active station-bridge@kraken station-bridge@weather")
+    assert units.split() == ["active", "active"]
+
+
+def test_backup_and_restore_over_ssh(tmp_path):
+    code = "cpt"
+    rc, _, output = play("backup.yml", "--limit", STATIONS[code], "-e", f"backup_controller_dir={tmp_path}",
+                         "-e", '{"backup_databases": ["tick"]}')
+    assert rc == 0, failures(output)
+    (archive,) = tmp_path.glob(f"{STATIONS[code]}/tick-*.tar.gz")
+    assert archive.stat().st_mode & 0o077 == 0
     try:
-        time.sleep(40)
-        local_during = local_query("cpt", f"SELECT count(bid) FROM standard.ticks WHERE time >= {start}")
-        # Points held for central in journal segments while the link is down.
-        journal = station.check_output("cat /var/lib/station-bridge/kraken/journal/central/*.lp 2>/dev/null | wc -l")
+        rc, _, output = play("restore.yml", "--limit", STATIONS[code], "-e", f"restore_archive={archive}",
+                             "-e", "restore_database=tick", "-e", "restore_as=tick_restored")
+        assert rc == 0, failures(output)
+        restored = Influx(host(STATIONS[code])).query("SELECT count(bid) FROM tick_restored.standard.ticks",
+                                                      auth=ADMIN).rows()
+        assert restored and restored[0]["count"] > 0
     finally:
-        subprocess.run(["docker", "network", "connect", "station-stack-lab", STATIONS["cpt"]], check=True)
-    window = f"WHERE time >= {start} AND station = 'cpt'"
-    local = wait_until(lambda: (lambda r: r and r[0]["count"] == count and r[0]["count"])(
-        local_query("cpt", f"SELECT count(bid) FROM standard.ticks {window}")), 120, "every point locally")
-    central = wait_until(lambda: (lambda r: r and r[0]["count"] == count and r[0]["count"])(
-        central_query(f"SELECT count(bid) FROM long_term.ticks {window}")), 180, "central caught up")
-    stored_local = points(local_query("cpt", f"SELECT bid, instrument FROM standard.ticks {window}"))
-    stored_central = points(central_query(f"SELECT bid, instrument FROM long_term.ticks {window}"))
-    during = local_during[0]["count"] if local_during else 0
-    print(f"WAN cut 40 s at 150/s: published {count}, local while cut {during}, "
-          f"journaled for central at reconnect {journal} points, local {local}, central {central}")
-    assert local_during and local_during[0]["count"] > 0  # the station kept writing locally
-    assert int(journal) > 0
-    assert stored_central == stored_local and len(stored_central) == count
+        Influx(host(STATIONS[code])).query('DROP DATABASE "tick_restored"', auth=ADMIN)
 
 
-def test_broken_canary_halts_the_rollout_before_other_stations(tmp_path):
-    inventory = tmp_path / "inventory"
-    inventory.mkdir()
-    shutil.copy(os.environ["MOLECULE_INVENTORY_FILE"], inventory / "hosts.yml")
-    (inventory / "group_vars").symlink_to(EXAMPLE / "group_vars")
-    shutil.copytree(EXAMPLE / "host_vars", inventory / "host_vars")
+# --- the fleet overview on central ----------------------------------------------------------------
+
+# What Grafana substitutes before it sends a raw InfluxQL query.
+MACROS = {"$timeFilter": "time > now() - 1h", "$__interval": "10s", "$interval": "10s"}
+DASHBOARDS = "/var/lib/grafana/dashboards/station-stack"
+
+
+def test_fleet_overview_panels_return_rows_from_every_station():
+    central = host(CENTRAL)
+    files = central.check_output(f"ls {DASHBOARDS}").split()
+    assert files == ["fleet-overview.json"], files  # central: the overview only
+    dashboard = json.loads(central.file(f"{DASHBOARDS}/fleet-overview.json").content_string)
+    assert dashboard["uid"] == "ss-fleet-overview"
+    sources = yaml.safe_load(central.file("/etc/grafana/provisioning/datasources/station-stack.yaml").content_string)
+    by_uid = {ds["uid"]: ds for ds in sources["datasources"]}
+    reader = (by_uid["station-influxdb"]["user"], by_uid["station-influxdb"]["secureJsonData"]["password"])
+    report, empty = [], []
+    for panel in dashboard["panels"]:
+        for target in panel["targets"]:
+            assert target["rawQuery"] is True and target["datasource"]["uid"] in by_uid
+            query = target["query"]
+            for macro, value in MACROS.items():
+                query = query.replace(macro, value)
+            assert "$" not in query, query
+            db = by_uid[target["datasource"]["uid"]]["jsonData"]["dbName"]
+            rows = Influx(central).query(query, auth=reader, db=db).rows()
+            stations = {r.get("station") for r in rows if any(v is not None for k, v in r.items() if k != "time")}
+            report.append(f"{len(rows):5d} rows, stations {sorted(s for s in stations if s)}  {panel['title']}")
+            if stations != set(STATIONS):
+                empty.append(f"{panel['title']}: stations {stations}: {query}")
+    print("\n".join(report))
+    assert not empty, "panels without every station's rows:\n" + "\n".join(empty)
+    titles = " ".join(p["title"] for p in dashboard["panels"]).lower()
+    for concern in ("last message age per feed", "journal backlog", "failing", "processes"):
+        assert concern in titles, concern
+
+
+# --- faults -------------------------------------------------------------------------------------
+
+
+def stop_sshd(name: str) -> None:
+    """sshd down, and deploy's sessions with it (a reused master connection would still get through)."""
+    host(name).check_output("systemctl stop ssh.service && (pkill -KILL -u deploy || true)")
+
+
+class WanCut(threading.Thread):
+    """cpt under load loses its link to everything for 40 s; runs beside the rollouts of the others."""
+
+    count = 9000
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.error: BaseException | None = None
+        self.report = ""
+
+    def run(self) -> None:
+        try:
+            self._run()
+        except BaseException as exc:  # reported by the test
+            self.error = exc
+
+    def _run(self) -> None:
+        station = host(STATIONS["cpt"])
+        # The lab feed holds the feed's endpoint: the counted publisher takes its place.
+        station.check_output("systemctl stop station-lab-feed-kraken")
+        try:
+            start = int(station.check_output("date +%s%N"))
+            station.check_output(f"nohup {BRIDGE} publish-demo --count {self.count} --rate 150 --duration 120 "
+                                 "--instruments USDZAR,EURZAR > /tmp/wan-publisher.log 2>&1 &")
+            time.sleep(8)
+            subprocess.run(["docker", "network", "disconnect", "station-stack-lab", STATIONS["cpt"]], check=True)
+            try:
+                time.sleep(40)
+                window = f"WHERE time >= {start} AND station = 'cpt' AND instrument =~ /^(USDZAR|EURZAR)$/"
+                during = local_query("cpt", f"SELECT count(bid) FROM standard.ticks {window}")
+                journal = station.check_output(
+                    "cat /var/lib/station-bridge/kraken/journal/central/*.lp 2>/dev/null | wc -l")
+            finally:
+                subprocess.run(["docker", "network", "connect", "station-stack-lab", STATIONS["cpt"]], check=True)
+            local = wait_until(lambda: (lambda r: r and r[0]["count"] == self.count and r[0]["count"])(
+                local_query("cpt", f"SELECT count(bid) FROM standard.ticks {window}")), 120, "every point locally")
+            central = wait_until(lambda: (lambda r: r and r[0]["count"] == self.count and r[0]["count"])(
+                central_query(f"SELECT count(bid) FROM long_term.ticks {window}")), 180, "central caught up")
+            self.stored_local = points(local_query("cpt", f"SELECT bid, instrument FROM standard.ticks {window}"))
+            self.stored_central = points(central_query(f"SELECT bid, instrument FROM long_term.ticks {window}"))
+            self.during = during[0]["count"] if during else 0
+            self.journal = int(journal)
+            self.report = (f"WAN cut 40 s at 150/s: published {self.count}, local while cut {self.during}, "
+                           f"journaled for central at reconnect {journal} points, local {local}, central {central}")
+        finally:
+            station.check_output("systemctl start station-lab-feed-kraken")
+
+
+@pytest.fixture(scope="module")
+def cpt_offline():
+    """cpt is down for the rest of the module: its sshd stopped (the rollouts must skip it) and, at the
+    same time, its WAN link cut under load (test_wan_cut_...), checked at the end; the rollouts of the
+    other stations run meanwhile. Everything is put back afterwards."""
+    stop_sshd(STATIONS["cpt"])
+    cut = WanCut()
+    cut.start()
+    try:
+        yield cut
+    finally:
+        cut.join(400)
+        host(STATIONS["cpt"]).check_output("systemctl start ssh.service")
+
+
+def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(cpt_offline):
+    """Also the rollout re-run over SSH: canary first, then the rest, nothing changed on central, ams
+    (sudo requires a tty for all but deploy) and bcn (sudo asks the vault's password)."""
+    stopped = STATIONS["cpt"]
+    rc, took, output = play("rollout.yml")
+    report = [r["msg"] for p in output["plays"] for t in p["tasks"]
+              if t["task"]["name"] == "List the stations skipped as unreachable" for r in t["hosts"].values()]
+    print(f"rollout re-run over SSH with {stopped} down: {took:.0f} s; batches {station_batches(output)}; {report}")
+    assert rc == 0, failures(output)
+    assert failures(output) == []
+    assert changed_tasks(output) == []
+    batches = station_batches(output)
+    assert batches == [[STATIONS["ams"]], [STATIONS["bcn"]]], batches  # the canary alone, then the rest
+    (table,) = report
+    assert table[0] == "station | reason" and len(table) == 2 and table[1].startswith(f"{stopped} | ")
+    assert re.search(r"ssh|connect|timed out", table[1], re.I), table
+    # The others were validated (post-check) in this run.
+    validated = {h for p in output["plays"] for t in p["tasks"] if t["task"]["name"] == "Fail when a check failed"
+                 for h, r in t["hosts"].items() if not r.get("failed")}
+    assert validated == {STATIONS["ams"], STATIONS["bcn"]}
+    # Beyond rollout_max_unreachable the run ends non-zero, and says why.
+    rc, _, output = play("rollout.yml", "--limit", stopped, "-e", "rollout_max_unreachable=0")
+    assert rc != 0
+    message = "1 stations unreachable, more than rollout_max_unreachable (0 = 0)"
+    assert any(message in m for _, m in failures(output)), failures(output)
+
+
+def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, cpt_offline):
+    directory = scenario_inventory(tmp_path)
     broken = yaml.safe_load((EXAMPLE / "host_vars/station-stack-fleet-ams.yml").read_text())
     broken["station_feeds"] = [{"name": "kraken", "endpoint": "tcp://127.0.0.1:5556", "topic": "kraken_tick",
                                 "measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "flaot"}}]
-    (inventory / "host_vars/station-stack-fleet-ams.yml").write_text(yaml.safe_dump(broken))
+    (directory / "host_vars/station-stack-fleet-ams.yml").write_text(yaml.safe_dump(broken))
     others = {code: host(name) for code, name in STATIONS.items() if code != "ams"}
     before = {code: bridge_state(h) for code, h in others.items()}
     canary_pid = host(STATIONS["ams"]).check_output("systemctl show station-bridge@kraken -p MainPID --value")
 
-    rc, _, output = rollout(inventory=str(inventory / "hosts.yml"))
+    rc, _, output = play("rollout.yml", inventory_file=str(directory / "hosts.yml"))
     assert rc != 0
-    failures = [(h, r.get("msg", "") + json.dumps(r.get("results", ""))) for p in output["plays"] for t in p["tasks"]
-                for h, r in t["hosts"].items() if r.get("failed")]
-    print("rollout stopped at:", [(h, m[:300]) for h, m in failures])
-    assert failures and all(h == STATIONS["ams"] for h, _ in failures)
-    assert any("unknown type 'flaot'" in m for _, m in failures)
-    touched = {h for p in output["plays"][1:] for t in p["tasks"] for h in t["hosts"]}
+    failed = failures(output)
+    print("rollout stopped at:", [(h, m[:300]) for h, m in failed])
+    assert failed and all(h == STATIONS["ams"] for h, _ in failed)
+    assert any("unknown type 'flaot'" in m for _, m in failed)
+    touched = {h for batch in station_batches(output) for h in batch}
     assert touched == {STATIONS["ams"]}, f"the rollout went past the canary: {touched}"
     after = {code: bridge_state(h) for code, h in others.items()}
     assert after == before
     # The canary keeps running its previous, valid configuration.
     assert host(STATIONS["ams"]).check_output("systemctl show station-bridge@kraken -p MainPID --value") == canary_pid
+
+
+def test_wan_cut_under_load_loses_nothing_and_duplicates_nothing(cpt_offline):
+    wan_cut = cpt_offline
+    wan_cut.join(400)
+    assert not wan_cut.is_alive(), "the WAN cut did not finish"
+    if wan_cut.error:
+        raise wan_cut.error
+    print(wan_cut.report)
+    assert wan_cut.during > 0  # the station kept writing locally
+    assert wan_cut.journal > 0
+    assert wan_cut.stored_central == wan_cut.stored_local and len(wan_cut.stored_central) == wan_cut.count

@@ -8,7 +8,7 @@ import re
 import time
 from pathlib import Path
 
-from conftest import READER, run_converge, run_playbook, wait_until
+from conftest import ADMIN, READER, run_converge, run_playbook, wait_until
 
 BRIDGE = "/opt/station-bridge/venv/bin/station-bridge"
 
@@ -70,19 +70,26 @@ def test_bad_configuration_fails_the_play_and_leaves_the_bridge_running(host):
     assert host.check_output("systemctl show station-bridge@kraken -p MainPID --value") == pid
 
 
-def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one():
+def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one(influx):
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "validate.yml"
+    # publish: every demo tick reaches its instance's validation subscription and lands, nowhere else.
     good = run_playbook(playbook, "validate_feeds.yml")
-    assert good.rc == 0
-    assert "kraken | tick.ticks | 300 | 300 | 300 |" in json.dumps(good.output)  # published, received, landed
+    assert good.rc == 0, good.output
+    text = json.dumps(good.output)
+    for instance in ("kraken", "heartbeat"):
+        assert f"{instance} | validation | published 300, received 300 | 300 |" in text, text
+    demo = influx.query("""SELECT count(bid) FROM "tick"."standard"."ticks" WHERE "instrument" = 'VALIDATION'""",
+                        auth=ADMIN, db="tick").rows()
+    assert demo == [], "validation ticks in a production measurement"
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
-    assert "Feeds whose data did not land: ['silent']" in json.dumps(silent.output)
+    assert "kraken: feed kraken: no message in the 2 s window" in json.dumps(silent.output)
     # Observing live feeds writes nothing: the live heartbeat passes, the idle kraken feed fails.
     observed = run_playbook(playbook, "validate_observe.yml")
     table = json.dumps(observed.output)
-    assert observed.rc != 0 and "Feeds whose data did not land: ['kraken']" in table, table
-    row = re.search(r"heartbeat \| tick.heartbeats \| observed 5 s \| (\d+) \| (\d+) \|", table)
+    assert observed.rc != 0 and "kraken: feed kraken: no message" in table, table
+    assert "heartbeat: feed heartbeat:" not in table, table
+    row = re.search(r"heartbeat \| feed heartbeat \| received (\d+) \| (\d+) \|", table)
     assert row and int(row.group(1)) >= 3 and int(row.group(2)) >= 3, table
 
 

@@ -1,0 +1,580 @@
+"""`station-bridge validate`: is a station's data path working? Safe on a production station.
+
+Per bridge configuration (one per instance), with the bridge's own configuration loader,
+metrics parser and clients:
+
+observe (the default; writes nothing anywhere)
+    Reads /metrics at the start and the end of a window and checks: the bridge answers
+    (alive); every feed (subscription) received a message in the window or its last message
+    is at most `max_age` old (flowing); no destination is failing (the bridge's own
+    acknowledgements: points written during the window, or nothing pending); the bridge's
+    self-metrics (measurement `station_bridge`, tagged with this instance) reach the
+    instance's local InfluxDB. With a reader's credentials it also counts what each feed's
+    measurement received in the window; with Redis credentials, the feed's newest cached time.
+
+publish (lab and `make station` only)
+    Additionally publishes `count` demo ticks to the instance's validation subscription: the
+    endpoint the bridge binds for validation alone (its name is `validation`, its measurement
+    `station_validation`, tagged validation=demo, never cached). Never a feed's endpoint,
+    never a production measurement, never Redis: an instance without a validation
+    subscription is refused. Checks the bridge received every tick and every one landed.
+
+The central database is not queried from the station (the station's central user may only
+write): the bridge's acknowledgements from central are reported per destination, and the
+playbook asks central itself for the station's `station_bridge` points.
+
+Output: a JSON report (`--json`) or a table; exit status 0 when every check passed, 1 otherwise,
+2 for a configuration error.
+"""
+
+from __future__ import annotations
+
+import base64
+import http.client
+import json
+import os
+import sys
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, load
+from .lineproto import escape_measurement
+from .metrics import Sample, parse
+
+VALIDATION_SUBSCRIPTION = "validation"
+VALIDATION_MEASUREMENT = "station_validation"
+VALIDATION_TOPIC = "validation"
+VALIDATION_TAG = ("validation", "demo")
+SELF_MEASUREMENT = "station_bridge"
+
+# Credentials of a reader for InfluxDB and of a Redis user that may SCAN/HGET: from the
+# environment or, with --secrets-stdin, as JSON on stdin (never argv, where `ps` shows them).
+INFLUX_PASSWORD_ENV = "STATION_VALIDATE_INFLUX_PASSWORD"
+REDIS_PASSWORD_ENV = "STATION_VALIDATE_REDIS_PASSWORD"
+
+
+class ValidateError(Exception):
+    """A check could not run at all (as opposed to a check that ran and failed)."""
+
+
+@dataclass
+class Options:
+    mode: str = "observe"
+    window: float = 10.0
+    max_age: float = 60.0
+    count: int = 100
+    rate: float = 1000.0
+    timeout: float = 30.0
+    influx_user: str | None = None
+    influx_password: str | None = None
+    redis_user: str | None = None
+    redis_password: str | None = None
+
+
+@dataclass
+class Check:
+    name: str
+    ok: bool
+    detail: str
+    data: dict[str, Any] = field(default_factory=dict)
+
+
+# --- clients --------------------------------------------------------------------------------
+
+
+def fetch_metrics(listen: str, timeout: float = 5.0) -> dict[Sample, float]:
+    with urllib.request.urlopen(f"http://{listen}/metrics", timeout=timeout) as response:
+        return parse(response.read().decode("utf-8"))
+
+
+def fetch_health(listen: str, timeout: float = 5.0) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://{listen}/healthz", timeout=timeout) as response:
+            return json.loads(response.read())
+    except urllib.error.HTTPError as exc:  # 503: not healthy, the body says why
+        return json.loads(exc.read() or b"{}")
+
+
+class InfluxReader:
+    """InfluxQL over the destination's URL (as the bridge's writer reaches it), with a reader's credentials."""
+
+    def __init__(self, spec: DestinationSpec, timeout: float = 10.0) -> None:
+        self.spec = spec
+        url = urllib.parse.urlsplit(spec.url)
+        self._https = url.scheme == "https"
+        self._host = url.hostname or "127.0.0.1"
+        self._port = url.port or (443 if self._https else 8086)
+        self._prefix = url.path or ""
+        self._timeout = timeout
+        self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
+        if spec.username:
+            token = base64.b64encode(f"{spec.username}:{spec.password or ''}".encode()).decode()
+            self._headers["Authorization"] = "Basic " + token
+
+    def query(self, q: str) -> list[dict[str, Any]]:
+        """Rows of the first statement (tags merged in); raises ValidateError on any error."""
+        params = {"db": self.spec.database, "q": q, "epoch": "ns"}
+        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
+        conn = cls(self._host, self._port, timeout=self._timeout)
+        try:
+            conn.request("POST", self._prefix + "/query", body=urllib.parse.urlencode(params), headers=self._headers)
+            response = conn.getresponse()
+            text = response.read().decode("utf-8", "replace")
+        except (OSError, http.client.HTTPException) as exc:
+            raise ValidateError(f"{self.spec.url}: {type(exc).__name__}: {exc}") from exc
+        finally:
+            conn.close()
+        try:
+            payload = json.loads(text)
+        except ValueError as exc:
+            raise ValidateError(f"{self.spec.url}: HTTP {response.status}: {text[:200]}") from exc
+        if response.status != 200 or "error" in payload:
+            raise ValidateError(f"{self.spec.url}: HTTP {response.status}: {payload.get('error', text[:200])}")
+        result = payload["results"][0]
+        if "error" in result:
+            raise ValidateError(f"{self.spec.url}: {result['error']}")
+        rows = []
+        for series in result.get("series", []):
+            for values in series.get("values") or []:
+                row = dict(zip(series["columns"], values, strict=True))
+                row.update(series.get("tags") or {})
+                rows.append(row)
+        return rows
+
+
+def _quote_ident(name: str) -> str:
+    return '"' + name.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def _quote_string(value: str) -> str:
+    return "'" + value.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _source(destination: DestinationSpec, measurement: str) -> str:
+    rp = _quote_ident(destination.retention_policy) + "." if destination.retention_policy else ""
+    return rp + _quote_ident(measurement)
+
+
+def _redis_match(value: str) -> str:
+    """A literal for Redis' glob-style MATCH."""
+    return "".join("\\" + c if c in "*?[]\\" else c for c in value)
+
+
+# --- what a configuration says ----------------------------------------------------------------
+
+
+def feed_subscriptions(config: Config) -> list[SubscriptionSpec]:
+    return [s for s in config.subscriptions if s.name != VALIDATION_SUBSCRIPTION]
+
+
+def validation_subscription(config: Config) -> SubscriptionSpec | None:
+    for sub in config.subscriptions:
+        if sub.name == VALIDATION_SUBSCRIPTION:
+            return sub
+    return None
+
+
+def measurements(sub: SubscriptionSpec) -> list[str]:
+    """What a subscription can write: its fixed measurement or its topic map; [] when from a field."""
+    mapping = sub.mapping
+    if mapping.measurement_from == "fixed" and mapping.measurement:
+        return [mapping.measurement]
+    if mapping.measurement_from == "topic":
+        return sorted(set(mapping.measurements.values()))
+    return []
+
+
+def local_destination(config: Config) -> DestinationSpec:
+    """The destination the station reads back: the one named `local`, else the first."""
+    for destination in config.destinations:
+        if destination.name == "local":
+            return destination
+    return config.destinations[0]
+
+
+def instance_name(config: Config, path: Path) -> str:
+    return config.self_metrics.instance if config.self_metrics else path.stem
+
+
+def _labels(samples: dict[Sample, float], name: str, **labels: str) -> float | None:
+    want = tuple(sorted(labels.items()))
+    return samples.get((name, want))
+
+
+def _sum(samples: dict[Sample, float], name: str, **labels: str) -> float:
+    items = labels.items()
+    return sum(v for (n, ls), v in samples.items() if n == name and all(item in ls for item in items))
+
+
+def _delta(before: dict[Sample, float], after: dict[Sample, float], name: str, **labels: str) -> int:
+    return int(_sum(after, name, **labels) - _sum(before, name, **labels))
+
+
+def _load_env_file(path: Path) -> dict[str, str]:
+    """KEY=value lines of the unit's EnvironmentFile (blank lines and # comments skipped)."""
+    env = {}
+    for line in path.read_text(encoding="utf-8").splitlines():
+        line = line.strip()
+        if line and not line.startswith("#") and "=" in line:
+            key, _, value = line.partition("=")
+            env[key.strip()] = value.strip().strip('"')
+    return env
+
+
+def load_instance(path: Path) -> Config:
+    """The configuration as the unit reads it: with <name>.env beside it as its environment."""
+    env_file = path.with_suffix(".env")
+    saved = dict(os.environ)
+    try:
+        if env_file.is_file() and os.access(env_file, os.R_OK):
+            os.environ.update(_load_env_file(env_file))
+        return load(path)
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+# --- the checks ---------------------------------------------------------------------------------
+
+
+class InstanceValidation:
+    def __init__(self, path: Path, config: Config, options: Options) -> None:
+        self.path = path
+        self.config = config
+        self.options = options
+        self.name = instance_name(config, path)
+        self.checks: list[Check] = []
+        self.feeds: list[dict[str, Any]] = []
+        self.destinations: list[dict[str, Any]] = []
+        self.before: dict[Sample, float] | None = None
+        self.after: dict[Sample, float] | None = None
+        self.published = 0
+        self.local = local_destination(config)
+        reader = replace(self.local, username=options.influx_user, password=options.influx_password) \
+            if options.influx_user else self.local
+        self.influx = InfluxReader(reader)
+
+    def add(self, name: str, ok: bool, detail: str, **data: Any) -> None:
+        self.checks.append(Check(name, ok, detail, data))
+
+    # Before the window.
+    def start(self) -> None:
+        listen = self.config.http_listen
+        if not listen:
+            self.add("alive", False, "http.listen is off: the bridge exposes no metrics to observe")
+            return
+        try:
+            self.before = fetch_metrics(listen)
+        except (OSError, ValueError) as exc:
+            self.add("alive", False, f"no answer from http://{listen}/metrics: {exc}")
+            return
+        if self.options.mode == "publish":
+            self._publish()
+
+    def _publish(self) -> None:
+        from .demo import publish
+        sub = validation_subscription(self.config)
+        if sub is None:
+            raise ValidateError(
+                f"{self.path}: no `{VALIDATION_SUBSCRIPTION}` subscription: publish mode writes only to the "
+                f"instance's own validation endpoint (the bridge role adds it with bridge_validation), never "
+                f"to a feed's")
+        self.published = publish(sub.endpoints[0], VALIDATION_TOPIC, self.options.count, self.options.rate,
+                                 duration=max(30.0, self.options.count / max(self.options.rate, 1.0) * 2),
+                                 bind=False, instruments=["VALIDATION"])
+
+    # After the window.
+    def finish(self, started_ns: int) -> None:
+        if self.before is None:
+            return
+        listen = self.config.http_listen
+        assert listen is not None
+        try:
+            if self.options.mode == "publish":
+                self._validation_landed(started_ns)  # waits until the ticks are in: then the counters settle
+            self.after = fetch_metrics(listen)
+            health = fetch_health(listen)
+        except (OSError, ValueError) as exc:
+            self.add("alive", False, f"http://{listen} stopped answering during the window: {exc}")
+            return
+        started = _labels(self.after, "bridge_start_time_seconds")
+        self.checks.insert(0, Check("alive", True, f"answers on {listen}"
+                                    + (f", up since {int(started)}" if started else "")))
+        self._feeds(started_ns)
+        self._destinations(health)
+        self._self_metrics(started_ns)
+        self._cache(started_ns)
+
+    def _feeds(self, started_ns: int) -> None:
+        assert self.before is not None and self.after is not None
+        for sub in feed_subscriptions(self.config):
+            received = _delta(self.before, self.after, "bridge_received_messages_total", subscription=sub.name)
+            rejected = _delta(self.before, self.after, "bridge_rejected_messages_total", subscription=sub.name)
+            age = _labels(self.after, "bridge_last_message_age_seconds", subscription=sub.name)
+            connected = _labels(self.after, "bridge_subscription_connected", subscription=sub.name)
+            fresh = age is not None and 0 <= age <= self.options.max_age
+            # publish mode proves the path with its own ticks: an idle feed is reported, not failed.
+            ok = received > 0 or fresh or self.options.mode == "publish"
+            landed = self._landed(sub, started_ns)
+            row = {"feed": sub.name, "received": received, "rejected": rejected,
+                   "last_message_age_s": age, "connected": None if connected is None else bool(connected),
+                   "measurements": measurements(sub), "landed": landed, "ok": ok}
+            self.feeds.append(row)
+            if ok and not (received > 0 or fresh):
+                self.add(f"feed {sub.name}", True, "idle (publish mode checks the validation path)", idle=True)
+            elif ok:
+                self.add(f"feed {sub.name}", True, f"received {received} in the window"
+                         + (f", last message {age:.1f} s ago" if age is not None and age >= 0 else ""))
+            else:
+                self.add(f"feed {sub.name}", False,
+                         f"no message in the {self.options.window:g} s window"
+                         + (f" and none in the last {self.options.max_age:g} s" if age is not None else "")
+                         + (" (the SUB socket is not connected)" if connected == 0 else ""))
+
+    def _landed(self, sub: SubscriptionSpec, started_ns: int) -> int | None:
+        """Points of the feed's measurements in the local database since the start (None: not counted)."""
+        names = measurements(sub)
+        if not names or not self.options.influx_user:
+            return None
+        total = 0
+        for name in names:
+            rows = self.influx.query(f"SELECT count(*) FROM {_source(self.local, name)} WHERE time >= {started_ns}")
+            total += max((v for row in rows for k, v in row.items() if k != "time" and isinstance(v, int)), default=0)
+        return total
+
+    def _destinations(self, health: dict[str, Any]) -> None:
+        assert self.before is not None and self.after is not None
+        states = health.get("destinations") or {}
+        for destination in self.config.destinations:
+            name = destination.name
+            written = _delta(self.before, self.after, "bridge_written_points_total", destination=name)
+            failing = _labels(self.after, "bridge_destination_failing_seconds", destination=name)
+            pending = _labels(self.after, "bridge_pending_points", destination=name)
+            if pending is None:
+                pending = sum(_labels(self.after, metric, destination=name) or 0
+                              for metric in ("bridge_queue_points", "bridge_journal_points"))
+            state = states.get(name) or {}
+            is_failing = bool(failing) if failing is not None else bool(state.get("failing"))
+            ok = not is_failing
+            row = {"destination": name, "url": destination.url, "written": written, "pending": int(pending),
+                   "failing_s": failing, "last_error": state.get("last_error"), "ok": ok}
+            self.destinations.append(row)
+            if ok:
+                self.add(f"destination {name}", True,
+                         f"{written} points acknowledged in the window, {int(pending)} pending")
+            else:
+                self.add(f"destination {name}", False,
+                         f"failing{f' for {failing:.0f} s' if failing else ''}, {int(pending)} points pending"
+                         + (f": {state.get('last_error')}" if state.get("last_error") else ""))
+
+    def _self_metrics(self, started_ns: int) -> None:
+        spec = self.config.self_metrics
+        if spec is None:
+            self.add("self-metrics", True, "self_metrics is off: nothing to look for", skipped=True)
+            return
+        if not self.options.influx_user:
+            self.add("self-metrics", True, "not checked (no InfluxDB reader given)", skipped=True)
+            return
+        interval = spec.interval_ns / 1e9
+        deadline = time.monotonic() + interval + self.local.flush_interval + 5
+        query = (f"SELECT last(*) FROM {_source(self.local, spec.measurement)} "
+                 f"WHERE {_quote_ident('instance')} = {_quote_string(spec.instance)} AND time >= {started_ns}")
+        while True:
+            rows = self.influx.query(query)
+            if rows or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        if rows:
+            self.add("self-metrics", True, f"{spec.measurement} points of instance {spec.instance} land in "
+                     f"{self.local.database}", newest_ns=rows[0]["time"])
+        else:
+            self.add("self-metrics", False, f"no {spec.measurement} point of instance {spec.instance} reached "
+                     f"{self.local.database} in {interval + self.local.flush_interval + 5:.0f} s")
+
+    def _validation_landed(self, started_ns: int) -> None:
+        assert self.before is not None
+        sub = validation_subscription(self.config)
+        assert sub is not None
+        tag, value = VALIDATION_TAG
+        query = (f"SELECT count(*) FROM {_source(self.local, VALIDATION_MEASUREMENT)} "
+                 f"WHERE {_quote_ident(tag)} = {_quote_string(value)} AND time >= {started_ns}")
+        deadline = time.monotonic() + self.options.timeout
+        landed = received = 0
+        while time.monotonic() < deadline:
+            received = _delta(self.before, fetch_metrics(self.config.http_listen or ""),
+                              "bridge_received_messages_total", subscription=sub.name)
+            if self.options.influx_user:
+                rows = self.influx.query(query)
+                landed = max((v for row in rows for k, v in row.items() if k != "time" and isinstance(v, int)),
+                             default=0)
+            if received >= self.published and (landed >= self.published or not self.options.influx_user):
+                break
+            time.sleep(0.5)
+        ok = self.published > 0 and received == self.published and \
+            (landed == self.published or not self.options.influx_user)
+        self.add("validation ticks", ok,
+                 f"published {self.published} to {sub.endpoints[0]}, the bridge received {received}"
+                 + (f", {landed} landed in {self.local.database}.{VALIDATION_MEASUREMENT}"
+                    if self.options.influx_user else ""),
+                 published=self.published, received=received, landed=landed)
+
+    def _cache(self, started_ns: int) -> None:
+        if self.config.cache is None:
+            return
+        assert self.before is not None and self.after is not None
+        errors = _delta(self.before, self.after, "bridge_cache_errors_total")
+        updates = _delta(self.before, self.after, "bridge_cache_updates_total")
+        data: dict[str, Any] = {"updates": updates, "errors": errors}
+        problems = [f"{errors} failed updates"] if errors else []
+        if self.options.redis_user:
+            from .cache import LatestCache
+            from .metrics import Metrics
+            spec = replace(self.config.cache, username=self.options.redis_user, password=self.options.redis_password)
+            client = LatestCache(spec, Metrics()).client
+            prefix = self.config.cache.key_prefix
+            try:
+                for row in self.feeds:
+                    newest, keys = 0, 0
+                    for name in row["measurements"]:
+                        match = f"{_redis_match(prefix)}:{_redis_match(escape_measurement(name))}*"
+                        for key in client.scan_iter(match=match, count=1000):
+                            keys += 1
+                            stamp = client.hget(key, "time")
+                            newest = max(newest, int(stamp or 0))
+                    row["cached_series"], row["cached_newest_ns"] = keys, newest
+                leaked = list(client.scan_iter(match=f"{_redis_match(prefix)}:{VALIDATION_MEASUREMENT}*", count=1000))
+            except Exception as exc:  # redis.RedisError and connection errors alike: report, do not crash
+                problems.append(f"cannot read Redis as {self.options.redis_user}: {exc}")
+                leaked = []
+            if leaked:
+                problems.append(f"{len(leaked)} validation series in Redis (validation must never reach it)")
+            data["validation_keys"] = len(leaked)
+        self.add("cache", not problems, "; ".join(problems) or f"{updates} series updated in the window", **data)
+
+    def report(self) -> dict[str, Any]:
+        return {
+            "instance": self.name, "config": str(self.path), "station": self.config.station,
+            "ok": all(c.ok for c in self.checks),
+            "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail, **c.data} for c in self.checks],
+            "feeds": self.feeds, "destinations": self.destinations,
+        }
+
+
+def validate(paths: list[Path], options: Options) -> dict[str, Any]:
+    """Validates every instance over one shared window; returns the report."""
+    if options.mode not in ("observe", "publish"):
+        raise ValidateError(f"mode must be observe or publish, got {options.mode!r}")
+    instances = [InstanceValidation(p, load_instance(p), options) for p in paths]
+    started_ns = time.time_ns()
+    opened = time.monotonic()
+    for instance in instances:
+        instance.start()
+    if options.mode == "observe":
+        time.sleep(max(0.0, options.window - (time.monotonic() - opened)))
+    for instance in instances:
+        try:
+            instance.finish(started_ns)
+        except ValidateError as exc:
+            instance.add("influxdb", False, str(exc))
+    reports = [i.report() for i in instances]
+    return {"mode": options.mode, "started_ns": started_ns, "window_s": round(time.monotonic() - opened, 3),
+            "ok": all(r["ok"] for r in reports), "instances": reports}
+
+
+def problems(report: dict[str, Any]) -> list[str]:
+    return [f"{inst['instance']}: {c['check']}: {c['detail']}" for inst in report["instances"]
+            for c in inst["checks"] if not c["ok"]]
+
+
+def table(report: dict[str, Any]) -> list[str]:
+    """One line per feed, validation path and destination: what an operator reads after a rollout."""
+    lines = ["instance | what | counted in the window | landed | state | ok"]
+    for inst in report["instances"]:
+        checks = {c["check"]: c for c in inst["checks"]}
+        if "alive" in checks and not checks["alive"]["ok"]:
+            lines.append(f"{inst['instance']} | bridge | - | - | {checks['alive']['detail']} | False")
+        for f in inst["feeds"]:
+            age = f["last_message_age_s"]
+            state = checks.get(f"feed {f['feed']}", {}).get("detail", "")
+            lines.append(f"{inst['instance']} | feed {f['feed']} | received {f['received']} | "
+                         f"{'-' if f['landed'] is None else f['landed']} | "
+                         f"{state if age is None or age < 0 else f'last message {age:.1f} s ago'} | {f['ok']}")
+        if "validation ticks" in checks:
+            v = checks["validation ticks"]
+            lines.append(f"{inst['instance']} | validation | published {v['published']}, received {v['received']} | "
+                         f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']}")
+        for d in inst["destinations"]:
+            lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
+                         f"{d['pending']} pending{', failing' if not d['ok'] else ''} | {d['ok']}")
+    return lines
+
+
+def config_files(args: list[str]) -> list[Path]:
+    """Files as given; a directory stands for every *.yml and *.toml in it (the bridge role's layout)."""
+    paths: list[Path] = []
+    for arg in args:
+        path = Path(arg)
+        if path.is_dir():
+            found = sorted(p for p in path.iterdir() if p.suffix in (".yml", ".yaml", ".toml") and p.is_file())
+            if not found:
+                raise ValidateError(f"{path}: no bridge configuration (*.yml, *.toml) in this directory")
+            paths += found
+        else:
+            paths.append(path)
+    return paths
+
+
+def main(args: Any) -> int:
+    """The `validate` subcommand (parser in cli.py)."""
+    secrets = {"influx_password": os.environ.get(INFLUX_PASSWORD_ENV),
+               "redis_password": os.environ.get(REDIS_PASSWORD_ENV)}
+    if args.secrets_stdin:
+        try:
+            given = json.loads(sys.stdin.read() or "{}")
+        except ValueError:
+            given = None
+        if not isinstance(given, dict) or set(given) - set(secrets):
+            print(json.dumps({"ok": False, "error": "--secrets-stdin: expected a JSON object with "
+                              "influx_password and/or redis_password"}))
+            return 2
+        secrets.update({k: v for k, v in given.items() if v is not None})
+    options = Options(mode=args.mode, window=args.window, max_age=args.max_age, count=args.count, rate=args.rate,
+                      timeout=args.timeout, influx_user=args.influx_user, influx_password=secrets["influx_password"],
+                      redis_user=args.redis_user, redis_password=secrets["redis_password"])
+    try:
+        report = validate(config_files(args.configs), options)
+    except (ValidateError, ConfigError) as exc:
+        print(json.dumps({"ok": False, "error": str(exc)}) if args.json else f"error: {exc}")
+        return 2
+    report["problems"] = problems(report)
+    report["table"] = table(report)
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print("\n".join(report["table"] + (["failed: " + p for p in report["problems"]] or ["every check passed"])))
+    return 0 if report["ok"] else 1
+
+
+def add_parser(sub: Any) -> None:
+    """Registers `station-bridge validate` on the CLI's subparsers."""
+    p = sub.add_parser("validate", help="check a running bridge's data path (observe: writes nothing)",
+                       description=__doc__.split("\n\n")[0])
+    p.add_argument("configs", nargs="+", help="the instances' configuration files, or a directory of them")
+    p.add_argument("--mode", choices=("observe", "publish"), default="observe")
+    p.add_argument("--window", type=float, default=10.0, help="observe: seconds to watch (default 10)")
+    p.add_argument("--max-age", type=float, default=60.0,
+                   help="a feed whose last message is at most this old is flowing (default 60 s)")
+    p.add_argument("--count", type=int, default=100, help="publish: demo ticks per instance (default 100)")
+    p.add_argument("--rate", type=float, default=1000.0, help="publish: ticks per second (default 1000)")
+    p.add_argument("--timeout", type=float, default=30.0, help="publish: seconds to wait for the ticks to land")
+    p.add_argument("--influx-user", help=f"an InfluxDB reader (password in ${INFLUX_PASSWORD_ENV})")
+    p.add_argument("--redis-user", help=f"a Redis user allowed to SCAN and HGET (password in ${REDIS_PASSWORD_ENV})")
+    p.add_argument("--secrets-stdin", action="store_true",
+                   help='read {"influx_password": ..., "redis_password": ...} as JSON from stdin (never argv)')
+    p.add_argument("--json", action="store_true", help="print the report as JSON")
+    p.set_defaults(func=main)

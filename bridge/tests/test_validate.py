@@ -1,0 +1,350 @@
+"""`station-bridge validate` against a real bridge process, a real influxd (auth on, a WRITE-only
+writer and a READ-only reader, as on a station) and a real redis-server with ACL users.
+
+Invariants tried here: observe writes nothing anywhere; publish writes only the validation
+measurement (tagged validation=demo), never a feed's measurement, never Redis, and never binds
+a feed's endpoint (a real publisher holds it); every failure names its cause; the checks fail
+when the thing they check is broken (idle feed, dead destination, bridge down).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import msgpack
+import pytest
+import redis
+import yaml
+import zmq
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from servers import Influxd, RedisServer, free_port
+
+from station_bridge.metrics import Metrics, parse
+
+BRIDGE = str(Path(sys.executable).with_name("station-bridge"))
+WRITER = ("bridge", "writer-pw")
+READER = ("grafana", "reader-pw")
+REDIS_ADMIN = ("admin", "redis-admin-pw")
+REDIS_BRIDGE = ("bridge", "redis-bridge-pw")
+DEMO_INSTRUMENTS = {"VALIDATION"}
+
+
+def wait_for(predicate, timeout: float, what: str):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        time.sleep(0.1)
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def station_influx(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Influxd]:
+    server = Influxd(tmp_path_factory.mktemp("influxd-validate"), auth=True).start()
+    server.query('CREATE DATABASE "tick"')
+    server.query('CREATE RETENTION POLICY "standard" ON "tick" DURATION 30d REPLICATION 1 DEFAULT')
+    server.query(f"CREATE USER {WRITER[0]} WITH PASSWORD '{WRITER[1]}'")
+    server.query(f'GRANT WRITE ON "tick" TO {WRITER[0]}')
+    server.query(f"CREATE USER {READER[0]} WITH PASSWORD '{READER[1]}'")
+    server.query(f'GRANT READ ON "tick" TO {READER[0]}')
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="module")
+def station_redis(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    server = RedisServer(tmp_path_factory.mktemp("redis-validate")).start()
+    client = redis.Redis(port=server.port, password=server.password)
+    client.execute_command("ACL", "SETUSER", REDIS_ADMIN[0], "on", f">{REDIS_ADMIN[1]}", "~*", "+@all")
+    # What roles/redis gives the bridge: its key pattern and the cache's commands only.
+    client.execute_command("ACL", "SETUSER", REDIS_BRIDGE[0], "on", f">{REDIS_BRIDGE[1]}", "~latest:*",
+                           "-@all", "+ping", "+hset", "+pexpire")
+    yield server
+    server.stop()
+
+
+class Publisher(threading.Thread):
+    """A feed's real publisher: binds the feed endpoint and sends ticks until stopped."""
+
+    def __init__(self, endpoint: str, topic: str = "kraken_tick", rate: float = 50) -> None:
+        super().__init__(daemon=True)
+        self.endpoint, self.topic, self.rate = endpoint, topic.encode(), rate
+        self.socket = zmq.Context.instance().socket(zmq.PUB)
+        self.socket.bind(endpoint)  # held for the whole test: nothing else may bind it
+        self.stopped = threading.Event()
+        self.sent = 0
+
+    def run(self) -> None:
+        while not self.stopped.wait(1 / self.rate):
+            self.socket.send_multipart([self.topic, msgpack.packb({
+                "timestamp": time.time(), "instrument": "XBTEUR", "bid": 1.0, "ask": 1.1, "volume": 3})])
+            self.sent += 1
+        self.socket.close(linger=0)
+
+
+class StationBridge:
+    """`station-bridge run` as a child process, configured as the bridge role renders an instance."""
+
+    def __init__(self, tmp: Path, influx: Influxd, redis_server: RedisServer, feed: str, *,
+                 validation: bool = True, extra_destination: dict | None = None) -> None:
+        self.tmp = tmp
+        self.http = f"127.0.0.1:{free_port()}"
+        self.validation_endpoint = f"ipc://{tmp}/validation.sock"
+        subscriptions = [{
+            "name": "kraken", "endpoints": [feed], "topics": ["kraken_tick"], "framing": "msgpack",
+            "mapping": {"measurement": "ticks", "tags": ["instrument"],
+                        "fields": {"bid": "float", "ask": "float", "volume": "integer"},
+                        "time": {"field": "timestamp", "format": "epoch_s"}}}]
+        if validation:
+            # roles/bridge's validation subscription (bridge_validation).
+            subscriptions.append({
+                "name": "validation", "endpoints": [self.validation_endpoint], "bind": True,
+                "topics": ["validation"], "framing": "msgpack", "cache": False,
+                "mapping": {"measurement": "station_validation", "tags": ["instrument"],
+                            "static_tags": {"validation": "demo"},
+                            "fields": {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"},
+                            "time": {"field": "timestamp", "format": "epoch_s"}}})
+        destinations = [{"name": "local", "url": influx.url, "database": "tick", "retention_policy": "standard",
+                         "username": WRITER[0], "flush_interval": 0.2}]
+        if extra_destination:
+            destinations.append(extra_destination)
+        self.config = {
+            "station": "tst", "subscriptions": subscriptions, "destinations": destinations,
+            "cache": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "username": REDIS_BRIDGE[0], "ttl": 600},
+            "journal": {"dir": str(tmp / "journal")}, "dead_letter": {"dir": str(tmp / "dead")},
+            "http": {"listen": self.http}, "self_metrics": {"interval": "1s", "instance": "kraken"},
+            "shutdown_timeout": 5,
+        }
+        self.path = tmp / "kraken.yml"
+        self.path.write_text(yaml.safe_dump(self.config))
+        # The unit's EnvironmentFile, beside the configuration as the bridge role installs it.
+        (tmp / "kraken.env").write_text(f"STATION_BRIDGE_LOCAL_PASSWORD={WRITER[1]}\n"
+                                        f"STATION_BRIDGE_CACHE_PASSWORD={REDIS_BRIDGE[1]}\n")
+        env = dict(os.environ, STATION_BRIDGE_LOCAL_PASSWORD=WRITER[1], STATION_BRIDGE_CACHE_PASSWORD=REDIS_BRIDGE[1],
+                   STATION_BRIDGE_CENTRAL_PASSWORD="x")
+        self.log = open(tmp / "bridge.log", "ab")  # noqa: SIM115 - closed in stop()
+        self.process = subprocess.Popen([BRIDGE, "run", "--config", str(self.path)], stdout=self.log,
+                                        stderr=subprocess.STDOUT, env=env)
+        wait_for(self._up, 15, "the bridge's /healthz")
+
+    def _up(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.http}/healthz", timeout=1):
+                return True
+        except OSError as exc:
+            return getattr(exc, "code", None) == 503
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(20)
+        self.log.close()
+
+
+def validate(*args: str, influx: bool = True, redis_admin: bool = True, stdin: bool = False) -> tuple[int, dict]:
+    """Runs the CLI; secrets in the environment, or as JSON on stdin (how the playbook passes them)."""
+    env = dict(os.environ)
+    for name in ("STATION_BRIDGE_LOCAL_PASSWORD", "STATION_BRIDGE_CACHE_PASSWORD"):
+        env.pop(name, None)  # validate reads the unit's .env itself
+    flags, secrets = [], {}
+    if influx:
+        flags += ["--influx-user", READER[0]]
+        secrets["influx_password"] = READER[1]
+    if redis_admin:
+        flags += ["--redis-user", REDIS_ADMIN[0]]
+        secrets["redis_password"] = REDIS_ADMIN[1]
+    if stdin:
+        flags.append("--secrets-stdin")
+    else:
+        env.update({"STATION_VALIDATE_INFLUX_PASSWORD": READER[1], "STATION_VALIDATE_REDIS_PASSWORD": REDIS_ADMIN[1]})
+    proc = subprocess.run([BRIDGE, "validate", "--json", *flags, *args], capture_output=True, text=True,
+                          input=json.dumps(secrets) if stdin else None, env=env, timeout=120, check=False)
+    assert proc.stdout, proc.stderr
+    assert "reader-pw" not in proc.stdout and "redis-admin-pw" not in proc.stdout
+    return proc.returncode, json.loads(proc.stdout)
+
+
+def failed(report: dict) -> dict[str, str]:
+    return {c["check"]: c["detail"] for i in report["instances"] for c in i["checks"] if not c["ok"]}
+
+
+def snapshot(influx: Influxd, redis_server: RedisServer) -> dict:
+    """Every measurement's point count in the station's database and every Redis key."""
+    counts = {}
+    for row in influx.query("SHOW MEASUREMENTS", db="tick"):
+        name = row["name"]
+        if name in ("station_bridge", "station_bridge_feed"):
+            continue  # the bridge's own heartbeat, written every interval whatever validate does
+        rows = influx.query(f'SELECT count(*) FROM "standard"."{name}"', db="tick")
+        counts[name] = max(v for k, v in rows[0].items() if k.startswith("count_")) if rows else 0
+    client = redis.Redis(port=redis_server.port, username=REDIS_ADMIN[0], password=REDIS_ADMIN[1])
+    keys = {k.decode(): client.hgetall(k) for k in client.scan_iter(count=1000)}
+    return {"influx": counts, "redis": keys}
+
+
+def demo_points(influx: Influxd) -> int:
+    """Points of the validation publisher in any measurement other than station_validation."""
+    total = 0
+    for row in influx.query("SHOW MEASUREMENTS", db="tick"):
+        if row["name"] == "station_validation":
+            continue
+        for q in (f"""SELECT count(*) FROM "standard"."{row['name']}" WHERE "instrument" = 'VALIDATION'""",
+                  f"""SELECT count(*) FROM "standard"."{row['name']}" WHERE "validation" = 'demo'"""):
+            rows = influx.query(q, db="tick")
+            total += max((v for r in rows for k, v in r.items() if k.startswith("count_")), default=0)
+    return total
+
+
+@pytest.fixture()
+def feed() -> str:
+    return f"tcp://127.0.0.1:{free_port()}"
+
+
+@pytest.fixture()
+def live(tmp_path: Path, station_influx: Influxd, station_redis: RedisServer, feed: str):
+    publisher = Publisher(feed)
+    publisher.start()
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
+    wait_for(lambda: station_influx.query(
+        "SELECT count(bid) FROM \"standard\".\"ticks\" WHERE time > now() - 1m", db="tick"), 15, "live ticks")
+    yield bridge, publisher
+    bridge.stop()
+    publisher.stopped.set()
+    publisher.join()
+
+
+def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, station_redis):
+    bridge, _ = live  # the feed keeps publishing: only its own measurement and cache key may change
+    before = snapshot(station_influx, station_redis)
+    rc, report = validate(str(bridge.path), "--window", "3")
+    assert rc == 0, failed(report)
+    inst = report["instances"][0]
+    assert inst["instance"] == "kraken" and inst["station"] == "tst"
+    (feed_row,) = inst["feeds"]
+    assert feed_row["feed"] == "kraken" and feed_row["received"] > 0 and feed_row["landed"] > 0
+    assert [d["destination"] for d in inst["destinations"]] == ["local"] and inst["destinations"][0]["written"] > 0
+    checks = {c["check"]: c for c in inst["checks"]}
+    assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")
+    assert checks["cache"]["ok"] and checks["cache"]["validation_keys"] == 0
+    after = snapshot(station_influx, station_redis)
+    # Only the live feed wrote (ticks, its latest value); validate itself added nothing.
+    assert set(after["influx"]) == set(before["influx"]) and "station_validation" not in after["influx"]
+    assert {k: v for k, v in after["influx"].items() if k != "ticks"} == \
+        {k: v for k, v in before["influx"].items() if k != "ticks"}
+    assert set(after["redis"]) == set(before["redis"])
+    assert demo_points(station_influx) == 0
+
+
+def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, feed):
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
+    try:
+        # The directory, as the bridge role lays it out; the reader's password on stdin.
+        rc, report = validate(str(tmp_path), "--window", "1", "--max-age", "5", stdin=True)
+    finally:
+        bridge.stop()
+    assert rc == 1
+    problems = failed(report)
+    assert set(problems) == {"feed kraken"}, problems
+    assert "no message in the 1 s window" in problems["feed kraken"]
+    assert report["problems"] == [f"kraken: feed kraken: {problems['feed kraken']}"]
+    assert any(line.startswith("kraken | feed kraken | received 0 |") for line in report["table"]), report["table"]
+    checks = {c["check"]: c for c in report["instances"][0]["checks"]}
+    assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")  # the stdin password worked
+
+
+def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):
+    dead = {"name": "central", "url": f"http://127.0.0.1:{free_port()}", "database": "fleet",
+            "username": "station-tst", "flush_interval": 0.2, "max_backoff": 1.0}
+    publisher = Publisher(feed)
+    publisher.start()
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, extra_destination=dead)
+    try:
+        wait_for(lambda: destination_failing(bridge, "central"), 15, "the dead destination to be noticed")
+        rc, report = validate(str(bridge.path), "--window", "2")
+    finally:
+        bridge.stop()
+        publisher.stopped.set()
+        publisher.join()
+    assert rc == 1
+    problems = failed(report)
+    assert set(problems) == {"destination central"}, problems
+    assert "failing" in problems["destination central"] and "pending" in problems["destination central"]
+
+
+def destination_failing(bridge: StationBridge, name: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{bridge.http}/healthz", timeout=1) as r:
+            state = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        state = json.loads(exc.read())
+    return bool(state.get("destinations", {}).get(name, {}).get("failing"))
+
+
+def test_publish_writes_only_the_validation_measurement_never_a_feeds_endpoint_nor_redis(
+        live, station_influx, station_redis):
+    bridge, publisher = live  # the feed's real publisher holds its endpoint throughout
+    before_redis = snapshot(station_influx, station_redis)["redis"]
+    rc, report = validate(str(bridge.path), "--mode", "publish", "--count", "250", "--rate", "2000")
+    assert rc == 0, failed(report)
+    checks = {c["check"]: c for c in report["instances"][0]["checks"]}
+    assert checks["validation ticks"]["published"] == 250 == checks["validation ticks"]["landed"]
+    assert checks["validation ticks"]["received"] == 250
+    # The destination's counters are read once the ticks are in: they count them.
+    (local,) = report["instances"][0]["destinations"]
+    assert local["written"] >= 250 and local["ok"], local
+    rows = station_influx.query('SELECT * FROM "standard"."station_validation"', db="tick")
+    assert len(rows) == 250
+    assert {(r["validation"], r["station"], r["instrument"]) for r in rows} == {("demo", "tst", "VALIDATION")}
+    assert demo_points(station_influx) == 0  # nothing in ticks or any other measurement
+    after_redis = snapshot(station_influx, station_redis)["redis"]
+    assert not [k for k in after_redis if "station_validation" in k or "VALIDATION" in k]
+    assert set(after_redis) == set(before_redis)
+    assert publisher.is_alive()  # its endpoint was never taken from it
+
+
+def test_publish_is_refused_without_a_validation_subscription(tmp_path, station_influx, station_redis, feed):
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, validation=False)
+    try:
+        rc, report = validate(str(bridge.path), "--mode", "publish", "--count", "10")
+    finally:
+        bridge.stop()
+    assert rc == 2 and report["ok"] is False
+    assert "no `validation` subscription" in report["error"] and "never to a feed's" in report["error"]
+
+
+def test_a_stopped_bridge_fails_alive(tmp_path, station_influx, station_redis, feed):
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
+    bridge.stop()
+    rc, report = validate(str(bridge.path), "--window", "0")
+    assert rc == 1
+    assert set(failed(report)) == {"alive"} and "no answer from" in failed(report)["alive"]
+
+
+def test_a_configuration_error_is_reported(tmp_path):
+    path = tmp_path / "broken.yml"
+    path.write_text("subscriptions: []\ndestinations: []\n")
+    rc, report = validate(str(path), influx=False, redis_admin=False)
+    assert rc == 2 and "destinations" in report["error"]
+
+
+LABEL_TEXT = st.text(st.characters(blacklist_categories=("Cs",)), max_size=30)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.dictionaries(st.from_regex(r"[a-z_][a-z0-9_]{0,10}", fullmatch=True), LABEL_TEXT, max_size=4),
+       st.one_of(st.integers(-(2**53), 2**53), st.floats(allow_nan=False)))
+def test_parse_reads_back_what_the_bridge_exposes(labels, value):
+    metrics = Metrics()
+    metrics.inc("bridge_test_total", value, **labels)
+    parsed = parse(metrics.render())
+    assert parsed == {("bridge_test_total", tuple(sorted(labels.items()))): float(value)}
