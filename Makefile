@@ -19,7 +19,8 @@ help:
 	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
 	@echo "make station-service STATE=stopped|started|restarted  control station.target on the lab station"
 	@echo "make station-down  remove the lab station"
-	@echo "make test          yamllint, ansible-lint, Python tests, chaos suite and every molecule scenario"
+	@echo "make test          yamllint, ansible-lint, Python tests, chaos suite and every molecule scenario,"
+	@echo "                   then a table of where the time went (per stage and molecule step)"
 	@echo "make chaos         the fault suite alone (bounded, about 5 minutes)"
 	@echo "make bench         bridge, converge and fleet benchmarks, one table, written to docs/benchmarks.md"
 	@echo "make artifacts     fill .cache/artifacts for offline stations (Debian .debs, Grafana, bridge wheels)"
@@ -51,7 +52,14 @@ station-down: bootstrap
 artifacts: bootstrap
 	ansible-playbook -i localhost, playbooks/artifacts.yml $(if $(ARTIFACTS_DIR),-e artifacts_dir=$(ARTIFACTS_DIR))
 
-test: lint unit chaos molecule
+# Each stage timed (lab/timing.py): a table of where the time went, per stage and per molecule
+# scenario step, printed at the end, also when a stage fails (which stops the run).
+TEST_STAGES := lint unit chaos molecule
+test: image
+	@python lab/timing.py reset
+	@status=0; for stage in $(TEST_STAGES); do \
+	  python lab/timing.py run $$stage -- $(MAKE) --no-print-directory $$stage || { status=$$?; break; }; \
+	done; python lab/timing.py report; exit $$status
 
 lint: bootstrap
 	yamllint --strict .
