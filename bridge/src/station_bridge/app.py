@@ -111,6 +111,9 @@ class Bridge:
                 log.warning("ledger reconciled with the journal", extra={
                     "destination": d.name, "journal_points": journal.points, "adopted": journal.adopted,
                     "recovered": recovered, "lost_in_crash": lost, "ledger": had_ledger})
+        # The reconciled counters at once (a crash now must not reconcile them a second time),
+        # and the ledger's spare allocated while the disk may still have room.
+        self.ledger.save(sync=True)
         self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
         self.context = zmq.Context()
