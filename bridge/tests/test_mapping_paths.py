@@ -127,7 +127,6 @@ def spec_mapping(spec: cfg.SubscriptionSpec) -> dict:
     ({"derived_tags": [{"regex": "(?P<b>x)"}]},
      "s.mapping.derived_tags[0].source: give source (a literal key) or path"),
     ({"derived_tags": [{"regex": "(?P<b>x)", "source": "a", "path": "b"}]}, "s.mapping.derived_tags[0].source: give"),
-    ({"topic": {}}, "s.mapping.topic.tag: give tag (the whole topic as a tag), regex"),
     ({"topic": {"regex": "^[A-Z]+$"}}, "s.mapping.topic.regex: needs named groups"),
     ({"topic": {"regex": "^(?P<a>[A-Z]+"}}, "s.mapping.topic.regex: invalid regular expression"),
     ({"topic": {"tag": "a", "regex": "^(?P<a>[A-Z]+)"}},
@@ -361,3 +360,44 @@ def test_rows_path_agrees_with_the_flat_fast_path(time_format, derived, records)
             fast = (fast[0], [line.rsplit(" ", 1)[0] for line in fast[1]])
             slow = (slow[0], [line.rsplit(" ", 1)[0] for line in slow[1]])
         assert fast == slow, record
+
+
+# --- the README's worked examples, through the configuration and the mapper --------------------------
+
+
+def readme_examples() -> tuple[list[dict], list[str], str]:
+    """The README mapping section's YAML subscriptions, and the lines it says they make."""
+    import re
+    from pathlib import Path as FilePath
+    text = (FilePath(__file__).parents[1] / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Mapping: paths, explosions, topic tags"):text.index("### Self-metrics")]
+    subscriptions = []
+    for block in re.findall(r"```yaml\n(.*?)```", section, re.S):
+        data = yaml.safe_load(block)
+        if isinstance(data, list):
+            subscriptions += data
+        elif "subscriptions" in data:
+            subscriptions += data["subscriptions"]
+    lines = [line for line in section.splitlines() if line.startswith(("kraken_depth,", "v20_prices,"))]
+    return subscriptions, lines, section
+
+
+def test_readme_examples_make_the_lines_it_shows():
+    subscriptions, documented, section = readme_examples()
+    assert [s["name"] for s in subscriptions] == ["kraken_depth", "oanda_v20"]
+    config = cfg.parse({"subscriptions": subscriptions, "destinations": DESTINATIONS}, "README.md")
+    kraken, oanda = (Mapper(s) for s in config.subscriptions)
+    frame = ('kr_depth {"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1454091080]],'
+             '"bids":[["540.00000","0.002",1454076323]]}}}')
+    assert f"`{frame}`" in section  # the message the README shows
+    assert "`2016-01-29T18:11:20.123456789Z\\x011.08234\\x011.08245`" in section
+    made = kraken.lines(*build(config.subscriptions[0])([frame.encode()]))
+    v20_frame = b"EUR_USD 2016-01-29T18:11:20.123456789Z\x011.08234\x011.08245"
+    made += oanda.lines(*build(config.subscriptions[1])([v20_frame]))
+    assert documented == made and len(made) == 3
+    assert unreachable_for(config) == []
+
+
+def unreachable_for(config: cfg.Config) -> list[str]:
+    from station_bridge.cli import warnings
+    return warnings(config)

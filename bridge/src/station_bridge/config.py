@@ -561,8 +561,6 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
                 raise tp.fail("regex", f"invalid regular expression: {exc}") from exc
             if not topic_regex.groupindex:
                 raise tp.fail("regex", "needs named groups, e.g. ^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$")
-        if not topic_tag and topic_regex is None:
-            raise tp.fail("tag", "give tag (the whole topic as a tag), regex (its named groups as tags), or both")
         tp.done()
     tags, tag_paths = _tags(r)
     static = r.string_map("static_tags")
