@@ -401,3 +401,58 @@ def test_readme_examples_make_the_lines_it_shows():
 def unreachable_for(config: cfg.Config) -> list[str]:
     from station_bridge.cli import warnings
     return warnings(config)
+
+
+# --- the receive loop's accounting with multi-point messages (in process) -----------------------------
+
+
+def bridge_for(tmp_path, mapping: dict, **extra: Any):
+    from station_bridge.app import Bridge
+    config = cfg.parse({
+        "subscriptions": [{"name": "kr", "endpoints": ["tcp://127.0.0.1:9"], "framing": "text_json",
+                           "mapping": mapping, **extra}],
+        "destinations": DESTINATIONS, "http": {"listen": ""},
+        "journal": {"dir": str(tmp_path / "journal"), "min_free_bytes": 0},
+        "dead_letter": {"dir": str(tmp_path / "dead")},
+        "cache": {"url": "redis://127.0.0.1:9/0"}}, "test.yml")  # never started: process() only
+    return Bridge(config)
+
+
+def close(bridge) -> None:
+    for sub in bridge.subscriptions:
+        sub.source.close()
+    bridge.dead_input.close()
+    bridge.context.term()
+
+
+def test_process_counts_messages_once_and_lines_per_point(tmp_path):
+    bridge = bridge_for(tmp_path, KRAKEN_MAPPING)
+    try:
+        sub = bridge.subscriptions[0]
+        good = [b"kr_depth " + json.dumps(KRAKEN_DEPTH).encode()]
+        messages = [good, [b'kr_depth {"result": {"X": {"asks": {}}}}'], good, [b"kr_depth not json"]]
+        lines, raw, newest, counts, owners = bridge.process(sub, messages)
+        assert len(lines) == raw == 8 and owners == [id(good)] * 8
+        assert [(name, n) for name, _, n in counts] == [
+            ("bridge_received_messages_total", 4), ("bridge_mapped_messages_total", 2),
+            ("bridge_rejected_messages_total", 1), ("bridge_rejected_messages_total", 1)]
+        assert {dict(key)["reason"] for name, key, _ in counts if "rejected" in name} == {"wrong_type", "undecodable"}
+        assert len(newest) == 4  # one entry per series, the newest time of the two copies
+        assert newest["kraken_depth,level=0,pair=XETHZEUR,side=bids"] == (
+            1454076324000000001, newest["kraken_depth,level=0,pair=XETHZEUR,side=bids"][1])
+    finally:
+        close(bridge)
+
+
+def test_an_unencodable_line_refuses_its_whole_message(tmp_path):
+    bridge = bridge_for(tmp_path, KRAKEN_MAPPING)
+    try:
+        sub = bridge.subscriptions[0]
+        lines = ["m a=1 1", "m a=2 2", "m b=\ud800 3", "m a=4 4", "binned 5"]
+        counts: list = []
+        data = bridge._encode(sub, lines, 4, counts, owners=[7, 8, 8, 9])
+        assert data == b"m a=1 1\nm a=4 4\nbinned 5\n" and lines == ["m a=1 1", "m a=4 4", "binned 5"]
+        assert [(name, n) for name, _, n in counts] == [("bridge_mapped_messages_total", -1),
+                                                         ("bridge_rejected_messages_total", 1)]
+    finally:
+        close(bridge)

@@ -199,8 +199,8 @@ class Bridge:
         points = []
         rejected: dict[str, int] = {}
         multi = mapper.multi
-        owners: list[int] | None = [] if multi else None  # the message (index) of each raw line
-        for index, frames in enumerate(messages):
+        owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
+        for frames in messages:
             try:
                 topic, record = decode(frames)
                 if multi:
@@ -217,7 +217,7 @@ class Bridge:
                     else:
                         made = mapper.lines(topic, record)
                         lines += made
-                    owners += [index] * len(made)  # type: ignore[operator]
+                    owners += [id(frames)] * len(made)  # type: ignore[operator]
                 elif binning is not None:
                     points.append(mapper.point(topic, record))
                 elif cached:
