@@ -395,6 +395,12 @@ def test_readme_examples_make_the_lines_it_shows():
     v20_frame = b"EUR_USD 2016-01-29T18:11:20.123456789Z\x011.08234\x011.08245"
     made += oanda.lines(*build(config.subscriptions[1])([v20_frame]))
     assert documented == made and len(made) == 3
+    # the reference block of every key is a valid mapping too
+    start = section.index("```yaml\n") + len("```yaml\n")
+    reference = yaml.safe_load(section[start:section.index("```", start)])
+    config = cfg.parse({"subscriptions": [{"name": "ref", "endpoints": ["tcp://127.0.0.1:1"], "framing": "json",
+                                           "mapping": reference["mapping"]}], "destinations": DESTINATIONS})
+    assert config.effective()["subscriptions"][0]["tags"] == ["base", "level", "pair", "side", "venue"]
     assert unreachable_for(config) == []
 
 
