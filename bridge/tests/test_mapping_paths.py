@@ -94,6 +94,10 @@ def test_topic_keys_parse_and_appear_in_effective_tags():
     assert kr["tags"] == ["level", "pair", "side", "station"]
     # an explosion changes neither the measurements nor the fields
     assert kr["measurements"] == ["kraken_depth"] and kr["fields"] == {"price": "float", "volume": "float"}
+    assert (kr["each"], kr["max_points"], kr["topic"]) == ("result.<pair>.<side:asks|bids>[<level>]", 10_000, None)
+    assert kr["time"] == {"field": None, "path": "[2]", "format": "epoch_s", "timezone": None}
+    assert v20["topic"] == {"tag": "instrument", "regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"}
+    assert v20["each"] is None and v20["time"]["field"] == "time"
 
 
 def spec_mapping(spec: cfg.SubscriptionSpec) -> dict:

@@ -266,7 +266,11 @@ class Config:
                 "measurement_from": m.measurement_from, "measurements": measurements,
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
-                                                "timezone": m.time.timezone},
+                                                "timezone": m.time.timezone,
+                                                "path": str(m.time.path) if m.time.path is not None else None},
+                "each": str(m.each) if m.each is not None else None, "max_points": m.max_points,
+                "topic": None if not m.topic_tags else {
+                    "tag": m.topic_tag or None, "regex": m.topic_regex.pattern if m.topic_regex else None},
                 "binning": binned, "cache": self.cache is not None and s.binning is None and s.cache,
             })
         return {
