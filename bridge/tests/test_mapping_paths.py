@@ -466,3 +466,42 @@ def test_an_unencodable_line_refuses_its_whole_message(tmp_path):
                                                          ("bridge_rejected_messages_total", 1)]
     finally:
         close(bridge)
+
+
+_json = st.recursive(
+    st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**65), max_value=2**65),
+              st.floats(allow_nan=True), st.text(max_size=6), st.sampled_from(["1.5", "1454091080", "asks", "bids"])),
+    lambda inner: st.one_of(st.lists(inner, max_size=4),
+                            st.dictionaries(st.sampled_from(["result", "asks", "bids", "X", "Y", "error"]), inner,
+                                            max_size=4)),
+    max_leaves=30)
+
+
+_scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**65), max_value=2**65),
+                    st.floats(allow_nan=True), st.text(max_size=6),
+                    st.sampled_from(["1.5", "563.45000", "0.750", "1454091080", "1e400", "-0"]))
+_good_level = st.tuples(st.sampled_from(["1.5", "563.45000", 2, 1.25]), st.sampled_from(["0.75", 1, "3"]),
+                        st.integers(min_value=1454091080, max_value=1454091090)).map(list)
+_level = st.one_of(_good_level, _good_level.map(lambda level: [*level[:2], None]), st.lists(_scalar, max_size=4), _json)
+_levels = st.one_of(st.lists(_good_level, max_size=4), st.lists(_level, max_size=4))
+_depth = st.fixed_dictionaries({"result": st.one_of(
+    st.dictionaries(st.sampled_from(["XXBTZCAD", "X,Y", "a b", "", "e\u0301"]),
+                    st.one_of(st.dictionaries(st.sampled_from(["asks", "bids", "other"]), _levels, max_size=3), _json),
+                    max_size=3),
+    _json)})
+
+
+@given(document=st.one_of(_depth, st.dictionaries(st.sampled_from(["result", "error", "meta"]), _json, max_size=3)))
+@settings(max_examples=400, deadline=None)
+def test_hostile_documents_are_mapped_whole_or_refused_whole_with_a_reason(document):
+    mapper = Mapper(subscription({**KRAKEN_MAPPING, "max_points": 5}))
+    try:
+        lines = mapper.lines("kr_depth", document)
+    except (MapError, LineError) as exc:
+        assert exc.reason in {"no_points", "too_many_points", "wrong_type", "missing_field", "nested_value",
+                              "non_finite", "integer_overflow", "bad_timestamp", "unrepresentable", "invalid_utf8"}
+        assert mapper.unique.current == {}  # nothing claimed for a refused message
+        return
+    assert 1 <= len(lines) <= 5
+    assert all(line.startswith("kraken_depth,level=") for line in lines)
+    assert len({line.rsplit(" ", 1)[0].split(" ")[0] + line.rsplit(" ", 1)[1] for line in lines}) == len(lines)
