@@ -195,7 +195,7 @@ def test_stopping_station_target_flushes_before_the_bridge_exits(host, influx):
         # Counted while the bridge is down: what landed was flushed before it exited.
         assert count_since(influx, "ticks", start_ns, "USDCHF") == 3000
         log = host.check_output("journalctl -u station-bridge@kraken --no-pager -n 50 -o cat")
-        assert "stopping: flushing destinations" in log
+        assert "stopping: draining subscriptions, then flushing destinations" in log
     finally:
         host.check_output("systemctl start station.target")
         restored = run_converge("station.yml", "--tags", "bridge")
