@@ -412,3 +412,17 @@ def test_shapes_the_compiled_path_does_not_cover_are_named():
                       (sub(mapping={"derived_tags": [], "time": {"field": None}}), "receive times")]:
         accelerator, reason = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
         assert accelerator is None and why in reason
+
+
+# --- floats: repr without dtoa for the common range -------------------------------------------------
+
+@given(x=st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                   st.builds(round, st.floats(-1e9, 1e9), st.integers(0, 12)),
+                   st.builds(lambda n, k: n / 10**k, st.integers(-(10**16), 10**16), st.integers(0, 16)),
+                   st.sampled_from([0.0, -0.0, 1e-4, 9.999999999999999e-05, 2.0**50, 2.0**50 - 1, 1e15, 1e16,
+                                    0.1, 0.3, 1 / 3, 5e-324, 1.7976931348623157e308])))
+@settings(max_examples=5000, deadline=None)
+def test_floats_are_written_as_repr_writes_them(x):
+    from station_bridge._fastpath import float_repr
+    assert float_repr(x) == repr(x)
+    assert float_repr(math.nextafter(x, math.inf)) == repr(math.nextafter(x, math.inf))

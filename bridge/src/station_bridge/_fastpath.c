@@ -475,7 +475,49 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
 
 /* ---- formatting --------------------------------------------------------------------------- */
 
+static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
+                                  1e14, 1e15};
+#define TWO50 1125899906842624.0
+
+/* repr(d) without dtoa for the common case, 1e-4 <= |d| < 2^50 with at most 15 decimals: the
+ * fewest decimals k for which an integer M has M / 10^k == d (IEEE division is correctly
+ * rounded, so this is exactly "the decimal M.10^-k reads back as d"). Below 2^50 at most one M
+ * per k can read back (the decimals are 10^-k apart, d's rounding interval is narrower), and
+ * it lies within 1 of the rounded product d * 10^k: so M is the digits repr picks, which are
+ * the shortest that read back, and repr writes them without exponent in this range.
+ * Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
+static int short_repr(double d, char *out) {
+    double a = fabs(d);
+    if (!(a >= 1e-4 && a < TWO50)) return 0;
+    for (int k = 0; k < 16; k++) {
+        double p = a * POW10[k];
+        if (p >= TWO50) return 0;
+        double r = nearbyint(p);
+        for (int delta = 0; delta < 3; delta++) {
+            double m = delta == 0 ? r : delta == 1 ? r - 1 : r + 1;
+            if (m < 0 || m / POW10[k] != a) continue;
+            /* digits of m, with the point k from the right */
+            char digits[24];
+            int n = 0;
+            uint64_t u = (uint64_t)m;
+            do { digits[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+            while (n <= k) digits[n++] = '0';  /* at least one digit before the point */
+            int o = 0;
+            if (signbit(d)) out[o++] = '-';
+            for (int i = n - 1; i >= k; i--) out[o++] = digits[i];
+            out[o++] = '.';
+            if (k == 0) out[o++] = '0';
+            for (int i = k - 1; i >= 0; i--) out[o++] = digits[i];
+            return o;
+        }
+    }
+    return 0;
+}
+
 static int put_repr(buf_t *b, double d) {
+    char fast[40];
+    int n = short_repr(d, fast);
+    if (n) return buf_put(b, fast, n);
     char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!s) return -1;
     int rc = buf_put(b, s, (Py_ssize_t)strlen(s));
@@ -1205,7 +1247,19 @@ static PyObject *text_ns(PyObject *module, PyObject *args) {
     return PyLong_FromLongLong(ns);
 }
 
+static PyObject *float_repr(PyObject *module, PyObject *arg) {
+    (void)module;
+    double d = PyFloat_AsDouble(arg);
+    if (d == -1.0 && PyErr_Occurred()) return NULL;
+    buf_t b = {NULL, 0, 0};
+    if (put_repr(&b, d) < 0) { PyMem_Free(b.p); return NULL; }
+    PyObject *r = PyUnicode_FromStringAndSize(b.p, b.len);
+    PyMem_Free(b.p);
+    return r;
+}
+
 static PyMethodDef module_methods[] = {
+    {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x) as this module writes it"},
     {"bind", bind, METH_VARARGS, "bind(init, recv, data, size, more, close, errno): libzmq by address"},
     {"float_ns", float_ns, METH_VARARGS, "float_ns(value, unit, rule) -> ns or None"},
     {"text_ns", text_ns, METH_VARARGS, "text_ns(text, unit) -> ns or None (exact rule; unit 0: auto)"},

@@ -118,6 +118,17 @@ class Accelerator:
             return None, str(exc)
         return cls(_fastpath.Plan(**kwargs)), ""
 
+    @staticmethod
+    def covers(mapper: object, spec: object) -> str:
+        """Empty when the C path covers this mapper's shape, else why not (libzmq is not touched)."""
+        if _fastpath is None:
+            return _IMPORT_ERROR
+        try:
+            _plan_arguments(mapper, spec)
+        except _NotCovered as exc:
+            return str(exc)
+        return ""
+
     def receive(self, socket: object, limit: int, slow: Slow, newest: dict | None = None) -> Burst:
         """Up to `limit` messages from a pyzmq socket, without blocking. `newest` (series ->
         (time, {field: value})) is updated as the Python path does it, for the cache."""
