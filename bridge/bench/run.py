@@ -222,13 +222,14 @@ def _publisher(endpoint: str, count: int, rate: float, ready) -> None:
     publish(endpoint, TOPIC, count, rate=rate, duration=600, on_start=ready.set)
 
 
-def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds: float) -> tuple[float, float, float]:
+def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds: float,
+            launcher: str = "named_threads.py") -> tuple[float, float, float]:
     """p50/p99 publish -> queryable, from each point's scheduled send time to the first poll (every
     20 ms) at which the bridge counts it acknowledged by InfluxDB; and the bridge's peak RSS."""
-    db = "latency"
+    db = f"latency_{launcher.split('_')[0]}_{int(rate)}"
     influx.query(f'CREATE DATABASE "{db}"')
     endpoint = f"tcp://127.0.0.1:{free_port()}"
-    bridge = Bridge(tmp, "latency", influx, redis, db, [stages.subscription("msgpack", "bench", endpoint, TOPIC)])
+    bridge = Bridge(tmp, db, influx, redis, db, [stages.subscription("msgpack", "bench", endpoint, TOPIC)], launcher)
     count = int(rate * seconds)
     ready = multiprocessing.Event()
     publisher = multiprocessing.Process(target=_publisher, args=(endpoint, count, rate, ready))
@@ -272,7 +273,7 @@ def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict
                                   [stages.subscription(framing, "bench", "tcp://127.0.0.1:1", TOPIC)], 1)
     spec = cfg.parse(config, "bench").subscriptions[0]
     why = Accelerator.covers(Mapper(spec, "bench"), spec)
-    kinds = ["python"] if why else ["python", "compiled"]
+    kinds = ["receive", "python"] if why else ["receive", "python", "compiled"]
     best: dict[str, dict] = {}
     identical = True
     for _ in range(rounds):
@@ -284,7 +285,7 @@ def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict
                 identical = identical and got["data"] == best["python"]["data"]
             if got["process_us"] < best[kind]["process_us"]:
                 best[kind] = got
-    out = {kind: {k: v for k, v in got.items() if k != "data"} for kind, got in best.items()}
+    out: dict = {kind: {k: v for k, v in got.items() if k != "data"} for kind, got in best.items()}
     if why:
         out["compiled"] = {"unavailable": why}
     else:
@@ -348,20 +349,24 @@ def main() -> None:
                 stage_cost[label] = {name: min(run[name] for run in runs) for name in runs[0]}
                 hot[label] = hot_path(influx, framing, args.stage_points)
                 say(f"stages {label}: {stage_cost[label]}; hot path {hot[label]}")
+            # Half of (b) for the Python path; the compiled prototype at the same rate and at half of (b').
             b = results["msgpack"]["rate"]
-            p50, p99, steady_rss = latency(tmp, influx, redis, b / 2, args.latency_seconds)
+            steady = {"python": (b / 2, *latency(tmp, influx, redis, b / 2, args.latency_seconds))}
+            if isinstance(compiled.get("msgpack"), dict):
+                for rate in (b / 2, compiled["msgpack"]["rate"] / 2):
+                    steady[f"compiled {rate:,.0f}"] = (rate, *latency(tmp, influx, redis, rate, args.latency_seconds,
+                                                                      "compiled_bridge.py"))
+            say(f"latency: {steady}")
         finally:
             redis.stop()
             influx.stop()
     print(f"\nstation-bridge benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {args.points:,} points per run (naive {args.naive_points:,}, "
           f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
-    print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, p50, p99,
-                                steady_rss))))
+    print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady))))
 
 
-def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, p50, p99,
-         steady_rss) -> list[tuple[str, str, str]]:
+def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady) -> list[tuple[str, str, str]]:
     m = results["msgpack"]
     cores = os.cpu_count() or 1
     out = [("(a) ceiling: line protocol, 5000/batch, 2 threads", f"{a:,.0f} points/s", "1.00")]
@@ -398,13 +403,26 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, p50,
     out.append(("CPU per point in (b) msgpack: redis, publisher; /metrics polls",
                 f"{m['redis']:.2f}, {m['publisher']:.2f}; {m['scrape_us']:.2f} us",
                 f"polls taken out; {cores} cores allow {allow:.2f} x (a)"))
-    names = list(next(iter(stage_cost.values())))
+    for label, r in compiled.items():
+        if isinstance(r, dict):
+            allow = cores * 1e6 / (r["bridge"] + r["influxd"] + r["redis"]) / a
+            out.append((f"arithmetic, (b') {label} compiled: bridge + influxd + redis",
+                        f"{r['bridge'] + r['influxd'] + r['redis']:.2f} us", f"{cores} cores allow {allow:.2f} x (a)"))
     labels = list(stage_cost)
-    for name in names:
+    receive = {label: hot[label]["receive"]["process_us"] for label in labels}
+    out.append((f"stage: receive, pyzmq + libzmq I/O thread (us, {' / '.join(labels)})",
+                " / ".join(f"{receive[label]:.2f}" for label in labels),
+                f"{receive['msgpack'] / m['bridge']:.2f} of msgpack's bridge CPU"))
+    for name in stage_cost["msgpack"]:
         values = " / ".join(f"{stage_cost[label].get(name, float('nan')):.2f}" for label in labels)
         share = stage_cost["msgpack"].get(name, 0) / m["bridge"]
         note = f"{share:.2f} of msgpack's bridge CPU" if not name.startswith("  ") else "included in the row above"
         out.append((f"stage: {name.strip()} (us, {' / '.join(labels)})", values, note))
+    total = {label: receive[label] + sum(v for k, v in stage_cost[label].items() if not k.startswith("  "))
+             for label in labels}
+    out.append((f"stages summed (us, {' / '.join(labels)})", " / ".join(f"{total[label]:.2f}" for label in labels),
+                " / ".join(f"{total[label] / results[label]['bridge']:.2f}" for label in labels)
+                + " of the bridge in (b)"))
     for label in labels:
         h = hot[label]
         py = h["python"]["process_us"]
@@ -417,21 +435,30 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, p50,
         out.append((f"receive + decode + map + format, {label}: Python / compiled",
                     f"{py:.2f} / {comp:.2f} us, output {'identical' if h['identical'] else 'DIFFERENT'}",
                     f"{comp / py:.2f} of Python; {comp / r['influxd']:.2f} of influxd in (b)"))
-    receive = m["threads"]["receive loop"]
-    one = 1e6 / receive
     out.append(("scaling: 2 instances on disjoint topics, msgpack", f"{scaled['rate']:,.0f} points/s",
                 f"{scaled['rate'] / m['rate']:.2f} x 1 instance on {cores} cores"))
-    per_core = 1e6 / (m["bridge"] + m["influxd"])
-    out.append(("scaling: predicted for 16 cores, 8 instances (influxd on the same host)",
-                f"{min(8 * one, 16 * per_core):,.0f} points/s",
-                f"min(8 x {one:,.0f}/s per receive loop, 16 cores / {m['bridge'] + m['influxd']:.2f} us)"))
-    out.append((f"bridge latency publish -> queryable at {m['rate'] / 2:,.0f}/s", f"p50 {p50:.3f} s, p99 {p99:.3f} s",
-                "p99 <= 0.5 s"))
-    out.append((f"bridge peak RSS at {m['rate'] / 2:,.0f}/s", f"{steady_rss:.0f} MiB", "<= 100 MiB"))
+    out.append(("scaling: CPU per point, 2 instances: bridges / influxd",
+                f"{scaled['bridge']:.2f} / {scaled['influxd']:.2f} us",
+                f"{scaled['bridge'] / m['bridge']:.2f} of 1 instance's: no cost of its own"))
+    for name, r in (("Python", m), ("compiled", compiled.get("msgpack"))):
+        if not isinstance(r, dict):
+            continue
+        one = 1e6 / r["threads"]["receive loop"]
+        per_point = r["bridge"] + r["influxd"] + r["redis"]
+        out.append((f"scaling: predicted, 16 cores, 8 instances, {name} (influxd on the host)",
+                    f"{min(8 * one, 16e6 / per_point):,.0f} points/s",
+                    f"min(8 x {one:,.0f}/s per receive loop, 16 cores / {per_point:.2f} us)"))
+    for name, (rate, p50, p99, rss) in steady.items():
+        path = "Python" if name == "python" else "compiled"
+        out.append((f"bridge latency publish -> queryable, {path}, {rate:,.0f}/s", f"p50 {p50:.3f} s, p99 {p99:.3f} s",
+                    "p99 <= 0.5 s"))
+        out.append((f"bridge peak RSS, {path}, {rate:,.0f}/s", f"{rss:.0f} MiB", "<= 100 MiB"))
     out.append((f"bridge peak RSS, {args.points:,}-message burst at (b) msgpack", f"{m['rss']:.0f} MiB",
                 "rcvhwm 1,000,000 (never lowered)"))
+    if isinstance(compiled.get("msgpack"), dict):
+        out.append((f"bridge peak RSS, {args.points:,}-message burst at (b') msgpack compiled",
+                    f"{compiled['msgpack']['rss']:.0f} MiB", "rcvhwm 1,000,000 (never lowered)"))
     return out
-
 
 if __name__ == "__main__":
     main()

@@ -217,6 +217,12 @@ def _python_receiver(endpoint: str, topic: str, count: int, spec_data: dict, con
     _receive_all(endpoint, topic, count, take, conn, lambda: {"data": b"".join(out)})
 
 
+def _receive_only(endpoint: str, topic: str, count: int, spec_data: dict, conn) -> None:
+    """pyzmq receiving bursts of frames, nothing else (the bridge's receive function)."""
+    receive = _tree()[0]
+    _receive_all(endpoint, topic, count, lambda socket: len(receive(socket)), conn)
+
+
 def _compiled_receiver(endpoint: str, topic: str, count: int, spec_data: dict, conn) -> None:
     """The same through the compiled path: libzmq -> C -> one bytes chunk per burst."""
     from station_bridge import config as cfg
@@ -254,7 +260,7 @@ def receiver_cost(kind: str, framing: str, frames: list[list[bytes]], endpoint: 
                   spec_data: dict) -> dict:
     """CPU per message of receiving and mapping `frames` in a child process (its libzmq I/O thread
     included), from a preloaded publisher over TCP."""
-    target = _python_receiver if kind == "python" else _compiled_receiver
+    target = {"python": _python_receiver, "compiled": _compiled_receiver, "receive": _receive_only}[kind]
     parent, child = multiprocessing.Pipe()
     publisher, loaded, go = start_publisher(endpoint, frames, topic)
     receiver = multiprocessing.Process(target=target, args=(endpoint, topic, len(frames), spec_data, child))
