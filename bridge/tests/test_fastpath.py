@@ -12,6 +12,7 @@ pyzmq plus the Python path, and the socket goes on working for pyzmq.
 from __future__ import annotations
 
 import itertools
+import json
 import math
 import struct
 from fractions import Fraction
@@ -54,13 +55,16 @@ def python_path(spec, mapper):
         try:
             topic, record = decode(frames)
             line, series, ts = mapper.keyed_line(topic, record)
+            data = line.encode()
         except (DecodeError, MapError, LineError) as exc:
             return None, ("refused", exc.reason)
+        except UnicodeEncodeError:  # a lone surrogate: the pipeline refuses the line (invalid_utf8)
+            return None, ("refused", "invalid_utf8")
         if newest is not None:
             current = newest.get(series)
             if current is None or ts >= current[0]:
                 newest[series] = (ts, {k: record[k] for k in names if record.get(k) is not None})
-        return line.encode(), ("line", line)
+        return data, ("line", line)
     return run
 
 
@@ -220,7 +224,7 @@ _bursts = st.lists(st.lists(_messages(), min_size=1, max_size=12), min_size=1, m
 
 @pytest.mark.parametrize("time_format", ["epoch_s", "epoch_ms", "epoch_ns", "auto"])
 @given(bursts=_bursts)
-@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_msgpack_bursts_give_the_python_paths_lines(time_format, bursts):
     differential(spec_for("msgpack", time_format), bursts)
 
@@ -275,7 +279,7 @@ def _delimited(draw):
 
 @pytest.mark.parametrize("time_format", ["auto"])
 @given(bursts=st.lists(st.lists(_delimited(), min_size=1, max_size=10), min_size=1, max_size=3))
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 def test_delimited_bursts_give_the_python_paths_lines(time_format, bursts):
     differential(spec_for("text_delimited", time_format), bursts)
 
@@ -407,7 +411,8 @@ def test_a_closed_socket_is_an_error_not_a_crash():
 
 
 def test_shapes_the_compiled_path_does_not_cover_are_named():
-    for spec, why in [(sub(framing="json", mapping={"derived_tags": []}), "framing json"),
+    for spec, why in [(sub(framing="text_json", mapping={"derived_tags": [], "time": {"format": "rfc3339"}}),
+                       "date strings"),
                       (sub(), "no compiled path"),
                       (sub(mapping={"derived_tags": [], "time": {"field": None}}), "receive times")]:
         accelerator, reason = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
@@ -426,3 +431,75 @@ def test_floats_are_written_as_repr_writes_them(x):
     from station_bridge._fastpath import float_repr
     assert float_repr(x) == repr(x)
     assert float_repr(math.nextafter(x, math.inf)) == repr(math.nextafter(x, math.inf))
+
+
+# --- JSON ---------------------------------------------------------------------------------------------
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8), st.sampled_from(["EURUSD", "a,b=c d", "x\ny", 'q"t', "back\\slash", "\u00e9", "tab\t"]))
+
+
+@st.composite
+def _json_payloads(draw):
+    record = draw(st.one_of(_plain, st.fixed_dictionaries({}, optional={
+        "instrument": st.one_of(st.sampled_from(["EURUSD", "GBPUSD"]), _json_scalars), "venue": _json_scalars,
+        "bid": _json_scalars, "ask": _json_scalars, "volume": _json_scalars, "flag": _json_scalars,
+        "note": _json_scalars, "timestamp": st.one_of(_json_scalars, st.sampled_from([T0 + 0.5, T0, "1700000000.5"])),
+        "seq": st.one_of(_json_scalars, st.lists(st.integers(), max_size=2))})))
+    text = json.dumps(record, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, None, 1])))
+    kind = draw(st.sampled_from(["ok"] * 8 + ["raw", "duplicate", "nan", "bom", "trailing", "bad", "leading0",
+                                              "utf16", "surrogate", "space"]))
+    if kind == "raw":  # hand-written numbers and literals in JSON's grammar, and around it
+        value = draw(st.sampled_from(["1", "-0", "-0.0", "1e5", "1E+5", "1.5e-3", "01", "1.", ".5", "+1", "-",
+                                      "12345678901234567890", "1e400", "NaN", "Infinity", "-Infinity", "true",
+                                      "True", "null", '"x"', "[1]", "{}"]))
+        return f'{{"instrument": "EURUSD", "timestamp": {T0}, "bid": {value}}}'.encode()
+    if kind == "duplicate":
+        again = draw(st.sampled_from(["2.5", "null", '"x"']))
+        return f'{{"bid": 1.5, "timestamp": {T0}, "bid": {again}}}'.encode()
+    if kind == "nan":
+        return f'{{"bid": NaN, "timestamp": {T0}}}'.encode()
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + text.encode()
+    if kind == "trailing":
+        return text.encode() + draw(st.sampled_from([b" ", b"\n", b"x", b"{}", b","]))
+    if kind == "bad":
+        return text.encode()[:draw(st.integers(0, max(0, len(text) - 1)))]
+    if kind == "leading0":
+        return f'{{"bid": 007, "timestamp": {T0}}}'.encode()
+    if kind == "utf16":
+        return text.encode("utf-16")
+    if kind == "surrogate":
+        return b'{"instrument": "\xed\xa0\x80", "bid": 1.0, "timestamp": 1700000000}'
+    if kind == "space":
+        return b" \t\r\n" + text.encode() + b" \n"
+    return text.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("framing", ["json", "text_json"])
+@given(bursts=st.lists(st.lists(_json_payloads(), min_size=1, max_size=10), min_size=1, max_size=3))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_json_bursts_give_the_python_paths_lines(framing, bursts):
+    if framing == "json":
+        bursts = [[[b"kraken_tick", payload] for payload in burst] for burst in bursts]
+    else:
+        bursts = [[[b"kraken_tick " + payload] for payload in burst] for burst in bursts]
+    differential(spec_for(framing, "auto"), bursts)
+
+
+def test_the_compiled_path_is_used_for_plain_json_ticks():
+    burst = [[b"kraken_tick", json.dumps({"instrument": "EURUSD", "bid": 1.5 + k, "ask": 2, "volume": k,
+                                          "flag": False, "note": "n\u00e9", "timestamp": T0 + k / 4},
+                                         ensure_ascii=False).encode()]
+             for k in range(30)]
+    assert differential(spec_for("json"), [burst]) == 30
+
+
+def test_without_the_extension_the_python_path_is_used(monkeypatch):
+    monkeypatch.setattr(fastpath, "_fastpath", None)
+    monkeypatch.setattr(fastpath, "_IMPORT_ERROR", "the compiled extension is not installed (test)")
+    spec = spec_for()
+    accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+    assert accelerator is None and "not installed" in why
+    assert "not installed" in fastpath.Accelerator.covers(Mapper(spec), spec)

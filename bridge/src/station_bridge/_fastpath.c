@@ -133,7 +133,8 @@ typedef struct {
 #define MAX_ORDER 64
 
 enum { K_FLOAT = 0, K_INTEGER = 1, K_STRING = 2, K_BOOLEAN = 3 };
-enum { F_MSGPACK = 0, F_DELIMITED = 1 };
+enum { F_MSGPACK = 0, F_DELIMITED = 1, F_JSON = 2, F_TEXT_JSON = 3 };
+#define MULTIPART(f) ((f) == F_MSGPACK || (f) == F_JSON)
 enum { R_EXACT = 0, R_PRODUCT = 1 };
 enum { U_WINDOW = 0, U_LAST = 1 };
 
@@ -778,6 +779,96 @@ static int newest_flush(Plan *pl, PyObject *newest) {
 
 /* ---- one message -------------------------------------------------------------------------- */
 
+/* ---- JSON: a flat object, as json.loads reads it; anything else is handed back -------------- */
+
+static inline const char *json_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A string without escapes and control characters (valid UTF-8 checked by the caller). */
+static const char *json_string(const char *p, const char *end, val_t *v) {
+    if (p >= end || *p != '"') return NULL;
+    const char *start = ++p;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') { v->type = V_STR; v->s = start; v->n = p - start; return p + 1; }
+        if (c == '\\' || c < 0x20) return NULL;  /* escapes and control characters: Python decides */
+        p++;
+    }
+    return NULL;
+}
+
+/* A scalar: string, number (JSON's grammar, ASCII), true, false, null. NULL: hand back. */
+static const char *json_value(const char *p, const char *end, val_t *v) {
+    if (p >= end) return NULL;
+    char c = *p;
+    if (c == '"') return json_string(p, end, v);
+    if (c == 't' && end - p >= 4 && memcmp(p, "true", 4) == 0) { v->type = V_BOOL; v->i = 1; return p + 4; }
+    if (c == 'f' && end - p >= 5 && memcmp(p, "false", 5) == 0) { v->type = V_BOOL; v->i = 0; return p + 5; }
+    if (c == 'n' && end - p >= 4 && memcmp(p, "null", 4) == 0) { v->type = V_NIL; return p + 4; }
+    if (c != '-' && (c < '0' || c > '9')) return NULL;  /* nested values, NaN, Infinity */
+    const char *start = p;
+    if (*p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') { while (p < end && *p >= '0' && *p <= '9') p++; }
+    else return NULL;
+    int is_float = 0;
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        is_float = 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        is_float = 1;
+    }
+    if (is_float) {
+        double d;
+        if (text_float(start, p - start, &d) < 0) return NULL;
+        v->type = V_FLOAT; v->d = d;
+    } else {
+        int64_t i;
+        if (text_int(start, p - start, &i) < 0) v->type = V_BIGUINT;  /* beyond 18 digits */
+        else { v->type = V_INT; v->i = i; }
+    }
+    return p;
+}
+
+static int json_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    const char *end = p + n;
+    /* json.loads(bytes) guesses UTF-16/32 from NUL bytes and honours BOMs: plain UTF-8 only here */
+    if (n < 2 || !p[0] || !p[1] || (unsigned char)p[0] >= 0xEF) return 1;
+    if (!utf8_valid((const unsigned char *)p, n)) return 1;
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    p = json_ws(p, end);
+    if (p >= end || *p != '{') return 1;
+    p = json_ws(p + 1, end);
+    if (p < end && *p == '}') return json_ws(p + 1, end) == end ? 0 : 1;
+    val_t key, tmp;
+    for (;;) {
+        p = json_string(p, end, &key);
+        if (!p) return 1;
+        p = json_ws(p, end);
+        if (p >= end || *p != ':') return 1;
+        p = json_ws(p + 1, end);
+        int s = find_slot(pl, key.s, key.n);
+        if (s >= 0 && vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
+        p = json_value(p, end, s >= 0 ? &vals[s] : &tmp);
+        if (!p) return 1;
+        p = json_ws(p, end);
+        if (p >= end) return 1;
+        if (*p == ',') { p = json_ws(p + 1, end); continue; }
+        if (*p == '}') return json_ws(p + 1, end) == end ? 0 : 1;
+        return 1;
+    }
+}
+
 static int delimited_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
     if (!utf8_valid((const unsigned char *)p, n)) return 1;
     for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
@@ -802,6 +893,7 @@ static int delimited_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) 
 
 static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals) {
     if (pl->framing == F_MSGPACK) return mp_record(pl, (const unsigned char *)payload, n, vals);
+    if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record(pl, payload, n, vals);
     return delimited_record(pl, payload, n, vals);
 }
 
@@ -983,7 +1075,7 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
         Py_DECREF(seq);
         if (!(pl->delim = copy_bytes(delimiter, &pl->delim_n))) return -1;
         if (pl->delim_n < 1) { PyErr_SetString(PyExc_ValueError, "empty delimiter"); return -1; }
-    } else if (framing != F_MSGPACK) {
+    } else if (framing != F_MSGPACK && framing != F_JSON && framing != F_TEXT_JSON) {
         PyErr_SetString(PyExc_ValueError, "unknown framing");
         return -1;
     }
@@ -1045,14 +1137,14 @@ static int frames_of(PyObject *message, const char **t, Py_ssize_t *tn, const ch
     /* 0: ok; 1: hand back (wrong frame count or a frame that is not bytes) */
     if (!PyList_Check(message) && !PyTuple_Check(message)) return 1;
     Py_ssize_t count = PySequence_Size(message);
-    if (count != (framing == F_MSGPACK ? 2 : 1)) return 1;
+    if (count != (MULTIPART(framing) ? 2 : 1)) return 1;
     PyObject *f0 = PySequence_GetItem(message, 0);
     if (!f0) { PyErr_Clear(); return 1; }
     char *s; Py_ssize_t n;
     int bad = !PyBytes_Check(f0) || PyBytes_AsStringAndSize(f0, &s, &n) < 0;
     Py_DECREF(f0);  /* the list keeps it alive */
     if (bad) { PyErr_Clear(); return 1; }
-    if (framing == F_MSGPACK) {
+    if (MULTIPART(framing)) {
         PyObject *f1 = PySequence_GetItem(message, 1);
         if (!f1) { PyErr_Clear(); return 1; }
         char *s1; Py_ssize_t n1;
@@ -1157,7 +1249,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
         }
         const char *d0 = zmq_api.data(&m[0]);
         Py_ssize_t n0 = (Py_ssize_t)zmq_api.size(&m[0]);
-        if (pl->framing == F_MSGPACK) {
+        if (MULTIPART(pl->framing)) {
             if (have == 2 && !zmq_api.more(&m[1]))
                 rc = one(pl, d0, n0, zmq_api.data(&m[1]), (Py_ssize_t)zmq_api.size(&m[1]), track);
         } else if (have == 1 && n0 <= pl->max_frame) {
@@ -1273,6 +1365,8 @@ static int module_exec(PyObject *module) {
     if (PyModule_AddObject(module, "Plan", type) < 0) { Py_DECREF(type); return -1; }
     if (PyModule_AddIntConstant(module, "MSGPACK", F_MSGPACK) < 0 ||
         PyModule_AddIntConstant(module, "DELIMITED", F_DELIMITED) < 0 ||
+        PyModule_AddIntConstant(module, "JSON", F_JSON) < 0 ||
+        PyModule_AddIntConstant(module, "TEXT_JSON", F_TEXT_JSON) < 0 ||
         PyModule_AddIntConstant(module, "EXACT", R_EXACT) < 0 ||
         PyModule_AddIntConstant(module, "PRODUCT", R_PRODUCT) < 0 ||
         PyModule_AddIntConstant(module, "WINDOW", U_WINDOW) < 0 ||

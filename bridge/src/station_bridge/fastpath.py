@@ -3,7 +3,8 @@
 `_fastpath` (a C extension against Python's stable ABI, built into the station wheel when a
 compiler is there) does for the common shape exactly what the mapping's compiled Python path
 does, and nothing else:
-- framings `msgpack` ([topic, flat map]) and `text_delimited` (`topic v1<DELIM>v2...`);
+- framings `msgpack` and `json` ([topic, flat map]), `text_json` (`topic {flat object}`) and
+  `text_delimited` (`topic v1<DELIM>v2...`); JSON strings with escapes go to Python;
 - a fixed measurement, configured and static tags, declared fields, an epoch or `auto` time;
 - the mapper's own uniqueness state, updated by the same rule as its compiled path;
 - one bytes chunk per burst, lines in message order.
@@ -200,7 +201,9 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     if getattr(m, "_compiled", None) is None:
         raise _NotCovered("the mapping has no compiled path (measurement from data or derived tags)")
     framing = spec.framing  # type: ignore[attr-defined]
-    if framing not in ("msgpack", "text_delimited"):
+    codes = {"msgpack": _fastpath.MSGPACK, "json": _fastpath.JSON, "text_json": _fastpath.TEXT_JSON,
+             "text_delimited": _fastpath.DELIMITED}
+    if framing not in codes:
         raise _NotCovered(f"framing {framing} is not on the compiled path")
     time_format = mapping.time.format
     if mapping.time.field is None or time_format not in _UNITS:
@@ -230,7 +233,7 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     if delimiter == b"":
         raise _NotCovered("empty delimiter")
     return {
-        "framing": _fastpath.MSGPACK if framing == "msgpack" else _fastpath.DELIMITED,
+        "framing": codes[framing],
         "max_frame": spec.max_frame_bytes,  # type: ignore[attr-defined]
         "measurement": _utf8(m._fixed), "tags": tags, "fields": fields,
         "time_key": _utf8(m._time_field), "time_unit": _UNITS[time_format],
