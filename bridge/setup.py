@@ -13,7 +13,7 @@ from pathlib import Path
 from setuptools import Extension, setup
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from version import version  # noqa: E402
+from version import version
 
 extensions = []
 if os.environ.get("STATION_BRIDGE_PURE") != "1":

@@ -209,6 +209,9 @@ class Mapper:
         scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
         simple = self._fixed is not None and not self._derived
         self._compiled = _compile(self, m.fields, scale) if simple else None
+        # Flat: the record's keys are the tags and fields themselves, and the mapping has the
+        # compiled path's shape; only then may the compiled hot path (fastpath.py) stand in for it.
+        self.flat = self._compiled is not None
         self.line = self._compiled[0] if self._compiled else self._line  # type: ignore[method-assign]
         self.keyed_line = self._compiled[1] if self._compiled else self._keyed_line  # type: ignore[method-assign]
 
