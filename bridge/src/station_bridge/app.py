@@ -171,6 +171,9 @@ class Bridge:
         g("bridge_journal_free_bytes", lambda: {(): float(self.guard.free())})
         g("bridge_subscription_connected", per_sub(lambda s: s.source.connected))
         g("bridge_fast_path_compiled", per_sub(lambda s: s.accelerator is not None))
+        g("bridge_fast_path_messages", per_sub(lambda s: s.accelerator.stats()["handled"] if s.accelerator else 0))
+        g("bridge_fast_path_handed_back", per_sub(
+            lambda s: s.accelerator.stats()["handed_back"] if s.accelerator else 0))
         g("bridge_last_message_age_seconds",
           per_sub(lambda s: round(time.monotonic() - s.last_message, 3) if s.last_message else -1))
         g("bridge_healthy", lambda: {(): float(self.health(0.1)["ok"])})

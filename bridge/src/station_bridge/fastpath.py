@@ -245,6 +245,8 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
 def _exact_times(mapper: object) -> bool:
     """Whether the mapping converts float times exactly (timestamps.float_seconds_to_ns in its
     compiled path) or as round(x * unit) of the float product (before exact times)."""
+    if getattr(mapper, "exact_times", False):  # the mapper says so (mapping.Mapper.exact_times)
+        return True
     import importlib
     module = importlib.import_module(type(mapper).__module__)
     return hasattr(module, "float_seconds_to_ns")

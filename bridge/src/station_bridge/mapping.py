@@ -177,6 +177,10 @@ def _formatter(kind: str) -> Callable[[object], str]:
 
 
 class Mapper:
+    # Float epoch times are converted exactly (timestamps.float_to_ns, inlined in _compile): the
+    # compiled hot path (fastpath.py) must do the same.
+    exact_times = True
+
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
                  uniqueness: Uniqueness | None = None) -> None:
         m = spec.mapping
