@@ -79,7 +79,8 @@ def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
     # Each feed is an instance of its own, on top of the shared defaults, as the bridge reads it.
     kraken = second["effective"]["kraken"]
     assert kraken["station"] == "ams" and kraken["destinations"][0]["batch_size"] == 5000
-    assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"]]
+    # The feed's subscription, and the validation subscription every instance gets (bridge_validation).
+    assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"], ["station_validation"]]
     assert kraken["subscriptions"][0]["tags"] == ["instrument", "station"]
 
 
