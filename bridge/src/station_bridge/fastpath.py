@@ -17,8 +17,8 @@ on generated hostile records (the same line, or handed back: never a different l
 Receiving: libzmq is not linked. The extension calls the libzmq that pyzmq has loaded (found in
 /proc/self/maps, checked against pyzmq's version) on pyzmq's own socket (`Socket.underlying`):
 up to a burst of messages per call, with no Python object per message. Without the extension,
-or without a usable libzmq, `Accelerator.for_mapper` returns None with the reason and the
-bridge runs the pure Python path.
+or without a usable libzmq, or with STATION_BRIDGE_PURE=1 in the environment,
+`Accelerator.for_mapper` returns None with the reason and the bridge runs the pure Python path.
 """
 
 from __future__ import annotations
@@ -29,13 +29,17 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass
 
-try:
-    from . import _fastpath  # type: ignore[attr-defined]
-except ImportError as exc:  # no compiler where the wheel was built, or a foreign platform
+if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
     _fastpath = None
-    _IMPORT_ERROR = f"the compiled extension is not installed ({exc})"
+    _IMPORT_ERROR = "STATION_BRIDGE_PURE=1 in the environment"
 else:
-    _IMPORT_ERROR = ""
+    try:
+        from . import _fastpath  # type: ignore[attr-defined]
+    except ImportError as exc:  # no compiler where the wheel was built, or a foreign platform
+        _fastpath = None
+        _IMPORT_ERROR = f"the compiled extension is not installed ({exc})"
+    else:
+        _IMPORT_ERROR = ""
 
 _UNITS = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1, "auto": 0}
 _KINDS = {"float": 0, "integer": 1, "string": 2, "boolean": 3}
