@@ -140,6 +140,17 @@ class Bridge:
         return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
                    if line.startswith("bridge_written_points_total{"))
 
+    def counts(self) -> tuple[float, float]:
+        """(messages received, points InfluxDB acknowledged), from one /metrics scrape."""
+        self.scrapes += 1
+        received = written = 0.0
+        for line in stages.scrape(self.port).splitlines():
+            if line.startswith("bridge_received_messages_total{"):
+                received += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("bridge_written_points_total{"):
+                written += float(line.rsplit(" ", 1)[1])
+        return received, written
+
     def paths(self) -> dict[str, str]:
         """Per subscription, "compiled" or why the Python path runs (/healthz)."""
         state = json.loads(stages.scrape(self.port, "/healthz"))
@@ -258,10 +269,12 @@ def _paced_publisher(endpoint: str, count: int, rate: float, started, lag, ready
 
 
 def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds: float,
-            fast_path: str = "auto") -> tuple[float, float, float, float]:
+            fast_path: str = "auto") -> tuple[float, float, float, float, float, float]:
     """p50/p99 publish -> queryable, from each point's scheduled send time to the first poll (every
-    20 ms) at which the bridge counts it acknowledged by InfluxDB; the bridge's peak RSS; and the
-    publisher's largest lag behind its schedule (included in the latencies)."""
+    20 ms) at which the bridge counts it acknowledged by InfluxDB; the bridge's peak RSS; the
+    publisher's largest lag behind its schedule (included in the latencies); and the split of the
+    p99: publish -> received by the bridge, received -> acknowledged by InfluxDB (each point's
+    own p99, so the two need not add up)."""
     db = f"latency_{fast_path}_{int(rate)}"
     influx.query(f'CREATE DATABASE "{db}"')
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -275,10 +288,13 @@ def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds
         raise RuntimeError("latency publisher not ready")
     first_send = started.value
     arrivals: list[tuple[float, float]] = []
+    receipts: list[tuple[float, float]] = []
     deadline = first_send + seconds + 60
     while time.monotonic() < deadline:
-        seen = bridge.written()
-        arrivals.append((time.monotonic(), seen))
+        received, seen = bridge.counts()
+        now = time.monotonic()
+        arrivals.append((now, seen))
+        receipts.append((now, received))
         if seen >= count:
             break
         time.sleep(0.02)
@@ -288,15 +304,22 @@ def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds
     queryable = influx.count(db, "ticks")
     if queryable != count:
         raise RuntimeError(f"only {queryable} of {count} points became queryable")
-    delays = []
-    k = 0
+    delays, to_bridge, to_influx = [], [], []
+    k = j = 0
     for i in range(count):
         sent_at = first_send + i / rate
         while arrivals[k][1] < i + 1:
             k += 1
+        while receipts[j][1] < i + 1:
+            j += 1
         delays.append(max(0.0, arrivals[k][0] - sent_at))
+        to_bridge.append(max(0.0, receipts[j][0] - sent_at))
+        to_influx.append(max(0.0, arrivals[k][0] - receipts[j][0]))
+    p99 = int(count * 0.99) - 1
     delays.sort()
-    return delays[len(delays) // 2], delays[int(len(delays) * 0.99) - 1], rss, lag.value
+    to_bridge.sort()
+    to_influx.sort()
+    return delays[count // 2], delays[p99], rss, lag.value, to_bridge[p99], to_influx[p99]
 
 
 def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict:
@@ -487,10 +510,12 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
         out.append((f"scaling: predicted, 16 cores, 8 instances, {name} (influxd on the host)",
                     f"{min(8 * one, 16e6 / per_point):,.0f} points/s",
                     f"min(8 x {one:,.0f}/s per receive loop, 16 cores / {per_point:.2f} us)"))
-    for name, (rate, p50, p99, rss, lag) in steady.items():
+    for name, (rate, p50, p99, rss, lag, to_bridge, to_influx) in steady.items():
         path = "Python" if name == "python" else "compiled"
         out.append((f"latency publish -> queryable, half load, {path}, {rate:,.0f}/s",
                     f"p50 {p50:.3f} s, p99 {p99:.3f} s", f"target p99 <= 0.5 s (publisher lag <= {lag:.3f} s)"))
+        out.append((f"latency p99 by stage, half load, {path}", f"publish -> received {to_bridge:.3f} s, "
+                    f"received -> acknowledged {to_influx:.3f} s", "20 ms polls"))
         out.append((f"bridge peak RSS, half load, {path}, {rate:,.0f}/s", f"{rss:.0f} MiB", "target <= 100 MiB"))
     out.append((f"bridge peak RSS, {args.points:,}-message burst, msgpack Python (b)", f"{m['rss']:.0f} MiB",
                 "rcvhwm 1,000,000 (never lowered)"))
