@@ -7,7 +7,6 @@ Run with `make chaos` (part of `make test`); bounded to a few minutes.
 from __future__ import annotations
 
 import http.client
-import json
 import multiprocessing
 import os
 import random
@@ -19,12 +18,14 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 
 import msgpack
+import pytest
 import zmq
 from conftest import report
 from harness import BridgeProcess, ledger_problems, quiet_ledger, tmpfs, wait_for
 from servers import Influxd, RedisServer
 
 from station_bridge.demo import INSTRUMENTS, publish, ticks, wait_for_subscriber
+from station_bridge.ledger import read_latest
 from station_bridge.metrics import total, value
 
 INFLUX_DOWN_S = 30
@@ -313,20 +314,41 @@ def test_oversized_message_drops_the_connection_which_is_reopened_and_1000_ticks
     assert bridge.stop() == 0
 
 
-def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_small_disk(tmp_path, endpoint):
+def fill_disk(path: Path, filling: threading.Event) -> None:
+    """Another process's writes: takes every byte that frees up, while `filling` is set."""
+    with path.open("ab", buffering=0) as out:
+        while filling.is_set():
+            try:
+                out.write(b"\0" * 4096)
+            except OSError:
+                time.sleep(0.001)
+
+
+# "512KiB": the bridge's own reserve stops writes first; "0": every write runs into a real
+# ENOSPC (as when another process fills the disk).
+@pytest.mark.parametrize("reserve", ["512KiB", "0"])
+def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_small_disk(tmp_path, endpoint, reserve):
     """Issue 11: OSError 28 killed the sink thread, SIGTERM lost ~195,000 points held in memory,
     every restart crashed (adoption copied the log). Now: counted drops (disk_full), a restart
     that adopts by rename on the full disk, and every point either landed or counted."""
     local = own_server(tmp_path / "influxd")
     local.stop()
     with tmpfs(tmp_path / "disk", "16m") as disk:
-        overrides = {"journal": {"dir": str(disk / "journal"), "min_free_bytes": "512KiB"},
+        overrides = {"journal": {"dir": str(disk / "journal"), "min_free_bytes": reserve},
                      "dead_letter": {"dir": str(disk / "dead")},
                      "destination": {"batch_size": 2000, "flush_interval": "100ms"}}
         bridge = BridgeProcess(tmp_path, local, "tick", endpoint, **overrides).start()
+        filling = threading.Event()
+        filler = threading.Thread(target=fill_disk, args=(disk / "filler", filling), daemon=True)
+        if reserve == "0":
+            filling.set()
+            filler.start()
         sent = publish(endpoint, "kraken_tick", 200_000, rate=0, duration=120)
         wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == sent, 60,
                  "every message received")
+        filling.clear()  # the filler's file stays: the disk is still full at the stop and restart
+        if filler.is_alive():
+            filler.join()
         samples = quiet_ledger(bridge, timeout=60)
         disk_full = int(value(samples, "bridge_dropped_points_total", destination="local", reason="disk_full"))
         status, health = bridge.health()
@@ -335,7 +357,7 @@ def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_s
         assert status == 503 and "journal" in parts, health
         assert value(samples, "bridge_sink_alive", destination="local") == 1
         assert bridge.stop() == 0  # SIGTERM on a full disk: what cannot be journaled is counted
-        after_stop = json.loads((disk / "journal" / "ledger.json").read_text())["clean"]
+        after_stop = read_latest(disk / "journal" / "ledger.json")["clean"]  # type: ignore[index]
         free_before_restart = os.statvfs(disk).f_bavail * os.statvfs(disk).f_frsize
         restarted = BridgeProcess(tmp_path, local, "tick", endpoint, **overrides).start()  # on the still-full disk
         local.start()
@@ -347,7 +369,8 @@ def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_s
         reasons = {dict(labels)["reason"]: int(v) for (name, labels), v in samples.items()
                    if name == "bridge_dropped_points_total" and v}
         wait_for(restarted.healthy, 20, "/healthz ok after recovery")
-        report("disk full (16 MiB tmpfs) with InfluxDB down, SIGTERM, restart on the full disk", published=sent,
+        report(f"disk full (16 MiB tmpfs, reserve {reserve}) with InfluxDB down, SIGTERM, restart on the full disk",
+               published=sent,
                landed=landed, dropped=dropped, **{f"dropped_{k}": v for k, v in reasons.items()},
                clean_stop=after_stop, free_bytes_at_restart=free_before_restart,
                recovered=int(value(samples, "bridge_recovered_points_total", destination="local")),
@@ -397,7 +420,7 @@ def test_sigterm_mid_stream_drains_what_libzmq_holds_and_a_restart_misses_nothin
     landed = sorted(seqs(influxd, database))
     stopped = [r for r in bridge.log_records() if r.get("msg") == "stopped"]
     drained = stopped[0].get("drained_messages") if stopped else None
-    ledger = json.loads((tmp_path / "journal" / "ledger.json").read_text())
+    ledger = read_latest(tmp_path / "journal" / "ledger.json")
     received = sum(v for labels, v in ledger["counters"]["bridge_received_messages_total"])
     written = sum(v for labels, v in ledger["counters"]["bridge_written_points_total"])
     restarted = BridgeProcess(tmp_path, influxd, database, endpoint).start()

@@ -19,6 +19,7 @@ from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, quiet_ledger, wait_for
 from station_bridge.config import parse
 from station_bridge.demo import publish
 from station_bridge.journal import Chunk, DeadLetters, Intake, Journal
+from station_bridge.ledger import read_latest
 from station_bridge.metrics import Metrics, total, value
 from station_bridge.sinks import InfluxSink
 
@@ -132,7 +133,7 @@ def test_sigterm_flushes_what_is_in_memory(tmp_path, influxd, database, endpoint
     assert influxd.count(database, "ticks") == 0
     assert bridge.stop(signal.SIGTERM) == 0
     assert influxd.count(database, "ticks") == 2000
-    ledger = json.loads((tmp_path / "journal" / "ledger.json").read_text())
+    ledger = read_latest(tmp_path / "journal" / "ledger.json")
     assert ledger["clean"] is True
 
 

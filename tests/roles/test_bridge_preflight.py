@@ -79,8 +79,9 @@ def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
     # Each feed is an instance of its own, on top of the shared defaults, as the bridge reads it.
     kraken = second["effective"]["kraken"]
     assert kraken["station"] == "ams" and kraken["destinations"][0]["batch_size"] == 5000
-    # The feed's subscription, and the validation subscription every instance gets (bridge_validation).
+    # The feed's subscription, then the role's validation subscription (bridge_validation).
     assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"], ["station_validation"]]
+    assert kraken["subscriptions"][1]["static_tags"]["validation"] == "demo" and not kraken["subscriptions"][1]["cache"]
     assert kraken["subscriptions"][0]["tags"] == ["instrument", "station"]
 
 

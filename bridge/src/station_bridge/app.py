@@ -131,6 +131,9 @@ class Bridge:
                 log.warning("ledger reconciled with the journal", extra={
                     "destination": d.name, "journal_points": journal.points, "adopted": journal.adopted,
                     "recovered": recovered, "lost_in_crash": lost, "ledger": had_ledger})
+        # The reconciled counters at once (a crash now must not reconcile them a second time),
+        # and the ledger's spare allocated while the disk may still have room.
+        self.ledger.save(sync=True)
         self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
         self.context = zmq.Context()
@@ -212,10 +215,13 @@ class Bridge:
         self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1,
                          file=self.dead_input.path.name)
 
-    def process(self, sub: Subscription, messages: list[list[bytes]]) -> tuple[list[str], int, dict, list]:
+    def process(self, sub: Subscription, messages: list[list[bytes]]
+                ) -> tuple[list[str], int, dict, list, list[int] | None]:
         """Decodes and maps a burst. Returns (lines, how many of them are raw message lines,
         newest record per series for the cache, the subscription's counter updates for
-        Metrics.bump). Never raises on bad input."""
+        Metrics.bump, the message of each raw line: None when each message made one line).
+        A message counts once as received and once as mapped or rejected, whatever number of
+        points it makes. Never raises on bad input."""
         lines: list[str] = []
         decode, mapper = sub.decode, sub.mapper
         binning = sub.binning
@@ -223,10 +229,27 @@ class Bridge:
         cached = self.cache is not None and binning is None and sub.spec.cache
         points = []
         rejected: dict[str, int] = {}
+        multi = mapper.multi
+        owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
         for frames in messages:
             try:
                 topic, record = decode(frames)
-                if binning is not None:
+                if multi:
+                    if binning is not None:
+                        made = mapper.points(topic, record)
+                        points += made
+                    elif cached:
+                        made = mapper.keyed_lines(topic, record)
+                        for line, series, ts, values in made:
+                            lines.append(line)
+                            current = newest.get(series)
+                            if current is None or ts >= current[0]:
+                                newest[series] = (ts, values)
+                    else:
+                        made = mapper.lines(topic, record)
+                        lines += made
+                    owners += [id(frames)] * len(made)  # type: ignore[operator]
+                elif binning is not None:
                     points.append(mapper.point(topic, record))
                 elif cached:
                     line, series, ts = mapper.keyed_line(topic, record)
@@ -257,7 +280,8 @@ class Bridge:
                     if self.rate_log.allow("binning"):
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
-        mapped = len(points) if binning is not None else raw
+        # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
+        mapped = len(messages) - sum(rejected.values())
         counts = [("bridge_received_messages_total", sub.key, len(messages)),
                   ("bridge_mapped_messages_total", sub.key, mapped)]
         if rejected:
@@ -266,35 +290,45 @@ class Bridge:
         if fallbacks != sub.fallbacks_counted:  # with the burst that used them, not a tick later
             counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
             sub.fallbacks_counted = fallbacks
-        return lines, raw, newest, counts
+        return lines, raw, newest, counts, owners
 
-    def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None) -> bytes:
+    def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None,
+                owners: list[int] | None = None) -> bytes:
         """One encode for the burst; a line that cannot be encoded (never expected: mapping
-        refuses lone surrogates) is rejected on its own (its counts join `counts`)."""
+        refuses lone surrogates) is rejected on its own (its counts join `counts`); with
+        `owners` (the message of each raw line) its whole message is: messages are atomic."""
         try:
             return ("\n".join(lines) + "\n").encode("utf-8")
         except UnicodeEncodeError:
-            kept = []
+            encoded: list[bytes | None] = []
+            bad: set[int] = set()
             for i, line in enumerate(lines):
                 try:
-                    kept.append(line.encode("utf-8"))
+                    encoded.append(line.encode("utf-8"))
                 except UnicodeEncodeError:
+                    encoded.append(None)
                     if sub is not None and i < raw and counts is not None:
+                        message = owners[i] if owners is not None else i
+                        if message in bad:
+                            continue
+                        bad.add(message)
                         counts += [("bridge_mapped_messages_total", sub.key, -1),
                                    ("bridge_rejected_messages_total", sub.reason_key("invalid_utf8"), 1)]
                         self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
                                      [line.encode("utf-8", "surrogatepass")], {})
                     else:
                         self.metrics.inc("bridge_stage_errors_total", 1, stage="encode")
-            lines[:] = [k.decode() for k in kept]
-            return b"".join(k + b"\n" for k in kept)
+            kept = [(line, data) for i, (line, data) in enumerate(zip(lines, encoded, strict=True))
+                    if data is not None and not (i < raw and owners is not None and owners[i] in bad)]
+            lines[:] = [line for line, _ in kept]
+            return b"".join(data + b"\n" for _, data in kept)  # type: ignore[operator]
 
     def hand_over(self, sub: Subscription | None, lines: list[str], raw: int | None = None,
-                  counts: list | None = None) -> None:
+                  counts: list | None = None, owners: list[int] | None = None) -> None:
         """Gives a burst's lines to every destination (each logs and queues its own copy).
         The burst's counters are committed in one update (a ledger snapshot sees all or none):
         the subscription's (`counts`), its points, and what every destination accepts."""
-        data = self._encode(sub, lines, len(lines) if raw is None else raw, counts) if lines else b""
+        data = self._encode(sub, lines, len(lines) if raw is None else raw, counts, owners) if lines else b""
         self.commit(sub, data, len(lines), counts)
 
     def commit(self, sub: Subscription | None, data: bytes, n: int, counts: list | None = None) -> None:
@@ -313,8 +347,8 @@ class Bridge:
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
         sub.last_message = time.monotonic()
-        lines, raw, newest, counts = self.process(sub, messages)
-        self.hand_over(sub, lines, raw, counts)
+        lines, raw, newest, counts, owners = self.process(sub, messages)
+        self.hand_over(sub, lines, raw, counts, owners)
         if newest and self.cache is not None:
             self.cache.offer(sub.mapper.field_names, newest)
 

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .config import ConfigError, DestinationSpec, load
+from .config import Config, ConfigError, DestinationSpec, load
 
 
 def _destination(config_path: str, name: str | None) -> DestinationSpec:
@@ -31,10 +31,22 @@ def cmd_run(args: argparse.Namespace) -> int:
     return Bridge(config).run()
 
 
+def warnings(config: Config) -> list[str]:
+    """Keys that can never match a record of their subscription (paths.unreachable)."""
+    from .paths import unreachable
+    out: list[str] = []
+    for s in config.subscriptions:
+        out += unreachable(s.name, s.framing, s.field_order, s.mapping.compile(s.name))
+    return out
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
+    found = warnings(config)
+    for warning in found:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps(config.effective(), indent=2, sort_keys=False))
+        print(json.dumps({**config.effective(), "warnings": found}, indent=2, sort_keys=False))
         return 0
     print(f"{args.config}: OK ({len(config.subscriptions)} subscriptions, "
           f"{len(config.destinations)} destinations{', cache' if config.cache else ''})")

@@ -24,6 +24,9 @@ from typing import Any
 import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
+from .paths import Path as ValuePath
+from .paths import PathSet, PathSyntaxError, compile_paths
+from .paths import parse as parse_path
 from .timestamps import FORMATS
 
 FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
@@ -41,15 +44,27 @@ class ConfigError(ValueError):
 
 @dataclass(frozen=True)
 class DerivedTag:
-    source: str
+    source: str | None  # the literal key (`source:`), or None with `path:`
     regex: re.Pattern[str]
+    path: ValuePath | None = None
+
+    @property
+    def value_path(self) -> ValuePath:
+        return self.path if self.path is not None else ValuePath.key(self.source or "")
 
 
 @dataclass(frozen=True)
 class TimeSpec:
-    field: str | None
+    field: str | None  # the literal key (`field:`); None with `path:` or for the receive time
     format: str
     timezone: str | None
+    path: ValuePath | None = None
+
+    @property
+    def value_path(self) -> ValuePath | None:
+        if self.path is not None:
+            return self.path
+        return ValuePath.key(self.field) if self.field is not None else None
 
 
 @dataclass(frozen=True)
@@ -64,6 +79,58 @@ class MappingSpec:
     drop: list[str]
     derived_tags: list[DerivedTag]
     time: TimeSpec
+    # Paths (docs/mapping-paths.md): every tag and field has one; the literal forms are
+    # ValuePath.key(name), one top-level key, a dot in it part of the key.
+    tag_paths: dict[str, ValuePath] = field(default_factory=dict)  # tag name -> path
+    field_paths: dict[str, ValuePath] = field(default_factory=dict)  # field name -> path
+    each: ValuePath | None = None
+    max_points: int = 10_000
+    topic_tag: str | None = None
+    topic_regex: re.Pattern[str] | None = None
+    measurement_path: ValuePath | None = None  # with measurement_from: field, instead of measurement_field
+
+    @property
+    def captures(self) -> tuple[str, ...]:
+        """Tag names captured by the `each` path (`<pair>`, `[<level>]`)."""
+        return self.each.captures if self.each is not None else ()
+
+    @property
+    def topic_tags(self) -> tuple[str, ...]:
+        names = [self.topic_tag] if self.topic_tag else []
+        return (*names, *(self.topic_regex.groupindex if self.topic_regex is not None else ()))
+
+    def sources(self) -> dict[str, ValuePath]:
+        """Every value the mapping reads, by a name that says where it is configured, in the
+        order the mapping declares them (measurement, tags, derived tags, fields, time)."""
+        out: dict[str, ValuePath] = {}
+        if self.measurement_from == "field":
+            out["mapping.measurement_path" if self.measurement_path is not None else "mapping.measurement_field"] = (
+                self.measurement_path or ValuePath.key(self.measurement_field or ""))
+        for name in self.tags:
+            out[f"mapping.tags.{name}"] = self.tag_paths.get(name) or ValuePath.key(name)
+        for i, d in enumerate(self.derived_tags):
+            out[f"mapping.derived_tags[{i}]"] = d.value_path
+        for name in self.fields:
+            out[f"mapping.fields.{name}"] = self.field_paths.get(name) or ValuePath.key(name)
+        if self.time.value_path is not None:
+            out["mapping.time"] = self.time.value_path
+        return out
+
+    def compile(self, name: str = "paths") -> PathSet:
+        """The mapping's paths compiled into one function (paths.compile_paths)."""
+        return compile_paths(self.sources(), self.each, max_points=self.max_points, name=name)
+
+    @property
+    def is_flat(self) -> bool:
+        """Today's shape: no `each`, no topic tags, every tag and field the top-level key of its
+        own name, every other source one top-level key: the generated fast path maps it."""
+        if self.each is not None or self.topic_tag or self.topic_regex is not None:
+            return False
+        if any(p.flat_key != n for n, p in self.tag_paths.items()):
+            return False
+        if any(p.flat_key != n for n, p in self.field_paths.items()):
+            return False
+        return all(p.flat_key is not None for p in self.sources().values())
 
 
 @dataclass(frozen=True)
@@ -193,13 +260,18 @@ class Config:
             if self.station:
                 static.setdefault("station", self.station)
             derived = [g for d in m.derived_tags for g in d.regex.groupindex]
+            derived += [*m.captures, *m.topic_tags]
             subs.append({
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
                 "rcvhwm": s.rcvhwm, "max_frame_bytes": s.max_frame_bytes, "require_connection": s.require_connection,
                 "measurement_from": m.measurement_from, "measurements": measurements,
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
-                                                "timezone": m.time.timezone},
+                                                "timezone": m.time.timezone,
+                                                "path": str(m.time.path) if m.time.path is not None else None},
+                "each": str(m.each) if m.each is not None else None, "max_points": m.max_points,
+                "topic": None if not m.topic_tags else {
+                    "tag": m.topic_tag or None, "regex": m.topic_regex.pattern if m.topic_regex else None},
                 "binning": binned, "cache": self.cache is not None and s.binning is None and s.cache,
             })
         return {
@@ -384,26 +456,75 @@ def _writable(r: _Reader, key: str, check: Any, value: str) -> None:
         raise r.fail(key, f"InfluxDB cannot store it: {exc}") from exc
 
 
+def _path(r: _Reader, key: str, text: object, *, wildcards: bool = False) -> ValuePath:
+    try:
+        return parse_path(text, wildcards=wildcards)
+    except PathSyntaxError as exc:
+        raise r.fail(key, str(exc)) from None
+
+
+def _fields(r: _Reader) -> tuple[dict[str, str], dict[str, ValuePath]]:
+    """`fields`: `name: type` (the literal key `name`) or `name: {path, type}`."""
+    values = r.get("fields", dict, {})
+    if not values:
+        raise r.fail("fields", "declare at least one field with its type")
+    kinds: dict[str, str] = {}
+    paths: dict[str, ValuePath] = {}
+    for key, spec in values.items():
+        name = str(key)
+        if isinstance(spec, dict):
+            f = _Reader(spec, r.key(f"fields.{name}"), r.source)
+            kind = f.get("type", str)
+            paths[name] = _path(f, "path", f.get("path", (str, list)))
+            f.done()
+        elif isinstance(spec, str):
+            kind, paths[name] = spec, ValuePath.key(name)
+        else:
+            raise r.fail(f"fields.{name}",
+                         f"expected a type ({', '.join(FIELD_TYPES)}) or {{path, type}}, got {spec!r}")
+        if kind not in FIELD_TYPES:
+            raise r.fail(f"fields.{name}", f"unknown type {kind!r} (choose {', '.join(FIELD_TYPES)})")
+        _writable(r, f"fields.{name}", check_field_key, name)
+        kinds[name] = kind
+    return kinds, paths
+
+
+def _tags(r: _Reader) -> tuple[list[str], dict[str, ValuePath]]:
+    """`tags`: a list of literal keys (tag name = key) or a map tag name -> path."""
+    value = r.get("tags", (list, dict), [])
+    if isinstance(value, list):
+        names = r.strings("tags", [])
+        return names, {n: ValuePath.key(n) for n in names}
+    paths = {str(name): _path(r, f"tags.{name}", text) for name, text in value.items()}
+    return list(paths), paths
+
+
 def _mapping(r: _Reader, station: str | None) -> MappingSpec:
     measurement = r.get("measurement", str, None)
     measurement_from = r.get("measurement_from", str, "fixed", choices=("fixed", "topic", "field"))
     measurement_field = r.get("measurement_field", str, None)
+    measurement_path_text = r.get("measurement_path", (str, list), None)
+    measurement_path = None if measurement_path_text is None else _path(r, "measurement_path", measurement_path_text)
     measurements = r.string_map("measurements")
     if measurement_from == "fixed" and not measurement:
         raise r.fail("measurement", "is required when measurement_from is fixed")
-    if measurement_from == "field" and not measurement_field:
-        raise r.fail("measurement_field", "is required when measurement_from is field")
+    if measurement_field and measurement_path is not None:
+        raise r.fail("measurement_path", "give measurement_field (a literal key) or measurement_path, not both")
+    if measurement_from == "field" and not (measurement_field or measurement_path):
+        raise r.fail("measurement_field", "is required when measurement_from is field (or measurement_path)")
+    if measurement_path is not None and measurement_from != "field":
+        raise r.fail("measurement_path", "applies only with measurement_from: field")
     if measurement:
         _writable(r, "measurement", check_measurement, measurement)
     for topic, name in measurements.items():
         _writable(r, f"measurements.{topic}", check_measurement, name)
-    fields = r.string_map("fields")
-    if not fields:
-        raise r.fail("fields", "declare at least one field with its type")
-    for name, kind in fields.items():
-        if kind not in FIELD_TYPES:
-            raise r.fail(f"fields.{name}", f"unknown type {kind!r} (choose {', '.join(FIELD_TYPES)})")
-        _writable(r, f"fields.{name}", check_field_key, name)
+    each_text = r.get("each", (str, list), None)
+    each = None if each_text is None else _path(r, "each", each_text, wildcards=True)
+    if each is not None and not each.wild:
+        raise r.fail("each", f"path {each} has no wildcard (*, <name>): it would make one point; "
+                             "use a plain path in the tag or field instead")
+    max_points = r.positive("max_points", int, 10_000)
+    fields, field_paths = _fields(r)
     derived = []
     for d in r.items("derived_tags", []):
         pattern = d.get("regex", str)
@@ -413,7 +534,11 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
             raise d.fail("regex", f"invalid regular expression: {exc}") from exc
         if not compiled.groupindex:
             raise d.fail("regex", "needs named groups, e.g. (?P<base>[A-Z]{3})(?P<term>[A-Z]{3})")
-        derived.append(DerivedTag(d.get("source", str), compiled))
+        source = d.get("source", str, None)
+        path_text = d.get("path", (str, list), None)
+        if (source is None) == (path_text is None):
+            raise d.fail("source", "give source (a literal key) or path, exactly one")
+        derived.append(DerivedTag(source, compiled, None if path_text is None else _path(d, "path", path_text)))
         d.done()
     t = r.child("time", {}) or _Reader({}, r.key("time"), r.source)
     fmt = t.get("format", str, "auto", choices=FORMATS)
@@ -424,17 +549,41 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
             ZoneInfo(tz)
         except Exception as exc:
             raise t.fail("timezone", f"unknown time zone {tz!r}") from exc
-    time_spec = TimeSpec(t.get("field", str, None), fmt, tz)
+    time_field = t.get("field", str, None)
+    time_path_text = t.get("path", (str, list), None)
+    if time_field is not None and time_path_text is not None:
+        raise t.fail("path", "give field (a literal key) or path, not both")
+    time_spec = TimeSpec(time_field, fmt, tz, None if time_path_text is None else _path(t, "path", time_path_text))
     t.done()
-    tags = r.strings("tags", [])
+    topic_tag = topic_regex = None
+    tp = r.child("topic", None)
+    if tp is not None:
+        topic_tag = tp.get("tag", str, None)
+        regex_text = tp.get("regex", str, None)
+        if regex_text is not None:
+            try:
+                topic_regex = re.compile(regex_text)
+            except re.error as exc:
+                raise tp.fail("regex", f"invalid regular expression: {exc}") from exc
+            if not topic_regex.groupindex:
+                raise tp.fail("regex", "needs named groups, e.g. ^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$")
+        tp.done()
+    tags, tag_paths = _tags(r)
     static = r.string_map("static_tags")
     overlap = set(tags) & set(fields)
     if overlap:
         raise r.fail("tags", f"{sorted(overlap)[0]!r} is declared both as a tag and as a field")
-    # Every tag key comes from exactly one place: a record key, a derived group, a static tag or
-    # the station; two sources for one key would write it twice.
+    captures = each.captures if each is not None else ()
+    for name in captures:
+        if name in fields:
+            raise r.fail("each", f"capture <{name}> is also declared as a field (fields.{name})")
+    # Every tag key comes from exactly one place: a record key, a capture, the topic, a derived
+    # group, a static tag or the station; two sources for one key would write it twice.
     sources: dict[str, str] = {}
-    named = [(k, "tags") for k in tags] + [(g, "derived_tags") for d in derived for g in d.regex.groupindex]
+    named = [(k, "tags") for k in tags] + [(c, "each") for c in captures]
+    named += [(k, "topic.tag") for k in ([topic_tag] if topic_tag else [])]
+    named += [(g, "topic.regex") for g in (topic_regex.groupindex if topic_regex is not None else ())]
+    named += [(g, "derived_tags") for d in derived for g in d.regex.groupindex]
     named += [(k, "static_tags") for k in static] + ([("station", "station")] if station else [])
     for key, where in named:
         if key in sources and not (where == "station" and sources[key] == "static_tags"):
@@ -446,7 +595,12 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
     for key, value in static.items():
         _writable(r, f"static_tags.{key}", escape_tag, value)
     spec = MappingSpec(measurement, measurement_from, measurement_field, measurements, tags,
-                       static, fields, r.strings("drop", []), derived, time_spec)
+                       static, fields, r.strings("drop", []), derived, time_spec, tag_paths, field_paths,
+                       each, max_points, topic_tag, topic_regex, measurement_path)
+    try:
+        spec.compile()
+    except (PathSyntaxError, ValueError) as exc:
+        raise r.fail("each" if each is not None else "fields", str(exc)) from None
     r.done()
     return spec
 

@@ -84,7 +84,8 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
         writable = not recent and free >= bridge.guard.reserve
         destinations[sink.name] = {
             "pending": sink.pending, "queue": sink.queued, "journal_points": journal.points,
-            "journal_bytes": journal.bytes, "failing_s": round(failing, 3), "last_error": sink.last_error,
+            "journal_bytes": journal.bytes, "failing": failing > 0, "failing_s": round(failing, 3),
+            "last_error": sink.last_error,
             "alive": sink.alive, "journal_writable": writable,
             "oldest_pending_s": round(sink.oldest_pending_seconds(), 3)}
         if failing > spec.destination_grace:

@@ -132,35 +132,34 @@ def disk_reason(exc: OSError) -> str:
 
 
 class DiskGuard:
-    """Free space on the journal's filesystem against a reserve, without a statvfs per write.
-
-    The figure is refreshed every `refresh_s` and decremented by what is written meanwhile;
-    threads update it without a lock (an estimate: the reserve is a margin, not an exact line).
-    """
+    """Free space on the journal's filesystem against a reserve, without a statvfs per write."""
 
     def __init__(self, path: Path, reserve: int, refresh_s: float = 0.5) -> None:
         self.path = path
         self.reserve = reserve
         self.refresh_s = refresh_s
+        self._lock = threading.Lock()
         self._free = 0
         self._at = -1e9
 
     def free(self) -> int:
-        now = time.monotonic()
-        if now - self._at >= self.refresh_s:
-            try:
-                st = os.statvfs(self.path)
-                self._free = st.f_bavail * st.f_frsize
-            except OSError:
-                self._free = 0
-            self._at = now
-        return self._free
+        with self._lock:
+            now = time.monotonic()
+            if now - self._at >= self.refresh_s:
+                try:
+                    st = os.statvfs(self.path)
+                    self._free = st.f_bavail * st.f_frsize
+                except OSError:
+                    self._free = 0
+                self._at = now
+            return self._free
 
     def room(self, nbytes: int) -> bool:
         """True when `nbytes` can be written and the reserve still left free."""
         if self.free() - nbytes < self.reserve:
             return False
-        self._free -= nbytes
+        with self._lock:
+            self._free -= nbytes
         return True
 
 

@@ -6,7 +6,11 @@ the life of the station, not of the process.
 
 `journal.dir/ledger.json` holds every counter. It is written (temp file, rename) on a timer,
 before any journal or intake-log file is deleted, and at shutdown; the timer and shutdown
-writes are fsynced (file and directory).
+writes are fsynced (file and directory). A rename needs free space for the new file; on a full
+disk (ENOSPC: the bridge's reserve used up, or another process took the last byte) the ledger
+is written in place into `ledger.json.spare`, a file allocated while there was room (at least
+four times the ledger's size), padded with spaces (still JSON). Every write carries a sequence
+number; at start the newer readable one of the two wins.
 
 At start the ledger is read and reconciled with what is on disk, per destination:
 pending_then = accepted - written - dropped (the ledger's view), pending_now = the journal's
@@ -31,35 +35,41 @@ import threading
 import time
 from pathlib import Path
 
-from .journal import durable_write
+from .journal import disk_reason, durable_write
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.ledger")
 
 VERSION = 1
+SPARE_MIN_BYTES = 64 << 10
 
 
 class Ledger:
     def __init__(self, path: Path, metrics: Metrics) -> None:
         self.path = path
         self.metrics = metrics
+        self.spare = path.with_name(path.name + ".spare")
         self._lock = threading.Lock()
         self.last_error = ""
         self.previous: dict | None = None
+        self.seq = 0
+        try:
+            self._spare_bytes = self.spare.stat().st_size
+        except OSError:
+            self._spare_bytes = 0
 
     def load(self) -> bool:
         """Restores the counters; False when there was no (readable) ledger."""
-        try:
-            data = json.loads(self.path.read_text(encoding="utf-8"))
-            if data.get("version") != VERSION:
-                raise ValueError(f"version {data.get('version')!r}")
-            self.metrics.restore(data["counters"])
-        except FileNotFoundError:
+        data = read_latest(self.path)
+        if data is None:
             return False
-        except (OSError, ValueError, KeyError, TypeError) as exc:
+        try:
+            self.metrics.restore(data["counters"])
+        except (ValueError, KeyError, TypeError) as exc:
             log.error("ledger unreadable: counters start from zero", extra={"file": str(self.path),
                                                                            "error": str(exc)})
             return False
+        self.seq = int(data.get("seq", 0))
         self.previous = data
         return True
 
@@ -83,11 +93,20 @@ class Ledger:
         return 0, 0
 
     def save(self, clean: bool = False, sync: bool = False) -> bool:
-        data = {"version": VERSION, "saved": time.time(), "pid": os.getpid(), "clean": clean,
-                "counters": self.metrics.snapshot()}
         with self._lock:
+            self.seq += 1
+            data = {"version": VERSION, "seq": self.seq, "saved": time.time(), "pid": os.getpid(), "clean": clean,
+                    "counters": self.metrics.snapshot()}
+            blob = json.dumps(data, separators=(",", ":")).encode()
             try:
-                durable_write(self.path, json.dumps(data, separators=(",", ":")).encode(), sync=sync)
+                try:
+                    durable_write(self.path, blob, sync=sync)
+                except OSError as exc:
+                    if disk_reason(exc) != "disk_full":
+                        raise
+                    self._write_spare(blob, sync)
+                else:
+                    self._allocate_spare(len(blob))
             except OSError as exc:
                 if not self.last_error:
                     log.error("cannot write the ledger", extra={"file": str(self.path), "error": str(exc)})
@@ -95,3 +114,54 @@ class Ledger:
                 return False
             self.last_error = ""
             return True
+
+    def _allocate_spare(self, size: int) -> None:
+        """Room for the next ledgers while there is room (ignored when there is none now)."""
+        want = max(SPARE_MIN_BYTES, 4 * size)
+        if self._spare_bytes >= want:
+            return
+        try:
+            fd = os.open(self.spare, os.O_RDWR | os.O_CREAT, 0o640)
+            try:
+                os.posix_fallocate(fd, 0, want)
+            finally:
+                os.close(fd)
+        except OSError:
+            return
+        self._spare_bytes = want
+
+    def _write_spare(self, blob: bytes, sync: bool) -> None:
+        """The ledger in place, in blocks allocated earlier: needs no free space."""
+        if len(blob) > self._spare_bytes:
+            raise OSError(28, f"the ledger ({len(blob)} bytes) is larger than its spare ({self._spare_bytes} bytes)")
+        padded = memoryview(blob + b" " * (self._spare_bytes - len(blob)))
+        fd = os.open(self.spare, os.O_WRONLY)
+        try:
+            done = 0
+            while done < len(padded):
+                done += os.pwrite(fd, padded[done:], done)
+            if sync:
+                os.fsync(fd)
+        finally:
+            os.close(fd)
+
+
+def read_latest(path: Path) -> dict | None:
+    """The newest readable ledger of `path` and its spare (by sequence number), or None."""
+    best: dict | None = None
+    for candidate in (path, path.with_name(path.name + ".spare")):
+        try:
+            raw = candidate.read_bytes()
+            if not raw.strip(b"\0 "):
+                continue  # a spare allocated and never written
+            data = json.loads(raw)
+            if not isinstance(data, dict) or data.get("version") != VERSION:
+                raise ValueError(f"version {data.get('version') if isinstance(data, dict) else None!r}")
+        except FileNotFoundError:
+            continue
+        except (OSError, ValueError) as exc:
+            log.error("ledger file unreadable", extra={"file": str(candidate), "error": str(exc)})
+            continue
+        if best is None or int(data.get("seq", 0)) > int(best.get("seq", 0)):
+            best = data
+    return best

@@ -33,7 +33,13 @@ from .lineproto import (
     escape_tag,
     format_field_value,
 )
+from .paths import PathError, TopicCapture
 from .timestamps import MAX_NS, MIN_NS, ReceiveClock, TimestampError, parser
+
+# Keys of a row (see Mapper._rows) for values that are not tags or fields: tuples, so that they
+# never meet a tag or field name.
+_TIME: tuple = ("time",)
+_MEASUREMENT: tuple = ("measurement",)
 
 
 class MapError(ValueError):
@@ -182,42 +188,83 @@ class Mapper:
     exact_times = True
 
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
-                 uniqueness: Uniqueness | None = None) -> None:
+                 uniqueness: Uniqueness | None = None, *, general: bool = False) -> None:
+        """`general`: map through the path set (`lines`) even when the mapping is flat (tests
+        compare both paths on flat mappings)."""
         m = spec.mapping
         self.name = spec.name
         self.unique = uniqueness or Uniqueness()
+        self.paths = m.compile(spec.name)
+        # Flat mappings (today's shape) keep the generated fast path; every other mapping (each,
+        # topic tags, paths) maps rows of the compiled path set through the same series builder.
+        self.multi = general or not m.is_flat
+        self._topic = TopicCapture(m.topic_tag, m.topic_regex) if (m.topic_tag or m.topic_regex) else None
         self._from = m.measurement_from
         self._fixed = escape_measurement(m.measurement) if m.measurement and self._from == "fixed" else None
         self._measurement_raw = m.measurement
-        self._measurement_field = m.measurement_field
         self._table = {topic: (name, escape_measurement(name)) for topic, name in m.measurements.items()}
         self._names: dict[str, str] = {}  # measurement taken from data -> escaped
-        self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(m.tags)]
         static = dict(m.static_tags)
         if station:
             static.setdefault("station", station)
         self._static_tags = dict(sorted(static.items()))
         self._static = [(k, f",{escape_tag(k, 'tag key')}={escape_tag(v)}") for k, v in self._static_tags.items()]
-        self._derived = [(d.source, d.regex, [(g, escape_tag(g, "tag key")) for g in d.regex.groupindex])
-                         for d in m.derived_tags]
         self._fields = [(key, escape_field_key(key), _formatter(kind)) for key, kind in m.fields.items()]
         self.field_names = [key for key, _, _ in self._fields]
         self._longest_field = max(len(k.encode("utf-8")) for k in self.field_names)
         # A series this long (in characters) may exceed InfluxDB's key limit in bytes: check it.
         self._key_check_chars = (MAX_KEY_BYTES - 4 - self._longest_field) // 4
-        self._time_field = m.time.field
         self._parse_time = parser(m.time.format, m.time.timezone)
         self._tag_cache: dict[str, str] = {}
         self._clock = ReceiveClock()
         self.timestamp_fallbacks = 0
+        time_path = m.time.value_path
+        groups = [(d.regex, [(g, escape_tag(g, "tag key")) for g in d.regex.groupindex]) for d in m.derived_tags]
+        if not self.multi:
+            # The record itself is the row: every source is one top-level key.
+            self._measurement_field: object = (m.measurement_path.flat_key if m.measurement_path is not None
+                                               else m.measurement_field)
+            tag_names = list(m.tags)
+            self._derived = [(d.value_path.flat_key, regex, g) for d, (regex, g) in zip(m.derived_tags, groups,
+                                                                                        strict=True)]
+            self._time_field: object = time_path.flat_key if time_path is not None else None
+            self._plan: list[tuple[object, int]] = []
+            self._row_keys: tuple = ()
+        else:
+            # A row: {tag or field name: value, capture name: text, _TIME: .., _MEASUREMENT: ..,
+            # ("derived", i): ..}, built from PathSet.rows by `_plan` (row key, column).
+            self._measurement_field = _MEASUREMENT if m.measurement_from == "field" else None
+            tag_names = [*m.tags, *m.captures, *m.topic_tags]
+            self._derived = [(("derived", i), regex, g) for i, (regex, g) in enumerate(groups)]
+            self._time_field = _TIME if time_path is not None else None
+            keys: list[object] = []
+            for source in m.sources():
+                if source.startswith("mapping.tags."):
+                    keys.append(source[len("mapping.tags."):])
+                elif source.startswith("mapping.fields."):
+                    keys.append(source[len("mapping.fields."):])
+                elif source.startswith("mapping.derived_tags["):
+                    keys.append(("derived", int(source[len("mapping.derived_tags["):-1])))
+                elif source == "mapping.time":
+                    keys.append(_TIME)
+                else:
+                    keys.append(_MEASUREMENT)
+            keys += list(m.captures)
+            self._plan = list(zip(keys, range(len(keys)), strict=True))
+            self._row_keys = tuple(keys)
+        self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(tag_names)]
+        self._measurement_label = str(m.measurement_path) if m.measurement_path is not None else m.measurement_field
         scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
-        simple = self._fixed is not None and not self._derived
+        simple = self._fixed is not None and not self._derived and not self.multi
         self._compiled = _compile(self, m.fields, scale) if simple else None
         # Flat: the record's keys are the tags and fields themselves, and the mapping has the
         # compiled path's shape; only then may the compiled hot path (fastpath.py) stand in for it.
         self.flat = self._compiled is not None
         self.line = self._compiled[0] if self._compiled else self._line  # type: ignore[method-assign]
         self.keyed_line = self._compiled[1] if self._compiled else self._keyed_line  # type: ignore[method-assign]
+        if self.multi:  # one point per message expected: `lines` is the general interface
+            self.line = lambda topic, record: self._one(topic, record)[0]  # type: ignore[method-assign]
+            self.keyed_line = lambda topic, record: self._one(topic, record)[:3]  # type: ignore[method-assign]
 
     # --- general path ---------------------------------------------------------------------------
 
@@ -235,7 +282,7 @@ class Mapper:
         else:
             value = record.get(self._measurement_field)  # type: ignore[arg-type]
             if value is None:
-                raise MapError("missing_field", f"measurement field {self._measurement_field!r} is missing")
+                raise MapError("missing_field", f"measurement field {self._measurement_label!r} is missing")
             raw = _tag_text(value)
         escaped = self._names.get(raw)
         if escaped is None:
@@ -294,9 +341,10 @@ class Mapper:
                 self._tag_cache[value] = cached
         return cached
 
-    def _map(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, list, int]:
-        """(line, series, tag pairs, time): every refusal raises MapError/LineError with a reason."""
-        _, emeasurement = self._measurement(topic, record)
+    def _prepare(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, str, list, int]:
+        """The series builder: (raw measurement, series, escaped fields part, tag pairs, source
+        time) of one record or row; every refusal raises MapError/LineError with a reason."""
+        raw, emeasurement = self._measurement(topic, record)
         pairs = self._tag_pairs(record)
         series = emeasurement + "".join(p[2] for p in pairs)
         if len(series) > self._key_check_chars:
@@ -310,8 +358,73 @@ class Mapper:
                     values[key] = value
         if not parts:
             raise MapError("missing_field", f"none of the declared fields {self.field_names} is present")
-        ts = self.unique.claim(series, self._time(record))
-        return f"{series} {','.join(parts)} {ts}", series, pairs, ts
+        return raw, series, ",".join(parts), pairs, self._time(record)
+
+    def _map(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, list, int]:
+        """(line, series, tag pairs, time): every refusal raises MapError/LineError with a reason."""
+        _, series, fields, pairs, ts = self._prepare(topic, record, values)
+        ts = self.unique.claim(series, ts)
+        return f"{series} {fields} {ts}", series, pairs, ts
+
+    # --- rows: paths, explosions, topic tags --------------------------------------------------
+
+    def _rows(self, topic: str, record: dict) -> list[dict]:
+        """The record as rows (one per point): the compiled paths' values keyed as the series
+        builder reads them, plus the topic's tags. Raises MapError."""
+        try:
+            topic_tags = self._topic(topic) if self._topic is not None else ()
+            rows = self.paths.rows(record)
+        except PathError as exc:
+            raise MapError(exc.reason, str(exc)) from None
+        keys = self._row_keys
+        out = []
+        for row in rows:
+            values = dict(zip(keys, row, strict=True))
+            if topic_tags:
+                values.update(topic_tags)
+            out.append(values)
+        return out
+
+    def _map_rows(self, topic: str, record: dict) -> list[tuple[str, str, int, dict, str, list]]:
+        """Every point of a message: (line, series, time, row, raw measurement, tag pairs).
+        Atomic: every row is built before any time is claimed, so a refused message leaves
+        nothing behind in Uniqueness."""
+        built = [(row, *self._prepare(topic, row)) for row in self._rows(topic, record)]
+        claim = self.unique.claim
+        out = []
+        for row, raw, series, fields, pairs, ts in built:
+            ts = claim(series, ts)
+            out.append((f"{series} {fields} {ts}", series, ts, row, raw, pairs))
+        return out
+
+    def _one(self, topic: str, record: dict) -> tuple[str, str, int, dict, str, list]:
+        points = self._map_rows(topic, record)
+        if len(points) != 1:
+            raise MapError("too_many_points", f"{len(points)} points where one was expected (use Mapper.lines)")
+        return points[0]
+
+    def lines(self, topic: str, record: dict) -> list[str]:
+        """The message's points as lines (one for a flat mapping); raises MapError/LineError."""
+        if not self.multi:
+            return [self.line(topic, record)]
+        return [p[0] for p in self._map_rows(topic, record)]
+
+    def keyed_lines(self, topic: str, record: dict) -> list[tuple[str, str, int, dict]]:
+        """(line, series, time, values by field name) per point: what the cache keys the
+        newest value by."""
+        if not self.multi:
+            line, series, ts = self.keyed_line(topic, record)
+            return [(line, series, ts, record)]
+        return [p[:4] for p in self._map_rows(topic, record)]
+
+    def points(self, topic: str, record: dict) -> list[Point]:
+        if not self.multi:
+            return [self.point(topic, record)]
+        out = []
+        for line, series, ts, row, raw, pairs in self._map_rows(topic, record):
+            values = {k: row[k] for k in self.field_names if row.get(k) is not None}
+            out.append(Point(raw, series, {k: v for k, v, _ in pairs}, values, ts, line))
+        return out
 
     def _line(self, topic: str, record: dict) -> str:
         return self._map(topic, record)[0]
@@ -329,6 +442,10 @@ class Mapper:
         return self._keyed_line(topic, record)
 
     def point(self, topic: str, record: dict) -> Point:
+        if self.multi:
+            line, series, ts, row, raw, pairs = self._one(topic, record)
+            values = {k: row[k] for k in self.field_names if row.get(k) is not None}
+            return Point(raw, series, {k: v for k, v, _ in pairs}, values, ts, line)
         values: dict[str, object] = {}
         raw, _ = self._measurement(topic, record)
         line, series, pairs, ts = self._map(topic, record, values)
