@@ -20,11 +20,23 @@ def release() -> str:
     return match.group(1)
 
 
+# Build outputs, never sources: the in-place extension (setup.py build_ext --inplace, editable
+# installs), byte code, and what compilers and editors leave beside the sources.
+BUILD_OUTPUTS = (".so", ".pyd", ".dll", ".dylib", ".o", ".pyc", ".pyo", ".tmp", "~")
+
+
+def sources(package: Path) -> list[Path]:
+    """The package's source files, in a stable order (build outputs left out)."""
+    return sorted(p for p in package.rglob("*")
+                  if p.is_file() and not {"__pycache__", "build"} & set(p.relative_to(package).parts)
+                  and not p.name.endswith(BUILD_OUTPUTS))
+
+
 def digest() -> str:
-    """SHA-256 over the package's files (path and content), in a stable order."""
+    """SHA-256 over the package's source files (path and content), in a stable order."""
     package = ROOT / "src" / "station_bridge"
     sha = hashlib.sha256()
-    for path in sorted(p for p in package.rglob("*") if p.is_file() and "__pycache__" not in p.parts):
+    for path in sources(package):
         sha.update(path.relative_to(package).as_posix().encode() + b"\0" + path.read_bytes() + b"\0")
     return sha.hexdigest()
 

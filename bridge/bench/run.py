@@ -1,22 +1,37 @@
-"""Bridge benchmark: one table of ratios, all measured in one run on this machine.
+"""Bridge benchmark: one table of ratios, every figure measured in this run on this machine.
 
     python bridge/bench/run.py [--points 300000]
 
+The bridge runs as a station runs it: write-ahead intake log, uniqueness, the Redis cache,
+/metrics, self-metrics. influxd and redis-server run on the same cores.
 (a) ceiling: pre-serialised line protocol POSTed in 5000-line batches by 2 threads;
-(b) the bridge end to end: ZMQ (msgpack ticks from a separate publisher process) ->
-    `station-bridge run` -> InfluxDB, timed until the points are counted in the database;
-(c) the naive pattern: influxdb-python `write_points` with JSON point dicts, batch 500;
-then publish -> queryable latency at half of (b)'s rate and the bridge's peak RSS.
-Each figure is relative to (a) from the same run: machines here are noisy.
+(b) the bridge end to end for three framings (msgpack map, legacy \\x01 text, JSON), from a
+    publisher that queued every message beforehand and lets libzmq forward them (so the bridge
+    is measured, not the publisher), timed until InfluxDB acknowledged the last point;
+(c) the naive pattern: influxdb-python `write_points` with JSON point dicts, batch 500.
+Then, from the same run:
+- CPU per point: influxd's and the bridge's during (b) (each process's and each bridge thread's
+  CPU from /proc; the benchmark's own /metrics polls are measured and taken out), and their
+  ratio, which says whether the bridge is well built independently of how two cores are shared;
+- the receive thread stage by stage: each stage timed on its own over the same messages;
+- every end-to-end run twice: the bridge as a station runs it (`fast_path: auto`: the compiled
+  path where it covers the subscription) and Python only (`fast_path: off`);
+- the compiled path (station_bridge.fastpath) against the Python path: receive + decode + map +
+  format of the same messages in a child process each, output compared byte for byte;
+- scaling: two bridge instances on disjoint topics against one, and what that predicts per core;
+- latency publish -> queryable and peak RSS at half of (b), peak RSS under the (b) burst.
+Only ratios of figures from this run are compared: machines here are noisy.
 """
 
 from __future__ import annotations
 
 import argparse
 import http.client
+import json
 import multiprocessing
 import os
 import platform
+import signal
 import subprocess
 import sys
 import tempfile
@@ -28,8 +43,17 @@ import yaml
 
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE.parent / "tests"))
+sys.path.insert(0, str(HERE))
 
-from servers import Influxd, free_port  # noqa: E402
+import stages  # noqa: E402
+from servers import Influxd, RedisServer, free_port  # noqa: E402
+from stages import cpu_seconds, peak_rss_mib, thread_groups  # noqa: E402
+
+TOPIC = "kraken_tick"
+
+
+def say(message: str) -> None:
+    print(f"[bench] {message}", file=sys.stderr, flush=True)
 
 
 def ceiling(influx: Influxd, db: str, points: int) -> tuple[float, float]:
@@ -81,212 +105,424 @@ def naive(influx: Influxd, db: str, points: int) -> float:
     return points / elapsed
 
 
-def _publisher(endpoint: str, count: int, rate: float, ready: multiprocessing.Event) -> None:
-    from station_bridge.demo import publish
-    publish(endpoint, "kraken_tick", count, rate=rate, duration=600, on_start=ready.set)
+class Bridge:
+    """`station-bridge run` with named threads (named_threads.py), configured as a station;
+    `fast_path` auto (the station's default) or off (Python only)."""
+
+    def __init__(self, tmp: Path, name: str, influx: Influxd, redis: RedisServer, db: str,
+                 subs: list[dict], fast_path: str = "auto") -> None:
+        self.dir = tmp / name
+        self.dir.mkdir(parents=True, exist_ok=True)
+        self.port = free_port()
+        config = stages.bridge_config(self.dir, influx.url, db, redis.port, subs, self.port)
+        config["fast_path"] = fast_path
+        (self.dir / "bridge.yml").write_text(yaml.safe_dump(config))
+        env = dict(os.environ, STATION_BRIDGE_CACHE_PASSWORD=redis.password)
+        self.log = open(self.dir / "bridge.log", "wb")  # noqa: SIM115 - lives as long as the bridge
+        self.process = subprocess.Popen([sys.executable, str(HERE / "named_threads.py"), "run", "--config",
+                                         str(self.dir / "bridge.yml")], stdout=self.log, stderr=subprocess.STDOUT,
+                                        env=env)
+        self.scrapes = 0
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                self.written()
+                break
+            except OSError:
+                if time.monotonic() > deadline or self.process.poll() is not None:
+                    raise RuntimeError("bridge did not start: " + self.tail()) from None
+                time.sleep(0.1)
+
+    def written(self) -> float:
+        """The bridge's count of points InfluxDB acknowledged (queryable from then on)."""
+        self.scrapes += 1
+        text = stages.scrape(self.port)
+        return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                   if line.startswith("bridge_written_points_total{"))
+
+    def counts(self) -> tuple[float, float]:
+        """(messages received, points InfluxDB acknowledged), from one /metrics scrape."""
+        self.scrapes += 1
+        received = written = 0.0
+        for line in stages.scrape(self.port).splitlines():
+            if line.startswith("bridge_received_messages_total{"):
+                received += float(line.rsplit(" ", 1)[1])
+            elif line.startswith("bridge_written_points_total{"):
+                written += float(line.rsplit(" ", 1)[1])
+        return received, written
+
+    def paths(self) -> dict[str, str]:
+        """Per subscription, "compiled" or why the Python path runs (/healthz)."""
+        state = json.loads(stages.scrape(self.port, "/healthz"))
+        return {name: sub["fast_path"] for name, sub in state["subscriptions"].items()}
+
+    def scrape_cost(self, count: int = 40) -> float:
+        """CPU seconds one /metrics scrape costs this bridge (measured on the idle bridge)."""
+        before = cpu_seconds(self.process.pid)
+        for _ in range(count):
+            stages.scrape(self.port)
+        return (cpu_seconds(self.process.pid) - before) / count
+
+    def tail(self) -> str:
+        return (self.dir / "bridge.log").read_text(errors="replace")[-3000:]
+
+    def stop(self) -> None:
+        self.process.send_signal(signal.SIGTERM)
+        self.process.wait(60)
+        self.log.close()
 
 
-def _preloaded_publisher(endpoint: str, count: int, loaded: multiprocessing.Event,
-                         go: multiprocessing.Event) -> None:
-    """Publishes `count` demo ticks at libzmq's speed, so the bridge is measured, not this process.
-
-    Every message is packed and queued in an inproc pipe before timing starts; then zmq.proxy
-    (a loop in libzmq, no Python per message) forwards the pipe to the PUB socket.
-    """
-    import msgpack
-    import zmq
-
-    from station_bridge.demo import INSTRUMENTS, ticks, wait_for_subscriber
-    context = zmq.Context()
-    # PAIR both ends: the proxy also forwards the XPUB's subscription messages back into the
-    # pipe, where nobody reads them (a PULL end could not take them).
-    pipe_out = context.socket(zmq.PAIR)
-    pipe_out.setsockopt(zmq.RCVHWM, 0)
-    pipe_out.setsockopt(zmq.SNDHWM, 0)
-    pipe_out.bind("inproc://preloaded")
-    pipe_in = context.socket(zmq.PAIR)
-    pipe_in.setsockopt(zmq.SNDHWM, 0)
-    pipe_in.setsockopt(zmq.RCVHWM, 0)
-    pipe_in.connect("inproc://preloaded")
-    for tick in ticks(count, list(INSTRUMENTS)):
-        pipe_in.send_multipart([b"kraken_tick", msgpack.packb(tick)])
-    publisher = context.socket(zmq.XPUB)
-    publisher.setsockopt(zmq.SNDHWM, 0)  # never drop: the subscriber's pace sets the rate
-    publisher.bind(endpoint)
-    if not wait_for_subscriber(publisher, b"kraken_tick", 30):
-        raise RuntimeError("the bridge did not subscribe within 30 s")
-    loaded.set()
-    go.wait()
-    zmq.proxy(pipe_out, publisher)  # returns only when the process is terminated
-
-
-def start_bridge(tmp: Path, influx: Influxd, db: str, endpoint: str) -> tuple[subprocess.Popen, int]:
-    port = free_port()
-    config = {
-        "subscriptions": [{"name": "bench", "endpoints": [endpoint], "topics": ["kraken_tick"], "rcvhwm": 1_000_000,
-                           "mapping": {"measurement": "ticks", "tags": ["instrument"],
-                                       "fields": {"bid": "float", "ask": "float", "volume": "integer",
-                                                  "seq": "integer"},
-                                       "time": {"field": "timestamp", "format": "epoch_s"}}}],
-        "destinations": [{"name": "local", "url": influx.url, "database": db, "batch_size": 5000,
-                          "flush_interval": 0.2}],
-        "journal": {"dir": str(tmp / "journal")}, "dead_letter": {"dir": str(tmp / "dead")},
-        "http": {"listen": f"127.0.0.1:{port}"}, "log": {"level": "warning"},
-    }
-    (tmp / "bridge.yml").write_text(yaml.safe_dump(config))
-    bridge = str(Path(sys.executable).with_name("station-bridge"))
-    log = open(tmp / "bridge.log", "wb")  # noqa: SIM115 - lives as long as the bridge
-    process = subprocess.Popen([bridge, "run", "--config", str(tmp / "bridge.yml")], stdout=log,
-                               stderr=subprocess.STDOUT)
-    time.sleep(1.0)
-    return process, port
-
-
-def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def written(port: int) -> float:
-    """The bridge's count of points InfluxDB acknowledged (queryable from then on)."""
-    import urllib.request
-    text = urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
-    return sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-               if line.startswith("bridge_written_points_total{"))
-
-
-def bridge_throughput(tmp: Path, influx: Influxd, db: str, points: int) -> tuple[float, subprocess.Popen, dict]:
-    """Points/s from the first message to InfluxDB's acknowledgement of the last, and the CPU
-    microseconds per point each process spent meanwhile (influxd, bridge, publisher)."""
-    endpoint = f"tcp://127.0.0.1:{free_port()}"
-    process, port = start_bridge(tmp, influx, db, endpoint)
-    loaded, go = multiprocessing.Event(), multiprocessing.Event()
-    publisher = multiprocessing.Process(target=_preloaded_publisher, args=(endpoint, points, loaded, go))
-    publisher.start()
-    loaded.wait()
-    pids = {"influxd": influx.process.pid, "bridge": process.pid, "publisher": publisher.pid}
+def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, framing: str, points: int,
+               instances: int = 1, fast_path: str = "auto") -> dict:
+    """`instances` bridges on disjoint topics, each fed points/instances messages by its own
+    preloaded publisher; points/s until InfluxDB acknowledged every point, and CPU per point."""
+    share = points // instances
+    runs = []
+    for k in range(instances):
+        db = f"e2e_{label}_{k}"
+        influx.query(f'CREATE DATABASE "{db}"')
+        endpoint = f"tcp://127.0.0.1:{free_port()}"
+        topic = f"{TOPIC}_{k}"
+        frames = stages.messages(framing, share, topic, start_seq=k * share)
+        subs = [stages.subscription(framing, "bench", endpoint, topic)]
+        bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path)
+        publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
+        runs.append({"db": db, "bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
+    for run in runs:
+        if not run["loaded"].wait(60):
+            raise RuntimeError("publisher not ready: " + run["bridge"].tail())
+    pids = {"influxd": influx.process.pid, "redis": redis.process.pid}
+    for k, run in enumerate(runs):
+        pids[f"bridge{k}"] = run["bridge"].process.pid
+        pids[f"publisher{k}"] = run["publisher"].pid
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
+    threads_before = [thread_groups(run["bridge"].process.pid) for run in runs]
+    scrapes_before = [run["bridge"].scrapes for run in runs]
     started = time.perf_counter()
-    go.set()
-    # Polls the bridge's counter, not InfluxDB: a count(*) every 50 ms would load influxd.
-    while written(port) < points:
+    for run in runs:
+        run["go"].set()
+    pending = list(runs)
+    while pending:
+        pending = [run for run in pending if run["bridge"].written() < share]
+        if time.perf_counter() - started > 300:
+            raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0]["bridge"].tail())
         time.sleep(0.02)
-        if time.perf_counter() - started > 120:
-            process.terminate()
-            raise RuntimeError(f"bridge wrote {written(port)} of {points} points within 120 s: "
-                               + (tmp / "bridge.log").read_text()[-3000:])
     elapsed = time.perf_counter() - started
     cpu = {name: (cpu_seconds(pid) - before[name]) / points * 1e6 for name, pid in pids.items()}
-    publisher.terminate()
-    publisher.join()
-    assert influx.count(db, "ticks") == points
-    return points / elapsed, process, cpu
+    threads = {}
+    for run, tb in zip(runs, threads_before, strict=True):
+        for name, value in thread_groups(run["bridge"].process.pid).items():
+            threads[name] = threads.get(name, 0.0) + (value - tb[name]) / points * 1e6
+    rss = max(peak_rss_mib(run["bridge"].process.pid) for run in runs)
+    path = runs[0]["bridge"].paths()["bench"]
+    scrape_us = 0.0
+    for run, sb in zip(runs, scrapes_before, strict=True):
+        polls = run["bridge"].scrapes - sb
+        scrape_us += run["bridge"].scrape_cost() * polls / points * 1e6
+    for run in runs:
+        run["publisher"].terminate()
+        run["publisher"].join()
+        run["bridge"].stop()
+        count = influx.count(run["db"], "ticks")
+        if count != share:
+            raise RuntimeError(f"{label}: {count} of {share} points in InfluxDB")
+    bridge = sum(v for k, v in cpu.items() if k.startswith("bridge")) - scrape_us
+    threads["other (metrics, ledger, exited threads)"] = bridge - sum(threads.values())
+    return {"rate": points / elapsed, "bridge": bridge, "influxd": cpu["influxd"], "redis": cpu["redis"],
+            "publisher": sum(v for k, v in cpu.items() if k.startswith("publisher")), "threads": threads,
+            "rss": rss, "scrape_us": scrape_us, "path": path}
 
 
-def latency(influx: Influxd, db: str, endpoint: str, port: int, rate: float, seconds: float) -> tuple[float, float]:
-    """p50/p99 publish -> queryable: from each point's scheduled send time to the first poll (every
-    20 ms) at which the bridge counts it acknowledged by InfluxDB (a 204: queryable from then on).
-    The bridge's counter, not a count(*) per poll: that query over a growing series would load
-    influxd and inflate what it measures. A final count checks every point is queryable."""
+def _paced_publisher(endpoint: str, count: int, rate: float, started, lag, ready) -> None:
+    """Sends `count` demo ticks at `rate`/s, packed beforehand (the demo publisher packs each
+    tick as it goes and cannot keep above ~100,000/s beside influxd and the bridge: its own lag
+    would be measured as the bridge's latency). Every message whose scheduled time has come is
+    sent at once; `lag` gets the largest delay behind the schedule, in seconds."""
+    import zmq
+
+    from station_bridge.demo import wait_for_subscriber
+    frames = stages.messages("msgpack", count, TOPIC)
+    context = zmq.Context()
+    socket = context.socket(zmq.XPUB)
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.bind(endpoint)
+    wait_for_subscriber(socket, TOPIC.encode(), 10)
+    send = socket.send_multipart
+    worst = 0.0
+    t0 = time.monotonic()
+    started.value = t0
+    ready.set()
+    sent = 0
+    while sent < count:
+        now = time.monotonic()
+        due = min(count, int((now - t0) * rate) + 1)
+        if due <= sent:
+            time.sleep(max(0.0, t0 + sent / rate - now))
+            continue
+        worst = max(worst, now - (t0 + sent / rate))
+        for frame in frames[sent:due]:
+            send(frame)
+        sent = due
+    lag.value = worst
+    socket.close(linger=30_000)
+    context.term()
+
+
+def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds: float,
+            fast_path: str = "auto") -> tuple[float, float, float, float, float, float]:
+    """p50/p99 publish -> queryable, from each point's scheduled send time to the first poll (every
+    20 ms) at which the bridge counts it acknowledged by InfluxDB; the bridge's peak RSS; the
+    publisher's largest lag behind its schedule (included in the latencies); and the split of the
+    p99: publish -> received by the bridge, received -> acknowledged by InfluxDB (each point's
+    own p99, so the two need not add up)."""
+    db = f"latency_{fast_path}_{int(rate)}"
+    influx.query(f'CREATE DATABASE "{db}"')
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    bridge = Bridge(tmp, db, influx, redis, db, [stages.subscription("msgpack", "bench", endpoint, TOPIC)], fast_path)
     count = int(rate * seconds)
     ready = multiprocessing.Event()
-    before_written = written(port)
-    before = influx.count(db, "ticks")
-    publisher = multiprocessing.Process(target=_publisher, args=(endpoint, count, rate, ready))
+    started, lag = multiprocessing.Value("d", 0.0), multiprocessing.Value("d", -1.0)
+    publisher = multiprocessing.Process(target=_paced_publisher, args=(endpoint, count, rate, started, lag, ready))
     publisher.start()
-    ready.wait()
-    first_send = time.monotonic()
+    if not ready.wait(120):
+        raise RuntimeError("latency publisher not ready")
+    first_send = started.value
     arrivals: list[tuple[float, float]] = []
+    receipts: list[tuple[float, float]] = []
     deadline = first_send + seconds + 60
     while time.monotonic() < deadline:
-        seen = written(port) - before_written
-        arrivals.append((time.monotonic(), seen))
+        received, seen = bridge.counts()
+        now = time.monotonic()
+        arrivals.append((now, seen))
+        receipts.append((now, received))
         if seen >= count:
             break
         time.sleep(0.02)
     publisher.join()
-    queryable = influx.count(db, "ticks") - before
+    rss = peak_rss_mib(bridge.process.pid)
+    bridge.stop()
+    queryable = influx.count(db, "ticks")
     if queryable != count:
         raise RuntimeError(f"only {queryable} of {count} points became queryable")
-    delays = []
-    k = 0
+    delays, to_bridge, to_influx = [], [], []
+    k = j = 0
     for i in range(count):
         sent_at = first_send + i / rate
         while arrivals[k][1] < i + 1:
             k += 1
+        while receipts[j][1] < i + 1:
+            j += 1
         delays.append(max(0.0, arrivals[k][0] - sent_at))
+        to_bridge.append(max(0.0, receipts[j][0] - sent_at))
+        to_influx.append(max(0.0, arrivals[k][0] - receipts[j][0]))
+    p99 = int(count * 0.99) - 1
     delays.sort()
-    return delays[len(delays) // 2], delays[int(len(delays) * 0.99) - 1]
+    to_bridge.sort()
+    to_influx.sort()
+    return delays[count // 2], delays[p99], rss, lag.value, to_bridge[p99], to_influx[p99]
 
 
-def peak_rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def say(message: str) -> None:
-    print(f"[bench] {message}", file=sys.stderr, flush=True)
+def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict:
+    """receive + decode + map + format of the same messages by the Python path and the compiled
+    path, each in a child process over TCP from a preloaded publisher, alternating `rounds` times
+    (the least CPU of each counts: the machine is shared); outputs compared byte for byte."""
+    from station_bridge import config as cfg
+    from station_bridge.fastpath import Accelerator
+    from station_bridge.mapping import Mapper
+    frames = stages.messages(framing, count, TOPIC)
+    config = stages.bridge_config(Path("/nonexistent"), influx.url, "unused", None,
+                                  [stages.subscription(framing, "bench", "tcp://127.0.0.1:1", TOPIC)], 1)
+    spec = cfg.parse(config, "bench").subscriptions[0]
+    why = Accelerator.covers(Mapper(spec, "bench"), spec)
+    kinds = ["receive", "python"] if why else ["receive", "python", "compiled"]
+    best: dict[str, dict] = {}
+    identical = True
+    for _ in range(rounds):
+        for kind in kinds:
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            got = stages.receiver_cost(kind, framing, frames, endpoint, TOPIC, config)
+            best.setdefault(kind, got)
+            if kind == "compiled":
+                identical = identical and got["data"] == best["python"]["data"]
+            if got["process_us"] < best[kind]["process_us"]:
+                best[kind] = got
+    out: dict = {kind: {k: v for k, v in got.items() if k != "data"} for kind, got in best.items()}
+    if why:
+        out["compiled"] = {"unavailable": why}
+    else:
+        out["identical"] = identical
+    return out
 
 
 def table(rows: list[tuple[str, str, str]]) -> list[str]:
     width = max(len(r[0]) for r in rows)
-    out = [f"| {'measurement':<{width}} | {'result':<34} | {'ratio to (a), target':<30} |",
-           f"|{'-' * (width + 2)}|{'-' * 36}|{'-' * 32}|"]
-    return out + [f"| {a:<{width}} | {b:<34} | {c:<30} |" for a, b, c in rows]
+    result = max(len(r[1]) for r in rows)
+    out = [f"| {'measurement':<{width}} | {'result':<{result}} | ratio, target |",
+           f"|{'-' * (width + 2)}|{'-' * (result + 2)}|---|"]
+    return out + [f"| {a:<{width}} | {b:<{result}} | {c} |" for a, b, c in rows]
 
 
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=300_000)
     parser.add_argument("--naive-points", type=int, default=100_000)
+    parser.add_argument("--stage-points", type=int, default=100_000)
+    parser.add_argument("--latency-seconds", type=float, default=10)
     args = parser.parse_args()
+    from station_bridge import fastpath
+    results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         influx = Influxd(tmp / "influxd").start()
+        redis = RedisServer(tmp / "redis").start()
         try:
-            for db in ("ceiling", "bridge", "naive"):
+            for db in ("ceiling", "naive", "stages"):
                 influx.query(f'CREATE DATABASE "{db}"')
             a, a_influxd = ceiling(influx, "ceiling", args.points)
             say(f"ceiling {a:,.0f}/s")
             c = naive(influx, "naive", args.naive_points)
             say(f"naive {c:,.0f}/s")
-            b, process, cpu = bridge_throughput(tmp, influx, "bridge", args.points)
-            burst_rss = peak_rss_mib(process.pid)
-            process.terminate()
-            process.wait(30)
-            say(f"bridge {b:,.0f}/s, CPU us/point {cpu}")
-            # A fresh bridge for the steady half load: its peak RSS is not the burst's.
-            endpoint = f"tcp://127.0.0.1:{free_port()}"
-            process, port = start_bridge(tmp, influx, "bridge", endpoint)
-            p50, p99 = latency(influx, "bridge", endpoint, port, b / 2, 10)
-            steady_rss = peak_rss_mib(process.pid)
-            process.terminate()
-            process.wait(30)
+            compiled: dict[str, dict | str] = {}
+            for label, framing in stages.FRAMINGS.items():
+                results[label] = end_to_end(tmp, influx, redis, framing.replace("_", ""), framing, args.points,
+                                            fast_path="off")
+                say(f"{label}: {results[label]['rate']:,.0f}/s, bridge {results[label]['bridge']:.2f} us/point, "
+                    f"influxd {results[label]['influxd']:.2f}")
+                run = end_to_end(tmp, influx, redis, framing.replace("_", "") + "c", framing, args.points)
+                if run["path"] != "compiled":
+                    compiled[label] = run["path"]
+                    say(f"{label}: the compiled path does not run: {run['path']}")
+                    continue
+                compiled[label] = run
+                say(f"{label} compiled: {run['rate']:,.0f}/s, bridge {run['bridge']:.2f} us/point, "
+                    f"influxd {run['influxd']:.2f}")
+            main_path = "auto" if isinstance(compiled.get("msgpack"), dict) else "off"
+            scaled = end_to_end(tmp, influx, redis, "scale", "msgpack", args.points, instances=2, fast_path=main_path)
+            say(f"2 instances: {scaled['rate']:,.0f}/s")
+            stage_cost = {}
+            hot = {}
+            for label, framing in stages.FRAMINGS.items():
+                frames = stages.messages(framing, args.stage_points, TOPIC)
+                config = stages.bridge_config(tmp / "stages", influx.url, "stages", None,
+                                              [stages.subscription(framing, "bench", "tcp://127.0.0.1:1", TOPIC)], 1)
+                runs = [stages.run_isolated(framing, frames, config, influx.url, "stages", redis.port, redis.password)
+                        for _ in range(2)]  # the least CPU of two runs counts: the machine is shared
+                stage_cost[label] = {name: min(run[name] for run in runs) for name in runs[0]}
+                hot[label] = hot_path(influx, framing, args.stage_points)
+                say(f"stages {label}: {stage_cost[label]}; hot path {hot[label]}")
+            # Half load: half of (b) for the Python path; the compiled path at half of its own (b').
+            b = results["msgpack"]["rate"]
+            steady = {"python": (b / 2, *latency(tmp, influx, redis, b / 2, args.latency_seconds, "off"))}
+            if isinstance(compiled.get("msgpack"), dict):
+                rate = compiled["msgpack"]["rate"] / 2
+                steady["compiled"] = (rate, *latency(tmp, influx, redis, rate, args.latency_seconds, "auto"))
+            say(f"latency: {steady}")
         finally:
+            redis.stop()
             influx.stop()
-    budget = sum(cpu.values())
-    cores = os.cpu_count() or 1
-    rows = [
-        ("(a) ceiling: line protocol, 5000/batch, 2 threads", f"{a:,.0f} points/s", "1.00"),
-        ("(b) bridge end to end: ZMQ msgpack -> InfluxDB", f"{b:,.0f} points/s", f"{b / a:.2f}, >= 0.80"),
-        ("(c) naive: influxdb-python write_points, batch 500", f"{c:,.0f} points/s", f"{c / a:.2f}"),
-        (f"bridge latency publish -> queryable at {b / 2:,.0f}/s", f"p50 {p50:.3f} s, p99 {p99:.3f} s",
-         "p99 <= 1.5 s"),
-        (f"bridge peak RSS at {b / 2:,.0f}/s", f"{steady_rss:.0f} MiB", "<= 150 MiB"),
-        (f"bridge peak RSS, {args.points:,}-message burst at (b)", f"{burst_rss:.0f} MiB",
-         "libzmq's receive queue (rcvhwm)"),
-        ("CPU per point in (a): influxd", f"{a_influxd:.2f} us", f"{a * a_influxd / 1e6:.2f} cores busy at (a)"),
-        ("CPU per point in (b): influxd, bridge, publisher",
-         f"{cpu['influxd']:.2f}, {cpu['bridge']:.2f}, {cpu['publisher']:.2f} us",
-         f"{cores} cores allow {cores * 1e6 / budget / a:.2f} x (a)"),
-        ("CPU per point left to bridge + publisher at 0.8 x (a)",
-         f"{cores * 1e6 / (0.8 * a) - cpu['influxd']:.2f} us", f"{cores} cores minus influxd's share"),
-    ]
     print(f"\nstation-bridge benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
-          f"Python {platform.python_version()}, {args.points:,} points (naive: {args.naive_points:,})\n")
-    print("\n".join(table(rows)))
+          f"Python {platform.python_version()}, {args.points:,} points per run (naive {args.naive_points:,}, "
+          f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
+    print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady))))
+
+
+def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady) -> list[tuple[str, str, str]]:
+    """The table. (b) is Python only (fast_path: off), (b') the bridge as a station runs it
+    (fast_path: auto, the compiled path); the targets of issue 15 apply to the station's bridge."""
+    m = results["msgpack"]
+    station = compiled["msgpack"] if isinstance(compiled.get("msgpack"), dict) else m
+    cores = os.cpu_count() or 1
+    out = [("(a) ceiling: line protocol, 5000/batch, 2 threads", f"{a:,.0f} points/s", "1.00")]
+    for label, r in results.items():
+        out.append((f"(b) bridge end to end, {label}, Python path", f"{r['rate']:,.0f} points/s",
+                    f"{r['rate'] / a:.2f}"))
+        cr = compiled.get(label)
+        if isinstance(cr, dict):
+            out.append((f"(b') bridge end to end, {label}, compiled path", f"{cr['rate']:,.0f} points/s",
+                        f"{cr['rate'] / a:.2f} (end to end / ceiling)"))
+        else:
+            out.append((f"(b') bridge end to end, {label}, compiled path", "not running", str(cr)[:70]))
+    out.append(("(c) naive: influxdb-python write_points, batch 500", f"{c:,.0f} points/s", f"{c / a:.2f}"))
+    out.append(("CPU per point in (a): influxd", f"{a_influxd:.2f} us", f"{a * a_influxd / 1e6:.2f} cores busy at (a)"))
+    for label, r in results.items():
+        target = ", target <= 0.5" if label == "msgpack" else ""
+        cr = compiled.get(label)
+        if isinstance(cr, dict):
+            out.append((f"CPU per point, {label}, compiled (b'): bridge / influxd",
+                        f"{cr['bridge']:.2f} / {cr['influxd']:.2f} us", f"{cr['bridge'] / cr['influxd']:.2f}{target}"))
+        out.append((f"CPU per point, {label}, Python (b): bridge / influxd",
+                    f"{r['bridge']:.2f} / {r['influxd']:.2f} us", f"{r['bridge'] / r['influxd']:.2f}"))
+    for name, r in (("compiled", compiled.get("msgpack")), ("Python", m)):
+        if isinstance(r, dict):
+            split = ", ".join(f"{k.split(' (')[0]} {v:.2f}" for k, v in r["threads"].items())
+            out.append((f"bridge CPU per point by thread, msgpack, {name} (us)", split,
+                        f"receive loop {r['threads']['receive loop'] / r['bridge']:.2f} of the bridge"))
+    for name, r in (("compiled", compiled.get("msgpack")), ("Python", m)):
+        if isinstance(r, dict):
+            allow = cores * 1e6 / (r["bridge"] + r["influxd"] + r["redis"]) / a
+            out.append((f"arithmetic, msgpack {name}: bridge + influxd + redis per point",
+                        f"{r['bridge'] + r['influxd'] + r['redis']:.2f} us", f"{cores} cores allow {allow:.2f} x (a)"))
+    out.append(("CPU per point, msgpack Python: redis, publisher; /metrics polls",
+                f"{m['redis']:.2f}, {m['publisher']:.2f}; {m['scrape_us']:.2f} us", "polls taken out"))
+    labels = list(stage_cost)
+    receive = {label: hot[label]["receive"]["process_us"] for label in labels}
+    out.append((f"stage: receive, pyzmq + libzmq I/O thread (us, {' / '.join(labels)})",
+                " / ".join(f"{receive[label]:.2f}" for label in labels),
+                f"{receive['msgpack'] / m['bridge']:.2f} of msgpack's Python bridge CPU"))
+    for name in stage_cost["msgpack"]:
+        values = " / ".join(f"{stage_cost[label].get(name, float('nan')):.2f}" for label in labels)
+        share = stage_cost["msgpack"].get(name, 0) / m["bridge"]
+        note = "included in the row above" if name.startswith("  ") else f"{share:.2f} of msgpack's Python bridge CPU"
+        out.append((f"stage: {name.strip()} (us, {' / '.join(labels)})", values, note))
+    total = {label: receive[label] + sum(v for k, v in stage_cost[label].items() if not k.startswith("  "))
+             for label in labels}
+    out.append((f"stages summed (us, {' / '.join(labels)})", " / ".join(f"{total[label]:.2f}" for label in labels),
+                " / ".join(f"{total[label] / results[label]['bridge']:.2f}" for label in labels)
+                + " of the Python bridge in (b)"))
+    for label in labels:
+        h = hot[label]
+        py = h["python"]["process_us"]
+        if "unavailable" in h["compiled"]:
+            out.append((f"stage: receive + decode + map + format, {label}: Python / compiled",
+                        f"{py:.2f} us / not covered", h["compiled"]["unavailable"][:60]))
+            continue
+        comp = h["compiled"]["process_us"]
+        cr = compiled.get(label)
+        rest = f"; {comp / cr['influxd']:.2f} of influxd in (b')" if isinstance(cr, dict) else ""
+        out.append((f"stage: receive + decode + map + format, {label}: Python / compiled",
+                    f"{py:.2f} / {comp:.2f} us, output {'identical' if h['identical'] else 'DIFFERENT'}",
+                    f"{comp / py:.2f} of Python{rest}"))
+        if isinstance(cr, dict):
+            after = cr["bridge"] - comp
+            out.append((f"stage: the rest of the compiled bridge, {label} (journal, sinks, cache, metrics)",
+                        f"{after:.2f} us", f"{after / cr['influxd']:.2f} of influxd in (b')"))
+    path = "compiled" if station is not m else "Python"
+    out.append((f"scaling: 2 instances on disjoint topics, msgpack, {path}", f"{scaled['rate']:,.0f} points/s",
+                f"{scaled['rate'] / station['rate']:.2f} x 1 instance on {cores} cores"))
+    out.append((f"scaling: CPU per point, 2 instances, {path}: bridges / influxd",
+                f"{scaled['bridge']:.2f} / {scaled['influxd']:.2f} us",
+                f"{scaled['bridge'] / station['bridge']:.2f} of 1 instance's per point"))
+    for name, r in (("compiled", compiled.get("msgpack")), ("Python", m)):
+        if not isinstance(r, dict):
+            continue
+        one = 1e6 / r["threads"]["receive loop"]
+        per_point = r["bridge"] + r["influxd"] + r["redis"]
+        out.append((f"scaling: predicted, 16 cores, 8 instances, {name} (influxd on the host)",
+                    f"{min(8 * one, 16e6 / per_point):,.0f} points/s",
+                    f"min(8 x {one:,.0f}/s per receive loop, 16 cores / {per_point:.2f} us)"))
+    for name, (rate, p50, p99, rss, lag, to_bridge, to_influx) in steady.items():
+        path = "Python" if name == "python" else "compiled"
+        out.append((f"latency publish -> queryable, half load, {path}, {rate:,.0f}/s",
+                    f"p50 {p50:.3f} s, p99 {p99:.3f} s", f"target p99 <= 0.5 s (publisher lag <= {lag:.3f} s)"))
+        out.append((f"latency p99 by stage, half load, {path}", f"publish -> received {to_bridge:.3f} s, "
+                    f"received -> acknowledged {to_influx:.3f} s", "20 ms polls"))
+        out.append((f"bridge peak RSS, half load, {path}, {rate:,.0f}/s", f"{rss:.0f} MiB", "target <= 100 MiB"))
+    out.append((f"bridge peak RSS, {args.points:,}-message burst, msgpack Python (b)", f"{m['rss']:.0f} MiB",
+                "rcvhwm 1,000,000 (never lowered)"))
+    if isinstance(compiled.get("msgpack"), dict):
+        out.append((f"bridge peak RSS, {args.points:,}-message burst, msgpack compiled (b')",
+                    f"{compiled['msgpack']['rss']:.0f} MiB", "rcvhwm 1,000,000 (never lowered)"))
+    return out
 
 
 if __name__ == "__main__":

@@ -249,6 +249,33 @@ def test_intake_log_forgets_only_what_is_settled_contiguously(tmp_path: Path):
     assert not list(tmp_path.glob("*.wal"))
 
 
+def test_intake_log_ranges_settled_twice_still_free_the_log(tmp_path: Path):
+    """An append that fails is settled at once; the writer settles the batch it was joined into
+    again (Chunk.join). Found by the disk-full chaos test with the compiled path: the log was
+    never deleted again, and a restart delivered points counted as dropped."""
+    intake = Intake(tmp_path, segment_bytes=30)
+    chunks = [Chunk.of([f"m v={i}i {i}", f"m v={i}i {i + 1}"]) for i in range(4)]
+    for chunk in chunks:
+        intake.append(chunk)
+    intake.settle(0, 2)
+    intake.settle(2, 2)  # the failed append, settled at once
+    intake.settle(2, 4)  # the joined batch that held it, settled by the writer
+    intake.settle(6, 2)
+    assert not list(tmp_path.glob("*.wal"))
+    more = Chunk.of(["m v=9i 9"])
+    intake.append(more)
+    intake.settle(8, 1)
+    assert not list(tmp_path.glob("*.wal")), "contiguous settlement goes on after an overlap"
+    for chunk in (Chunk.of(["m v=1i 1"]), Chunk.of(["m v=2i 2"]), Chunk.of(["m v=3i 3"])):
+        intake.append(chunk)
+    intake.settle(10, 1)  # ahead of the low mark, twice
+    intake.settle(10, 1)
+    intake.settle(9, 1)
+    assert sorted(tmp_path.glob("*.wal")), "point 11 is not settled yet"
+    intake.settle(11, 1)
+    assert not list(tmp_path.glob("*.wal"))
+
+
 def test_journal_adopts_the_intake_log_by_rename_even_on_a_full_disk(disk: Path):
     """Issue 11: adopting the log copied it and crashed every restart on a full disk."""
     directory = disk / "local"

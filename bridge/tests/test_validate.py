@@ -287,7 +287,7 @@ def destination_failing(bridge: StationBridge, name: str) -> bool:
             state = json.loads(r.read())
     except urllib.error.HTTPError as exc:
         state = json.loads(exc.read())
-    return bool(state.get("destinations", {}).get(name, {}).get("failing"))
+    return bool(state.get("destinations", {}).get(name, {}).get("failing_s"))  # seconds failing, 0 when not
 
 
 def test_publish_writes_only_the_validation_measurement_never_a_feeds_endpoint_nor_redis(

@@ -11,6 +11,7 @@ import re
 import shutil
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import yaml
@@ -82,6 +83,10 @@ def test_the_version_follows_the_code(tmp_path):
     (tree / "src" / "station_bridge" / "__pycache__").mkdir(exist_ok=True)
     (tree / "src" / "station_bridge" / "__pycache__" / "x.pyc").write_bytes(b"compiled")
     assert version_of(tree) == first  # byte-code is not the code
+    (tree / "src" / "station_bridge" / "_fastpath.abi3.so").write_bytes(b"\x7fELF built in place")
+    (tree / "build" / "lib").mkdir(parents=True)
+    (tree / "build" / "lib" / "x.so").write_bytes(b"built")
+    assert version_of(tree) == first  # nor is a build output (setup.py build_ext --inplace)
     app = tree / "src" / "station_bridge" / "app.py"
     app.write_text(app.read_text() + "\n# a fix\n")
     assert version_of(tree) != first
@@ -122,11 +127,18 @@ def test_a_fresh_controller_builds_exactly_the_pinned_wheelhouse_for_the_station
     _, facts, _ = build(tmp_path, wheelhouse)
     assert facts["version"] == version_of(BRIDGE)
     files = sorted(facts["files"])
-    assert f"station_bridge-{facts['version']}-py3-none-any.whl" in files
+    # Binary with the compiled hot path where the controller has a C compiler (this one does),
+    # against Python 3.11's stable ABI; pure without one (setup.py: the extension is optional).
+    tag = "cp311-abi3-linux_x86_64" if shutil.which("cc") or shutil.which("gcc") else "py3-none-any"
+    bridge_wheel = f"station_bridge-{facts['version']}-{tag}.whl"
+    assert bridge_wheel in files
+    if tag != "py3-none-any":
+        with zipfile.ZipFile(wheelhouse / bridge_wheel) as wheel:
+            assert "station_bridge/_fastpath.abi3.so" in wheel.namelist()
     found = {canonicalize_name(f.split("-")[0]): f.split("-")[1] for f in files if not f.startswith("station_bridge")}
     assert found == CONSTRAINTS
     # Binary wheels for CPython 3.11 on manylinux, whatever Python the controller runs.
-    assert all(re.search(r"-(cp311-cp311-manylinux|py3-none-any)", f) for f in files), files
+    assert all(re.search(r"-(cp311-cp311-manylinux|cp311-abi3-linux_x86_64|py3-none-any)", f) for f in files), files
     assert sorted(p.name for p in wheelhouse.glob("*.whl")) == files
     assert (wheelhouse / "station-bridge-constraints.txt").read_text() == (BRIDGE / "constraints.txt").read_text()
     # A second run finds everything: nothing is built or downloaded again.

@@ -1,7 +1,11 @@
 """The running bridge: sources -> decoders -> mapping -> (binning) -> sinks and cache.
 
 One receive loop (this thread) reads every subscription's socket, maps each message and hands
-each burst to every destination's writer thread and to the cache worker. Each stage contains
+each burst to every destination's writer thread and to the cache worker. A subscription whose
+shape the compiled path covers (fastpath.py: the extension is built, the mapping is flat, no
+binning, `fast_path: auto`) receives, decodes, maps and formats its bursts in C; the messages C
+hands back go through the same decoder, mapper and rejection as every other message, and the
+burst's counters, chunk and cache offer are committed exactly as the Python path commits them. Each stage contains
 its own failures and turns them into counted, named outcomes:
 - a message that cannot be decoded or mapped is rejected with a reason (per subscription:
   received == mapped + rejected), dead-lettered to `input.jsonl`, and never touches the others;
@@ -17,6 +21,7 @@ journal what is left, save the ledger.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import threading
 import time
@@ -28,6 +33,7 @@ from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
+from .fastpath import Accelerator
 from .health import SystemdNotifier, evaluate
 from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal
 from .ledger import Ledger
@@ -79,6 +85,20 @@ class Subscription:
         self.labels = {"subscription": spec.name}
         self.key = Metrics.key(subscription=spec.name)
         self.reason_keys: dict[str, tuple] = {}
+        self.accelerator: Accelerator | None = None
+        self.fast_path = "python"  # "compiled", or why the Python path runs (`accelerate`)
+
+    def accelerate(self, mode: str) -> None:
+        """Chooses the compiled path when `mode` is auto and the subscription's shape allows it."""
+        if mode == "off":
+            why = "fast_path: off"
+        elif self.binning is not None:
+            why = "binning runs on the Python path"
+        elif not self.mapper.flat:
+            why = "the mapping is not flat (measurement from data, derived tags or paths)"
+        else:
+            self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
+        self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
 
     def reason_key(self, reason: str) -> tuple:
         found = self.reason_keys.get(reason)
@@ -118,6 +138,10 @@ class Bridge:
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
         self.context = zmq.Context()
         self.subscriptions = [Subscription(s, config, self.context, self.unique) for s in config.subscriptions]
+        for sub in self.subscriptions:
+            sub.accelerate(config.fast_path)
+        log.info("fast path", extra={"fast_path": config.fast_path,
+                                     "subscriptions": {s.name: s.fast_path for s in self.subscriptions}})
         self.rate_log = RateLimitedLog(config.log_rate_per_s)
         self.notifier = SystemdNotifier()
         self._stop = threading.Event()
@@ -149,6 +173,10 @@ class Bridge:
                                               for d, v in self.health(0.1)["destinations"].items()})
         g("bridge_journal_free_bytes", lambda: {(): float(self.guard.free())})
         g("bridge_subscription_connected", per_sub(lambda s: s.source.connected))
+        g("bridge_fast_path_compiled", per_sub(lambda s: s.accelerator is not None))
+        g("bridge_fast_path_messages", per_sub(lambda s: s.accelerator.stats()["handled"] if s.accelerator else 0))
+        g("bridge_fast_path_handed_back", per_sub(
+            lambda s: s.accelerator.stats()["handed_back"] if s.accelerator else 0))
         g("bridge_last_message_age_seconds",
           per_sub(lambda s: round(time.monotonic() - s.last_message, 3) if s.last_message else -1))
         g("bridge_healthy", lambda: {(): float(self.health(0.1)["ok"])})
@@ -301,7 +329,11 @@ class Bridge:
         The burst's counters are committed in one update (a ledger snapshot sees all or none):
         the subscription's (`counts`), its points, and what every destination accepts."""
         data = self._encode(sub, lines, len(lines) if raw is None else raw, counts, owners) if lines else b""
-        n = len(lines)
+        self.commit(sub, data, len(lines), counts)
+
+    def commit(self, sub: Subscription | None, data: bytes, n: int, counts: list | None = None) -> None:
+        """A burst's encoded lines (`n` of them in `data`) to every destination, its counters in
+        one update first (hand_over, and the compiled path directly)."""
         updates = counts or []
         if n:
             updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
@@ -319,6 +351,70 @@ class Bridge:
         self.hand_over(sub, lines, raw, counts, owners)
         if newest and self.cache is not None:
             self.cache.offer(sub.mapper.field_names, newest)
+
+    def receive_compiled(self, sub: Subscription) -> int:
+        """Up to a burst from the subscription's socket through the compiled path (the
+        accelerator); returns how many messages it took. What `receive` does, in the same
+        order: every message handed back is decoded, mapped or rejected by the Python path at
+        its place in the burst; the burst's counters are committed in one update, then the
+        chunk goes to every destination and the newest point per series to the cache."""
+        accelerator = sub.accelerator
+        assert accelerator is not None
+        decode, mapper = sub.decode, sub.mapper
+        newest: dict | None = {} if self.cache is not None and sub.spec.cache else None
+        rejected: dict[str, int] = {}
+
+        def slow(frames: list[bytes], error: BaseException | None) -> bytes | None:
+            if error is not None:  # refused by the uniqueness C called (MapError: bad_timestamp)
+                self._reject(sub, getattr(error, "reason", "unexpected"), str(error), frames, rejected)
+                return None
+            try:
+                topic, record = decode(frames)
+                line, series, ts = mapper.keyed_line(topic, record)
+            except (DecodeError, MapError, LineError) as exc:
+                self._reject(sub, exc.reason, str(exc), frames, rejected)
+                return None
+            except RecursionError:
+                self._reject(sub, "too_deep", "value nested too deeply to process", frames, rejected)
+                return None
+            except Exception as exc:  # hostile input must never stop the bridge
+                if self.rate_log.allow("unexpected"):
+                    log.exception("unexpected error mapping a message", extra={"subscription": sub.name})
+                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames, rejected)
+                return None
+            try:
+                data = line.encode("utf-8")
+            except UnicodeEncodeError:  # as _encode: the line is refused on its own
+                self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
+                             [line.encode("utf-8", "surrogatepass")], rejected)
+                return None
+            if newest is not None:
+                current = newest.get(series)
+                if current is None or ts >= current[0]:
+                    newest[series] = (ts, record)
+            return data
+
+        burst = accelerator.receive(sub.source.socket, BURST, slow, newest)
+        if burst.errno:
+            self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
+            if self.rate_log.allow("receive_errno"):
+                log.error("libzmq receive error (compiled path)", extra={
+                    "subscription": sub.name, "errno": burst.errno, "error": os.strerror(burst.errno)})
+        if not burst.received:
+            return 0
+        sub.last_message = time.monotonic()
+        counts = [("bridge_received_messages_total", sub.key, burst.received),
+                  ("bridge_mapped_messages_total", sub.key, burst.lines)]
+        if rejected:
+            counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
+        fallbacks = mapper.timestamp_fallbacks
+        if fallbacks != sub.fallbacks_counted:
+            counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
+            sub.fallbacks_counted = fallbacks
+        self.commit(sub, burst.data, burst.lines, counts)
+        if newest and self.cache is not None:
+            self.cache.offer(mapper.field_names, newest)
+        return burst.received
 
     # --- self-metrics -------------------------------------------------------------------------
 
@@ -379,6 +475,16 @@ class Bridge:
             sub = by_socket[socket]
             if socket is sub.source.monitor:
                 sub.source.on_monitor()
+                continue
+            if sub.accelerator is not None:
+                try:
+                    n = self.receive_compiled(sub)
+                except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
+                    self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
+                    log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                    continue
+                got += n
+                behind = behind or n >= BURST
                 continue
             messages = receive(socket)
             if messages:

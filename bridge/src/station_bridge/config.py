@@ -233,6 +233,7 @@ class Config:
     http_timeout: float = 5.0
     health: HealthSpec = field(default_factory=HealthSpec)
     uniqueness: UniquenessSpec = field(default_factory=UniquenessSpec)
+    fast_path: str = "auto"
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
     def effective(self) -> dict[str, Any]:
@@ -305,6 +306,7 @@ class Config:
                 "feed_measurement": self.self_metrics.feed_measurement, "instance": self.self_metrics.instance},
             "shutdown_timeout_s": self.shutdown_timeout,
             "log": {"level": self.log_level, "rate_limit_per_s": self.log_rate_per_s},
+            "fast_path": self.fast_path,
         }
 
 
@@ -731,9 +733,20 @@ def parse(data: Any, source: str = "<config>") -> Config:
         self_metrics=self_metrics, journal_min_free_bytes=min_free, ledger_interval=ledger_interval,
         dead_letter_max_bytes=dead_max, http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},
+        fast_path=_fast_path(top),
     )
     top.done()
     return config
+
+
+def _fast_path(top: _Reader) -> str:
+    """`fast_path: auto | off`; YAML 1.1 reads a bare off/false as False (and on/true as True)."""
+    value = top.get("fast_path", (str, bool), "auto")
+    if isinstance(value, bool):
+        return "auto" if value else "off"
+    if value not in ("auto", "off"):
+        raise top.fail("fast_path", f"{value!r} is not one of auto, off")
+    return value
 
 
 def load(path: str | Path) -> Config:

@@ -112,7 +112,8 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
         away = source.disconnected_for()
         subscriptions[sub.name] = {
             "connected": source.connected, "disconnected_s": round(away, 3), "reconnects": source.reconnects,
-            "last_message_age_s": round(now - sub.last_message, 3) if sub.last_message else -1}
+            "last_message_age_s": round(now - sub.last_message, 3) if sub.last_message else -1,
+            "fast_path": sub.fast_path}
         if sub.spec.require_connection and away > spec.subscription_grace:
             problems.append({"part": "subscription", "name": sub.name,
                              "reason": f"no connection for {away:.0f} s to {', '.join(sub.spec.endpoints)}"})

@@ -404,12 +404,22 @@ class Intake:
             self._settle(seq, count)
 
     def _settle(self, seq: int, count: int) -> None:
-        if seq == self._low:
-            self._low += count
-            while self._low in self._settled:
-                self._low = self._settled.pop(self._low)
+        # Ranges may overlap: an append that failed is settled at once, and the writer later
+        # settles the batch it was joined into (Chunk.join), which covers it again. A range that
+        # starts below `_low` must still move `_low` past its end, or no segment is deleted again.
+        end = seq + count
+        if end <= self._low:
+            pass  # settled already
+        elif seq > self._low:
+            self._settled[seq] = max(self._settled.get(seq, 0), end)
         else:
-            self._settled[seq] = seq + count
+            self._low = end
+            while self._settled:
+                ready = [start for start in self._settled if start <= self._low]
+                if not ready:
+                    break
+                for start in ready:
+                    self._low = max(self._low, self._settled.pop(start))
         while self._segments and self._segments[0][1] <= self._low:
             open_one = len(self._segments) == 1 and self._handle is not None
             if open_one and self._low < self._next:

@@ -183,6 +183,10 @@ def _formatter(kind: str) -> Callable[[object], str]:
 
 
 class Mapper:
+    # Float epoch times are converted exactly (timestamps.float_to_ns, inlined in _compile): the
+    # compiled hot path (fastpath.py) must do the same.
+    exact_times = True
+
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
                  uniqueness: Uniqueness | None = None, *, general: bool = False) -> None:
         """`general`: map through the path set (`lines`) even when the mapping is flat (tests
@@ -253,6 +257,9 @@ class Mapper:
         scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
         simple = self._fixed is not None and not self._derived and not self.multi
         self._compiled = _compile(self, m.fields, scale) if simple else None
+        # Flat: the record's keys are the tags and fields themselves, and the mapping has the
+        # compiled path's shape; only then may the compiled hot path (fastpath.py) stand in for it.
+        self.flat = self._compiled is not None
         self.line = self._compiled[0] if self._compiled else self._line  # type: ignore[method-assign]
         self.keyed_line = self._compiled[1] if self._compiled else self._keyed_line  # type: ignore[method-assign]
         if self.multi:  # one point per message expected: `lines` is the general interface

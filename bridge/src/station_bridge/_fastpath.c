@@ -1,0 +1,1389 @@
+/*
+ * station_bridge._fastpath: the flat-record hot path in C (receive, decode, map, format).
+ *
+ * One call takes a burst of messages (straight from libzmq, or as frames pyzmq received) and
+ * returns their lines of line protocol as ONE bytes object, in message order. It handles only
+ * the common shape, exactly as the Python mapper does; the first message it is not sure about
+ * (anything unusual: a type, an escape, a range, a framing) ends the call and is handed back
+ * untouched, so that the Python path maps it or names its reason, and the next call goes on
+ * after it. Order, counts and the uniqueness state are therefore those of the Python path.
+ *
+ * libzmq is not linked: the addresses of zmq_msg_* come from the libzmq that pyzmq loaded
+ * (fastpath.py finds them), and the socket is pyzmq's own (`Socket.underlying`).
+ * Built against the stable ABI (Py_LIMITED_API, Python >= 3.11): one wheel for 3.11 and later.
+ */
+#ifndef Py_LIMITED_API
+#define Py_LIMITED_API 0x030B0000
+#endif
+#define PY_SSIZE_T_CLEAN
+#include <Python.h>
+#include <errno.h>
+#include <math.h>
+#include <stdint.h>
+#include <string.h>
+
+/* ---- libzmq, by address ------------------------------------------------------------------- */
+
+typedef struct { unsigned char _[64]; } __attribute__((aligned(8))) zmsg_t;
+typedef int (*msg_init_f)(zmsg_t *);
+typedef int (*msg_recv_f)(zmsg_t *, void *, int);
+typedef void *(*msg_data_f)(zmsg_t *);
+typedef size_t (*msg_size_f)(const zmsg_t *);
+typedef int (*msg_more_f)(const zmsg_t *);
+typedef int (*msg_close_f)(zmsg_t *);
+typedef int (*errno_f)(void);
+
+static struct {
+    msg_init_f init; msg_recv_f recv; msg_data_f data; msg_size_f size;
+    msg_more_f more; msg_close_f close; errno_f err;
+} zmq_api;
+
+#define ZMQ_DONTWAIT_ 1
+#define ZMQ_EAGAIN_ EAGAIN
+
+/* ---- growable byte buffer ----------------------------------------------------------------- */
+
+typedef struct { char *p; Py_ssize_t len, cap; } buf_t;
+
+static int buf_grow(buf_t *b, Py_ssize_t need) {
+    if (b->len + need <= b->cap) return 0;
+    Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
+    while (cap < b->len + need) cap *= 2;
+    char *p = PyMem_Realloc(b->p, cap);
+    if (!p) { PyErr_NoMemory(); return -1; }
+    b->p = p; b->cap = cap;
+    return 0;
+}
+
+static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_grow(b, n) < 0) return -1;
+    memcpy(b->p + b->len, s, n);
+    b->len += n;
+    return 0;
+}
+
+static inline int buf_putc(buf_t *b, char c) {
+    if (b->len + 1 > b->cap && buf_grow(b, 1) < 0) return -1;
+    b->p[b->len++] = c;
+    return 0;
+}
+
+static int buf_put_int(buf_t *b, int64_t v) {
+    char tmp[24];
+    int i = 24;
+    uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
+    do { tmp[--i] = (char)('0' + u % 10); u /= 10; } while (u);
+    if (v < 0) tmp[--i] = '-';
+    return buf_put(b, tmp + i, 24 - i);
+}
+
+/* ---- UTF-8, strictly as Python decodes it (no surrogates, no overlongs, <= U+10FFFF) ------ */
+
+static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
+    Py_ssize_t i = 0;
+    while (i < n) {
+        while (i + 8 <= n) {
+            uint64_t w;
+            memcpy(&w, s + i, 8);
+            if (w & 0x8080808080808080ULL) break;
+            i += 8;
+        }
+        if (i >= n) break;
+        unsigned char c = s[i];
+        if (c < 0x80) { i++; continue; }
+        if (c >= 0xC2 && c <= 0xDF) {
+            if (i + 1 >= n || (s[i + 1] & 0xC0) != 0x80) return 0;
+            i += 2;
+        } else if (c >= 0xE0 && c <= 0xEF) {
+            if (i + 2 >= n) return 0;
+            unsigned char c1 = s[i + 1];
+            if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80) return 0;
+            if (c == 0xE0 && c1 < 0xA0) return 0;  /* overlong */
+            if (c == 0xED && c1 > 0x9F) return 0;  /* surrogates */
+            i += 3;
+        } else if (c >= 0xF0 && c <= 0xF4) {
+            if (i + 3 >= n) return 0;
+            unsigned char c1 = s[i + 1];
+            if ((c1 & 0xC0) != 0x80 || (s[i + 2] & 0xC0) != 0x80 || (s[i + 3] & 0xC0) != 0x80) return 0;
+            if (c == 0xF0 && c1 < 0x90) return 0;
+            if (c == 0xF4 && c1 > 0x8F) return 0;
+            i += 4;
+        } else {
+            return 0;
+        }
+    }
+    return 1;
+}
+
+/* ---- record values ------------------------------------------------------------------------ */
+
+enum { V_ABSENT = 0, V_NIL, V_BOOL, V_INT, V_BIGUINT, V_FLOAT, V_STR, V_OTHER };
+
+typedef struct {
+    int type;
+    int64_t i;      /* V_BOOL (0/1), V_INT */
+    double d;       /* V_FLOAT */
+    const char *s;  /* V_STR: valid UTF-8 */
+    Py_ssize_t n;
+} val_t;
+
+#define MAX_SLOTS 32
+#define MAX_TAGS 32
+#define MAX_FIELDS 32
+#define MAX_ORDER 64
+
+enum { K_FLOAT = 0, K_INTEGER = 1, K_STRING = 2, K_BOOLEAN = 3 };
+enum { F_MSGPACK = 0, F_DELIMITED = 1, F_JSON = 2, F_TEXT_JSON = 3 };
+#define MULTIPART(f) ((f) == F_MSGPACK || (f) == F_JSON)
+enum { R_EXACT = 0, R_PRODUCT = 1 };
+enum { U_WINDOW = 0, U_LAST = 1 };
+
+typedef struct {
+    int slot;           /* record key, or -1 for a static tag */
+    char *part;         /* static: ",k=v"; record: ",k=" */
+    Py_ssize_t part_n;
+} tag_t;
+
+typedef struct {
+    int slot;
+    char *prefix;       /* ",k=" */
+    Py_ssize_t prefix_n;
+    int kind;
+} field_t;
+
+/* The series key -> str cache (the uniqueness state is keyed by str). */
+#define SCACHE_SIZE 4096
+#define SCACHE_MAX_KEY 240
+typedef struct { uint64_t hash; Py_ssize_t n; char key[SCACHE_MAX_KEY]; PyObject *str; } sentry_t;
+
+/* Newest point per series within one call (for the latest-value cache). */
+typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap; int used; } newest_t;
+
+typedef struct {
+    PyObject_HEAD
+    int framing;
+    Py_ssize_t max_frame;
+    char *measurement; Py_ssize_t measurement_n;
+    int nslots; char *slot_key[MAX_SLOTS]; Py_ssize_t slot_n[MAX_SLOTS];
+    PyObject *slot_name[MAX_SLOTS];
+    int ntags; tag_t tags[MAX_TAGS];
+    int nfields; field_t fields[MAX_FIELDS];
+    int time_slot; int64_t time_unit; int time_rule;
+    Py_ssize_t key_check;
+    int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
+    int64_t tmin, tmax; Py_ssize_t trim, window;
+    int norder; int order_slot[MAX_ORDER];
+    char *delim; Py_ssize_t delim_n;
+    /* working state */
+    buf_t out;
+    sentry_t *scache; int scache_used;
+    newest_t *newest; int newest_cap, newest_used;
+    char *last_topic; Py_ssize_t last_topic_n, last_topic_cap;
+    int64_t handled, handed_back;
+} Plan;
+
+static PyObject *str_append;
+
+/* ---- msgpack ------------------------------------------------------------------------------ */
+
+static inline uint16_t be16(const unsigned char *p) { return (uint16_t)(p[0] << 8 | p[1]); }
+static inline uint32_t be32(const unsigned char *p) {
+    return (uint32_t)p[0] << 24 | (uint32_t)p[1] << 16 | (uint32_t)p[2] << 8 | p[3];
+}
+static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) << 32 | be32(p + 4); }
+
+/* One scalar at p (< end): fills v, returns bytes used, or -1 (hand back: nested, ext, reserved,
+ * truncated, invalid UTF-8). */
+static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val_t *v) {
+    Py_ssize_t avail = end - p;
+    unsigned char c = p[0];
+    Py_ssize_t len, hdr;
+    if (c <= 0x7f) { v->type = V_INT; v->i = c; return 1; }
+    if (c >= 0xe0) { v->type = V_INT; v->i = (int8_t)c; return 1; }
+    if (c >= 0xa0 && c <= 0xbf) { len = c & 0x1f; hdr = 1; goto str; }
+    switch (c) {
+    case 0xc0: v->type = V_NIL; return 1;
+    case 0xc2: v->type = V_BOOL; v->i = 0; return 1;
+    case 0xc3: v->type = V_BOOL; v->i = 1; return 1;
+    case 0xcc: if (avail < 2) return -1; v->type = V_INT; v->i = p[1]; return 2;
+    case 0xcd: if (avail < 3) return -1; v->type = V_INT; v->i = be16(p + 1); return 3;
+    case 0xce: if (avail < 5) return -1; v->type = V_INT; v->i = be32(p + 1); return 5;
+    case 0xcf: {
+        if (avail < 9) return -1;
+        uint64_t u = be64(p + 1);
+        if (u > (uint64_t)INT64_MAX) { v->type = V_BIGUINT; return 9; }
+        v->type = V_INT; v->i = (int64_t)u; return 9;
+    }
+    case 0xd0: if (avail < 2) return -1; v->type = V_INT; v->i = (int8_t)p[1]; return 2;
+    case 0xd1: if (avail < 3) return -1; v->type = V_INT; v->i = (int16_t)be16(p + 1); return 3;
+    case 0xd2: if (avail < 5) return -1; v->type = V_INT; v->i = (int32_t)be32(p + 1); return 5;
+    case 0xd3: if (avail < 9) return -1; v->type = V_INT; v->i = (int64_t)be64(p + 1); return 9;
+    case 0xca: {
+        if (avail < 5) return -1;
+        uint32_t u = be32(p + 1); float f; memcpy(&f, &u, 4);
+        v->type = V_FLOAT; v->d = (double)f; return 5;
+    }
+    case 0xcb: {
+        if (avail < 9) return -1;
+        uint64_t u = be64(p + 1); double d; memcpy(&d, &u, 8);
+        v->type = V_FLOAT; v->d = d; return 9;
+    }
+    case 0xd9: if (avail < 2) return -1; len = p[1]; hdr = 2; goto str;
+    case 0xda: if (avail < 3) return -1; len = be16(p + 1); hdr = 3; goto str;
+    case 0xdb: if (avail < 5) return -1; len = be32(p + 1); hdr = 5; goto str;
+    case 0xc4: if (avail < 2) return -1; len = p[1]; hdr = 2; goto bin;
+    case 0xc5: if (avail < 3) return -1; len = be16(p + 1); hdr = 3; goto bin;
+    case 0xc6: if (avail < 5) return -1; len = be32(p + 1); hdr = 5; goto bin;
+    default: return -1;  /* arrays, maps, ext, 0xc1 */
+    }
+str:
+    if (avail - hdr < len) return -1;
+    if (!utf8_valid(p + hdr, len)) return -1;
+    v->type = V_STR; v->s = (const char *)p + hdr; v->n = len;
+    return hdr + len;
+bin:
+    if (avail - hdr < len) return -1;
+    v->type = V_OTHER;
+    return hdr + len;
+}
+
+static inline int find_slot(Plan *pl, const char *k, Py_ssize_t n) {
+    for (int s = 0; s < pl->nslots; s++)
+        if (pl->slot_n[s] == n && memcmp(pl->slot_key[s], k, n) == 0) return s;
+    return -1;
+}
+
+/* 0: record read into vals; 1: hand back. */
+static int mp_record(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals) {
+    const unsigned char *end = p + n;
+    if (n < 1) return 1;
+    uint32_t count;
+    unsigned char c = p[0];
+    if (c >= 0x80 && c <= 0x8f) { count = c & 0x0f; p += 1; }
+    else if (c == 0xde) { if (n < 3) return 1; count = be16(p + 1); p += 3; }
+    else if (c == 0xdf) { if (n < 5) return 1; count = be32(p + 1); p += 5; }
+    else return 1;
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    val_t key, tmp;
+    for (uint32_t e = 0; e < count; e++) {
+        if (p >= end) return 1;
+        Py_ssize_t used = mp_value(p, end, &key);
+        if (used < 0 || key.type != V_STR) return 1;  /* only str keys on this path */
+        p += used;
+        if (p >= end) return 1;
+        int s = find_slot(pl, key.s, key.n);
+        if (s >= 0) {
+            if (vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
+            used = mp_value(p, end, &vals[s]);
+        } else {
+            used = mp_value(p, end, &tmp);
+        }
+        if (used < 0) return 1;
+        p += used;
+    }
+    return p == end ? 0 : 1;  /* trailing bytes: msgpack's ExtraData */
+}
+
+/* ---- numbers in text ---------------------------------------------------------------------- */
+
+/* `[+-]?[0-9]+` of at most 18 digits (fits int64); what int() of it gives. */
+static int text_int(const char *s, Py_ssize_t n, int64_t *out) {
+    Py_ssize_t i = 0;
+    int neg = 0;
+    if (n > 0 && (s[0] == '+' || s[0] == '-')) { neg = s[0] == '-'; i = 1; }
+    if (i >= n || n - i > 18) return -1;
+    int64_t v = 0;
+    for (; i < n; i++) {
+        if (s[i] < '0' || s[i] > '9') return -1;
+        v = v * 10 + (s[i] - '0');
+    }
+    *out = neg ? -v : v;
+    return 0;
+}
+
+/* A plain decimal float `[+-]?digits[.digits][(e|E)[+-]?digits]` (ASCII, at most 64 chars):
+ * what float() of it gives (same correctly rounded conversion). */
+static int text_float(const char *s, Py_ssize_t n, double *out) {
+    char tmp[72];
+    if (n < 1 || n > 64) return -1;
+    Py_ssize_t i = 0, digits = 0;
+    if (s[0] == '+' || s[0] == '-') i++;
+    while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; }
+    if (i < n && s[i] == '.') { i++; while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; } }
+    if (!digits) return -1;
+    if (i < n && (s[i] == 'e' || s[i] == 'E')) {
+        i++;
+        if (i < n && (s[i] == '+' || s[i] == '-')) i++;
+        Py_ssize_t e = 0;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { i++; e++; }
+        if (!e) return -1;
+    }
+    if (i != n) return -1;
+    memcpy(tmp, s, n);
+    tmp[n] = 0;
+    char *endp = NULL;
+    double d = PyOS_string_to_double(tmp, &endp, NULL);
+    if (d == -1.0 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
+    if (endp != tmp + n) return -1;
+    *out = d;
+    return 0;
+}
+
+/* ---- times -------------------------------------------------------------------------------- */
+
+#define NS_MIN (INT64_MIN + 2)
+#define NS_MAX (INT64_MAX - 1)
+
+typedef unsigned __int128 u128;
+
+/* round(m * unit / 2^s) to nearest, ties to even (m * unit < 2^83). */
+static uint64_t shift_round(u128 x, int s, int *overflow) {
+    if (s <= 0) {
+        if (s < -40 || (x >> (63 + s)) != 0) { *overflow = 1; return 0; }
+        return (uint64_t)(x << -s);
+    }
+    if (s >= 127) return 0;
+    u128 q = x >> s, r = x & (((u128)1 << s) - 1), half = (u128)1 << (s - 1);
+    if (r > half || (r == half && (q & 1))) q++;
+    if (q >> 63) { *overflow = 1; return 0; }
+    return (uint64_t)q;
+}
+
+/* The exact rule: the float's exact binary value times unit, rounded half to even. */
+static int float_exact_ns(double v, int64_t unit, int64_t *out) {
+    if (!isfinite(v)) return -1;
+    if (v == 0.0) { *out = 0; return 0; }
+    int e;
+    double m = frexp(fabs(v), &e);         /* |v| = m * 2^e, 0.5 <= m < 1 */
+    uint64_t mi = (uint64_t)ldexp(m, 53);  /* exact: 53-bit integer */
+    e -= 53;                               /* |v| = mi * 2^e */
+    int overflow = 0;
+    uint64_t r = shift_round((u128)mi * (u128)unit, -e, &overflow);
+    if (overflow) return -1;
+    int64_t ns = v < 0 ? -(int64_t)r : (int64_t)r;
+    if (ns < NS_MIN || ns > NS_MAX) return -1;
+    *out = ns;
+    return 0;
+}
+
+/* The product rule (round(x * unit) of the double product, as the mapping did before). */
+static int float_product_ns(double v, int64_t unit, int64_t *out) {
+    double x = v * (double)unit;
+    if (!isfinite(x) || fabs(x) >= 9.2e18) return -1;
+    *out = (int64_t)nearbyint(x);
+    return 0;
+}
+
+static int int_ns(int64_t v, int64_t unit, int64_t *out) {
+    int64_t r;
+    if (__builtin_mul_overflow(v, unit, &r)) return -1;
+    *out = r;
+    return 0;
+}
+
+/* `[+-]?[0-9]*(.[0-9]*)?` with a digit (the exact rule's decimal text): 0 ok. unit 0: auto. */
+static int text_exact_ns(const char *s, Py_ssize_t n, int64_t unit, int64_t *out) {
+    if (n < 1 || n > 64) return -1;
+    Py_ssize_t i = 0;
+    int neg = 0;
+    if (s[0] == '+' || s[0] == '-') { neg = s[0] == '-'; i = 1; }
+    u128 whole = 0, num = 0, den = 1;
+    int wd = 0, fd = 0;
+    while (i < n && s[i] >= '0' && s[i] <= '9') {
+        if (++wd > 19) return -1;
+        whole = whole * 10 + (u128)(s[i] - '0');
+        i++;
+    }
+    num = whole;
+    if (i < n && s[i] == '.') {
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') {
+            if (++fd > 9) return -1;
+            num = num * 10 + (u128)(s[i] - '0');
+            den *= 10;
+            i++;
+        }
+    }
+    if (i != n || (wd + fd) == 0) return -1;
+    if (unit == 0) {
+        unit = whole < (u128)100000000000ULL ? 1000000000 : whole < (u128)100000000000000ULL ? 1000000
+             : whole < (u128)100000000000000000ULL ? 1000 : 1;
+    }
+    u128 x = num * (u128)unit, q = x / den, r = x % den;
+    if (2 * r > den || (2 * r == den && (q & 1))) q++;
+    if (q > (u128)NS_MAX) return -1;  /* NS_MIN is -(NS_MAX + 1): symmetric enough to refuse both */
+    int64_t ns = (int64_t)q;
+    *out = neg ? -ns : ns;
+    return 0;
+}
+
+static int64_t auto_unit_double(double v) {
+    double a = fabs(v);
+    return a < 1e11 ? 1000000000 : a < 1e14 ? 1000000 : a < 1e17 ? 1000 : 1;
+}
+
+/* The point's time from its value; 0 ok, -1 hand back. */
+static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
+    int64_t unit = pl->time_unit;  /* 0: auto */
+    switch (v->type) {
+    case V_INT: {
+        int64_t u = unit;
+        if (u == 0) {
+            uint64_t a = v->i < 0 ? (uint64_t)0 - (uint64_t)v->i : (uint64_t)v->i;
+            u = a < 100000000000ULL ? 1000000000 : a < 100000000000000ULL ? 1000000 : a < 100000000000000000ULL ? 1000 : 1;
+        }
+        if (int_ns(v->i, u, ts) < 0) return -1;
+        break;
+    }
+    case V_FLOAT: {
+        int64_t u = unit ? unit : auto_unit_double(v->d);
+        if (!isfinite(v->d)) return -1;
+        if (pl->time_rule == R_EXACT) {
+            if (float_exact_ns(v->d, u, ts) < 0) return -1;
+        } else {
+            if (u == 1) return -1;  /* epoch_ns floats (and auto beyond 1e17) stay with Python */
+            if (float_product_ns(v->d, u, ts) < 0) return -1;
+        }
+        break;
+    }
+    case V_STR: {
+        if (pl->time_rule == R_EXACT) {
+            if (text_exact_ns(v->s, v->n, unit, ts) < 0) return -1;
+        } else {
+            /* before exact times, only `auto` read text: `[0-9]*.?[0-9]*` through float() */
+            if (unit != 0 || v->n < 1 || v->n > 40) return -1;
+            int dot = 0, digits = 0;
+            for (Py_ssize_t k = 0; k < v->n; k++) {
+                char ch = v->s[k];
+                if (ch == '.' && !dot) dot = 1;
+                else if (ch >= '0' && ch <= '9') digits++;
+                else return -1;
+            }
+            if (!digits) return -1;
+            double d;
+            if (text_float(v->s, v->n, &d) < 0) return -1;
+            int64_t u = auto_unit_double(d);
+            if (u == 1 || float_product_ns(d, u, ts) < 0) return -1;
+        }
+        break;
+    }
+    default:
+        return -1;  /* missing (receive time), nil, bool, big, other: the Python path */
+    }
+    if (*ts < pl->tmin || *ts > pl->tmax) return -1;
+    return 0;
+}
+
+/* ---- formatting --------------------------------------------------------------------------- */
+
+static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e9, 1e10, 1e11, 1e12, 1e13,
+                                  1e14, 1e15};
+#define TWO50 1125899906842624.0
+
+/* repr(d) without dtoa for the common case, 1e-4 <= |d| < 2^50 with at most 15 decimals: the
+ * fewest decimals k for which an integer M has M / 10^k == d (IEEE division is correctly
+ * rounded, so this is exactly "the decimal M.10^-k reads back as d"). Below 2^50 at most one M
+ * per k can read back (the decimals are 10^-k apart, d's rounding interval is narrower), and
+ * it lies within 1 of the rounded product d * 10^k: so M is the digits repr picks, which are
+ * the shortest that read back, and repr writes them without exponent in this range.
+ * Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
+static int short_repr(double d, char *out) {
+    double a = fabs(d);
+    if (!(a >= 1e-4 && a < TWO50)) return 0;
+    for (int k = 0; k < 16; k++) {
+        double p = a * POW10[k];
+        if (p >= TWO50) return 0;
+        double r = nearbyint(p);
+        for (int delta = 0; delta < 3; delta++) {
+            double m = delta == 0 ? r : delta == 1 ? r - 1 : r + 1;
+            if (m < 0 || m / POW10[k] != a) continue;
+            /* digits of m, with the point k from the right */
+            char digits[24];
+            int n = 0;
+            uint64_t u = (uint64_t)m;
+            do { digits[n++] = (char)('0' + u % 10); u /= 10; } while (u);
+            while (n <= k) digits[n++] = '0';  /* at least one digit before the point */
+            int o = 0;
+            if (signbit(d)) out[o++] = '-';
+            for (int i = n - 1; i >= k; i--) out[o++] = digits[i];
+            out[o++] = '.';
+            if (k == 0) out[o++] = '0';
+            for (int i = k - 1; i >= 0; i--) out[o++] = digits[i];
+            return o;
+        }
+    }
+    return 0;
+}
+
+static int put_repr(buf_t *b, double d) {
+    char fast[40];
+    int n = short_repr(d, fast);
+    if (n) return buf_put(b, fast, n);
+    char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+    if (!s) return -1;
+    int rc = buf_put(b, s, (Py_ssize_t)strlen(s));
+    PyMem_Free(s);
+    return rc;
+}
+
+/* Tag value: plain text only (no backslash, no control character); `,` `=` and space escaped.
+ * 1: hand back. */
+static int put_tag_value(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_grow(b, 2 * n) < 0) return -1;
+    char *o = b->p + b->len;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        unsigned char c = (unsigned char)s[i];
+        if (c < 0x20 || c == 0x7f || c == '\\') return 1;
+        if (c == ',' || c == '=' || c == ' ') *o++ = '\\';
+        *o++ = (char)c;
+    }
+    b->len = o - b->p;
+    return 0;
+}
+
+static int put_string_field(buf_t *b, const char *s, Py_ssize_t n) {
+    if (buf_grow(b, 2 * n + 2) < 0) return -1;
+    char *o = b->p + b->len;
+    *o++ = '"';
+    for (Py_ssize_t i = 0; i < n; i++) {
+        char c = s[i];
+        if (c == '"' || c == '\\') *o++ = '\\';
+        *o++ = c;
+    }
+    *o++ = '"';
+    b->len = o - b->p;
+    return 0;
+}
+
+/* One field value of a declared kind; 0 written, 1 hand back, -1 error. */
+static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
+    switch (kind) {
+    case K_FLOAT:
+        if (v->type == V_FLOAT) {
+            if (!isfinite(v->d)) return 1;
+            return put_repr(b, v->d) < 0 ? -1 : 0;
+        }
+        if (v->type == V_INT) {
+            if (v->i > (1LL << 53) || v->i < -(1LL << 53)) return 1;
+            return put_repr(b, (double)v->i) < 0 ? -1 : 0;
+        }
+        if (v->type == V_STR && pl->framing == F_DELIMITED) {
+            double d;
+            if (text_float(v->s, v->n, &d) < 0 || !isfinite(d)) return 1;
+            return put_repr(b, d) < 0 ? -1 : 0;
+        }
+        return 1;
+    case K_INTEGER: {
+        int64_t i;
+        if (v->type == V_INT) i = v->i;
+        else if (v->type == V_STR && pl->framing == F_DELIMITED) { if (text_int(v->s, v->n, &i) < 0) return 1; }
+        else return 1;
+        if (buf_put_int(b, i) < 0 || buf_putc(b, 'i') < 0) return -1;
+        return 0;
+    }
+    case K_STRING:
+        if (v->type != V_STR) return 1;
+        return put_string_field(b, v->s, v->n) < 0 ? -1 : 0;
+    case K_BOOLEAN:
+        if (v->type != V_BOOL) return 1;
+        return buf_put(b, v->i ? "true" : "false", v->i ? 4 : 5) < 0 ? -1 : 0;
+    }
+    return 1;
+}
+
+/* ---- series key -> str -------------------------------------------------------------------- */
+
+static uint64_t fnv1a(const char *s, Py_ssize_t n) {
+    uint64_t h = 1469598103934665603ULL;
+    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 1099511628211ULL; }
+    return h;
+}
+
+static void scache_clear(Plan *pl) {
+    if (!pl->scache) return;
+    for (int i = 0; i < SCACHE_SIZE; i++) Py_CLEAR(pl->scache[i].str);
+    pl->scache_used = 0;
+}
+
+/* A new reference to the series as str. */
+static PyObject *series_str(Plan *pl, const char *s, Py_ssize_t n) {
+    if (n > SCACHE_MAX_KEY || !pl->scache) return PyUnicode_DecodeUTF8(s, n, "strict");
+    uint64_t h = fnv1a(s, n);
+    unsigned i = (unsigned)h & (SCACHE_SIZE - 1);
+    for (;;) {
+        sentry_t *e = &pl->scache[i];
+        if (!e->str) break;
+        if (e->hash == h && e->n == n && memcmp(e->key, s, n) == 0) { Py_INCREF(e->str); return e->str; }
+        i = (i + 1) & (SCACHE_SIZE - 1);
+    }
+    PyObject *str = PyUnicode_DecodeUTF8(s, n, "strict");
+    if (!str) return NULL;
+    if (pl->scache_used >= SCACHE_SIZE / 2) {  /* bounded: start over */
+        scache_clear(pl);
+        i = (unsigned)h & (SCACHE_SIZE - 1);
+    }
+    sentry_t *e = &pl->scache[i];
+    e->hash = h; e->n = n; memcpy(e->key, s, n);
+    Py_INCREF(str);
+    e->str = str;
+    pl->scache_used++;
+    return str;
+}
+
+/* ---- uniqueness: the Python mapper's own state, same rule as its compiled path ------------- */
+
+/* 0: *ts claimed; 1: hand the message back (nothing changed); -1: an exception, which the
+ * mapper's `claim` raised for this point (the message is refused with it) or a failure. */
+static int claim_time(Plan *pl, PyObject *series, int64_t *ts) {
+    if (pl->uniq_mode == U_WINDOW) {
+        /* times = CUR.get(series); if times is not None and times[-1] < ts <= TMAX: append */
+        PyObject *times = PyDict_GetItemWithError(pl->uniq_state, series);  /* borrowed */
+        if (!times && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+        if (times) {
+            Py_buffer view;
+            if (PyObject_GetBuffer(times, &view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 1; }
+            Py_ssize_t len = view.len / 8;
+            int64_t last = len ? ((int64_t *)view.buf)[len - 1] : 0;
+            PyBuffer_Release(&view);
+            if (len && last < *ts && *ts <= pl->tmax) {
+                PyObject *value = PyLong_FromLongLong(*ts);
+                if (!value) return -1;
+                PyObject *r = PyObject_CallMethodObjArgs(times, str_append, value, NULL);
+                Py_DECREF(value);
+                if (!r) { PyErr_Clear(); return 1; }
+                Py_DECREF(r);
+                if (len + 1 > pl->trim && PySequence_DelSlice(times, 0, len + 1 - pl->window) < 0) return -1;
+                return 0;
+            }
+        }
+        PyObject *value = PyLong_FromLongLong(*ts);
+        if (!value) return -1;
+        PyObject *r = PyObject_CallFunctionObjArgs(pl->uniq_claim, series, value, NULL);
+        Py_DECREF(value);
+        if (!r) return -1;
+        long long got = PyLong_AsLongLong(r);
+        Py_DECREF(r);
+        if (got == -1 && PyErr_Occurred()) return -1;
+        *ts = got;
+        return 0;
+    }
+    /* U_LAST: last = LAST.get(series); if last is not None and ts == last[0]: ts = last[1] + 1;
+     * LAST[series] = (last[0] or ts, ts) */
+    PyObject *last = PyDict_GetItemWithError(pl->uniq_state, series);
+    if (!last && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+    int64_t first = *ts;
+    if (last) {
+        PyObject *l0 = PyTuple_GetItem(last, 0), *l1 = l0 ? PyTuple_GetItem(last, 1) : NULL;
+        if (!l0 || !l1) { PyErr_Clear(); return 1; }
+        int over = 0;
+        long long t0 = PyLong_AsLongLongAndOverflow(l0, &over);
+        if (t0 == -1 && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+        if (!over && t0 == *ts) {  /* a value beyond int64 never equals this time */
+            long long t1 = PyLong_AsLongLongAndOverflow(l1, &over);
+            if ((t1 == -1 && PyErr_Occurred()) || over || t1 == INT64_MAX) { PyErr_Clear(); return 1; }
+            *ts = t1 + 1;
+        }
+    }
+    PyObject *pair = Py_BuildValue("(LL)", (long long)first, (long long)*ts);
+    if (!pair) return -1;
+    int rc = PyDict_SetItem(pl->uniq_state, series, pair);
+    Py_DECREF(pair);
+    return rc;
+}
+
+/* ---- newest point per series (cache) ------------------------------------------------------- */
+
+static int newest_note(Plan *pl, PyObject *series, int64_t ts, const char *payload, Py_ssize_t n) {
+    int i;
+    for (i = 0; i < pl->newest_used; i++)
+        if (pl->newest[i].series == series) break;
+    if (i == pl->newest_used) {
+        if (i == pl->newest_cap) {
+            int cap = pl->newest_cap ? pl->newest_cap * 2 : 16;
+            newest_t *p = PyMem_Realloc(pl->newest, sizeof(newest_t) * cap);
+            if (!p) { PyErr_NoMemory(); return -1; }
+            memset(p + pl->newest_cap, 0, sizeof(newest_t) * (cap - pl->newest_cap));
+            pl->newest = p; pl->newest_cap = cap;
+        }
+        pl->newest_used++;
+        Py_INCREF(series);
+        pl->newest[i].series = series;
+        pl->newest[i].used = 0;
+    } else if (ts < pl->newest[i].ts) {
+        return 0;  /* `>=`: a later point of equal time wins, an older one does not */
+    }
+    newest_t *e = &pl->newest[i];
+    if (e->cap < n) {
+        char *p = PyMem_Realloc(e->payload, n);
+        if (!p) { PyErr_NoMemory(); return -1; }
+        e->payload = p; e->cap = n;
+    }
+    memcpy(e->payload, payload, n);
+    e->n = n; e->ts = ts; e->used = 1;
+    return 0;
+}
+
+static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals);
+
+static PyObject *value_object(const val_t *v) {
+    switch (v->type) {
+    case V_BOOL: return PyBool_FromLong((long)v->i);
+    case V_INT: return PyLong_FromLongLong(v->i);
+    case V_FLOAT: return PyFloat_FromDouble(v->d);
+    case V_STR: return PyUnicode_DecodeUTF8(v->s, v->n, "strict");
+    }
+    Py_RETURN_NONE;
+}
+
+/* newest[series] = (ts, {declared field: value}) where ts >= what newest holds. */
+static int newest_flush(Plan *pl, PyObject *newest) {
+    int rc = 0;
+    val_t vals[MAX_SLOTS];
+    for (int i = 0; i < pl->newest_used; i++) {
+        newest_t *e = &pl->newest[i];
+        if (rc == 0 && e->used) {
+            PyObject *current = PyDict_GetItemWithError(newest, e->series);
+            if (!current && PyErr_Occurred()) { rc = -1; goto next; }
+            if (current) {
+                PyObject *t = PyTuple_GetItem(current, 0);
+                int over = 0;
+                long long have = t ? PyLong_AsLongLongAndOverflow(t, &over) : -1;
+                if (PyErr_Occurred()) { rc = -1; goto next; }
+                if (over > 0 || (!over && e->ts < have)) goto next;  /* beyond int64: newer */
+            }
+            if (parse_record(pl, e->payload, e->n, vals) != 0) goto next;  /* cannot happen */
+            PyObject *record = PyDict_New();
+            if (!record) { rc = -1; goto next; }
+            for (int f = 0; f < pl->nfields && rc == 0; f++) {
+                const val_t *v = &vals[pl->fields[f].slot];
+                if (v->type == V_ABSENT || v->type == V_NIL) continue;
+                PyObject *o = value_object(v);
+                if (!o || PyDict_SetItem(record, pl->slot_name[pl->fields[f].slot], o) < 0) rc = -1;
+                Py_XDECREF(o);
+            }
+            if (rc == 0) {
+                PyObject *pair = Py_BuildValue("(LN)", (long long)e->ts, record);
+                record = NULL;
+                if (!pair || PyDict_SetItem(newest, e->series, pair) < 0) rc = -1;
+                Py_XDECREF(pair);
+            }
+            Py_XDECREF(record);
+        }
+    next:
+        Py_CLEAR(e->series);
+        e->used = 0;
+    }
+    pl->newest_used = 0;
+    return rc;
+}
+
+/* ---- one message -------------------------------------------------------------------------- */
+
+/* ---- JSON: a flat object, as json.loads reads it; anything else is handed back -------------- */
+
+static inline const char *json_ws(const char *p, const char *end) {
+    while (p < end && (*p == ' ' || *p == '\t' || *p == '\n' || *p == '\r')) p++;
+    return p;
+}
+
+/* A string without escapes and control characters (valid UTF-8 checked by the caller). */
+static const char *json_string(const char *p, const char *end, val_t *v) {
+    if (p >= end || *p != '"') return NULL;
+    const char *start = ++p;
+    while (p < end) {
+        unsigned char c = (unsigned char)*p;
+        if (c == '"') { v->type = V_STR; v->s = start; v->n = p - start; return p + 1; }
+        if (c == '\\' || c < 0x20) return NULL;  /* escapes and control characters: Python decides */
+        p++;
+    }
+    return NULL;
+}
+
+/* A scalar: string, number (JSON's grammar, ASCII), true, false, null. NULL: hand back. */
+static const char *json_value(const char *p, const char *end, val_t *v) {
+    if (p >= end) return NULL;
+    char c = *p;
+    if (c == '"') return json_string(p, end, v);
+    if (c == 't' && end - p >= 4 && memcmp(p, "true", 4) == 0) { v->type = V_BOOL; v->i = 1; return p + 4; }
+    if (c == 'f' && end - p >= 5 && memcmp(p, "false", 5) == 0) { v->type = V_BOOL; v->i = 0; return p + 5; }
+    if (c == 'n' && end - p >= 4 && memcmp(p, "null", 4) == 0) { v->type = V_NIL; return p + 4; }
+    if (c != '-' && (c < '0' || c > '9')) return NULL;  /* nested values, NaN, Infinity */
+    const char *start = p;
+    if (*p == '-') p++;
+    if (p >= end) return NULL;
+    if (*p == '0') p++;
+    else if (*p >= '1' && *p <= '9') { while (p < end && *p >= '0' && *p <= '9') p++; }
+    else return NULL;
+    int is_float = 0;
+    if (p < end && *p == '.') {
+        p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        is_float = 1;
+    }
+    if (p < end && (*p == 'e' || *p == 'E')) {
+        p++;
+        if (p < end && (*p == '+' || *p == '-')) p++;
+        if (p >= end || *p < '0' || *p > '9') return NULL;
+        while (p < end && *p >= '0' && *p <= '9') p++;
+        is_float = 1;
+    }
+    if (is_float) {
+        double d;
+        if (text_float(start, p - start, &d) < 0) return NULL;
+        v->type = V_FLOAT; v->d = d;
+    } else {
+        int64_t i;
+        if (text_int(start, p - start, &i) < 0) v->type = V_BIGUINT;  /* beyond 18 digits */
+        else { v->type = V_INT; v->i = i; }
+    }
+    return p;
+}
+
+static int json_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    const char *end = p + n;
+    /* json.loads(bytes) guesses UTF-16/32 from NUL bytes and honours BOMs: plain UTF-8 only here */
+    if (n < 2 || !p[0] || !p[1] || (unsigned char)p[0] >= 0xEF) return 1;
+    if (!utf8_valid((const unsigned char *)p, n)) return 1;
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    p = json_ws(p, end);
+    if (p >= end || *p != '{') return 1;
+    p = json_ws(p + 1, end);
+    if (p < end && *p == '}') return json_ws(p + 1, end) == end ? 0 : 1;
+    val_t key, tmp;
+    for (;;) {
+        p = json_string(p, end, &key);
+        if (!p) return 1;
+        p = json_ws(p, end);
+        if (p >= end || *p != ':') return 1;
+        p = json_ws(p + 1, end);
+        int s = find_slot(pl, key.s, key.n);
+        if (s >= 0 && vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
+        p = json_value(p, end, s >= 0 ? &vals[s] : &tmp);
+        if (!p) return 1;
+        p = json_ws(p, end);
+        if (p >= end) return 1;
+        if (*p == ',') { p = json_ws(p + 1, end); continue; }
+        if (*p == '}') return json_ws(p + 1, end) == end ? 0 : 1;
+        return 1;
+    }
+}
+
+static int delimited_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    if (!utf8_valid((const unsigned char *)p, n)) return 1;
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    Py_ssize_t start = 0;
+    int k = 0;
+    for (;;) {
+        const char *hit = NULL;
+        if (pl->delim_n == 1) hit = memchr(p + start, pl->delim[0], n - start);
+        else {
+            for (Py_ssize_t j = start; j + pl->delim_n <= n; j++)
+                if (memcmp(p + j, pl->delim, pl->delim_n) == 0) { hit = p + j; break; }
+        }
+        Py_ssize_t stop = hit ? hit - p : n;
+        if (k >= pl->norder) return 1;
+        int s = pl->order_slot[k++];
+        if (s >= 0) { vals[s].type = V_STR; vals[s].s = p + start; vals[s].n = stop - start; }
+        if (!hit) break;
+        start = stop + pl->delim_n;
+    }
+    return k == pl->norder ? 0 : 1;
+}
+
+static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals) {
+    if (pl->framing == F_MSGPACK) return mp_record(pl, (const unsigned char *)payload, n, vals);
+    if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record(pl, payload, n, vals);
+    return delimited_record(pl, payload, n, vals);
+}
+
+static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
+    if (n == pl->last_topic_n && pl->last_topic && memcmp(t, pl->last_topic, n) == 0) return 1;
+    if (!utf8_valid((const unsigned char *)t, n)) return 0;
+    if (n <= 256) {
+        if (pl->last_topic_cap < n) {
+            char *p = PyMem_Realloc(pl->last_topic, n ? n : 1);
+            if (!p) return 1;  /* valid anyway; just not remembered */
+            pl->last_topic = p; pl->last_topic_cap = n;
+        }
+        memcpy(pl->last_topic, t, n);
+        pl->last_topic_n = n;
+    }
+    return 1;
+}
+
+/* 0: line appended; 1: hand back (nothing changed); -1: exception (the message is refused with
+ * it when it came from claim; out is rolled back). */
+static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payload, Py_ssize_t n,
+               int track_newest) {
+    val_t vals[MAX_SLOTS];
+    buf_t *b = &pl->out;
+    if (n > pl->max_frame || topic_n > pl->max_frame) return 1;
+    if (!topic_ok(pl, topic, topic_n)) return 1;
+    if (parse_record(pl, payload, n, vals)) return 1;
+    Py_ssize_t start = b->len;
+    /* series */
+    if (buf_put(b, pl->measurement, pl->measurement_n) < 0) return -1;
+    for (int t = 0; t < pl->ntags; t++) {
+        tag_t *tag = &pl->tags[t];
+        if (tag->slot < 0) {
+            if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
+            continue;
+        }
+        const val_t *v = &vals[tag->slot];
+        if (v->type == V_ABSENT || v->type == V_NIL) continue;
+        if (v->type != V_STR) goto back;
+        if (v->n == 0) continue;
+        if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
+        int rc = put_tag_value(b, v->s, v->n);
+        if (rc < 0) goto fail;
+        if (rc > 0) goto back;
+    }
+    Py_ssize_t series_n = b->len - start;
+    if (series_n > pl->key_check) goto back;
+    /* fields */
+    Py_ssize_t fields_at = b->len;
+    for (int f = 0; f < pl->nfields; f++) {
+        field_t *fd = &pl->fields[f];
+        const val_t *v = &vals[fd->slot];
+        if (v->type == V_ABSENT || v->type == V_NIL) continue;
+        if (buf_put(b, fd->prefix, fd->prefix_n) < 0) goto fail;
+        int rc = put_field(pl, b, fd->kind, v);
+        if (rc < 0) goto fail;
+        if (rc > 0) goto back;
+    }
+    if (b->len == fields_at) goto back;  /* no field: missing_field */
+    b->p[fields_at] = ' ';               /* the first field's leading comma */
+    /* time */
+    int64_t ts;
+    if (pl->time_slot < 0 || point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
+    /* uniqueness: from here on the message is this path's */
+    PyObject *series = series_str(pl, b->p + start, series_n);
+    if (!series) goto fail;
+    int claimed = claim_time(pl, series, &ts);
+    if (claimed != 0) { Py_DECREF(series); if (claimed > 0) goto back; goto fail; }
+    if (track_newest && newest_note(pl, series, ts, payload, n) < 0) { Py_DECREF(series); goto fail; }
+    Py_DECREF(series);
+    if (buf_putc(b, ' ') < 0 || buf_put_int(b, ts) < 0 || buf_putc(b, '\n') < 0) goto fail;
+    return 0;
+back:
+    b->len = start;
+    return 1;
+fail:
+    b->len = start;
+    return -1;
+}
+
+/* ---- the Python type ---------------------------------------------------------------------- */
+
+static char *copy_bytes(PyObject *o, Py_ssize_t *n) {
+    char *s;
+    if (PyBytes_AsStringAndSize(o, &s, n) < 0) return NULL;
+    char *c = PyMem_Malloc(*n ? *n : 1);
+    if (!c) { PyErr_NoMemory(); return NULL; }
+    memcpy(c, s, *n);
+    return c;
+}
+
+static int add_slot(Plan *pl, PyObject *key) {
+    char *s; Py_ssize_t n;
+    if (PyBytes_AsStringAndSize(key, &s, &n) < 0) return -2;
+    int found = find_slot(pl, s, n);
+    if (found >= 0) return found;
+    if (pl->nslots >= MAX_SLOTS) { PyErr_SetString(PyExc_ValueError, "too many keys"); return -2; }
+    int k = pl->nslots;
+    if (!(pl->slot_key[k] = copy_bytes(key, &pl->slot_n[k]))) return -2;
+    if (!(pl->slot_name[k] = PyUnicode_DecodeUTF8(s, n, "strict"))) return -2;
+    pl->nslots++;
+    return k;
+}
+
+static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
+    Plan *pl = (Plan *)self;
+    static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
+                         "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
+                         "trim", "window", "field_order", "delimiter", NULL};
+    int framing, time_rule, uniq_mode;
+    Py_ssize_t max_frame, key_check, trim, window;
+    long long time_unit, tmin, tmax;
+    PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO", kw, &framing, &max_frame, &measurement,
+                                     &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
+                                     &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter))
+        return -1;
+    if (pl->measurement) { PyErr_SetString(PyExc_RuntimeError, "Plan is initialised once"); return -1; }
+    pl->framing = framing;
+    pl->max_frame = max_frame;
+    if (!(pl->measurement = copy_bytes(measurement, &pl->measurement_n))) return -1;
+    PyObject *seq = PySequence_Fast(tags, "tags");
+    if (!seq) return -1;
+    Py_ssize_t nt = PySequence_Size(seq);
+    if (nt > MAX_TAGS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many tags"); return -1; }
+    for (Py_ssize_t i = 0; i < nt; i++) {
+        PyObject *item = PySequence_GetItem(seq, i), *key, *part;
+        if (!item || !PyArg_ParseTuple(item, "OS", &key, &part)) { Py_XDECREF(item); Py_DECREF(seq); return -1; }
+        tag_t *t = &pl->tags[pl->ntags];
+        t->slot = key == Py_None ? -1 : add_slot(pl, key);
+        t->part = copy_bytes(part, &t->part_n);
+        Py_DECREF(item);
+        if (t->slot == -2 || !t->part) { Py_DECREF(seq); return -1; }
+        pl->ntags++;
+    }
+    Py_DECREF(seq);
+    seq = PySequence_Fast(fields, "fields");
+    if (!seq) return -1;
+    Py_ssize_t nf = PySequence_Size(seq);
+    if (nf > MAX_FIELDS || nf < 1) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "1 to 32 fields"); return -1; }
+    for (Py_ssize_t i = 0; i < nf; i++) {
+        PyObject *item = PySequence_GetItem(seq, i), *key, *prefix;
+        int kind;
+        if (!item || !PyArg_ParseTuple(item, "OSi", &key, &prefix, &kind)) {
+            Py_XDECREF(item); Py_DECREF(seq); return -1;
+        }
+        field_t *f = &pl->fields[pl->nfields];
+        f->slot = add_slot(pl, key);
+        f->kind = kind;
+        f->prefix = copy_bytes(prefix, &f->prefix_n);
+        Py_DECREF(item);
+        if (f->slot == -2 || !f->prefix) { Py_DECREF(seq); return -1; }
+        pl->nfields++;
+    }
+    Py_DECREF(seq);
+    pl->time_slot = -1;
+    if (time_key != Py_None && (pl->time_slot = add_slot(pl, time_key)) == -2) return -1;
+    pl->time_unit = time_unit;
+    pl->time_rule = time_rule;
+    pl->key_check = key_check;
+    pl->uniq_mode = uniq_mode;
+    Py_INCREF(uniq_state); pl->uniq_state = uniq_state;
+    Py_INCREF(uniq_claim); pl->uniq_claim = uniq_claim;
+    if (!PyDict_Check(uniq_state)) { PyErr_SetString(PyExc_TypeError, "uniq_state must be a dict"); return -1; }
+    pl->tmin = tmin; pl->tmax = tmax; pl->trim = trim; pl->window = window;
+    if (framing == F_DELIMITED) {
+        seq = PySequence_Fast(order, "field_order");
+        if (!seq) return -1;
+        Py_ssize_t no = PySequence_Size(seq);
+        if (no > MAX_ORDER || no < 1) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "field_order"); return -1; }
+        for (Py_ssize_t i = 0; i < no; i++) {
+            PyObject *name = PySequence_GetItem(seq, i);
+            char *s; Py_ssize_t n;
+            if (!name || PyBytes_AsStringAndSize(name, &s, &n) < 0) { Py_XDECREF(name); Py_DECREF(seq); return -1; }
+            pl->order_slot[i] = find_slot(pl, s, n);
+            Py_DECREF(name);
+        }
+        pl->norder = (int)no;
+        Py_DECREF(seq);
+        if (!(pl->delim = copy_bytes(delimiter, &pl->delim_n))) return -1;
+        if (pl->delim_n < 1) { PyErr_SetString(PyExc_ValueError, "empty delimiter"); return -1; }
+    } else if (framing != F_MSGPACK && framing != F_JSON && framing != F_TEXT_JSON) {
+        PyErr_SetString(PyExc_ValueError, "unknown framing");
+        return -1;
+    }
+    pl->scache = PyMem_Calloc(SCACHE_SIZE, sizeof(sentry_t));
+    if (!pl->scache) { PyErr_NoMemory(); return -1; }
+    return 0;
+}
+
+static void Plan_dealloc(PyObject *self) {
+    Plan *pl = (Plan *)self;
+    PyTypeObject *tp = Py_TYPE(self);
+    PyMem_Free(pl->measurement);
+    for (int i = 0; i < pl->nslots; i++) { PyMem_Free(pl->slot_key[i]); Py_XDECREF(pl->slot_name[i]); }
+    for (int i = 0; i < pl->ntags; i++) PyMem_Free(pl->tags[i].part);
+    for (int i = 0; i < pl->nfields; i++) PyMem_Free(pl->fields[i].prefix);
+    Py_XDECREF(pl->uniq_state);
+    Py_XDECREF(pl->uniq_claim);
+    PyMem_Free(pl->delim);
+    PyMem_Free(pl->out.p);
+    scache_clear(pl);
+    PyMem_Free(pl->scache);
+    for (int i = 0; i < pl->newest_cap; i++) { Py_XDECREF(pl->newest[i].series); PyMem_Free(pl->newest[i].payload); }
+    PyMem_Free(pl->newest);
+    PyMem_Free(pl->last_topic);
+    freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
+    tp_free(self);
+    Py_DECREF(tp);
+}
+
+/* The result of a call: (data, lines, taken, handed, error). */
+static PyObject *result(Plan *pl, Py_ssize_t lines, Py_ssize_t taken, PyObject *handed, PyObject *error,
+                        PyObject *newest) {
+    if (newest != Py_None && newest_flush(pl, newest) < 0) {
+        Py_XDECREF(handed); Py_XDECREF(error);
+        return NULL;
+    }
+    PyObject *data = PyBytes_FromStringAndSize(pl->out.p, pl->out.len);
+    if (pl->out.cap > (8 << 20)) { PyMem_Free(pl->out.p); pl->out.p = NULL; pl->out.cap = 0; }
+    pl->out.len = 0;
+    if (!data) { Py_XDECREF(handed); Py_XDECREF(error); return NULL; }
+    pl->handled += lines;
+    if (handed) pl->handed_back++;
+    return Py_BuildValue("(NnnNN)", data, lines, taken, handed ? handed : Py_NewRef(Py_None),
+                         error ? error : Py_NewRef(Py_None));
+}
+
+/* The exception claim raised, as a value (the message is refused with it). */
+static PyObject *take_error(void) {
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    PyErr_NormalizeException(&type, &value, &tb);
+    Py_XDECREF(type);
+    Py_XDECREF(tb);
+    return value ? value : Py_NewRef(Py_None);
+}
+
+static int frames_of(PyObject *message, const char **t, Py_ssize_t *tn, const char **p, Py_ssize_t *pn,
+                     int framing, Py_ssize_t max_frame) {
+    /* 0: ok; 1: hand back (wrong frame count or a frame that is not bytes) */
+    if (!PyList_Check(message) && !PyTuple_Check(message)) return 1;
+    Py_ssize_t count = PySequence_Size(message);
+    if (count != (MULTIPART(framing) ? 2 : 1)) return 1;
+    PyObject *f0 = PySequence_GetItem(message, 0);
+    if (!f0) { PyErr_Clear(); return 1; }
+    char *s; Py_ssize_t n;
+    int bad = !PyBytes_Check(f0) || PyBytes_AsStringAndSize(f0, &s, &n) < 0;
+    Py_DECREF(f0);  /* the list keeps it alive */
+    if (bad) { PyErr_Clear(); return 1; }
+    if (MULTIPART(framing)) {
+        PyObject *f1 = PySequence_GetItem(message, 1);
+        if (!f1) { PyErr_Clear(); return 1; }
+        char *s1; Py_ssize_t n1;
+        bad = !PyBytes_Check(f1) || PyBytes_AsStringAndSize(f1, &s1, &n1) < 0;
+        Py_DECREF(f1);
+        if (bad) { PyErr_Clear(); return 1; }
+        *t = s; *tn = n; *p = s1; *pn = n1;
+        return 0;
+    }
+    const char *space = memchr(s, ' ', n);
+    if (!space) return 1;
+    *t = s; *tn = space - s; *p = space + 1; *pn = n - (space - s) - 1;
+    if (n > max_frame) return 1;
+    return 0;
+}
+
+/* map(messages, start, newest) -> (data, lines, next, handed, error)
+ * Maps messages[start:] (lists of frames as pyzmq gives them) until the first one this path
+ * hands back (handed = that message, next = its index + 1) or the end (handed = None). */
+static PyObject *Plan_map(PyObject *self, PyObject *args) {
+    Plan *pl = (Plan *)self;
+    PyObject *messages, *newest;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "OnO", &messages, &start, &newest)) return NULL;
+    if (!PyList_Check(messages)) { PyErr_SetString(PyExc_TypeError, "messages must be a list"); return NULL; }
+    if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
+    Py_ssize_t total = PyList_Size(messages), lines = 0, i;
+    int track = newest != Py_None;
+    for (i = start; i < total; i++) {
+        PyObject *message = PyList_GetItem(messages, i);  /* borrowed */
+        const char *t, *p;
+        Py_ssize_t tn, pn;
+        int rc = frames_of(message, &t, &tn, &p, &pn, pl->framing, pl->max_frame);
+        if (rc == 0) rc = one(pl, t, tn, p, pn, track);
+        if (rc == 0) { lines++; continue; }
+        if (rc > 0) return result(pl, lines, i + 1, Py_NewRef(message), NULL, newest);
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
+        return result(pl, lines, i + 1, Py_NewRef(message), take_error(), newest);
+    }
+    return result(pl, lines, i, NULL, NULL, newest);
+}
+
+/* The frames of a message libzmq holds, as a list of bytes (this message's, from `first` on). */
+static PyObject *collect(void *socket, zmsg_t *msgs, int have) {
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    int more = 1;
+    for (int k = 0; k < have; k++) {
+        PyObject *b = PyBytes_FromStringAndSize(zmq_api.data(&msgs[k]), (Py_ssize_t)zmq_api.size(&msgs[k]));
+        more = zmq_api.more(&msgs[k]);
+        if (!b || PyList_Append(list, b) < 0) { Py_XDECREF(b); Py_DECREF(list); return NULL; }
+        Py_DECREF(b);
+    }
+    while (more) {  /* the rest of a multipart message is already there: it arrives whole */
+        zmsg_t m;
+        zmq_api.init(&m);
+        if (zmq_api.recv(&m, socket, ZMQ_DONTWAIT_) < 0) { zmq_api.close(&m); break; }
+        PyObject *b = PyBytes_FromStringAndSize(zmq_api.data(&m), (Py_ssize_t)zmq_api.size(&m));
+        more = zmq_api.more(&m);
+        zmq_api.close(&m);
+        if (!b || PyList_Append(list, b) < 0) { Py_XDECREF(b); Py_DECREF(list); return NULL; }
+        Py_DECREF(b);
+    }
+    return list;
+}
+
+/* drain(socket_address, limit, newest) -> (data, lines, taken, handed, error, errno)
+ * Receives up to `limit` messages without blocking, straight from libzmq, and maps them until
+ * the first one this path hands back (handed: its frames; taken counts it). errno is 0, or
+ * libzmq's error other than EAGAIN (the caller raises it as pyzmq would). */
+static PyObject *Plan_drain(PyObject *self, PyObject *args) {
+    Plan *pl = (Plan *)self;
+    unsigned long long address;
+    Py_ssize_t limit;
+    PyObject *newest;
+    if (!PyArg_ParseTuple(args, "KnO", &address, &limit, &newest)) return NULL;
+    if (!zmq_api.recv) { PyErr_SetString(PyExc_RuntimeError, "libzmq is not bound"); return NULL; }
+    if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
+    void *socket = (void *)(uintptr_t)address;
+    int track = newest != Py_None;
+    Py_ssize_t lines = 0, taken = 0;
+    int error_no = 0;
+    PyObject *handed = NULL, *error = NULL;
+    zmsg_t m[2];
+    while (taken < limit) {
+        zmq_api.init(&m[0]);
+        if (zmq_api.recv(&m[0], socket, ZMQ_DONTWAIT_) < 0) {
+            int e = zmq_api.err();
+            zmq_api.close(&m[0]);
+            if (e != ZMQ_EAGAIN_) error_no = e;
+            break;
+        }
+        taken++;
+        int have = 1, rc = 1;
+        if (zmq_api.more(&m[0])) {
+            zmq_api.init(&m[1]);
+            if (zmq_api.recv(&m[1], socket, ZMQ_DONTWAIT_) < 0) {
+                zmq_api.close(&m[1]);  /* cannot happen: the frames of a message arrive together */
+            } else {
+                have = 2;
+            }
+        }
+        const char *d0 = zmq_api.data(&m[0]);
+        Py_ssize_t n0 = (Py_ssize_t)zmq_api.size(&m[0]);
+        if (MULTIPART(pl->framing)) {
+            if (have == 2 && !zmq_api.more(&m[1]))
+                rc = one(pl, d0, n0, zmq_api.data(&m[1]), (Py_ssize_t)zmq_api.size(&m[1]), track);
+        } else if (have == 1 && n0 <= pl->max_frame) {
+            const char *space = memchr(d0, ' ', n0);
+            if (space) rc = one(pl, d0, space - d0, space + 1, n0 - (space - d0) - 1, track);
+        }
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_MemoryError)) {
+            for (int k = 0; k < have; k++) zmq_api.close(&m[k]);
+            return NULL;
+        }
+        if (rc < 0) error = take_error();
+        if (rc != 0) handed = collect(socket, m, have);
+        for (int k = 0; k < have; k++) zmq_api.close(&m[k]);
+        if (rc == 0) { lines++; continue; }
+        if (!handed) { Py_XDECREF(error); return NULL; }
+        break;
+    }
+    PyObject *r = result(pl, lines, taken, handed, error, newest);
+    if (!r) return NULL;
+    PyObject *out = Py_BuildValue("(Ni)", r, error_no);
+    return out;
+}
+
+static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Plan *pl = (Plan *)self;
+    return Py_BuildValue("{sLsL}", "handled", (long long)pl->handled, "handed_back", (long long)pl->handed_back);
+}
+
+static PyMethodDef Plan_methods[] = {
+    {"map", Plan_map, METH_VARARGS, "map(messages, start, newest) -> (data, lines, next, handed, error)"},
+    {"drain", Plan_drain, METH_VARARGS,
+     "drain(socket_address, limit, newest) -> ((data, lines, taken, handed, error), errno)"},
+    {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
+    {NULL, NULL, 0, NULL},
+};
+
+static PyType_Slot Plan_slots[] = {
+    {Py_tp_init, Plan_init},
+    {Py_tp_dealloc, Plan_dealloc},
+    {Py_tp_methods, Plan_methods},
+    {Py_tp_new, PyType_GenericNew},
+    {Py_tp_doc, "A subscription's compiled flat mapping (see fastpath.py)."},
+    {0, NULL},
+};
+
+static PyType_Spec Plan_spec = {"station_bridge._fastpath.Plan", sizeof(Plan), 0, Py_TPFLAGS_DEFAULT, Plan_slots};
+
+/* bind(init, recv, data, size, more, close, errno): libzmq's functions by address. */
+static PyObject *bind(PyObject *module, PyObject *args) {
+    (void)module;
+    unsigned long long a[7];
+    if (!PyArg_ParseTuple(args, "KKKKKKK", &a[0], &a[1], &a[2], &a[3], &a[4], &a[5], &a[6])) return NULL;
+    for (int i = 0; i < 7; i++)
+        if (!a[i]) { PyErr_SetString(PyExc_ValueError, "null function address"); return NULL; }
+    zmq_api.init = (msg_init_f)(uintptr_t)a[0];
+    zmq_api.recv = (msg_recv_f)(uintptr_t)a[1];
+    zmq_api.data = (msg_data_f)(uintptr_t)a[2];
+    zmq_api.size = (msg_size_f)(uintptr_t)a[3];
+    zmq_api.more = (msg_more_f)(uintptr_t)a[4];
+    zmq_api.close = (msg_close_f)(uintptr_t)a[5];
+    zmq_api.err = (errno_f)(uintptr_t)a[6];
+    Py_RETURN_NONE;
+}
+
+/* Test hooks: the exact time rule and repr, as this module computes them. */
+static PyObject *float_ns(PyObject *module, PyObject *args) {
+    (void)module;
+    double v;
+    long long unit;
+    int rule;
+    if (!PyArg_ParseTuple(args, "dLi", &v, &unit, &rule)) return NULL;
+    int64_t ns;
+    int rc = rule == R_EXACT ? float_exact_ns(v, unit, &ns) : float_product_ns(v, unit, &ns);
+    if (rc < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ns);
+}
+
+static PyObject *text_ns(PyObject *module, PyObject *args) {
+    (void)module;
+    const char *s;
+    Py_ssize_t n;
+    long long unit;
+    if (!PyArg_ParseTuple(args, "s#L", &s, &n, &unit)) return NULL;
+    int64_t ns;
+    if (text_exact_ns(s, n, unit, &ns) < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ns);
+}
+
+static PyObject *float_repr(PyObject *module, PyObject *arg) {
+    (void)module;
+    double d = PyFloat_AsDouble(arg);
+    if (d == -1.0 && PyErr_Occurred()) return NULL;
+    buf_t b = {NULL, 0, 0};
+    if (put_repr(&b, d) < 0) { PyMem_Free(b.p); return NULL; }
+    PyObject *r = PyUnicode_FromStringAndSize(b.p, b.len);
+    PyMem_Free(b.p);
+    return r;
+}
+
+static PyMethodDef module_methods[] = {
+    {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x) as this module writes it"},
+    {"bind", bind, METH_VARARGS, "bind(init, recv, data, size, more, close, errno): libzmq by address"},
+    {"float_ns", float_ns, METH_VARARGS, "float_ns(value, unit, rule) -> ns or None"},
+    {"text_ns", text_ns, METH_VARARGS, "text_ns(text, unit) -> ns or None (exact rule; unit 0: auto)"},
+    {NULL, NULL, 0, NULL},
+};
+
+static int module_exec(PyObject *module) {
+    if (!str_append && !(str_append = PyUnicode_InternFromString("append"))) return -1;
+    PyObject *type = PyType_FromSpec(&Plan_spec);
+    if (!type) return -1;
+    if (PyModule_AddObject(module, "Plan", type) < 0) { Py_DECREF(type); return -1; }
+    if (PyModule_AddIntConstant(module, "MSGPACK", F_MSGPACK) < 0 ||
+        PyModule_AddIntConstant(module, "DELIMITED", F_DELIMITED) < 0 ||
+        PyModule_AddIntConstant(module, "JSON", F_JSON) < 0 ||
+        PyModule_AddIntConstant(module, "TEXT_JSON", F_TEXT_JSON) < 0 ||
+        PyModule_AddIntConstant(module, "EXACT", R_EXACT) < 0 ||
+        PyModule_AddIntConstant(module, "PRODUCT", R_PRODUCT) < 0 ||
+        PyModule_AddIntConstant(module, "WINDOW", U_WINDOW) < 0 ||
+        PyModule_AddIntConstant(module, "LAST", U_LAST) < 0 ||
+        PyModule_AddIntConstant(module, "FLOAT", K_FLOAT) < 0 ||
+        PyModule_AddIntConstant(module, "INTEGER", K_INTEGER) < 0 ||
+        PyModule_AddIntConstant(module, "STRING", K_STRING) < 0 ||
+        PyModule_AddIntConstant(module, "BOOLEAN", K_BOOLEAN) < 0)
+        return -1;
+    return 0;
+}
+
+static PyModuleDef_Slot module_slots[] = {{Py_mod_exec, module_exec}, {0, NULL}};
+
+static struct PyModuleDef module_def = {
+    PyModuleDef_HEAD_INIT, "_fastpath", "The flat-record hot path in C (see fastpath.py).", 0, module_methods,
+    module_slots, NULL, NULL, NULL,
+};
+
+PyMODINIT_FUNC PyInit__fastpath(void) { return PyModuleDef_Init(&module_def); }

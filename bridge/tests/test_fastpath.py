@@ -1,0 +1,505 @@
+"""The compiled hot path (fastpath.py, _fastpath.c) against the Python path it stands in for.
+
+Differential: for generated hostile bursts (msgpack records with every awkward value, broken
+payloads, duplicate keys, invalid UTF-8; delimited text with number-like strings), the C path
+produces exactly the Python mapper's line for a message, or hands the message back (and the
+Python path then maps or refuses it): never a different line. The whole burst, the uniqueness
+state after it and the cache's newest point per series are those of the Python path alone.
+Through real ZMQ sockets: draining with libzmq from C gives the same lines, counts and order as
+pyzmq plus the Python path, and the socket goes on working for pyzmq.
+"""
+
+from __future__ import annotations
+
+import itertools
+import json
+import math
+import struct
+from fractions import Fraction
+
+import msgpack
+import pytest
+import zmq
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from test_stages import sub
+
+from station_bridge import fastpath
+from station_bridge.decoders import DecodeError, build
+from station_bridge.lineproto import LineError
+from station_bridge.mapping import MapError, Mapper
+
+pytestmark = pytest.mark.skipif(bool(fastpath.unavailable()), reason=f"compiled path: {fastpath.unavailable()}")
+
+T0 = 1_700_000_000
+FIELDS = {"bid": "float", "ask": "float", "volume": "integer", "flag": "boolean", "note": "string"}
+
+
+def spec_for(framing="msgpack", time_format="epoch_s", **extra):
+    mapping = {"tags": ["instrument", "venue"], "derived_tags": [], "drop": [], "fields": FIELDS,
+               "time": {"field": "timestamp", "format": time_format}, "static_tags": {"desk": "fx 1"}}
+    if framing == "text_delimited":
+        extra.setdefault("field_order", ["timestamp", "instrument", "venue", "bid", "ask", "volume", "note"])
+    return sub(framing=framing, mapping=mapping, **extra)
+
+
+def python_path(spec, mapper):
+    """The Python path for one message: (line bytes or None, outcome); updates newest as the
+    pipeline does (newest time per series, later wins a tie, declared fields only)."""
+    decode = build(spec)
+    names = list(spec.mapping.fields)
+
+    def run(frames, newest, error=None):
+        if error is not None:  # refused by the uniqueness the C path called
+            return None, ("refused", getattr(error, "reason", type(error).__name__))
+        try:
+            topic, record = decode(frames)
+            line, series, ts = mapper.keyed_line(topic, record)
+            data = line.encode()
+        except (DecodeError, MapError, LineError) as exc:
+            return None, ("refused", exc.reason)
+        except UnicodeEncodeError:  # a lone surrogate: the pipeline refuses the line (invalid_utf8)
+            return None, ("refused", "invalid_utf8")
+        if newest is not None:
+            current = newest.get(series)
+            if current is None or ts >= current[0]:
+                newest[series] = (ts, {k: record[k] for k in names if record.get(k) is not None})
+        return data, ("line", line)
+    return run
+
+
+def uniqueness_state(mapper):
+    unique = getattr(mapper, "unique", None)
+    if unique is None:
+        return dict(mapper._last)
+
+    def plain(value):
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items()}
+        return list(value) if hasattr(value, "tolist") else value
+    return {name: plain(getattr(unique, name)) for name in type(unique).__slots__}
+
+
+def differential(spec, bursts):
+    """Runs the bursts through the Python path alone and through C + Python; compares."""
+    reference, fast = Mapper(spec, station="ams1"), Mapper(spec, station="ams1")
+    for mapper in (reference, fast):  # receive times (no time field): the same clock for both
+        mapper._clock = itertools.count(T0 * 10**9, 7).__next__
+    accelerator, why = fastpath.Accelerator.for_mapper(fast, spec)
+    assert accelerator is not None, why
+    ref_run, fast_run = python_path(spec, reference), python_path(spec, fast)
+    compiled = 0
+    for messages in bursts:
+        ref_newest: dict = {}
+        expected = []
+        for frames in messages:
+            _, outcome = ref_run(frames, ref_newest)
+            expected.append(outcome)
+        fast_newest: dict = {}
+        handed: list = []
+
+        def slow(frames, error, newest=fast_newest, handed=handed):
+            line, outcome = fast_run(frames, newest, error)
+            handed.append((frames, outcome))
+            return line
+
+        burst = accelerator.map(messages, slow, fast_newest)
+        compiled += burst.compiled
+        want = b"".join(o[1].encode() + b"\n" for o in expected if o[0] == "line")
+        assert burst.data == want, (messages, expected, burst.data)
+        assert burst.lines == sum(1 for o in expected if o[0] == "line")
+        assert burst.received == len(messages)
+        # Each message handed back got the reference's outcome, in order; each refused one was.
+        index = {id(frames): i for i, frames in enumerate(messages)}
+        positions = [index[id(frames)] for frames, _ in handed]
+        assert positions == sorted(positions)
+        assert [outcome for _, outcome in handed] == [expected[i] for i in positions]
+        assert {i for i, o in enumerate(expected) if o[0] == "refused"} <= set(positions)
+        assert fast_newest == ref_newest
+        assert _same_types(fast_newest, ref_newest)
+        assert uniqueness_state(fast) == uniqueness_state(reference)
+    return compiled
+
+
+def _same_types(a: dict, b: dict) -> bool:
+    return all(type(v) is type(b[s][1][k]) for s, (_, rec) in a.items() for k, v in rec.items())
+
+
+# --- generated msgpack records ------------------------------------------------------------------
+
+_hostile_text = st.one_of(
+    st.text(max_size=10),
+    st.sampled_from(["EURUSD", "a,b=c d", "x\ny", "tail\\", "", "1.5", "true", 'q"uote', "tab\there", "\r",
+                     "é", "日本", "\u0301", "#hash", " lead", "=", ",", "\x00", "\x7f", "1e5", "-0", "+7"]))
+_values = st.one_of(
+    st.none(), st.booleans(),
+    st.integers(min_value=-(2**63), max_value=2**64 - 1),
+    st.sampled_from([0, -1, 2**53, 2**53 + 1, -(2**53) - 1, 2**63 - 1, -(2**63), 2**64 - 1, 2**31, -(2**31)]),
+    st.floats(allow_nan=True, allow_infinity=True), st.sampled_from([0.0, -0.0, 5e-324, 1e300, 1.5, 0.1]),
+    _hostile_text, st.binary(max_size=6), st.lists(st.integers(), max_size=2),
+    st.dictionaries(st.text(max_size=3), st.integers(), max_size=2))
+_times = st.one_of(
+    st.sampled_from([T0 + 0.5, T0 + 0.5, T0 + 0.1, float(T0), T0, T0 + 1, T0 * 1000, T0 * 10**9, 1e17, -1.5, 0,
+                     9.3e9, 2**63 // 10**9, "1700000000.5", "1700000000", "+1.5", "-0.25", "1e5", "", "x",
+                     "1700000000123", "１７", float("nan"), float("inf"), True, None]),
+    st.floats(min_value=-1e10, max_value=1e12), st.integers(min_value=-(2**63), max_value=2**63 - 1),
+    st.floats(min_value=T0, max_value=T0 + 1).map(lambda x: x))
+_records = st.fixed_dictionaries({}, optional={
+    "instrument": st.one_of(st.sampled_from(["EURUSD", "GBPUSD", "EURUSD"]), _values),
+    "venue": _values, "bid": _values, "ask": _values, "volume": _values, "flag": _values,
+    "note": _values, "timestamp": _times, "seq": _values})
+_plain = st.fixed_dictionaries({
+    "instrument": st.sampled_from(["EURUSD", "GBPUSD"]), "bid": st.floats(0.5, 2.0), "ask": st.floats(0.5, 2.0),
+    "volume": st.integers(0, 10**6),
+    "timestamp": st.sampled_from([T0 + 0.5, T0 + 0.25, T0 + 0.5, float(T0), T0, T0 + 1])})
+
+
+def _pack(record, single_float):
+    try:
+        return msgpack.packb(record, use_single_float=single_float)
+    except (OverflowError, ValueError):
+        return msgpack.packb({})
+
+
+@st.composite
+def _payloads(draw):
+    """A msgpack payload: a record, or one broken in a way a decoder must notice."""
+    record = draw(st.one_of(_plain, _plain, _records))
+    packed = _pack(record, draw(st.booleans()))
+    kind = draw(st.sampled_from(["ok"] * 8 + ["truncated", "trailing", "duplicate", "badutf8", "intkey",
+                                              "nested_extra", "ext", "array", "reserved", "random"]))
+    if kind == "truncated" and len(packed) > 1:
+        return packed[:draw(st.integers(0, len(packed) - 1))]
+    if kind == "trailing":
+        return packed + draw(st.binary(min_size=1, max_size=3))
+    if kind == "duplicate":  # a map with one key twice: the last wins in Python
+        key = draw(st.sampled_from(["bid", "instrument", "timestamp", "seq"]))
+        items = [*record.items(), (key, draw(_values))]
+        body = b"".join(_pack(k, False) + _pack(v, False) for k, v in items)
+        return (bytes([0x80 | len(items)]) if len(items) < 16 else b"\xde" + struct.pack(">H", len(items))) + body
+    if kind == "badutf8":  # a str whose bytes are not UTF-8 (or a UTF-8 encoded surrogate)
+        bad = draw(st.sampled_from([b"\xff", b"\xed\xa0\x80", b"\xc0\x80", b"\xf4\x90\x80\x80", b"\xe0\x80\x80"]))
+        key = draw(st.sampled_from([b"instrument", b"note", b"other"]))
+        return b"\x82\xaainstrument\xa6EURUSD" + bytes([0xa0 | len(key)]) + key + bytes([0xa0 | len(bad)]) + bad
+    if kind == "intkey":
+        return msgpack.packb({1: 2, "bid": 1.5, "timestamp": T0})
+    if kind == "nested_extra":
+        return msgpack.packb({**record, "extra": {"a": [1, 2]}}) if _packable(record) else packed
+    if kind == "ext":
+        return msgpack.packb({"bid": 1.5, "timestamp": msgpack.Timestamp(T0, 5)})
+    if kind == "array":
+        return msgpack.packb([1, 2])
+    if kind == "reserved":
+        return b"\x81\xa3bid\xc1"
+    if kind == "random":
+        return draw(st.binary(max_size=40))
+    return packed
+
+
+def _packable(record):
+    try:
+        msgpack.packb(record)
+        return True
+    except (OverflowError, ValueError):
+        return False
+
+
+@st.composite
+def _messages(draw):
+    shape = draw(st.sampled_from(["ok"] * 12 + ["one_frame", "three_frames", "bad_topic", "other_topic"]))
+    payload = draw(_payloads())
+    if shape == "one_frame":
+        return [b"kraken_tick"]
+    if shape == "three_frames":
+        return [b"kraken_tick", payload, b"x"]
+    if shape == "bad_topic":
+        return [b"\xff\xfe", payload]
+    if shape == "other_topic":
+        return [b"kraken_tick.b", payload]
+    return [b"kraken_tick", payload]
+
+
+_bursts = st.lists(st.lists(_messages(), min_size=1, max_size=12), min_size=1, max_size=4)
+
+
+@pytest.mark.parametrize("time_format", ["epoch_s", "epoch_ms", "epoch_ns", "auto"])
+@given(bursts=_bursts)
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_msgpack_bursts_give_the_python_paths_lines(time_format, bursts):
+    differential(spec_for("msgpack", time_format), bursts)
+
+
+def test_the_compiled_path_is_used_for_plain_ticks():
+    bursts = [[[b"kraken_tick", msgpack.packb({"instrument": i, "bid": 1.5 + k, "ask": 2.5, "volume": k,
+                                               "note": "n", "flag": True, "timestamp": T0 + k / 8})]
+               for k in range(40) for i in ("EURUSD", "GBPUSD")]]
+    assert differential(spec_for(), bursts) == 80
+
+
+def test_repeated_times_are_nudged_like_the_python_path():
+    # A run of one time, then the nudged times themselves, then out of order: the C path takes the
+    # common case itself and leaves every other one to the mapper's own uniqueness.
+    times = [T0 + 0.5] * 5 + [T0 + 0.5 + 1e-9 * k for k in range(1, 4)] + [T0, T0 + 0.5, T0 + 2, T0 + 1]
+    burst = [[b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": 1.0, "timestamp": t})] for t in times]
+    differential(spec_for(), [burst, burst])
+
+
+def test_a_new_series_and_big_bursts():
+    burst = [[b"kraken_tick", msgpack.packb({"instrument": f"I{k % 300}", "bid": k * 0.1, "timestamp": T0 + k})]
+             for k in range(5000)]
+    assert differential(spec_for(), [burst]) == 5000
+
+
+# --- delimited text -----------------------------------------------------------------------------
+
+_numberish = st.one_of(st.sampled_from(
+    ["1.5", "-0", "+1", "1e5", "1E-3", ".5", "5.", "1_0", " 1", "1 ", "nan", "inf", "-inf", "0x10", "１２", "",
+     "007", "1e400", "9223372036854775807", "999999999999999999", "1.7976931348623157e308", "2.5e-324",
+     "1700000000.123456789", "1700000000", "1700000000123", "-1.5", "x"]),
+    st.floats(allow_nan=False).map(repr), st.integers(-(10**20), 10**20).map(str), st.text(max_size=6))
+
+
+@st.composite
+def _delimited(draw):
+    values = [draw(st.one_of(_numberish, st.sampled_from(["1700000000.5", "1700000000.25"]))),
+              draw(st.one_of(st.sampled_from(["EURUSD", "GBPUSD"]), _hostile_text)),
+              draw(_hostile_text), draw(_numberish), draw(_numberish), draw(_numberish), draw(_hostile_text)]
+    if draw(st.booleans()):
+        values = values[:draw(st.integers(0, 6))]
+    payload = "\x01".join(values).encode("utf-8", "surrogatepass")
+    shape = draw(st.sampled_from(["ok"] * 8 + ["no_space", "two_frames", "bad_utf8"]))
+    if shape == "no_space":
+        return [b"kraken_tick"]
+    if shape == "two_frames":
+        return [b"kraken_tick " + payload, b""]
+    if shape == "bad_utf8":
+        return [b"kraken_tick " + payload + b"\xff"]
+    return [b"kraken_tick " + payload]
+
+
+@pytest.mark.parametrize("time_format", ["auto"])
+@given(bursts=st.lists(st.lists(_delimited(), min_size=1, max_size=10), min_size=1, max_size=3))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_delimited_bursts_give_the_python_paths_lines(time_format, bursts):
+    differential(spec_for("text_delimited", time_format), bursts)
+
+
+def test_the_compiled_path_is_used_for_plain_delimited_ticks():
+    burst = [[f"kraken_tick {T0 + k / 4}\x01EURUSD\x01v\x01{1.5 + k}\x012.5\x01{k}\x01n".encode()] for k in range(30)]
+    assert differential(spec_for("text_delimited", "auto"), [burst]) == 30
+
+
+# --- times: the exact rule against rational arithmetic --------------------------------------------
+
+def _exact(value, unit):
+    q = Fraction(value) * unit
+    n = math.floor(q)
+    rest = q - n
+    return n + 1 if rest > Fraction(1, 2) or (rest == Fraction(1, 2) and n % 2) else n
+
+
+@given(value=st.floats(allow_nan=False, allow_infinity=False, min_value=-9e9, max_value=9e9),
+       unit=st.sampled_from([10**9, 10**6, 10**3, 1]))
+@settings(max_examples=2000, deadline=None)
+def test_exact_float_times_are_the_floats_value_rounded_half_even(value, unit):
+    from station_bridge._fastpath import EXACT, float_ns
+    expected = _exact(value, unit)
+    got = float_ns(value, unit, EXACT)
+    if -(2**63) + 2 <= expected <= 2**63 - 2:
+        assert got == expected
+    else:
+        assert got is None
+
+
+@given(whole=st.integers(0, 10**19), frac=st.text("0123456789", max_size=9), sign=st.sampled_from(["", "-", "+"]),
+       unit=st.sampled_from([10**9, 10**6, 10**3, 1, 0]))
+@settings(max_examples=2000, deadline=None)
+def test_exact_decimal_times(whole, frac, sign, unit):
+    from station_bridge._fastpath import text_ns
+    text = f"{sign}{whole}" + (f".{frac}" if frac else "")
+    value = Fraction(int(f"{whole}{frac}"), 10 ** len(frac))
+    use = unit or (10**9 if whole < 10**11 else 10**6 if whole < 10**14 else 10**3 if whole < 10**17 else 1)
+    expected = _exact(value, use) * (-1 if sign == "-" else 1)
+    got = text_ns(text, unit)
+    if abs(expected) <= 2**63 - 2 and len(str(whole)) <= 19:
+        assert got == expected, text
+    else:
+        assert got is None
+
+
+def test_exact_times_near_a_half_and_at_the_edges():
+    from station_bridge._fastpath import EXACT, PRODUCT, float_ns
+    assert float_ns(1700000000.123456, 10**9, EXACT) == _exact(1700000000.123456, 10**9)
+    assert float_ns(0.5e-9, 10**9, EXACT) == _exact(0.5e-9, 10**9)
+    assert float_ns(2.5e-9, 10**9, EXACT) == _exact(2.5e-9, 10**9)
+    assert float_ns(-1.5, 1, EXACT) == -2 and float_ns(-2.5, 1, EXACT) == -2 and float_ns(2.5, 1, EXACT) == 2
+    assert float_ns(9.3e9, 10**9, EXACT) is None and float_ns(float("nan"), 10**9, EXACT) is None
+    assert float_ns(1700000000.5, 10**9, PRODUCT) == round(1700000000.5 * 1e9)
+
+
+# --- through real sockets ---------------------------------------------------------------------------
+
+def test_draining_libzmq_from_c_equals_pyzmq_and_the_python_path():
+    spec = spec_for()
+    context = zmq.Context()
+    pub, sock = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
+    for socket in (pub, sock):
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+    pub.bind("inproc://fastpath-test")
+    sock.connect("inproc://fastpath-test")
+    messages = []
+    for k in range(3000):
+        record = {"instrument": f"I{k % 7}", "bid": 1.0 + k, "ask": 2.0, "volume": k, "timestamp": T0 + k // 3}
+        if k % 97 == 5:
+            record["bid"] = float("nan")  # refused by the Python path
+        if k % 211 == 7:
+            messages.append([b"kraken_tick"])  # one frame: bad framing
+            continue
+        if k % 301 == 9:
+            messages.append([b"kraken_tick", msgpack.packb(record), b"extra"])
+            continue
+        if k % 401 == 11:
+            messages.append([b"kraken_tick", b"\xff" * 2_000_000])  # oversized
+            continue
+        messages.append([b"kraken_tick", msgpack.packb(record)])
+    for frames in messages:
+        pub.send_multipart(frames)
+    fast = Mapper(spec, station="ams1")
+    accelerator, why = fastpath.Accelerator.for_mapper(fast, spec)
+    assert accelerator is not None, why
+    run = python_path(spec, fast)
+    newest: dict = {}
+    handed = []
+
+    def slow(frames, error):
+        handed.append(frames)
+        return run(frames, newest, error)[0]
+
+    data, received, compiled = b"", 0, 0
+    while received < len(messages):
+        assert sock.poll(2000)
+        burst = accelerator.receive(sock, 1000, slow, newest)
+        assert burst.errno == 0
+        data += burst.data
+        received += burst.received
+        compiled += burst.compiled
+    reference = Mapper(spec, station="ams1")
+    ref_run, ref_newest = python_path(spec, reference), {}
+    want = b"".join(line + b"\n" for line in (ref_run(f, ref_newest)[0] for f in messages) if line is not None)
+    assert data == want
+    assert received == len(messages) and compiled > 2800
+    assert [f for f in messages if f not in handed] and all(f in messages for f in handed)
+    assert newest == ref_newest
+    # pyzmq goes on using the same socket
+    pub.send_multipart([b"after", b"x"])
+    assert sock.recv_multipart() == [b"after", b"x"]
+    sock.close(linger=0)
+    pub.close(linger=0)
+    context.term()
+
+
+def test_a_closed_socket_is_an_error_not_a_crash():
+    spec = spec_for()
+    context = zmq.Context()
+    sock = context.socket(zmq.SUB)
+    accelerator, _ = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+    burst = accelerator.receive(sock, 10, lambda f, e: None)
+    assert (burst.received, burst.errno) == (0, 0)  # nothing there: EAGAIN
+    sock.close(linger=0)
+    context.term()
+
+
+def test_shapes_the_compiled_path_does_not_cover_are_named():
+    for spec, why in [(sub(framing="text_json", mapping={"derived_tags": [], "time": {"format": "rfc3339"}}),
+                       "date strings"),
+                      (sub(), "no compiled path"),
+                      (sub(mapping={"derived_tags": [], "time": {"field": None}}), "receive times")]:
+        accelerator, reason = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+        assert accelerator is None and why in reason
+
+
+# --- floats: repr without dtoa for the common range -------------------------------------------------
+
+@given(x=st.one_of(st.floats(allow_nan=False, allow_infinity=False),
+                   st.builds(round, st.floats(-1e9, 1e9), st.integers(0, 12)),
+                   st.builds(lambda n, k: n / 10**k, st.integers(-(10**16), 10**16), st.integers(0, 16)),
+                   st.sampled_from([0.0, -0.0, 1e-4, 9.999999999999999e-05, 2.0**50, 2.0**50 - 1, 1e15, 1e16,
+                                    0.1, 0.3, 1 / 3, 5e-324, 1.7976931348623157e308])))
+@settings(max_examples=5000, deadline=None)
+def test_floats_are_written_as_repr_writes_them(x):
+    from station_bridge._fastpath import float_repr
+    assert float_repr(x) == repr(x)
+    assert float_repr(math.nextafter(x, math.inf)) == repr(math.nextafter(x, math.inf))
+
+
+# --- JSON ---------------------------------------------------------------------------------------------
+
+_json_scalars = st.one_of(
+    st.none(), st.booleans(), st.integers(-(2**70), 2**70), st.floats(allow_nan=False, allow_infinity=False),
+    st.text(max_size=8), st.sampled_from(["EURUSD", "a,b=c d", "x\ny", 'q"t', "back\\slash", "\u00e9", "tab\t"]))
+
+
+@st.composite
+def _json_payloads(draw):
+    record = draw(st.one_of(_plain, st.fixed_dictionaries({}, optional={
+        "instrument": st.one_of(st.sampled_from(["EURUSD", "GBPUSD"]), _json_scalars), "venue": _json_scalars,
+        "bid": _json_scalars, "ask": _json_scalars, "volume": _json_scalars, "flag": _json_scalars,
+        "note": _json_scalars, "timestamp": st.one_of(_json_scalars, st.sampled_from([T0 + 0.5, T0, "1700000000.5"])),
+        "seq": st.one_of(_json_scalars, st.lists(st.integers(), max_size=2))})))
+    text = json.dumps(record, ensure_ascii=draw(st.booleans()), indent=draw(st.sampled_from([None, None, 1])))
+    kind = draw(st.sampled_from(["ok"] * 8 + ["raw", "duplicate", "nan", "bom", "trailing", "bad", "leading0",
+                                              "utf16", "surrogate", "space"]))
+    if kind == "raw":  # hand-written numbers and literals in JSON's grammar, and around it
+        value = draw(st.sampled_from(["1", "-0", "-0.0", "1e5", "1E+5", "1.5e-3", "01", "1.", ".5", "+1", "-",
+                                      "12345678901234567890", "1e400", "NaN", "Infinity", "-Infinity", "true",
+                                      "True", "null", '"x"', "[1]", "{}"]))
+        return f'{{"instrument": "EURUSD", "timestamp": {T0}, "bid": {value}}}'.encode()
+    if kind == "duplicate":
+        again = draw(st.sampled_from(["2.5", "null", '"x"']))
+        return f'{{"bid": 1.5, "timestamp": {T0}, "bid": {again}}}'.encode()
+    if kind == "nan":
+        return f'{{"bid": NaN, "timestamp": {T0}}}'.encode()
+    if kind == "bom":
+        return b"\xef\xbb\xbf" + text.encode()
+    if kind == "trailing":
+        return text.encode() + draw(st.sampled_from([b" ", b"\n", b"x", b"{}", b","]))
+    if kind == "bad":
+        return text.encode()[:draw(st.integers(0, max(0, len(text) - 1)))]
+    if kind == "leading0":
+        return f'{{"bid": 007, "timestamp": {T0}}}'.encode()
+    if kind == "utf16":
+        return text.encode("utf-16")
+    if kind == "surrogate":
+        return b'{"instrument": "\xed\xa0\x80", "bid": 1.0, "timestamp": 1700000000}'
+    if kind == "space":
+        return b" \t\r\n" + text.encode() + b" \n"
+    return text.encode("utf-8", "surrogatepass")
+
+
+@pytest.mark.parametrize("framing", ["json", "text_json"])
+@given(bursts=st.lists(st.lists(_json_payloads(), min_size=1, max_size=10), min_size=1, max_size=3))
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_json_bursts_give_the_python_paths_lines(framing, bursts):
+    if framing == "json":
+        bursts = [[[b"kraken_tick", payload] for payload in burst] for burst in bursts]
+    else:
+        bursts = [[[b"kraken_tick " + payload] for payload in burst] for burst in bursts]
+    differential(spec_for(framing, "auto"), bursts)
+
+
+def test_the_compiled_path_is_used_for_plain_json_ticks():
+    burst = [[b"kraken_tick", json.dumps({"instrument": "EURUSD", "bid": 1.5 + k, "ask": 2, "volume": k,
+                                          "flag": False, "note": "n\u00e9", "timestamp": T0 + k / 4},
+                                         ensure_ascii=False).encode()]
+             for k in range(30)]
+    assert differential(spec_for("json"), [burst]) == 30
+
+
+def test_without_the_extension_the_python_path_is_used(monkeypatch):
+    monkeypatch.setattr(fastpath, "_fastpath", None)
+    monkeypatch.setattr(fastpath, "_IMPORT_ERROR", "the compiled extension is not installed (test)")
+    spec = spec_for()
+    accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+    assert accelerator is None and "not installed" in why
+    assert "not installed" in fastpath.Accelerator.covers(Mapper(spec), spec)
