@@ -401,8 +401,12 @@ class InstanceValidation:
         sub = validation_subscription(self.config)
         assert sub is not None
         tag, value = VALIDATION_TAG
+        # This instance's ticks only: every instance of a station writes the same measurement
+        # (its validation subscription's static tags tell them apart, e.g. `instance`).
+        tags = {**sub.mapping.static_tags, tag: value}
+        where = " AND ".join(f"{_quote_ident(k)} = {_quote_string(v)}" for k, v in sorted(tags.items()))
         query = (f"SELECT count(*) FROM {_source(self.local, VALIDATION_MEASUREMENT)} "
-                 f"WHERE {_quote_ident(tag)} = {_quote_string(value)} AND time >= {started_ns}")
+                 f"WHERE {where} AND time >= {started_ns}")
         deadline = time.monotonic() + self.options.timeout
         landed = received = 0
         while time.monotonic() < deadline:
