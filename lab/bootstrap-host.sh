@@ -12,6 +12,11 @@ command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)         # real influ
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)  # real redis for bridge tests
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)     # the fleet scenario reaches hosts over SSH
+# The bridge's compiled hot path (bridge/setup.py, optional: without them the pure Python path
+# is built and 20 tests of it are skipped) needs a C compiler and Python's headers.
+command -v gcc >/dev/null 2>&1 || need_pkgs+=(gcc libc6-dev)
+python3 -c 'import os, sysconfig, sys; sys.exit(not os.path.exists(os.path.join(sysconfig.get_path("include"), "Python.h")))' \
+  >/dev/null 2>&1 || need_pkgs+=(python3-dev)
 # Debian's python3 has no ensurepip until python3-venv is installed.
 python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need_pkgs+=(python3-venv)
 
