@@ -29,7 +29,6 @@ Output: a JSON report (`--json`) or a table; exit status 0 when every check pass
 
 from __future__ import annotations
 
-import base64
 import http.client
 import json
 import os
@@ -45,6 +44,7 @@ from typing import Any
 from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, load
 from .lineproto import escape_measurement
 from .metrics import Sample, parse
+from .sinks import InfluxWriter
 
 VALIDATION_SUBSCRIPTION = "validation"
 VALIDATION_MEASUREMENT = "station_validation"
@@ -101,49 +101,30 @@ def fetch_health(listen: str, timeout: float = 5.0) -> dict[str, Any]:
 
 
 class InfluxReader:
-    """InfluxQL over the destination's URL (as the bridge's writer reaches it), with a reader's credentials."""
+    """InfluxQL over the destination's URL, with a reader's credentials, through the sink's own
+    client (sinks.InfluxWriter.query): rows of the statement, tags merged in."""
 
     def __init__(self, spec: DestinationSpec, timeout: float = 10.0) -> None:
         self.spec = spec
-        url = urllib.parse.urlsplit(spec.url)
-        self._https = url.scheme == "https"
-        self._host = url.hostname or "127.0.0.1"
-        self._port = url.port or (443 if self._https else 8086)
-        self._prefix = url.path or ""
-        self._timeout = timeout
-        self._headers = {"Content-Type": "application/x-www-form-urlencoded"}
-        if spec.username:
-            token = base64.b64encode(f"{spec.username}:{spec.password or ''}".encode()).decode()
-            self._headers["Authorization"] = "Basic " + token
+        self._client = InfluxWriter(replace(spec, timeout=timeout))
 
     def query(self, q: str) -> list[dict[str, Any]]:
-        """Rows of the first statement (tags merged in); raises ValidateError on any error."""
-        params = {"db": self.spec.database, "q": q, "epoch": "ns"}
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self._timeout)
-        try:
-            conn.request("POST", self._prefix + "/query", body=urllib.parse.urlencode(params), headers=self._headers)
-            response = conn.getresponse()
-            text = response.read().decode("utf-8", "replace")
-        except (OSError, http.client.HTTPException) as exc:
-            raise ValidateError(f"{self.spec.url}: {type(exc).__name__}: {exc}") from exc
-        finally:
-            conn.close()
-        try:
-            payload = json.loads(text)
-        except ValueError as exc:
-            raise ValidateError(f"{self.spec.url}: HTTP {response.status}: {text[:200]}") from exc
-        if response.status != 200 or "error" in payload:
-            raise ValidateError(f"{self.spec.url}: HTTP {response.status}: {payload.get('error', text[:200])}")
-        result = payload["results"][0]
-        if "error" in result:
-            raise ValidateError(f"{self.spec.url}: {result['error']}")
+        """Raises ValidateError on any error (transport, HTTP, InfluxQL)."""
         rows = []
-        for series in result.get("series", []):
-            for values in series.get("values") or []:
-                row = dict(zip(series["columns"], values, strict=True))
-                row.update(series.get("tags") or {})
-                rows.append(row)
+        try:
+            for payload in self._client.query(q):
+                results = payload.get("results") or []
+                error = payload.get("error") or next((r["error"] for r in results if "error" in r), None)
+                if error:
+                    raise ValidateError(f"{self.spec.url}: {error}")
+                for result in results:
+                    for series in result.get("series") or []:
+                        for values in series.get("values") or []:
+                            row = dict(zip(series["columns"], values, strict=True))
+                            row.update(series.get("tags") or {})
+                            rows.append(row)
+        except (OSError, http.client.HTTPException, RuntimeError, ValueError) as exc:
+            raise ValidateError(f"{self.spec.url}: {type(exc).__name__}: {exc}") from exc
         return rows
 
 
