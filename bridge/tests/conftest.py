@@ -1,14 +1,23 @@
 from __future__ import annotations
 
+import os
 import sys
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
 from servers import Influxd, RedisServer, free_port
+
+# Generated inputs: `make test` runs the same examples every time (a red CI run is reproducible
+# and never depends on the draw); HYPOTHESIS_PROFILE=explore draws new ones on every run, which is
+# how counter-examples are hunted (each found is then pinned with @example next to its test).
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 
 @pytest.fixture(scope="session")

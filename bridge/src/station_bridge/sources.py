@@ -8,7 +8,7 @@ by a socket monitor.
   disconnected without a reconnect attempt for `REOPEN_AFTER_S` is disconnected and connected
   again on the same socket (messages already queued are kept), counted in
   `bridge_subscription_reconnects_total` and logged.
-- A graceful stop drains with `receive` until every socket is caught up (app.py); it does not
+- A graceful stop drains with `receive` until no socket delivered anything for 200 ms (app.py); it does not
   unsubscribe first: a SUB socket filters at receive time and would discard its queue.
 """
 
