@@ -29,6 +29,7 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCH_HOST = "station-stack-bench"
+LAB_FLEET_EXTRAS = ROOT / "molecule/fleet/lab.yml"
 
 
 def say(message: str) -> None:
@@ -129,8 +130,10 @@ def fleet_rows() -> list[tuple[str, str, str]]:
 
     def rollout(*flags: str, idempotent: bool = True) -> float:
         started = time.monotonic()
-        proc = run(["ansible-playbook", "-i", str(inventory), "-e", f"@{extra}", "playbooks/rollout.yml", *flags],
-                   env=env)
+        # The fleet scenario's lab extras: a stand-in publisher per feed (a rollout validates that
+        # feeds flow) and its short timers.
+        proc = run(["ansible-playbook", "-i", str(inventory), "-e", f"@{extra}", "-e", f"@{LAB_FLEET_EXTRAS}",
+                    "playbooks/rollout.yml", *flags], env=env)
         took = time.monotonic() - started
         changed = sum(int(n) for n in re.findall(r"^\S+\s*:\s*ok=\d+\s+changed=(\d+)", proc.stdout, re.M))
         if proc.returncode != 0 or (idempotent and changed):
