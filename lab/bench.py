@@ -251,7 +251,7 @@ def slow_link_rows() -> list[tuple[str, str, str]]:
             started = time.monotonic()
             # lab/callback_plugins/controller_cpu.py: the same CPU charged per task, for the breakdown.
             profiled = dict(env, ANSIBLE_CALLBACK_PLUGINS=str(ROOT / "lab/callback_plugins"),
-                            ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks,controller_cpu",
+                            ANSIBLE_CALLBACKS_ENABLED="ansible.posix.profile_tasks,station_stack.station.fork_gc,controller_cpu",
                             CONTROLLER_CPU_JSON=str(work / f"{inventory}-{Path(args[0]).stem}-cpu.json"))
             proc = run(["ansible-playbook", "-i", str(work / inventory), *args], env=profiled)
             took, cpu = time.monotonic() - started, controller_cpu() - cpu
