@@ -35,7 +35,8 @@ fi
 
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd (log: /var/log/station-stack-dockerd.log)"
-  nohup dockerd >/var/log/station-stack-dockerd.log 2>&1 &
+  # Its own session: the engine outlives the make target (and a test stage's process group) that started it.
+  setsid nohup dockerd >/var/log/station-stack-dockerd.log 2>&1 < /dev/null &
   for _ in $(seq 1 60); do
     docker info >/dev/null 2>&1 && break
     sleep 1

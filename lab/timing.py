@@ -4,7 +4,11 @@ steps (create, prepare, check, converge, idempotence, verify, destroy, ...), rea
 own step lines as they stream by. Records go to a TSV file; `report` prints the table.
 
   lab/timing.py reset
-  lab/timing.py run STAGE -- COMMAND...     (passes the command's output through, keeps its exit code)
+  lab/timing.py run STAGE [--limit MINUTES] -- COMMAND...
+        passes the command's output through and keeps its exit code. The command runs in its own
+        process group: past MINUTES it is stopped (SIGTERM, which makes the Python test suites
+        print every thread's stack, then SIGKILL) and the stage fails with 124 instead of hanging
+        until CI's own limit; processes it left behind are listed and killed when it ends.
   lab/timing.py report
 """
 
@@ -12,8 +16,10 @@ from __future__ import annotations
 
 import os
 import re
+import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -29,25 +35,74 @@ def record(stage: str, step: str, seconds: float, result: str) -> None:
         out.write(f"{stage}\t{step}\t{seconds:.1f}\t{result}\n")
 
 
-def run(stage: str, command: list[str]) -> int:
+def _group(pgid: int) -> list[str]:
+    """The processes still in a process group, as `pid command`."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()  # state, ppid, pgrp, ...
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                cmdline = (stat.parent / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+                found.append(f"{stat.parent.name} {cmdline.strip()[:160]}")
+        except (OSError, IndexError, ValueError):
+            continue
+    return found
+
+
+def _signal_group(pgid: int, sig: int) -> None:
+    try:
+        os.killpg(pgid, sig)
+    except ProcessLookupError:
+        pass
+
+
+def run(stage: str, command: list[str], limit_s: float | None = None) -> int:
     started = time.monotonic()
     env = dict(os.environ, PYTHONUNBUFFERED="1")  # molecule's step lines when they happen
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env)
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env,
+                            start_new_session=True)
     assert proc.stdout is not None
     steps: dict[tuple[str, str], float] = {}
-    for raw in proc.stdout:
-        sys.stdout.buffer.write(raw)
-        sys.stdout.flush()
-        match = STEP.search(ANSI.sub("", raw.decode("utf-8", "replace")))
-        if not match:
-            continue
-        key = (match["scenario"], match["step"])
-        if match["what"] == "Executing":
-            steps[key] = time.monotonic()
-        elif key in steps:
-            record(f"{stage}:{key[0]}", key[1], time.monotonic() - steps.pop(key), (match["result"] or "").strip())
-    rc = proc.wait()
-    record(stage, "", time.monotonic() - started, "ok" if rc == 0 else f"exit {rc}")
+
+    def pass_through() -> None:
+        assert proc.stdout is not None
+        for raw in proc.stdout:
+            sys.stdout.buffer.write(raw)
+            sys.stdout.flush()
+            match = STEP.search(ANSI.sub("", raw.decode("utf-8", "replace")))
+            if not match:
+                continue
+            key = (match["scenario"], match["step"])
+            if match["what"] == "Executing":
+                steps[key] = time.monotonic()
+            elif key in steps:
+                record(f"{stage}:{key[0]}", key[1], time.monotonic() - steps.pop(key),
+                       (match["result"] or "").strip())
+
+    reader = threading.Thread(target=pass_through, daemon=True)
+    reader.start()
+    try:
+        rc = proc.wait(limit_s)
+        result = "ok" if rc == 0 else f"exit {rc}"
+    except subprocess.TimeoutExpired:
+        print(f"\n[timing] {stage} still running after {limit_s / 60:g} min: stopping it; still running:",
+              *_group(proc.pid), sep="\n  ", flush=True)
+        _signal_group(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(15)
+        except subprocess.TimeoutExpired:
+            _signal_group(proc.pid, signal.SIGKILL)
+            proc.wait()
+        rc, result = 124, f"stopped after {limit_s / 60:g} min"
+    # A process the stage started and left running (a test's server, a daemonised child) would go on
+    # taking CPU from the next stages, and one holding the output pipe would keep this reader waiting.
+    reader.join(5)
+    left = _group(proc.pid)
+    if left:
+        print(f"\n[timing] {stage} left processes behind; killing them:", *left, sep="\n  ", flush=True)
+        _signal_group(proc.pid, signal.SIGKILL)
+    reader.join(5)
+    record(stage, "", time.monotonic() - started, result)
     return rc
 
 
@@ -90,7 +145,9 @@ def main(argv: list[str]) -> int:
         return report()
     if len(argv) >= 3 and argv[0] == "run" and "--" in argv:
         split = argv.index("--")
-        return run(argv[1], argv[split + 1:])
+        options = argv[2:split]
+        limit = float(options[options.index("--limit") + 1]) * 60 if "--limit" in options else None
+        return run(argv[1], argv[split + 1:], limit)
     print(__doc__, file=sys.stderr)
     return 2
 

@@ -10,7 +10,10 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+from harness import dump_stacks_on_sigterm, no_leftover_bridges, zmq_context  # noqa: F401 - fixtures
 from servers import Influxd, RedisServer, free_port
+
+dump_stacks_on_sigterm()
 
 # Generated inputs: `make test` runs the same examples every time (a red CI run is reproducible
 # and never depends on the draw); HYPOTHESIS_PROFILE=explore draws new ones on every run, which is

@@ -5,6 +5,7 @@ ledger's equations checked from /metrics alone."""
 from __future__ import annotations
 
 import contextlib
+import faulthandler
 import json
 import os
 import signal
@@ -15,9 +16,11 @@ import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
+import pytest
 import yaml
+import zmq
 from servers import Influxd, free_port
 
 from station_bridge.lineproto import split_lines
@@ -41,7 +44,13 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
 
 
 class BridgeProcess:
-    """`station-bridge run` as a child process with its own config, journal and metrics port."""
+    """`station-bridge run` as a child process with its own config, journal and metrics port.
+
+    Every process started is killed at the end of its test if the test did not stop it (the
+    `no_leftover_bridges` fixture): a failed assertion must not leave a bridge running into the
+    next tests (it held CPU and an endpoint through the rest of a CI stage)."""
+
+    running: ClassVar[set[BridgeProcess]] = set()
 
     def __init__(self, tmp: Path, influx: Influxd | None, db: str, endpoint: str, **overrides: Any) -> None:
         self.tmp = tmp
@@ -72,6 +81,7 @@ class BridgeProcess:
         self.log = open(self.tmp / "bridge.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen([BRIDGE, "run", "--config", str(self.path)], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=self.env)
+        BridgeProcess.running.add(self)
         if wait:
             wait_for(self.answers, 15, "bridge /metrics")
         return self
@@ -125,6 +135,7 @@ class BridgeProcess:
         self.process.send_signal(sig)
         code = self.process.wait(timeout)
         self.log.close()
+        BridgeProcess.running.discard(self)
         return code
 
     def kill(self) -> None:
@@ -132,6 +143,19 @@ class BridgeProcess:
         self.process.kill()
         self.process.wait(10)
         self.log.close()
+        BridgeProcess.running.discard(self)
+
+    @classmethod
+    def kill_leftovers(cls, keep: set[BridgeProcess]) -> list[str]:
+        """Kills every bridge started (and not stopped) since `keep` was taken: a test's own, not
+        those of a module's fixture; returns their configurations."""
+        left = []
+        for bridge in list(cls.running - keep):
+            if bridge.alive:
+                left.append(str(bridge.path))
+                bridge.kill()
+            cls.running.discard(bridge)
+        return left
 
 
 def ledger_problems(samples: dict, destinations: list[str], subscriptions: list[str]) -> list[str]:
@@ -154,14 +178,21 @@ def ledger_problems(samples: dict, destinations: list[str], subscriptions: list[
 
 
 def quiet_ledger(bridge: BridgeProcess, destinations: tuple[str, ...] = ("local",),
-                 subscriptions: tuple[str, ...] = ("kraken",), timeout: float = 30) -> dict:
-    """Waits for a moment at which the equations hold; returns those samples."""
+                 subscriptions: tuple[str, ...] = ("kraken",), timeout: float = 30,
+                 delivered: bool = True) -> dict:
+    """Waits for a moment at which the equations hold and, unless `delivered=False` (a destination
+    kept down on purpose), nothing is pending any more; returns those samples. The equations alone
+    also hold while points are queued or in flight: a test that then compares `written` with what
+    InfluxDB holds read a ledger mid-delivery (on a loaded CI machine: written 1908 of 4765)."""
     last: list[str] = []
 
     def check() -> dict | None:
         nonlocal last
         samples = bridge.samples()
         last = ledger_problems(samples, list(destinations), list(subscriptions))
+        if delivered:
+            last += [f"{dest}: {value(samples, 'bridge_pending_points', destination=dest):.0f} pending"
+                     for dest in destinations if value(samples, "bridge_pending_points", destination=dest)]
         return None if last else samples
 
     try:
@@ -179,3 +210,28 @@ def tmpfs(path: Path, size: str) -> Iterator[Path]:
         yield path
     finally:
         subprocess.run(["umount", "-l", str(path)], check=False)
+
+
+# Shared by tests/ and chaos/ (each conftest imports them).
+
+def dump_stacks_on_sigterm() -> None:
+    """A stage stopped for running too long (lab/timing.py) is sent SIGTERM: every thread's stack
+    goes to stderr first, so the CI log shows where the run hung, then the signal acts as always."""
+    faulthandler.register(signal.SIGTERM, all_threads=True, chain=True)
+
+
+@pytest.fixture(autouse=True)
+def no_leftover_bridges() -> Iterator[None]:
+    before = set(BridgeProcess.running)
+    yield
+    BridgeProcess.kill_leftovers(keep=before)
+
+
+@pytest.fixture()
+def zmq_context() -> Iterator[zmq.Context]:
+    """A test's own ZeroMQ context, destroyed with linger 0 whatever the test's outcome. A test
+    that failed with a socket still open left its context to the garbage collector, whose
+    `destroy()` waited forever in `term()`: pytest hung at exit and CI ran out of time."""
+    context = zmq.Context()
+    yield context
+    context.destroy(linger=0)

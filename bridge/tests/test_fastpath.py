@@ -339,9 +339,9 @@ def test_exact_times_near_a_half_and_at_the_edges():
 
 # --- through real sockets ---------------------------------------------------------------------------
 
-def test_draining_libzmq_from_c_equals_pyzmq_and_the_python_path():
+def test_draining_libzmq_from_c_equals_pyzmq_and_the_python_path(zmq_context):
     spec = spec_for()
-    context = zmq.Context()
+    context = zmq_context
     pub, sock = context.socket(zmq.PAIR), context.socket(zmq.PAIR)
     for socket in (pub, sock):
         socket.setsockopt(zmq.SNDHWM, 0)
@@ -399,9 +399,9 @@ def test_draining_libzmq_from_c_equals_pyzmq_and_the_python_path():
     context.term()
 
 
-def test_a_closed_socket_is_an_error_not_a_crash():
+def test_a_closed_socket_is_an_error_not_a_crash(zmq_context):
     spec = spec_for()
-    context = zmq.Context()
+    context = zmq_context
     sock = context.socket(zmq.SUB)
     accelerator, _ = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
     burst = accelerator.receive(sock, 10, lambda f, e: None)

@@ -142,7 +142,7 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
     bridge = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, journal={"max_bytes": 60_000}).start()
     publish(endpoint, "kraken_tick", 3000, rate=0, duration=30)
     wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == 3000, 20, "3000")
-    samples = quiet_ledger(bridge)
+    samples = quiet_ledger(bridge, delivered=False)  # InfluxDB is down
     dropped = value(samples, "bridge_dropped_points_total", destination="local", reason="spool_full")
     assert 0 < dropped < 3000
     assert len(bridge.journal_lines()) == 3000 - dropped == value(samples, "bridge_pending_points", destination="local")
@@ -151,7 +151,7 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
     assert bridge.stop() == 0
     # The drop counters live in the ledger: a restart keeps them (they vanished before).
     restarted = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, journal={"max_bytes": 60_000}).start()
-    again = quiet_ledger(restarted)
+    again = quiet_ledger(restarted, delivered=False)  # still down: the journal holds them
     assert value(again, "bridge_dropped_points_total", destination="local", reason="spool_full") == dropped
     assert value(again, "bridge_received_messages_total", subscription="kraken") == 3000
     assert restarted.stop() == 0
@@ -388,7 +388,7 @@ def test_a_writer_thread_that_dies_anyway_is_restarted_and_nothing_is_lost(tmp_p
     sink.stop(5)
 
 
-def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, database, endpoint):
+def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, database, endpoint, zmq_context):
     """Issue 11: /healthz said 200 with the publisher gone. Connecting subscriptions require a
     connection; after health.subscription_grace without one, 503 names the subscription."""
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint, health={"subscription_grace": "1s"}).start()
@@ -396,7 +396,7 @@ def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, 
     assert body["problems"] == [{"part": "subscription", "name": "kraken",
                                  "reason": body["problems"][0]["reason"]}]
     assert bridge.value("bridge_subscription_connected", subscription="kraken") == 0
-    context = zmq.Context()
+    context = zmq_context
     pub = context.socket(zmq.PUB)
     pub.bind(endpoint)  # the publisher comes (back)
     wait_for(bridge.healthy, 10, "/healthz 200 once connected")

@@ -68,11 +68,11 @@ def settled(bridge: BridgeProcess, subscriptions: tuple[str, ...] = ("kraken",))
 
 
 def test_kraken_depth_and_v20_feeds_land_exactly_and_hostile_messages_are_refused_whole(
-        tmp_path, influxd, database, endpoint, redis_server):
+        tmp_path, influxd, database, endpoint, redis_server, zmq_context):
     import redis
     from servers import free_port
     v20_endpoint = f"tcp://127.0.0.1:{free_port()}"
-    context = zmq.Context()
+    context = zmq_context
     depth_feed, v20_feed = Feed(context, endpoint), Feed(context, v20_endpoint)
     bridge = BridgeProcess(
         tmp_path, influxd, database, endpoint,
@@ -170,10 +170,10 @@ def test_kraken_depth_and_v20_feeds_land_exactly_and_hostile_messages_are_refuse
     assert code == 0
 
 
-def test_repeated_depth_snapshots_keep_every_level(tmp_path, influxd, database, endpoint):
+def test_repeated_depth_snapshots_keep_every_level(tmp_path, influxd, database, endpoint, zmq_context):
     """The same snapshot published again (same exchange times): every level of every copy lands,
     nudged by a nanosecond per copy, never overwriting one another."""
-    context = zmq.Context()
+    context = zmq_context
     feed = Feed(context, endpoint)
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"topics": ["kr_depth"], "framing": "text_json",
