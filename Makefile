@@ -78,7 +78,7 @@ unit: bootstrap
 	pytest tests/roles tests/lab
 	cd bridge && pytest
 
-# Faults at operator scale (InfluxDB down 60 s, central down 150 s, SIGKILL under load, spool
+# Faults at operator scale (InfluxDB down 30 s, central down 60 s, SIGKILL under load, spool
 # cap, fuzzed input), each printing what it did and counted; about 5 minutes.
 chaos: bootstrap
 	cd bridge && pytest -rP chaos

@@ -469,9 +469,9 @@ class Bridge:
         for sink in self.sinks:
             sink.ensure_alive()
 
-    def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> tuple[int, bool]:
-        """One poll round: (messages received, whether some socket still had more than a burst)."""
-        got, behind = 0, False
+    def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
+        """One poll round: every socket that has messages hands over up to a burst; the count."""
+        got = 0
         for socket, _ in poller.poll(timeout_ms):
             sub = by_socket[socket]
             if socket is sub.source.monitor:
@@ -485,18 +485,16 @@ class Bridge:
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
                     continue
                 got += n
-                behind = behind or n >= BURST
                 continue
             messages = receive(socket)
             if messages:
                 got += len(messages)
-                behind = behind or len(messages) >= BURST
                 try:
                     self.receive(sub, messages)
                 except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
-        return got, behind
+        return got
 
     def run(self, ready: Callable[[], None] | None = None) -> int:
         for sink in self.sinks:
@@ -554,7 +552,7 @@ class Bridge:
             # drained for at most half of the budget; the rest is for the destinations.
             last = time.monotonic()
             while (now := time.monotonic()) < started + budget / 2 and now - last < DRAIN_QUIET_S:
-                got, _ = self._poll(poller, by_socket, int(DRAIN_QUIET_S * 1000))
+                got = self._poll(poller, by_socket, int(DRAIN_QUIET_S * 1000))
                 self.notifier.watchdog()
                 drained += got
                 if got:
