@@ -38,6 +38,15 @@ def own_server(path: Path) -> Influxd:
     return server
 
 
+def bound_xpub(context: zmq.Context, endpoint: str) -> zmq.Socket:
+    """The tests' publisher: XPUB (it sees the bridge subscribe) bound at `endpoint`, SNDHWM 0 (a
+    stopped subscriber makes it queue, never drop)."""
+    pub = context.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(endpoint)
+    return pub
+
+
 def publish_in_background(endpoint: str, count: int, rate: float, duration: float,
                           **kw: object) -> tuple[threading.Thread, list]:
     sent: list[int] = []
@@ -289,9 +298,7 @@ def test_oversized_message_drops_the_connection_which_is_reopened_and_1000_ticks
     dropped the connection for good: 0 of 100 later ticks arrived, nothing counted, /healthz 200."""
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     context = zmq_context
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = bound_xpub(context, endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 10)
     pub.send_multipart([b"kraken_tick", b"\0" * (100 << 20)])  # 100 MB, above the 16 MiB transport limit
     started = time.monotonic()
@@ -385,9 +392,7 @@ def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_s
 def _fast_publisher(endpoint: str, count: int, go: multiprocessing.Event, sent: multiprocessing.Event) -> None:
     """Pre-packed ticks handed to libzmq as fast as it takes them; `sent` once all are queued."""
     context = zmq.Context()
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # a stopped subscriber makes the publisher queue, never drop
-    pub.bind(endpoint)
+    pub = bound_xpub(context, endpoint)
     messages = [msgpack.packb(t) for t in ticks(count, list(INSTRUMENTS))]
     wait_for_subscriber(pub, b"kraken_tick", 15)
     go.set()
@@ -442,9 +447,7 @@ def _dribbling_publisher(endpoint: str, chunks: int, per_chunk: int, gap_s: floa
     """A backlog that reaches the bridge in small pieces (what a loaded machine or a slow link
     delivers): `per_chunk` messages every `gap_s`, never a pause of DRAIN_QUIET_S."""
     context = zmq.Context()
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = bound_xpub(context, endpoint)
     messages = [msgpack.packb(t) for t in ticks(chunks * per_chunk, list(INSTRUMENTS))]
     wait_for_subscriber(pub, b"kraken_tick", 15)
     go.set()
@@ -558,9 +561,7 @@ def test_duplicate_source_times_never_overwrite(tmp_path, influxd, database, end
     patterns half the points vanished, none counted."""
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     context = zmq_context
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = bound_xpub(context, endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 10)
     t0 = int(time.time()) - 60
     pattern = [t0, t0 + 1e-9 * 5, t0, t0 + 1e-9, t0 + 2e-9, t0]  # t, t+5, t, t+1, t+2, t (as epoch_s floats)
@@ -601,9 +602,7 @@ def test_partial_writes_through_the_bridge_few_requests_nothing_counted_twice(tm
                            destination={"batch_size": 1000, "flush_interval": "100ms"})
     bridge.start()
     context = zmq_context
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = bound_xpub(context, endpoint)
     assert wait_for_subscriber(pub, b"", 10)
     rng = random.Random(3)
     bad = 0
