@@ -273,8 +273,7 @@ def test_differential_fuzz_through_the_running_bridge(running, batch):
             expected[msg["k"]] = (msg["m"], tags, fields, ts if isinstance(ts, int) else None)
     received = lambda s: total(s, "bridge_received_messages_total")  # noqa: E731
     wait_for(lambda: received(bridge.samples()) - received(before) == sent, 20, f"{sent} messages received")
-    wait_for(lambda: value(bridge.samples(), "bridge_pending_points", destination="local") == 0, 20, "delivered")
-    after = quiet_ledger(bridge, subscriptions=("fz", "fzj"))
+    after = quiet_ledger(bridge, subscriptions=("fz", "fzj"))  # also: nothing pending
     assert bridge.alive
     landed_rows = _rows(influxd, "fuzz", prefix)
     for k, (measurement, tags, fields, ts) in expected.items():
