@@ -35,7 +35,15 @@ from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
 from .fastpath import Accelerator
-from .health import SystemdNotifier, evaluate
+from .health import (
+    BridgeState,
+    DestinationState,
+    RecentOutcomes,
+    SubscriptionState,
+    SystemdNotifier,
+    Thresholds,
+    evaluate,
+)
 from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal
 from .ledger import Ledger
 from .lineproto import LineError, format_line
@@ -86,6 +94,8 @@ class Subscription:
         self.labels = {"subscription": spec.name}
         self.key = Metrics.key(subscription=spec.name)
         self.reason_keys: dict[str, tuple] = {}
+        self.recent = RecentOutcomes(config.health.rejection_window)  # the health model's rejected share
+        self.examples: dict[str, str] = {}  # the latest rejection's detail per reason
         self.accelerator: Accelerator | None = None
         self.fast_path = "python"  # "compiled", or why the Python path runs (`accelerate`)
 
@@ -113,6 +123,7 @@ class Bridge:
         self.config = config
         self.metrics = metrics or Metrics()
         self.stopping = False
+        self.started = time.monotonic()
         config.journal_dir.mkdir(parents=True, exist_ok=True)
         config.dead_letter_dir.mkdir(parents=True, exist_ok=True)
         self.guard = DiskGuard(config.journal_dir, config.journal_min_free_bytes)
@@ -181,6 +192,13 @@ class Bridge:
         g("bridge_last_message_age_seconds",
           per_sub(lambda s: round(time.monotonic() - s.last_message, 3) if s.last_message else -1))
         g("bridge_healthy", lambda: {(): float(self.health(0.1)["ok"])})
+        g("bridge_destination_healthy", lambda: {(("destination", d),): float(v["ok"])
+                                                  for d, v in self.health(0.1)["destinations"].items()})
+        g("bridge_subscription_healthy", lambda: {(("subscription", n),): float(v["ok"])
+                                                   for n, v in self.health(0.1)["subscriptions"].items()})
+        g("bridge_subscription_rejected_share", lambda: {
+            (("subscription", n),): float(v["rejected_share"] or 0.0)
+            for n, v in self.health(0.1)["subscriptions"].items()})
         g("bridge_start_time_seconds", lambda: {(): float(int(self.metrics.started))})
         g("bridge_uniqueness_nudged_total", lambda: {(): float(self.unique.nudged)})
         g("bridge_uniqueness_unchecked_total", lambda: {(): float(self.unique.unchecked)})
@@ -189,13 +207,49 @@ class Bridge:
             g("bridge_cache_queue", lambda: {(): float(self.cache.queued)})  # type: ignore[union-attr]
 
     def health(self, max_age: float = 0.0) -> dict:
-        """/healthz's document; `max_age` lets the gauges of one /metrics render share one."""
+        """/healthz's document (health.evaluate of the components' snapshot); `max_age` lets the
+        gauges of one /metrics render share one."""
         cached = self._health
         if cached is not None and time.monotonic() - cached[0] <= max_age:
             return cached[1]
-        state = evaluate(self)
+        h = self.config.health
+        state = evaluate(self.snapshot(), Thresholds(h.destination_grace, h.subscription_grace,
+                                                     h.max_rejected_share, h.rejection_min_messages))
         self._health = (time.monotonic(), state)
         return state
+
+    def snapshot(self) -> BridgeState:
+        """What every component reports now, as plain data for the health model."""
+        now = time.monotonic()
+        free = self.guard.free()
+        destinations = []
+        for sink in self.sinks:
+            journal, intake = sink.journal, sink.intake
+            failed = max(journal.failed_at, intake.failed_at if intake is not None else 0.0)
+            destinations.append(DestinationState(
+                name=sink.name, pending=sink.pending, queue=sink.queued, journal_points=journal.points,
+                journal_bytes=journal.bytes, failing_s=sink.failing_seconds(), last_error=sink.last_error,
+                alive=sink.alive, oldest_pending_s=sink.oldest_pending_seconds(),
+                flush_interval=sink.spec.flush_interval, journal_failed_s=now - failed if failed else None,
+                journal_error=journal.last_error or (intake.last_error if intake is not None else ""),
+                free_bytes=free, reserve_bytes=self.guard.reserve, dead_letter_error=sink.dead.last_error,
+                dead_letter_file=sink.dead.path.name))
+        subscriptions = []
+        for sub in self.subscriptions:
+            source = sub.source
+            received, rejected, _ = sub.recent.totals(now)
+            subscriptions.append(SubscriptionState(
+                name=sub.name, endpoints=sub.spec.endpoints, require_connection=sub.spec.require_connection,
+                connected=source.connected, disconnected_s=source.disconnected_for(), reconnects=source.reconnects,
+                last_message_age_s=now - sub.last_message if sub.last_message else -1.0,
+                running_s=now - self.started, fast_path=sub.fast_path, expected_interval=sub.spec.expected_interval,
+                window_received=received, window_rejected=rejected,
+                window_examples={r: sub.examples.get(r, "") for r in rejected}))
+        cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
+                 if self.cache is not None else None)
+        return BridgeState(destinations, subscriptions, stopping=self.stopping,
+                           dead_letter_file=self.dead_input.path.name, dead_letter_error=self.dead_input.last_error,
+                           ledger_file=str(self.ledger.path), ledger_error=self.ledger.last_error, cache=cache)
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -210,6 +264,7 @@ class Bridge:
             self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
         else:
             counts[reason] = counts.get(reason, 0) + 1
+        sub.examples[reason] = detail[:200]
         self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
         ok = self.dead_input.write(subscription=sub.name, reason=reason, detail=detail[:500],
                                    frames=[f[:256].hex() for f in frames[:8]], frame_count=len(frames))
@@ -336,6 +391,8 @@ class Bridge:
         """A burst's encoded lines (`n` of them in `data`) to every destination, its counters in
         one update first (hand_over, and the compiled path directly)."""
         updates = counts or []
+        if sub is not None and updates:
+            self._tally(sub, updates)
         if n:
             updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
                            else ("bridge_self_points_total", (), n))
@@ -345,6 +402,19 @@ class Bridge:
             chunk = Chunk(data, n, -1, time.time())
             for sink in self.sinks:
                 sink.submit(chunk, counted=True)
+
+    @staticmethod
+    def _tally(sub: Subscription, updates: list) -> None:
+        """A burst's received and rejected messages into the subscription's recent outcomes."""
+        received = 0
+        rejected: dict[str, int] = {}
+        for name, key, n in updates:
+            if name == "bridge_received_messages_total":
+                received += n
+            elif name == "bridge_rejected_messages_total":
+                reason = dict(key).get("reason", "unknown")
+                rejected[reason] = rejected.get(reason, 0) + n
+        sub.recent.add(received, rejected)
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
         sub.last_message = time.monotonic()
@@ -426,7 +496,8 @@ class Bridge:
         m = self.metrics
         received = int(m.total("bridge_received_messages_total"))
         rejected = int(m.total("bridge_rejected_messages_total"))
-        healthy = "true" if self.health()["ok"] else "false"
+        health = self.health()
+        healthy = "true" if health["ok"] else "false"
         base = [("instance", spec.instance)] + ([("station", self.config.station)] if self.config.station else [])
         lines = []
         for sink in self.sinks:
@@ -449,7 +520,9 @@ class Bridge:
                       ("rejected", f"{int(m.total('bridge_rejected_messages_total', **s))}i"),
                       ("points", f"{int(m.get('bridge_mapped_points_total', **s))}i"),
                       ("last_message_age_s", repr(float(age))),
-                      ("connected", "true" if sub.source.connected else "false")]
+                      ("connected", "true" if sub.source.connected else "false"),
+                      ("healthy", "true" if health["subscriptions"][sub.name]["ok"] else "false"),
+                      ("rejected_share", repr(float(health["subscriptions"][sub.name]["rejected_share"] or 0.0)))]
             lines.append(format_line(spec.feed_measurement, [*base, ("subscription", sub.name)], fields, now_ns))
         return lines
 

@@ -156,6 +156,7 @@ class SubscriptionSpec:
     binning: BinningSpec | None
     require_connection: bool = True
     cache: bool = True  # false: the subscription's points never reach the Redis cache
+    expected_interval: float | None = None  # a feed's cadence: unhealthy after 3 intervals of silence; None: idle is ok
 
 
 @dataclass(frozen=True)
@@ -199,9 +200,12 @@ class SelfMetricsSpec:
 class HealthSpec:
     """When /healthz says not ok (see health.py)."""
 
-    destination_grace: float = 60.0  # a destination failing longer than this
+    destination_grace: float = 60.0  # a destination failing longer than this (its oldest point: + flush_interval)
     subscription_grace: float = 60.0  # a subscription without a connection longer than this
     probe_interval: float = 10.0  # an idle destination is asked /ping this often
+    rejection_window: float = 60.0  # a subscription's recent messages: this many seconds
+    max_rejected_share: float = 0.95  # ... unhealthy when at least this share of them was rejected
+    rejection_min_messages: int = 20  # ... and at least this many arrived
 
 
 @dataclass(frozen=True)
@@ -264,6 +268,7 @@ class Config:
             subs.append({
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
                 "rcvhwm": s.rcvhwm, "max_frame_bytes": s.max_frame_bytes, "require_connection": s.require_connection,
+                "expected_interval_s": s.expected_interval,
                 "measurement_from": m.measurement_from, "measurements": measurements,
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
@@ -299,7 +304,10 @@ class Config:
                      "timeout_s": self.http_timeout},
             "health": {"destination_grace_s": self.health.destination_grace,
                        "subscription_grace_s": self.health.subscription_grace,
-                       "probe_interval_s": self.health.probe_interval},
+                       "probe_interval_s": self.health.probe_interval,
+                       "rejection_window_s": self.health.rejection_window,
+                       "max_rejected_share": self.health.max_rejected_share,
+                       "rejection_min_messages": self.health.rejection_min_messages},
             "uniqueness": {"window": self.uniqueness.window, "max_series": self.uniqueness.max_series},
             "self_metrics": None if self.self_metrics is None else {
                 "interval_s": self.self_metrics.interval_ns / 1e9, "measurement": self.self_metrics.measurement,
@@ -636,6 +644,7 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         max_frame_bytes=r.size("max_frame_bytes", 1_048_576),
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
         cache=r.get("cache", bool, True),
+        expected_interval=r.duration("expected_interval", None),
     )
     if spec.max_frame_bytes <= 0:
         raise r.fail("max_frame_bytes", "must be positive")
@@ -705,7 +714,11 @@ def parse(data: Any, source: str = "<config>") -> Config:
     h.done()
     hh = top.child("health", {}) or _Reader({}, "health", source)
     health = HealthSpec(hh.duration("destination_grace", 60.0), hh.duration("subscription_grace", 60.0),
-                        hh.duration("probe_interval", 10.0))
+                        hh.duration("probe_interval", 10.0), hh.duration("rejection_window", 60.0),
+                        hh.get("max_rejected_share", (int, float), 0.95),
+                        hh.positive("rejection_min_messages", int, 20))
+    if not 0 < health.max_rejected_share <= 1:
+        raise hh.fail("max_rejected_share", f"{health.max_rejected_share!r} must be a share in (0, 1]")
     hh.done()
     u = top.child("uniqueness", {}) or _Reader({}, "uniqueness", source)
     uniqueness = UniquenessSpec(u.positive("window", int, 128), u.positive("max_series", int, 20_000))

@@ -1,17 +1,31 @@
-"""Health: what /healthz says, the gauges behind it, and systemd's notify protocol.
+"""Health: one model derived from the ledger, and systemd's notify protocol.
 
-/healthz answers 200 with `"ok": true`, or 503 with `"ok": false` and `problems`, one entry per
-failing part, when:
-- a destination has failed (no write or /ping succeeded) for longer than `health.destination_grace`;
-- a destination's writer thread is dead (it is restarted at once; a thread that keeps dying stays
-  visible here);
-- a journal cannot be written: a segment write or an intake-log append failed within the last
-  `health.destination_grace` (disk full, the reserve reached), or the free space is below
-  `journal.min_free_bytes` now;
-- a dead-letter file or the ledger cannot be written;
-- a subscription that requires a connection (`require_connection`, default: connecting ones) has
-  had none for longer than `health.subscription_grace`;
-- the stop was requested.
+The components publish plain snapshots (`DestinationState`, `SubscriptionState`,
+`BridgeState`: app.py builds them); `evaluate` turns a snapshot into the one health document.
+/healthz serves it, the `bridge_*_healthy` gauges and the self-metrics are read from it, and
+`station-bridge validate` reads the same document: they cannot disagree. This module imports
+nothing of the components.
+
+A **destination** is degraded when (thresholds in the `health` section of the configuration):
+- its oldest unacknowledged point (queued, in flight or journaled) is older than
+  `destination_grace` + its `flush_interval`: whatever the cause (refused, unreachable, a
+  server that accepts the connection and never answers, a stuck writer), points that are not
+  acknowledged age, and the age is what counts;
+- it has failed (no write or /ping succeeded) for longer than `destination_grace`;
+- its writer thread is dead (restarted at once; one that keeps dying stays visible);
+- its journal cannot be written: a segment write or an intake-log append failed within the
+  last `destination_grace` (disk full, the reserve reached), or the free space is below
+  `journal.min_free_bytes` now; or its dead-letter file cannot be written.
+A **subscription** is degraded when:
+- it requires a connection (`require_connection`, default: connecting ones) and has had no
+  peer for longer than `subscription_grace`;
+- of its messages in the last `rejection_window`, at least `max_rejected_share` were rejected
+  (and at least `rejection_min_messages` arrived): a feed that arrives but does not land; the
+  entry names the dominant reason and an example;
+- it declares `expected_interval` and no message arrived for 3 x that interval (since start,
+  when none ever did). Without it, an idle feed is healthy (observatories publish in campaigns).
+The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, or
+the stop was requested.
 
 `SystemdNotifier` speaks sd_notify over the `NOTIFY_SOCKET` datagram socket (no dependency):
 READY=1 once the bridge runs, WATCHDOG=1 from the receive loop at half of `WATCHDOG_USEC`,
@@ -22,11 +36,13 @@ from __future__ import annotations
 
 import os
 import socket
+import threading
 import time
-from typing import TYPE_CHECKING, Any
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Any
 
-if TYPE_CHECKING:
-    from .app import Bridge
+OVERDUE_FACTOR = 3  # a subscription with expected_interval is overdue after this many intervals of silence
 
 
 class SystemdNotifier:
@@ -69,58 +85,196 @@ class SystemdNotifier:
             self.notify("WATCHDOG=1")
 
 
-def evaluate(bridge: Bridge) -> dict[str, Any]:
-    """The /healthz document."""
-    spec = bridge.config.health
+class RecentOutcomes:
+    """A subscription's messages of the last `window` seconds: received, rejected by reason, and
+    the latest example of each reason. One-second buckets; `add` is called once per burst by the
+    receive thread, `totals` by any thread."""
+
+    def __init__(self, window: float) -> None:
+        self.window = max(1.0, window)
+        self._buckets: deque[list] = deque()  # [second, received, {reason: count}]
+        self._examples: dict[str, str] = {}
+        self._lock = threading.Lock()
+
+    def add(self, received: int, rejected: dict[str, int] | None = None, example: dict[str, str] | None = None,
+            now: float | None = None) -> None:
+        if not received:
+            return
+        second = int(now if now is not None else time.monotonic())
+        with self._lock:
+            if self._buckets and self._buckets[-1][0] == second:
+                bucket = self._buckets[-1]
+            else:
+                bucket = [second, 0, {}]
+                self._buckets.append(bucket)
+                self._trim(second)
+            bucket[1] += received
+            if rejected:
+                counts = bucket[2]
+                for reason, n in rejected.items():
+                    counts[reason] = counts.get(reason, 0) + n
+            if example:
+                self._examples.update(example)
+
+    def _trim(self, second: int) -> None:
+        while self._buckets and self._buckets[0][0] <= second - self.window:
+            self._buckets.popleft()
+
+    def totals(self, now: float | None = None) -> tuple[int, dict[str, int], dict[str, str]]:
+        """(received, rejected by reason, an example detail per reason) over the window."""
+        second = int(now if now is not None else time.monotonic())
+        with self._lock:
+            self._trim(second)
+            received = 0
+            rejected: dict[str, int] = {}
+            for _, n, counts in self._buckets:
+                received += n
+                for reason, k in counts.items():
+                    rejected[reason] = rejected.get(reason, 0) + k
+            return received, rejected, {r: self._examples.get(r, "") for r in rejected}
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """The `health` section of the configuration, as `evaluate` needs it."""
+
+    destination_grace: float = 60.0
+    subscription_grace: float = 60.0
+    max_rejected_share: float = 0.95
+    rejection_min_messages: int = 20
+
+
+@dataclass
+class DestinationState:
+    name: str
+    pending: int
+    queue: int
+    journal_points: int
+    journal_bytes: int
+    failing_s: float
+    last_error: str
+    alive: bool
+    oldest_pending_s: float
+    flush_interval: float
+    journal_failed_s: float | None  # seconds since the last refused journal or intake write; None: never
+    journal_error: str
+    free_bytes: int
+    reserve_bytes: int
+    dead_letter_error: str = ""
+    dead_letter_file: str = ""
+
+
+@dataclass
+class SubscriptionState:
+    name: str
+    endpoints: list[str]
+    require_connection: bool
+    connected: int
+    disconnected_s: float
+    reconnects: int
+    last_message_age_s: float  # -1: none yet
+    running_s: float  # since the bridge started
+    fast_path: str
+    expected_interval: float | None
+    window_received: int
+    window_rejected: dict[str, int]
+    window_examples: dict[str, str]
+    extra: dict[str, Any] = field(default_factory=dict)  # further facts a source reports (shown as they are)
+    problems: list[str] = field(default_factory=list)  # problems a source reports itself (e.g. cannot start)
+
+
+@dataclass
+class BridgeState:
+    destinations: list[DestinationState]
+    subscriptions: list[SubscriptionState]
+    stopping: bool = False
+    dead_letter_file: str = ""
+    dead_letter_error: str = ""
+    ledger_file: str = ""
+    ledger_error: str = ""
+    cache: dict[str, Any] | None = None
+
+
+def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list[tuple[str, str, str]]]:
+    """(whether the journal is writable, the destination's problems as (part, name, reason))."""
+    problems: list[tuple[str, str, str]] = []
+    max_age = t.destination_grace + d.flush_interval
+    if d.oldest_pending_s > max_age:
+        problems.append(("destination", d.name,
+                         f"oldest unacknowledged point is {d.oldest_pending_s:.0f} s old (threshold {max_age:g} s), "
+                         f"{d.pending} pending" + (f": {d.last_error[:200]}" if d.last_error else "")))
+    if d.failing_s > t.destination_grace:
+        problems.append(("destination", d.name, f"failing for {d.failing_s:.0f} s: {d.last_error[:200]}"))
+    if not d.alive:
+        problems.append(("sink", d.name, "writer thread is not running"))
+    recent = d.journal_failed_s is not None and d.journal_failed_s < t.destination_grace
+    writable = not recent and d.free_bytes >= d.reserve_bytes
+    if not writable:
+        problems.append(("journal", d.name,
+                         (f"free space {d.free_bytes} bytes is below the reserve of {d.reserve_bytes} bytes"
+                          if d.free_bytes < d.reserve_bytes else
+                          f"write failed {d.journal_failed_s:.0f} s ago: {d.journal_error}")[:250]))
+    if d.dead_letter_error:
+        problems.append(("dead_letters", d.dead_letter_file, d.dead_letter_error[:200]))
+    return writable, problems
+
+
+def subscription_problems(s: SubscriptionState, t: Thresholds) -> tuple[float | None, list[str]]:
+    """(the rejected share over the window, None below the minimum of messages; the problems)."""
+    problems = list(s.problems)
+    if s.require_connection and s.disconnected_s > t.subscription_grace:
+        problems.append(f"no connection for {s.disconnected_s:.0f} s to {', '.join(s.endpoints)}")
+    share = None
+    rejected = sum(s.window_rejected.values())
+    if s.window_received >= t.rejection_min_messages:
+        share = rejected / s.window_received
+        if share >= t.max_rejected_share:
+            reason = max(s.window_rejected, key=lambda r: s.window_rejected[r])
+            example = s.window_examples.get(reason, "")
+            problems.append(f"{rejected} of {s.window_received} recent messages rejected, mostly {reason}"
+                            + (f" (e.g. {example[:200]})" if example else "")
+                            + ": the feed arrives but does not land")
+    if s.expected_interval:
+        silent = s.last_message_age_s if s.last_message_age_s >= 0 else s.running_s
+        limit = OVERDUE_FACTOR * s.expected_interval
+        if silent > limit:
+            problems.append(f"no message for {silent:.0f} s (expected every {s.expected_interval:g} s)")
+    return share, problems
+
+
+def evaluate(state: BridgeState, t: Thresholds) -> dict[str, Any]:
+    """The health document: `ok`, `problems` (one entry per failing part: part, name, reason),
+    and per destination and subscription their figures and `ok`."""
     problems: list[dict[str, str]] = []
     destinations = {}
-    now = time.monotonic()
-    for sink in bridge.sinks:
-        failing = sink.failing_seconds()
-        journal = sink.journal
-        free = bridge.guard.free()
-        recent = [f for f in (journal.failed_at, sink.intake.failed_at if sink.intake is not None else 0.0)
-                  if f and now - f < spec.destination_grace]
-        writable = not recent and free >= bridge.guard.reserve
-        destinations[sink.name] = {
-            "pending": sink.pending, "queue": sink.queued, "journal_points": journal.points,
-            "journal_bytes": journal.bytes, "failing": failing > 0, "failing_s": round(failing, 3),
-            "last_error": sink.last_error,
-            "alive": sink.alive, "journal_writable": writable,
-            "oldest_pending_s": round(sink.oldest_pending_seconds(), 3)}
-        if failing > spec.destination_grace:
-            problems.append({"part": "destination", "name": sink.name,
-                             "reason": f"failing for {failing:.0f} s: {sink.last_error[:200]}"})
-        if not sink.alive:
-            problems.append({"part": "sink", "name": sink.name, "reason": "writer thread is not running"})
-        if not writable:
-            reason = (f"free space {free} bytes is below the reserve of {bridge.guard.reserve} bytes"
-                      if free < bridge.guard.reserve else
-                      f"write failed {now - max(recent):.0f} s ago: " +
-                      (journal.last_error or (sink.intake.last_error if sink.intake is not None else "")))
-            problems.append({"part": "journal", "name": sink.name, "reason": reason[:200]})
-        if sink.dead.last_error:
-            problems.append({"part": "dead_letters", "name": sink.dead.path.name, "reason": sink.dead.last_error[:200]})
-    if bridge.dead_input.last_error:
-        problems.append({"part": "dead_letters", "name": bridge.dead_input.path.name,
-                         "reason": bridge.dead_input.last_error[:200]})
-    if bridge.ledger.last_error:
-        problems.append({"part": "ledger", "name": str(bridge.ledger.path), "reason": bridge.ledger.last_error[:200]})
+    for d in state.destinations:
+        writable, found = destination_problems(d, t)
+        destinations[d.name] = {
+            "ok": not found, "pending": d.pending, "queue": d.queue, "journal_points": d.journal_points,
+            "journal_bytes": d.journal_bytes, "failing": d.failing_s > 0, "failing_s": round(d.failing_s, 3),
+            "last_error": d.last_error, "alive": d.alive, "journal_writable": writable,
+            "oldest_pending_s": round(d.oldest_pending_s, 3),
+            "max_oldest_pending_s": t.destination_grace + d.flush_interval}
+        problems += [{"part": part, "name": name, "reason": reason} for part, name, reason in found]
     subscriptions = {}
-    for sub in bridge.subscriptions:
-        source = sub.source
-        away = source.disconnected_for()
-        subscriptions[sub.name] = {
-            "connected": source.connected, "disconnected_s": round(away, 3), "reconnects": source.reconnects,
-            "last_message_age_s": round(now - sub.last_message, 3) if sub.last_message else -1,
-            "fast_path": sub.fast_path}
-        if sub.spec.require_connection and away > spec.subscription_grace:
-            problems.append({"part": "subscription", "name": sub.name,
-                             "reason": f"no connection for {away:.0f} s to {', '.join(sub.spec.endpoints)}"})
-    if bridge.stopping:
+    for s in state.subscriptions:
+        share, found = subscription_problems(s, t)
+        subscriptions[s.name] = {
+            "ok": not found, "connected": s.connected, "disconnected_s": round(s.disconnected_s, 3),
+            "reconnects": s.reconnects, "last_message_age_s": round(s.last_message_age_s, 3),
+            "recent_received": s.window_received, "recent_rejected": sum(s.window_rejected.values()),
+            "rejected_share": None if share is None else round(share, 4),
+            "fast_path": s.fast_path, **s.extra}
+        problems += [{"part": "subscription", "name": s.name, "reason": reason} for reason in found]
+    if state.dead_letter_error:
+        problems.append({"part": "dead_letters", "name": state.dead_letter_file,
+                         "reason": state.dead_letter_error[:200]})
+    if state.ledger_error:
+        problems.append({"part": "ledger", "name": state.ledger_file, "reason": state.ledger_error[:200]})
+    if state.stopping:
         problems.append({"part": "bridge", "name": "bridge", "reason": "stopping"})
-    state: dict[str, Any] = {"ok": not problems, "problems": problems, "destinations": destinations,
-                             "subscriptions": subscriptions}
-    if bridge.cache is not None:
-        state["cache"] = {"queue": bridge.cache.queued, "last_error": bridge.cache.last_error}
-    return state
+    doc: dict[str, Any] = {"ok": not problems, "problems": problems, "destinations": destinations,
+                           "subscriptions": subscriptions}
+    if state.cache is not None:
+        doc["cache"] = state.cache
+    return doc

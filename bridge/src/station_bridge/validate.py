@@ -286,13 +286,18 @@ class InstanceValidation:
         started = _labels(self.after, "bridge_start_time_seconds")
         self.checks.insert(0, Check("alive", True, f"answers on {listen}"
                                     + (f", up since {int(started)}" if started else "")))
-        self._feeds(started_ns)
+        self._feeds(started_ns, health)
         self._destinations(health)
         self._self_metrics(started_ns)
         self._cache(started_ns)
 
-    def _feeds(self, started_ns: int) -> None:
+    def _feeds(self, started_ns: int, health: dict[str, Any]) -> None:
+        """Per feed: it flows (a message in the window, or a recent one), and the bridge's health
+        model (the /healthz document) finds nothing wrong with it (connection, rejected share,
+        overdue cadence): the same verdict /healthz gives, not a second computation."""
         assert self.before is not None and self.after is not None
+        states = health.get("subscriptions") or {}
+        unhealthy = {p["name"]: p["reason"] for p in health.get("problems") or [] if p.get("part") == "subscription"}
         for sub in feed_subscriptions(self.config):
             received = _delta(self.before, self.after, "bridge_received_messages_total", subscription=sub.name)
             rejected = _delta(self.before, self.after, "bridge_rejected_messages_total", subscription=sub.name)
@@ -300,13 +305,17 @@ class InstanceValidation:
             connected = _labels(self.after, "bridge_subscription_connected", subscription=sub.name)
             fresh = age is not None and 0 <= age <= self.options.max_age
             # publish mode proves the path with its own ticks: an idle feed is reported, not failed.
-            ok = received > 0 or fresh or self.options.mode == "publish"
+            flowing = received > 0 or fresh or self.options.mode == "publish"
+            problem = unhealthy.get(sub.name) if states.get(sub.name, {}).get("ok", True) is False else None
+            ok = flowing and problem is None
             landed = self._landed(sub, started_ns)
             row = {"feed": sub.name, "received": received, "rejected": rejected,
                    "last_message_age_s": age, "connected": None if connected is None else bool(connected),
                    "measurements": measurements(sub), "landed": landed, "ok": ok}
             self.feeds.append(row)
-            if ok and not (received > 0 or fresh):
+            if problem is not None:
+                self.add(f"feed {sub.name}", False, f"unhealthy: {problem}")
+            elif ok and not (received > 0 or fresh):
                 self.add(f"feed {sub.name}", True, "idle (publish mode checks the validation path)", idle=True)
             elif ok:
                 self.add(f"feed {sub.name}", True, f"received {received} in the window"
@@ -341,13 +350,19 @@ class InstanceValidation:
                               for metric in ("bridge_queue_points", "bridge_journal_points"))
             state = states.get(name) or {}
             is_failing = bool(failing) if failing is not None else bool(state.get("failing"))
-            ok = not is_failing
+            # The health model's verdict (e.g. the oldest unacknowledged point too old while writes
+            # still succeed), and stricter during a rollout: failing at all in the window.
+            problem = next((p["reason"] for p in health.get("problems") or []
+                            if p.get("part") in ("destination", "sink", "journal") and p.get("name") == name), None)
+            ok = not is_failing and problem is None
             row = {"destination": name, "url": destination.url, "written": written, "pending": int(pending),
                    "failing_s": failing, "last_error": state.get("last_error"), "ok": ok}
             self.destinations.append(row)
             if ok:
                 self.add(f"destination {name}", True,
                          f"{written} points acknowledged in the window, {int(pending)} pending")
+            elif not is_failing:
+                self.add(f"destination {name}", False, f"unhealthy: {problem}, {int(pending)} points pending")
             else:
                 self.add(f"destination {name}", False,
                          f"failing{f' for {failing:.0f} s' if failing else ''}, {int(pending)} points pending"
