@@ -348,3 +348,19 @@ def test_parse_reads_back_what_the_bridge_exposes(labels, value):
     metrics.inc("bridge_test_total", value, **labels)
     parsed = parse(metrics.render())
     assert parsed == {("bridge_test_total", tuple(sorted(labels.items()))): float(value)}
+
+
+def test_validate_counts_the_measurements_check_config_says_a_subscription_writes(tmp_path):
+    """Issue 21: with binning and keep_raw: false the bridge writes `ticks_binned` only, and
+    validate counted `ticks`. validate now asks the effective configuration (check-config --json)."""
+    from station_bridge.config import parse
+    from station_bridge.validate import measurements
+    data = {"subscriptions": [{"name": "kraken", "endpoints": ["tcp://127.0.0.1:1"],
+                               "mapping": {"measurement": "ticks", "fields": {"bid": "float"}},
+                               "binning": {"interval": "1s", "fields": ["bid"], "keep_raw": False}}],
+            "destinations": [{"name": "local", "url": "http://127.0.0.1:1", "database": "tick"}]}
+    path = tmp_path / "b.yml"
+    path.write_text(yaml.safe_dump(data))
+    proc = subprocess.run([BRIDGE, "check-config", "--json", str(path)], capture_output=True, text=True, check=True)
+    effective = {s["name"]: s["measurements"] for s in json.loads(proc.stdout)["subscriptions"]}
+    assert measurements(parse(data)) == effective == {"kraken": ["ticks_binned"]}

@@ -70,6 +70,9 @@ HELP = {
     "bridge_last_message_age_seconds": "Seconds since the subscription's last message (-1: none yet).",
     "bridge_cache_queue": "Cache updates waiting for Redis.",
     "bridge_healthy": "1 when /healthz answers 200.",
+    "bridge_destination_healthy": "1 while the health model finds nothing wrong with the destination.",
+    "bridge_subscription_healthy": "1 while the health model finds nothing wrong with the subscription.",
+    "bridge_subscription_rejected_share": "Share of the subscription's recent messages (health window) rejected.",
     "bridge_start_time_seconds": "Process start, unix seconds.",
 }
 

@@ -160,14 +160,11 @@ def validation_subscription(config: Config) -> SubscriptionSpec | None:
     return None
 
 
-def measurements(sub: SubscriptionSpec) -> list[str]:
-    """What a subscription can write: its fixed measurement or its topic map; [] when from a field."""
-    mapping = sub.mapping
-    if mapping.measurement_from == "fixed" and mapping.measurement:
-        return [mapping.measurement]
-    if mapping.measurement_from == "topic":
-        return sorted(set(mapping.measurements.values()))
-    return []
+def measurements(config: Config) -> dict[str, list[str]]:
+    """What each subscription writes, as the bridge's effective configuration says (the one owner:
+    `check-config --json` prints the same; binning's measurements included): {name: [measurement]},
+    [] when they come from the data (a topic map lists its measurements)."""
+    return {s["name"]: list(s["measurements"] or []) for s in config.effective()["subscriptions"]}
 
 
 def local_destination(config: Config) -> DestinationSpec:
@@ -236,6 +233,7 @@ class InstanceValidation:
         self.after: dict[Sample, float] | None = None
         self.published = 0
         self.local = local_destination(config)
+        self.measurements = measurements(config)
         reader = replace(self.local, username=options.influx_user, password=options.influx_password) \
             if options.influx_user else self.local
         self.influx = InfluxReader(reader)
@@ -311,7 +309,7 @@ class InstanceValidation:
             landed = self._landed(sub, started_ns)
             row = {"feed": sub.name, "received": received, "rejected": rejected,
                    "last_message_age_s": age, "connected": None if connected is None else bool(connected),
-                   "measurements": measurements(sub), "landed": landed, "ok": ok}
+                   "measurements": self.measurements[sub.name], "landed": landed, "ok": ok}
             self.feeds.append(row)
             if problem is not None:
                 self.add(f"feed {sub.name}", False, f"unhealthy: {problem}")
@@ -328,7 +326,7 @@ class InstanceValidation:
 
     def _landed(self, sub: SubscriptionSpec, started_ns: int) -> int | None:
         """Points of the feed's measurements in the local database since the start (None: not counted)."""
-        names = measurements(sub)
+        names = self.measurements[sub.name]
         if not names or not self.options.influx_user:
             return None
         total = 0
