@@ -457,6 +457,8 @@ class InstanceValidation:
     def report(self) -> dict[str, Any]:
         return {
             "instance": self.name, "config": str(self.path), "station": self.config.station,
+            # where this instance's own metrics land (central is asked for this measurement)
+            "self_measurement": self.config.self_metrics.measurement if self.config.self_metrics else None,
             "ok": all(c.ok for c in self.checks),
             "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail, **c.data} for c in self.checks],
             "feeds": self.feeds, "destinations": self.destinations,
@@ -480,8 +482,13 @@ def validate(paths: list[Path], options: Options) -> dict[str, Any]:
         except ValidateError as exc:
             instance.add("influxdb", False, str(exc))
     reports = [i.report() for i in instances]
+    # What central must hold from this station: its own metrics, under each instance's configured
+    # measurement (the playbook asks central for exactly these; it never re-derives them).
+    at_central = sorted({(r["station"], r["self_measurement"]) for r in reports
+                         if r["station"] and r["self_measurement"]})
     return {"mode": options.mode, "started_ns": started_ns, "window_s": round(time.monotonic() - opened, 3),
-            "ok": all(r["ok"] for r in reports), "instances": reports}
+            "ok": all(r["ok"] for r in reports), "instances": reports,
+            "self_metrics": [{"station": s, "measurement": m} for s, m in at_central]}
 
 
 def problems(report: dict[str, Any]) -> list[str]:
