@@ -97,7 +97,8 @@ class StationBridge:
     """`station-bridge run` as a child process, configured as the bridge role renders an instance."""
 
     def __init__(self, tmp: Path, influx: Influxd, redis_server: RedisServer, feed: str, *,
-                 validation: bool = True, extra_destination: dict | None = None) -> None:
+                 validation: bool = True, extra_destination: dict | None = None,
+                 self_measurement: str = "station_bridge") -> None:
         self.tmp = tmp
         self.http = f"127.0.0.1:{free_port()}"
         self.validation_endpoint = f"ipc://{tmp}/validation.sock"
@@ -123,7 +124,7 @@ class StationBridge:
             "station": "tst", "subscriptions": subscriptions, "destinations": destinations,
             "cache": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "username": REDIS_BRIDGE[0], "ttl": 600},
             "journal": {"dir": str(tmp / "journal")}, "dead_letter": {"dir": str(tmp / "dead")},
-            "http": {"listen": self.http}, "self_metrics": {"interval": "1s", "instance": "kraken"},
+            "http": {"listen": self.http}, "self_metrics": {"interval": "1s", "instance": "kraken", "measurement": self_measurement},
             "shutdown_timeout": 5,
         }
         self.path = tmp / "kraken.yml"
@@ -246,7 +247,9 @@ def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, 
 
 
 def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, feed):
-    bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
+    # A renamed self-metrics measurement: validate looks for it, and tells the playbook to ask
+    # central for it (it hard-coded station_bridge).
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, self_measurement="kraken_bridge")
     try:
         # The directory, as the bridge role lays it out; the reader's password on stdin.
         rc, report = validate(str(tmp_path), "--window", "1", "--max-age", "5", stdin=True)
@@ -260,6 +263,7 @@ def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, fee
     assert any(line.startswith("kraken | feed kraken | received 0 |") for line in report["table"]), report["table"]
     checks = {c["check"]: c for c in report["instances"][0]["checks"]}
     assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")  # the stdin password worked
+    assert report["self_metrics"] == [{"station": "tst", "measurement": "kraken_bridge"}]
 
 
 def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):
