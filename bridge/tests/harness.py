@@ -165,8 +165,9 @@ def ledger_problems(samples: dict, destinations: list[str], subscriptions: list[
         received = value(samples, "bridge_received_messages_total", subscription=sub)
         mapped = value(samples, "bridge_mapped_messages_total", subscription=sub)
         rejected = total(samples, "bridge_rejected_messages_total", subscription=sub)
-        if received != mapped + rejected:
-            problems.append(f"{sub}: received {received} != mapped {mapped} + rejected {rejected}")
+        ignored = total(samples, "bridge_ignored_messages_total", subscription=sub)
+        if received != mapped + rejected + ignored:
+            problems.append(f"{sub}: received {received} != mapped {mapped} + rejected {rejected} + ignored {ignored}")
     for dest in destinations:
         accepted = value(samples, "bridge_accepted_points_total", destination=dest)
         written = value(samples, "bridge_written_points_total", destination=dest)

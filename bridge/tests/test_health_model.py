@@ -9,7 +9,9 @@ import subprocess
 import threading
 import time
 
+import msgpack
 import pytest
+import zmq
 from harness import BRIDGE, BridgeProcess, quiet_ledger, wait_for
 
 from station_bridge.demo import publish
@@ -184,3 +186,58 @@ def test_max_rejected_share_must_be_a_share(tmp_path, share):
     proc = subprocess.run([BRIDGE, "check-config", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "health.max_rejected_share" in proc.stderr + proc.stdout
 
+
+
+def test_control_messages_are_ignored_by_rule_not_rejected_nor_dead_lettered(tmp_path, influxd, database, endpoint,
+                                                                              zmq_context):
+    """Issue 21: OANDA heartbeats counted as rejections (17,280 a day per stream) drowned the one
+    signal of a wrong mapping. An ignore rule counts them as ignored{rule}; data still lands."""
+
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, subscription={
+        "ignore": [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]},
+                   {"name": "control", "topic": "^kraken_tick\\.control"}]},
+        health={"rejection_window": "30s"}).start()
+    pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(endpoint)
+    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 10, "connected")
+    time.sleep(0.5)
+    now = time.time()
+    for i in range(100):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"type": "HEARTBEAT", "time": now})])
+        pub.send_multipart([b"kraken_tick.control", msgpack.packb({"status": "subscribed"})])
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": 1.0 + i, "ask": 2.0,
+                                                           "timestamp": now + i})])
+    # "HEARTBEAT" in another type (bytes) or case is data like any other: refused, not ignored.
+    pub.send_multipart([b"kraken_tick", msgpack.packb({"type": "heartbeat"})])
+    samples = wait_for(lambda: (lambda s: s if value(s, "bridge_received_messages_total", subscription="kraken")
+                                == 301 else None)(bridge.samples()), 15, "every message received")
+    samples = quiet_ledger(bridge)
+    assert value(samples, "bridge_ignored_messages_total", subscription="kraken", rule="heartbeat") == 100
+    assert value(samples, "bridge_ignored_messages_total", subscription="kraken", rule="control") == 100
+    assert value(samples, "bridge_mapped_messages_total", subscription="kraken") == 100
+    assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason="missing_field") == 1
+    dead = (tmp_path / "dead" / "input.jsonl").read_text().splitlines()
+    assert len(dead) == 1  # only the refused one
+    assert bridge.healthy()  # 1 rejected of 101 data messages: healthy
+    assert influxd.query('SELECT count(bid) FROM "ticks"', db=database)[0]["count"] == 100
+    assert bridge.stop() == 0
+
+
+@pytest.mark.parametrize(("rule", "message"), [
+    ({"name": "x", "path": "type"}, "`path` and `in` go together"),
+    ({"name": "x"}, "needs `path` with `in`, or `topic`"),
+    ({"name": "x", "topic": "("}, "not a regular expression"),
+    ({"name": "x y", "topic": "a"}, "use letters"),
+    ({"name": "x", "path": "a", "in": [{"b": 1}]}, "list scalars"),
+])
+def test_ignore_rules_are_checked_at_load(tmp_path, rule, message):
+    import yaml
+    path = tmp_path / "b.yml"
+    path.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "a", "endpoints": ["tcp://127.0.0.1:1"], "ignore": [rule],
+                           "mapping": {"measurement": "m", "fields": {"x": "float"}}}],
+        "destinations": [{"name": "d", "url": "http://127.0.0.1:1", "database": "x"}]}))
+    proc = subprocess.run([BRIDGE, "check-config", str(path)], capture_output=True, text=True, check=False)
+    assert proc.returncode != 0 and "subscriptions[0].ignore[0]" in proc.stderr + proc.stdout, proc.stderr
+    assert message in proc.stderr + proc.stdout

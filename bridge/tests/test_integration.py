@@ -308,7 +308,7 @@ def test_self_metrics_are_written_as_points(tmp_path, influxd, database, endpoin
     assert feed["connected"] in (True, False) and 0 <= feed["last_message_age_s"] < 60  # the publisher has left
     assert {k[1]: v for k, v in types.items() if k[0] == "station_bridge_feed"} == {
         "connected": "boolean", "last_message_age_s": "float", "points": "integer", "received": "integer",
-        "rejected": "integer", "healthy": "boolean", "rejected_share": "float"}
+        "rejected": "integer", "healthy": "boolean", "rejected_share": "float", "ignored": "integer"}
     samples = quiet_ledger(bridge)
     assert value(samples, "bridge_self_points_total") > 0
     assert bridge.stop() == 0

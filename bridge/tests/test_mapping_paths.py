@@ -312,7 +312,7 @@ def test_check_config_warns_about_keys_that_never_match(tmp_path, capsys):
         "warning: subscription 'v20': mapping.fields.mid: path mid can never match: framing text_delimited yields "
         "only the keys 'time', 'bid', 'ask'",
         "warning: subscription 'kr': mapping.tags.result.pair: 'result.pair' matches only a key spelled exactly so, "
-        "not a nested value; for a nested path write it as a path, e.g. 'result.pair'"]
+        "not a nested value; to read the path result.pair, use the map form: tags: {pair: 'result.pair'}"]
     assert main(["check-config", "--json", str(path)]) == 0
     out = capsys.readouterr()
     assert json.loads(out.out)["warnings"] == [line.removeprefix("warning: ") for line in err]

@@ -20,6 +20,8 @@ from station_bridge.paths import (
     TopicCapture,
     compile_paths,
     parse,
+    shared_time_warnings,
+    topic_warnings,
     unreachable,
 )
 
@@ -431,7 +433,7 @@ def test_unreachable_each_and_literal_dotted_keys():
     literal = compile_paths({"mapping.tags.result.pair": Path.key("result.pair"), "mapping.time": parse("[0]")})
     assert unreachable("kr", "msgpack", [], literal) == [
         "subscription 'kr': mapping.tags.result.pair: 'result.pair' matches only a key spelled exactly so, not a "
-        "nested value; for a nested path write it as a path, e.g. 'result.pair'",
+        "nested value; to read the path result.pair, use the map form: tags: {pair: 'result.pair'}",
         "subscription 'kr': mapping.time: path [0] can never match: the record is a map, not a list"]
     # the same literal key under text_delimited is simply not one of the keys
     assert unreachable("kr", "text_delimited", ["a"], literal)[0].endswith("yields only the keys 'a'")
@@ -484,7 +486,8 @@ def test_design_document_examples_parse_and_compile():
     for block in doc_blocks("yaml"):
         data = yaml.safe_load(block)
         for item in data if isinstance(data, list) else data.get("subscriptions", [data]):
-            mappings.append(item["mapping"])
+            if "mapping" in item:  # (the other blocks show other keys: ignore rules)
+                mappings.append(item["mapping"])
     for block in doc_blocks("toml"):
         mappings += [s["mapping"] for s in tomllib.loads(block)["subscriptions"]]
     assert len(mappings) == 5
@@ -513,3 +516,50 @@ def test_hostile_sizes_and_keys():
     sneaky = compile_paths({"x": parse(f"m[{json.dumps(code)}]"), "y": Path.key(code)})
     assert code not in sneaky.source_code  # keys are bound as constants, never written into the code
     assert sneaky.rows({"m": {code: 1}, code: 2}) == [(1, 2)]
+
+
+def test_check_config_hints_name_the_map_form_for_a_path_looking_literal_key():
+    """Issue 21: `$.s` was "corrected" to '["$"].s' (a key named `$`) and `asks[0][0]` to
+    '["asks[0][0]"]'; the hint names the path the key looks like and the map form that reads it."""
+    literal = compile_paths({"mapping.fields.s": Path.key("$.s"), "mapping.fields.ask": Path.key("asks[0][0]"),
+                             "mapping.time": Path.key("meta.ts")})
+    assert unreachable("b", "json", [], literal) == [
+        "subscription 'b': mapping.fields.s: '$.s' matches only a key spelled exactly so, not a nested value; "
+        "to read the path $.s, use the map form: fields: {s: {path: '$.s', type: <its type>}}",
+        "subscription 'b': mapping.fields.ask: 'asks[0][0]' matches only a key spelled exactly so, not a nested "
+        "value; to read the path asks[0][0], use the map form: fields: {asks: {path: 'asks[0][0]', type: <its type>}}",
+        "subscription 'b': mapping.time: 'meta.ts' matches only a key spelled exactly so, not a nested value; "
+        "to read the path meta.ts, use the map form: time: {path: 'meta.ts', format: <its format>}"]
+
+
+@pytest.mark.parametrize(("topics", "regex", "warned"), [
+    (["kraken_tick"], r"^book\.(?P<pair>.*)", True),
+    (["book."], r"^book\.(?P<pair>.*)", False),
+    (["bo"], r"^book\.(?P<pair>.*)", False),  # "bo" prefixes topics "book.x" too
+    ([""], r"^book\.(?P<pair>.*)", False),
+    (["a", "kraken"], r"^kraken_(?P<p>.*)", False),  # one prefix that can match is enough
+    (["x"], r"(?P<p>.*)", False),  # no literal start: not decided
+    (["boo"], r"^books?x", False),  # the quantified letter is optional
+])
+def test_a_topic_regex_the_prefixes_can_never_match_is_warned(topics, regex, warned):
+    import re
+    found = topic_warnings("b", topics, re.compile(regex))
+    assert bool(found) == warned, found
+    if warned:
+        assert "can never match a topic starting with" in found[0] and "unknown_topic" in found[0]
+
+
+def test_each_points_sharing_a_time_in_one_series_are_warned():
+    """Issue 21: levels sharing the message's time without a capture are nudged t, t+1, t+2 ns."""
+    nudged = compile_paths({"mapping.fields.p": parse("[0]"), "mapping.time": parse("$.ts")},
+                           parse("bids[*]", wildcards=True))
+    (warning,) = shared_time_warnings("b", nudged)
+    assert "[*]" in warning and "t+1, t+2 ns" in warning and "[<level>]" in warning
+    captured = compile_paths({"mapping.fields.p": parse("[0]"), "mapping.time": parse("$.ts")},
+                             parse("bids[<level>]", wildcards=True))
+    assert shared_time_warnings("b", captured) == []
+    per_element = compile_paths({"mapping.fields.p": parse("[0]"), "mapping.time": parse("[2]")},
+                                parse("bids[*]", wildcards=True))
+    assert shared_time_warnings("b", per_element) == []
+    receive_time = compile_paths({"mapping.fields.p": parse("[0]")}, parse("bids[*]", wildcards=True))
+    assert "the receive time" in shared_time_warnings("b", receive_time)[0]

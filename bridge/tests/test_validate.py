@@ -124,7 +124,8 @@ class StationBridge:
             "station": "tst", "subscriptions": subscriptions, "destinations": destinations,
             "cache": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "username": REDIS_BRIDGE[0], "ttl": 600},
             "journal": {"dir": str(tmp / "journal")}, "dead_letter": {"dir": str(tmp / "dead")},
-            "http": {"listen": self.http}, "self_metrics": {"interval": "1s", "instance": "kraken", "measurement": self_measurement},
+            "http": {"listen": self.http},
+            "self_metrics": {"interval": "1s", "instance": "kraken", "measurement": self_measurement},
             "shutdown_timeout": 5,
         }
         self.path = tmp / "kraken.yml"

@@ -103,6 +103,8 @@ class Subscription:
         """Chooses the compiled path when `mode` is auto and the subscription's shape allows it."""
         if mode == "off":
             why = "fast_path: off"
+        elif self.spec.ignore:
+            why = "ignore rules run on the Python path"
         elif self.binning is not None:
             why = "binning runs on the Python path"
         elif not self.mapper.flat:
@@ -110,6 +112,9 @@ class Subscription:
         else:
             self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
         self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
+
+    def ignore_key(self, rule: str) -> tuple:
+        return Metrics.key(subscription=self.name, rule=rule)
 
     def reason_key(self, reason: str) -> tuple:
         found = self.reason_keys.get(reason)
@@ -285,11 +290,18 @@ class Bridge:
         cached = self.cache is not None and binning is None and sub.spec.cache
         points = []
         rejected: dict[str, int] = {}
+        ignored: dict[str, int] = {}
+        ignore = sub.spec.ignore
         multi = mapper.multi
         owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
         for frames in messages:
             try:
                 topic, record = decode(frames)
+                if ignore:
+                    rule = next((i.name for i in ignore if i.matches(topic, record)), None)
+                    if rule is not None:  # not data: counted, not rejected, not dead-lettered
+                        ignored[rule] = ignored.get(rule, 0) + 1
+                        continue
                 if multi:
                     if binning is not None:
                         made = mapper.points(topic, record)
@@ -337,9 +349,11 @@ class Bridge:
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
-        mapped = len(messages) - sum(rejected.values())
+        mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
         counts = [("bridge_received_messages_total", sub.key, len(messages)),
                   ("bridge_mapped_messages_total", sub.key, mapped)]
+        if ignored:
+            counts += [("bridge_ignored_messages_total", sub.ignore_key(rule), n) for rule, n in ignored.items()]
         if rejected:
             counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
         fallbacks = sub.mapper.timestamp_fallbacks
@@ -405,7 +419,8 @@ class Bridge:
 
     @staticmethod
     def _tally(sub: Subscription, updates: list) -> None:
-        """A burst's received and rejected messages into the subscription's recent outcomes."""
+        """A burst's received (less ignored) and rejected messages into the subscription's recent
+        outcomes (the health model's rejected share)."""
         received = 0
         rejected: dict[str, int] = {}
         for name, key, n in updates:
@@ -414,6 +429,8 @@ class Bridge:
             elif name == "bridge_rejected_messages_total":
                 reason = dict(key).get("reason", "unknown")
                 rejected[reason] = rejected.get(reason, 0) + n
+            elif name == "bridge_ignored_messages_total":
+                received -= n  # not data: neither lands nor counts against the feed
         sub.recent.add(received, rejected)
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
@@ -518,6 +535,7 @@ class Bridge:
             age = round(now - sub.last_message, 3) if sub.last_message else -1.0
             fields = [("received", f"{int(m.get('bridge_received_messages_total', **s))}i"),
                       ("rejected", f"{int(m.total('bridge_rejected_messages_total', **s))}i"),
+                      ("ignored", f"{int(m.total('bridge_ignored_messages_total', **s))}i"),
                       ("points", f"{int(m.get('bridge_mapped_points_total', **s))}i"),
                       ("last_message_age_s", repr(float(age))),
                       ("connected", "true" if sub.source.connected else "false"),

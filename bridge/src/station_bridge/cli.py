@@ -32,11 +32,16 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def warnings(config: Config) -> list[str]:
-    """Keys that can never match a record of their subscription (paths.unreachable)."""
-    from .paths import unreachable
+    """What check-config warns about: keys that can never match a record of their subscription
+    (with the map form a path-looking literal key needs), a topic regex the subscription's topic
+    prefixes can never satisfy, and `each` points that share a time in one series (nudged)."""
+    from .paths import shared_time_warnings, topic_warnings, unreachable
     out: list[str] = []
     for s in config.subscriptions:
-        out += unreachable(s.name, s.framing, s.field_order, s.mapping.compile(s.name))
+        paths = s.mapping.compile(s.name)
+        out += unreachable(s.name, s.framing, s.field_order, paths)
+        out += topic_warnings(s.name, s.topics, s.mapping.topic_regex)
+        out += shared_time_warnings(s.name, paths)
     return out
 
 

@@ -25,8 +25,9 @@ import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
 from .paths import Path as ValuePath
-from .paths import PathSet, PathSyntaxError, compile_paths
+from .paths import PathError, PathSet, PathSyntaxError, compile_paths
 from .paths import parse as parse_path
+from .paths import resolve as resolve_path
 from .timestamps import FORMATS
 
 FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
@@ -142,6 +143,30 @@ class BinningSpec:
 
 
 @dataclass(frozen=True)
+class IgnoreRule:
+    """Messages that are not data (heartbeats, subscription acknowledgements, snapshots a feed
+    announces): counted as ignored{rule}, never rejected nor dead-lettered. A message matches
+    when every condition given matches: the value at `path` is one of `values` (equal in type
+    and value), and the topic matches `topic` (a regular expression, searched from the start)."""
+
+    name: str
+    path: ValuePath | None
+    values: tuple
+    topic: re.Pattern[str] | None
+
+    def matches(self, topic: str, record: object) -> bool:
+        if self.topic is not None and self.topic.match(topic) is None:
+            return False
+        if self.path is None:
+            return True
+        try:
+            found = resolve_path(self.path, record)
+        except PathError:
+            return False
+        return any(type(found) is type(v) and found == v for v in self.values)
+
+
+@dataclass(frozen=True)
 class SubscriptionSpec:
     name: str
     endpoints: list[str]
@@ -157,6 +182,7 @@ class SubscriptionSpec:
     require_connection: bool = True
     cache: bool = True  # false: the subscription's points never reach the Redis cache
     expected_interval: float | None = None  # a feed's cadence: unhealthy after 3 intervals of silence; None: idle is ok
+    ignore: tuple[IgnoreRule, ...] = ()  # messages that are not data: counted ignored{rule}
 
 
 @dataclass(frozen=True)
@@ -269,6 +295,8 @@ class Config:
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
                 "rcvhwm": s.rcvhwm, "max_frame_bytes": s.max_frame_bytes, "require_connection": s.require_connection,
                 "expected_interval_s": s.expected_interval,
+                "ignore": [{"name": i.name, "path": str(i.path) if i.path is not None else None, "in": list(i.values),
+                            "topic": i.topic.pattern if i.topic is not None else None} for i in s.ignore],
                 "measurement_from": m.measurement_from, "measurements": measurements,
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
@@ -613,6 +641,32 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
     return spec
 
 
+def _ignore(r: _Reader) -> IgnoreRule:
+    name = r.get("name", str)
+    if not re.match(r"^[A-Za-z0-9_.-]+$", name):
+        raise r.fail("name", f"{name!r}: use letters, digits, _ . - (it labels bridge_ignored_messages_total)")
+    text = r.get("path", str, None)
+    path = _path(r, "path", text) if text is not None else None
+    values = r.get("in", list, None)
+    if (path is None) != (values is None):
+        raise r.fail("in" if path is not None else "path", "`path` and `in` go together: the value at `path` "
+                     "is one of `in`, e.g. {name: heartbeat, path: type, in: [HEARTBEAT]}")
+    for value in values or []:
+        if value is None or isinstance(value, dict | list):
+            raise r.fail("in", f"{value!r}: list scalars (strings, numbers, booleans)")
+    pattern = r.get("topic", str, None)
+    topic = None
+    if pattern is not None:
+        try:
+            topic = re.compile(pattern)
+        except re.error as exc:
+            raise r.fail("topic", f"{pattern!r} is not a regular expression: {exc}") from None
+    if path is None and topic is None:
+        raise r.fail("name", "a rule needs `path` with `in`, or `topic`, or both")
+    r.done()
+    return IgnoreRule(name, path, tuple(values or ()), topic)
+
+
 def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
     name = r.get("name", str)
     framing = r.get("framing", str, "msgpack", choices=FRAMINGS)
@@ -645,7 +699,11 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
         cache=r.get("cache", bool, True),
         expected_interval=r.duration("expected_interval", None),
+        ignore=tuple(_ignore(i) for i in r.items("ignore", [])),
     )
+    rules = [i.name for i in spec.ignore]
+    if len(set(rules)) != len(rules):
+        raise r.fail("ignore", f"rule names must be unique, got {rules}")
     if spec.max_frame_bytes <= 0:
         raise r.fail("max_frame_bytes", "must be positive")
     r.done()

@@ -24,10 +24,11 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 log = logging.getLogger("station_bridge.metrics")
 
 HELP = {
-    # per subscription: received == mapped + sum(rejected)
+    # per subscription: received == mapped + sum(rejected) + sum(ignored)
     "bridge_received_messages_total": "Messages received from ZMQ, per subscription.",
     "bridge_mapped_messages_total": "Messages mapped to a point, per subscription.",
     "bridge_rejected_messages_total": "Messages refused, per subscription and reason.",
+    "bridge_ignored_messages_total": "Messages an ignore rule says are not data, per subscription and rule.",
     "bridge_mapped_points_total": "Points a subscription handed to every destination (raw and binned).",
     "bridge_self_points_total": "Self-metrics points handed to every destination.",
     "bridge_timestamp_fallbacks_total": "Points whose configured time field was missing (receive time used).",

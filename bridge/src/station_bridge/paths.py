@@ -597,6 +597,76 @@ def _walk_shape(path: Path, start: _Shape, framing: str) -> tuple[_Shape | None,
     return shape, None
 
 
+def map_form_hint(source: str, key: str) -> str:
+    """How to write `key` (given as a literal key) as the path it looks like: the map form of
+    the source it was given in (a literal key form cannot hold a path)."""
+    try:
+        path = parse(key)
+    except PathSyntaxError as exc:
+        return f"it is not a path either ({exc}): quote the key as it is sent, or fix the path"
+    if path.wild:
+        return "a path with wildcards belongs in `each`, not in a tag or field"
+    text = path.render()
+    last = next((s.key for s in reversed(path.steps) if isinstance(s, Key)), None)
+    if source.startswith("mapping.fields."):
+        name = last or source[len("mapping.fields."):]
+        form = f"fields: {{{_word(name)}: {{path: '{text}', type: <its type>}}}}"
+    elif source.startswith("mapping.tags."):
+        name = last or source[len("mapping.tags."):]
+        form = f"tags: {{{_word(name)}: '{text}'}}"
+    elif source == "mapping.time":
+        form = f"time: {{path: '{text}', format: <its format>}}"
+    elif source.startswith("mapping.derived_tags["):
+        form = f"derived_tags: [{{path: '{text}', regex: ...}}]"
+    else:
+        form = f"measurement_path: '{text}'"
+    return f"to read the path {text}, use the map form: {form}"
+
+
+def topic_warnings(subscription: str, topics: Sequence[str], regex: re.Pattern[str] | None) -> list[str]:
+    """A topic regex that no topic of the subscription's prefixes can match: every message would be
+    refused `unknown_topic`. Decided on the regex's literal start (`^abc...`): a prefix and that
+    start must agree on their common length."""
+    if regex is None:
+        return []
+    pattern = regex.pattern
+    literal = ""
+    if pattern.startswith("^"):
+        for char in pattern[1:]:
+            if char in ".^$*+?{}[]\\|()":
+                break
+            literal += char
+    if not literal:
+        return []
+    # A quantifier right after the literal start makes its last character optional.
+    rest = pattern[1 + len(literal):]
+    if rest[:1] in ("*", "?", "{"):
+        literal = literal[:-1]
+    dead = [t for t in topics if not (t.startswith(literal) or literal.startswith(t))]
+    if not dead or len(dead) < len(topics):
+        return []
+    return [f"subscription {subscription!r}: mapping.topic.regex {pattern!r} can never match a topic starting "
+            f"with {', '.join(map(repr, topics))} (the subscription's topic prefixes): every message would be "
+            f"refused unknown_topic"]
+
+
+def shared_time_warnings(subscription: str, paths: PathSet) -> list[str]:
+    """With `each`, points of one message share the message's time unless the time is read per
+    element; an element step captured nowhere (`*`, `[*]`) leaves such points in one series, so
+    the uniqueness rule moves them to t+1, t+2 ns: say so, and how to keep exact times."""
+    if paths.each is None:
+        return []
+    time = paths.sources.get("mapping.time")
+    per_element = time is not None and not time.root and not time.literal
+    uncaptured = [s for s in paths.each.steps if isinstance(s, EachKey | EachItem) and s.name is None]
+    if per_element or not uncaptured:
+        return []
+    where = "the receive time" if time is None else f"the message's time ({time})"
+    return [f"subscription {subscription!r}: each: {paths.each} captures no name for "
+            f"{', '.join(_render_step(s, False) for s in uncaptured)}: its points share {where} in one series and "
+            f"are moved to t+1, t+2 ns (uniqueness); capture it (e.g. [<level>], .<key>) to keep exact times"]
+
+
 def unreachable(subscription: str, framing: str, field_order: Sequence[str], paths: PathSet) -> list[str]:
     """Messages for sources that can never reach a value of any record this framing decodes
     (for `check-config` to print as warnings), naming the subscription and the source.
@@ -616,11 +686,10 @@ def unreachable(subscription: str, framing: str, field_order: Sequence[str], pat
         if element is None:
             out.append(f"subscription {subscription!r}: each: path {paths.each} can never match: {why}")
     for source, path in paths.sources.items():
-        if path.literal and framing not in _FLAT_STRING_FRAMINGS and re.search(r"[.\[]", path.steps[0].key):  # type: ignore[union-attr]
+        if path.literal and framing not in _FLAT_STRING_FRAMINGS and re.search(r"[.\[$]", path.steps[0].key):  # type: ignore[union-attr]
             key = path.steps[0].key  # type: ignore[union-attr]
             out.append(f"subscription {subscription!r}: {source}: {key!r} matches only a key spelled "
-                       f"exactly so, not a nested value; for a nested path write it as a path, e.g. "
-                       f"{Path(tuple(Key(k) for k in key.split('.'))).render()!r}")
+                       f"exactly so, not a nested value; {map_form_hint(source, key)}")
             continue
         start = record if (path.root or paths.each is None) else element
         if start is None:
