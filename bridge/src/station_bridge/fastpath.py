@@ -64,7 +64,7 @@ _bound: str | None = None
 log = logging.getLogger("station_bridge.fastpath")
 _MSG_FUNCTIONS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_more",
                   "zmq_msg_close", "zmq_errno")
-LIBZMQ_MAJOR = 4  # libzmq 4.x (soname libzmq.so.5): zmq_msg_t is 64 bytes since 4.1
+LIBZMQ_MAJOR = 4  # libzmq 4.x (soname libzmq.so.5); the size of its zmq_msg_t is probed (_abi_problem)
 
 
 def _bind_libzmq() -> str:
@@ -75,7 +75,7 @@ def _bind_libzmq() -> str:
     dlopen of that path with RTLD_NOLOAD returns the loaded object, never a second copy, and
     dlsym on it searches that object and the libraries it was linked with, so the functions
     are those of the libzmq pyzmq's sockets live in. Before use, the ABI is checked (`_abi_problem`).
-    Any problem: "" is not returned, the reason is logged once and every subscription runs Python.
+    Any problem: the reason is returned (and logged, once) and every subscription runs Python.
     """
     global _bound
     if _bound is None:
