@@ -73,11 +73,13 @@ lint: bootstrap
 	tests/ansible-test.sh sanity
 
 # The collection's unit tests (module plans, durations, the modules against a real influxd)
-# run under ansible-test units, as a collection's do; the bridge's under its own pytest.
+# run under ansible-test units, as a collection's do; the bridge's under its own pytest; then
+# the C path's differential tests against an ASan+UBSan build of it (about a minute).
 unit: bootstrap
 	tests/ansible-test.sh units --num-workers 1
 	pytest tests/roles tests/lab
 	cd bridge && pytest
+	bridge/tests/sanitize.sh
 
 # Faults at operator scale (InfluxDB down 30 s, central down 60 s, SIGKILL under load, spool
 # cap, fuzzed input), each printing what it did and counted; about 5 minutes.

@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Creates the project virtualenv (.venv) with the pinned tools and the bridge package.
 # Re-runs are no-ops unless requirements.txt, the bridge's build files or its C source changed.
-# The editable install builds the bridge's optional extension in place
-# (bridge/src/station_bridge/_fastpath.abi3.so, git-ignored); a changed _fastpath.c rebuilds it.
+# The editable install builds the bridge's extension in place (bridge/src/station_bridge/
+# _fastpath.abi3.so, git-ignored); a changed _fastpath.c rebuilds it. Without a C compiler the
+# install fails (bridge/setup.py) unless STATION_BRIDGE_PURE=1 is set: then pure Python.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 venv=${STATION_VENV:-$root/.venv}

@@ -20,7 +20,8 @@ from fractions import Fraction
 import msgpack
 import pytest
 import zmq
-from hypothesis import HealthCheck, given, settings
+from compiled import require_compiled_path
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_stages import sub
 
@@ -29,7 +30,11 @@ from station_bridge.decoders import DecodeError, build
 from station_bridge.lineproto import LineError
 from station_bridge.mapping import MapError, Mapper
 
-pytestmark = pytest.mark.skipif(bool(fastpath.unavailable()), reason=f"compiled path: {fastpath.unavailable()}")
+
+@pytest.fixture(autouse=True)
+def _compiled_path() -> None:
+    """Fails where a compiler could have built the extension, skips only where none is (compiled.py)."""
+    require_compiled_path()
 
 T0 = 1_700_000_000
 FIELDS = {"bid": "float", "ask": "float", "volume": "integer", "flag": "boolean", "note": "string"}
@@ -321,7 +326,7 @@ def test_exact_decimal_times(whole, frac, sign, unit):
     use = unit or (10**9 if whole < 10**11 else 10**6 if whole < 10**14 else 10**3 if whole < 10**17 else 1)
     expected = _exact(value, use) * (-1 if sign == "-" else 1)
     got = text_ns(text, unit)
-    if abs(expected) <= 2**63 - 2 and len(str(whole)) <= 19:
+    if abs(expected) <= 2**63 - 2 and len(str(whole)) <= 18:  # 19 digits and more: Python decides
         assert got == expected, text
     else:
         assert got is None
@@ -503,3 +508,172 @@ def test_without_the_extension_the_python_path_is_used(monkeypatch):
     accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
     assert accelerator is None and "not installed" in why
     assert "not installed" in fastpath.Accelerator.covers(Mapper(spec), spec)
+
+
+# --- integers of more than 18 digits: always Python's -------------------------------------------------
+# The rule (_fastpath.c, INT_DIGITS_MAX): any integer literal of 19 digits or more that C scans, in
+# a key the mapping uses or ignores, in every framing, hands the message back; Python decides
+# (json.loads refuses 4,301 digits: integer_overflow; ranges; field types). Generated: 1 to 40
+# digits (the 18/19 edge weighted), signs, leading zeros in text, fractions and exponents.
+
+LONG = "9" * 4301  # beyond Python's int() digit limit: json.loads refuses it
+
+
+@st.composite
+def _digits(draw, leading_zeros=False):
+    n = draw(st.one_of(st.integers(17, 20), st.integers(1, 40)))
+    first = draw(st.sampled_from("0123456789" if leading_zeros or n == 1 else "123456789"))
+    return first + draw(st.text("0123456789", min_size=n - 1, max_size=n - 1))
+
+
+@st.composite
+def _json_number(draw):
+    text = draw(st.sampled_from(["", "-"])) + draw(_digits())
+    if draw(st.integers(0, 3)) == 0:
+        text += draw(st.sampled_from([".5", ".0", ".25"]))
+    if draw(st.integers(0, 3)) == 0:
+        text += draw(st.sampled_from(["e0", "E+2", "e-3", "e10", "E-20"]))
+    return text
+
+
+def _int_digits(text: str) -> int:
+    """Digits before any fraction or exponent (the integer literal C scans)."""
+    body = text.lstrip("+-")
+    for stop in ".eE":
+        body = body.split(stop)[0]
+    return len(body)
+
+
+_KEYS = ["seq", "venue", "volume", "bid", "timestamp", "extra"]  # ignored: seq, extra (venue: a tag)
+
+
+def _json_message(framing, values: dict) -> list[bytes]:
+    body = {"instrument": '"EURUSD"', "timestamp": str(T0), "bid": "1.5", "volume": "7", **values}
+    payload = ("{" + ", ".join(f'"{k}": {v}' for k, v in body.items()) + "}").encode()
+    return [b"kraken_tick", payload] if framing == "json" else [b"kraken_tick " + payload]
+
+
+def _handed_back_alone(spec, message) -> bool:
+    mapper = Mapper(spec, station="ams1")
+    accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+    assert accelerator is not None, why
+    return accelerator.map([message], lambda frames, error: None).compiled == 0
+
+
+@pytest.mark.parametrize("framing", ["json", "text_json"])
+@given(numbers=st.lists(st.tuples(st.sampled_from(_KEYS), _json_number()), min_size=1, max_size=8))
+@example(numbers=[("seq", LONG)]).via("the tester's case: 4,301 digits under an ignored key")
+@example(numbers=[("extra", "-" + LONG), ("volume", "1" * 19)])
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_json_integers_beyond_18_digits_are_pythons(framing, numbers):
+    spec = spec_for(framing, "auto")
+    messages = [_json_message(framing, {key: text}) for key, text in numbers]
+    differential(spec, [messages])
+    for (_, text), message in zip(numbers, messages, strict=True):
+        if _int_digits(text) > 18:
+            assert _handed_back_alone(spec, message), text
+
+
+def test_4301_digits_under_an_ignored_key_are_refused_as_python_refuses_them():
+    spec = spec_for("json")
+    message = _json_message("json", {"seq": LONG})
+    _, outcome = python_path(spec, Mapper(spec, station="ams1"))(message, None)
+    assert outcome[0] == "refused"
+    assert _handed_back_alone(spec, message)
+
+
+@pytest.mark.parametrize("time_format", ["epoch_ns", "auto"])
+@given(values=st.lists(st.tuples(st.sampled_from(_KEYS), st.sampled_from(["", "-"]), st.one_of(
+    st.integers(17, 20), st.integers(1, 20))), min_size=1, max_size=8), data=st.data())
+@example(values=[("seq", "", 19)], data=None).via("an ignored 19-digit integer")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_msgpack_integers_beyond_18_digits_are_pythons(time_format, values, data):
+    spec = spec_for("msgpack", time_format)
+    messages, long = [], []
+    for key, sign, n in values:
+        number = 10 ** (n - 1) + (data.draw(st.integers(0, 9 * 10 ** (n - 1) - 1)) if data else 0)
+        number = -number if sign else number
+        if not -(2**63) <= number < 2**64:
+            continue
+        record = {"instrument": "EURUSD", "timestamp": T0, "bid": 1.5, "volume": 7, key: number}
+        messages.append([b"kraken_tick", msgpack.packb(record)])
+        long.append(len(str(abs(number))) > 18)
+    if messages:
+        differential(spec, [messages])
+    for message, is_long in zip(messages, long, strict=True):
+        if is_long:
+            assert _handed_back_alone(spec, message)
+
+
+@given(values=st.lists(st.tuples(st.integers(0, 3), st.sampled_from(["", "-", "+"]), _digits(leading_zeros=True),
+                                 st.sampled_from(["", "", ".5", "e3"])), min_size=1, max_size=8))
+@example(values=[(3, "", "1" * 19, "")]).via("a 19-digit integer field")
+@example(values=[(0, "", "1" * 19, ".5")]).via("a time of 19 whole digits")
+@settings(max_examples=120, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+def test_delimited_integers_beyond_18_digits_are_pythons(values):
+    # columns: timestamp, instrument, venue, bid, ask, volume, note
+    spec = spec_for("text_delimited", "auto")
+    messages, long = [], []
+    for column, sign, digits, tail in values:
+        row = [str(T0), "EURUSD", "v", "1.5", "2.5", "7", "n"]
+        text = sign + digits + tail
+        row[(0, 3, 4, 5)[column]] = text
+        messages.append([b"kraken_tick " + "\x01".join(row).encode()])
+        long.append(_int_digits(text) > 18)
+    differential(spec, [messages])
+    for message, is_long in zip(messages, long, strict=True):
+        if is_long:
+            assert _handed_back_alone(spec, message)
+
+
+# --- empty topics and payloads (UBSan: no memcpy/memcmp with NULL, even of 0 bytes) ----------------
+
+@pytest.mark.parametrize("framing", ["msgpack", "json", "text_json", "text_delimited"])
+def test_an_empty_topic_first_then_others(framing):
+    record = {"instrument": "EURUSD", "bid": 1.5, "timestamp": T0}
+    if framing == "msgpack":
+        payload = msgpack.packb(record)
+    elif framing == "text_delimited":
+        payload = "\x01".join([str(T0), "EURUSD", "v", "1.5", "2.5", "7", "n"]).encode()
+    else:
+        payload = json.dumps(record).encode()
+    if framing in ("msgpack", "json"):
+        burst = [[b"", payload], [b"", b""], [b"kraken_tick", payload], [b"", payload]]
+    else:
+        burst = [[b" " + payload], [b" "], [b"kraken_tick " + payload], [b" " + payload]]
+    differential(spec_for(framing, "auto"), [burst, burst])
+
+
+# --- libzmq through pyzmq's own extension module, its ABI checked -------------------------------------
+
+def test_libzmq_is_resolved_through_pyzmqs_extension_module():
+    import ctypes
+    import os
+
+    path = fastpath.pyzmq_extension()
+    assert path == zmq.backend.cython._zmq.__file__
+    lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert fastpath._abi_problem(lib, fastpath._fastpath.MSG_T_SIZE) == ""
+    # The function found through the extension is the one in the libzmq its dependencies loaded.
+    with open("/proc/self/maps") as maps:
+        mapped = {line.split()[-1] for line in maps if "libzmq" in line.rsplit("/", 1)[-1]}
+    assert len(mapped) == 1
+    own = ctypes.CDLL(mapped.pop(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert ctypes.cast(lib.zmq_msg_recv, ctypes.c_void_p).value == ctypes.cast(own.zmq_msg_recv, ctypes.c_void_p).value
+
+
+def test_a_libzmq_whose_msg_t_is_larger_than_compiled_leaves_python_running(monkeypatch, caplog):
+    import ctypes
+    import os
+
+    lib = ctypes.CDLL(fastpath.pyzmq_extension(), mode=os.RTLD_NOLOAD | os.RTLD_LAZY)
+    assert "larger than the 32 bytes" in fastpath._abi_problem(lib, 32)  # the real libzmq, probed
+    monkeypatch.setattr(fastpath._fastpath, "MSG_T_SIZE", 32)  # as if the extension had been built so
+    monkeypatch.setattr(fastpath, "_bound", None)
+    spec = spec_for()
+    with caplog.at_level("WARNING", logger="station_bridge.fastpath"):
+        accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+        fastpath.Accelerator.for_mapper(Mapper(spec), spec)
+    assert accelerator is None and "zmq_msg_t is larger than the 32 bytes" in why
+    warned = [r for r in caplog.records if r.name == "station_bridge.fastpath"]
+    assert len(warned) == 1 and "zmq_msg_t is larger" in warned[0].why

@@ -24,7 +24,10 @@
 
 /* ---- libzmq, by address ------------------------------------------------------------------- */
 
+/* zmq_msg_t as libzmq >= 4.1 declares it (64 bytes); fastpath.py checks the bound libzmq's
+ * major version and probes that its zmq_msg_init_size writes within MSG_T_SIZE bytes. */
 typedef struct { unsigned char _[64]; } __attribute__((aligned(8))) zmsg_t;
+_Static_assert(sizeof(zmsg_t) == 64, "zmq_msg_t is 64 bytes");
 typedef int (*msg_init_f)(zmsg_t *);
 typedef int (*msg_recv_f)(zmsg_t *, void *, int);
 typedef void *(*msg_data_f)(zmsg_t *);
@@ -56,6 +59,7 @@ static int buf_grow(buf_t *b, Py_ssize_t need) {
 }
 
 static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
+    if (n <= 0) return 0;  /* memcpy(NULL, ..., 0) is undefined: an empty buffer has no p yet */
     if (buf_grow(b, n) < 0) return -1;
     memcpy(b->p + b->len, s, n);
     b->len += n;
@@ -117,7 +121,7 @@ static int utf8_valid(const unsigned char *s, Py_ssize_t n) {
 
 /* ---- record values ------------------------------------------------------------------------ */
 
-enum { V_ABSENT = 0, V_NIL, V_BOOL, V_INT, V_BIGUINT, V_FLOAT, V_STR, V_OTHER };
+enum { V_ABSENT = 0, V_NIL, V_BOOL, V_INT, V_FLOAT, V_STR, V_OTHER };
 
 typedef struct {
     int type;
@@ -192,8 +196,15 @@ static inline uint32_t be32(const unsigned char *p) {
 }
 static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) << 32 | be32(p + 4); }
 
+/* The one rule for integers, in every framing: C takes an integer of at most 18 decimal digits
+ * (|v| < 10^18); any longer one, in a key the mapping uses or ignores, hands the message back
+ * and Python decides (its int parsing limits, its ranges, its reasons). */
+#define INT_DIGITS_MAX 18
+#define INT_ABS_LIMIT 1000000000000000000LL  /* 10^18 */
+static inline int int_too_long(int64_t v) { return v >= INT_ABS_LIMIT || v <= -INT_ABS_LIMIT; }
+
 /* One scalar at p (< end): fills v, returns bytes used, or -1 (hand back: nested, ext, reserved,
- * truncated, invalid UTF-8). */
+ * truncated, invalid UTF-8, an integer of more than 18 digits). */
 static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val_t *v) {
     Py_ssize_t avail = end - p;
     unsigned char c = p[0];
@@ -211,13 +222,16 @@ static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val
     case 0xcf: {
         if (avail < 9) return -1;
         uint64_t u = be64(p + 1);
-        if (u > (uint64_t)INT64_MAX) { v->type = V_BIGUINT; return 9; }
+        if (u >= (uint64_t)INT_ABS_LIMIT) return -1;  /* 19 digits or more: Python decides */
         v->type = V_INT; v->i = (int64_t)u; return 9;
     }
     case 0xd0: if (avail < 2) return -1; v->type = V_INT; v->i = (int8_t)p[1]; return 2;
     case 0xd1: if (avail < 3) return -1; v->type = V_INT; v->i = (int16_t)be16(p + 1); return 3;
     case 0xd2: if (avail < 5) return -1; v->type = V_INT; v->i = (int32_t)be32(p + 1); return 5;
-    case 0xd3: if (avail < 9) return -1; v->type = V_INT; v->i = (int64_t)be64(p + 1); return 9;
+    case 0xd3:
+        if (avail < 9) return -1;
+        v->type = V_INT; v->i = (int64_t)be64(p + 1);
+        return int_too_long(v->i) ? -1 : 9;  /* 19 digits: Python decides */
     case 0xca: {
         if (avail < 5) return -1;
         uint32_t u = be32(p + 1); float f; memcpy(&f, &u, 4);
@@ -291,7 +305,7 @@ static int text_int(const char *s, Py_ssize_t n, int64_t *out) {
     Py_ssize_t i = 0;
     int neg = 0;
     if (n > 0 && (s[0] == '+' || s[0] == '-')) { neg = s[0] == '-'; i = 1; }
-    if (i >= n || n - i > 18) return -1;
+    if (i >= n || n - i > INT_DIGITS_MAX) return -1;
     int64_t v = 0;
     for (; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') return -1;
@@ -309,6 +323,7 @@ static int text_float(const char *s, Py_ssize_t n, double *out) {
     Py_ssize_t i = 0, digits = 0;
     if (s[0] == '+' || s[0] == '-') i++;
     while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; }
+    if (digits > INT_DIGITS_MAX) return -1;  /* an integer literal of 19+ digits: Python decides */
     if (i < n && s[i] == '.') { i++; while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; } }
     if (!digits) return -1;
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
@@ -390,7 +405,7 @@ static int text_exact_ns(const char *s, Py_ssize_t n, int64_t unit, int64_t *out
     u128 whole = 0, num = 0, den = 1;
     int wd = 0, fd = 0;
     while (i < n && s[i] >= '0' && s[i] <= '9') {
-        if (++wd > 19) return -1;
+        if (++wd > INT_DIGITS_MAX) return -1;  /* 19+ digits: Python decides */
         whole = whole * 10 + (u128)(s[i] - '0');
         i++;
     }
@@ -468,7 +483,7 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
         break;
     }
     default:
-        return -1;  /* missing (receive time), nil, bool, big, other: the Python path */
+        return -1;  /* missing (receive time), nil, bool, other: the Python path */
     }
     if (*ts < pl->tmin || *ts > pl->tmax) return -1;
     return 0;
@@ -718,7 +733,7 @@ static int newest_note(Plan *pl, PyObject *series, int64_t ts, const char *paylo
         if (!p) { PyErr_NoMemory(); return -1; }
         e->payload = p; e->cap = n;
     }
-    memcpy(e->payload, payload, n);
+    if (n) memcpy(e->payload, payload, n);  /* an empty payload: payload may be NULL */
     e->n = n; e->ts = ts; e->used = 1;
     return 0;
 }
@@ -811,9 +826,13 @@ static const char *json_value(const char *p, const char *end, val_t *v) {
     const char *start = p;
     if (*p == '-') p++;
     if (p >= end) return NULL;
+    const char *digits = p;
     if (*p == '0') p++;
     else if (*p >= '1' && *p <= '9') { while (p < end && *p >= '0' && *p <= '9') p++; }
     else return NULL;
+    /* An integer literal of 19+ digits, used or ignored (json.loads refuses 4,301+ digits):
+     * Python decides. */
+    if (p - digits > INT_DIGITS_MAX) return NULL;
     int is_float = 0;
     if (p < end && *p == '.') {
         p++;
@@ -834,8 +853,8 @@ static const char *json_value(const char *p, const char *end, val_t *v) {
         v->type = V_FLOAT; v->d = d;
     } else {
         int64_t i;
-        if (text_int(start, p - start, &i) < 0) v->type = V_BIGUINT;  /* beyond 18 digits */
-        else { v->type = V_INT; v->i = i; }
+        if (text_int(start, p - start, &i) < 0) return NULL;  /* cannot happen: at most 18 digits */
+        v->type = V_INT; v->i = i;
     }
     return p;
 }
@@ -898,7 +917,7 @@ static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals
 }
 
 static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
-    if (n == pl->last_topic_n && pl->last_topic && memcmp(t, pl->last_topic, n) == 0) return 1;
+    if (n == pl->last_topic_n && pl->last_topic && (n == 0 || memcmp(t, pl->last_topic, n) == 0)) return 1;
     if (!utf8_valid((const unsigned char *)t, n)) return 0;
     if (n <= 256) {
         if (pl->last_topic_cap < n) {
@@ -906,7 +925,7 @@ static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
             if (!p) return 1;  /* valid anyway; just not remembered */
             pl->last_topic = p; pl->last_topic_cap = n;
         }
-        memcpy(pl->last_topic, t, n);
+        if (n) memcpy(pl->last_topic, t, n);  /* never memcpy(NULL, ..., 0): an empty first topic */
         pl->last_topic_n = n;
     }
     return 1;
@@ -981,7 +1000,7 @@ static char *copy_bytes(PyObject *o, Py_ssize_t *n) {
     if (PyBytes_AsStringAndSize(o, &s, n) < 0) return NULL;
     char *c = PyMem_Malloc(*n ? *n : 1);
     if (!c) { PyErr_NoMemory(); return NULL; }
-    memcpy(c, s, *n);
+    if (*n) memcpy(c, s, *n);
     return c;
 }
 
@@ -1374,7 +1393,9 @@ static int module_exec(PyObject *module) {
         PyModule_AddIntConstant(module, "FLOAT", K_FLOAT) < 0 ||
         PyModule_AddIntConstant(module, "INTEGER", K_INTEGER) < 0 ||
         PyModule_AddIntConstant(module, "STRING", K_STRING) < 0 ||
-        PyModule_AddIntConstant(module, "BOOLEAN", K_BOOLEAN) < 0)
+        PyModule_AddIntConstant(module, "BOOLEAN", K_BOOLEAN) < 0 ||
+        PyModule_AddIntConstant(module, "MSG_T_SIZE", (long)sizeof(zmsg_t)) < 0 ||
+        PyModule_AddIntConstant(module, "INT_DIGITS_MAX", INT_DIGITS_MAX) < 0)
         return -1;
     return 0;
 }

@@ -14,8 +14,8 @@ it or names its reason, then C goes on after it. Order, counts, uniqueness and t
 newest-per-series are therefore those of the Python path; tests/test_fastpath.py checks that
 on generated hostile records (the same line, or handed back: never a different line).
 
-Receiving: libzmq is not linked. The extension calls the libzmq that pyzmq has loaded (found in
-/proc/self/maps, checked against pyzmq's version) on pyzmq's own socket (`Socket.underlying`):
+Receiving: libzmq is not linked. The extension calls the libzmq that pyzmq has loaded (resolved
+through pyzmq's own extension module, its ABI checked: `_bind_libzmq`) on pyzmq's own socket (`Socket.underlying`):
 up to a burst of messages per call, with no Python object per message. Without the extension,
 or without a usable libzmq, or with STATION_BRIDGE_PURE=1 in the environment,
 `Accelerator.for_mapper` returns None with the reason and the bridge runs the pure Python path.
@@ -25,7 +25,10 @@ from __future__ import annotations
 
 import ctypes
 import errno as errno_codes
+import importlib.machinery
+import logging
 import os
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -58,42 +61,92 @@ def unavailable() -> str:
 
 
 _bound: str | None = None
+log = logging.getLogger("station_bridge.fastpath")
+_MSG_FUNCTIONS = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_more",
+                  "zmq_msg_close", "zmq_errno")
+LIBZMQ_MAJOR = 4  # libzmq 4.x (soname libzmq.so.5); the size of its zmq_msg_t is probed (_abi_problem)
 
 
 def _bind_libzmq() -> str:
-    """Hands the extension the addresses of the zmq_msg_* functions of the libzmq pyzmq loaded."""
+    """Hands the extension the addresses of the zmq_msg_* functions pyzmq itself calls, once.
+
+    They are resolved through pyzmq's own extension module (the shared object pyzmq loaded:
+    `zmq.backend.cython._zmq` in pyzmq 27, linked against the libzmq bundled in `pyzmq.libs`):
+    dlopen of that path with RTLD_NOLOAD returns the loaded object, never a second copy, and
+    dlsym on it searches that object and the libraries it was linked with, so the functions
+    are those of the libzmq pyzmq's sockets live in. Before use, the ABI is checked (`_abi_problem`).
+    Any problem: the reason is returned (and logged, once) and every subscription runs Python.
+    """
     global _bound
-    if _bound is not None:
-        return _bound
+    if _bound is None:
+        _bound = _bind()
+        if _bound:
+            log.warning("compiled path off: libzmq not usable from C", extra={"why": _bound})
+    return _bound
+
+
+def pyzmq_extension() -> str:
+    """The file of the compiled module pyzmq's sockets come from ("" when there is none)."""
     import zmq
 
-    zmq.Context.instance()  # make sure pyzmq's libzmq is loaded
-    paths = set()
-    with open("/proc/self/maps") as maps:
-        for line in maps:
-            path = line.rstrip("\n").split(maxsplit=5)[-1]
-            if "libzmq" in os.path.basename(path) and path.startswith("/"):
-                paths.add(path)
-    if len(paths) != 1:
-        _bound = f"expected one libzmq mapped into the process, found {sorted(paths) or 'none'}"
-        return _bound
-    path = paths.pop()
+    for cls in zmq.Socket.__mro__:  # zmq.sugar.Socket derives from the backend's Socket
+        module = sys.modules.get(cls.__module__)
+        path = getattr(module, "__file__", None) or ""
+        if path.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES)):
+            return path
+    return ""
+
+
+def _bind() -> str:
+    import zmq
+
+    zmq.Context.instance()  # pyzmq's backend (and with it its libzmq) is loaded
+    path = pyzmq_extension()
+    if not path:
+        return f"pyzmq {zmq.pyzmq_version()} has no compiled backend module (cffi or pure?)"
     try:
         lib = ctypes.CDLL(path, mode=os.RTLD_NOLOAD | os.RTLD_LAZY)  # the loaded one, never a second copy
-        major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
-        lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
-        if (major.value, minor.value, patch.value) != zmq.zmq_version_info():
-            _bound = f"{path} is libzmq {major.value}.{minor.value}.{patch.value}, pyzmq uses {zmq.zmq_version()}"
-            return _bound
-        names = ("zmq_msg_init", "zmq_msg_recv", "zmq_msg_data", "zmq_msg_size", "zmq_msg_more",
-                 "zmq_msg_close", "zmq_errno")
-        addresses = [ctypes.cast(getattr(lib, name), ctypes.c_void_p).value for name in names]
+        functions = [getattr(lib, name) for name in _MSG_FUNCTIONS]
+        problem = _abi_problem(lib, _fastpath.MSG_T_SIZE)
     except (OSError, AttributeError) as exc:
-        _bound = f"cannot use {path}: {exc}"
-        return _bound
-    _fastpath.bind(*addresses)
-    _bound = ""
-    return _bound
+        return f"cannot resolve libzmq through {path}: {exc}"
+    if problem:
+        return f"libzmq of {path}: {problem}"
+    _fastpath.bind(*(ctypes.cast(f, ctypes.c_void_p).value for f in functions))
+    return ""
+
+
+def _abi_problem(lib: ctypes.CDLL, msg_size: int) -> str:
+    """Why the libzmq behind `lib` does not match the ABI the extension was compiled for ("" if it
+    does): its major version must be LIBZMQ_MAJOR and equal pyzmq's, and zmq_msg_t must fit in
+    `msg_size` bytes (the extension's sizeof(zmq_msg_t), 64): zmq_msg_init_size, for an inline
+    and an allocated message, must write nothing past it and give back the size it was told."""
+    import zmq
+
+    major, minor, patch = ctypes.c_int(), ctypes.c_int(), ctypes.c_int()
+    lib.zmq_version(ctypes.byref(major), ctypes.byref(minor), ctypes.byref(patch))
+    found = (major.value, minor.value, patch.value)
+    if found != zmq.zmq_version_info():
+        return f"libzmq {'.'.join(map(str, found))}, but pyzmq reports {zmq.zmq_version()}"
+    if major.value != LIBZMQ_MAJOR or minor.value < 1:
+        return f"libzmq {'.'.join(map(str, found))}: the extension is built for libzmq {LIBZMQ_MAJOR}.1 or later"
+    init_size, size, close = lib.zmq_msg_init_size, lib.zmq_msg_size, lib.zmq_msg_close
+    init_size.argtypes, init_size.restype = [ctypes.c_void_p, ctypes.c_size_t], ctypes.c_int
+    size.argtypes, size.restype = [ctypes.c_void_p], ctypes.c_size_t
+    close.argtypes, close.restype = [ctypes.c_void_p], ctypes.c_int
+    guard = 256
+    for length in (8, 1000):  # an inline (very small) message and an allocated one
+        buffer = (ctypes.c_ubyte * (msg_size + guard))(*([0xA5] * (msg_size + guard)))
+        if init_size(buffer, length) != 0:
+            return f"zmq_msg_init_size({length}) failed"
+        written = [i for i in range(msg_size, msg_size + guard) if buffer[i] != 0xA5]
+        got = size(buffer)
+        close(buffer)
+        if written:
+            return f"zmq_msg_t is larger than the {msg_size} bytes the extension was built with"
+        if got != length:
+            return f"zmq_msg_size gave {got} for a message of {length} bytes"
+    return ""
 
 
 @dataclass(slots=True)
