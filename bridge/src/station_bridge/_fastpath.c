@@ -21,6 +21,7 @@
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
+#include <time.h>
 
 /* ---- libzmq, by address ------------------------------------------------------------------- */
 
@@ -176,6 +177,7 @@ typedef struct {
     Py_ssize_t key_check;
     int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
     int64_t tmin, tmax; Py_ssize_t trim, window;
+    int64_t ahead, behind;  /* the window around the receive time (ns); -1: unbounded */
     int norder; int order_slot[MAX_ORDER];
     char *delim; Py_ssize_t delim_n;
     /* working state */
@@ -300,12 +302,15 @@ static int mp_record(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals
 
 /* ---- numbers in text ---------------------------------------------------------------------- */
 
-/* `[+-]?[0-9]+` of at most 18 digits (fits int64); what int() of it gives. */
+/* JSON's integer grammar `-?(0|[1-9][0-9]*)` (ASCII) of at most 18 digits (fits int64); what
+ * int() of it gives. Anything else (a plus sign, leading zeros, padding): -1, hand back, and the
+ * Python path decides (lineproto.JSON_INTEGER refuses it wrong_type). */
 static int text_int(const char *s, Py_ssize_t n, int64_t *out) {
     Py_ssize_t i = 0;
     int neg = 0;
-    if (n > 0 && (s[0] == '+' || s[0] == '-')) { neg = s[0] == '-'; i = 1; }
+    if (n > 0 && s[0] == '-') { neg = 1; i = 1; }
     if (i >= n || n - i > INT_DIGITS_MAX) return -1;
+    if (s[i] == '0' && n - i > 1) return -1;
     int64_t v = 0;
     for (; i < n; i++) {
         if (s[i] < '0' || s[i] > '9') return -1;
@@ -315,17 +320,23 @@ static int text_int(const char *s, Py_ssize_t n, int64_t *out) {
     return 0;
 }
 
-/* A plain decimal float `[+-]?digits[.digits][(e|E)[+-]?digits]` (ASCII, at most 64 chars):
- * what float() of it gives (same correctly rounded conversion). */
+/* JSON's number grammar `-?(0|[1-9][0-9]*)(.[0-9]+)?([eE][+-]?[0-9]+)?` (ASCII, at most 64 chars):
+ * what float() of it gives (same correctly rounded conversion). Anything else: -1, hand back
+ * (lineproto.JSON_NUMBER refuses it; a time string goes to timestamps.py's own grammar). */
 static int text_float(const char *s, Py_ssize_t n, double *out) {
     char tmp[72];
     if (n < 1 || n > 64) return -1;
     Py_ssize_t i = 0, digits = 0;
-    if (s[0] == '+' || s[0] == '-') i++;
+    if (s[0] == '-') i++;
     while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; }
+    if (!digits || (digits > 1 && s[i - digits] == '0')) return -1;
     if (digits > INT_DIGITS_MAX) return -1;  /* an integer literal of 19+ digits: Python decides */
-    if (i < n && s[i] == '.') { i++; while (i < n && s[i] >= '0' && s[i] <= '9') { i++; digits++; } }
-    if (!digits) return -1;
+    if (i < n && s[i] == '.') {
+        Py_ssize_t fraction = 0;
+        i++;
+        while (i < n && s[i] >= '0' && s[i] <= '9') { i++; fraction++; }
+        if (!fraction) return -1;
+    }
     if (i < n && (s[i] == 'e' || s[i] == 'E')) {
         i++;
         if (i < n && (s[i] == '+' || s[i] == '-')) i++;
@@ -486,6 +497,13 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
         return -1;  /* missing (receive time), nil, bool, other: the Python path */
     }
     if (*ts < pl->tmin || *ts > pl->tmax) return -1;
+    if (pl->ahead >= 0 || pl->behind >= 0) {
+        /* outside the window around the receive time: Python refuses it (Mapper.check_window) */
+        struct timespec now;
+        clock_gettime(CLOCK_REALTIME, &now);
+        __int128 delta = (__int128)*ts - ((__int128)now.tv_sec * 1000000000 + now.tv_nsec);
+        if ((pl->ahead >= 0 && delta > pl->ahead) || (pl->behind >= 0 && -delta > pl->behind)) return -1;
+    }
     return 0;
 }
 
@@ -1021,15 +1039,18 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Plan *pl = (Plan *)self;
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
-                         "trim", "window", "field_order", "delimiter", NULL};
+                         "trim", "window", "field_order", "delimiter", "ahead", "behind", NULL};
     int framing, time_rule, uniq_mode;
     Py_ssize_t max_frame, key_check, trim, window;
-    long long time_unit, tmin, tmax;
+    long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO", kw, &framing, &max_frame, &measurement,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LL", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
-                                     &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter))
+                                     &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
+                                     &ahead, &behind))
         return -1;
+    pl->ahead = ahead;
+    pl->behind = behind;
     if (pl->measurement) { PyErr_SetString(PyExc_RuntimeError, "Plan is initialised once"); return -1; }
     pl->framing = framing;
     pl->max_frame = max_frame;

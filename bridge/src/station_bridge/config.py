@@ -60,6 +60,10 @@ class TimeSpec:
     format: str
     timezone: str | None
     path: ValuePath | None = None
+    # A source time more than this ahead of / behind the receive time is refused bad_timestamp
+    # (a station clock or publisher bug stamping 2033); None: no bound on that side.
+    accept_ahead: float | None = 86_400.0
+    accept_behind: float | None = 87_600 * 3600.0
 
     @property
     def value_path(self) -> ValuePath | None:
@@ -301,7 +305,9 @@ class Config:
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
                                                 "timezone": m.time.timezone,
-                                                "path": str(m.time.path) if m.time.path is not None else None},
+                                                "path": str(m.time.path) if m.time.path is not None else None,
+                                                "accept_ahead_s": m.time.accept_ahead,
+                                                "accept_behind_s": m.time.accept_behind},
                 "each": str(m.each) if m.each is not None else None, "max_points": m.max_points,
                 "topic": None if not m.topic_tags else {
                     "tag": m.topic_tag or None, "regex": m.topic_regex.pattern if m.topic_regex else None},
@@ -589,7 +595,8 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
     time_path_text = t.get("path", (str, list), None)
     if time_field is not None and time_path_text is not None:
         raise t.fail("path", "give field (a literal key) or path, not both")
-    time_spec = TimeSpec(time_field, fmt, tz, None if time_path_text is None else _path(t, "path", time_path_text))
+    time_spec = TimeSpec(time_field, fmt, tz, None if time_path_text is None else _path(t, "path", time_path_text),
+                         t.duration("accept_ahead", "24h"), t.duration("accept_behind", "87600h"))
     t.done()
     topic_tag = topic_regex = None
     tp = r.child("topic", None)

@@ -296,7 +296,13 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         "time_key": _utf8(m._time_field), "time_unit": _UNITS[time_format],
         "time_rule": _fastpath.EXACT if _exact_times(m) else _fastpath.PRODUCT,
         "key_check": key_check, **uniq, "field_order": order, "delimiter": delimiter,
+        # the window around the receive time (Mapper.check_window): C hands back what is outside
+        "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
     }
+
+
+def _window_ns(ns: int | None) -> int:
+    return -1 if ns is None else min(ns, 2**63 - 1)
 
 
 def _exact_times(mapper: object) -> bool:

