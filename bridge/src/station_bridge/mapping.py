@@ -188,9 +188,11 @@ class Mapper:
     exact_times = True
 
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
-                 uniqueness: Uniqueness | None = None, *, general: bool = False) -> None:
+                 uniqueness: Uniqueness | None = None, *, general: bool = False,
+                 clock: Callable[[], int] | None = None) -> None:
         """`general`: map through the path set (`lines`) even when the mapping is flat (tests
-        compare both paths on flat mappings)."""
+        compare both paths on flat mappings). `clock`: the receive time (default: now,
+        strictly increasing); replay and `try` give the time a message was received."""
         m = spec.mapping
         self.name = spec.name
         self.unique = uniqueness or Uniqueness()
@@ -216,7 +218,7 @@ class Mapper:
         self._key_check_chars = (MAX_KEY_BYTES - 4 - self._longest_field) // 4
         self._parse_time = parser(m.time.format, m.time.timezone)
         self._tag_cache: dict[str, str] = {}
-        self._clock = ReceiveClock()
+        self._clock = clock or ReceiveClock()
         self.timestamp_fallbacks = 0
         time_path = m.time.value_path
         groups = [(d.regex, [(g, escape_tag(g, "tag key")) for g in d.regex.groupindex]) for d in m.derived_tags]
