@@ -35,9 +35,8 @@ def wait_subscribers(socket: zmq.Socket, n: int, timeout: float = 15) -> None:
     deadline = time.monotonic() + timeout
     while seen < n:
         assert time.monotonic() < deadline, f"{seen} of {n} subscribers"
-        if socket.poll(200):
-            if socket.recv()[:1] == b"\x01":
-                seen += 1
+        if socket.poll(200) and socket.recv()[:1] == b"\x01":
+            seen += 1
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -240,7 +239,7 @@ def test_capture_and_try_give_the_points_the_running_bridge_stores(tmp_path, inf
     tried = cli("try", "--config", str(bridge.path), "--json", str(sample))
     assert tried.returncode == 1  # some are refused
     result = json.loads(tried.stdout)
-    refused = {k: v for k, v in result["summary"]["by_reason"].items()}
+    refused = dict(result["summary"]["by_reason"])
     bridge_refused = {dict(labels)["reason"]: v for (name, labels), v in samples.items()
                       if name == "bridge_rejected_messages_total" and v}
     assert refused == bridge_refused and sum(refused.values()) == total(
