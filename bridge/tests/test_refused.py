@@ -278,3 +278,21 @@ def test_try_shows_each_message_and_the_summary(tmp_path):
     right = cli("try", "--config", str(path), "--subscription", "k", str(sample))
     assert right.returncode == 1 and "11 mapped (11 points), 1 refused (missing_field: 1)" in right.stdout
     assert "ticks,instrument=ETH/USD bid=100.25 1765000000000000000" in right.stdout
+
+
+def test_replay_to_an_unreachable_destination_says_so_and_can_be_run_again(tmp_path):
+    from station_bridge.refused import make_record
+    sample = tmp_path / "input.jsonl"
+    sample.write_text("".join(json.dumps(make_record(f, BASE_MS * 1_000_000, 1 << 20, subscription="k",
+                                                     reason="missing_field")[0]) + "\n" for f in ticks(12)))
+    config = {"subscriptions": [{"name": "k", "endpoints": ["tcp://127.0.0.1:9"], "framing": "msgpack",
+                                 "mapping": TICKS_MAPPING}],
+              "destinations": [{"name": "down", "url": "http://127.0.0.1:9", "database": "x", "timeout": "2s"}],
+              "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path)}}
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump(config))
+    done = cli("replay", "--dead-letters", "--config", str(path), "--dead-letter", str(tmp_path / "again.jsonl"),
+               "--json")
+    assert done.returncode == 1 and "run the replay again" in done.stderr
+    down = json.loads(done.stdout)["destinations"]["down"]
+    assert down["written"] == 0 and down["not_attempted"] == 10 and "unreachable" in down["error"]

@@ -40,6 +40,7 @@ from .mapping import MapError, Mapper, Uniqueness
 ENCODING = "base64"
 RECORD_OVERHEAD = 1024  # below this much room beyond the frames, a record is measured before it is written
 LEGACY_FRAME_BYTES = 256  # what the old input dead letters kept of a frame
+FLUSH_POINTS = 50_000  # replay delivers the points mapped so far at this many
 
 
 def topic_of(framing: str, frames: list[bytes]) -> str | None:
@@ -286,7 +287,38 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
     remap = Remapper(config)
     dead_letter.unlink(missing_ok=True)
     dead = DeadLetters(dead_letter, max_bytes=1 << 62)
+    results = {d.name: DestinationResult() for d in destinations}
+    report.destinations = results
     lines: list[bytes] = []
+
+    def flush() -> None:
+        """The points so far to every destination (bounded memory: a message may make thousands)."""
+        if not lines:
+            return
+        for destination in destinations:
+            result = results[destination.name]
+            if result.error:  # unreachable earlier in this run: the rest is not attempted either
+                result.not_attempted += len(lines)
+                continue
+            writer = InfluxWriter(destination)
+            try:
+                out = Delivery(writer, destination.batch_size).deliver(Chunk.of_bytes(lines))
+            finally:
+                writer.close()
+            result.written += out.written
+            for line, status, message, reason in out.rejected:
+                result.refused += 1
+                dead.write(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
+                           error=message[:2000], reason=reason)
+            if out.unidentified:
+                result.refused += out.unidentified
+                dead.write(destination=destination.name, unidentified_points=out.unidentified,
+                           error=out.unidentified_message[:2000], reason="rejected")
+            if out.retry is not None:
+                result.not_attempted += out.retry.count
+                result.error = f"destination unreachable: {out.error}"
+        lines.clear()
+
     try:
         for entry in read_records(files):
             report.records += 1
@@ -318,27 +350,9 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             report.landed += 1
             report.points += len(mapped.lines)
             lines += mapped.lines
-        for destination in destinations:
-            result = report.destinations[destination.name] = DestinationResult()
-            if not lines:
-                continue
-            writer = InfluxWriter(destination)
-            try:
-                out = Delivery(writer, destination.batch_size).deliver(Chunk.of_bytes(lines))
-            finally:
-                writer.close()
-            result.written = out.written
-            for line, status, message, reason in out.rejected:
-                result.refused += 1
-                dead.write(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
-                           error=message[:2000], reason=reason)
-            if out.unidentified:
-                result.refused += out.unidentified
-                dead.write(destination=destination.name, unidentified_points=out.unidentified,
-                           error=out.unidentified_message[:2000], reason="rejected")
-            if out.retry is not None:
-                result.not_attempted = out.retry.count
-                result.error = f"destination unreachable: {out.error}"
+            if len(lines) >= FLUSH_POINTS:
+                flush()
+        flush()
     finally:
         dead.close()
     return report
@@ -422,17 +436,20 @@ def capture(endpoint: str, topics: list[str], count: int | None, timeout: float 
         (socket.bind if bind else socket.connect)(endpoint)
         deadline = time.monotonic() + timeout if timeout else None
         got = 0
-        while count is None or got < count:
-            wait = 1000 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
-            if deadline is not None and wait <= 0:
-                break
-            if not socket.poll(min(wait, 1000)):
-                continue
-            frames = socket.recv_multipart()
-            record, _ = make_record(frames, time.time_ns(), 1 << 62, endpoint=endpoint)
-            out.write(json.dumps(record) + "\n")  # type: ignore[attr-defined]
-            out.flush()  # type: ignore[attr-defined]
-            got += 1
+        try:
+            while count is None or got < count:
+                wait = 1000 if deadline is None else int(max(0.0, deadline - time.monotonic()) * 1000)
+                if deadline is not None and wait <= 0:
+                    break
+                if not socket.poll(min(wait, 1000)):
+                    continue
+                frames = socket.recv_multipart()
+                record, _ = make_record(frames, time.time_ns(), 1 << 62, endpoint=endpoint)
+                out.write(json.dumps(record) + "\n")  # type: ignore[attr-defined]
+                out.flush()  # type: ignore[attr-defined]
+                got += 1
+        except KeyboardInterrupt:  # Ctrl-C ends a capture: what was recorded stays
+            pass
         return got
     finally:
         socket.close(0)
