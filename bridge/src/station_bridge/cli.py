@@ -64,6 +64,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if not args.files:
         print("error: name the files to replay (or --dead-letters)", file=sys.stderr)
         return 2
+    if args.destination and len(args.destination) > 1:
+        print("error: one --destination (several only with --dead-letters)", file=sys.stderr)
+        return 2
     from .replay import replay
     destination = _destination(args.config, args.destination[0] if args.destination else None)
     result = replay(destination, [Path(f) for f in args.files], Path(args.dead_letter))
