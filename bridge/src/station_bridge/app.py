@@ -659,6 +659,8 @@ class Bridge:
                 t.join(0.5)
         if self.cache is not None:
             self.cache.stop(min(2.0, remaining))
+        for sink in self.sinks:  # rotations during the final flush
+            self._count_discarded(sink.dead)
         self._ledger_stop.set()
         self.ledger.save(clean=True, sync=True)
         if self.http is not None:
