@@ -49,6 +49,7 @@ from .ledger import Ledger
 from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
+from .refused import make_record, topic_of
 from .sinks import InfluxSink
 from .sources import BURST, Source, receive
 
@@ -136,6 +137,8 @@ class Bridge:
         self.ledger = Ledger(config.journal_dir / "ledger.json", self.metrics)
         had_ledger = self.ledger.load()
         self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl", config.dead_letter_max_bytes, dead_guard)
+        self.dead_record_max = min(config.dead_letter_max_record_bytes, config.dead_letter_max_bytes)
+        self._discarded: dict[str, int] = {}  # per dead-letter file: rotation's deletions already counted
         self.sinks: list[InfluxSink] = []
         for d in config.destinations:
             journal = Journal(config.journal_dir / d.name, config.journal_max_bytes, self.guard)
@@ -271,10 +274,22 @@ class Bridge:
             counts[reason] = counts.get(reason, 0) + 1
         sub.examples[reason] = detail[:200]
         self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
-        ok = self.dead_input.write(subscription=sub.name, reason=reason, detail=detail[:500],
-                                   frames=[f[:256].hex() for f in frames[:8]], frame_count=len(frames))
-        self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1,
-                         file=self.dead_input.path.name)
+        # The whole message (refused.py: the record format), so `replay --dead-letters` can map it again.
+        record, truncated = make_record(frames, time.time_ns(), self.dead_record_max, subscription=sub.name,
+                                        reason=reason, detail=detail[:500], topic=topic_of(sub.spec.framing, frames))
+        ok = self.dead_input.write(**record)
+        name = self.dead_input.path.name
+        self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1, file=name)
+        if truncated and ok:
+            self.metrics.inc("bridge_dead_letters_truncated_total", 1, file=name)
+        self._count_discarded(self.dead_input)
+
+    def _count_discarded(self, dead: DeadLetters) -> None:
+        """Records a dead-letter file's rotation deleted since the last call, counted per file."""
+        new = dead.discarded - self._discarded.get(dead.path.name, 0)
+        if new > 0:
+            self._discarded[dead.path.name] = dead.discarded
+            self.metrics.inc("bridge_dead_letters_discarded_total", new, file=dead.path.name)
 
     def process(self, sub: Subscription, messages: list[list[bytes]]
                 ) -> tuple[list[str], int, dict, list, list[int] | None]:
@@ -559,6 +574,7 @@ class Bridge:
             sub.source.repair(self.metrics.inc)
         for sink in self.sinks:
             sink.ensure_alive()
+            self._count_discarded(sink.dead)
 
     def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
         """One poll round: every socket that has messages hands over up to a burst; the count."""
@@ -661,6 +677,8 @@ class Bridge:
                 t.join(0.5)
         if self.cache is not None:
             self.cache.stop(min(2.0, remaining))
+        for sink in self.sinks:  # rotations during the final flush
+            self._count_discarded(sink.dead)
         self._ledger_stop.set()
         self.ledger.save(clean=True, sync=True)
         if self.http is not None:

@@ -1,4 +1,4 @@
-"""station-bridge: run, check-config, print-config, replay, export, publish-demo, validate."""
+"""station-bridge: run, check-config, print-config, replay, capture, try, export, publish-demo, validate."""
 
 from __future__ import annotations
 
@@ -64,8 +64,16 @@ def cmd_print(_: argparse.Namespace) -> int:
 
 
 def cmd_replay(args: argparse.Namespace) -> int:
+    if args.dead_letters:
+        return cmd_replay_dead_letters(args)
+    if not args.files:
+        print("error: name the files to replay (or --dead-letters)", file=sys.stderr)
+        return 2
+    if args.destination and len(args.destination) > 1:
+        print("error: one --destination (several only with --dead-letters)", file=sys.stderr)
+        return 2
     from .replay import replay
-    destination = _destination(args.config, args.destination)
+    destination = _destination(args.config, args.destination[0] if args.destination else None)
     result = replay(destination, [Path(f) for f in args.files], Path(args.dead_letter))
     if result.error:
         print(f"{result.error}; {result.written} points written, {result.not_attempted} not attempted "
@@ -74,6 +82,97 @@ def cmd_replay(args: argparse.Namespace) -> int:
     print(f"replayed {result.written} points into {destination.name}; {result.rejected} rejected "
           f"(see {args.dead_letter})")
     return 0 if not result.rejected else 2
+
+
+def cmd_replay_dead_letters(args: argparse.Namespace) -> int:
+    """Refused messages mapped again through the current configuration (refused.py)."""
+    from .refused import Filters, parse_time, replay_dead_letters
+    config = load(args.config)
+    if args.files:
+        files = [Path(f) for f in args.files]
+    else:  # the bridge's input dead letters, oldest first
+        base = config.dead_letter_dir / "input.jsonl"
+        files = [f for f in (base.with_name(base.name + ".1"), base) if f.exists()]
+        if not files:
+            print(f"error: no dead letters at {base} (nor {base.name}.1)", file=sys.stderr)
+            return 2
+    missing = [str(f) for f in files if not f.exists()]
+    if missing:
+        print(f"error: no such file: {', '.join(missing)}", file=sys.stderr)
+        return 2
+    names = args.destination or [d.name for d in config.destinations]
+    by_name = {d.name: d for d in config.destinations}
+    unknown = [n for n in names if n not in by_name]
+    if unknown:
+        raise ConfigError(f"{args.config}: no destination named {', '.join(map(repr, unknown))}")
+    try:
+        filters = Filters(parse_time(args.since) if args.since else None,
+                          parse_time(args.until) if args.until else None, set(args.reason or ()),
+                          set(args.subscription or ()))
+    except ValueError as exc:
+        print(f"error: --since/--until: {exc}", file=sys.stderr)
+        return 2
+    dead_letter = Path(args.dead_letter)
+    try:
+        report = replay_dead_letters(config, files, [by_name[n] for n in names], dead_letter, filters)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    if args.json:
+        print(json.dumps(report.as_dict(), indent=2))
+    else:
+        print(report.text(files, dead_letter))
+    if any(r.error for r in report.destinations.values()):
+        print("a destination was unreachable: run the replay again (InfluxDB keeps one point per series and "
+              "time; the replay is deterministic)", file=sys.stderr)
+        return 1
+    refused = sum(report.rejected.values()) + sum(r.refused for r in report.destinations.values())
+    return 2 if refused else 0
+
+
+def cmd_try(args: argparse.Namespace) -> int:
+    """What a configuration makes of recorded messages (refused.py), before it goes live."""
+    from .refused import try_records
+    config = load(args.config)
+    try:
+        report = try_records(config, [Path(f) for f in args.files], args.subscription)
+    except (OSError, ValueError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    summary = report.summary()
+    if args.json:
+        print(json.dumps({"messages": report.messages, "summary": summary}, indent=2, ensure_ascii=False))
+    else:
+        for i, item in enumerate(report.messages, 1):
+            head = f"#{i} {item['at']}" + (f" topic={item['topic']!r}" if item.get("topic") is not None else "")
+            if "reason" in item:
+                print(f"{head}: refused: {item['reason']}: {item.get('detail', '')}")
+            else:
+                print(f"{head}: {len(item['lines'])} point(s)")
+                for line in item["lines"]:
+                    print(f"    {line}")
+        by_reason = ", ".join(f"{r}: {n}" for r, n in summary["by_reason"].items())
+        print(f"{summary['messages']} messages: {summary['mapped']} mapped ({summary['points']} points), "
+              f"{summary['refused']} refused" + (f" ({by_reason})" if by_reason else ""))
+    if not summary["messages"]:
+        print("error: no messages in the sample", file=sys.stderr)
+        return 1
+    return 1 if summary["refused"] and summary["refused_share"] > args.max_rejected_share else 0
+
+
+def cmd_capture(args: argparse.Namespace) -> int:
+    from .refused import capture
+    if args.count is None and args.timeout is None:
+        print("error: give --count or --timeout (or both)", file=sys.stderr)
+        return 2
+    out = open(args.output, "w", encoding="utf-8") if args.output != "-" else sys.stdout  # noqa: SIM115
+    try:
+        got = capture(args.endpoint, args.topic or [], args.count, args.timeout, out, bind=args.bind)
+    finally:
+        if out is not sys.stdout:
+            out.close()
+    print(f"captured {got} messages from {args.endpoint}", file=sys.stderr)
+    return 0 if got else 1
 
 
 def cmd_export(args: argparse.Namespace) -> int:
@@ -138,12 +237,40 @@ def parser() -> argparse.ArgumentParser:
     check.set_defaults(func=cmd_check)
     sub.add_parser("print-config", help="print a commented configuration with every key").set_defaults(
         func=cmd_print)
-    replay = sub.add_parser("replay", help="write journal (.lp), JSONL or annotated CSV files to a destination")
-    replay.add_argument("files", nargs="+")
+    replay = sub.add_parser("replay", help="write journal (.lp), JSONL or annotated CSV files to a destination; "
+                            "with --dead-letters: map refused messages again and write their points")
+    replay.add_argument("files", nargs="*")
     replay.add_argument("--config", "-c", required=True)
-    replay.add_argument("--destination", "-d")
-    replay.add_argument("--dead-letter", default="replay-rejected.jsonl")
+    replay.add_argument("--destination", "-d", action="append",
+                        help="repeatable; default: the first destination, with --dead-letters every destination")
+    replay.add_argument("--dead-letter", default="replay-rejected.jsonl",
+                        help="what is refused again (with --dead-letters: written anew each run)")
+    replay.add_argument("--dead-letters", action="store_true",
+                        help="the files are input dead letters (default: dead_letter.dir/input.jsonl.1 and "
+                             "input.jsonl): map each message again through the configuration")
+    replay.add_argument("--since", help="with --dead-letters: records received at or after (RFC 3339 or ns)")
+    replay.add_argument("--until", help="with --dead-letters: records received before (RFC 3339 or ns)")
+    replay.add_argument("--reason", action="append", help="with --dead-letters: only this reason (repeatable)")
+    replay.add_argument("--subscription", action="append",
+                        help="with --dead-letters: only this subscription (repeatable)")
+    replay.add_argument("--json", action="store_true", help="with --dead-letters: the counts as JSON")
     replay.set_defaults(func=cmd_replay)
+    capture = sub.add_parser("capture", help="record messages from a publisher (JSONL, for try and replay)")
+    capture.add_argument("--endpoint", required=True)
+    capture.add_argument("--topic", action="append", help="subscription prefix (repeatable; default: all)")
+    capture.add_argument("--count", type=int, help="stop after this many messages")
+    capture.add_argument("--timeout", type=float, help="stop after this many seconds")
+    capture.add_argument("--bind", action="store_true", help="bind instead of connect")
+    capture.add_argument("--output", "-o", default="-")
+    capture.set_defaults(func=cmd_capture)
+    try_ = sub.add_parser("try", help="show what a configuration makes of recorded messages")
+    try_.add_argument("files", nargs="+")
+    try_.add_argument("--config", "-c", required=True)
+    try_.add_argument("--subscription", "-s", help="map every message through this subscription")
+    try_.add_argument("--json", action="store_true")
+    try_.add_argument("--max-rejected-share", type=float, default=0.0,
+                      help="exit 1 when more than this share of the messages is refused (default 0: any)")
+    try_.set_defaults(func=cmd_try)
     export = sub.add_parser("export", help="export a time range of a measurement to JSONL")
     export.add_argument("measurement")
     export.add_argument("--config", "-c", required=True)

@@ -263,6 +263,7 @@ class Config:
     journal_min_free_bytes: int = 64 << 20
     ledger_interval: float = 1.0
     dead_letter_max_bytes: int = 64 << 20
+    dead_letter_max_record_bytes: int = 24 << 20  # one input record (a whole message, base64); see refused.py
     http_max_connections: int = 16
     http_timeout: float = 5.0
     health: HealthSpec = field(default_factory=HealthSpec)
@@ -333,7 +334,8 @@ class Config:
             "journal": {"dir": str(self.journal_dir), "max_bytes": self.journal_max_bytes,
                         "write_ahead": self.journal_write_ahead, "min_free_bytes": self.journal_min_free_bytes,
                         "ledger_interval_s": self.ledger_interval},
-            "dead_letter": {"dir": str(self.dead_letter_dir), "max_bytes": self.dead_letter_max_bytes},
+            "dead_letter": {"dir": str(self.dead_letter_dir), "max_bytes": self.dead_letter_max_bytes,
+                            "max_record_bytes": self.dead_letter_max_record_bytes},
             "http": {"listen": self.http_listen, "max_connections": self.http_max_connections,
                      "timeout_s": self.http_timeout},
             "health": {"destination_grace_s": self.health.destination_grace,
@@ -770,6 +772,9 @@ def parse(data: Any, source: str = "<config>") -> Config:
     dl = top.child("dead_letter", {}) or _Reader({}, "dead_letter", source)
     dead_dir = Path(dl.get("dir", str, "/var/lib/station-bridge/dead-letter"))
     dead_max = dl.size("max_bytes", "64MiB")
+    dead_record_max = dl.size("max_record_bytes", "24MiB")
+    if dead_record_max < 4096:
+        raise dl.fail("max_record_bytes", f"{dead_record_max} is below the minimum of 4096 bytes")
     dl.done()
     h = top.child("http", {}) or _Reader({}, "http", source)
     # Absent or null: the default address; "" turns the endpoint off.
@@ -809,7 +814,8 @@ def parse(data: Any, source: str = "<config>") -> Config:
         dead_letter_dir=dead_dir, http_listen=listen or None,
         shutdown_timeout=top.duration("shutdown_timeout", 20.0), log_level=level, log_rate_per_s=rate,
         self_metrics=self_metrics, journal_min_free_bytes=min_free, ledger_interval=ledger_interval,
-        dead_letter_max_bytes=dead_max, http_max_connections=max_connections, http_timeout=http_timeout,
+        dead_letter_max_bytes=dead_max, dead_letter_max_record_bytes=dead_record_max,
+        http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},
         fast_path=_fast_path(top),
     )

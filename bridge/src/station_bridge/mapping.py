@@ -189,9 +189,11 @@ class Mapper:
     exact_times = True
 
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
-                 uniqueness: Uniqueness | None = None, *, general: bool = False) -> None:
+                 uniqueness: Uniqueness | None = None, *, general: bool = False,
+                 clock: Callable[[], int] | None = None) -> None:
         """`general`: map through the path set (`lines`) even when the mapping is flat (tests
-        compare both paths on flat mappings)."""
+        compare both paths on flat mappings). `clock`: the receive time (default: now,
+        strictly increasing); replay and `try` give the time a message was received."""
         m = spec.mapping
         self.name = spec.name
         self.unique = uniqueness or Uniqueness()
@@ -221,7 +223,7 @@ class Mapper:
         self.behind_ns = None if m.time.accept_behind is None else round(m.time.accept_behind * 1e9)
         self._windowed = self.ahead_ns is not None or self.behind_ns is not None
         self._tag_cache: dict[str, str] = {}
-        self._clock = ReceiveClock()
+        self._clock = clock or ReceiveClock()
         self.timestamp_fallbacks = 0
         time_path = m.time.value_path
         groups = [(d.regex, [(g, escape_tag(g, "tag key")) for g in d.regex.groupindex]) for d in m.derived_tags]

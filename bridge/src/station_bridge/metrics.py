@@ -55,6 +55,7 @@ HELP = {
     "bridge_dead_letters_total": "Records written to a dead-letter file, per file.",
     "bridge_dead_letter_errors_total": "Dead-letter records that could not be written, per file.",
     "bridge_dead_letters_discarded_total": "Dead-letter records deleted by rotation, per file.",
+    "bridge_dead_letters_truncated_total": "Refused messages stored cut (dead_letter.max_record_bytes), per file.",
     "bridge_sink_restarts_total": "Writer threads restarted after they died, per destination.",
     "bridge_stage_errors_total": "Unexpected errors caught and contained, per stage.",
     "bridge_cache_errors_total": "Failed Redis cache updates.",
