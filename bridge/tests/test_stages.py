@@ -23,6 +23,7 @@ from station_bridge.ledger import Ledger
 from station_bridge.lineproto import LineError
 from station_bridge.mapping import MapError, Mapper
 from station_bridge.metrics import Metrics, parse, total, value
+from station_bridge.records import HEADER_BYTES
 from station_bridge.timestamps import parser
 
 T0 = 1_700_000_000
@@ -197,7 +198,7 @@ def test_journal_segments_survive_restart_in_order_respect_the_cap_and_record_pr
     assert again.oldest()[1].lines() == [b"c v=3 3"] and again.points == 1
     assert not list(tmp_path.glob("*.done"))
     assert again.append(Chunk.of(["x" * 300])) == "spool_full"  # over the cap: the caller counts the drop
-    assert again.bytes == len("c v=3 3\n")
+    assert again.bytes == len("c v=3 3\n") + HEADER_BYTES
 
 
 def test_journal_write_on_a_full_disk_is_a_reason_not_an_exception(disk: Path):

@@ -4,11 +4,20 @@ Points travel as `Chunk`s: line protocol bytes (each line ends in a newline; a s
 hold newlines too, so lines are found with `lineproto.line_ends`), their count and the intake
 sequence number of their first line, so no stage re-joins or re-splits lines needlessly.
 
+Both files hold framed, checksummed records (records.py: one chunk = one record): a record that
+does not verify (torn, zeroed, flipped) is skipped and counted, never sent; a file's points are
+what its verified records hold (a segment's name keeps a count for humans, never trusted).
+
+- Ownership: `JournalLock` (an flock on `journal.dir/.lock`) is taken before any file of the
+  directory is touched; a second bridge on the same directory is refused, naming the first.
 - Journal: segment files (`*.lp`) of batches that could not be written now. Each is written to
   a temporary name, fsynced, renamed, and its directory fsynced, so a crash or a power cut
   leaves whole segments or nothing; deletions are fsynced the same way. Replayed oldest first,
   deleted only after InfluxDB acknowledged every line (a segment delivered in part records its
-  progress in `<segment>.done`, so no acknowledged line is sent twice). A size cap
+  progress in `<segment>.done`, so no acknowledged line is sent twice). Damage found at start is
+  counted once (`<segment>.counted` remembers it across restarts); a segment that cannot be read
+  or no longer verifies while the bridge runs is set aside (renamed `*.damaged`), its remaining
+  points reported to `on_loss` (the sink counts them dropped), and delivery goes on. A size cap
   (`journal.max_bytes`) and a free-space reserve (`journal.min_free_bytes`) bound the spool: a
   batch that does not fit is refused and the caller counts the drop (spool_full, disk_full).
 - Intake (write-ahead log, `*.wal`): every point a destination accepts is appended before it
@@ -16,8 +25,9 @@ sequence number of their first line, so no stage re-joins or re-splits lines nee
   power cut), and forgotten once settled. Every point gets a sequence number, logged or not:
   a failed append (disk full) settles its own range at once, so the log never waits for it
   and never forgets a point that was logged and is still undelivered. At the next start the
-  journal adopts what is left by renaming it (no copy: adoption needs no free space) after
-  cutting a torn last line.
+  journal adopts what is left by renaming it (no copy: adoption needs no free space); a torn
+  last record is damage like any other. An intake log of the unframed format (a bridge upgraded
+  with points on disk) is read once as such, its torn last line cut.
 - DeadLetters: append-only JSONL of what was refused for good, capped in size: beyond
   `dead_letter.max_bytes` the file is rotated to `<name>.1` (the previous `.1` is deleted and
   its records counted as discarded).
@@ -32,13 +42,16 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .lineproto import complete_prefix, count_lines, line_ends
+from . import records
+from .lineproto import complete_prefix, line_ends
 
 log = logging.getLogger("station_bridge.journal")
 
@@ -163,15 +176,76 @@ class DiskGuard:
         return True
 
 
+class JournalLocked(RuntimeError):
+    """Another process holds the journal directory."""
+
+
+class JournalLock:
+    """Exclusive ownership of a journal directory: a non-blocking flock on `<dir>/.lock` (fd
+    close-on-exec), the owner's pid and command line written in the file. Held until the
+    process exits (or `release`)."""
+
+    NAME = ".lock"
+
+    def __init__(self, directory: Path) -> None:
+        import fcntl
+        self.path = directory / self.NAME
+        directory.mkdir(parents=True, exist_ok=True)
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            try:
+                owner = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip()
+            except OSError:
+                owner = ""
+            os.close(self.fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            pid, _, command = owner.partition("\n")
+            raise JournalLocked(
+                f"journal.dir {directory} is in use by another process (pid {pid or 'unknown'}: "
+                f"{command or 'command line unknown'}); refusing to start: stop it first, or give this "
+                f"bridge its own journal.dir") from None
+        command = " ".join(sys.argv) or "?"
+        with contextlib.suppress(OSError):
+            cmdline = Path(f"/proc/{os.getpid()}/cmdline").read_bytes()
+            command = cmdline.replace(b"\0", b" ").decode("utf-8", "replace").strip() or command
+        try:
+            os.ftruncate(self.fd, 0)
+            os.pwrite(self.fd, f"{os.getpid()}\n{command}\n".encode(), 0)
+        except OSError as exc:  # the lock holds all the same; only the message naming us is missing
+            log.error("cannot write the journal lock's owner", extra={"file": str(self.path), "error": str(exc)})
+
+    def release(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)  # closing the descriptor releases the flock
+            self.fd = -1
+
+
 _SEGMENT = re.compile(r"^(?P<stem>.+?)(?:-n(?P<count>\d+))?\.lp$")
+DAMAGED = ".damaged"
 
 
 @dataclass(slots=True)
 class Segment:
     path: Path
     size: int
-    count: int
+    count: int  # verified points (never the name's)
     done: int = 0  # lines already acknowledged (progress of a segment delivered in part)
+    records: list[tuple[int, int]] = field(default_factory=list)  # (offset, count) of each verified record
+
+
+@dataclass(slots=True)
+class DamageTally:
+    """Damage found in a destination's files at start."""
+
+    records: int = 0  # damaged records not counted before
+    points: int = 0  # their points, where a record's header verified
+    seen: bool = False  # any damage on disk (counted before or not)
+
+
+LossHandler = Callable[[int, str, int], None]  # (points, reason, damaged records)
 
 
 class Journal:
@@ -185,6 +259,8 @@ class Journal:
         self.writable = True
         self.last_error = ""
         self.failed_at = 0.0  # monotonic time of the last refused write (0: never)
+        self.damage = DamageTally()
+        self.on_loss: LossHandler | None = None  # points of a segment set aside while running
         for stale in [*self.dir.glob("*.tmp")]:
             try:
                 stale.unlink()  # never renamed: never acknowledged as journaled
@@ -197,16 +273,22 @@ class Journal:
                 self._segments.append(self._load(path))
             except OSError as exc:
                 log.error("cannot read a journal segment; left in place", extra={"file": str(path), "error": str(exc)})
-        for orphan in self.dir.glob("*.done"):
-            if not orphan.with_suffix("").exists():
-                orphan.unlink(missing_ok=True)
+        for suffix in (".done", ".counted"):
+            for orphan in self.dir.glob(f"*{suffix}"):
+                if not orphan.with_suffix("").exists():
+                    orphan.unlink(missing_ok=True)
         self._bytes = sum(s.size for s in self._segments)
         self._lines = sum(s.count - s.done for s in self._segments)
 
     def _load(self, path: Path) -> Segment:
-        match = _SEGMENT.match(path.name)
-        size = path.stat().st_size
-        count = int(match.group("count")) if match and match.group("count") else count_lines(path.read_bytes())
+        data = path.read_bytes()
+        found = records.scan(data)
+        count = found.points
+        if found.damage:
+            self._tally(path, found)
+        if found.legacy:
+            log.warning("journal segment of the unframed format (no checksums): read once as it is",
+                        extra={"file": str(path), "points": count})
         done = 0
         progress = path.with_name(path.name + ".done")
         if progress.exists():
@@ -214,7 +296,29 @@ class Journal:
                 done = min(count, int(progress.read_text().strip() or 0))
             except (OSError, ValueError):
                 done = 0
-        return Segment(path, size, count, done)
+        return Segment(path, len(data), count, done, [(r.offset, r.count) for r in found.records])
+
+    def _tally(self, path: Path, found: records.Scan) -> None:
+        """Counts a file's damage once: `<file>.counted` remembers what earlier starts counted."""
+        self.damage.seen = True
+        counted_file = path.with_name(path.name + ".counted")
+        before_records = before_points = 0
+        with contextlib.suppress(OSError, ValueError):
+            before_records, before_points = (int(x) for x in counted_file.read_text().split()[:2])
+        new_records = max(0, len(found.damage) - before_records)
+        new_points = max(0, found.damaged_points - before_points)
+        if new_records or new_points:
+            for d in found.damage:
+                log.error("damaged journal record skipped", extra={
+                    "file": str(path), "offset": d.offset, "bytes": d.length,
+                    "points": d.count if d.count is not None else "unknown"})
+            self.damage.records += new_records
+            self.damage.points += new_points
+            try:
+                durable_write(counted_file, f"{len(found.damage)} {found.damaged_points}\n".encode())
+            except OSError as exc:
+                log.error("cannot record that a damaged segment was counted; it is counted again at the next "
+                          "start", extra={"file": str(counted_file), "error": str(exc)})
 
     def _adopt_intake(self) -> int:
         """Turns the intake logs a stopped process left behind into journal segments, by rename."""
@@ -222,15 +326,17 @@ class Journal:
         for wal in sorted(self.dir.glob(f"*{Intake.SUFFIX}")):
             try:
                 data = wal.read_bytes()
-                end = complete_prefix(data)
-                if end < len(data):  # the process died inside a write: that line never fully arrived
-                    log.warning("intake log ends in a partial line, which is discarded",
-                                extra={"segment": wal.name, "bytes": len(data) - end})
-                    os.truncate(wal, end)
-                if not end:
+                if records.is_legacy(data):
+                    end = complete_prefix(data)
+                    if end < len(data):  # the process died inside a write: that line never fully arrived
+                        log.warning("intake log (unframed format) ends in a partial line, which is discarded",
+                                    extra={"segment": wal.name, "bytes": len(data) - end})
+                        os.truncate(wal, end)
+                        data = data[:end]
+                if not data:
                     wal.unlink()
                     continue
-                count = count_lines(data[:end])
+                count = records.scan(data).points  # damage is counted when the segment is loaded
                 os.replace(wal, wal.with_name(f"{wal.stem}-n{count}.lp"))
                 adopted += count
             except OSError as exc:
@@ -269,7 +375,10 @@ class Journal:
     def append(self, chunk: Chunk) -> str | None:
         """Writes a batch as a new segment. None when written; else the drop reason
         (spool_full: the cap; disk_full: no space or the reserve reached; journal_error)."""
-        size = len(chunk.data)
+        if not chunk.count:
+            return None
+        data = records.frame(chunk.data, chunk.count)
+        size = len(data)
         with self._lock:
             if self._bytes + size > self.max_bytes:
                 return "spool_full"
@@ -281,29 +390,69 @@ class Journal:
             self._seq += 1
             final = self.dir / f"{time.time_ns():020d}-{self._seq:08d}-n{chunk.count}.lp"
             try:
-                durable_write(final, chunk.data)
+                durable_write(final, data)
             except OSError as exc:
                 self.writable = False
                 self.failed_at = time.monotonic()
                 self.last_error = f"{type(exc).__name__}: {exc}"
                 return disk_reason(exc)
             self.writable = True
-            self._segments.append(Segment(final, size, chunk.count))
+            self._segments.append(Segment(final, size, chunk.count, 0, [(0, chunk.count)]))
             self._bytes += size
             self._lines += chunk.count
         return None
 
     def oldest(self) -> tuple[Segment, Chunk] | None:
-        """The oldest segment and what of it is still to deliver."""
+        """The oldest segment and what of it is still to deliver (verified again). A segment that
+        cannot be read or no longer verifies is set aside (`_set_aside`) and the next one taken."""
+        while True:
+            with self._lock:
+                if not self._segments:
+                    return None
+                segment = self._segments[0]
+            try:
+                data = segment.path.read_bytes()
+            except OSError as exc:
+                self._set_aside(segment, "journal_error", 0, f"{type(exc).__name__}: {exc}")
+                continue
+            payloads, bad = [], []
+            for offset, count in segment.records:
+                record = records.verify(data, offset, count)
+                if record is None:
+                    bad.append(offset)
+                else:
+                    payloads.append(record.payload)
+            if bad:
+                self._set_aside(segment, "damaged", len(bad),
+                                f"{len(bad)} record(s) no longer verify, the first at byte offset {bad[0]}")
+                continue
+            chunk = Chunk(b"".join(payloads), segment.count, -1, (self.oldest_time() or time.time()))
+            return segment, chunk.skip(segment.done)
+
+    def _set_aside(self, segment: Segment, reason: str, damaged: int, error: str) -> None:
+        """Out of the queue, its remaining points reported lost, the file renamed `*.damaged`."""
         with self._lock:
-            if not self._segments:
-                return None
-            segment = self._segments[0]
-        data = segment.path.read_bytes()
-        if data and not data.endswith(b"\n"):
-            data += b"\n"
-        chunk = Chunk(data, segment.count, -1, (self.oldest_time() or time.time()))
-        return segment, chunk.skip(segment.done)
+            if segment not in self._segments:
+                return
+            self._segments.remove(segment)
+            self._bytes -= segment.size
+            lost = segment.count - segment.done
+            self._lines -= lost
+        log.error("journal segment unreadable or damaged while running: set aside, its remaining points "
+                  "dropped", extra={"file": str(segment.path), "reason": reason, "points": lost, "error": error})
+        if self.on_loss is not None:
+            self.on_loss(lost, reason, damaged)  # counted (and the ledger saved) before the file goes
+        try:
+            if segment.path.exists() or segment.path.is_symlink():
+                os.replace(segment.path, segment.path.with_name(segment.path.name + DAMAGED))
+        except OSError as exc:
+            log.error("cannot rename a damaged journal segment", extra={"file": str(segment.path),
+                                                                          "error": str(exc)})
+        for suffix in (".done", ".counted"):
+            with contextlib.suppress(OSError):
+                segment.path.with_name(segment.path.name + suffix).unlink(missing_ok=True)
+        with contextlib.suppress(OSError):
+            fsync_dir(self.dir)
 
     def progress(self, segment: Segment, lines: int) -> None:
         """`lines` more lines of the segment were acknowledged (it stays for the rest)."""
@@ -319,10 +468,12 @@ class Journal:
     def ack(self, segment: Segment) -> None:
         """InfluxDB acknowledged the whole segment: delete it (and its progress), durably."""
         with self._lock:
+            if segment not in self._segments:
+                return
             self._segments.remove(segment)
             self._bytes -= segment.size
             self._lines -= segment.count - segment.done
-        for path in (segment.path, segment.path.with_name(segment.path.name + ".done")):
+        for path in (segment.path, *(segment.path.with_name(segment.path.name + s) for s in (".done", ".counted"))):
             try:
                 path.unlink(missing_ok=True)
             except OSError as exc:
@@ -364,8 +515,11 @@ class Intake:
         with self._lock:
             chunk.seq = self._next
             self._next += chunk.count
+            if not chunk.count:
+                return True
             try:
-                if self.guard is not None and not self.guard.room(len(chunk.data)):
+                data = records.frame(chunk.data, chunk.count)  # one chunk, one record, one write(2)
+                if self.guard is not None and not self.guard.room(len(data)):
                     raise OSError(errno.ENOSPC, f"free space below the reserve of {self.guard.reserve} bytes")
                 if self._handle is None:
                     self._count += 1
@@ -373,12 +527,12 @@ class Intake:
                     self._handle = open(path, "ab", buffering=0)  # noqa: SIM115 - open until rotated
                     self._segments.append([path, chunk.seq, 0])
                     fsync_dir(self.dir)
-                written = self._handle.write(chunk.data)  # unbuffered: in the kernel when this returns
-                if written != len(chunk.data):
-                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(chunk.data)} bytes)")
+                written = self._handle.write(data)  # unbuffered: in the kernel when this returns
+                if written != len(data):
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
             except OSError as exc:
-                # A partial write leaves a torn line: start a new segment for what follows
-                # (adoption cuts the torn tail). The chunk lives in memory only.
+                # A partial write leaves a torn record: start a new segment for what follows
+                # (the reader skips the torn one). The chunk lives in memory only.
                 if self._handle is not None:
                     with contextlib.suppress(OSError):
                         self._handle.close()
@@ -390,7 +544,7 @@ class Intake:
                 return False
             active = self._segments[-1]
             active[1] = self._next
-            active[2] += len(chunk.data)
+            active[2] += len(data)
             if active[2] >= self.segment_bytes:
                 self._handle.close()
                 self._handle = None
