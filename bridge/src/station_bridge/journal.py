@@ -270,9 +270,19 @@ class Journal:
         self._segments: deque[Segment] = deque()
         for path in sorted(self.dir.glob("*.lp")):
             try:
-                self._segments.append(self._load(path))
+                segment = self._load(path)
             except OSError as exc:
                 log.error("cannot read a journal segment; left in place", extra={"file": str(path), "error": str(exc)})
+                continue
+            if segment.count:
+                self._segments.append(segment)
+                continue
+            try:  # nothing verified in it (its damage is counted): set aside, never read again
+                os.replace(path, path.with_name(path.name + DAMAGED))
+                for suffix in (".done", ".counted"):
+                    path.with_name(path.name + suffix).unlink(missing_ok=True)
+            except OSError as exc:
+                log.error("cannot set a damaged journal segment aside", extra={"file": str(path), "error": str(exc)})
         for suffix in (".done", ".counted"):
             for orphan in self.dir.glob(f"*{suffix}"):
                 if not orphan.with_suffix("").exists():

@@ -89,11 +89,11 @@ class Ledger:
         damage was seen (else `lost_in_crash`). Returns (recovered, lost)."""
         damage = damage or DamageTally()
         m = self.metrics
+        delta = on_disk + damage.points - round(self.pending(destination))
         if damage.records:
             m.inc("bridge_journal_damaged_records_total", damage.records, destination=destination)
         if damage.points:
             m.inc("bridge_dropped_points_total", damage.points, destination=destination, reason="damaged")
-        delta = on_disk + damage.points - round(self.pending(destination))
         if delta > 0:
             m.inc("bridge_recovered_points_total", delta, destination=destination)
             m.inc("bridge_accepted_points_total", delta, destination=destination)
