@@ -133,7 +133,7 @@ def test_journal_counts_from_verified_records_never_from_the_name(tmp_path: Path
     again = Journal(tmp_path, max_bytes=1 << 30)
     assert again.points == 10 and again.damage.records == 1 and again.damage.points == 5
     assert again.damage.seen
-    segment, chunk = again.oldest()
+    _, chunk = again.oldest()
     assert chunk.count == 5 and chunk.data == cs[1].data
     assert (tmp_path / (first.name + ".damaged")).exists(), "nothing verified in it: set aside at start"
     # A segment of several records, one damaged: delivered in part, its damage counted once (a
@@ -146,7 +146,7 @@ def test_journal_counts_from_verified_records_never_from_the_name(tmp_path: Path
     assert third.points == 10 + 10 and third.damage.records == 1 and third.damage.points == 5
     fourth = Journal(tmp_path, max_bytes=1 << 30)
     assert fourth.points == 20 and fourth.damage.records == 0 and fourth.damage.points == 0 and fourth.damage.seen
-    segment, chunk = fourth.oldest()
+    _, chunk = fourth.oldest()
     assert chunk.data == cs[0].data + cs[1].data
 
 
@@ -211,7 +211,7 @@ def test_a_segment_unreadable_while_running_is_set_aside_and_counted(tmp_path: P
     with open(paths[2], "r+b") as handle:  # damaged after it was loaded
         handle.seek(HEADER_BYTES + 3)
         handle.write(b"\0")
-    segment, chunk = journal.oldest()
+    _, chunk = journal.oldest()
     assert chunk.data == cs[3].data and journal.points == 3 and len(journal) == 1
     assert lost == [(3, "journal_error", 0), (3, "journal_error", 0), (3, "damaged", 1)]
     assert (tmp_path / (paths[1].name + ".damaged")).is_dir()
