@@ -25,10 +25,10 @@ from harness import BridgeProcess, ledger_problems, quiet_ledger, tmpfs, wait_fo
 from servers import Influxd, RedisServer
 
 from station_bridge.demo import INSTRUMENTS, publish, ticks, wait_for_subscriber
+from station_bridge.journal.records import scan
 from station_bridge.ledger import read_latest
 from station_bridge.lineproto import split_lines
 from station_bridge.metrics import total, value
-from station_bridge.records import scan
 
 INFLUX_DOWN_S = 30
 CENTRAL_DOWN_S = 60

@@ -23,9 +23,9 @@ import yaml
 import zmq
 from servers import Influxd, free_port
 
+from station_bridge.journal.records import scan
 from station_bridge.lineproto import split_lines
 from station_bridge.metrics import parse, total, value
-from station_bridge.records import scan
 
 BRIDGE = str(Path(sys.executable).with_name("station-bridge"))
 

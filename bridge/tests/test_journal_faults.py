@@ -12,10 +12,10 @@ from test_journal_records import chunks, expected, framed
 
 from station_bridge.demo import publish
 from station_bridge.journal import Chunk, Intake
+from station_bridge.journal.records import HEADER_BYTES, scan
 from station_bridge.ledger import Ledger
 from station_bridge.lineproto import split_lines
 from station_bridge.metrics import Metrics, total, value
-from station_bridge.records import HEADER_BYTES, scan
 
 T0 = 1_700_000_000 * 10**9
 

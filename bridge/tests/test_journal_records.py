@@ -14,10 +14,10 @@ from pathlib import Path
 import pytest
 
 from station_bridge.journal import Chunk, Intake, Journal, JournalLock, JournalLocked
+from station_bridge.journal.records import HEADER_BYTES, frame, scan
 from station_bridge.ledger import Ledger
 from station_bridge.lineproto import LineError, format_field_value, format_line, split_lines
 from station_bridge.metrics import Metrics
-from station_bridge.records import HEADER_BYTES, frame, scan
 
 HOSTILE = [" ", ",", "=", '"', "\\", "\n", "\t", "é", "€", "😀", "\u0301", "a", "Z", "1", "#", "'"]
 INT64 = [2**63 - 1, -(2**63), 0, -1, 1]

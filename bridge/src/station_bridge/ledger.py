@@ -14,7 +14,7 @@ number; at start the newer readable one of the two wins.
 
 At start the ledger is read and reconciled with what is on disk, per destination:
 pending_then = accepted - written - dropped (the ledger's view), pending_now = the journal's
-points after adopting the intake log (its verified records: records.py). A clean shutdown leaves
+points after adopting the intake log (its verified records: journal/records.py). A clean shutdown leaves
 them equal. After a SIGKILL the disk holds more: points accepted after the last ledger write,
 and points already written whose intake-log segment had not been deleted yet (they are written
 again; InfluxDB keeps one point per series and time). The difference is counted as

@@ -4,7 +4,7 @@ partial writes told apart from InfluxDB's message, bisection only where the mess
 so a replay counts and dead-letters exactly as the running bridge does.
 
 Journal segments and intake logs (`.lp`, `.wal`) are read with the bridge's own reader
-(records.py): only verified records are sent, damaged ones are counted and reported with their
+(journal/records.py): only verified records are sent, damaged ones are counted and reported with their
 byte offset. Replay only reads: it never renames, truncates or deletes a file, and takes no
 lock, so replaying the files of a running bridge cannot corrupt it (a record that bridge is
 still appending reads as a torn tail: counted as damaged here, not sent).
@@ -18,9 +18,8 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import records
 from .config import DestinationSpec
-from .journal import Chunk, DeadLetters
+from .journal import Chunk, DeadLetters, records
 from .lineproto import escape_field_key, format_field_value, series_key, split_lines
 from .sinks import Delivery, InfluxWriter
 

@@ -28,7 +28,7 @@ import struct
 import zlib
 from dataclasses import dataclass, field
 
-from .lineproto import complete_prefix, count_lines
+from ..lineproto import complete_prefix, count_lines
 
 MAGIC = b"\xffSBJ"
 _HEAD = struct.Struct("<4sIII")  # magic, length, count, hcrc
