@@ -6,6 +6,7 @@ received exactly the records the damage left intact (the test's own bookkeeping,
 from __future__ import annotations
 
 import json
+import os
 
 from harness import BridgeProcess, quiet_ledger, wait_for
 from test_journal_records import chunks, expected, framed
@@ -75,6 +76,18 @@ def test_damaged_journal_files_deliver_every_intact_point_once_and_count_every_d
     _, spans = framed(cs)
     total_points += sum(c.count for c in cs)
     intact.extend(cs[i] for i in expected(original, bytes(page), cs, spans))
+    # The power-cut pattern: an intake log cut inside a record (its header whole, its payload not).
+    n += 1
+    cs = chunks(100 + n, 6, 5, T0 + n * 10**6)
+    intake = Intake(journal)
+    for c in cs:
+        assert intake.append(c)
+    intake.close()
+    wal = max(journal.glob("*.wal"))
+    _, spans = framed(cs)
+    os.truncate(wal, spans[3][0] + HEADER_BYTES + 11)
+    total_points += sum(c.count for c in cs)
+    intact.extend(cs[:3])
     # A segment of the unframed format (a station upgraded with points on disk), its tail torn.
     n += 1
     old = chunks(100 + n, 1, 5, T0 + n * 10**6)[0]
