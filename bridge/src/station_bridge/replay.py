@@ -86,7 +86,8 @@ def journal_file(path: Path) -> tuple[list[bytes], records.Scan]:
     """A journal segment or intake log: the lines of its verified records, and the scan."""
     found = records.scan(path.read_bytes())
     for damage in found.damage:
-        log.error("damaged journal record skipped", extra={
+        log.error("damaged journal record skipped: %s at byte offset %d (%s bytes, points %s)", path, damage.offset,
+                  damage.length, damage.count if damage.count is not None else "unknown", extra={
             "file": str(path), "offset": damage.offset, "bytes": damage.length,
             "points": damage.count if damage.count is not None else "unknown"})
     return [line.rstrip(b"\n") for line in split_lines(found.data()) if line.strip()], found

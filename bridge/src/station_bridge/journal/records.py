@@ -109,10 +109,8 @@ def record_at(data: bytes, pos: int) -> Record | None:
     if end > len(data):
         return None
     crc = struct.unpack_from("<I", data, pos + 16)[0]
-    if zlib.crc32(data[pos + HEADER_BYTES:end], zlib.crc32(data[pos:pos + 16])) != crc:
-        return None
     payload = data[pos + HEADER_BYTES:end]
-    if not payload.endswith(b"\n"):
+    if zlib.crc32(payload, zlib.crc32(data[pos:pos + 16])) != crc or not payload.endswith(b"\n"):
         return None
     return Record(pos, count, payload)
 
