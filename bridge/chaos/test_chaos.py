@@ -25,7 +25,9 @@ from harness import BridgeProcess, ledger_problems, quiet_ledger, tmpfs, wait_fo
 from servers import Influxd, RedisServer
 
 from station_bridge.demo import INSTRUMENTS, publish, ticks, wait_for_subscriber
+from station_bridge.journal.records import scan
 from station_bridge.ledger import read_latest
+from station_bridge.lineproto import split_lines
 from station_bridge.metrics import total, value
 
 INFLUX_DOWN_S = 30
@@ -156,7 +158,7 @@ def test_sigkill_under_load_delivers_every_point_the_bridge_had_accepted(tmp_pat
         # What the bridge had accepted: the journal, and its write-ahead intake log (points in
         # memory, not yet written nor journaled).
         logged = [line for wal in sorted((tmp_path / "journal" / "local").glob("*.wal"))
-                  for line in wal.read_bytes().splitlines(keepends=True) if line.endswith(b"\n")]
+                  for line in split_lines(scan(wal.read_bytes()).data())]  # verified records only
         thread.join()
         local.start()
         restarted = BridgeProcess(tmp_path, local, "tick", endpoint).start()  # what systemd's Restart= does

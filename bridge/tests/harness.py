@@ -23,6 +23,7 @@ import yaml
 import zmq
 from servers import Influxd, free_port
 
+from station_bridge.journal.records import scan
 from station_bridge.lineproto import split_lines
 from station_bridge.metrics import parse, total, value
 
@@ -120,7 +121,7 @@ class BridgeProcess:
     def journal_lines(self, destination: str = "local") -> list[bytes]:
         lines: list[bytes] = []
         for segment in sorted((self.tmp / "journal" / destination).glob("*.lp")):
-            lines += split_lines(segment.read_bytes())
+            lines += split_lines(scan(segment.read_bytes()).data())  # verified records only
         return lines
 
     def log_records(self) -> list[dict]:

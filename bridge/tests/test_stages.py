@@ -19,6 +19,7 @@ from station_bridge import config as cfg
 from station_bridge.binning import TimeWeightedBinner
 from station_bridge.decoders import DecodeError, build
 from station_bridge.journal import Chunk, DeadLetters, DiskGuard, Intake, Journal
+from station_bridge.journal.records import HEADER_BYTES
 from station_bridge.ledger import Ledger
 from station_bridge.lineproto import LineError
 from station_bridge.mapping import MapError, Mapper
@@ -197,7 +198,7 @@ def test_journal_segments_survive_restart_in_order_respect_the_cap_and_record_pr
     assert again.oldest()[1].lines() == [b"c v=3 3"] and again.points == 1
     assert not list(tmp_path.glob("*.done"))
     assert again.append(Chunk.of(["x" * 300])) == "spool_full"  # over the cap: the caller counts the drop
-    assert again.bytes == len("c v=3 3\n")
+    assert again.bytes == len("c v=3 3\n") + HEADER_BYTES
 
 
 def test_journal_write_on_a_full_disk_is_a_reason_not_an_exception(disk: Path):
@@ -532,7 +533,6 @@ def test_http_listen_absent_or_null_is_the_default_and_empty_turns_it_off():
 def test_durable_files_are_fsynced_with_their_directory(tmp_path: Path):
     """The journal's create, rename and delete reach the disk with their directory entries: a
     strace-free check that each durable step calls fsync on the file and the directory."""
-    import station_bridge.journal as journal_module
     calls: list[str] = []
     real_fsync = os.fsync
 
@@ -540,7 +540,7 @@ def test_durable_files_are_fsynced_with_their_directory(tmp_path: Path):
         calls.append(os.readlink(f"/proc/self/fd/{fd}"))
         real_fsync(fd)
 
-    journal_module.os.fsync = recording
+    os.fsync = recording
     try:
         journal = Journal(tmp_path, max_bytes=1 << 20)
         journal.append(Chunk.of(["m v=1 1"]))
@@ -549,6 +549,6 @@ def test_durable_files_are_fsynced_with_their_directory(tmp_path: Path):
         journal.ack(journal.oldest()[0])
         deleted = list(calls)
     finally:
-        journal_module.os.fsync = real_fsync
+        os.fsync = real_fsync
     assert any(c.endswith(".lp.tmp") for c in created) and str(tmp_path) in created  # file, then directory
     assert deleted == [str(tmp_path)]

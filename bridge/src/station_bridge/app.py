@@ -44,7 +44,7 @@ from .health import (
     Thresholds,
     evaluate,
 )
-from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal
+from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal, JournalLock
 from .ledger import Ledger
 from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
@@ -130,7 +130,8 @@ class Bridge:
         self.metrics = metrics or Metrics()
         self.stopping = False
         self.started = time.monotonic()
-        config.journal_dir.mkdir(parents=True, exist_ok=True)
+        # Ownership of journal.dir before anything in it is read, adopted or removed (JournalLocked).
+        self.journal_lock = JournalLock(config.journal_dir)
         config.dead_letter_dir.mkdir(parents=True, exist_ok=True)
         self.guard = DiskGuard(config.journal_dir, config.journal_min_free_bytes)
         dead_guard = DiskGuard(config.dead_letter_dir, config.journal_min_free_bytes)
@@ -146,10 +147,11 @@ class Bridge:
             dead = DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl", config.dead_letter_max_bytes, dead_guard)
             self.sinks.append(InfluxSink(d, journal, dead, self.metrics, intake, config.health,
                                          before_delete=self._save_ledger_now))
-            recovered, lost = self.ledger.reconcile(d.name, journal.points)
+            recovered, lost = self.ledger.reconcile(d.name, journal.points, journal.damage)
             if recovered or lost or journal.points:
                 log.warning("ledger reconciled with the journal", extra={
                     "destination": d.name, "journal_points": journal.points, "adopted": journal.adopted,
+                    "damaged_records": journal.damage.records,
                     "recovered": recovered, "lost_in_crash": lost, "ledger": had_ledger})
         # The reconciled counters at once (a crash now must not reconcile them a second time),
         # and the ledger's spare allocated while the disk may still have room.

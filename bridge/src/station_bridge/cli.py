@@ -25,10 +25,16 @@ def _destination(config_path: str, name: str | None) -> DestinationSpec:
 
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Bridge
+    from .journal import JournalLocked
     from .logs import setup
     config = load(args.config)
     setup(config.log_level)
-    return Bridge(config).run()
+    try:
+        bridge = Bridge(config)
+    except JournalLocked as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
+    return bridge.run()
 
 
 def warnings(config: Config) -> list[str]:
@@ -81,6 +87,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     print(f"replayed {result.written} points into {destination.name}; {result.rejected} rejected "
           f"(see {args.dead_letter})")
+    if result.damaged_records:
+        print(f"{result.damaged_records} damaged journal records skipped ({result.damaged_points} points known "
+              "to be in them; the log names each file and byte offset)", file=sys.stderr)
     return 0 if not result.rejected else 2
 
 

@@ -14,16 +14,19 @@ number; at start the newer readable one of the two wins.
 
 At start the ledger is read and reconciled with what is on disk, per destination:
 pending_then = accepted - written - dropped (the ledger's view), pending_now = the journal's
-points after adopting the intake log. A clean shutdown leaves them equal. After a SIGKILL the
-disk holds more: points accepted after the last ledger write, and points already written whose
-intake-log segment had not been deleted yet (they are written again; InfluxDB keeps one point
-per series and time). The difference is counted as `bridge_recovered_points_total` and added to
-`accepted`, so the equation closes. Because every deletion is preceded by a ledger write, the
-disk can hold less than the ledger's pending only if points lived in memory alone (the intake
-log was off, or could not be written: disk full) when the process died: those are counted as
-dropped with reason `lost_in_crash`. After a power cut neither the intake log nor the last
-ledger write is guaranteed (no fsync per burst): the same reconciliation runs, and its counts
-are then an estimate (see the README's guarantees).
+points after adopting the intake log (its verified records: journal/records.py). A clean shutdown leaves
+them equal. After a SIGKILL the disk holds more: points accepted after the last ledger write,
+and points already written whose intake-log segment had not been deleted yet (they are written
+again; InfluxDB keeps one point per series and time). The difference is counted as
+`bridge_recovered_points_total` and added to `accepted`, so the equation closes. Because every
+deletion is preceded by a ledger write, the disk can hold less than the ledger's pending only if
+points lived in memory alone (the intake log was off, or could not be written: disk full) when
+the process died: those are counted as dropped with reason `lost_in_crash`. After a power cut
+neither the intake log nor the last ledger write is guaranteed (no fsync per burst): the same
+reconciliation runs, and its counts are then an estimate (see the README's guarantees). Records
+the journal's reader found damaged are counted dropped with reason `damaged`: their points where
+a record's header verified, and the rest of the shortfall when any damage was seen in the
+destination's files.
 """
 
 from __future__ import annotations
@@ -35,7 +38,7 @@ import threading
 import time
 from pathlib import Path
 
-from .journal import disk_reason, durable_write
+from .journal import DamageTally, disk_reason, durable_write
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.ledger")
@@ -79,18 +82,26 @@ class Ledger:
                 - m.get("bridge_written_points_total", destination=destination)
                 - m.total("bridge_dropped_points_total", destination=destination))
 
-    def reconcile(self, destination: str, on_disk: int) -> tuple[int, int]:
-        """Closes the destination's equation against the points found on disk at start.
-        Returns (recovered, lost)."""
-        delta = on_disk - round(self.pending(destination))
+    def reconcile(self, destination: str, on_disk: int, damage: DamageTally | None = None) -> tuple[int, int]:
+        """Closes the destination's equation against the points found verified on disk at start.
+        `damage`: what the journal's reader found damaged (not counted by an earlier start): its
+        known points are counted dropped (reason `damaged`), and so is any other shortfall when
+        damage was seen (else `lost_in_crash`). Returns (recovered, lost)."""
+        damage = damage or DamageTally()
+        m = self.metrics
+        delta = on_disk + damage.points - round(self.pending(destination))
+        if damage.records:
+            m.inc("bridge_journal_damaged_records_total", damage.records, destination=destination)
+        if damage.points:
+            m.inc("bridge_dropped_points_total", damage.points, destination=destination, reason="damaged")
         if delta > 0:
-            self.metrics.inc("bridge_recovered_points_total", delta, destination=destination)
-            self.metrics.inc("bridge_accepted_points_total", delta, destination=destination)
-            return delta, 0
+            m.inc("bridge_recovered_points_total", delta, destination=destination)
+            m.inc("bridge_accepted_points_total", delta, destination=destination)
+            return delta, damage.points
         if delta < 0:
-            self.metrics.inc("bridge_dropped_points_total", -delta, destination=destination, reason="lost_in_crash")
-            return 0, -delta
-        return 0, 0
+            m.inc("bridge_dropped_points_total", -delta, destination=destination,
+                  reason="damaged" if damage.seen else "lost_in_crash")
+        return 0, damage.points - delta
 
     def save(self, clean: bool = False, sync: bool = False) -> bool:
         with self._lock:

@@ -43,6 +43,7 @@ HELP = {
     "bridge_dropped_points_total": "Points dropped, per destination and reason.",
     "bridge_pending_points": "Points not yet written nor dropped: queue, in flight and journal.",
     "bridge_journaled_points_total": "Points written to the journal, per destination.",
+    "bridge_journal_damaged_records_total": "Journal or intake-log records that failed their checksum (skipped).",
     "bridge_write_errors_total": "Failed write requests, per destination and kind.",
     "bridge_write_requests_total": "Write requests sent, per destination.",
     "bridge_intake_errors_total": "Points the write-ahead intake log could not store (held in memory only).",

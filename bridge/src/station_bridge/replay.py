@@ -2,19 +2,28 @@
 CSV written to a destination through the sink's own delivery path (sinks.Delivery: batching,
 partial writes told apart from InfluxDB's message, bisection only where the message is silent),
 so a replay counts and dead-letters exactly as the running bridge does.
+
+Journal segments and intake logs (`.lp`, `.wal`) are read with the bridge's own reader
+(journal/records.py): only verified records are sent, damaged ones are counted and reported with their
+byte offset. Replay only reads: it never renames, truncates or deletes a file, and takes no
+lock, so replaying the files of a running bridge cannot corrupt it (a record that bridge is
+still appending reads as a torn tail: counted as damaged here, not sent).
 """
 
 from __future__ import annotations
 
 import csv
 import json
+import logging
 from dataclasses import dataclass
 from pathlib import Path
 
 from .config import DestinationSpec
-from .journal import Chunk, DeadLetters
+from .journal import Chunk, DeadLetters, records
 from .lineproto import escape_field_key, format_field_value, series_key, split_lines
 from .sinks import Delivery, InfluxWriter
+
+log = logging.getLogger("station_bridge.replay")
 
 
 def annotated_csv(path: Path) -> list[bytes]:
@@ -73,12 +82,23 @@ def jsonl(path: Path) -> list[bytes]:
     return lines
 
 
+def journal_file(path: Path) -> tuple[list[bytes], records.Scan]:
+    """A journal segment or intake log: the lines of its verified records, and the scan."""
+    found = records.scan(path.read_bytes())
+    for damage in found.damage:
+        log.error("damaged journal record skipped: %s at byte offset %d (%s bytes, points %s)", path, damage.offset,
+                  damage.length, damage.count if damage.count is not None else "unknown", extra={
+            "file": str(path), "offset": damage.offset, "bytes": damage.length,
+            "points": damage.count if damage.count is not None else "unknown"})
+    return [line.rstrip(b"\n") for line in split_lines(found.data()) if line.strip()], found
+
+
 def read(path: Path) -> list[bytes]:
     if path.suffix == ".csv":
         return annotated_csv(path)
     if path.suffix == ".jsonl":
         return jsonl(path)
-    return [line.rstrip(b"\n") for line in split_lines(path.read_bytes()) if line.strip()]
+    return journal_file(path)[0]
 
 
 @dataclass
@@ -86,6 +106,8 @@ class Result:
     written: int = 0
     rejected: int = 0
     not_attempted: int = 0
+    damaged_records: int = 0  # journal records that did not verify (skipped, never sent)
+    damaged_points: int = 0  # their points where a record's header verified
     error: str = ""
 
 
@@ -96,7 +118,12 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
     result = Result()
     try:
         for path in files:
-            lines = read(path)
+            if path.suffix in (".csv", ".jsonl"):
+                lines = read(path)
+            else:
+                lines, found = journal_file(path)
+                result.damaged_records += len(found.damage)
+                result.damaged_points += found.damaged_points
             if not lines:
                 continue
             out = delivery.deliver(Chunk.of_bytes(lines))

@@ -18,7 +18,9 @@ one write path (the writer thread here and `station-bridge replay` use it):
   flush_interval after the first line);
 - while the journal is empty, delivers a batch; a retryable failure journals the rest and starts
   exponential backoff with jitter; later batches go to the journal while it is not empty, so
-  delivery order is kept; the journal is replayed oldest first;
+  delivery order is kept; the journal is replayed oldest first (verified records only: a segment
+  that cannot be read or no longer verifies is set aside, its points counted dropped with reason
+  `journal_error` or `damaged`, and the next one delivered);
 - every failure of its own is contained: a journal write that fails (disk full, the reserve
   reached) is a counted drop, an unexpected exception is counted and logged and the loop goes on;
   a thread that dies anyway is restarted by the bridge (`ensure_alive`) and counted.
@@ -374,6 +376,7 @@ class InfluxSink:
         self.before_delete = before_delete or (lambda: None)
         if intake is not None:
             intake.before_delete = self.before_delete
+        journal.on_loss = self._journal_loss
         self.writer = InfluxWriter(spec)
         self.delivery = Delivery(self.writer, spec.batch_size)
         self.backoff = Backoff(spec.max_backoff)
@@ -615,6 +618,15 @@ class InfluxSink:
                 if done:
                     self.journal.progress(segment, done)
                 return
+
+    def _journal_loss(self, points: int, reason: str, damaged_records: int) -> None:
+        """A segment was set aside while running (unreadable, or no longer verifies): its
+        remaining points are dropped, counted before its file is renamed."""
+        if damaged_records:
+            self.metrics.inc("bridge_journal_damaged_records_total", damaged_records, **self._labels)
+        if points:
+            self.metrics.inc("bridge_dropped_points_total", points, **self._labels, reason=reason)
+        self.before_delete()
 
     def _to_journal(self, chunk: Chunk) -> None:
         reason = self.journal.append(chunk)
