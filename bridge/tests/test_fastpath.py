@@ -41,7 +41,10 @@ FIELDS = {"bid": "float", "ask": "float", "volume": "integer", "flag": "boolean"
 
 
 def spec_for(framing="msgpack", time_format="epoch_s", **extra):
-    mapping = {"tags": ["instrument", "venue"], "derived_tags": [], "drop": [], "fields": FIELDS,
+    # venue may be absent (optional: left out, in C and in Python); instrument may not (C hands
+    # a message without it back, Python refuses it missing_field)
+    mapping = {"tags": ["instrument", "venue"], "optional_tags": ["venue"], "derived_tags": [], "drop": [],
+               "fields": FIELDS,
                "time": {"field": "timestamp", "format": time_format}, "static_tags": {"desk": "fx 1"}}
     if framing == "text_delimited":
         extra.setdefault("field_order", ["timestamp", "instrument", "venue", "bid", "ask", "volume", "note"])

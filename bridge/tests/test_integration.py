@@ -175,7 +175,10 @@ def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influx
         ([b"kraken_tick", b"\x91" * 2000 + b"\x00"], "too_deep"),
         ([b"kraken_tick", b"\x00" * 2_000_000], "oversized"),
         ([b"kraken_tick"], "bad_framing"),
-        ([b"kraken_tick", msgpack.packb({"timestamp": "never", "bid": 1.0})], "bad_timestamp"),
+        ([b"kraken_tick", msgpack.packb({"timestamp": "never", "bid": 1.0, "instrument": "X"})], "bad_timestamp"),
+        ([b"kraken_tick", msgpack.packb({**good, "instrument": None})], "missing_field"),  # would merge series
+        ([b"kraken_tick", msgpack.packb({**good, "bid": "1_000.5"})], "wrong_type"),  # not JSON's number grammar
+        ([b"kraken_tick", msgpack.packb({**good, "timestamp": good["timestamp"] + 7 * 86400})], "bad_timestamp"),
     ]
     for i in range(50):
         for frames, _ in hostile:
@@ -187,7 +190,8 @@ def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influx
     wait_for(lambda: influxd.count(database, "ticks") == 55, 20, "the 55 valid points")
     samples = quiet_ledger(bridge)
     for _, reason in hostile:
-        assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason=reason) == 50, reason
+        expected = 50 * sum(1 for _, r in hostile if r == reason)
+        assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason=reason) == expected, reason
     assert value(samples, "bridge_received_messages_total", subscription="kraken") == 50 * (len(hostile) + 1) + 5
     assert value(samples, "bridge_timestamp_fallbacks_total", subscription="kraken") == 5
     rows = influxd.query("SELECT * FROM ticks", db=database)

@@ -147,6 +147,7 @@ typedef struct {
     int slot;           /* record key, or -1 for a static tag */
     char *part;         /* static: ",k=v"; record: ",k=" */
     Py_ssize_t part_n;
+    int optional;       /* record: an absent value leaves the tag out (else: hand back) */
 } tag_t;
 
 typedef struct {
@@ -968,7 +969,10 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
             continue;
         }
         const val_t *v = &vals[tag->slot];
-        if (v->type == V_ABSENT || v->type == V_NIL) continue;
+        if (v->type == V_ABSENT || v->type == V_NIL) {
+            if (tag->optional) continue;
+            goto back;  /* required or defaulted: Python writes the default or refuses it */
+        }
         if (v->type != V_STR) goto back;
         if (v->n == 0) continue;
         if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
@@ -1061,8 +1065,12 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     if (nt > MAX_TAGS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many tags"); return -1; }
     for (Py_ssize_t i = 0; i < nt; i++) {
         PyObject *item = PySequence_GetItem(seq, i), *key, *part;
-        if (!item || !PyArg_ParseTuple(item, "OS", &key, &part)) { Py_XDECREF(item); Py_DECREF(seq); return -1; }
+        int optional = 1;
+        if (!item || !PyArg_ParseTuple(item, "OS|p", &key, &part, &optional)) {
+            Py_XDECREF(item); Py_DECREF(seq); return -1;
+        }
         tag_t *t = &pl->tags[pl->ntags];
+        t->optional = optional;
         t->slot = key == Py_None ? -1 : add_slot(pl, key);
         t->part = copy_bytes(part, &t->part_n);
         Py_DECREF(item);

@@ -93,6 +93,10 @@ class MappingSpec:
     topic_tag: str | None = None
     topic_regex: re.Pattern[str] | None = None
     measurement_path: ValuePath | None = None  # with measurement_from: field, instead of measurement_field
+    # A configured tag whose source is absent refuses the message (missing_field: it would merge
+    # into another series) unless it is optional (left out) or has a default (written instead).
+    optional_tags: tuple[str, ...] = ()
+    tag_defaults: dict[str, str] = field(default_factory=dict)
 
     @property
     def captures(self) -> tuple[str, ...]:
@@ -304,6 +308,7 @@ class Config:
                             "topic": i.topic.pattern if i.topic is not None else None} for i in s.ignore],
                 "measurement_from": m.measurement_from, "measurements": measurements,
                 "fields": dict(m.fields), "tags": sorted({*m.tags, *derived, *static}),
+                "optional_tags": list(m.optional_tags), "tag_defaults": dict(m.tag_defaults),
                 "static_tags": static, "time": {"field": m.time.field, "format": m.time.format,
                                                 "timezone": m.time.timezone,
                                                 "path": str(m.time.path) if m.time.path is not None else None,
@@ -639,9 +644,21 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
             raise r.fail(where, "`time` cannot be a tag key")
     for key, value in static.items():
         _writable(r, f"static_tags.{key}", escape_tag, value)
+    optional = r.strings("optional_tags", [])
+    defaults = r.string_map("tag_defaults")
+    for key in [*optional, *defaults]:
+        if key not in tags:
+            raise r.fail("optional_tags" if key in optional else "tag_defaults",
+                         f"{key!r} is not one of the mapping's tags {sorted(tags)}")
+    for key in set(optional) & set(defaults):
+        raise r.fail("tag_defaults", f"{key!r} is optional and has a default: give one or the other")
+    for key, value in defaults.items():
+        if value == "":
+            raise r.fail(f"tag_defaults.{key}", "an empty default is an optional tag: list it in optional_tags")
+        _writable(r, f"tag_defaults.{key}", escape_tag, value)
     spec = MappingSpec(measurement, measurement_from, measurement_field, measurements, tags,
                        static, fields, r.strings("drop", []), derived, time_spec, tag_paths, field_paths,
-                       each, max_points, topic_tag, topic_regex, measurement_path)
+                       each, max_points, topic_tag, topic_regex, measurement_path, tuple(optional), defaults)
     try:
         spec.compile()
     except (PathSyntaxError, ValueError) as exc:

@@ -271,17 +271,19 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     unique = getattr(m, "unique", None)
     if unique is not None:  # a uniqueness window shared by the bridge (lineproto's series key order)
         # Configured and static tags interleaved by key, record tags first on a tie (as _compile).
-        named = [(key, (_utf8(key), _utf8(f",{ekey}="))) for key, ekey in m._tags]
-        named += [(key, (None, _utf8(part))) for key, part in m._static]
+        # (optional: an absent value leaves the tag out; else C hands the message back to Python,
+        # which writes the default or refuses it missing_field)
+        named = [(key, (_utf8(key), _utf8(f",{ekey}="), key in m.optional_tags)) for key, ekey in m._tags]
+        named += [(key, (None, _utf8(part), True)) for key, part in m._static]
         tags = [tag for _, tag in sorted(named, key=lambda pair: pair[0])]
         from .lineproto import MAX_TIME, MIN_TIME
         uniq = {"uniq_mode": _fastpath.WINDOW, "uniq_state": unique.current, "uniq_claim": unique.claim,
                 "tmin": MIN_TIME, "tmax": MAX_TIME, "trim": unique.trim, "window": unique.window}
         key_check = m._key_check_chars
     else:  # the last time per series, static tags after the record's
-        tags = [(_utf8(key), _utf8(f",{ekey}=")) for key, ekey in m._tags]
+        tags = [(_utf8(key), _utf8(f",{ekey}="), key in getattr(m, "optional_tags", ())) for key, ekey in m._tags]
         if m._static:
-            tags.append((None, _utf8(m._static)))
+            tags.append((None, _utf8(m._static), True))
         uniq = {"uniq_mode": _fastpath.LAST, "uniq_state": m._last, "uniq_claim": None,
                 "tmin": INT64_MIN, "tmax": INT64_MAX, "trim": 0, "window": 0}
         key_check = 2**62

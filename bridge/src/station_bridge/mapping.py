@@ -260,6 +260,12 @@ class Mapper:
             self._plan = list(zip(keys, range(len(keys)), strict=True))
             self._row_keys = tuple(keys)
         self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(tag_names)]
+        # Configured tags must be present unless optional or defaulted; captured and topic tags
+        # are structural (a capture always has its text; a topic group that did not take part is
+        # left out).
+        self._required = {key for key in m.tags if key not in m.optional_tags and key not in m.tag_defaults}
+        self._defaults = dict(m.tag_defaults)
+        self.optional_tags = frozenset(k for k in tag_names if k not in self._required and k not in self._defaults)
         self._measurement_label = str(m.measurement_path) if m.measurement_path is not None else m.measurement_field
         scale = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000}.get(m.time.format)
         simple = self._fixed is not None and not self._derived and not self.multi
@@ -329,7 +335,12 @@ class Mapper:
         for key, ekey in self._tags:
             value = record.get(key)
             if value is None:
-                continue
+                value = self._defaults.get(key)
+                if value is None:
+                    if key in self._required:
+                        raise MapError("missing_field", f"tag {key!r} is absent (a message without it would merge "
+                                                        "into another series; optional_tags or tag_defaults allow it)")
+                    continue
             text = _tag_text(value)
             if text != "":
                 pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
@@ -472,6 +483,10 @@ class Mapper:
         return Point(raw, series, {k: v for k, v, _ in pairs}, values, ts, line)
 
 
+class _Absent(Exception):
+    """A required or defaulted tag is absent: the generated path hands the record to the general one."""
+
+
 def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple[Callable, Callable]:
     """The common shape (fixed measurement, configured and static tags, declared fields, epoch
     or receive time) as one straight-line function per subscription, generated at start: no
@@ -484,7 +499,7 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
     env: dict[str, object] = {
         "FIXED": mapper._fixed, "SCALE": scale, "CUR": unique.current, "UNIQUE": unique,
         "esc": mapper._escaped_tag, "slow": mapper._line, "slow_keyed": mapper._keyed_line,
-        "slow_time": mapper._time, "MapError": MapError, "LO": INT64_MIN, "HI": INT64_MAX,
+        "slow_time": mapper._time, "MapError": MapError, "LO": INT64_MIN, "HI": INT64_MAX, "Absent": _Absent,
         "TMAX": MAX_TIME, "TRIM": unique.trim, "WINDOW": unique.window,
         "KEYCHK": mapper._key_check_chars, "check_key": check_key_length,
         "LONGEST": mapper._longest_field,
@@ -499,6 +514,8 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
             env[f"T{i}"], env[f"TP{i}"] = key, f",{ekey_or_part}="
             head += [f"v = get(T{i})", "if v is not None:", "    e = esc(v)", "    if e:",
                      f"        series += TP{i} + e"]
+            if key not in mapper.optional_tags:  # absent: the general path defaults or refuses it
+                head += ["else:", "    raise Absent"]
         else:
             env[f"S{i}"] = ekey_or_part
             head += [f"series += S{i}"]
@@ -544,7 +561,7 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
         # that neither path expects, e.g. an unhashable one) takes the general path.
         return [f"def {name}(topic, record):", "    get = record.get", "    try:",
                 *[f"        {line}" for line in head],
-                "    except TypeError:", f"        return {fallback}(topic, record)",
+                "    except (TypeError, Absent):", f"        return {fallback}(topic, record)",
                 *[f"    {line}" for line in body],
                 f"    return {result}"]
 
