@@ -10,7 +10,12 @@ failing part, when:
   `journal.min_free_bytes` now;
 - a dead-letter file or the ledger cannot be written;
 - a subscription that requires a connection (`require_connection`, default: connecting ones) has
-  had none for longer than `health.subscription_grace`;
+  had none for longer than `health.subscription_grace` (a connection counts once its ZMTP
+  handshake succeeded);
+- a subscription's socket or one of its endpoints could not be set up (connect or bind refused:
+  retried in the background, sources.py), one entry per endpoint naming it and the error;
+- a connecting endpoint accepts TCP but no ZMTP handshake succeeded on it for longer than
+  `health.handshake_grace` (a wrong port, e.g. an HTTP server), until one succeeds;
 - the stop was requested.
 
 `SystemdNotifier` speaks sd_notify over the `NOTIFY_SOCKET` datagram socket (no dependency):
@@ -113,10 +118,15 @@ def evaluate(bridge: Bridge) -> dict[str, Any]:
         subscriptions[sub.name] = {
             "connected": source.connected, "disconnected_s": round(away, 3), "reconnects": source.reconnects,
             "last_message_age_s": round(now - sub.last_message, 3) if sub.last_message else -1,
-            "fast_path": sub.fast_path}
+            "fast_path": sub.fast_path, "started": source.started, "start_errors": source.start_errors,
+            "handshake_failures": source.handshake_failures, "endpoints": source.describe()}
+        for reason in source.problems(now):
+            problems.append({"part": "subscription", "name": sub.name, "reason": reason[:300]})
         if sub.spec.require_connection and away > spec.subscription_grace:
+            last = source.last_events()
             problems.append({"part": "subscription", "name": sub.name,
-                             "reason": f"no connection for {away:.0f} s to {', '.join(sub.spec.endpoints)}"})
+                             "reason": (f"no connection for {away:.0f} s to {', '.join(sub.spec.endpoints)}"
+                                        + (f" ({last})" if last else ""))[:300]})
     if bridge.stopping:
         problems.append({"part": "bridge", "name": "bridge", "reason": "stopping"})
     state: dict[str, Any] = {"ok": not problems, "problems": problems, "destinations": destinations,
