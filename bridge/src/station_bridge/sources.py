@@ -294,8 +294,10 @@ class Source:
             e.tcp += 1
             e.attempted = True
             e.dropped_at = None
-            if connecting and e.peers == 0 and e.unready_since is None:
-                e.unready_since = now
+            if connecting and e.peers == 0:
+                e.last_event = "TCP connected, no ZMTP handshake yet"
+                if e.unready_since is None:
+                    e.unready_since = now
         elif kind == zmq.EVENT_HANDSHAKE_SUCCEEDED:
             e.tcp = max(0, e.tcp - 1)
             e.peers += 1
