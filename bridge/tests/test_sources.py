@@ -318,3 +318,4 @@ def test_a_bridge_process_runs_the_good_subscriptions_when_one_endpoint_cannot_b
     assert len(logged) == 1, logged  # the same error: logged once, then at most once a minute
     assert bridge.alive and bridge.stop() == 0
     assert subprocess.run([BRIDGE, "check-config", str(bridge.path)], capture_output=True).returncode == 0
+
