@@ -158,7 +158,6 @@ class Source:
         self.spec = spec
         self.name = spec.name
         self.handshake_grace = handshake_grace
-        self._shared = context
         # inproc reaches only sockets of the same context: such a subscription keeps the shared one
         self._own = not any(e.startswith("inproc://") for e in spec.endpoints)
         self.context: zmq.Context | None = None if self._own else context
