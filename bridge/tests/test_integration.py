@@ -191,7 +191,8 @@ def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influx
     samples = quiet_ledger(bridge)
     for _, reason in hostile:
         expected = 50 * sum(1 for _, r in hostile if r == reason)
-        assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason=reason) == expected, reason
+        found = value(samples, "bridge_rejected_messages_total", subscription="kraken", reason=reason)
+        assert found == expected, reason
     assert value(samples, "bridge_received_messages_total", subscription="kraken") == 50 * (len(hostile) + 1) + 5
     assert value(samples, "bridge_timestamp_fallbacks_total", subscription="kraken") == 5
     rows = influxd.query("SELECT * FROM ticks", db=database)

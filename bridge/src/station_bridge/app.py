@@ -51,7 +51,7 @@ from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
 from .refused import make_record, topic_of
 from .sinks import InfluxSink
-from .sources import BURST, Source, receive
+from .sources import BURST, Source, close_all, receive
 
 log = logging.getLogger("station_bridge")
 
@@ -89,7 +89,7 @@ class Subscription:
         self.mapper = Mapper(spec, config.station, unique)
         self.binning = Binning(spec.binning) if spec.binning else None
         self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        self.source = Source(context, spec)
+        self.source = Source(context, spec, config.health.handshake_grace)
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
@@ -254,7 +254,10 @@ class Bridge:
                 last_message_age_s=now - sub.last_message if sub.last_message else -1.0,
                 running_s=now - self.started, fast_path=sub.fast_path, expected_interval=sub.spec.expected_interval,
                 window_received=received, window_rejected=rejected,
-                window_examples={r: sub.examples.get(r, "") for r in rejected}))
+                window_examples={r: sub.examples.get(r, "") for r in rejected},
+                extra={"started": source.started, "start_errors": source.start_errors,
+                       "handshake_failures": source.handshake_failures, "endpoints": source.describe()},
+                problems=source.problems(now), last_events=source.last_events()))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
                  if self.cache is not None else None)
         return BridgeState(destinations, subscriptions, stopping=self.stopping,
@@ -605,6 +608,15 @@ class Bridge:
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
         return got
 
+    def _register(self, poller: zmq.Poller, by_socket: dict) -> None:
+        """Polls each subscription's socket and monitor once they exist: a subscription whose
+        set-up failed gets them later (sources.Source.repair, from housekeeping)."""
+        for sub in self.subscriptions:
+            for socket in (sub.source.socket, sub.source.monitor):
+                if socket is not None and socket not in by_socket:
+                    poller.register(socket, zmq.POLLIN)
+                    by_socket[socket] = sub
+
     def run(self, ready: Callable[[], None] | None = None) -> int:
         for sink in self.sinks:
             sink.start()
@@ -616,11 +628,8 @@ class Bridge:
         signal.signal(signal.SIGTERM, self.request_stop)
         signal.signal(signal.SIGINT, self.request_stop)
         poller = zmq.Poller()
-        by_socket = {}
-        for sub in self.subscriptions:
-            for socket in (sub.source.socket, sub.source.monitor):
-                poller.register(socket, zmq.POLLIN)
-                by_socket[socket] = sub
+        by_socket: dict = {}
+        self._register(poller, by_socket)
         ledger_thread = threading.Thread(target=self._ledger_loop, name="ledger", daemon=True)
         ledger_thread.start()
         log.info("bridge running", extra={"subscriptions": [s.name for s in self.subscriptions],
@@ -638,6 +647,7 @@ class Bridge:
                 next_tick = now + TICK_S
                 try:
                     self.housekeeping(now)
+                    self._register(poller, by_socket)
                     if report_every and now >= next_report:
                         next_report = now + report_every
                         self.hand_over(None, self.self_report(time.time_ns()))
@@ -666,8 +676,7 @@ class Bridge:
                 drained += got
                 if got:
                     last = time.monotonic()
-        for sub in self.subscriptions:
-            sub.source.close()
+        close_all([sub.source for sub in self.subscriptions])
         self.housekeeping(time.monotonic())
         remaining = max(1.0, budget - (time.monotonic() - started))
         threads = [threading.Thread(target=s.stop, args=(remaining,)) for s in self.sinks]

@@ -14,6 +14,7 @@ configuration (`Config.effective`), which other tools read instead of re-derivin
 
 from __future__ import annotations
 
+import ipaddress
 import os
 import re
 import tomllib
@@ -240,6 +241,7 @@ class HealthSpec:
     rejection_window: float = 60.0  # a subscription's recent messages: this many seconds
     max_rejected_share: float = 0.95  # ... unhealthy when at least this share of them was rejected
     rejection_min_messages: int = 20  # ... and at least this many arrived
+    handshake_grace: float = 10.0  # an endpoint whose peer accepts TCP but completes no ZMTP handshake
 
 
 @dataclass(frozen=True)
@@ -345,6 +347,7 @@ class Config:
                      "timeout_s": self.http_timeout},
             "health": {"destination_grace_s": self.health.destination_grace,
                        "subscription_grace_s": self.health.subscription_grace,
+                       "handshake_grace_s": self.health.handshake_grace,
                        "probe_interval_s": self.health.probe_interval,
                        "rejection_window_s": self.health.rejection_window,
                        "max_rejected_share": self.health.max_rejected_share,
@@ -702,6 +705,13 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
     endpoints = r.strings("endpoints")
     if not endpoints:
         raise r.fail("endpoints", "needs at least one ZMQ endpoint, e.g. tcp://127.0.0.1:5556")
+    bind = r.get("bind", bool, False)
+    for i, endpoint in enumerate(endpoints):
+        why = endpoint_error(endpoint, bind)
+        if not why and endpoint in endpoints[:i]:
+            why = "listed twice (a second connect would receive every message twice)"
+        if why:
+            raise r.fail(f"endpoints[{i}]", f"subscription {name!r}: endpoint {endpoint!r}: {why}")
     m = r.child("mapping")
     assert m is not None
     mapping = _mapping(m, station)
@@ -716,7 +726,6 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
             if mapping.fields.get(name_) not in ("float", "integer"):
                 raise b.fail("fields", f"{name_!r} is not a declared float or integer field")
         b.done()
-    bind = r.get("bind", bool, False)
     spec = SubscriptionSpec(
         name=name, endpoints=endpoints, bind=bind, topics=r.strings("topics", [""]),
         rcvhwm=r.positive("rcvhwm", int, 1_000_000), framing=framing,
@@ -734,6 +743,106 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         raise r.fail("max_frame_bytes", "must be positive")
     r.done()
     return spec
+
+
+# Endpoints (bridge/README.md, "Endpoints"). A SUB socket here connects or binds tcp, ipc and
+# inproc. Refused: pgm/epgm (the bundled libzmq has no OpenPGM, zmq.has("pgm") is False, and a
+# multicast group has no connection for /healthz to watch), ws/wss (draft API, not built),
+# tipc/vmci/udp (not for SUB sockets on a station, or RADIO/DISH only).
+ENDPOINT_SCHEMES = ("tcp", "ipc", "inproc")
+_REFUSED_SCHEMES = {
+    "pgm": "multicast needs a libzmq built with OpenPGM (the bundled one is not) and has no connection to watch",
+    "epgm": "multicast needs a libzmq built with OpenPGM (the bundled one is not) and has no connection to watch",
+    "ws": "WebSocket transports are libzmq draft API, not built into pyzmq's libzmq",
+    "wss": "WebSocket transports are libzmq draft API, not built into pyzmq's libzmq",
+    "udp": "udp:// is for RADIO/DISH sockets only, never SUB",
+}
+_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+IPC_PATH_MAX = 107  # bytes: sockaddr_un.sun_path holds 108 with the terminating NUL
+
+
+def endpoint_error(endpoint: str, bind: bool) -> str:
+    """Why a SUB socket cannot `bind` (or connect) this endpoint, "" when it can: the syntax
+    libzmq accepts, checked before start so that check-config catches it."""
+    if any(c.isspace() or ord(c) < 32 or ord(c) == 127 for c in endpoint):
+        return "contains a space or a control character"
+    scheme, sep, address = endpoint.partition("://")
+    if not sep:
+        return "expected transport://address, e.g. tcp://127.0.0.1:5556"
+    if scheme not in ENDPOINT_SCHEMES:
+        reason = _REFUSED_SCHEMES.get(scheme, "unknown transport")
+        return f"{scheme}:// is not supported ({reason}); use one of {', '.join(s + '://' for s in ENDPOINT_SCHEMES)}"
+    if not address:
+        return f"no address after {scheme}://"
+    if scheme == "inproc":
+        return "" if address != "*" else "inproc:// has no wildcard"
+    if scheme == "ipc":
+        if address == "*":
+            return "" if bind else "the wildcard ipc://* needs bind: true"
+        if len(address.encode("utf-8")) > IPC_PATH_MAX:
+            return f"the ipc path is longer than {IPC_PATH_MAX} bytes (the limit of a Unix socket address)"
+        return ""
+    if bind:
+        return _tcp_address(address, bind=True)
+    source, semicolon, target = address.rpartition(";")
+    if semicolon:  # a source address: tcp://<interface or address>[:port];<host>:<port>
+        why = _tcp_address(source, bind=True, source=True)
+        if why:
+            return f"source address {source!r}: {why}"
+    return _tcp_address(target, bind=False)
+
+
+def _tcp_address(address: str, bind: bool, source: bool = False) -> str:
+    """host:port of tcp://; with `bind` (or a connect's source address) the host may be `*` or
+    an interface name and the port `*` (an ephemeral port); a source's port is optional."""
+    if address.startswith("["):
+        end = address.find("]")
+        if end < 0:
+            return "unclosed [ in an IPv6 address"
+        host, rest = address[1:end], address[end + 1:]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"[{host}] is not an IPv6 address"
+        if rest and not rest.startswith(":"):
+            return "expected :port after the ]"
+        port = rest[1:] if rest else None
+    else:
+        host, colon, port_text = address.rpartition(":")
+        if not colon:
+            host, port = address, None
+        else:
+            port = port_text
+        if ":" in host:
+            return "an IPv6 address goes in brackets: tcp://[::1]:5556"
+    if port is None:
+        return "" if source else "no port (tcp://host:port)"
+    if port == "*":
+        if not bind:
+            return "the wildcard port * needs bind: true (a connect needs the publisher's port)"
+    elif port == "!":
+        return "port ! is czmq's form; libzmq takes * for an ephemeral port (with bind: true)"
+    elif not port.isascii() or not port.isdigit():
+        return f"port {port!r} is not a number"
+    elif not 1 <= int(port) <= 65535:
+        return f"port {port} is outside 1-65535" + (" (use * for an ephemeral port)" if int(port) == 0 and bind else "")
+    if address.startswith("["):
+        return ""
+    if host == "*":
+        return "" if bind else "the wildcard host * needs bind: true (a connect needs the publisher's host)"
+    if not host:
+        return "no host (tcp://host:port)"
+    if re.fullmatch(r"[0-9.]+", host):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host} is not an IPv4 address"
+        return ""
+    labels = host[:-1].split(".") if host.endswith(".") else host.split(".")
+    if len(host) > 253 or not all(_LABEL.match(label) for label in labels):
+        return f"{host!r} is not a host name (letters, digits, - and _ in dot-separated labels), " \
+               "an IPv4 address or a bracketed IPv6 address"
+    return ""
 
 
 def _destination(r: _Reader) -> DestinationSpec:
@@ -765,6 +874,12 @@ def parse(data: Any, source: str = "<config>") -> Config:
     names = [s.name for s in subscriptions]
     if len(set(names)) != len(names):
         raise ConfigError(f"{source}: subscriptions: names must be unique, got {names}")
+    bound: dict[str, str] = {}
+    for i, s in enumerate(subscriptions):
+        for j, endpoint in enumerate(s.endpoints):
+            if s.bind and not endpoint.endswith("*") and bound.setdefault(endpoint, s.name) != s.name:
+                raise ConfigError(f"{source}: subscriptions[{i}].endpoints[{j}]: subscription {s.name!r}: endpoint "
+                                  f"{endpoint!r} is bound by subscription {bound[endpoint]!r} too (one can bind it)")
     destinations = [_destination(d) for d in top.items("destinations")]
     if not destinations:
         raise ConfigError(f"{source}: destinations: declare at least one InfluxDB destination")
@@ -803,7 +918,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     health = HealthSpec(hh.duration("destination_grace", 60.0), hh.duration("subscription_grace", 60.0),
                         hh.duration("probe_interval", 10.0), hh.duration("rejection_window", 60.0),
                         hh.get("max_rejected_share", (int, float), 0.95),
-                        hh.positive("rejection_min_messages", int, 20))
+                        hh.positive("rejection_min_messages", int, 20), hh.duration("handshake_grace", 10.0))
     if not 0 < health.max_rejected_share <= 1:
         raise hh.fail("max_rejected_share", f"{health.max_rejected_share!r} must be a share in (0, 1]")
     hh.done()

@@ -18,7 +18,11 @@ A **destination** is degraded when (thresholds in the `health` section of the co
   `journal.min_free_bytes` now; or its dead-letter file cannot be written.
 A **subscription** is degraded when:
 - it requires a connection (`require_connection`, default: connecting ones) and has had no
-  peer for longer than `subscription_grace`;
+  peer for longer than `subscription_grace` (a peer counts once its ZMTP handshake succeeded);
+- its socket or one of its endpoints could not be set up (connect or bind refused: retried in
+  the background, sources.py), one entry per endpoint naming it and the error;
+- a connecting endpoint accepts TCP but no ZMTP handshake succeeded on it for longer than
+  `handshake_grace` (a wrong port, e.g. an HTTP server), until one succeeds;
 - of its messages in the last `rejection_window`, at least `max_rejected_share` were rejected
   (and at least `rejection_min_messages` arrived): a feed that arrives but does not land; the
   entry names the dominant reason and an example;
@@ -181,6 +185,7 @@ class SubscriptionState:
     window_examples: dict[str, str]
     extra: dict[str, Any] = field(default_factory=dict)  # further facts a source reports (shown as they are)
     problems: list[str] = field(default_factory=list)  # problems a source reports itself (e.g. cannot start)
+    last_events: str = ""  # what libzmq last reported for its endpoints (refused, unresolved, handshake failed)
 
 
 @dataclass
@@ -221,9 +226,10 @@ def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list
 
 def subscription_problems(s: SubscriptionState, t: Thresholds) -> tuple[float | None, list[str]]:
     """(the rejected share over the window, None below the minimum of messages; the problems)."""
-    problems = list(s.problems)
+    problems = [p[:300] for p in s.problems]
     if s.require_connection and s.disconnected_s > t.subscription_grace:
-        problems.append(f"no connection for {s.disconnected_s:.0f} s to {', '.join(s.endpoints)}")
+        problems.append((f"no connection for {s.disconnected_s:.0f} s to {', '.join(s.endpoints)}"
+                         + (f" ({s.last_events})" if s.last_events else ""))[:300])
     share = None
     rejected = sum(s.window_rejected.values())
     if s.window_received >= t.rejection_min_messages:
