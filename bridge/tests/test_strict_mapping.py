@@ -104,3 +104,62 @@ def test_two_points_of_one_series_at_influxdbs_last_nanosecond_land_once_and_the
     assert len(rows) == landed == value(samples, "bridge_written_points_total", destination="local")
     assert landed + refused == 3 and refused >= 1, (rows, landed, refused)
     bridge.stop()
+
+
+def test_an_empty_each_element_makes_no_ghost_point():
+    """Issue 21: with message-level fields ($.U), an empty level [] was stored with only the
+    update ids. Now the message is refused (missing_field), whole."""
+    from station_bridge.mapping import MapError, Mapper
+    spec = subscription({"measurement": "depth", "each": "<side:b|a>[<level>]",
+                         "fields": {"price": {"path": "[0]", "type": "float"}, "qty": {"path": "[1]", "type": "float"},
+                                    "first": {"path": "$.U", "type": "integer"}},
+                         "time": {"path": "$.E", "format": "epoch_ms"}})
+    mapper = Mapper(spec)
+    now_ms = time.time_ns() // 1_000_000
+    ok = mapper.lines("depth", {"U": 7, "E": now_ms, "b": [["1.5", "2"], ["1.4", "3"]], "a": [["1.6", "1"]]})
+    assert len(ok) == 3 and all(",side=" in line for line in ok)
+    with pytest.raises(MapError) as refused:
+        mapper.lines("depth", {"U": 8, "E": now_ms, "b": [["1.5", "2"], []], "a": []})
+    assert refused.value.reason == "missing_field" and "element 1" in str(refused.value)
+
+
+@pytest.mark.parametrize(("offset_s", "accepted"), [(0, True), (23 * 3600, True), (25 * 3600, False),
+                                                    (-3650 * 86400 + 86400, True), (-3651 * 86400, False)])
+@pytest.mark.parametrize("path", ["compiled", "general"])
+def test_a_time_outside_the_window_around_the_receive_time_is_refused(offset_s, accepted, path):
+    """Issue 21: a station clock or publisher bug stamping 2033 was stored as given."""
+    from station_bridge.mapping import MapError, Mapper
+    spec = subscription({"measurement": "m", "tags": ["i"], "fields": {"v": "float"},
+                         "time": {"field": "t", "format": "epoch_s"}})
+    mapper = Mapper(spec)
+    assert mapper.flat
+    function = mapper.line if path == "compiled" else mapper._line
+    record = {"i": "x", "v": 1.0, "t": time.time() + offset_s}
+    if accepted:
+        assert function("t", record).startswith("m,i=x v=1.0 ")
+    else:
+        with pytest.raises(MapError) as refused:
+            function("t", record)
+        assert refused.value.reason == "bad_timestamp" and "receive time" in str(refused.value)
+    wide = Mapper(subscription({"measurement": "m", "tags": ["i"], "fields": {"v": "float"},
+                                "time": {"field": "t", "format": "epoch_s", "accept_ahead": None,
+                                         "accept_behind": None}}))
+    assert wide.line("t", record).startswith("m,i=x v=1.0 ")
+
+
+@pytest.mark.parametrize("path", ["compiled", "general"])
+def test_an_absent_tag_refuses_unless_optional_or_defaulted(path):
+    """Issue 21: an OANDA message without `instrument` landed untagged, merged with every other."""
+    from station_bridge.mapping import MapError, Mapper
+    record = {"v": 1.0, "t": time.time()}
+
+    def mapper(**extra):
+        m = Mapper(subscription({"measurement": "m", "tags": ["instrument"], "fields": {"v": "float"},
+                                 "time": {"field": "t", "format": "epoch_s"}, **extra}))
+        return m.line if path == "compiled" else m._line
+    with pytest.raises(MapError) as refused:
+        mapper()("t", record)
+    assert refused.value.reason == "missing_field" and "'instrument' is absent" in str(refused.value)
+    assert mapper(optional_tags=["instrument"])("t", record).startswith("m v=1.0 ")
+    assert mapper(tag_defaults={"instrument": "none"})("t", record).startswith("m,instrument=none v=1.0 ")
+    assert mapper()("t", {**record, "instrument": "EUR"}).startswith("m,instrument=EUR v=1.0 ")

@@ -606,7 +606,7 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
     if time_field is not None and time_path_text is not None:
         raise t.fail("path", "give field (a literal key) or path, not both")
     time_spec = TimeSpec(time_field, fmt, tz, None if time_path_text is None else _path(t, "path", time_path_text),
-                         t.duration("accept_ahead", "24h"), t.duration("accept_behind", "87600h"))
+                         _unbounded_or(t, "accept_ahead", "24h"), _unbounded_or(t, "accept_behind", "87600h"))
     t.done()
     topic_tag = topic_regex = None
     tp = r.child("topic", None)
@@ -668,6 +668,14 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
         raise r.fail("each" if each is not None else "fields", str(exc)) from None
     r.done()
     return spec
+
+
+def _unbounded_or(r: _Reader, key: str, default: str) -> float | None:
+    """A duration bound where an explicit null means "no bound" (absent: the default)."""
+    if key in r.data and r.data[key] is None:
+        r.seen.add(key)
+        return None
+    return r.duration(key, default)
 
 
 def _ignore(r: _Reader) -> IgnoreRule:

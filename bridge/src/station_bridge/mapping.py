@@ -260,6 +260,10 @@ class Mapper:
             self._plan = list(zip(keys, range(len(keys)), strict=True))
             self._row_keys = tuple(keys)
         self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(tag_names)]
+        # With `each`, the fields read from the element: an element with none of them (an empty
+        # level `[]`) would make a point of the message-level fields alone, a ghost: refused.
+        self._element_fields = [name for name, path in ((n, m.field_paths.get(n)) for n in m.fields)
+                                if path is None or not path.root] if m.each is not None else []
         # Configured tags must be present unless optional or defaulted; captured and topic tags
         # are structural (a capture always has its text; a topic group that did not take part is
         # left out).
@@ -420,7 +424,14 @@ class Mapper:
         """Every point of a message: (line, series, time, row, raw measurement, tag pairs).
         Atomic: every row is built before any time is claimed, so a refused message leaves
         nothing behind in Uniqueness."""
-        built = [(row, *self._prepare(topic, row)) for row in self._rows(topic, record)]
+        rows = self._rows(topic, record)
+        element = self._element_fields
+        if element:
+            for i, row in enumerate(rows):
+                if all(row.get(name) is None for name in element):
+                    raise MapError("missing_field", f"element {i} of each has none of the fields read from it "
+                                                    f"({', '.join(element)}): an empty element makes no point")
+        built = [(row, *self._prepare(topic, row)) for row in rows]
         claim = self.unique.claim
         out = []
         for row, raw, series, fields, pairs, ts in built:
