@@ -80,7 +80,7 @@ class Subscription:
         self.mapper = Mapper(spec, config.station, unique)
         self.binning = Binning(spec.binning) if spec.binning else None
         self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        self.source = Source(context, spec)
+        self.source = Source(context, spec, config.rcvhwm(spec))
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
@@ -112,6 +112,7 @@ class Bridge:
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.budget = config.budget()  # memory.py: what libzmq's and the destinations' queues may hold
         self.stopping = False
         config.journal_dir.mkdir(parents=True, exist_ok=True)
         config.dead_letter_dir.mkdir(parents=True, exist_ok=True)
@@ -126,7 +127,8 @@ class Bridge:
             intake = Intake(config.journal_dir / d.name, guard=self.guard) if config.journal_write_ahead else None
             dead = DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl", config.dead_letter_max_bytes, dead_guard)
             self.sinks.append(InfluxSink(d, journal, dead, self.metrics, intake, config.health,
-                                         before_delete=self._save_ledger_now))
+                                         before_delete=self._save_ledger_now,
+                                         queue_max_bytes=config.queue_max_bytes(d, self.budget)))
             recovered, lost = self.ledger.reconcile(d.name, journal.points)
             if recovered or lost or journal.points:
                 log.warning("ledger reconciled with the journal", extra={
@@ -164,6 +166,8 @@ class Bridge:
 
         g("bridge_pending_points", per_sink(lambda s: s.pending))
         g("bridge_queue_points", per_sink(lambda s: s.queued))
+        g("bridge_queue_bytes", per_sink(lambda s: s.queued_bytes))
+        g("bridge_memory_budget_bytes", lambda: {(): float(self.budget.total)})
         g("bridge_journal_bytes", per_sink(lambda s: s.journal.bytes))
         g("bridge_journal_points", per_sink(lambda s: s.journal.points))
         g("bridge_intake_bytes", per_sink(lambda s: s.intake.bytes if s.intake is not None else 0))

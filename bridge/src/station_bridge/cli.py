@@ -32,12 +32,13 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def warnings(config: Config) -> list[str]:
-    """Keys that can never match a record of their subscription (paths.unreachable)."""
+    """Keys that can never match a record of their subscription (paths.unreachable), and an
+    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings)."""
     from .paths import unreachable
     out: list[str] = []
     for s in config.subscriptions:
         out += unreachable(s.name, s.framing, s.field_order, s.mapping.compile(s.name))
-    return out
+    return out + config.memory_warnings()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import SubscriptionSpec
+from .memory import MIN_RCVHWM
 
 log = logging.getLogger("station_bridge.source")
 
@@ -64,11 +65,14 @@ def receive(socket: zmq.Socket, limit: int = BURST) -> list[list[bytes]]:
 
 
 class Source:
-    def __init__(self, context: zmq.Context, spec: SubscriptionSpec) -> None:
+    def __init__(self, context: zmq.Context, spec: SubscriptionSpec, rcvhwm: int | None = None) -> None:
+        """`rcvhwm`: the receive queue per connection, in messages (Config.rcvhwm: the spec's, or
+        derived from the memory budget); None: the spec's, else memory.MIN_RCVHWM."""
         self.spec = spec
         self.name = spec.name
         self.socket = context.socket(zmq.SUB)
-        self.socket.setsockopt(zmq.RCVHWM, spec.rcvhwm)
+        self.rcvhwm = rcvhwm if rcvhwm is not None else spec.rcvhwm or MIN_RCVHWM
+        self.socket.setsockopt(zmq.RCVHWM, self.rcvhwm)
         self.socket.setsockopt(zmq.MAXMSGSIZE, spec.max_frame_bytes * TRANSPORT_LIMIT_FACTOR)
         self.socket.setsockopt(zmq.LINGER, 0)  # a SUB socket sends nothing that could be lost
         self.monitor = self.socket.get_monitor_socket(_EVENTS)
