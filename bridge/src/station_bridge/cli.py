@@ -26,9 +26,35 @@ def _destination(config_path: str, name: str | None) -> DestinationSpec:
 def cmd_run(args: argparse.Namespace) -> int:
     from .app import Bridge
     from .logs import setup
+    from .signals import Signals
+    signals = Signals().install()  # first: a signal during the start is acted on, never fatal
     config = load(args.config)
     setup(config.log_level)
-    return Bridge(config).run()
+    bridge = Bridge(config)
+    code = bridge.run(signals=signals)
+    if bridge.reexec:
+        return reexec()
+    return code
+
+
+def reexec() -> int:
+    """SIGHUP with a changed configuration, after the graceful stop: the same command line again,
+    in this process (same PID: systemd keeps supervising it; the new one sends READY=1). Only
+    returns when exec fails (1: systemd restarts the unit)."""
+    import logging
+    import os
+    log = logging.getLogger("station_bridge")
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.info("re-executing", extra={"argv": argv, "pid": os.getpid()})
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        log.error("re-exec failed: exiting (systemd restarts the unit)", extra={"error": str(exc)})
+    return 1
 
 
 def warnings(config: Config) -> list[str]:
