@@ -6,6 +6,7 @@ SIGUSR2 dumps the stacks, the others whose default would kill are ignored. The t
 from __future__ import annotations
 
 import signal
+import socket
 import threading
 import time
 
@@ -39,7 +40,9 @@ def test_sigusr1_sigusr2_and_other_signals_leave_it_running_logged_and_counted(t
         assert value(samples, "bridge_signals_total", signal=name) == 1
     sent = publish(endpoint, "kraken_tick", 500, rate=0, duration=20)
     wait_for(lambda: influxd.count(database, "ticks") == sent, 20, "the points")
-    assert bridge.stop() == 0
+    assert bridge.stop(signal.SIGQUIT) == 0  # a graceful stop, as SIGTERM: drained, the ledger clean
+    assert read_latest(tmp_path / "journal" / "ledger.json")["clean"]
+    assert _records(bridge, "stopped")
 
 
 def test_sighup_with_an_invalid_or_unchanged_configuration_keeps_it_running(tmp_path, influxd, database, endpoint):
@@ -73,7 +76,12 @@ def test_sighup_mid_stream_with_a_changed_configuration_drains_re_execs_and_lose
     re-exec; everything received landed or was counted. A PUB socket drops what it publishes
     while no subscriber is connected (the re-exec's gap, reported): that is the publisher's loss,
     the same as at any restart."""
-    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, destination={"batch_size": 500}).start()
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, destination={"batch_size": 500})
+    notify = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # systemd's end of sd_notify
+    notify.bind(str(tmp_path / "notify.sock"))
+    notify.settimeout(0.1)
+    bridge.env["NOTIFY_SOCKET"] = str(tmp_path / "notify.sock")
+    bridge.start()
     pid = bridge.process.pid
     sent: list[int] = []
     publisher = threading.Thread(target=lambda: sent.append(
@@ -104,3 +112,11 @@ def test_sighup_mid_stream_with_a_changed_configuration_drains_re_execs_and_lose
     assert received > 2000 and received >= sent[0] * 0.5
     assert bridge.stop() == 0
     assert read_latest(tmp_path / "journal" / "ledger.json")["clean"] and ledger is not None
+    told = []
+    while True:
+        try:
+            told.append(notify.recv(4096).decode().split("\n")[0])
+        except TimeoutError:
+            break
+    notify.close()
+    assert told == ["READY=1", "RELOADING=1", "READY=1", "STOPPING=1"]  # the unit stays up across the reload

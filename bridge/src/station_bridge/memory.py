@@ -5,8 +5,8 @@ cgroup memory limit leaves after `PYTHON_RESERVE` (64 MiB: the interpreter, libr
 extension take ~40 MiB at start), at least `MIN_BUDGET`; the limit is cgroup v2 `memory.max` (v1
 `memory.limit_in_bytes`) found through `/proc/self/cgroup`; no limit or none readable:
 `FALLBACK_BUDGET` (512 MiB)) leaves the rest of the limit to Python itself, threads and transient
-bursts (a receive burst, a batch being written). Measured: a flood of 1 KiB messages under a
-192 MiB limit peaked at 156 MiB RSS with a 96 MiB budget. It is shared:
+bursts (a receive burst, a batch being written). Measured (chaos/test_memory_budget.py): a flood of 1 KiB
+messages under a 128 MiB limit peaked at 99 MiB RSS with its 32 MiB budget. It is shared:
 - `RECEIVE_SHARE` (half) for libzmq's receive queues, evenly per subscription and, within one,
   per endpoint (each connection has its own queue): a subscription's `rcvhwm`, unless set, is
   its share divided by `message_bytes` (the typical message size, default 1 KiB) plus
