@@ -79,9 +79,11 @@ class BridgeProcess:
         self.env = dict(os.environ)
         self.prefix: list[str] = []  # a wrapper the bridge is exec'd by (e.g. unshare with a private resolv.conf)
 
-    def start(self, wait: bool = True) -> BridgeProcess:
+    def start(self, wait: bool = True, prefix: tuple[str, ...] = ()) -> BridgeProcess:
+        """`prefix`: a command that ends by exec'ing its arguments (e.g. one that joins a cgroup)."""
         self.log = open(self.tmp / "bridge.log", "ab")  # noqa: SIM115 - lives as long as the process
-        self.process = subprocess.Popen([*self.prefix, BRIDGE, "run", "--config", str(self.path)], stdout=self.log,
+        self.process = subprocess.Popen([*self.prefix, *prefix, BRIDGE, "run", "--config", str(self.path)],
+                                        stdout=self.log,
                                         stderr=subprocess.STDOUT, env=self.env)
         BridgeProcess.running.add(self)
         if wait:

@@ -13,6 +13,9 @@ its own failures and turns them into counted, named outcomes:
   loop; a writer thread that dies anyway is restarted (`Sink.ensure_alive`);
 - housekeeping every 200 ms: the systemd watchdog, dropped connections re-opened, writer
   threads supervised, self-metrics points; a ledger thread persists the counters.
+Signals (signals.py): SIGTERM/SIGINT/SIGQUIT stop gracefully, SIGHUP reloads (validated; a changed
+configuration: the graceful stop, then cli re-executes the same command line), SIGUSR1 logs a
+state summary, SIGUSR2 dumps the threads' stacks, the rest whose default would kill: ignored.
 Graceful stop (SIGTERM): receive until no socket delivered anything for DRAIN_QUIET_S (what libzmq
 and the publisher held when the stop began; at most half of `shutdown_timeout` for a feed that
 never pauses), flush every destination within the rest,
@@ -23,7 +26,6 @@ from __future__ import annotations
 
 import logging
 import os
-import signal
 import threading
 import time
 from collections.abc import Callable
@@ -32,7 +34,7 @@ import zmq
 
 from .binning import Binning
 from .cache import LatestCache
-from .config import Config, SubscriptionSpec
+from .config import Config, ConfigError, SubscriptionSpec, load
 from .decoders import DecodeError, build
 from .fastpath import Accelerator
 from .health import (
@@ -50,6 +52,8 @@ from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
 from .refused import make_record, topic_of
+from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
+from .signals import name as signal_name
 from .sinks import InfluxSink
 from .sources import BURST, Source, close_all, receive
 
@@ -89,7 +93,7 @@ class Subscription:
         self.mapper = Mapper(spec, config.station, unique)
         self.binning = Binning(spec.binning) if spec.binning else None
         self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        self.source = Source(context, spec, config.health.handshake_grace)
+        self.source = Source(context, spec, config.health.handshake_grace, config.rcvhwm(spec))
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
@@ -128,6 +132,7 @@ class Bridge:
     def __init__(self, config: Config, metrics: Metrics | None = None) -> None:
         self.config = config
         self.metrics = metrics or Metrics()
+        self.budget = config.budget()  # memory.py: what libzmq's and the destinations' queues may hold
         self.stopping = False
         self.started = time.monotonic()
         # Ownership of journal.dir before anything in it is read, adopted or removed (JournalLocked).
@@ -146,7 +151,8 @@ class Bridge:
             intake = Intake(config.journal_dir / d.name, guard=self.guard) if config.journal_write_ahead else None
             dead = DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl", config.dead_letter_max_bytes, dead_guard)
             self.sinks.append(InfluxSink(d, journal, dead, self.metrics, intake, config.health,
-                                         before_delete=self._save_ledger_now))
+                                         before_delete=self._save_ledger_now,
+                                         queue_max_bytes=config.queue_max_bytes(d, self.budget)))
             recovered, lost = self.ledger.reconcile(d.name, journal.points, journal.damage)
             if recovered or lost or journal.points:
                 log.warning("ledger reconciled with the journal", extra={
@@ -166,6 +172,8 @@ class Bridge:
                                      "subscriptions": {s.name: s.fast_path for s in self.subscriptions}})
         self.rate_log = RateLimitedLog(config.log_rate_per_s)
         self.notifier = SystemdNotifier()
+        self.signals = Signals()  # installed by run (cli installs it before the start)
+        self.reexec = False  # SIGHUP with a changed configuration: cli re-executes after the stop
         self._stop = threading.Event()
         self._ledger_stop = threading.Event()
         self.http = None
@@ -185,6 +193,8 @@ class Bridge:
 
         g("bridge_pending_points", per_sink(lambda s: s.pending))
         g("bridge_queue_points", per_sink(lambda s: s.queued))
+        g("bridge_queue_bytes", per_sink(lambda s: s.queued_bytes))
+        g("bridge_memory_budget_bytes", lambda: {(): float(self.budget.total)})
         g("bridge_journal_bytes", per_sink(lambda s: s.journal.bytes))
         g("bridge_journal_points", per_sink(lambda s: s.journal.points))
         g("bridge_intake_bytes", per_sink(lambda s: s.intake.bytes if s.intake is not None else 0))
@@ -266,6 +276,82 @@ class Bridge:
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
+
+    # --- signals (signals.py) -------------------------------------------------------------------
+
+    def handle_signals(self) -> None:
+        """Acts on the signals received since the last call (from the receive loop)."""
+        for signum in self.signals.take():
+            sig = signal_name(signum)
+            self.metrics.inc("bridge_signals_total", 1, signal=sig)
+            if signum in STOP:
+                log.info("stop requested", extra={"signal": sig})
+            elif signum == RELOAD:
+                if self._stop.is_set():
+                    log.info("reload ignored: the bridge is stopping", extra={"signal": sig})
+                else:
+                    self.reload()
+            elif signum == SUMMARY:
+                self.log_summary()
+            elif signum == STACKS:
+                log.info("every thread's stack written to stderr", extra={"signal": sig})
+            else:
+                log.warning("signal ignored", extra={"signal": sig})
+
+    def reload(self) -> str:
+        """SIGHUP: the configuration file validated (as check-config, and its directories
+        created); invalid: refused, the running one kept; unchanged: nothing; changed: the
+        graceful stop, then cli re-executes the same command line (`reexec`). The result."""
+        try:
+            new = load(self.config.source)
+            for directory in (new.journal_dir, new.dead_letter_dir):
+                directory.mkdir(parents=True, exist_ok=True)
+            error = ""
+        except ConfigError as exc:
+            error = str(exc)
+        except OSError as exc:
+            error = f"{exc.filename}: {exc.strerror}"
+        except Exception as exc:  # a defect in validation must not stop the running bridge: refused, logged
+            log.exception("reload: unexpected error validating the configuration")
+            error = f"{type(exc).__name__}: {exc}"
+        if error:
+            result = "refused"
+            log.error("reload refused: the configuration is invalid, the running one is kept",
+                      extra={"config": self.config.source, "error": error[:1000]})
+        elif new.raw == self.config.raw:
+            result = "unchanged"
+            log.info("reload: the configuration is unchanged, nothing to do", extra={"config": self.config.source})
+        else:
+            result = "applied"
+            log.warning("reload: the configuration changed: draining and flushing, then re-executing",
+                        extra={"config": self.config.source, "pid": os.getpid()})
+            self.reexec = True
+            self._stop.set()
+        self.metrics.inc("bridge_reloads_total", 1, result=result)
+        return result
+
+    def log_summary(self) -> None:
+        """SIGUSR1: one log line with the bridge's state."""
+        state = self.health()
+        m = self.metrics
+        rss = 0
+        try:
+            with open("/proc/self/status") as status:
+                rss = next((int(line.split()[1]) << 10 for line in status if line.startswith("VmRSS:")), 0)
+        except OSError:
+            pass
+        log.info("state summary", extra={
+            "pid": os.getpid(), "ok": state["ok"], "problems": state["problems"],
+            "destinations": {s.name: {**state["destinations"][s.name], "queue_bytes": s.queued_bytes,
+                                      "queue_max_bytes": s.queue_max_bytes,
+                                      "accepted": m.get("bridge_accepted_points_total", destination=s.name),
+                                      "written": m.get("bridge_written_points_total", destination=s.name),
+                                      "dropped": m.total("bridge_dropped_points_total", destination=s.name)}
+                             for s in self.sinks},
+            "subscriptions": {s.name: {**state["subscriptions"][s.name], "rcvhwm": s.source.rcvhwm,
+                                       "received": m.get("bridge_received_messages_total", subscription=s.name)}
+                              for s in self.subscriptions},
+            "memory": {"rss_bytes": rss, "budget_bytes": self.budget.total, "budget_source": self.budget.source}})
 
     # --- the pipeline -------------------------------------------------------------------------
 
@@ -617,7 +703,7 @@ class Bridge:
                     poller.register(socket, zmq.POLLIN)
                     by_socket[socket] = sub
 
-    def run(self, ready: Callable[[], None] | None = None) -> int:
+    def run(self, ready: Callable[[], None] | None = None, signals: Signals | None = None) -> int:
         for sink in self.sinks:
             sink.start()
         if self.cache is not None:
@@ -625,8 +711,7 @@ class Bridge:
         if self.config.http_listen:
             self.http = serve(self.metrics, self.config.http_listen, self.health,
                               self.config.http_max_connections, self.config.http_timeout)
-        signal.signal(signal.SIGTERM, self.request_stop)
-        signal.signal(signal.SIGINT, self.request_stop)
+        self.signals = (signals or Signals()).install(self.request_stop)
         poller = zmq.Poller()
         by_socket: dict = {}
         self._register(poller, by_socket)
@@ -641,6 +726,10 @@ class Bridge:
         next_report = time.monotonic() + (report_every or 0)
         next_tick = time.monotonic() + TICK_S
         while not self._stop.is_set():
+            if self.signals.pending:
+                self.handle_signals()
+                if self._stop.is_set():
+                    break
             self._poll(poller, by_socket, int(TICK_S * 1000))
             now = time.monotonic()
             if now >= next_tick:
@@ -658,7 +747,12 @@ class Bridge:
 
     def shutdown(self, poller: zmq.Poller | None = None, by_socket: dict | None = None) -> int:
         self.stopping = True
-        self.notifier.stopping()
+        if self.signals.pending:
+            self.handle_signals()  # counted and logged; a SIGHUP now is ignored
+        if self.reexec:
+            self.notifier.reloading()
+        else:
+            self.notifier.stopping()
         started = time.monotonic()
         budget = self.config.shutdown_timeout
         log.info("stopping: draining subscriptions, then flushing destinations", extra={"timeout_s": budget})

@@ -27,6 +27,8 @@ def cmd_run(args: argparse.Namespace) -> int:
     from .app import Bridge
     from .journal import JournalLocked
     from .logs import setup
+    from .signals import Signals
+    signals = Signals().install()  # first: a signal during the start is acted on, never fatal
     config = load(args.config)
     setup(config.log_level)
     try:
@@ -34,13 +36,38 @@ def cmd_run(args: argparse.Namespace) -> int:
     except JournalLocked as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 3
-    return bridge.run()
+    code = bridge.run(signals=signals)
+    if bridge.reexec:
+        return reexec()
+    return code
+
+
+def reexec() -> int:
+    """SIGHUP with a changed configuration, after the graceful stop: the same command line again,
+    in this process (same PID: systemd keeps supervising it; the new one sends READY=1). Only
+    returns when exec fails (1: systemd restarts the unit). The journal lock is an flock on a
+    close-on-exec descriptor: the exec releases it for the new image."""
+    import logging
+    import os
+    log = logging.getLogger("station_bridge")
+    argv = [sys.executable, *sys.orig_argv[1:]]
+    log.info("re-executing", extra={"argv": argv, "pid": os.getpid()})
+    for handler in logging.getLogger().handlers:
+        handler.flush()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    try:
+        os.execv(sys.executable, argv)
+    except OSError as exc:
+        log.error("re-exec failed: exiting (systemd restarts the unit)", extra={"error": str(exc)})
+    return 1
 
 
 def warnings(config: Config) -> list[str]:
     """What check-config warns about: keys that can never match a record of their subscription
     (with the map form a path-looking literal key needs), a topic regex the subscription's topic
-    prefixes can never satisfy, and `each` points that share a time in one series (nudged)."""
+    prefixes can never satisfy, `each` points that share a time in one series (nudged), and an
+    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings)."""
     from .paths import shared_time_warnings, topic_warnings, unreachable
     out: list[str] = []
     for s in config.subscriptions:
@@ -48,7 +75,7 @@ def warnings(config: Config) -> list[str]:
         out += unreachable(s.name, s.framing, s.field_order, paths)
         out += topic_warnings(s.name, s.topics, s.mapping.topic_regex)
         out += shared_time_warnings(s.name, paths)
-    return out
+    return out + config.memory_warnings()
 
 
 def cmd_check(args: argparse.Namespace) -> int:

@@ -25,6 +25,8 @@ from typing import Any
 import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
+from .memory import Budget, derived_rcvhwm
+from .memory import budget as memory_budget
 from .paths import Path as ValuePath
 from .paths import PathError, PathSet, PathSyntaxError, compile_paths
 from .paths import parse as parse_path
@@ -181,7 +183,7 @@ class SubscriptionSpec:
     endpoints: list[str]
     bind: bool
     topics: list[str]
-    rcvhwm: int
+    rcvhwm: int | None  # None: derived from the memory budget (Config.rcvhwm)
     framing: str
     delimiter: str
     field_order: list[str]
@@ -192,6 +194,7 @@ class SubscriptionSpec:
     cache: bool = True  # false: the subscription's points never reach the Redis cache
     expected_interval: float | None = None  # a feed's cadence: unhealthy after 3 intervals of silence; None: idle is ok
     ignore: tuple[IgnoreRule, ...] = ()  # messages that are not data: counted ignored{rule}
+    message_bytes: int = 1024  # a typical message's size: derives rcvhwm from the memory budget
 
 
 @dataclass(frozen=True)
@@ -208,6 +211,7 @@ class DestinationSpec:
     timeout: float
     queue_max_points: int
     max_backoff: float
+    queue_max_bytes: int | None = None  # None: the destination's share of the memory budget
 
 
 @dataclass(frozen=True)
@@ -245,6 +249,14 @@ class HealthSpec:
 
 
 @dataclass(frozen=True)
+class MemorySpec:
+    """The memory budget (memory.py): explicit, or a fraction of the cgroup's memory limit."""
+
+    budget_bytes: int | None = None
+    limit_fraction: float = 0.5
+
+
+@dataclass(frozen=True)
 class UniquenessSpec:
     window: int = 128
     max_series: int = 20_000
@@ -275,12 +287,47 @@ class Config:
     health: HealthSpec = field(default_factory=HealthSpec)
     uniqueness: UniquenessSpec = field(default_factory=UniquenessSpec)
     fast_path: str = "auto"
+    memory: MemorySpec = field(default_factory=MemorySpec)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
+
+    def budget(self) -> Budget:
+        """The memory budget, from `memory` and (by default) this process's cgroup limit."""
+        return memory_budget(self.memory.budget_bytes, self.memory.limit_fraction)
+
+    def rcvhwm(self, spec: SubscriptionSpec, budget: Budget | None = None) -> int:
+        """A subscription's receive queue in messages per connection: its `rcvhwm`, or its share
+        of the budget's receive part divided by its `message_bytes` (memory.derived_rcvhwm)."""
+        if spec.rcvhwm is not None:
+            return spec.rcvhwm
+        share = (budget or self.budget()).receive // max(1, len(self.subscriptions))
+        return derived_rcvhwm(share, len(spec.endpoints), spec.message_bytes)
+
+    def queue_max_bytes(self, spec: DestinationSpec, budget: Budget | None = None) -> int:
+        """A destination's in-memory queue bound in bytes: its own, or its share of the budget."""
+        if spec.queue_max_bytes is not None:
+            return spec.queue_max_bytes
+        return (budget or self.budget()).queues // max(1, len(self.destinations))
+
+    def memory_warnings(self) -> list[str]:
+        """An explicit rcvhwm whose queues can exceed the whole budget with max_frame_bytes messages."""
+        out = []
+        budget = self.budget()
+        for s in self.subscriptions:
+            if s.rcvhwm is None:
+                continue
+            worst = s.rcvhwm * s.max_frame_bytes * max(1, len(s.endpoints))
+            if worst > budget.total:
+                out.append(f"subscriptions.{s.name}.rcvhwm: {s.rcvhwm} messages of up to max_frame_bytes "
+                           f"({s.max_frame_bytes}) per endpoint can hold {worst} bytes, more than the memory budget "
+                           f"of {budget.total} bytes ({budget.source}); leave rcvhwm unset to derive it "
+                           "from the budget and message_bytes, or lower max_frame_bytes")
+        return out
 
     def effective(self) -> dict[str, Any]:
         """The configuration with every default filled in, as JSON-ready data, without secrets:
         what `check-config --json` prints for other tools (the Ansible roles) to read."""
         subs = []
+        budget = self.budget()
         for s in self.subscriptions:
             m = s.mapping
             if m.measurement_from == "fixed":
@@ -304,7 +351,9 @@ class Config:
             derived += [*m.captures, *m.topic_tags]
             subs.append({
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
-                "rcvhwm": s.rcvhwm, "max_frame_bytes": s.max_frame_bytes, "require_connection": s.require_connection,
+                "rcvhwm": self.rcvhwm(s, budget), "rcvhwm_derived": s.rcvhwm is None,
+                "message_bytes": s.message_bytes, "max_frame_bytes": s.max_frame_bytes,
+                "require_connection": s.require_connection,
                 "expected_interval_s": s.expected_interval,
                 "ignore": [{"name": i.name, "path": str(i.path) if i.path is not None else None, "in": list(i.values),
                             "topic": i.topic.pattern if i.topic is not None else None} for i in s.ignore],
@@ -329,7 +378,8 @@ class Config:
                 "name": d.name, "url": d.url, "database": d.database, "retention_policy": d.retention_policy,
                 "username": d.username, "password_set": d.password is not None, "batch_size": d.batch_size,
                 "flush_interval_s": d.flush_interval, "gzip": d.gzip, "timeout_s": d.timeout,
-                "queue_max_points": d.queue_max_points, "max_backoff_s": d.max_backoff,
+                "queue_max_points": d.queue_max_points,
+                "queue_max_bytes": self.queue_max_bytes(d, budget), "max_backoff_s": d.max_backoff,
                 "journal_dir": str(self.journal_dir / d.name),
                 "dead_letter_file": str(self.dead_letter_dir / f"{d.name}.jsonl"),
             } for d in self.destinations],
@@ -359,6 +409,9 @@ class Config:
             "shutdown_timeout_s": self.shutdown_timeout,
             "log": {"level": self.log_level, "rate_limit_per_s": self.log_rate_per_s},
             "fast_path": self.fast_path,
+            "memory": {"budget_bytes": budget.total, "source": budget.source, "cgroup_limit_bytes": budget.limit,
+                       "limit_fraction": self.memory.limit_fraction, "receive_bytes": budget.receive,
+                       "queues_bytes": budget.queues},
         }
 
 
@@ -736,11 +789,11 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         b.done()
     spec = SubscriptionSpec(
         name=name, endpoints=endpoints, bind=bind, topics=r.strings("topics", [""]),
-        rcvhwm=r.positive("rcvhwm", int, 1_000_000), framing=framing,
+        rcvhwm=r.positive("rcvhwm", int, None), framing=framing,
         delimiter=r.get("delimiter", str, "\x01"), field_order=field_order,
         max_frame_bytes=r.size("max_frame_bytes", 1_048_576),
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
-        cache=r.get("cache", bool, True),
+        cache=r.get("cache", bool, True), message_bytes=r.size("message_bytes", 1024),
         expected_interval=r.duration("expected_interval", None),
         ignore=tuple(_ignore(i) for i in r.items("ignore", [])),
     )
@@ -749,6 +802,8 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         raise r.fail("ignore", f"rule names must be unique, got {rules}")
     if spec.max_frame_bytes <= 0:
         raise r.fail("max_frame_bytes", "must be positive")
+    if spec.message_bytes <= 0:
+        raise r.fail("message_bytes", "must be positive")
     r.done()
     return spec
 
@@ -868,7 +923,10 @@ def _destination(r: _Reader) -> DestinationSpec:
         gzip=r.get("gzip", bool, False), timeout=r.duration("timeout", 10.0),
         queue_max_points=r.positive("queue_max_points", int, 500_000),
         max_backoff=r.duration("max_backoff", 30.0),
+        queue_max_bytes=None if r.get("queue_max_bytes", (str, int), None) is None else r.size("queue_max_bytes", 0),
     )
+    if spec.queue_max_bytes is not None and spec.queue_max_bytes <= 0:
+        raise r.fail("queue_max_bytes", "must be positive")
     r.done()
     return spec
 
@@ -947,6 +1005,15 @@ def parse(data: Any, source: str = "<config>") -> Config:
             _writable(sm, key, check_measurement, getattr(self_metrics, key))
         _writable(sm, "instance", escape_tag, self_metrics.instance)
         sm.done()
+    mem = top.child("memory", {}) or _Reader({}, "memory", source)
+    budget_given = mem.get("budget_bytes", (str, int), None)
+    memory = MemorySpec(None if budget_given is None else mem.size("budget_bytes", 0),
+                        mem.get("limit_fraction", float, 0.5))
+    if not 0 < memory.limit_fraction <= 1:
+        raise mem.fail("limit_fraction", f"{memory.limit_fraction} must be in (0, 1]")
+    if memory.budget_bytes is not None and memory.budget_bytes <= 0:
+        raise mem.fail("budget_bytes", "must be positive")
+    mem.done()
     config = Config(
         source=source, station=station, subscriptions=subscriptions,
         destinations=destinations, cache=cache, journal_dir=journal_dir, journal_max_bytes=journal_max,
@@ -957,7 +1024,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
         dead_letter_max_bytes=dead_max, dead_letter_max_record_bytes=dead_record_max,
         http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},
-        fast_path=_fast_path(top),
+        fast_path=_fast_path(top), memory=memory,
     )
     top.done()
     return config

@@ -33,7 +33,7 @@ the stop was requested.
 
 `SystemdNotifier` speaks sd_notify over the `NOTIFY_SOCKET` datagram socket (no dependency):
 READY=1 once the bridge runs, WATCHDOG=1 from the receive loop at half of `WATCHDOG_USEC`,
-STOPPING=1 on stop. Without NOTIFY_SOCKET every call is a no-op.
+RELOADING=1 before a reload's re-exec, STOPPING=1 on stop. Without NOTIFY_SOCKET every call is a no-op.
 """
 
 from __future__ import annotations
@@ -75,6 +75,11 @@ class SystemdNotifier:
 
     def ready(self) -> None:
         self.notify("READY=1\nSTATUS=running")
+
+    def reloading(self) -> None:
+        """SIGHUP with a changed configuration: draining before the re-exec (READY=1 follows)."""
+        self.notify(f"RELOADING=1\nMONOTONIC_USEC={time.monotonic_ns() // 1000}\n"
+                    "STATUS=reloading: draining and flushing, then re-executing")
 
     def stopping(self) -> None:
         self.notify("STOPPING=1\nSTATUS=stopping: draining and flushing")

@@ -365,8 +365,11 @@ class Backoff:
 class InfluxSink:
     def __init__(self, spec: DestinationSpec, journal: Journal, dead: DeadLetters, metrics: Metrics,
                  intake: Intake | None = None, health: HealthSpec | None = None,
-                 before_delete: Callable[[], None] | None = None) -> None:
+                 before_delete: Callable[[], None] | None = None, queue_max_bytes: int | None = None) -> None:
         self.spec = spec
+        # The in-memory queue's bound in bytes (its share of the memory budget, memory.py), with
+        # queue_max_points: whichever is reached first spills the queue to the journal.
+        self.queue_max_bytes = queue_max_bytes if queue_max_bytes is not None else 1 << 62
         self.name = spec.name
         self.journal = journal
         self.intake = intake
@@ -382,6 +385,7 @@ class InfluxSink:
         self.backoff = Backoff(spec.max_backoff)
         self._queue: deque[Chunk] = deque()
         self._queued = 0
+        self._queued_bytes = 0
         self._inflight: Chunk | None = None
         self._cond = threading.Condition()
         self._stopping = False
@@ -418,6 +422,7 @@ class InfluxSink:
             if self._inflight is not None:
                 self._queue.appendleft(self._inflight)
                 self._queued += self._inflight.count
+                self._queued_bytes += len(self._inflight.data)
                 self._inflight = None
 
     def submit(self, chunk: Chunk, counted: bool = False) -> None:
@@ -435,15 +440,18 @@ class InfluxSink:
             self.metrics.bump([("bridge_accepted_points_total", self.key, mine.count)])
         overflow: list[Chunk] = []
         with self._cond:
-            if self._queued + mine.count > self.spec.queue_max_points:
+            if (self._queued + mine.count > self.spec.queue_max_points
+                    or self._queued_bytes + len(mine.data) > self.queue_max_bytes):
                 # Memory bound reached: everything queued, then this, goes to disk in order.
                 overflow = [*self._queue, mine]
                 self._queue.clear()
                 self._queued = 0
+                self._queued_bytes = 0
             else:
                 was_empty = not self._queued
                 self._queue.append(mine)
                 self._queued += mine.count
+                self._queued_bytes += len(mine.data)
                 if was_empty or self._queued >= self.spec.batch_size:
                     self._cond.notify()
         for queued in overflow:
@@ -452,6 +460,10 @@ class InfluxSink:
     @property
     def queued(self) -> int:
         return self._queued
+
+    @property
+    def queued_bytes(self) -> int:
+        return self._queued_bytes
 
     @property
     def pending(self) -> int:
@@ -512,6 +524,7 @@ class InfluxSink:
             return None
         batch = Chunk.join(taken)
         self._queued -= batch.count
+        self._queued_bytes -= len(batch.data)
         return batch
 
     def _collect(self) -> Chunk | None:

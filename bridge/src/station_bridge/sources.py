@@ -47,6 +47,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import SubscriptionSpec
+from .memory import MIN_RCVHWM
 
 log = logging.getLogger("station_bridge.source")
 
@@ -154,10 +155,14 @@ def _handshake_detail(kind: int, value: int, grace: float) -> str:
 
 
 class Source:
-    def __init__(self, context: zmq.Context, spec: SubscriptionSpec, handshake_grace: float = 10.0) -> None:
+    def __init__(self, context: zmq.Context, spec: SubscriptionSpec, handshake_grace: float = 10.0,
+                 rcvhwm: int | None = None) -> None:
+        """`rcvhwm`: the receive queue per connection, in messages (Config.rcvhwm: the spec's, or
+        derived from the memory budget); None: the spec's, else memory.MIN_RCVHWM."""
         self.spec = spec
         self.name = spec.name
         self.handshake_grace = handshake_grace
+        self.rcvhwm = rcvhwm if rcvhwm is not None else spec.rcvhwm or MIN_RCVHWM
         # inproc reaches only sockets of the same context: such a subscription keeps the shared one
         self._own = not any(e.startswith("inproc://") for e in spec.endpoints)
         self.context: zmq.Context | None = None if self._own else context
@@ -223,7 +228,7 @@ class Source:
         socket = monitor = None
         try:
             socket = self.context.socket(zmq.SUB)
-            socket.setsockopt(zmq.RCVHWM, self.spec.rcvhwm)
+            socket.setsockopt(zmq.RCVHWM, self.rcvhwm)
             socket.setsockopt(zmq.MAXMSGSIZE, self.spec.max_frame_bytes * TRANSPORT_LIMIT_FACTOR)
             socket.setsockopt(zmq.LINGER, 0)  # a SUB socket sends nothing that could be lost
             socket.setsockopt(zmq.HANDSHAKE_IVL, max(1, round(self.handshake_grace * 1000)))
