@@ -98,12 +98,13 @@ class StationBridge:
 
     def __init__(self, tmp: Path, influx: Influxd, redis_server: RedisServer, feed: str, *,
                  validation: bool = True, extra_destination: dict | None = None,
-                 self_measurement: str = "station_bridge") -> None:
+                 self_measurement: str = "station_bridge", expected_interval: str | None = None) -> None:
         self.tmp = tmp
         self.http = f"127.0.0.1:{free_port()}"
         self.validation_endpoint = f"ipc://{tmp}/validation.sock"
         subscriptions = [{
             "name": "kraken", "endpoints": [feed], "topics": ["kraken_tick"], "framing": "msgpack",
+            **({"expected_interval": expected_interval} if expected_interval else {}),
             "mapping": {"measurement": "ticks", "tags": ["instrument"],
                         "fields": {"bid": "float", "ask": "float", "volume": "integer"},
                         "time": {"field": "timestamp", "format": "epoch_s"}}}]
@@ -247,7 +248,11 @@ def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, 
     assert demo_points(station_influx) == 0
 
 
-def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, feed):
+def test_observe_reports_an_idle_feed_and_fails_one_overdue_for_its_cadence(tmp_path, station_influx,
+                                                                             station_redis, feed):
+    """Issue 24: an idle feed halted the rollout (most instruments of an observatory publish only
+    in a campaign). Without a declared cadence an idle feed is reported, not failed; with
+    `expected_interval` it fails once 3 intervals passed without a message (the health model)."""
     # A renamed self-metrics measurement: validate looks for it, and tells the playbook to ask
     # central for it (it hard-coded station_bridge).
     bridge = StationBridge(tmp_path, station_influx, station_redis, feed, self_measurement="kraken_bridge")
@@ -256,15 +261,25 @@ def test_observe_names_an_idle_feed(tmp_path, station_influx, station_redis, fee
         rc, report = validate(str(tmp_path), "--window", "1", "--max-age", "5", stdin=True)
     finally:
         bridge.stop()
+    assert rc == 0, failed(report)
+    checks = {c["check"]: c for c in report["instances"][0]["checks"]}
+    assert checks["feed kraken"]["idle"] and "no cadence declared" in checks["feed kraken"]["detail"]
+    assert any(line.startswith("kraken | feed kraken | received 0 |") for line in report["table"]), report["table"]
+    assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")  # the stdin password worked
+    assert report["self_metrics"] == [{"station": "tst", "measurement": "kraken_bridge"}]
+    cadenced = tmp_path / "cadenced"
+    cadenced.mkdir()
+    bridge = StationBridge(cadenced, station_influx, station_redis, feed, expected_interval="1s")
+    try:
+        time.sleep(3.5)  # 3 intervals since start without a message
+        rc, report = validate(str(bridge.path), "--window", "1", "--max-age", "5")
+    finally:
+        bridge.stop()
     assert rc == 1
     problems = failed(report)
     assert set(problems) == {"feed kraken"}, problems
-    assert "no message in the 1 s window" in problems["feed kraken"]
+    assert "unhealthy: no message for" in problems["feed kraken"] and "expected every 1 s" in problems["feed kraken"]
     assert report["problems"] == [f"kraken: feed kraken: {problems['feed kraken']}"]
-    assert any(line.startswith("kraken | feed kraken | received 0 |") for line in report["table"]), report["table"]
-    checks = {c["check"]: c for c in report["instances"][0]["checks"]}
-    assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")  # the stdin password worked
-    assert report["self_metrics"] == [{"station": "tst", "measurement": "kraken_bridge"}]
 
 
 def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):

@@ -302,27 +302,34 @@ class InstanceValidation:
             age = _labels(self.after, "bridge_last_message_age_seconds", subscription=sub.name)
             connected = _labels(self.after, "bridge_subscription_connected", subscription=sub.name)
             fresh = age is not None and 0 <= age <= self.options.max_age
-            # publish mode proves the path with its own ticks: an idle feed is reported, not failed.
-            flowing = received > 0 or fresh or self.options.mode == "publish"
+            flowing = received > 0 or fresh
+            # The health model judges a feed (connection, rejected share, a declared cadence that
+            # is overdue); an idle feed is reported, not failed: many feeds publish only sometimes
+            # (an observatory's instruments, outside a campaign). A feed that must flow declares
+            # its cadence (`expected_interval`) and fails once it is overdue.
             problem = unhealthy.get(sub.name) if states.get(sub.name, {}).get("ok", True) is False else None
-            ok = flowing and problem is None
+            ok = problem is None
             landed = self._landed(sub, started_ns)
             row = {"feed": sub.name, "received": received, "rejected": rejected,
                    "last_message_age_s": age, "connected": None if connected is None else bool(connected),
-                   "measurements": self.measurements[sub.name], "landed": landed, "ok": ok}
+                   "measurements": self.measurements[sub.name], "landed": landed, "ok": ok,
+                   "expected_interval_s": sub.expected_interval, "idle": not flowing}
             self.feeds.append(row)
             if problem is not None:
                 self.add(f"feed {sub.name}", False, f"unhealthy: {problem}")
-            elif ok and not (received > 0 or fresh):
-                self.add(f"feed {sub.name}", True, "idle (publish mode checks the validation path)", idle=True)
-            elif ok:
+            elif flowing:
                 self.add(f"feed {sub.name}", True, f"received {received} in the window"
                          + (f", last message {age:.1f} s ago" if age is not None and age >= 0 else ""))
+            elif self.options.mode == "publish":
+                self.add(f"feed {sub.name}", True, "idle (publish mode checks the validation path)", idle=True)
             else:
-                self.add(f"feed {sub.name}", False,
-                         f"no message in the {self.options.window:g} s window"
-                         + (f" and none in the last {self.options.max_age:g} s" if age is not None else "")
-                         + (" (the SUB socket is not connected)" if connected == 0 else ""))
+                self.add(f"feed {sub.name}", True,
+                         f"idle: no message in the {self.options.window:g} s window"
+                         + (f" nor in the last {self.options.max_age:g} s" if age is not None else "")
+                         + (" (the SUB socket is not connected)" if connected == 0 else "")
+                         + (f"; within its cadence (expected every {sub.expected_interval:g} s)"
+                            if sub.expected_interval else
+                            "; no cadence declared (expected_interval): idle is not a failure"), idle=True)
 
     def _landed(self, sub: SubscriptionSpec, started_ns: int) -> int | None:
         """Points of the feed's measurements in the local database since the start (None: not counted)."""
