@@ -79,6 +79,13 @@ HELP = {
     "bridge_subscription_healthy": "1 while the health model finds nothing wrong with the subscription.",
     "bridge_subscription_rejected_share": "Share of the subscription's recent messages (health window) rejected.",
     "bridge_start_time_seconds": "Process start, unix seconds.",
+    "bridge_fast_path_compiled": "1 when the subscription runs on the compiled path.",
+    "bridge_fast_path_messages": "Messages the compiled path mapped, per subscription (since start).",
+    "bridge_fast_path_handed_back": "Messages the compiled path handed back to Python, per subscription (since start).",
+    "bridge_memory_budget_bytes": "The memory budget in bytes (memory.budget_bytes, or derived from the cgroup limit).",
+    "bridge_queue_bytes": "Bytes waiting in memory, per destination.",
+    "bridge_reloads_total": "SIGHUP reloads, per result (applied, unchanged, refused).",
+    "bridge_signals_total": "Signals handled, per signal.",
 }
 
 Labels = tuple[tuple[str, str], ...]
