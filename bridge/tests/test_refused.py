@@ -143,7 +143,7 @@ def test_replay_writes_what_is_refused_again_to_its_own_file(tmp_path, influxd, 
     sample = tmp_path / "input.jsonl"
     good = {"instrument": "A", "bid": 1.5, "ts": BASE_MS}
     bad = {"instrument": "A", "ask": 2.5, "ts": BASE_MS + 1}
-    sample.write_text("".join(json.dumps(make_record([b"quotes", msgpack.packb(r)], 1, 1 << 20,
+    sample.write_text("".join(json.dumps(make_record([b"quotes", msgpack.packb(r)], BASE_MS * 1_000_000, 1 << 20,
                                                      subscription="quotes", reason="missing_field")[0]) + "\n"
                               for r in (good, bad)) + '{"torn')
     config = {"subscriptions": [{"name": "quotes", "endpoints": ["tcp://127.0.0.1:9"], "framing": "msgpack",

@@ -190,10 +190,12 @@ class Mapper:
 
     def __init__(self, spec: SubscriptionSpec, station: str | None = None,
                  uniqueness: Uniqueness | None = None, *, general: bool = False,
-                 clock: Callable[[], int] | None = None) -> None:
+                 clock: Callable[[], int] | None = None, now: Callable[[], int] | None = None) -> None:
         """`general`: map through the path set (`lines`) even when the mapping is flat (tests
         compare both paths on flat mappings). `clock`: the receive time (default: now,
-        strictly increasing); replay and `try` give the time a message was received."""
+        strictly increasing); replay and `try` give the time a message was received. `now`: what
+        the time window (mapping.time.accept_ahead/behind) is measured from (default: the wall
+        clock; replay and `try`: the message's recorded receive time)."""
         m = spec.mapping
         self.name = spec.name
         self.unique = uniqueness or Uniqueness()
@@ -222,6 +224,8 @@ class Mapper:
         self.ahead_ns = None if m.time.accept_ahead is None else round(m.time.accept_ahead * 1e9)
         self.behind_ns = None if m.time.accept_behind is None else round(m.time.accept_behind * 1e9)
         self._windowed = self.ahead_ns is not None or self.behind_ns is not None
+        # What the window is measured from: now (the receive time), or a re-map's recorded one.
+        self.window_now = now or time.time_ns
         self._tag_cache: dict[str, str] = {}
         self._clock = clock or ReceiveClock()
         self.timestamp_fallbacks = 0
@@ -325,7 +329,7 @@ class Mapper:
 
     def check_window(self, ts: int) -> None:
         """Refuses (bad_timestamp) a source time outside the accepted window around now."""
-        now = time.time_ns()
+        now = self.window_now()
         if self.ahead_ns is not None and ts - now > self.ahead_ns:
             raise MapError("bad_timestamp", f"time {ts} is {(ts - now) / 3.6e12:.1f} h ahead of the receive time "
                                             f"(mapping.time.accept_ahead: {self.ahead_ns / 3.6e12:g} h)")
@@ -560,7 +564,7 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
     # inline; everything else (new series, repeats, out of order, out of range) in claim().
     if mapper._windowed and mapper._time_field is not None and scale is not None:
         # the window around the receive time (slow_time checks it on the other branches)
-        env.update(now_ns=time.time_ns, AHEAD=mapper.ahead_ns if mapper.ahead_ns is not None else 2**64,
+        env.update(now_ns=mapper.window_now, AHEAD=mapper.ahead_ns if mapper.ahead_ns is not None else 2**64,
                    BEHIND=mapper.behind_ns if mapper.behind_ns is not None else 2**64, check_window=mapper.check_window)
         body += ["n = now_ns()", "if ts - n > AHEAD or n - ts > BEHIND:", "    check_window(ts)"]
     body += ["times = CUR.get(series)", "if times is not None and times[-1] < ts <= TMAX:",

@@ -176,8 +176,9 @@ class Remapper:
     def _pipeline(self, spec: SubscriptionSpec) -> tuple[Decoder, Mapper]:
         found = self._built.get(spec.name)
         if found is None:
+            # the time window (mapping.time.accept_*) around the message's recorded receive time
             found = self._built[spec.name] = (build(spec), Mapper(spec, self.config.station, self.unique,
-                                                                  clock=self.clock))
+                                                                  clock=self.clock, now=lambda: self.clock.now))
         return found
 
     def map(self, subscription: str, frames: list[bytes], time_ns: int) -> Mapped:
