@@ -164,3 +164,33 @@ def test_wheelhouse_mode_reads_the_configuration_with_the_wheels_code(tmp_path, 
         "bridge_feed_defaults": {"destinations": [DESTINATION]}, "bridge_feeds": [feed("kraken")]})
     assert rc == 0, out
     assert facts["effective"]["kraken"]["subscriptions"][0]["fields"] == {"bid": "float"}
+
+
+def test_a_mapping_that_refuses_its_sample_stops_the_preflight(tmp_path):
+    """Issue 21: a wrong key is caught before any station changes: the feed's `sample:` (captured
+    messages, relative to the inventory directory) is tried with the bridge's own `try`."""
+    import base64
+    import time
+
+    import msgpack
+    inventory = tmp_path / "inventory"
+    inventory.mkdir()
+    now = time.time()
+    records = []
+    for i in range(5):
+        frames = [b"kraken", msgpack.packb({"instrument": "EURUSD", "bid": 1.5 + i, "timestamp": now + i})]
+        records.append({"time": time.time_ns(), "endpoint": "tcp://127.0.0.1:5556", "encoding": "base64",
+                        "frames": [base64.b64encode(f).decode() for f in frames], "bytes": sum(map(len, frames))})
+    (inventory / "kraken.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    base = {**source(tmp_path), "bridge_feed_defaults": {"station": "ams", "destinations": [DESTINATION]},
+            "inventory_dir": str(inventory)}
+    good = {**feed("kraken"), "sample": "kraken.jsonl"}
+    rc, _, out = preflight(tmp_path / "a", {**base, "bridge_feeds": [good]})
+    assert rc == 0, out
+    wrong = {**good, "fields": {"price": "float"}}  # the feed sends bid: every message refused
+    rc, _, out = preflight(tmp_path / "b", {**base, "bridge_feeds": [wrong]})
+    assert rc != 0
+    assert "bridge instance kraken: its mapping refuses its sample" in out and "missing_field" in out, out
+    # A share of refusals the operator allows: passes.
+    rc, _, out = preflight(tmp_path / "c", {**base, "bridge_feeds": [wrong], "bridge_sample_max_rejected_share": 1.0})
+    assert rc == 0, out
