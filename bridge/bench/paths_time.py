@@ -50,7 +50,7 @@ def main() -> None:
         "parser('epoch_s')(int)": ("p(x)", {"p": epoch_s, "x": 1700000000}),
         "parser('auto')(float)": ("p(x)", {"p": auto, "x": x}),
         "parser('auto')('1700000000123456789')": ("p(x)", {"p": auto, "x": "1700000000123456789"}),
-        "parser('auto')('1454091080.123456789')": ("p(x)", {"p": auto, "x": "1454091080.123456789"}),
+        "parser('auto')('1764439880.123456789')": ("p(x)", {"p": auto, "x": "1764439880.123456789"}),
         "parser('rfc3339')('2023-11-14T22:13:20.123456789Z')": (
             "p(x)", {"p": rfc, "x": "2023-11-14T22:13:20.123456789Z"}),
         "parser('rfc3339')('2023-11-14T23:13:20.5+01:00')": ("p(x)", {"p": rfc, "x": "2023-11-14T23:13:20.5+01:00"}),
@@ -66,7 +66,7 @@ def main() -> None:
     nested_tick = {"t": x, "meta": {"instrument": "EURUSD"}, "quote": {"bid": 1.08234, "ask": 1.08245,
                                                                        "volume": 1000000}}
     book = {"error": [], "result": {
-        pair: {side: [[f"{563 + i}.45000", "0.750", 1454091080 + i] for i in range(10)] for side in ("asks", "bids")}
+        pair: {side: [[f"{563 + i}.45000", "0.750", 1764439880 + i] for i in range(10)] for side in ("asks", "bids")}
         for pair in ("XXBTZCAD", "XETHZEUR")}}
     depth = compile_paths({"price": parse("[0]"), "volume": parse("[1]"), "time": parse("[2]")},
                           parse("result.<pair>.<side:asks|bids>[<level>]", wildcards=True))

@@ -19,7 +19,7 @@ DEPTH_MAPPING = {"measurement": "kraken_depth", "each": "result.<pair>.<side:ask
 V20_MAPPING = {"measurement": "v20_prices",
                "topic": {"tag": "instrument", "regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"},
                "fields": {"bid": "float", "ask": "float"}, "time": {"field": "time", "format": "rfc3339"}}
-T = 1454091080
+T = 1764439880
 
 
 def depth(result: object) -> bytes:
@@ -89,7 +89,7 @@ def test_kraken_depth_and_v20_feeds_land_exactly_and_hostile_messages_are_refuse
 
         depth_feed.joined(depth({"PROBE": {"asks": [["1", "1", T - 100]]}}),
                           probes("kraken_depth", "pair", "PROBE"), "the depth subscription joined")
-        v20_feed.joined(v20("PRB_USD", "2016-01-29T00:00:00Z", "1", "1"),
+        v20_feed.joined(v20("PRB_USD", "2025-11-29T00:00:00Z", "1", "1"),
                         probes("v20_prices", "base", "PRB"), "the v20 subscription joined")
         before = settled(bridge, ("kraken", "v20"))
 
@@ -105,9 +105,9 @@ def test_kraken_depth_and_v20_feeds_land_exactly_and_hostile_messages_are_refuse
             depth({"XXBTZCAD": {"asks": [["563.45000", "0.750", T], ["x", "1", T + 2]]}}),  # wrong_type, atomic
         )
         v20_feed.send(
-            v20("EUR_USD", "2016-01-29T18:11:20.123456789Z", "1.08234", "1.08245"),
-            v20("EURUSD", "2016-01-29T18:11:21Z", "1.1", "1.2"),         # unknown_topic: the regex refuses it
-            v20("USD_JPY", "2016-01-29T18:11:22.5+01:00", "121.1", "121.2"),
+            v20("EUR_USD", "2025-11-29T18:11:20.123456789Z", "1.08234", "1.08245"),
+            v20("EURUSD", "2025-11-29T18:11:21Z", "1.1", "1.2"),         # unknown_topic: the regex refuses it
+            v20("USD_JPY", "2025-11-29T18:11:22.5+01:00", "121.1", "121.2"),
         )
 
         def landed() -> bool:
@@ -126,8 +126,8 @@ def test_kraken_depth_and_v20_feeds_land_exactly_and_hostile_messages_are_refuse
             ((T + 6) * 10**9, "XETHZEUR", "bids", "1", 1.4, 2.0, "test1")])
         rows = influxd.query("SELECT * FROM v20_prices WHERE base != 'PRB'", db=database)
         got = sorted((r["time"], r["instrument"], r["base"], r["quote"], r["bid"], r["ask"]) for r in rows)
-        assert got == [(1454087482500000000, "USD_JPY", "USD", "JPY", 121.1, 121.2),
-                       (1454091080123456789, "EUR_USD", "EUR", "USD", 1.08234, 1.08245)]
+        assert got == [(1764436282500000000, "USD_JPY", "USD", "JPY", 121.1, 121.2),
+                       (1764439880123456789, "EUR_USD", "EUR", "USD", 1.08234, 1.08245)]
 
         def delta(name: str, **labels: str) -> float:
             return value(after, name, **labels) - value(before, name, **labels)

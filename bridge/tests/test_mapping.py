@@ -106,7 +106,7 @@ def test_bad_records_are_refused_with_a_named_reason(record, reason, paths):
 
 
 def test_nested_values_in_a_string_field_are_refused_not_stored_as_repr():
-    mapper = Mapper(plain(fields={"note": "string"}))
+    mapper = Mapper(plain(fields={"note": "string"}, optional_tags=["instrument"]))
     with pytest.raises(LineError) as err:
         mapper.line("t", {"timestamp": T0, "note": {"a": {"b": 1}}})
     assert err.value.reason == "nested_value"
@@ -190,14 +190,14 @@ def test_random_duplicates_against_a_reference_model():
 
 
 def test_receive_time_is_unique_without_a_time_field():
-    mapper = Mapper(sub(mapping={"time": {"field": None}}))
+    mapper = Mapper(sub(mapping={"time": {"field": None}, "optional_tags": ["instrument"]}))
     got = [int(mapper.line("t", {"bid": 1.0}).rsplit(" ", 1)[1]) for _ in range(1000)]
     assert len(set(got)) == 1000 and got == sorted(got)
 
 
 def test_missing_time_field_counts_a_fallback():
     mapper = Mapper(plain())
-    mapper.line("t", {"bid": 1.0})
+    mapper.line("t", {"bid": 1.0, "instrument": "EURUSD"})
     assert mapper.timestamp_fallbacks == 1
 
 

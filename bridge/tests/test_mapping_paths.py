@@ -28,8 +28,8 @@ KRAKEN_MAPPING = {"measurement": "kraken_depth", "each": "result.<pair>.<side:as
 V20_MAPPING = {"measurement": "v20_prices", "topic": {"tag": "instrument"}, "fields": {"bid": "float", "ask": "float"},
                "time": {"field": "time", "format": "rfc3339"}}
 KRAKEN_DEPTH = json.loads(
-    '{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1454091080],["563.50000","1.2",1454091081]],'
-    '"bids":[["540.00000","0.002",1454076323]]},"XETHZEUR":{"bids":[["1.5","3",1454076324]]}}}')
+    '{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1764439880],["563.50000","1.2",1764439881]],'
+    '"bids":[["540.00000","0.002",1764425123]]},"XETHZEUR":{"bids":[["1.5","3",1764425124]]}}}')
 
 
 def subscription(mapping: dict[str, Any], framing: str = "text_json", **extra: Any) -> cfg.SubscriptionSpec:
@@ -66,14 +66,16 @@ def test_literal_forms_keep_their_meaning_and_a_dot_stays_part_of_the_key():
                       "time": {"field": "t.s", "format": "epoch_s"}}, framing="msgpack").mapping
     assert m.tag_paths == {"result.pair": Path.key("result.pair")} and m.field_paths == {"a.b": Path.key("a.b")}
     assert m.time.field == "t.s" and m.time.path is None and m.is_flat
+    # (times of 1970 on purpose: no window around the receive time here)
     mapper = Mapper(subscription({"measurement": "t", "tags": ["result.pair"], "fields": {"a.b": "float"},
-                                  "time": {"field": "t.s", "format": "epoch_s"}}, framing="msgpack"))
+                                  "time": {"field": "t.s", "format": "epoch_s", "accept_behind": None}},
+                                 framing="msgpack"))
     assert not mapper.multi
     assert mapper.line("x", {"result.pair": "XY", "a.b": 1.5, "t.s": 2, "result": {"pair": "no"}}) == (
         "t,result.pair=XY a.b=1.5 2000000000")
     # a one-key path is flat too: the same generated function
     flat = subscription({"measurement": "t", "tags": {"pair": "pair"}, "fields": {"v": {"path": "v", "type": "float"}},
-                         "time": {"path": "ts", "format": "epoch_s"}}, framing="msgpack")
+                         "time": {"path": "ts", "format": "epoch_s", "accept_behind": None}}, framing="msgpack")
     assert flat.mapping.is_flat
     assert Mapper(flat).line("x", {"pair": "p", "v": 1, "ts": 3}) == "t,pair=p v=1.0 3000000000"
 
@@ -95,7 +97,8 @@ def test_topic_keys_parse_and_appear_in_effective_tags():
     # an explosion changes neither the measurements nor the fields
     assert kr["measurements"] == ["kraken_depth"] and kr["fields"] == {"price": "float", "volume": "float"}
     assert (kr["each"], kr["max_points"], kr["topic"]) == ("result.<pair>.<side:asks|bids>[<level>]", 10_000, None)
-    assert kr["time"] == {"field": None, "path": "[2]", "format": "epoch_s", "timezone": None}
+    assert kr["time"] == {"field": None, "path": "[2]", "format": "epoch_s", "timezone": None,
+                          "accept_ahead_s": 86400.0, "accept_behind_s": 87600 * 3600.0}
     assert v20["topic"] == {"tag": "instrument", "regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"}
     assert v20["each"] is None and v20["time"]["field"] == "time"
 
@@ -200,39 +203,39 @@ def test_kraken_depth_makes_one_exact_line_per_level():
     mapper = Mapper(spec, station="st1")
     assert mapper.multi and mapper.field_names == ["price", "volume"]
     assert mapper.lines(topic, record) == [
-        "kraken_depth,level=0,pair=XXBTZCAD,side=asks,station=st1 price=563.45,volume=0.75 1454091080000000000",
-        "kraken_depth,level=1,pair=XXBTZCAD,side=asks,station=st1 price=563.5,volume=1.2 1454091081000000000",
-        "kraken_depth,level=0,pair=XXBTZCAD,side=bids,station=st1 price=540.0,volume=0.002 1454076323000000000",
-        "kraken_depth,level=0,pair=XETHZEUR,side=bids,station=st1 price=1.5,volume=3.0 1454076324000000000"]
+        "kraken_depth,level=0,pair=XXBTZCAD,side=asks,station=st1 price=563.45,volume=0.75 1764439880000000000",
+        "kraken_depth,level=1,pair=XXBTZCAD,side=asks,station=st1 price=563.5,volume=1.2 1764439881000000000",
+        "kraken_depth,level=0,pair=XXBTZCAD,side=bids,station=st1 price=540.0,volume=0.002 1764425123000000000",
+        "kraken_depth,level=0,pair=XETHZEUR,side=bids,station=st1 price=1.5,volume=3.0 1764425124000000000"]
     # the same message again: every point keeps its series, the times move on by one nanosecond
     again = mapper.keyed_lines(topic, record)
-    assert [ts for _, _, ts, _ in again] == [1454091080000000001, 1454091081000000001, 1454076323000000001,
-                                             1454076324000000001]
+    assert [ts for _, _, ts, _ in again] == [1764439880000000001, 1764439881000000001, 1764425123000000001,
+                                             1764425124000000001]
     assert again[0][1] == "kraken_depth,level=0,pair=XXBTZCAD,side=asks,station=st1"
     assert again[0][3]["price"] == "563.45000"  # the values the cache writes, by field name
 
 
 def test_the_documented_example_lines():
     spec = subscription(KRAKEN_MAPPING)
-    doc = json.loads('{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1454091080]],'
-                     '"bids":[["540.00000","0.002",1454076323]]}}}')
+    doc = json.loads('{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1764439880]],'
+                     '"bids":[["540.00000","0.002",1764425123]]}}}')
     assert Mapper(spec).lines("kr_depth", doc) == [
-        "kraken_depth,level=0,pair=XXBTZCAD,side=asks price=563.45,volume=0.75 1454091080000000000",
-        "kraken_depth,level=0,pair=XXBTZCAD,side=bids price=540.0,volume=0.002 1454076323000000000"]
+        "kraken_depth,level=0,pair=XXBTZCAD,side=asks price=563.45,volume=0.75 1764439880000000000",
+        "kraken_depth,level=0,pair=XXBTZCAD,side=bids price=540.0,volume=0.002 1764425123000000000"]
 
 
 def test_v20_topic_as_tag_and_regex_groups():
     spec = subscription(V20_MAPPING, framing="text_delimited", field_order=["time", "bid", "ask"])
-    frame = b"EUR_USD 2016-01-29T18:11:20.123456789Z\x011.08234\x011.08245"
+    frame = b"EUR_USD 2025-11-29T18:11:20.123456789Z\x011.08234\x011.08245"
     topic, record = build(spec)([frame])
     mapper = Mapper(spec)
     assert mapper.multi  # topic tags: the rows path
-    assert mapper.lines(topic, record) == ["v20_prices,instrument=EUR_USD bid=1.08234,ask=1.08245 1454091080123456789"]
+    assert mapper.lines(topic, record) == ["v20_prices,instrument=EUR_USD bid=1.08234,ask=1.08245 1764439880123456789"]
     regex = subscription({**V20_MAPPING, "topic": {"regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"}},
                          framing="text_delimited", field_order=["time", "bid", "ask"])
     by_regex = Mapper(regex)
     assert by_regex.lines(topic, record) == [
-        "v20_prices,base=EUR,quote=USD bid=1.08234,ask=1.08245 1454091080123456789"]
+        "v20_prices,base=EUR,quote=USD bid=1.08234,ask=1.08245 1764439880123456789"]
     assert reason(by_regex, "EURUSD", record) == "unknown_topic"
     assert reason(by_regex, "EUR_USDX", record) == "unknown_topic"  # $ anchors the end
 
@@ -240,21 +243,21 @@ def test_v20_topic_as_tag_and_regex_groups():
 def test_refusals_are_named_and_atomic():
     spec = subscription({**KRAKEN_MAPPING, "max_points": 3})
     mapper = Mapper(spec)
-    pair = {"asks": [["1", "2", 1454091080]], "bids": []}
+    pair = {"asks": [["1", "2", 1764439880]], "bids": []}
     assert reason(mapper, "t", {"error": ["EQuery:Unknown asset pair"]}) == "missing_field"
     assert reason(mapper, "t", {"result": {"X": {"asks": {}, "bids": []}}}) == "wrong_type"
     assert reason(mapper, "t", {"result": {"X": {"asks": [], "bids": []}}}) == "no_points"
     assert reason(mapper, "t", {"result": {"X": {"asks": ["563.4"]}}}) == "wrong_type"  # a level not a list
     assert reason(mapper, "t", {"result": []}) == "wrong_type"
-    assert reason(mapper, "t", {"result": {"X": {"asks": [["1", "2", 1454091080]] * 4}}}) == "too_many_points"
+    assert reason(mapper, "t", {"result": {"X": {"asks": [["1", "2", 1764439880]] * 4}}}) == "too_many_points"
     # one bad level refuses the whole message, and leaves nothing behind in Uniqueness
-    bad = {"result": {"X": pair, "Y": {"asks": [["1", "2", 1454091080], ["x", "2", 1454091081]]}}}
+    bad = {"result": {"X": pair, "Y": {"asks": [["1", "2", 1764439880], ["x", "2", 1764439881]]}}}
     assert reason(mapper, "t", bad) == "wrong_type"
     assert reason(mapper, "t", {"result": {"X": {"asks": [["1", "2", "yesterday"]]}}}) == "bad_timestamp"
-    assert reason(mapper, "t", {"result": {"X": {"asks": [[None, None, 1454091080]]}}}) == "missing_field"
+    assert reason(mapper, "t", {"result": {"X": {"asks": [[None, None, 1764439880]]}}}) == "missing_field"
     assert mapper.unique.current == {}
     assert mapper.lines("t", {"result": {"X": pair}}) == [
-        "kraken_depth,level=0,pair=X,side=asks price=1.0,volume=2.0 1454091080000000000"]
+        "kraken_depth,level=0,pair=X,side=asks price=1.0,volume=2.0 1764439880000000000"]
     # a level without its time takes the receive time (counted)
     assert len(mapper.lines("t", {"result": {"X": {"asks": [["1", "2"]]}}})) == 1
     assert mapper.timestamp_fallbacks == 1
@@ -263,9 +266,9 @@ def test_refusals_are_named_and_atomic():
 def test_hostile_depth_costs_at_most_max_points():
     mapper = Mapper(subscription(KRAKEN_MAPPING))
     assert mapper.paths.max_points == 10_000
-    huge = {"result": {"X": {"asks": [["1", "1", 1454091080]] * 20_000}}}
+    huge = {"result": {"X": {"asks": [["1", "1", 1764439880]] * 20_000}}}
     assert reason(mapper, "t", huge) == "too_many_points"
-    assert len(mapper.lines("t", {"result": {"X": {"asks": [["1", "1", 1454091080 + i] for i in range(10_000)]}}})) \
+    assert len(mapper.lines("t", {"result": {"X": {"asks": [["1", "1", 1764439880 + i] for i in range(10_000)]}}})) \
         == 10_000
 
 
@@ -391,12 +394,12 @@ def test_readme_examples_make_the_lines_it_shows():
     assert [s["name"] for s in subscriptions] == ["kraken_depth", "oanda_v20"]
     config = cfg.parse({"subscriptions": subscriptions, "destinations": DESTINATIONS}, "README.md")
     kraken, oanda = (Mapper(s) for s in config.subscriptions)
-    frame = ('kr_depth {"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1454091080]],'
-             '"bids":[["540.00000","0.002",1454076323]]}}}')
+    frame = ('kr_depth {"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1764439880]],'
+             '"bids":[["540.00000","0.002",1764425123]]}}}')
     assert f"`{frame}`" in section  # the message the README shows
-    assert "`2016-01-29T18:11:20.123456789Z\\x011.08234\\x011.08245`" in section
+    assert "`2025-11-29T18:11:20.123456789Z\\x011.08234\\x011.08245`" in section
     made = kraken.lines(*build(config.subscriptions[0])([frame.encode()]))
-    v20_frame = b"EUR_USD 2016-01-29T18:11:20.123456789Z\x011.08234\x011.08245"
+    v20_frame = b"EUR_USD 2025-11-29T18:11:20.123456789Z\x011.08234\x011.08245"
     made += oanda.lines(*build(config.subscriptions[1])([v20_frame]))
     assert documented == made and len(made) == 3
     # the reference block of every key is a valid mapping too
@@ -449,7 +452,7 @@ def test_process_counts_messages_once_and_lines_per_point(tmp_path):
         assert {dict(key)["reason"] for name, key, _ in counts if "rejected" in name} == {"wrong_type", "undecodable"}
         assert len(newest) == 4  # one entry per series, the newest time of the two copies
         assert newest["kraken_depth,level=0,pair=XETHZEUR,side=bids"] == (
-            1454076324000000001, newest["kraken_depth,level=0,pair=XETHZEUR,side=bids"][1])
+            1764425124000000001, newest["kraken_depth,level=0,pair=XETHZEUR,side=bids"][1])
     finally:
         close(bridge)
 
@@ -470,7 +473,7 @@ def test_an_unencodable_line_refuses_its_whole_message(tmp_path):
 
 _json = st.recursive(
     st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**65), max_value=2**65),
-              st.floats(allow_nan=True), st.text(max_size=6), st.sampled_from(["1.5", "1454091080", "asks", "bids"])),
+              st.floats(allow_nan=True), st.text(max_size=6), st.sampled_from(["1.5", "1764439880", "asks", "bids"])),
     lambda inner: st.one_of(st.lists(inner, max_size=4),
                             st.dictionaries(st.sampled_from(["result", "asks", "bids", "X", "Y", "error"]), inner,
                                             max_size=4)),
@@ -479,9 +482,9 @@ _json = st.recursive(
 
 _scalar = st.one_of(st.none(), st.booleans(), st.integers(min_value=-(2**65), max_value=2**65),
                     st.floats(allow_nan=True), st.text(max_size=6),
-                    st.sampled_from(["1.5", "563.45000", "0.750", "1454091080", "1e400", "-0"]))
+                    st.sampled_from(["1.5", "563.45000", "0.750", "1764439880", "1e400", "-0"]))
 _good_level = st.tuples(st.sampled_from(["1.5", "563.45000", 2, 1.25]), st.sampled_from(["0.75", 1, "3"]),
-                        st.integers(min_value=1454091080, max_value=1454091090)).map(list)
+                        st.integers(min_value=1764439880, max_value=1764439890)).map(list)
 _level = st.one_of(_good_level, _good_level.map(lambda level: [*level[:2], None]), st.lists(_scalar, max_size=4), _json)
 _levels = st.one_of(st.lists(_good_level, max_size=4), st.lists(_level, max_size=4))
 _depth = st.fixed_dictionaries({"result": st.one_of(
@@ -492,7 +495,7 @@ _depth = st.fixed_dictionaries({"result": st.one_of(
 
 
 @given(document=st.one_of(_depth, st.dictionaries(st.sampled_from(["result", "error", "meta"]), _json, max_size=3)))
-@example(document={"result": {"a b": {"asks": [["1.5", "0.75", 1454091080]], "bids": [["1.5", "0.75", 1454091080]]}}})
+@example(document={"result": {"a b": {"asks": [["1.5", "0.75", 1764439880]], "bids": [["1.5", "0.75", 1764439880]]}}})
 @settings(max_examples=400, deadline=None)
 def test_hostile_documents_are_mapped_whole_or_refused_whole_with_a_reason(document):
     mapper = Mapper(subscription({**KRAKEN_MAPPING, "max_points": 5}))

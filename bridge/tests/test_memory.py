@@ -69,7 +69,7 @@ def test_rcvhwm_and_queue_bytes_are_shares_of_the_budget_and_explicit_values_win
     assert [d["queue_max_bytes"] for d in effective["destinations"]] == [16 << 20, 1 << 20]
     context = zmq.Context()
     try:
-        source = Source(context, a, config.rcvhwm(a))
+        source = Source(context, a, rcvhwm=config.rcvhwm(a))
         assert source.socket.getsockopt(zmq.RCVHWM) == config.rcvhwm(a)
         source.close()
     finally:

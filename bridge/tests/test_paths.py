@@ -320,8 +320,8 @@ def test_wildcards_only_in_each():
 # The three feed shapes of the design document
 
 KRAKEN_DEPTH = json.loads(
-    '{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1454091080],["563.50000","1.2",1454091081]],'
-    '"bids":[["540.00000","0.002",1454076323]]},"XETHZEUR":{"bids":[["1.5","3",1454076324]]}}}')
+    '{"error":[],"result":{"XXBTZCAD":{"asks":[["563.45000","0.750",1764439880],["563.50000","1.2",1764439881]],'
+    '"bids":[["540.00000","0.002",1764425123]]},"XETHZEUR":{"bids":[["1.5","3",1764425124]]}}}')
 
 
 def kraken_paths(max_points=10_000):
@@ -335,10 +335,10 @@ def test_kraken_depth_one_row_per_level():
     assert paths.columns == ("price", "volume", "time", "pair", "side", "level")
     assert not paths.is_flat
     assert paths.rows(KRAKEN_DEPTH) == [
-        ("563.45000", "0.750", 1454091080, "XXBTZCAD", "asks", "0"),
-        ("563.50000", "1.2", 1454091081, "XXBTZCAD", "asks", "1"),
-        ("540.00000", "0.002", 1454076323, "XXBTZCAD", "bids", "0"),
-        ("1.5", "3", 1454076324, "XETHZEUR", "bids", "0"),
+        ("563.45000", "0.750", 1764439880, "XXBTZCAD", "asks", "0"),
+        ("563.50000", "1.2", 1764439881, "XXBTZCAD", "asks", "1"),
+        ("540.00000", "0.002", 1764425123, "XXBTZCAD", "bids", "0"),
+        ("1.5", "3", 1764425124, "XETHZEUR", "bids", "0"),
     ]
 
 

@@ -2,7 +2,7 @@
 
 Formats (configured per subscription; `auto` picks the unit from the value):
 - epoch_s, epoch_ms, epoch_us, epoch_ns: an integer, a float, or a decimal string
-  (`1454091080`, `-1.5`, `1454091080.123456789`; ASCII digits only);
+  (`1764439880`, `-1.5`, `1764439880.123456789`; ASCII digits only);
 - rfc3339 with any fraction (`2023-11-14T22:13:20.123456789Z`, offsets `+01:00`/`+0100` too);
 - naive `YYYY-MM-DD HH:MM:SS[.fff...]` in a configured IANA zone (an ambiguous local time takes
   its first occurrence, as zoneinfo's fold=0 does);
