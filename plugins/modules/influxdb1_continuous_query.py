@@ -20,6 +20,11 @@ description:
     a query the server refuses leaves the old CQ in place.
   - Measurements without a retention policy are qualified with the database's current default
     policy, as the server does when it creates the CQ.
+  - With O(backfill), the CQ's own C(SELECT ... INTO) also runs over past intervals, because a CQ
+    computes only from the moment it exists and only the intervals whose raw points had arrived
+    when it ran (raw points written before it, or delivered late after an outage, leave gaps;
+    a changed CQ leaves older intervals computed the old way; InfluxDB 1.x has no manual CQ
+    trigger). See O(backfill) for when it runs and how it is chunked.
 options:
   database:
     description: Database the CQ runs on.
@@ -45,6 +50,59 @@ options:
     type: str
     choices: [present, absent]
     default: present
+  backfill:
+    description:
+      - Recompute past intervals with the CQ's own C(SELECT ... INTO), the statement the server
+        stores (read back from a scratch copy created just before, or from the CQ itself), never
+        re-typed, with C(WHERE time >= a AND time < b) added (the CQ's own condition kept in
+        parentheses), once per chunk.
+      - "Chunks are whole buckets of the CQ's C(GROUP BY time) interval and offset (in the local time of its C(TZ)
+        clause when it has one, as InfluxDB's query engine aligns them), from the bucket
+        holding the window's start up to, not including, the bucket in progress, which the CQ
+        computes itself. So each bucket is computed from all its raw points in one statement and
+        lands at the series and time the live CQ writes: a rerun writes the same values again."
+      - C(RESAMPLE EVERY) does not change what a bucket's final value is, so it plays no part.
+        C(RESAMPLE FOR) sets the default chunk length (what one run of the CQ covers), and so the
+        size of each statement. C(fill) applies per chunk, as it applies per run of the CQ.
+      - On creation or change the backfill runs before the CQ is (re)created (a changed CQ's old
+        definition is dropped first, after the new one was validated under a scratch name), then
+        the buckets that completed meanwhile are computed too. A failed chunk therefore leaves the
+        CQ absent, and the next run creates it and backfills again instead of reporting C(ok) over
+        a gap. With O(backfill.run=always) the CQ stays as it is while its window is recomputed.
+      - Raw points older than the retention of a source retention policy may have expired, and
+        recomputing a partly expired bucket would overwrite its downsampled value with a partial
+        one, so the window then starts at the first bucket that is still whole, with a warning.
+      - Fields or series that an older definition wrote and the current one does not are left as
+        they are (InfluxDB merges fields into existing points).
+      - Ignored with O(state=absent).
+    type: dict
+    suboptions:
+      window:
+        description:
+          - How far back to recompute from now, as an InfluxDB duration (C(7d), C(36h)).
+          - Exactly one of O(backfill.window) and O(backfill.since).
+        type: str
+      since:
+        description:
+          - The time to recompute from, RFC 3339 with a zone (C(2026-11-01T00:00:00Z)).
+          - Exactly one of O(backfill.window) and O(backfill.since).
+        type: str
+      chunk:
+        description:
+          - Longest time range of one statement, rounded down to whole buckets (at least one).
+          - Default what one run of the CQ covers, O(resample_for), else the C(GROUP BY time)
+            interval. Raise the connection O(timeout) when a chunk's statement takes longer.
+        type: str
+      run:
+        description:
+          - V(on_change) backfills when the CQ is created or changed, so a converge that changes
+            nothing runs nothing and reports C(changed=false).
+          - V(always) backfills on every run and reports C(changed=true) whenever a chunk ran,
+            for an operator's request after an outage (C(playbooks/backfill.yml)), not for a
+            converge.
+        type: str
+        choices: [on_change, always]
+        default: on_change
 extends_documentation_fragment:
   - station_stack.station.influxdb1
   - ansible.builtin.action_common_attributes
@@ -70,6 +128,35 @@ EXAMPLES = r"""
     resample_for: 2h
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
+
+- name: The same, recomputing the past week when the CQ is created or changed
+  station_stack.station.influxdb1_continuous_query:
+    database: tick
+    name: ticks_ohlc_1h
+    query: >-
+      SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close
+      INTO long_term.ticks_ohlc_1h FROM standard.ticks GROUP BY time(1h), *
+    resample_every: 10m
+    resample_for: 2h
+    backfill:
+      window: 7d
+    login_username: admin
+    login_password: "{{ influxdb_admin_password }}"
+
+- name: After an outage, recompute every interval since it began (raw points arrived late)
+  station_stack.station.influxdb1_continuous_query:
+    database: tick
+    name: ticks_ohlc_1h
+    query: >-
+      SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close
+      INTO long_term.ticks_ohlc_1h FROM standard.ticks GROUP BY time(1h), *
+    resample_every: 10m
+    resample_for: 2h
+    backfill:
+      since: "2026-11-01T00:00:00Z"
+      run: always
+    login_username: admin
+    login_password: "{{ influxdb_admin_password }}"
 """
 
 RETURN = r"""
@@ -82,18 +169,56 @@ server_query:
   description: The CQ as the server stores it (after the change; before it in check mode).
   returned: when the CQ exists
   type: str
+backfill:
+  description:
+    - The backfill run (that would run, in check mode); C(chunks) is 0 when none was needed.
+    - C(reason) is V(created), V(changed), V(requested) (O(backfill.run=always)) or V(none).
+    - C(first_query) and C(last_query) are the statements of the first and last chunk;
+      C(written) the points InfluxDB reported written, C(catch_up_chunks) the buckets that
+      completed while the backfill ran (both after a real run only).
+  returned: when O(backfill) is set and O(state=present)
+  type: dict
+  sample:
+    reason: created
+    chunks: 84
+    chunk: 2h
+    start: "2026-11-29T10:00:00Z"
+    end: "2026-12-06T10:00:00Z"
+    first: {start: "2026-11-29T10:00:00Z", end: "2026-11-29T12:00:00Z"}
+    last: {start: "2026-12-06T08:00:00Z", end: "2026-12-06T10:00:00Z"}
+    first_query: >-
+      SELECT first(bid) AS open INTO tick.long_term.ticks_ohlc_1h FROM tick.standard.ticks
+      WHERE time >= '2026-11-29T10:00:00Z' AND time < '2026-11-29T12:00:00Z' GROUP BY time(1h), *
+    last_query: SELECT ...
+    written: 3360
+    catch_up_chunks: 0
 """
 
 import re
+import time
 
 from ansible.module_utils.basic import AnsibleModule
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    InfluxDBError,
     Plan,
     PlanError,
     apply,
     connection_spec,
     quote_ident,
     run,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_backfill import (
+    BackfillError,
+    bucket_start,
+    chunk_duration,
+    format_time,
+    from_sources,
+    group_by_time,
+    load_zone,
+    next_bucket,
+    parse_time,
+    windows,
+    with_time_range,
 )
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
     DurationError,
@@ -104,6 +229,7 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_in
     canonical_select,
     cq_statement,
     parse_stored_cq,
+    render,
 )
 
 # The scratch name a changed CQ is validated under before the old one is dropped.
@@ -117,12 +243,25 @@ def stored_query(client, database, name):
     return None
 
 
-def read(client, database, name):
-    """The server's side: whether the database exists, the CQ's stored text and the default RP."""
+def read(client, database, name, query=None, backfill=None):
+    """The server's side: whether the database exists, the CQ's stored text, the default RP, and
+    for a backfill the clock and the durations of the retention policies its FROM clause reads."""
     if database not in client.databases():
         return dict(database_exists=False, stored=None, default_rp=None)
-    return dict(database_exists=True, stored=stored_query(client, database, name),
+    have = dict(database_exists=True, stored=stored_query(client, database, name),
                 default_rp=client.default_retention_policy(database))
+    if backfill and query:
+        have["now"] = time.time_ns()
+        have["retention"] = {}
+        try:
+            sources = from_sources(canonical_select(query, database, have["default_rp"]))
+        except (ValueError, KeyError):
+            sources = []  # the plan names what is wrong with the query
+        existing = client.databases()
+        for source_db in sorted({db for db, _rp in sources if db in existing}):
+            for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(source_db)):
+                have["retention"][(source_db, row["name"])] = parse_duration(row["duration"])
+    return have
 
 
 def create_statement(name, database, query, every=None, for_=None):
@@ -150,8 +289,78 @@ def _resample(value, option, label):
     return ns
 
 
+class CQPlan(Plan):
+    """A Plan with the backfill that goes with it: changed when a statement or a chunk runs."""
+
+    def __init__(self, before=None, after=None):
+        super().__init__(before, after)
+        self.backfill = None
+
+    @property
+    def changed(self):
+        return bool(self.changes) or bool(self.backfill and self.backfill["windows"])
+
+
+def backfill_plan(spec, have, label, select_tokens, resample_for, reason):
+    """Pure: the chunks of a backfill (windows of whole buckets), or PlanError naming the problem."""
+    now = have["now"]
+    try:
+        interval, offset, tz_name = group_by_time(select_tokens)
+        zone = load_zone(tz_name)
+        if spec.get("window"):
+            length = parse_duration(spec["window"])
+            if length == 0:
+                raise BackfillError("window must be longer than 0")
+            since = now - length
+        else:
+            since = parse_time(spec["since"])
+            if since > now:
+                raise BackfillError("since %s is in the future" % spec["since"])
+        chunk = chunk_duration(spec.get("chunk"), interval, resample_for)
+        warnings = []
+        # Raw points older than a source RP's duration may be gone: start at the first whole bucket.
+        for (source_db, source_rp) in from_sources(select_tokens):
+            duration = have.get("retention", {}).get((source_db, source_rp))
+            if duration and since < now - duration:
+                first = bucket_start(now - duration, interval, offset, zone)
+                if first < now - duration:
+                    first = next_bucket(first, interval, offset, zone)
+                warnings.append(
+                    "%s: backfill starts at %s instead of %s: older raw points in %s.%s (duration %s) may have "
+                    "expired, and recomputing a partly expired interval would overwrite its value with a partial "
+                    "one" % (label, format_time(first), format_time(since), source_db, source_rp,
+                             format_duration(duration)))
+                since = first
+        chunks = windows(since, now, interval, offset, zone, chunk)
+    except (BackfillError, DurationError) as exc:
+        raise PlanError("%s: backfill %s" % (label, exc)) from exc
+    return dict(reason=reason, windows=chunks, chunk=chunk, interval=interval, offset=offset, zone=zone,
+                select=select_tokens, warnings=warnings)
+
+
+def backfill_summary(backfill):
+    """The backfill as the module returns it (and shows in the diff)."""
+    chunks = backfill["windows"]
+    out = dict(reason=backfill["reason"], chunks=len(chunks), chunk=format_duration(backfill["chunk"]))
+    if chunks:
+        out.update(start=format_time(chunks[0][0]), end=format_time(chunks[-1][1]),
+                   first=dict(start=format_time(chunks[0][0]), end=format_time(chunks[0][1])),
+                   last=dict(start=format_time(chunks[-1][0]), end=format_time(chunks[-1][1])),
+                   first_query=render(with_time_range(backfill["select"], *chunks[0])),
+                   last_query=render(with_time_range(backfill["select"], *chunks[-1])))
+    return out
+
+
+def _diff_lines(summary):
+    if not summary["chunks"]:
+        return ""
+    return ("-- backfill (%s): %d chunk(s) of up to %s, %s .. %s\n-- first: %s\n-- last: %s\n" % (
+        summary["reason"], summary["chunks"], summary["chunk"], summary["start"], summary["end"],
+        summary["first_query"], summary["last_query"]))
+
+
 def plan(want, have):
-    """Pure: DROP and/or CREATE that make the server's CQ equal to the declared one.
+    """Pure: DROP and/or CREATE that make the server's CQ equal to the declared one, and the backfill.
 
     Both sides are compared and shown (diff) in the same canonical form, so quoting, keyword
     case, qualification with database and default RP, and duration spellings never count as a
@@ -163,16 +372,18 @@ def plan(want, have):
         raise PlanError("database %r does not exist: create it before its continuous query %r" % (database, name))
     stored, default_rp = have["stored"], have["default_rp"]
     before_text = ""
+    stored_tokens = None
     if stored:
         try:
             s_every, s_for, s_select = parse_stored_cq(stored)
         except ValueError as exc:
             raise PlanError("%s: %s" % (label, exc)) from exc
-        before_text = cq_statement(name, database, canonical_select(s_select, database, default_rp), s_every, s_for)
+        stored_tokens = canonical_select(s_select, database, default_rp)
+        before_text = cq_statement(name, database, stored_tokens, s_every, s_for)
     drop = "DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(name), quote_ident(database))
 
     if want["state"] == "absent":
-        result = Plan(before=before_text + "\n" if stored else "", after="")
+        result = CQPlan(before=before_text + "\n" if stored else "", after="")
         if stored:
             result.add(drop)
         return result
@@ -183,18 +394,110 @@ def plan(want, have):
                         "BEGIN/END), got: %s" % (label, query))
     every = _resample(want.get("resample_every"), "resample_every", label)
     for_ = _resample(want.get("resample_for"), "resample_for", label)
-    after_text = cq_statement(name, database, canonical_select(query, database, default_rp), every, for_)
-    result = Plan(before=before_text + "\n" if stored else "", after=after_text + "\n")
-    if after_text != before_text:
+    tokens = canonical_select(query, database, default_rp)
+    after_text = cq_statement(name, database, tokens, every, for_)
+    result = CQPlan(before=before_text + "\n" if stored else "", after=after_text + "\n")
+    changed = after_text != before_text
+    spec = want.get("backfill")
+    if changed and (stored or spec):
+        # A CQ cannot be altered. Validate the new one under a scratch name first, so a query the
+        # server refuses never leaves the old CQ dropped (and a backfill reads the server's text).
+        probe = name + PROBE_SUFFIX
+        result.check(create_statement(probe, database, query, every, for_))
+        result.check("DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(probe), quote_ident(database)))
+    if changed:
         if stored:
-            # A CQ cannot be altered. Validate the new one under a scratch name first, so a
-            # query the server refuses never leaves the old CQ dropped.
-            probe = name + PROBE_SUFFIX
-            result.check(create_statement(probe, database, query, every, for_))
-            result.check("DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(probe), quote_ident(database)))
             result.add(drop)
         result.add(create_statement(name, database, query, every, for_))
+    if spec:
+        reason = ("changed" if stored else "created") if changed else (
+            "requested" if spec.get("run") == "always" else "none")
+        if reason == "none":
+            result.backfill = dict(reason=reason, windows=[], chunk=0, select=tokens)
+            result.backfill["chunk"] = chunk_duration(spec.get("chunk"), _interval(tokens, label), for_)
+        else:
+            # Unchanged: the server's own text; new or changed: the declaration, which the server
+            # stores as the same canonical tokens (apply reads them back from the scratch copy).
+            result.backfill = backfill_plan(spec, have, label, tokens if changed else stored_tokens, for_, reason)
+            result.warnings.extend(result.backfill["warnings"])
+        summary = backfill_summary(result.backfill)
+        result.result["backfill"] = summary
+        result.after = result.after + _diff_lines(summary)
     return result
+
+
+def _interval(tokens, label):
+    try:
+        return group_by_time(tokens)[0]
+    except BackfillError as exc:
+        raise PlanError("%s: backfill %s" % (label, exc)) from exc
+
+
+# --- apply ------------------------------------------------------------------------------------------
+
+
+def _run(client, change):
+    try:
+        client.query(change.statement, credentials=change.credentials)
+    except InfluxDBError as exc:
+        raise InfluxDBError("InfluxDB refused `%s`: %s" % (change.shown, exc.message), exc.status) from exc
+
+
+def run_chunks(client, database, label, select, chunks, note):
+    """Runs each chunk's SELECT ... INTO; returns the points written. Fails naming the chunk."""
+    written = 0
+    for number, (start, end) in enumerate(chunks, 1):
+        statement = render(with_time_range(select, start, end))
+        try:
+            answer = client.query(statement, database=database)
+        except InfluxDBError as exc:
+            raise InfluxDBError(
+                "%s: backfill chunk %d/%d [%s, %s) failed: InfluxDB refused `%s`: %s. %s" % (
+                    label, number, len(chunks), format_time(start), format_time(end), statement, exc.message,
+                    note), exc.status) from exc
+        for series in answer.get("series") or []:
+            if "written" in series.get("columns", []):
+                column = series["columns"].index("written")
+                written += sum(int(row[column] or 0) for row in series.get("values") or [])
+    return written
+
+
+def apply_plan(client, result, params, have):
+    """Runs the plan: without a backfill as every module does; with one, in the order that never
+    leaves a gap reported as done (see the backfill option's documentation)."""
+    backfill = result.backfill
+    database, name = params["database"], params["name"]
+    label = "continuous query %s.%s" % (database, name)
+    if not backfill or not backfill["windows"]:
+        apply(client, result)
+        return
+    select = backfill["select"]
+    if result.changes:
+        probe_create, probe_drop = result.checks
+        _run(client, probe_create)
+        try:
+            probe_text = stored_query(client, database, name + PROBE_SUFFIX)
+        finally:
+            _run(client, probe_drop)
+        if probe_text:  # the CQ as the server stores it: its SELECT is what the backfill runs
+            select = canonical_select(parse_stored_cq(probe_text)[2], database, have["default_rp"])
+        for change in result.changes[:-1]:  # the old definition's DROP
+            _run(client, change)
+        note = ("The continuous query was not created%s: a rerun backfills again and creates it." % (
+            " (its old definition was dropped)" if have["stored"] else ""))
+    else:
+        note = "The continuous query is unchanged; rerun the request to recompute the window."
+    written = run_chunks(client, database, label, select, backfill["windows"], note)
+    catch_up = []
+    if result.changes:
+        _run(client, result.changes[-1])
+        # Buckets that completed while the backfill ran: the new CQ's first run computes only the last.
+        end = backfill["windows"][-1][1]
+        catch_up = windows(end, time.time_ns(), backfill["interval"], backfill["offset"], backfill["zone"],
+                           backfill["chunk"])
+        written += run_chunks(client, database, label, select, catch_up,
+                              "The continuous query was created; rerun with backfill.run=always.")
+    result.result["backfill"].update(written=written, catch_up_chunks=len(catch_up))
 
 
 def main():
@@ -206,27 +509,39 @@ def main():
             resample_every=dict(type="str"),
             resample_for=dict(type="str"),
             state=dict(type="str", default="present", choices=["present", "absent"]),
+            backfill=dict(type="dict", options=dict(
+                window=dict(type="str"),
+                since=dict(type="str"),
+                chunk=dict(type="str"),
+                run=dict(type="str", default="on_change", choices=["on_change", "always"]),
+            ), mutually_exclusive=[("window", "since")], required_one_of=[("window", "since")]),
         ),
         required_if=[("state", "present", ["query"])],
         supports_check_mode=True,
     )
     params = module.params
+    backfill = params["backfill"] if params["state"] == "present" else None
+    state = {}
+
+    def read_state(client):
+        state["have"] = read(client, params["database"], params["name"], params["query"], backfill)
+        return state["have"]
 
     def make_plan(have):
-        result = plan(params, have)
+        result = plan(dict(params, backfill=backfill), have)
         if have["stored"]:
             result.result["server_query"] = have["stored"]
         return result
 
-    def apply_plan(client, result):
-        apply(client, result)
+    def apply_and_read(client, result):
+        apply_plan(client, result, params, state["have"])
         # The server's own text after the change (it rewrites what it was given).
         result.result.pop("server_query", None)
         stored = stored_query(client, params["database"], params["name"])
         if stored:
             result.result["server_query"] = stored
 
-    run(module, lambda client: read(client, params["database"], params["name"]), make_plan, apply_plan)
+    run(module, read_state, make_plan, apply_and_read)
 
 
 if __name__ == "__main__":

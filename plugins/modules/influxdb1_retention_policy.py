@@ -17,6 +17,11 @@ description:
     longer than the duration, replication under 1) fails before any statement runs.
   - C(default=false) never un-sets a current default (InfluxDB can only move the default to
     another policy), so declaring one default per database never flip-flops.
+  - Making a policy the default while the database's current default policy holds data is
+    refused, naming that policy and its point count, unless O(allow_default_switch=true), because
+    queries and writes that name no retention policy use the new default only, so the data in
+    the old one seems to vanish (it is still there, under C(<database>.<old policy>.<measurement>)).
+    Check mode reports the same refusal.
 options:
   database:
     description: Database of the policy; it must exist.
@@ -43,6 +48,13 @@ options:
     default: 1
   default:
     description: Make this the database's default policy.
+    type: bool
+    default: false
+  allow_default_switch:
+    description:
+      - Make this policy the default even when the current default policy holds data.
+      - The points are counted (C(SELECT count(*)) over the current default, the largest field
+        count per measurement, added up) only when a switch is planned and this is false.
     type: bool
     default: false
   state:
@@ -106,17 +118,56 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_du
 )
 
 
-def read(client, database, name):
-    """The server's side: whether the database exists, and the policy (durations in ns) or None."""
+def count_points(client, database, rp):
+    """(points, measurements) in a retention policy: per measurement its largest field count."""
+    answer = client.query("SELECT count(*) FROM %s.%s./.*/" % (quote_ident(database), quote_ident(rp)),
+                          database=database)
+    points = measurements = 0
+    for series in answer.get("series") or []:
+        counts = [value for row in series.get("values") or []
+                  for column, value in zip(series["columns"], row, strict=True) if column != "time" and value]
+        if counts:
+            points += max(counts)
+            measurements += 1
+    return points, measurements
+
+
+def read(client, database, name, default=False, allow_default_switch=True):
+    """The server's side: whether the database exists, the policy (durations in ns) or None, the
+    database's current default policy and, when this one would take its place and the switch is
+    not allowed anyway, the points that default holds."""
     if database not in client.databases():
         return dict(database_exists=False, policy=None)
+    have = dict(database_exists=True, policy=None, current_default=None, current_default_points=None)
     for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(database)):
+        if row["default"]:
+            have["current_default"] = row["name"]
         if row["name"] == name:
-            return dict(database_exists=True, policy=dict(
+            have["policy"] = dict(
                 name=name, duration=parse_duration(row["duration"]),
                 shard_duration=parse_duration(row["shardGroupDuration"]),
-                replication=row["replicaN"], default=row["default"]))
-    return dict(database_exists=True, policy=None)
+                replication=row["replicaN"], default=row["default"])
+    current = have["current_default"]
+    if default and not allow_default_switch and current and current != name:
+        have["current_default_points"] = count_points(client, database, current)
+    return have
+
+
+def default_switch_error(want, have, label):
+    """'' when making this policy the default is safe (or allowed), else why it is refused."""
+    current, counted = have.get("current_default"), have.get("current_default_points")
+    if want.get("allow_default_switch") or not current or current == want["name"] or not counted:
+        return ""
+    points, measurements = counted
+    if not points:
+        return ""
+    database = want["database"]
+    return (
+        "%s: refusing to make it the default retention policy of database %r: the current default %r holds "
+        "%d points (in %d measurements). Queries and writes that name no retention policy would use %r only, so "
+        "that data would seem to vanish (it stays readable as %s.%s.<measurement>). Move or drop it first, or "
+        "set allow_default_switch=true (role: influxdb_allow_default_rp_switch: true) to switch anyway." % (
+            label, database, current, points, measurements, want["name"], database, current))
 
 
 def shown(policy):
@@ -158,6 +209,11 @@ def plan(want, have):
     # As the server will store it: under 1h is raised to 1h, 0 is its own choice for the duration.
     shard = (None if want.get("shard_duration") is None
              else effective_shard_duration(parse_duration(want["shard_duration"]), duration))
+
+    if want["default"] and not (before and before["default"]):
+        refused = default_switch_error(want, have, label)
+        if refused:
+            raise PlanError(refused)
 
     if before is None:
         after = dict(name=name, duration=duration, replication=want["replication"],
@@ -205,6 +261,7 @@ def main():
             shard_duration=dict(type="str"),
             replication=dict(type="int", default=1),
             default=dict(type="bool", default=False),
+            allow_default_switch=dict(type="bool", default=False),
             state=dict(type="str", default="present", choices=["present", "absent"]),
         ),
         required_if=[("state", "present", ["duration"])],
@@ -218,7 +275,9 @@ def main():
             result.result["retention_policy"] = result.after
         return result
 
-    run(module, lambda client: read(client, params["database"], params["name"]), make_plan)
+    run(module, lambda client: read(client, params["database"], params["name"],
+                                    params["state"] == "present" and params["default"],
+                                    params["allow_default_switch"]), make_plan)
 
 
 if __name__ == "__main__":

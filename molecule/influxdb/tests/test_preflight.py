@@ -16,6 +16,8 @@ CASES = {
     "two_defaults": "influxdb_databases[tick]: `default: true` is set on several retention policies",
     "unknown_cq_target": "influxdb_databases[tick].continuous_queries[to_nowhere]: the INTO target",
     "wrong_type": "influxdb_http_port",
+    "bad_backfill": ("influxdb_databases[tick].continuous_queries[both_windows].backfill: set exactly one of window "
+                     "(e.g. 7d) and since (e.g. 2026-11-01T00:00:00Z); window '7 days' is not an InfluxDB duration"),
 }
 
 

@@ -1,4 +1,7 @@
+import time
+
 import pytest
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_backfill import format_time, parse_time
 
 REALISTIC = {
     "ohlc": ("SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close, "
@@ -144,3 +147,195 @@ def test_check_diff_compares_normalised_texts_on_both_sides(run, server, db, nam
     before, after = changed["diff"]["before"], changed["diff"]["after"]
     assert before == unchanged["diff"]["before"]
     assert after == before.replace(canonical_old, canonical_new), (before, after)
+
+
+# --- backfill ---------------------------------------------------------------------------------------
+# Raw points written before the CQ exists (and late, after it ran): the backfill must make the
+# target hold what the CQ computes live, compared with values computed here in Python from the
+# raw points themselves, per tag and time. The test influxd runs no CQ itself ([continuous_queries]
+# enabled = false), so every point in a target was written by the module.
+
+HOUR = 3600 * 10**9
+SECOND = 10**9
+PROBE = "__station_stack_probe"
+time_text = format_time
+parse = parse_time
+
+
+def write(server, db, rp, lines):
+    status, body = server.http("/write", {"db": db, "rp": rp, "precision": "ns"}, body="\n".join(lines).encode())
+    assert status == 204, body
+
+
+def rows(server, q):
+    """{(host, time): {field: value}} of a query."""
+    _status, payload = server.http("/query", {"q": q, "epoch": "ns"})
+    result = payload["results"][0]
+    assert "error" not in result, result
+    out = {}
+    for series in result.get("series", []):
+        for values in series.get("values") or []:
+            row = dict(zip(series["columns"], values, strict=True))
+            out[((series.get("tags") or {}).get("host"), row.pop("time"))] = row
+    return out
+
+
+def expected(raw, start, end, aggregate):
+    """Per (host, hour bucket) in [start, end): {"v": aggregate(values), "n": count}."""
+    buckets = {}
+    for host, ns, value in raw:
+        if start <= ns < end:
+            buckets.setdefault((host, ns - ns % HOUR), []).append(value)
+    return {key: {"n": len(values), "v": aggregate(values)} for key, values in buckets.items()}
+
+
+def mean(values):
+    return sum(values) / len(values)
+
+
+def assert_same(got, want):
+    assert set(got) == set(want), sorted(set(got) ^ set(want))
+    for key, row in want.items():
+        assert got[key]["n"] == row["n"], (key, got[key], row)
+        assert got[key]["v"] == pytest.approx(row["v"]), (key, got[key], row)
+
+
+@pytest.fixture(scope="module")
+def raw(run, server):
+    """Database bfdb: raw points in raw.m (hosts a and b), 14 h back, several per hour, none aggregated yet."""
+    run("influxdb1_database", server.login(name="bfdb"))
+    run("influxdb1_retention_policy", server.login(database="bfdb", name="raw", duration="30d", default=True))
+    run("influxdb1_retention_policy", server.login(database="bfdb", name="agg", duration="INF"))
+    now = time.time_ns()
+    current = now - now % HOUR
+    points = []
+    for hour in range(-14, 1):  # hour 0: the bucket in progress, which the backfill must leave alone
+        for k, minute in enumerate((1, 17, 29, 44, 58)):
+            for host, scale in (("a", 1.0), ("b", 10.0)):
+                if host == "b" and hour == -5:
+                    continue  # a bucket with points of one host only
+                ns = current + hour * HOUR + minute * 60 * SECOND
+                if ns < now:
+                    points.append((host, ns, scale * (hour + 20) + k * 0.25))
+    write(server, "bfdb", "raw", [f"m,host={h} v={v} {ns}" for h, ns, v in points])
+    return dict(points=points, current=current)
+
+
+def backfilled(server, name, query, backfill, **kw):
+    return server.login(database="bfdb", name=name, query=query, backfill=backfill, **kw)
+
+
+MEAN = "SELECT mean(v) AS v, count(v) AS n INTO agg.{target} FROM raw.m GROUP BY time(1h), host"
+
+
+def target(server, name, start=None, end=None):
+    where = " WHERE time >= %d AND time < %d" % (start, end) if start is not None else ""
+    return rows(server, "SELECT v, n FROM bfdb.agg.%s%s GROUP BY host" % (name, where))
+
+
+def test_backfill_on_create_equals_the_live_cq_then_reruns_change_nothing(run, server, raw):
+    since = raw["current"] - 10 * HOUR - 20 * 60 * SECOND  # mid-bucket: the whole bucket of -11 h counts
+    args = backfilled(server, "bf_mean", MEAN.format(target="bf_mean"),
+                      {"since": time_text(since)}, resample_every="10m", resample_for="2h")
+    created = run("influxdb1_continuous_query", args)
+    assert created["changed"], created
+    summary = created["backfill"]
+    start, end = parse(summary["start"]), parse(summary["end"])
+    assert start == raw["current"] - 11 * HOUR
+    assert end in (raw["current"], raw["current"] + HOUR)  # the bucket in progress at the run is left out
+    assert summary["reason"] == "created" and summary["chunk"] == "2h"  # RESAMPLE FOR: what one run covers
+    assert summary["chunks"] == -(-(end - start) // (2 * HOUR))
+    assert summary["first_query"].startswith("SELECT mean(v) AS v, count(v) AS n INTO bfdb.agg.bf_mean "
+                                             "FROM bfdb.raw.m WHERE time >= '%s' AND time < '%s' GROUP BY"
+                                             % (summary["start"], summary["first"]["end"])), summary
+    want = expected(raw["points"], start, end, mean)
+    assert summary["written"] == len(want)
+    stored_rows = target(server, "bf_mean")
+    assert_same(stored_rows, want)
+    # The same buckets computed the plain way by InfluxDB itself, over the whole window at once, agree.
+    plain = rows(server, "SELECT mean(v) AS v, count(v) AS n FROM bfdb.raw.m WHERE time >= '%s' AND time < '%s' "
+                         "GROUP BY time(1h), host fill(none)" % (summary["start"], summary["end"]))
+    assert_same(stored_rows, plain)
+    assert "bf_mean" in stored(server, "bfdb") and not any(PROBE in n for n in stored(server, "bfdb"))
+    again = run("influxdb1_continuous_query", args)
+    assert again["changed"] is False and again["queries"] == [], again
+    assert again["backfill"]["reason"] == "none" and again["backfill"]["chunks"] == 0
+    assert target(server, "bf_mean") == stored_rows
+
+
+def test_changed_cq_recomputes_the_window_the_new_way(run, server, raw):
+    window = {"window": "8h"}
+    run("influxdb1_continuous_query", backfilled(server, "bf_change", MEAN.format(target="bf_change"), window))
+    changed = run("influxdb1_continuous_query", backfilled(
+        server, "bf_change", MEAN.format(target="bf_change").replace("mean(v)", "max(v)"), window))
+    assert changed["changed"] and [q.split(" ")[0] for q in changed["queries"]] == ["DROP", "CREATE"]
+    summary = changed["backfill"]
+    assert summary["reason"] == "changed" and summary["chunk"] == "1h"  # no RESAMPLE FOR: one interval
+    assert "max(v)" in stored(server, "bfdb")["bf_change"]
+    start, end = parse(summary["start"]), parse(summary["end"])
+    assert_same(target(server, "bf_change", start, end), expected(raw["points"], start, end, max))
+    assert not any(PROBE in name for name in stored(server, "bfdb"))
+
+
+def test_backfill_request_picks_up_late_points_and_reports_changed(run, server, raw):
+    query = MEAN.format(target="bf_late")
+    run("influxdb1_continuous_query", backfilled(server, "bf_late", query, {"window": "6h"}))
+    # An outage's backlog: points of 3 h ago arrive after their interval was computed.
+    late_ns = raw["current"] - 3 * HOUR + 30 * 60 * SECOND
+    write(server, "bfdb", "raw", [f"m,host=a v=1000 {late_ns}"])
+    key = ("a", raw["current"] - 3 * HOUR)
+    assert target(server, "bf_late")[key]["n"] == 5
+    request = backfilled(server, "bf_late", query, {"since": time_text(raw["current"] - 4 * HOUR), "run": "always"})
+    checked = run("influxdb1_continuous_query", request, check=True)
+    assert checked["changed"] and checked["backfill"]["reason"] == "requested" and checked["queries"] == []
+    assert "-- backfill (requested)" in checked["diff"]["after"]
+    assert target(server, "bf_late")[key]["n"] == 5  # check mode ran nothing
+    done = run("influxdb1_continuous_query", request)
+    assert done["changed"] and done["backfill"]["chunks"] >= 4 and done["queries"] == []
+    start, end = parse(done["backfill"]["start"]), parse(done["backfill"]["end"])
+    got = target(server, "bf_late", start, end)
+    assert got[key]["n"] == 6
+    assert_same(got, expected(raw["points"] + [("a", late_ns, 1000.0)], start, end, mean))
+
+
+def test_check_mode_reports_the_chunks_and_runs_nothing(run, server, raw):
+    args = backfilled(server, "bf_check", MEAN.format(target="bf_check"), {"window": "5h"})
+    result = run("influxdb1_continuous_query", args, check=True)
+    summary = result["backfill"]
+    assert result["changed"] and summary["reason"] == "created" and summary["chunks"] in (5, 6)
+    assert parse(summary["last"]["end"]) - parse(summary["last"]["start"]) == HOUR
+    after = result["diff"]["after"]
+    assert "-- backfill (created): %d chunk(s) of up to 1h" % summary["chunks"] in after
+    assert summary["first_query"] in after and summary["last_query"] in after
+    assert "bf_check" not in stored(server, "bfdb")
+    assert "bf_check" not in {r["name"] for r in server.query("SHOW MEASUREMENTS ON bfdb")}
+
+
+def test_failed_chunk_names_it_and_leaves_the_cq_to_the_next_run(run, server, raw):
+    # agg.bf_fail.v already holds strings: the backfill's floats conflict with that field type.
+    write(server, "bfdb", "agg", [f'bf_fail,host=a v="text" {raw["current"] - 3 * HOUR}'])
+    result = run("influxdb1_continuous_query", backfilled(server, "bf_fail", MEAN.format(target="bf_fail"),
+                                                          {"window": "3h"}))
+    assert result["failed"]
+    assert "backfill chunk 1/" in result["msg"] and "field type conflict" in result["msg"], result["msg"]
+    assert "was not created" in result["msg"]
+    assert "bf_fail" not in stored(server, "bfdb")
+
+
+def test_backfill_aligns_chunks_to_time_zone_days(run, server, raw):
+    """GROUP BY time(1d) TZ(...): buckets start at local midnight, so chunks must too, or a day would be
+    computed in two parts and the later part overwrite the whole."""
+    now = time.time_ns()
+    write(server, "bfdb", "raw", [f"mtz,host=z v={k % 7 + k / 10} {now - k * 90 * 60 * SECOND}" for k in range(1, 48)])
+    query = ("SELECT mean(v) AS v, count(v) AS n INTO agg.bf_tz FROM raw.mtz GROUP BY time(1d), host "
+             "TZ('America/Sao_Paulo')")
+    result = run("influxdb1_continuous_query", backfilled(server, "bf_tz", query, {"window": "3d"}))
+    summary = result["backfill"]
+    assert summary["start"].endswith("T03:00:00Z") and summary["end"].endswith("T03:00:00Z"), summary
+    plain = rows(server, "SELECT mean(v) AS v, count(v) AS n FROM bfdb.raw.mtz WHERE time >= '%s' AND time < '%s' "
+                         "GROUP BY time(1d), host fill(none) TZ('America/Sao_Paulo')"
+                 % (summary["start"], summary["end"]))
+    got = rows(server, "SELECT v, n FROM bfdb.agg.bf_tz GROUP BY host")
+    assert len(plain) >= 3 and set(got) == set(plain)
+    for key, row in plain.items():
+        assert got[key]["n"] == row["n"] and got[key]["v"] == pytest.approx(row["v"])

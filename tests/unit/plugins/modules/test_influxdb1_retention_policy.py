@@ -1,3 +1,5 @@
+import time
+
 import pytest
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
     format_duration,
@@ -135,3 +137,55 @@ def test_plan_predicts_the_server_exactly(run, server, first):
         assert predicted["default"] == on_server["default"]
         again = run("influxdb1_retention_policy", args, check=True)
         assert again["changed"] is False and again["queries"] == [], (declared, again)
+
+
+# --- the default-RP guard ---------------------------------------------------------------------------
+# Moving a database's default RP makes queries without an RP read the new one only: the old
+# default's data seems to vanish. Refused while that default holds data, unless allowed.
+
+
+def write_points(server, db, rp, lines):
+    status, body = server.http("/write", {"db": db, "rp": rp, "precision": "s"}, body="\n".join(lines).encode())
+    assert status == 204, body
+
+
+def default_of(server, db):
+    return [name for name, (_d, _s, _r, default) in policies(server, db).items() if default]
+
+
+def test_default_switch_refused_while_the_current_default_holds_data(run, server):
+    run("influxdb1_database", server.login(name="guarddb"))  # autogen is its default
+    # m1: 3 points (field w on 2 of them), m2: 2 points: 5 points in 2 measurements.
+    write_points(server, "guarddb", "autogen", ["m1 v=1,w=1 1700000000", "m1 v=2 1700000001", "m1 v=3,w=3 1700000002",
+                                                "m2 x=1 1700000000", "m2 x=2 1700000001"])
+    args = server.login(database="guarddb", name="standard", duration="30d", default=True)
+    for check in (True, False):  # check mode reports the same refusal
+        refused = run("influxdb1_retention_policy", args, check=check)
+        assert refused["failed"], refused
+        assert "current default 'autogen' holds 5 points (in 2 measurements)" in refused["msg"], refused["msg"]
+        assert "allow_default_switch" in refused["msg"] and "guarddb.standard" in refused["msg"]
+    assert "standard" not in policies(server, "guarddb") and default_of(server, "guarddb") == ["autogen"]
+    # Without `default`, the same policy is created; moving the default later is refused the same way.
+    assert run("influxdb1_retention_policy", dict(args, default=False))["changed"]
+    refused = run("influxdb1_retention_policy", args)
+    assert refused["failed"] and "'autogen' holds 5 points" in refused["msg"]
+    assert default_of(server, "guarddb") == ["autogen"]
+    allowed = run("influxdb1_retention_policy", dict(args, allow_default_switch=True))
+    assert allowed["changed"] and allowed["queries"] == ['ALTER RETENTION POLICY "standard" ON "guarddb" DEFAULT']
+    assert default_of(server, "guarddb") == ["standard"]
+    again = run("influxdb1_retention_policy", args)  # already the default: nothing to refuse
+    assert again["changed"] is False and "failed" not in again
+
+
+def test_default_switch_proceeds_when_the_current_default_is_empty(run, server):
+    run("influxdb1_database", server.login(name="guardempty"))
+    run("influxdb1_retention_policy", server.login(database="guardempty", name="first", duration="7d", default=True))
+    created = run("influxdb1_retention_policy", server.login(database="guardempty", name="second", duration="30d",
+                                                             default=True))
+    assert created["changed"] and "failed" not in created, created
+    assert default_of(server, "guardempty") == ["second"]
+    # The new default with data, and an empty third policy: moving to it is refused, naming `second`.
+    write_points(server, "guardempty", "second", ["m v=1 %d" % (time.time() - 60)])
+    refused = run("influxdb1_retention_policy", server.login(database="guardempty", name="first", duration="7d",
+                                                             default=True), check=True)
+    assert refused["failed"] and "current default 'second' holds 1 points" in refused["msg"], refused

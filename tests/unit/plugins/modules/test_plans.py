@@ -5,8 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+from ansible_collections.station_stack.station.plugins.module_utils import influxdb1_backfill as bf
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import PlanError
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import DAY, HOUR, WEEK
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_influxql import canonical_select, render
 from ansible_collections.station_stack.station.plugins.modules import (
     influxdb1_continuous_query as cq,
 )
@@ -203,6 +205,97 @@ def test_cq_refused_declarations_fail_before_any_statement(declared, reason):
     with pytest.raises(PlanError, match="database 'tick' does not exist"):
         cq.plan(cq_want(), cq_have(database_exists=False))
 
+
+# --- continuous query: backfill ------------------------------------------------------------------------
+
+NOW = bf.parse_time("2026-12-06T10:40:00Z")
+
+
+def bf_have(stored=STORED, retention=None):
+    return dict(cq_have(stored), now=NOW, retention=retention or {})
+
+
+def test_cq_backfill_on_create_is_planned_in_whole_buckets_and_shown():
+    plan = cq.plan(cq_want(backfill=dict(window="7d", run="on_change")), bf_have(stored=None))
+    summary = plan.result["backfill"]
+    # From the bucket holding now - 7d up to the bucket in progress, in chunks of RESAMPLE FOR (2h).
+    assert (summary["start"], summary["end"], summary["chunk"], summary["chunks"]) == (
+        "2026-11-29T10:00:00Z", "2026-12-06T10:00:00Z", "2h", 84)
+    assert summary["last"] == {"start": "2026-12-06T08:00:00Z", "end": "2026-12-06T10:00:00Z"}
+    assert summary["first_query"] == (
+        "SELECT first(bid) AS open, max(bid) AS high INTO tick.long_term.ticks_ohlc_1h FROM tick.standard.ticks "
+        "WHERE time >= '2026-11-29T10:00:00Z' AND time < '2026-11-29T12:00:00Z' GROUP BY time(1h), *")
+    assert plan.changed and len(plan.queries) == 1
+    # Validated (and read back) under a scratch name before anything is written.
+    assert [c.shown.split(" ")[0] for c in plan.checks] == ["CREATE", "DROP"]
+    assert plan.after.endswith("-- backfill (created): 84 chunk(s) of up to 2h, 2026-11-29T10:00:00Z .. "
+                               "2026-12-06T10:00:00Z\n-- first: %s\n-- last: %s\n" % (
+                                   summary["first_query"], summary["last_query"]))
+
+
+def test_cq_backfill_runs_on_an_unchanged_cq_only_on_request():
+    unchanged = cq.plan(cq_want(backfill=dict(since="2026-12-06T06:00:00Z", run="on_change")), bf_have())
+    assert not unchanged.changed and unchanged.result["backfill"]["chunks"] == 0
+    assert unchanged.before == unchanged.after
+    requested = cq.plan(cq_want(backfill=dict(since="2026-12-06T06:00:00Z", run="always", chunk="1h")), bf_have())
+    assert requested.changed and requested.queries == [] and requested.checks == []
+    assert requested.result["backfill"]["reason"] == "requested" and requested.result["backfill"]["chunks"] == 4
+
+
+def test_cq_backfill_starts_at_the_first_whole_bucket_the_source_retention_still_holds():
+    plan = cq.plan(cq_want(backfill=dict(window="7d", run="on_change")),
+                   bf_have(stored=None, retention={("tick", "standard"): 3 * DAY}))
+    assert plan.result["backfill"]["start"] == "2026-12-03T11:00:00Z"
+    assert "older raw points in tick.standard (duration 3d) may have expired" in plan.warnings[0]
+
+
+@pytest.mark.parametrize(("backfill", "reason"), [
+    (dict(since="2026-12-07T00:00:00Z"), "is in the future"),
+    (dict(since="yesterday"), "not an RFC 3339 time"),
+    (dict(since="2026-12-01T00:00:00"), "not an RFC 3339 time"),
+    (dict(window="0s"), "window must be longer than 0"),
+    (dict(window="10 days"), "is not an InfluxDB duration"),
+    (dict(window="5000w", chunk="1h"), "more than 100000"),
+])
+def test_cq_backfill_refused_before_any_statement(backfill, reason):
+    with pytest.raises(PlanError, match="continuous query tick.ticks_ohlc_1h: backfill") as exc:
+        cq.plan(cq_want(backfill=dict(backfill, run="always")), bf_have())
+    assert reason in str(exc.value)
+
+
+def test_backfill_time_range_keeps_the_cqs_own_condition_whole():
+    tokens = canonical_select("SELECT max(v) INTO agg.m FROM raw WHERE a = 'x' OR b = 'y' GROUP BY time(1h) fill(0)",
+                              "db", "rp")
+    assert render(bf.with_time_range(tokens, 0, HOUR)) == (
+        "SELECT max(v) INTO db.agg.m FROM db.rp.raw WHERE time >= '1970-01-01T00:00:00Z' AND "
+        "time < '1970-01-01T01:00:00Z' AND (a = 'x' OR b = 'y') GROUP BY time(1h) fill(0)")
+    assert bf.group_by_time(canonical_select("SELECT max(v) INTO a.m FROM r GROUP BY time(1h, -15m) TZ('UTC')",
+                                             "db", "rp")) == (HOUR, 45 * 60 * 10**9, "UTC")
+
+
+def test_backfill_buckets_follow_offsets_and_daylight_saving():
+    # time(1h, 15m): buckets start at a quarter past.
+    assert [(bf.format_time(a), bf.format_time(b)) for a, b in bf.windows(
+        NOW - 2 * HOUR, NOW, HOUR, 15 * 60 * 10**9)] == [
+        ("2026-12-06T08:15:00Z", "2026-12-06T09:15:00Z"), ("2026-12-06T09:15:00Z", "2026-12-06T10:15:00Z")]
+    # time(1d) TZ('Europe/Paris') across the end of summer time: a 25 h day, chunks at local midnight.
+    paris = bf.load_zone("Europe/Paris")
+    days = bf.windows(bf.parse_time("2026-10-24T12:00:00Z"), bf.parse_time("2026-10-27T12:00:00Z"), DAY, 0, paris)
+    assert [(bf.format_time(a), (b - a) // HOUR) for a, b in days] == [
+        ("2026-10-23T22:00:00Z", 24), ("2026-10-24T22:00:00Z", 25), ("2026-10-25T23:00:00Z", 24)]
+    # At most 72 h per chunk, in whole local days: the 25 h day never shares a chunk with two others.
+    chunks = bf.windows(bf.parse_time("2026-10-20T12:00:00Z"), bf.parse_time("2026-10-30T12:00:00Z"), DAY, 0, paris,
+                        3 * DAY)
+    assert [(b - a) // HOUR for a, b in chunks] == [72, 48, 49, 72]
+
+
+def test_rp_default_switch_refused_when_the_current_default_holds_data():
+    have = dict(rp_have(), current_default="autogen", current_default_points=(12, 3))
+    with pytest.raises(PlanError, match="the current default 'autogen' holds 12 points \\(in 3 measurements\\)"):
+        rp.plan(rp_want(default=True), have)
+    assert rp.plan(rp_want(default=True, allow_default_switch=True), have).changed
+    assert rp.plan(rp_want(default=True), dict(have, current_default_points=(0, 0))).changed
+    assert rp.plan(rp_want(default=False), have).queries[0].endswith("REPLICATION 1")  # no switch, no refusal
 
 # --- user ------------------------------------------------------------------------------------------
 
