@@ -162,3 +162,74 @@ def test_a_flood_under_a_memory_limit_with_influxdb_down_is_spilled_not_oom_kill
             publisher.join(30)
             if publisher.is_alive():
                 publisher.kill()
+
+
+def _large(endpoint: str, count: int, size: int, go: multiprocessing.Event, sent: multiprocessing.Event) -> None:
+    """`count` valid messages of about `size` bytes each (a string field), as fast as libzmq takes them."""
+    context = zmq.Context()
+    pub = context.socket(zmq.XPUB)
+    pub.setsockopt(zmq.SNDHWM, 0)
+    pub.bind(endpoint)
+    assert wait_for_subscriber(pub, b"kraken_tick", 30)
+    go.set()
+    base = time.time()
+    note = "n" * size
+    for seq in range(count):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"timestamp": base + seq * 1e-3, "instrument": "EURUSD",
+                                                           "bid": 1.0, "seq": seq, "note": note})])
+    sent.set()
+    pub.close(linger=120_000)
+    context.term()
+
+
+LARGE_LIMIT = 256 << 20
+LARGE_COUNT = 600  # of 900 KB: 2 times the limit
+
+
+@pytest.mark.parametrize("fast_path", ["auto"])  # (off: the 1 KiB flood above runs Python)
+def test_messages_far_larger_than_message_bytes_do_not_oom_the_bridge(tmp_path, endpoint, fast_path):
+    """The attacker's case: valid 900 KB messages (under max_frame_bytes) with message_bytes left at
+    1 KiB: libzmq's rcvhwm (derived for 1 KiB messages) could hold gigabytes and a burst of 2000
+    messages was 1.8 GB: OOM-killed within 4 s, 0 landed. A derived rcvhwm now starts from
+    max_frame_bytes and follows the sizes received; bursts are bounded by bytes."""
+    port = free_port()
+    mapping = {**TICKS_MAPPING, "fields": {"bid": "float", "seq": "integer", "note": "string"}}
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, subscription={"mapping": mapping},
+                           destination={"url": f"http://127.0.0.1:{port}", "batch_size": 50},
+                           journal={"max_bytes": "4GiB"}, shutdown_timeout="30s", fast_path=fast_path)
+    with memory_cgroup(f"bridge-large-{os.getpid()}-{fast_path}", LARGE_LIMIT) as (procs, kills):
+        bridge.start(prefix=("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"))
+        spawn = multiprocessing.get_context("spawn")
+        go, sent = spawn.Event(), spawn.Event()
+        publisher = spawn.Process(target=_large, args=(endpoint, LARGE_COUNT, 900_000, go, sent))
+        publisher.start()
+        assert go.wait(30)
+        peak, received, started = 0, 0.0, time.monotonic()
+        while time.monotonic() - started < 90 and bridge.alive:
+            with contextlib.suppress(OSError):
+                peak = max(peak, rss(bridge.process.pid)[1])
+            with contextlib.suppress(OSError):
+                received = bridge.value("bridge_received_messages_total", subscription="kraken")
+                if received >= LARGE_COUNT:
+                    break
+            time.sleep(0.2)
+        alive, oom_kills = bridge.alive, kills()
+        report(f"900 KB messages under a 256 MiB limit, InfluxDB down (fast_path {fast_path})",
+               published=LARGE_COUNT, received=int(received), peak_rss_mib=peak >> 20, oom_kills=oom_kills,
+               alive=alive)
+        assert oom_kills == 0 and alive, f"OOM-killed after receiving {received:.0f} of {LARGE_COUNT}"
+        assert received == LARGE_COUNT
+        server = Influxd(tmp_path / "influxd", port=port).start()
+        try:
+            server.query('CREATE DATABASE "tick"')
+            samples = quiet_ledger(bridge, timeout=120)
+            landed = server.count("tick", "ticks")
+            dropped = total(samples, "bridge_dropped_points_total", destination="local")
+            assert landed + dropped == received == LARGE_COUNT
+            assert kills() == 0
+            assert bridge.stop() == 0
+        finally:
+            server.stop()
+            publisher.join(30)
+            if publisher.is_alive():
+                publisher.kill()

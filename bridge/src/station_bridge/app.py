@@ -24,6 +24,7 @@ journal what is left, save the ledger.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import threading
@@ -50,12 +51,13 @@ from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal, JournalLock
 from .ledger import Ledger
 from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
+from .memory import derived_rcvhwm
 from .metrics import Metrics, serve
 from .refused import make_record, topic_of
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
 from .sinks import InfluxSink
-from .sources import BURST, Source, close_all, receive
+from .sources import BURST, BURST_BYTES, Source, close_all, receive
 
 log = logging.getLogger("station_bridge")
 
@@ -93,7 +95,17 @@ class Subscription:
         self.mapper = Mapper(spec, config.station, unique)
         self.binning = Binning(spec.binning) if spec.binning else None
         self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        self.source = Source(context, spec, config.health.handshake_grace, config.rcvhwm(spec))
+        # libzmq's queues are bounded in messages (rcvhwm), memory in bytes: a derived rcvhwm
+        # starts from the worst case (max_frame_bytes per message) and follows the sizes the
+        # subscription really receives (`adapt_rcvhwm`, libzmq applies it to live connections),
+        # never below message_bytes' estimate; an explicit rcvhwm is kept as given.
+        self.receive_share = config.budget().receive // max(1, len(config.subscriptions))
+        self.adaptive = spec.rcvhwm is None
+        self.rcvhwm = (derived_rcvhwm(self.receive_share, len(spec.endpoints), spec.max_frame_bytes)
+                       if self.adaptive else config.rcvhwm(spec))
+        self.source = Source(context, spec, config.health.handshake_grace, self.rcvhwm)
+        self.message_size = 0.0  # moving average of the received messages' bytes (0: none yet)
+        self.burst = BURST  # messages per compiled burst (BURST_BYTES over the average size)
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
@@ -117,6 +129,29 @@ class Subscription:
         else:
             self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
         self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
+
+    def observe_size(self, messages: int, size: int, largest: int = 0) -> None:
+        """A burst's messages and bytes (and its largest message, when known): the moving
+        average, the next compiled burst's size (about BURST_BYTES) and libzmq's rcvhwm."""
+        if messages <= 0:
+            return
+        mean = size / messages
+        self.message_size = mean if not self.message_size else 0.8 * self.message_size + 0.2 * mean
+        self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, self.message_size))))
+        self.adapt_rcvhwm(max(mean, largest, self.message_size))
+
+    def adapt_rcvhwm(self, size: float) -> None:
+        """rcvhwm from the sizes seen (never above what message_bytes allows): lowered at once
+        when messages grow, raised when they shrink by half; libzmq applies it to every pipe."""
+        socket = self.source.socket
+        if not self.adaptive or socket is None:
+            return
+        target = derived_rcvhwm(self.receive_share, len(self.spec.endpoints),
+                                int(max(size, self.spec.message_bytes)))
+        if target < self.rcvhwm or target > 2 * self.rcvhwm:
+            with contextlib.suppress(zmq.ZMQError):
+                socket.setsockopt(zmq.RCVHWM, target)
+                self.rcvhwm = target
 
     def ignore_key(self, rule: str) -> tuple:
         return Metrics.key(subscription=self.name, rule=rule)
@@ -265,7 +300,8 @@ class Bridge:
                 running_s=now - self.started, fast_path=sub.fast_path, expected_interval=sub.spec.expected_interval,
                 window_received=received, window_rejected=rejected,
                 window_examples={r: sub.examples.get(r, "") for r in rejected},
-                extra={"started": source.started, "start_errors": source.start_errors,
+                extra={"started": source.started, "start_errors": source.start_errors, "rcvhwm": sub.rcvhwm,
+                       "message_bytes_seen": round(sub.message_size),
                        "handshake_failures": source.handshake_failures, "endpoints": source.describe()},
                 problems=source.problems(now), last_events=source.last_events()))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
@@ -348,7 +384,7 @@ class Bridge:
                                       "written": m.get("bridge_written_points_total", destination=s.name),
                                       "dropped": m.total("bridge_dropped_points_total", destination=s.name)}
                              for s in self.sinks},
-            "subscriptions": {s.name: {**state["subscriptions"][s.name], "rcvhwm": s.source.rcvhwm,
+            "subscriptions": {s.name: {**state["subscriptions"][s.name], "rcvhwm": s.rcvhwm,
                                        "received": m.get("bridge_received_messages_total", subscription=s.name)}
                               for s in self.subscriptions},
             "memory": {"rss_bytes": rss, "budget_bytes": self.budget.total, "budget_source": self.budget.source}})
@@ -588,7 +624,7 @@ class Bridge:
                     newest[series] = (ts, record)
             return data
 
-        burst = accelerator.receive(sub.source.socket, BURST, slow, newest)
+        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest)
         if burst.errno:
             self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
             if self.rate_log.allow("receive_errno"):
@@ -596,6 +632,7 @@ class Bridge:
                     "subscription": sub.name, "errno": burst.errno, "error": os.strerror(burst.errno)})
         if not burst.received:
             return 0
+        sub.observe_size(burst.received, len(burst.data))
         sub.last_message = time.monotonic()
         counts = [("bridge_received_messages_total", sub.key, burst.received),
                   ("bridge_mapped_messages_total", sub.key, burst.lines)]
@@ -684,9 +721,11 @@ class Bridge:
                     continue
                 got += n
                 continue
-            messages = receive(socket)
+            messages = receive(socket, BURST, BURST_BYTES)
             if messages:
                 got += len(messages)
+                sizes = [sum(map(len, m)) for m in messages]
+                sub.observe_size(len(messages), sum(sizes), max(sizes))
                 try:
                     self.receive(sub, messages)
                 except Exception as exc:  # a defect, contained: counted and logged, the loop goes on

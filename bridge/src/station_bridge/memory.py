@@ -11,7 +11,7 @@ messages under a 128 MiB limit peaked at 99 MiB RSS with its 32 MiB budget. It i
   per endpoint (each connection has its own queue): a subscription's `rcvhwm`, unless set, is
   its share divided by `message_bytes` (the typical message size, default 1 KiB) plus
   `ZMQ_OVERHEAD` (libzmq's bookkeeping per message: two msg_t of 64 bytes, the content header,
-  malloc's), at least `MIN_RCVHWM`;
+  malloc's), at least 1 (`MIN_RCVHWM` does not raise it past the share);
 - the rest for the destinations' in-memory queues, evenly per destination: a destination's
   `queue_max_bytes`, unless set. A queue that would exceed it (or `queue_max_points`) spills to
   the journal; a journal that refuses (spool cap, disk reserve) is a counted drop, never memory.
@@ -92,5 +92,8 @@ def budget(explicit: int | None, fraction: float) -> Budget:
 
 
 def derived_rcvhwm(share: int, endpoints: int, message_bytes: int) -> int:
-    """Messages one connection may queue so that `endpoints` of them hold at most `share` bytes."""
-    return max(MIN_RCVHWM, share // max(1, endpoints) // (message_bytes + ZMQ_OVERHEAD))
+    """Messages one connection may queue so that `endpoints` of them hold at most `share` bytes:
+    `MIN_RCVHWM` only where that many fit (large messages get fewer, never a queue beyond the
+    share), at least 1."""
+    fits = share // max(1, endpoints) // (message_bytes + ZMQ_OVERHEAD)
+    return max(1, fits if fits < MIN_RCVHWM else max(MIN_RCVHWM, fits))

@@ -55,6 +55,7 @@ log = logging.getLogger("station_bridge.source")
 # and counted by the decoder; larger ones are cut off by ZMQ before they use memory.
 TRANSPORT_LIMIT_FACTOR = 16
 BURST = 2000  # messages taken from one socket before the others get a turn
+BURST_BYTES = 8 << 20  # ... or this many bytes: large messages never make a burst of gigabytes
 REOPEN_AFTER_S = 0.5  # libzmq retries a normal disconnect within its reconnect interval (100 ms)
 SETUP_FIRST_S = 0.5  # the first retry of a failed set-up; doubles up to SETUP_MAX_S
 SETUP_MAX_S = 30.0
@@ -70,8 +71,9 @@ _EVENTS = (zmq.EVENT_CONNECTED | zmq.EVENT_ACCEPTED | zmq.EVENT_DISCONNECTED | z
            | zmq.EVENT_HANDSHAKE_FAILED_PROTOCOL | zmq.EVENT_HANDSHAKE_FAILED_AUTH)
 
 
-def receive(socket: zmq.Socket, limit: int = BURST) -> list[list[bytes]]:
-    """Up to `limit` multipart messages without blocking.
+def receive(socket: zmq.Socket, limit: int = BURST, max_bytes: int = BURST_BYTES) -> list[list[bytes]]:
+    """Up to `limit` multipart messages without blocking, ending after the message that brings
+    the burst to `max_bytes` (a burst is held in memory whole).
 
     Frames with their `more` flag instead of recv_multipart: pyzmq's RCVMORE lookup converts
     the option to an enum on every frame, which halved the receive rate in profiles. The
@@ -79,18 +81,24 @@ def receive(socket: zmq.Socket, limit: int = BURST) -> list[list[bytes]]:
     """
     messages = []
     recv = socket.recv
+    size = 0
     try:
         for _ in range(limit):
             first = recv(_NOBLOCK, copy=False)
             if not first.more:
-                messages.append([first.bytes])
-                continue
-            frame = recv(_NOBLOCK, copy=False)
-            frames = [first.bytes, frame.bytes]
-            while frame.more:
+                data = first.bytes
+                messages.append([data])
+                size += len(data)
+            else:
                 frame = recv(_NOBLOCK, copy=False)
-                frames.append(frame.bytes)
-            messages.append(frames)
+                frames = [first.bytes, frame.bytes]
+                while frame.more:
+                    frame = recv(_NOBLOCK, copy=False)
+                    frames.append(frame.bytes)
+                messages.append(frames)
+                size += sum(map(len, frames))
+            if size >= max_bytes:
+                break
     except zmq.Again:
         pass
     return messages
