@@ -109,7 +109,9 @@ def rss(pid: int) -> tuple[int, int]:
 def test_a_flood_under_a_memory_limit_with_influxdb_down_is_spilled_not_oom_killed(tmp_path, endpoint):
     port = free_port()  # nothing listens here until InfluxDB "comes back"
     mapping = {**TICKS_MAPPING, "fields": {**TICKS_MAPPING["fields"], "note": "string"}}
-    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, subscription={"mapping": mapping},
+    # message_bytes declared: the feed's messages are about 1 KiB (deeper libzmq queues than the
+    # max_frame_bytes default); the 900 KB test below keeps the default
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, subscription={"mapping": mapping, "message_bytes": "1KiB"},
                            destination={"url": f"http://127.0.0.1:{port}", "batch_size": 5000},
                            journal={"max_bytes": "4GiB"}, shutdown_timeout="30s", fast_path="off")
     with memory_cgroup(f"bridge-test-{os.getpid()}", LIMIT) as (procs, kills):

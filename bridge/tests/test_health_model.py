@@ -208,13 +208,17 @@ def test_control_messages_are_ignored_by_rule_not_rejected_nor_dead_lettered(tmp
         pub.send_multipart([b"kraken_tick.control", msgpack.packb({"status": "subscribed"})])
         pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": 1.0 + i, "ask": 2.0,
                                                            "timestamp": now + i})])
+    # A topic rule is decided before decoding: a control message need not decode (the attacker's
+    # PING and [1] on a control topic were refused undecodable / not_a_map).
+    pub.send_multipart([b"kraken_tick.control", b"PING"])
+    pub.send_multipart([b"kraken_tick.control", msgpack.packb([1])])
     # "HEARTBEAT" in another type (bytes) or case is data like any other: refused, not ignored.
     pub.send_multipart([b"kraken_tick", msgpack.packb({"type": "heartbeat"})])
     samples = wait_for(lambda: (lambda s: s if value(s, "bridge_received_messages_total", subscription="kraken")
-                                == 301 else None)(bridge.samples()), 15, "every message received")
+                                == 303 else None)(bridge.samples()), 15, "every message received")
     samples = quiet_ledger(bridge)
     assert value(samples, "bridge_ignored_messages_total", subscription="kraken", rule="heartbeat") == 100
-    assert value(samples, "bridge_ignored_messages_total", subscription="kraken", rule="control") == 100
+    assert value(samples, "bridge_ignored_messages_total", subscription="kraken", rule="control") == 102
     assert value(samples, "bridge_mapped_messages_total", subscription="kraken") == 100
     assert value(samples, "bridge_rejected_messages_total", subscription="kraken", reason="missing_field") == 1
     dead = (tmp_path / "dead" / "input.jsonl").read_text().splitlines()

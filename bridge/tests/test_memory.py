@@ -57,7 +57,12 @@ def test_rcvhwm_and_queue_bytes_are_shares_of_the_budget_and_explicit_values_win
     budget = config.budget()
     assert (budget.total, budget.source, budget.receive, budget.queues) == (64 << 20, "config", 32 << 20, 32 << 20)
     a, b = config.subscriptions
-    assert config.rcvhwm(a) == (16 << 20) // 2 // (1024 + memory.ZMQ_OVERHEAD)  # half of 32 MiB, two endpoints
+    # message_bytes unset: sized for max_frame_bytes (1 MiB), the worst case: libzmq never holds more
+    assert config.rcvhwm(a) == (16 << 20) // 2 // ((1 << 20) + memory.ZMQ_OVERHEAD)  # half of 32 MiB, two endpoints
+    declared = cfg.parse({**BASE, "memory": {"budget_bytes": "64MiB"},
+                          "subscriptions": [{**BASE["subscriptions"][0], "message_bytes": "1KiB"},
+                                            BASE["subscriptions"][1]]})
+    assert declared.rcvhwm(declared.subscriptions[0]) == (16 << 20) // 2 // (1024 + memory.ZMQ_OVERHEAD)
     assert config.rcvhwm(b) == (16 << 20) // (4096 + memory.ZMQ_OVERHEAD)
     d1, d2 = config.destinations
     assert config.queue_max_bytes(d1) == 16 << 20 and config.queue_max_bytes(d2) == 1 << 20

@@ -42,6 +42,8 @@ def config_with(endpoints: list[str], bind: bool = False) -> dict:
     (" tcp://127.0.0.1:5556", False, "space"),
     ("tcp://127.0.0.1:5556\n", False, "control character"),
     ("udp://127.0.0.1:5556", False, "udp:// is not supported"),
+    ("tcp://;127.0.0.1:5556", False, "an empty source address"),  # the attacker's: libzmq refused it forever
+    ("ipc://@", False, "needs a name after @"),
     ("epgm://eth0;239.192.1.1:5555", False, "OpenPGM"),
     ("ws://127.0.0.1:5556", False, "draft"),
     ("127.0.0.1:5556", False, "transport://address"),

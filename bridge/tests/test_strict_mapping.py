@@ -163,3 +163,10 @@ def test_an_absent_tag_refuses_unless_optional_or_defaulted(path):
     assert mapper(optional_tags=["instrument"])("t", record).startswith("m v=1.0 ")
     assert mapper(tag_defaults={"instrument": "none"})("t", record).startswith("m,instrument=none v=1.0 ")
     assert mapper()("t", {**record, "instrument": "EUR"}).startswith("m,instrument=EUR v=1.0 ")
+    # an empty value is no tag value either (InfluxDB stores none): refused, unless optional/defaulted
+    with pytest.raises(MapError) as refused:
+        mapper()("t", {**record, "instrument": ""})
+    assert refused.value.reason == "missing_field" and "'instrument' is empty" in str(refused.value)
+    assert mapper(optional_tags=["instrument"])("t", {**record, "instrument": ""}).startswith("m v=1.0 ")
+    assert mapper(tag_defaults={"instrument": "none"})("t", {**record, "instrument": ""}).startswith(
+        "m,instrument=none v=1.0 ")

@@ -384,3 +384,28 @@ def test_validate_counts_the_measurements_check_config_says_a_subscription_write
     proc = subprocess.run([BRIDGE, "check-config", "--json", str(path)], capture_output=True, text=True, check=True)
     effective = {s["name"]: s["measurements"] for s in json.loads(proc.stdout)["subscriptions"]}
     assert measurements(parse(data)) == effective == {"kraken": ["ticks_binned"]}
+
+
+def test_validate_fails_on_every_problem_healthz_names(tmp_path, station_influx, station_redis, feed):
+    """The attacker's case: /healthz 503 (the ledger cannot be written) while validate said every
+    check passed. validate now fails on every problem the health document names."""
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed)
+    try:
+        (tmp_path / "journal" / "ledger.json.tmp").mkdir()  # the ledger's next write fails
+        wait_for(lambda: destination_problem(bridge, "ledger"), 15, "the ledger problem in /healthz")
+        rc, report = validate(str(bridge.path), "--window", "1")
+    finally:
+        bridge.stop()
+        (tmp_path / "journal" / "ledger.json.tmp").rmdir()
+    assert rc == 1
+    problems = failed(report)
+    assert "bridge health" in problems and "ledger" in problems["bridge health"], problems
+
+
+def destination_problem(bridge: StationBridge, part: str) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://{bridge.http}/healthz", timeout=1) as r:
+            state = json.loads(r.read())
+    except urllib.error.HTTPError as exc:
+        state = json.loads(exc.read())
+    return any(p.get("part") == part for p in state.get("problems", []))

@@ -974,7 +974,10 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
             goto back;  /* required or defaulted: Python writes the default or refuses it */
         }
         if (v->type != V_STR) goto back;
-        if (v->n == 0) continue;
+        if (v->n == 0) {
+            if (tag->optional) continue;
+            goto back;  /* empty: as absent (Python writes the default or refuses it) */
+        }
         if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
         int rc = put_tag_value(b, v->s, v->n);
         if (rc < 0) goto fail;

@@ -24,7 +24,6 @@ journal what is left, save the ledger.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 import threading
@@ -51,7 +50,6 @@ from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal, JournalLock
 from .ledger import Ledger
 from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
-from .memory import derived_rcvhwm
 from .metrics import Metrics, serve
 from .refused import make_record, topic_of
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
@@ -63,6 +61,17 @@ log = logging.getLogger("station_bridge")
 
 TICK_S = 0.2  # housekeeping period
 DRAIN_QUIET_S = 0.2  # a drain ends when no socket delivered anything for this long (or at half the stop budget)
+
+
+def _topic_text(framing: str, frames: list[bytes]) -> str | None:
+    """A message's whole topic as its framing places it (UTF-8), before decoding; None without one."""
+    if not frames:
+        return None
+    raw = frames[0] if framing in ("msgpack", "json") else frames[0].partition(b" ")[0]
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:
+        return None
 
 
 class RateLimitedLog:
@@ -95,16 +104,15 @@ class Subscription:
         self.mapper = Mapper(spec, config.station, unique)
         self.binning = Binning(spec.binning) if spec.binning else None
         self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        # libzmq's queues are bounded in messages (rcvhwm), memory in bytes: a derived rcvhwm
-        # starts from the worst case (max_frame_bytes per message) and follows the sizes the
-        # subscription really receives (`adapt_rcvhwm`, libzmq applies it to live connections),
-        # never below message_bytes' estimate; an explicit rcvhwm is kept as given.
+        # libzmq's queues are bounded in messages (rcvhwm: set once, at connect; changing it on a
+        # live connection stalled libzmq's pipes, measured), memory in bytes: a derived rcvhwm is
+        # sized for message_bytes (default max_frame_bytes, the worst case); the sizes really
+        # received are watched, and /healthz says when they outgrow it (`memory_problems`).
         self.receive_share = config.budget().receive // max(1, len(config.subscriptions))
-        self.adaptive = spec.rcvhwm is None
-        self.rcvhwm = (derived_rcvhwm(self.receive_share, len(spec.endpoints), spec.max_frame_bytes)
-                       if self.adaptive else config.rcvhwm(spec))
+        self.rcvhwm = config.rcvhwm(spec)
         self.source = Source(context, spec, config.health.handshake_grace, self.rcvhwm)
         self.message_size = 0.0  # moving average of the received messages' bytes (0: none yet)
+        self.largest = 0.0  # the largest message seen lately (decays slowly)
         self.burst = BURST  # messages per compiled burst (BURST_BYTES over the average size)
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
@@ -132,26 +140,25 @@ class Subscription:
 
     def observe_size(self, messages: int, size: int, largest: int = 0) -> None:
         """A burst's messages and bytes (and its largest message, when known): the moving
-        average, the next compiled burst's size (about BURST_BYTES) and libzmq's rcvhwm."""
+        average and the next compiled burst's size (about BURST_BYTES)."""
         if messages <= 0:
             return
         mean = size / messages
         self.message_size = mean if not self.message_size else 0.8 * self.message_size + 0.2 * mean
+        self.largest = max(self.largest * 0.99, largest, mean)
         self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, self.message_size))))
-        self.adapt_rcvhwm(max(mean, largest, self.message_size))
 
-    def adapt_rcvhwm(self, size: float) -> None:
-        """rcvhwm from the sizes seen (never above what message_bytes allows): lowered at once
-        when messages grow, raised when they shrink by half; libzmq applies it to every pipe."""
-        socket = self.source.socket
-        if not self.adaptive or socket is None:
-            return
-        target = derived_rcvhwm(self.receive_share, len(self.spec.endpoints),
-                                int(max(size, self.spec.message_bytes)))
-        if target < self.rcvhwm or target > 2 * self.rcvhwm:
-            with contextlib.suppress(zmq.ZMQError):
-                socket.setsockopt(zmq.RCVHWM, target)
-                self.rcvhwm = target
+    def memory_problems(self) -> list[str]:
+        """libzmq may hold rcvhwm messages per endpoint: with the sizes seen, beyond twice the
+        subscription's receive share? (a message_bytes declared smaller than the feed's messages)"""
+        from .memory import ZMQ_OVERHEAD
+        worst = self.rcvhwm * max(1, len(self.spec.endpoints)) * (self.largest + ZMQ_OVERHEAD)
+        if worst <= 2 * self.receive_share:
+            return []
+        return [f"messages of up to {self.largest:.0f} bytes (message_bytes: {self.spec.message_bytes}): libzmq "
+                f"may queue rcvhwm {self.rcvhwm} of them per endpoint, {worst / 2**20:.0f} MiB, beyond this "
+                f"subscription's receive budget of {self.receive_share / 2**20:.0f} MiB (a memory limit could "
+                f"kill the bridge): raise message_bytes to their size, or leave it unset"]
 
     def ignore_key(self, rule: str) -> tuple:
         return Metrics.key(subscription=self.name, rule=rule)
@@ -303,7 +310,7 @@ class Bridge:
                 extra={"started": source.started, "start_errors": source.start_errors, "rcvhwm": sub.rcvhwm,
                        "message_bytes_seen": round(sub.message_size),
                        "handshake_failures": source.handshake_failures, "endpoints": source.describe()},
-                problems=source.problems(now), last_events=source.last_events()))
+                problems=source.problems(now) + sub.memory_problems(), last_events=source.last_events()))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
                  if self.cache is not None else None)
         return BridgeState(destinations, subscriptions, stopping=self.stopping,
@@ -434,9 +441,18 @@ class Bridge:
         rejected: dict[str, int] = {}
         ignored: dict[str, int] = {}
         ignore = sub.spec.ignore
+        # topic-only rules are decided before decoding: a control message need not be data-shaped
+        by_topic = [i for i in ignore if i.path is None]
+        framing = sub.spec.framing
         multi = mapper.multi
         owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
         for frames in messages:
+            if by_topic:
+                text = _topic_text(framing, frames)
+                rule = next((i.name for i in by_topic if text is not None and i.topic.match(text)), None)
+                if rule is not None:
+                    ignored[rule] = ignored.get(rule, 0) + 1
+                    continue
             try:
                 topic, record = decode(frames)
                 if ignore:

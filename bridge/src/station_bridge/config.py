@@ -194,7 +194,7 @@ class SubscriptionSpec:
     cache: bool = True  # false: the subscription's points never reach the Redis cache
     expected_interval: float | None = None  # a feed's cadence: unhealthy after 3 intervals of silence; None: idle is ok
     ignore: tuple[IgnoreRule, ...] = ()  # messages that are not data: counted ignored{rule}
-    message_bytes: int = 1024  # a typical message's size: derives rcvhwm from the memory budget
+    message_bytes: int | None = None  # the size rcvhwm is derived for (None: max_frame_bytes, the worst case)
 
 
 @dataclass(frozen=True)
@@ -300,7 +300,7 @@ class Config:
         if spec.rcvhwm is not None:
             return spec.rcvhwm
         share = (budget or self.budget()).receive // max(1, len(self.subscriptions))
-        return derived_rcvhwm(share, len(spec.endpoints), spec.message_bytes)
+        return derived_rcvhwm(share, len(spec.endpoints), spec.message_bytes or spec.max_frame_bytes)
 
     def queue_max_bytes(self, spec: DestinationSpec, budget: Budget | None = None) -> int:
         """A destination's in-memory queue bound in bytes: its own, or its share of the budget."""
@@ -352,7 +352,7 @@ class Config:
             subs.append({
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
                 "rcvhwm": self.rcvhwm(s, budget), "rcvhwm_derived": s.rcvhwm is None,
-                "message_bytes": s.message_bytes, "max_frame_bytes": s.max_frame_bytes,
+                "message_bytes": s.message_bytes or s.max_frame_bytes, "max_frame_bytes": s.max_frame_bytes,
                 "require_connection": s.require_connection,
                 "expected_interval_s": s.expected_interval,
                 "ignore": [{"name": i.name, "path": str(i.path) if i.path is not None else None, "in": list(i.values),
@@ -793,7 +793,9 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         delimiter=r.get("delimiter", str, "\x01"), field_order=field_order,
         max_frame_bytes=r.size("max_frame_bytes", 1_048_576),
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
-        cache=r.get("cache", bool, True), message_bytes=r.size("message_bytes", 1024),
+        cache=r.get("cache", bool, True),
+        message_bytes=(parse_size(text, f"{r.source}: {r.key('message_bytes')}")
+                       if (text := r.get("message_bytes", (str, int), None)) is not None else None),
         expected_interval=r.duration("expected_interval", None),
         ignore=tuple(_ignore(i) for i in r.items("ignore", [])),
     )
@@ -802,7 +804,7 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         raise r.fail("ignore", f"rule names must be unique, got {rules}")
     if spec.max_frame_bytes <= 0:
         raise r.fail("max_frame_bytes", "must be positive")
-    if spec.message_bytes <= 0:
+    if spec.message_bytes is not None and spec.message_bytes <= 0:
         raise r.fail("message_bytes", "must be positive")
     r.done()
     return spec
@@ -842,6 +844,8 @@ def endpoint_error(endpoint: str, bind: bool) -> str:
     if scheme == "ipc":
         if address == "*":
             return "" if bind else "the wildcard ipc://* needs bind: true"
+        if address == "@":
+            return "an abstract ipc address needs a name after @ (ipc://@name)"
         if len(address.encode("utf-8")) > IPC_PATH_MAX:
             return f"the ipc path is longer than {IPC_PATH_MAX} bytes (the limit of a Unix socket address)"
         return ""
@@ -849,6 +853,8 @@ def endpoint_error(endpoint: str, bind: bool) -> str:
         return _tcp_address(address, bind=True)
     source, semicolon, target = address.rpartition(";")
     if semicolon:  # a source address: tcp://<interface or address>[:port];<host>:<port>
+        if not source:
+            return "an empty source address before ; (tcp://<source>;<host>:<port>)"
         why = _tcp_address(source, bind=True, source=True)
         if why:
             return f"source address {source!r}: {why}"

@@ -342,16 +342,16 @@ class Mapper:
         pairs = []
         for key, ekey in self._tags:
             value = record.get(key)
-            if value is None:
-                value = self._defaults.get(key)
-                if value is None:
+            text = _tag_text(value) if value is not None else ""
+            if text == "":  # absent or empty (InfluxDB stores no empty tag value)
+                text = self._defaults.get(key, "")
+                if text == "":
                     if key in self._required:
-                        raise MapError("missing_field", f"tag {key!r} is absent (a message without it would merge "
-                                                        "into another series; optional_tags or tag_defaults allow it)")
+                        raise MapError("missing_field", f"tag {key!r} is {'empty' if value is not None else 'absent'} "
+                                                        "(a message without it would merge into another series; "
+                                                        "optional_tags or tag_defaults allow it)")
                     continue
-            text = _tag_text(value)
-            if text != "":
-                pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
+            pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
         for source, regex, groups in self._derived:
             value = record.get(source)
             if value is None:
@@ -529,8 +529,8 @@ def _compile(mapper: Mapper, fields: dict[str, str], scale: int | None) -> tuple
             env[f"T{i}"], env[f"TP{i}"] = key, f",{ekey_or_part}="
             head += [f"v = get(T{i})", "if v is not None:", "    e = esc(v)", "    if e:",
                      f"        series += TP{i} + e"]
-            if key not in mapper.optional_tags:  # absent: the general path defaults or refuses it
-                head += ["else:", "    raise Absent"]
+            if key not in mapper.optional_tags:  # absent or empty: the general path defaults or refuses it
+                head += ["    else:", "        raise Absent", "else:", "    raise Absent"]
         else:
             env[f"S{i}"] = ekey_or_part
             head += [f"series += S{i}"]

@@ -286,6 +286,7 @@ class InstanceValidation:
                                     + (f", up since {int(started)}" if started else "")))
         self._feeds(started_ns, health)
         self._destinations(health)
+        self._rest_of_health(health)
         self._self_metrics(started_ns)
         self._cache(started_ns)
 
@@ -372,6 +373,21 @@ class InstanceValidation:
                 self.add(f"destination {name}", False,
                          f"failing{f' for {failing:.0f} s' if failing else ''}, {int(pending)} points pending"
                          + (f": {state.get('last_error')}" if state.get("last_error") else ""))
+
+    def _rest_of_health(self, health: dict[str, Any]) -> None:
+        """Every other problem of the health document (dead letters, the ledger, the bridge
+        stopping, anything a later part adds): validate fails where /healthz does."""
+        names = {s.name for s in self.config.subscriptions} | {d.name for d in self.config.destinations}
+        covered = {"subscription", "destination", "sink", "journal"}
+        rest = [p for p in health.get("problems") or []
+                if p.get("part") not in covered or p.get("name") not in names]
+        if rest:
+            self.add("bridge health", False, "; ".join(f"{p.get('part')} {p.get('name')}: {p.get('reason')}"
+                                                         for p in rest))
+        elif health.get("ok") is False and not health.get("problems"):
+            self.add("bridge health", False, "/healthz says not ok without naming a problem")
+        else:
+            self.add("bridge health", True, "/healthz names no other problem")
 
     def _self_metrics(self, started_ns: int) -> None:
         spec = self.config.self_metrics
