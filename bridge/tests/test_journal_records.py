@@ -228,6 +228,9 @@ def test_a_second_owner_of_the_journal_dir_is_refused_with_the_holders_pid(tmp_p
     assert probe.returncode != 0 and f"pid {os.getpid()}" in probe.stderr and "pytest" in probe.stderr
     with pytest.raises(JournalLocked):
         JournalLock(tmp_path)  # another open file description in this process: refused as well
+    (tmp_path / ".lock").unlink()  # the tester deleted the lock file by hand: the directory stays locked
+    with pytest.raises(JournalLocked):
+        JournalLock(tmp_path)
     lock.release()
     JournalLock(tmp_path).release()
 

@@ -18,8 +18,8 @@ class JournalLocked(RuntimeError):
 
 
 class JournalLock:
-    """Exclusive ownership of a journal directory: a non-blocking flock on `<dir>/.lock` (fd
-    close-on-exec), the owner's pid and command line written in the file. Held until the
+    """Exclusive ownership of a journal directory: a non-blocking flock on the directory itself
+    (fd close-on-exec), the owner's pid and command line written in `<dir>/.lock`. Held until the
     process exits (or `release`)."""
 
     NAME = ".lock"
@@ -27,10 +27,14 @@ class JournalLock:
     def __init__(self, directory: Path) -> None:
         self.path = directory / self.NAME
         directory.mkdir(parents=True, exist_ok=True)
+        # The lock is taken on the directory itself (a file inside can be deleted by hand, and a
+        # second bridge would then lock a new file: the tester's case); `.lock` names the owner.
+        self.dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
         self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
         try:
-            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            fcntl.flock(self.dir_fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError as exc:
+            os.close(self.dir_fd)
             try:
                 owner = os.pread(self.fd, 4096, 0).decode("utf-8", "replace").strip()
             except OSError:
@@ -55,5 +59,6 @@ class JournalLock:
 
     def release(self) -> None:
         if self.fd >= 0:
-            os.close(self.fd)  # closing the descriptor releases the flock
-            self.fd = -1
+            os.close(self.fd)
+            os.close(self.dir_fd)  # closing the descriptor releases the flock
+            self.fd = self.dir_fd = -1
