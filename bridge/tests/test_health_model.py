@@ -245,3 +245,35 @@ def test_ignore_rules_are_checked_at_load(tmp_path, rule, message):
     proc = subprocess.run([BRIDGE, "check-config", str(path)], capture_output=True, text=True, check=False)
     assert proc.returncode != 0 and "subscriptions[0].ignore[0]" in proc.stderr + proc.stdout, proc.stderr
     assert message in proc.stderr + proc.stdout
+
+
+def test_a_stop_stays_within_shutdown_timeout_against_a_destination_that_never_answers(
+        tmp_path, influxd, database, endpoint):
+    """The attacker's case: shutdown_timeout 4 s, a destination that accepts and never answers
+    (its request timeout 10 s): the stop took 9.5 s. The request in flight at the deadline is cut;
+    the batch is journaled, and a restart with the destination back delivers every point."""
+    silent = socket.create_server(("127.0.0.1", 0))
+    held: list[socket.socket] = []
+    threading.Thread(target=lambda: held.append(silent.accept()[0]), daemon=True).start()
+    try:
+        bridge = BridgeProcess(tmp_path, None, database, endpoint, shutdown_timeout="4s",
+                               destination={"url": f"http://127.0.0.1:{silent.getsockname()[1]}", "timeout": "10s"})
+        bridge.start()
+        sent = publish(endpoint, "kraken_tick", 500, rate=0, duration=20)
+        wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == sent, 20, "received")
+        wait_for(lambda: held, 10, "the destination's connection")
+        time.sleep(0.5)  # the write request is in flight, unanswered
+        started = time.monotonic()
+        assert bridge.stop() == 0
+        took = time.monotonic() - started
+        assert took < 4 + 2.5, f"the stop took {took:.1f} s with shutdown_timeout 4 s"
+    finally:
+        silent.close()
+        for s in held:
+            s.close()
+    restarted = BridgeProcess(tmp_path, influxd, database, endpoint)
+    restarted.start()
+    samples = quiet_ledger(restarted, timeout=60)
+    written = value(samples, "bridge_written_points_total", destination="local")
+    assert influxd.count(database, "ticks") == sent == written
+    assert restarted.stop() == 0

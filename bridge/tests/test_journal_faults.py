@@ -184,3 +184,51 @@ def test_a_segment_unreadable_while_running_is_counted_and_delivery_goes_on(tmp_
     assert bridge.healthy()
     assert (segments[0].parent / (segments[0].name + ".damaged")).is_dir()
     assert bridge.stop() == 0
+
+
+def test_a_renamed_destinations_journal_is_counted_and_named_until_replayed(tmp_path, influxd, database, endpoint):
+    """The attacker's case: a destination renamed (or removed) left its journal undelivered,
+    the ledger open by 1000 and /healthz ok. Now its pending points are counted (dropped
+    `orphaned`), /healthz names the directory until it is replayed or removed, and a SIGHUP that
+    would strand pending points is refused."""
+    import shutil
+    import signal
+    import subprocess
+
+    import yaml
+    from harness import BRIDGE, BridgeProcess, ledger_problems, quiet_ledger, wait_for
+    from servers import free_port
+
+    from station_bridge.demo import publish
+    from station_bridge.metrics import value
+    dead = {"name": "a", "url": f"http://127.0.0.1:{free_port()}"}
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, destination=dead).start()
+    sent = publish(endpoint, "kraken_tick", 300, rate=0, duration=20)
+    wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == sent, 20, "received")
+    quiet_ledger(bridge, destinations=("a",), delivered=False)
+    # A reload that renames the destination while its points are pending is refused.
+    config = yaml.safe_load(bridge.path.read_text())
+    config["destinations"][0] = {**config["destinations"][0], "name": "b", "url": influxd.url}
+    bridge.path.write_text(yaml.safe_dump(config))
+    bridge.process.send_signal(signal.SIGHUP)
+    wait_for(lambda: bridge.value("bridge_reloads_total", result="refused") == 1, 10, "the reload refused")
+    assert bridge.alive and bridge.value("bridge_pending_points", destination="a") == sent
+    assert bridge.stop() == 0
+    # A restart is the operator's explicit choice: the journal of `a` is counted and named.
+    restarted = BridgeProcess(tmp_path, influxd, database, endpoint, destination={"name": "b"})
+    restarted.path.write_text(yaml.safe_dump({**config, "http": restarted.config["http"]}))
+    restarted.start()
+    samples = restarted.samples()
+    assert ledger_problems(samples, ["a", "b"], ["kraken"]) == []
+    assert value(samples, "bridge_dropped_points_total", destination="a", reason="orphaned") == sent
+    status, body = restarted.health()
+    assert status == 503 and any(p["part"] == "journal" and p["name"] == "a" for p in body["problems"]), body
+    # Replayed into b, the directory removed: every point stored, /healthz ok again.
+    done = subprocess.run([BRIDGE, "replay", "--config", str(restarted.path), "--destination", "b",
+                           *map(str, sorted((tmp_path / "journal" / "a").glob("*.lp")))],
+                          capture_output=True, text=True, timeout=60, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert influxd.count(database, "ticks") == sent
+    shutil.rmtree(tmp_path / "journal" / "a")
+    wait_for(restarted.healthy, 10, "/healthz ok once the orphaned journal is gone")
+    assert restarted.stop() == 0

@@ -201,6 +201,7 @@ class Bridge:
                     "destination": d.name, "journal_points": journal.points, "adopted": journal.adopted,
                     "damaged_records": journal.damage.records,
                     "recovered": recovered, "lost_in_crash": lost, "ledger": had_ledger})
+        self.orphans = self._orphaned_journals(config)
         # The reconciled counters at once (a crash now must not reconcile them a second time),
         # and the ledger's spare allocated while the disk may still have room.
         self.ledger.save(sync=True)
@@ -313,9 +314,13 @@ class Bridge:
                 problems=source.problems(now) + sub.memory_problems(), last_events=source.last_events()))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
                  if self.cache is not None else None)
-        return BridgeState(destinations, subscriptions, stopping=self.stopping,
+        state = BridgeState(destinations, subscriptions, stopping=self.stopping,
                            dead_letter_file=self.dead_input.path.name, dead_letter_error=self.dead_input.last_error,
-                           ledger_file=str(self.ledger.path), ledger_error=self.ledger.last_error, cache=cache)
+                            ledger_file=str(self.ledger.path), ledger_error=self.ledger.last_error, cache=cache)
+        state.orphans = [(name, why) for name, _, why in self.orphans
+                         if (self.config.journal_dir / name).is_dir()
+                         and any((self.config.journal_dir / name).glob("*.lp"))]
+        return state
 
     def request_stop(self, *_: object) -> None:
         self._stop.set()
@@ -341,6 +346,33 @@ class Bridge:
             else:
                 log.warning("signal ignored", extra={"signal": sig})
 
+    def _orphaned_journals(self, config: Config) -> list[tuple[str, int, str]]:
+        """Journal directories of destinations no longer configured (renamed or removed): their
+        points are never delivered by this configuration. What the ledger still had pending for
+        such a destination is counted dropped (`orphaned`), so its equation closes, and /healthz
+        names the directory until it is emptied (`station-bridge replay`) or removed."""
+        names = {d.name for d in config.destinations}
+        found = []
+        for directory in sorted(p for p in config.journal_dir.iterdir() if p.is_dir() and p.name not in names):
+            try:
+                files = [*directory.glob("*.lp"), *directory.glob(f"*{Intake.SUFFIX}")]
+            except OSError:
+                continue
+            pending = round(self.ledger.pending(directory.name))
+            if not files and pending <= 0:
+                continue
+            on_disk = sum(f.stat().st_size for f in files if f.exists())
+            if pending > 0:
+                self.metrics.inc("bridge_dropped_points_total", pending, destination=directory.name, reason="orphaned")
+            why = (f"destination {directory.name!r} is not in the configuration: {len(files)} journal files "
+                   f"({on_disk} bytes) in {directory} are never delivered; deliver them with `station-bridge "
+                   f"replay --config <a configuration naming it> {directory}/*.lp`, or remove the directory")
+            log.error("journal of a destination no longer configured", extra={
+                "destination": directory.name, "dir": str(directory), "files": len(files), "bytes": on_disk,
+                "pending_counted_orphaned": max(0, pending)})
+            found.append((directory.name, pending, why))
+        return found
+
     def reload(self) -> str:
         """SIGHUP: the configuration file validated (as check-config, and its directories
         created); invalid: refused, the running one kept; unchanged: nothing; changed: the
@@ -357,6 +389,8 @@ class Bridge:
         except Exception as exc:  # a defect in validation must not stop the running bridge: refused, logged
             log.exception("reload: unexpected error validating the configuration")
             error = f"{type(exc).__name__}: {exc}"
+        if not error:
+            error = self._destructive(new)
         if error:
             result = "refused"
             log.error("reload refused: the configuration is invalid, the running one is kept",
@@ -372,6 +406,22 @@ class Bridge:
             self._stop.set()
         self.metrics.inc("bridge_reloads_total", 1, result=result)
         return result
+
+    def _destructive(self, new: Config) -> str:
+        """Why a new configuration would strand points this bridge holds ("" when it would not):
+        a destination with pending points renamed or removed, or journal.dir moved while any
+        destination has pending points. A restart with it is the operator's explicit choice."""
+        if new.journal_dir != self.config.journal_dir:
+            held = {s.name: s.pending for s in self.sinks if s.pending}
+            if held:
+                return (f"journal.dir changes from {self.config.journal_dir} to {new.journal_dir} while points are "
+                        f"pending {held}: they would stay behind; let them deliver first, or restart to apply it")
+        kept = {d.name for d in new.destinations}
+        held = {s.name: s.pending for s in self.sinks if s.pending and s.name not in kept}
+        if held:
+            return (f"destinations {sorted(held)} would go while points are pending for them {held}: let them "
+                    f"deliver first, or restart to apply it (their journals are then reported as orphaned)")
+        return ""
 
     def log_summary(self) -> None:
         """SIGUSR1: one log line with the bridge's state."""

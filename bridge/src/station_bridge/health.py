@@ -28,8 +28,9 @@ A **subscription** is degraded when:
   entry names the dominant reason and an example;
 - it declares `expected_interval` and no message arrived for 3 x that interval (since start,
   when none ever did). Without it, an idle feed is healthy (observatories publish in campaigns).
-The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, or
-the stop was requested.
+The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, a
+journal directory holds points of a destination no longer configured (renamed or removed: its
+pending points are counted dropped `orphaned`), or the stop was requested.
 
 `SystemdNotifier` speaks sd_notify over the `NOTIFY_SOCKET` datagram socket (no dependency):
 READY=1 once the bridge runs, WATCHDOG=1 from the receive loop at half of `WATCHDOG_USEC`,
@@ -203,6 +204,7 @@ class BridgeState:
     ledger_file: str = ""
     ledger_error: str = ""
     cache: dict[str, Any] | None = None
+    orphans: list[tuple[str, str]] = field(default_factory=list)  # journals of destinations no longer configured
 
 
 def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list[tuple[str, str, str]]]:
@@ -282,6 +284,8 @@ def evaluate(state: BridgeState, t: Thresholds) -> dict[str, Any]:
                          "reason": state.dead_letter_error[:200]})
     if state.ledger_error:
         problems.append({"part": "ledger", "name": state.ledger_file, "reason": state.ledger_error[:200]})
+    for name, why in state.orphans:
+        problems.append({"part": "journal", "name": name, "reason": why[:400]})
     if state.stopping:
         problems.append({"part": "bridge", "name": "bridge", "reason": "stopping"})
     doc: dict[str, Any] = {"ok": not problems, "problems": problems, "destinations": destinations,

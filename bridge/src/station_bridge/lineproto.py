@@ -250,12 +250,9 @@ def format_field_value(value: object, kind: str) -> str:
                 value = value.decode("utf-8")
             except UnicodeDecodeError as exc:
                 raise LineError("invalid_utf8", "string field is not UTF-8") from exc
-        elif isinstance(value, int) and not isinstance(value, bool):
-            try:
-                value = str(value)
-            except ValueError as exc:  # beyond Python's 4300-digit conversion limit
-                raise LineError("integer_overflow", "integer too long to write as text") from exc
-        elif not isinstance(value, str | float | bool):
+        elif not isinstance(value, str):
+            # A number or boolean would be stored in Python's spelling ("True", "1.5" for 1.50,
+            # "100.0" for 1e2): not what was sent, so refused (declare the field's own type).
             raise LineError("wrong_type", f"a {type(value).__name__} where a string is declared")
         return format_string_field(str(value))
     raise LineError("wrong_type", f"unknown field kind {kind!r}")

@@ -31,12 +31,14 @@ journal), exact at any quiet moment.
 from __future__ import annotations
 
 import base64
+import contextlib
 import gzip
 import http.client
 import json
 import logging
 import random
 import re
+import socket
 import threading
 import time
 import urllib.parse
@@ -96,6 +98,15 @@ class InfluxWriter:
         if self._conn is not None:
             self._conn.close()
             self._conn = None
+
+    def abort(self) -> None:
+        """From another thread: shuts the connection's socket, so a request blocked on it fails
+        at once (Retryable) instead of waiting for its timeout."""
+        conn = self._conn
+        sock = getattr(conn, "sock", None) if conn is not None else None
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)
 
     def _request(self, method: str, path: str, body: bytes | None, headers: dict[str, str]) -> tuple[int, str]:
         self.requests += 1
@@ -494,7 +505,13 @@ class InfluxSink:
             self._deadline = time.monotonic() + timeout
             self._cond.notify()
         if self._thread is not None:
-            self._thread.join(timeout + 5)
+            self._thread.join(timeout)
+            if self._thread.is_alive():
+                # A request still in flight at the deadline (a destination that accepts and never
+                # answers waits up to its `timeout`): cut its connection, so the writer journals
+                # the batch now and the stop stays within shutdown_timeout.
+                self.writer.abort()
+                self._thread.join(5)
         if self._thread is not None and self._thread.is_alive():
             # Stuck (a request beyond the deadline): journal what is still in memory from here.
             log.error("writer thread did not stop in time: journaling its queue", extra=self._labels)
