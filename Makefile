@@ -57,7 +57,7 @@ artifacts: bootstrap
 # stage:minutes: a stage still running after its minutes is stopped, with the stacks of its Python
 # test processes in the log, instead of hanging until CI's own limit. About 2.5x (molecule) to 5x
 # what each takes here; together 85 minutes, so no limit stops a run that CI's 90 would have let end.
-TEST_STAGES := lint:8 unit:12 chaos:15 molecule:50
+TEST_STAGES := lint:8 unit:20 chaos:15 molecule:42
 test: image
 	@python lab/timing.py reset
 	@status=0; for entry in $(TEST_STAGES); do stage=$${entry%%:*}; \
