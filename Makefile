@@ -76,7 +76,7 @@ lint: bootstrap
 # run under ansible-test units, as a collection's do; the bridge's under its own pytest.
 unit: bootstrap
 	tests/ansible-test.sh units --num-workers 1
-	pytest tests/roles tests/lab
+	pytest tests/roles tests/playbooks tests/lab
 	cd bridge && pytest
 
 # Faults at operator scale (InfluxDB down 30 s, central down 60 s, SIGKILL under load, spool
