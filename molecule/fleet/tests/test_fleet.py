@@ -428,12 +428,13 @@ def rollout_with_cpt_down(cpt_offline, tmp_path_factory):
 
 def test_a_verbose_rollout_shows_no_secret(rollout_with_cpt_down):
     """-vvv, the JSON callback (every task result, loop items included) and the log file: no vault
-    value anywhere, also the central writer passwords that central's user checks loop over."""
+    value anywhere: neither the central writer passwords that central's user checks loop over, nor a
+    task's `environment:` (part of the SSH command line -vvv prints)."""
     rc, _, output, raw, log = rollout_with_cpt_down
     secrets = vault_values()
     assert len(secrets) >= 10 and "vault_fleet_station_passwords.ams" in secrets, sorted(secrets)
     # The run was verbose and logged (a scan of nothing would pass).
-    assert "ESTABLISH SSH CONNECTION" in raw["stdout"] and "ESTABLISH SSH CONNECTION" in log, log[:2000]
+    assert "ESTABLISH SSH CONNECTION" in raw["stdout"] + raw["stderr"] and "ESTABLISH SSH CONNECTION" in log, log[:2000]
     assert "Check grants of extra users name declared databases" in json.dumps(output)
     for where, text in {"stdout": raw["stdout"], "stderr": raw["stderr"], "log_path": log}.items():
         leaked = sorted(name for name, value in secrets.items() if value in text)
