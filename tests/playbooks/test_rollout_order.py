@@ -5,7 +5,8 @@ Each stand-in is the controller itself over the local connection, behind a Pytho
 waits before every module: the first station answers last (and every run adds its own jitter), the
 way SSH connections to a real fleet finish in any order. A station that is down is an SSH host on a
 closed port: really unreachable. The stations' roles are left out (--skip-tags station): what is
-tested is the rollout around them, in --check as the README's first fleet command runs it."""
+tested is the rollout around them, in --check as the README's first fleet command runs it. (A failed
+station's report row is proven by the fleet scenario's broken canary.)"""
 
 from __future__ import annotations
 
@@ -29,7 +30,7 @@ def inventory(tmp_path: Path, down: tuple[str, ...] = (), host_vars: dict | None
         # The first station slowest, the last fastest, each with some jitter of its own.
         # Its connection settings are read by the worker that runs each of its tasks (modules and
         # in-memory steps like group_by alike): reading them takes the delay.
-        delay = 0.03 * (len(STATIONS) - index) + rng.uniform(0, 0.1)
+        delay = 0.02 * (len(STATIONS) - index) + rng.uniform(0, 0.05)
         slow = f"{{{{ (lookup('ansible.builtin.pipe', 'sleep {delay:.3f}') ~ 'false') | bool }}}}"
         hosts[name] = {"station_code": name[-2:], "ansible_python_interpreter": sys.executable,
                        **({"ansible_connection": "ssh", "ansible_host": "127.0.0.1", "ansible_port": 1}
@@ -103,14 +104,3 @@ def test_the_first_reachable_station_is_the_canary_and_a_skipped_one_shows_in_th
     assert output["stats"]["station-01"]["failures"] == 1
     assert all(output["stats"][s]["failures"] == 0 for s in STATIONS[1:])
 
-
-def test_a_failed_canary_stops_the_rollout_and_the_report_says_why(tmp_path):
-    hosts = inventory(tmp_path, host_vars={"station-01": {"rollout_min_free_mib": 10**12}})
-    rc, output, report = rollout(tmp_path, hosts)
-    assert rc != 0
-    assert batches(output) == [STATIONS[:1]]
-    rows = {r["station"]: r for r in report["stations"]}
-    assert rows["station-01"]["status"] == "failed"
-    assert "Stop here when the station is not ready" in rows["station-01"]["reason"]
-    assert "free under /var/lib" in rows["station-01"]["reason"]
-    assert {rows[s]["status"] for s in STATIONS[1:]} == {"not_started"}
