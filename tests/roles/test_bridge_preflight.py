@@ -70,7 +70,10 @@ def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
     base = {**source(tmp_path), "bridge_feed_defaults": {"station": "ams", "destinations": [DESTINATION]}}
     rc, first, out = preflight(tmp_path / "a", {**base, "bridge_feeds": [feed(n) for n in names[:2]]})
     assert rc == 0, out
-    rc, second, out = preflight(tmp_path / "b", {**base, "bridge_feeds": [feed(n) for n in reversed(names)]})
+    # The lab's inventory chooses publish-mode validation (inventories/local): the role adds the
+    # validation subscription only then.
+    rc, second, out = preflight(tmp_path / "b", {**base, "bridge_feeds": [feed(n) for n in reversed(names)],
+                                                 "validate_mode": "publish"})
     assert rc == 0, out
     assert first["listen"]["kraken"] == second["listen"]["kraken"]
     assert first["listen"]["weather"] == second["listen"]["weather"]
@@ -83,6 +86,8 @@ def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
     assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"], ["station_validation"]]
     assert kraken["subscriptions"][1]["static_tags"]["validation"] == "demo" and not kraken["subscriptions"][1]["cache"]
     assert kraken["subscriptions"][0]["tags"] == ["instrument", "station"]
+    # By default (observe, production) no instance binds a validation socket.
+    assert [s["measurements"] for s in first["effective"]["kraken"]["subscriptions"]] == [["kraken"]]
 
 
 def test_two_feeds_on_one_port_fail_naming_both(tmp_path):

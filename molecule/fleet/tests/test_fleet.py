@@ -61,16 +61,21 @@ def ansible_env(**extra: str) -> dict[str, str]:
                 ANSIBLE_CALLBACKS_ENABLED="ansible.posix.json", **extra)
 
 
-def play(playbook: str | Path, *flags: str, inventory_file: str | None = None) -> tuple[int, float, dict]:
-    """ansible-playbook over SSH with the scenario's inventory and lab vars; JSON output."""
-    env = ansible_env()
+def play(playbook: str | Path, *flags: str, inventory_file: str | None = None,
+         raw: dict | None = None, **env_extra: str) -> tuple[int, float, dict]:
+    """ansible-playbook over SSH with the scenario's inventory and lab vars; JSON output (the JSON
+    callback's document ends stdout, after what -v.. prints). `raw` receives stdout and stderr."""
+    env = ansible_env(**env_extra)
     started = time.monotonic()
     proc = subprocess.run(["ansible-playbook", "-i", inventory_file or inventory(), str(PLAYBOOKS / playbook),
                            "-e", f"@{LAB_VARS}", *flags], capture_output=True, text=True, env=env, check=False,
                           timeout=900)
     took = time.monotonic() - started
     assert proc.stdout, proc.stderr
-    return proc.returncode, took, json.loads(proc.stdout)
+    if raw is not None:
+        raw.update(stdout=proc.stdout, stderr=proc.stderr)
+    document = proc.stdout if proc.stdout.startswith("{") else proc.stdout[proc.stdout.rindex("\n{\n") + 1:]
+    return proc.returncode, took, json.loads(document)
 
 
 def adhoc(pattern: str, *args: str, inventory_file: str | None = None) -> subprocess.CompletedProcess:
@@ -89,8 +94,10 @@ def changed_tasks(output: dict) -> list[str]:
             for h, r in t["hosts"].items() if r.get("changed")]
 
 
-# Tasks whose failure a play ignores on purpose: an unreachable or hanging station is skipped.
-REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start and gather its facts"}
+# Tasks whose failure a play ignores on purpose: an unreachable or hanging station is skipped (and
+# shown failed in the recap, the run's exit status following rollout_max_unreachable).
+REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start and gather its facts",
+               "Show each skipped station as failed in the recap"}
 
 
 def failures(output: dict) -> list[tuple[str, str]]:
@@ -167,6 +174,13 @@ def test_become_user_other_than_root_gets_readable_temporary_files():
 
 
 # --- the converged fleet ------------------------------------------------------------------------
+
+
+def rollout_plan(output: dict) -> list[str]:
+    """What the rollout printed before it started: canary, batches, skipped stations, the report's path."""
+    (plan,) = [r["msg"] for p in output["plays"] for t in p["tasks"]
+               if t["task"]["name"] == "Name the canary and the batches" for r in t["hosts"].values()]
+    return plan
 
 
 def station_batches(output: dict) -> list[list[str]]:
@@ -376,11 +390,62 @@ def cpt_offline():
         host(STATIONS["cpt"]).check_output("systemctl start ssh.service")
 
 
-def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(cpt_offline):
+def vault_values() -> dict[str, str]:
+    """Every secret of the fleet inventory's vault, decrypted with the lab vault password."""
+    from ansible.constants import DEFAULT_VAULT_ID_MATCH
+    from ansible.parsing.vault import VaultLib, VaultSecret
+
+    vault = VaultLib([(DEFAULT_VAULT_ID_MATCH, VaultSecret((EXAMPLE / "lab-vault-password").read_bytes().strip()))])
+
+    class Loader(yaml.SafeLoader):
+        pass
+
+    Loader.add_constructor("!vault", lambda loader, node: vault.decrypt(loader.construct_scalar(node)).decode())
+    found: dict[str, str] = {}
+
+    def walk(name: str, value) -> None:
+        if isinstance(value, dict):
+            for key, inner in value.items():
+                walk(f"{name}.{key}", inner)
+        else:
+            found[name] = str(value)
+
+    for path in sorted(EXAMPLE.glob("group_vars/*/vault.yml")):
+        for name, value in yaml.load(path.read_text(), Loader=Loader).items():  # noqa: S506 (SafeLoader subclass)
+            walk(name, value)
+    return found
+
+
+@pytest.fixture(scope="module")
+def rollout_with_cpt_down(cpt_offline, tmp_path_factory):
+    """The rollout re-run with cpt down, at -vvv with the JSON callback and a log_path, once for the
+    tests that read it."""
+    log = tmp_path_factory.mktemp("verbose") / "ansible.log"
+    raw: dict = {}
+    rc, took, output = play("rollout.yml", "-vvv", raw=raw, ANSIBLE_LOG_PATH=str(log))
+    return rc, took, output, raw, log.read_text()
+
+
+def test_a_verbose_rollout_shows_no_secret(rollout_with_cpt_down):
+    """-vvv, the JSON callback (every task result, loop items included) and the log file: no vault
+    value anywhere: neither the central writer passwords that central's user checks loop over, nor a
+    task's `environment:` (part of the SSH command line -vvv prints)."""
+    rc, _, output, raw, log = rollout_with_cpt_down
+    secrets = vault_values()
+    assert len(secrets) >= 10 and "vault_fleet_station_passwords.ams" in secrets, sorted(secrets)
+    # The run was verbose and logged (a scan of nothing would pass).
+    assert "ESTABLISH SSH CONNECTION" in raw["stdout"] + raw["stderr"] and "ESTABLISH SSH CONNECTION" in log, log[:2000]
+    assert "Check grants of extra users name declared databases" in json.dumps(output)
+    for where, text in {"stdout": raw["stdout"], "stderr": raw["stderr"], "log_path": log}.items():
+        leaked = sorted(name for name, value in secrets.items() if value in text)
+        assert not leaked, f"{where} holds the value of {leaked}"
+
+
+def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(rollout_with_cpt_down):
     """Also the rollout re-run over SSH: canary first, then the rest, nothing changed on central, ams
     (sudo requires a tty for all but deploy) and bcn (sudo asks the vault's password)."""
     stopped = STATIONS["cpt"]
-    rc, took, output = play("rollout.yml")
+    rc, took, output, _, _ = rollout_with_cpt_down
     report = [r["msg"] for p in output["plays"] for t in p["tasks"]
               if t["task"]["name"] == "List the stations skipped as unreachable" for r in t["hosts"].values()]
     print(f"rollout re-run over SSH with {stopped} down: {took:.0f} s; batches {station_batches(output)}; {report}")
@@ -396,6 +461,15 @@ def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(cpt
     validated = {h for p in output["plays"] for t in p["tasks"] if t["task"]["name"] == "Fail when a check failed"
                  for h, r in t["hosts"].items() if not r.get("failed")}
     assert validated == {STATIONS["ams"], STATIONS["bcn"]}
+    # The recap shows the skipped station failed (the exit status stays 0: within rollout_max_unreachable).
+    assert output["stats"][stopped]["failures"] == 1
+    assert all(output["stats"][STATIONS[c]]["failures"] == 0 for c in ("ams", "bcn"))
+    # The run's report on the controller: one row per station.
+    plan = rollout_plan(output)
+    assert plan[0] == f"canary: {STATIONS['ams']}", plan
+    report = json.loads(Path(plan[-1].removeprefix("report: ")).read_text())
+    assert {r["station"]: r["status"] for r in report["stations"]} == {
+        STATIONS["ams"]: "converged", STATIONS["bcn"]: "converged", stopped: "skipped"}, report
     # Beyond rollout_max_unreachable the run ends non-zero, and says why.
     rc, _, output = play("rollout.yml", "--limit", stopped, "-e", "rollout_max_unreachable=0")
     assert rc != 0
@@ -421,6 +495,11 @@ def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, cpt_offli
     assert any("unknown type 'flaot'" in m for _, m in failed)
     touched = {h for batch in station_batches(output) for h in batch}
     assert touched == {STATIONS["ams"]}, f"the rollout went past the canary: {touched}"
+    # The report says which station failed and why, and that the others were not rolled out.
+    plan = rollout_plan(output)
+    rows = {r["station"]: r for r in json.loads(Path(plan[-1].removeprefix("report: ")).read_text())["stations"]}
+    assert rows[STATIONS["ams"]]["status"] == "failed" and "unknown type 'flaot'" in rows[STATIONS["ams"]]["reason"]
+    assert rows[STATIONS["bcn"]]["status"] == "not_started" and rows[STATIONS["cpt"]]["status"] == "skipped", rows
     after = {code: bridge_state(h) for code, h in others.items()}
     assert after == before
     # The canary keeps running its previous, valid configuration.
