@@ -301,12 +301,17 @@ def test_observe_names_a_failing_destination(tmp_path, station_influx, station_r
     assert "failing" in problems["destination central"] and "pending" in problems["destination central"]
 
 
-def destination_failing(bridge: StationBridge, name: str) -> bool:
+def health_state(bridge: StationBridge) -> dict:
+    """The bridge's /healthz document, whatever its status."""
     try:
         with urllib.request.urlopen(f"http://{bridge.http}/healthz", timeout=1) as r:
-            state = json.loads(r.read())
+            return json.loads(r.read())
     except urllib.error.HTTPError as exc:
-        state = json.loads(exc.read())
+        return json.loads(exc.read())
+
+
+def destination_failing(bridge: StationBridge, name: str) -> bool:
+    state = health_state(bridge)
     return bool(state.get("destinations", {}).get(name, {}).get("failing_s"))  # seconds failing, 0 when not
 
 
@@ -403,9 +408,4 @@ def test_validate_fails_on_every_problem_healthz_names(tmp_path, station_influx,
 
 
 def destination_problem(bridge: StationBridge, part: str) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://{bridge.http}/healthz", timeout=1) as r:
-            state = json.loads(r.read())
-    except urllib.error.HTTPError as exc:
-        state = json.loads(exc.read())
-    return any(p.get("part") == part for p in state.get("problems", []))
+    return any(p.get("part") == part for p in health_state(bridge).get("problems", []))
