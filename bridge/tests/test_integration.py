@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import yaml
 import zmq
-from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, quiet_ledger, wait_for
+from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, ledger_problems, quiet_ledger, wait_for
 
 from station_bridge.config import parse
 from station_bridge.demo import publish
@@ -142,7 +142,12 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
     bridge = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, journal={"max_bytes": 60_000}).start()
     publish(endpoint, "kraken_tick", 3000, rate=0, duration=30)
     wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == 3000, 20, "3000")
-    samples = quiet_ledger(bridge, delivered=False)  # InfluxDB is down
+    # InfluxDB is down: wait until nothing is left in memory (a batch waiting out its backoff is
+    # journaled or dropped at its next attempt), so the journal holds every pending point.
+    samples = wait_for(lambda: (lambda s: s if not ledger_problems(s, ["local"], ["kraken"])
+                                and value(s, "bridge_pending_points", destination="local")
+                                == value(s, "bridge_journal_points", destination="local") else None)(bridge.samples()),
+                       30, "every pending point journaled")
     dropped = value(samples, "bridge_dropped_points_total", destination="local", reason="spool_full")
     assert 0 < dropped < 3000
     assert len(bridge.journal_lines()) == 3000 - dropped == value(samples, "bridge_pending_points", destination="local")

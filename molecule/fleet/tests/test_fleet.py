@@ -506,6 +506,37 @@ def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, cpt_offli
     assert host(STATIONS["ams"]).check_output("systemctl show station-bridge@kraken -p MainPID --value") == canary_pid
 
 
+def test_a_canary_whose_new_mapping_refuses_its_sample_halts_before_any_station_changes(tmp_path, cpt_offline):
+    """Issue 21: one wrong key (the feed sends bid, the new mapping reads price) is caught before
+    the canary changes: the feed's sample (messages as `station-bridge capture` records them) is
+    tried with the bridge's own `try` in the bridge role's preflight; the rollout stops there."""
+    import base64
+
+    import msgpack
+    directory = scenario_inventory(tmp_path)
+    frames = [b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": 1.0823, "ask": 1.0824,
+                                             "volume": 1000, "timestamp": time.time()})]
+    records = [{"time": time.time_ns(), "endpoint": "tcp://127.0.0.1:5556", "encoding": "base64",
+                "frames": [base64.b64encode(f).decode() for f in frames], "bytes": sum(map(len, frames))}] * 5
+    (directory / "kraken-sample.jsonl").write_text("".join(json.dumps(r) + "\n" for r in records))
+    miskeyed = yaml.safe_load((EXAMPLE / "host_vars/station-stack-fleet-ams.yml").read_text())
+    miskeyed["station_feeds"] = [{"name": "kraken", "endpoint": "tcp://127.0.0.1:5556", "topic": "kraken_tick",
+                                  "measurement": "ticks", "tags": ["instrument"], "fields": {"price": "float"},
+                                  "sample": "kraken-sample.jsonl"}]
+    (directory / "host_vars/station-stack-fleet-ams.yml").write_text(yaml.safe_dump(miskeyed))
+    everyone = {code: host(name) for code, name in STATIONS.items() if code != "cpt"}
+    before = {code: bridge_state(h) for code, h in everyone.items()}
+
+    rc, _, output = play("rollout.yml", inventory_file=str(directory / "hosts.yml"))
+    assert rc != 0
+    failed = failures(output)
+    assert failed and all(h == STATIONS["ams"] for h, _ in failed), failed
+    assert any("its mapping refuses its sample" in m and "missing_field" in m for _, m in failed), failed
+    touched = {h for batch in station_batches(output) for h in batch}
+    assert touched == {STATIONS["ams"]}, f"the rollout went past the canary: {touched}"
+    assert {code: bridge_state(h) for code, h in everyone.items()} == before  # the canary too: nothing changed
+
+
 def test_wan_cut_under_load_loses_nothing_and_duplicates_nothing(cpt_offline):
     wan_cut = cpt_offline
     wan_cut.join(400)
