@@ -113,7 +113,10 @@ class Subscription:
         self.source = Source(context, spec, config.health.handshake_grace, self.rcvhwm)
         self.message_size = 0.0  # moving average of the received messages' bytes (0: none yet)
         self.largest = 0.0  # the largest message seen lately (decays slowly)
-        self.burst = BURST  # messages per compiled burst (BURST_BYTES over the average size)
+        # Messages per compiled burst (C counts messages, not bytes): BURST_BYTES over the largest
+        # size that may come, message_bytes (else max_frame_bytes) until sizes are seen, then over
+        # the largest seen lately: a burst never holds much more than BURST_BYTES.
+        self.burst = max(1, min(BURST, BURST_BYTES // (spec.message_bytes or spec.max_frame_bytes)))
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.labels = {"subscription": spec.name}
@@ -146,7 +149,8 @@ class Subscription:
         mean = size / messages
         self.message_size = mean if not self.message_size else 0.8 * self.message_size + 0.2 * mean
         self.largest = max(self.largest * 0.99, largest, mean)
-        self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, self.message_size))))
+        limit = max(self.message_size, self.largest, float(self.spec.message_bytes or 0))
+        self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, limit))))
 
     def memory_problems(self) -> list[str]:
         """libzmq may hold rcvhwm messages per endpoint: with the sizes seen, beyond twice the
