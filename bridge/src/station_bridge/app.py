@@ -63,17 +63,6 @@ TICK_S = 0.2  # housekeeping period
 DRAIN_QUIET_S = 0.2  # a drain ends when no socket delivered anything for this long (or at half the stop budget)
 
 
-def _topic_text(framing: str, frames: list[bytes]) -> str | None:
-    """A message's whole topic as its framing places it (UTF-8), before decoding; None without one."""
-    if not frames:
-        return None
-    raw = frames[0] if framing in ("msgpack", "json") else frames[0].partition(b" ")[0]
-    try:
-        return raw.decode("utf-8")
-    except UnicodeDecodeError:
-        return None
-
-
 class RateLimitedLog:
     """At most `per_second` log lines per reason; the rest are only counted."""
 
@@ -502,7 +491,7 @@ class Bridge:
         owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
         for frames in messages:
             if by_topic:
-                text = _topic_text(framing, frames)
+                text = topic_of(framing, frames, None)  # the whole topic, before decoding
                 rule = next((i.name for i in by_topic if text is not None and i.topic.match(text)), None)
                 if rule is not None:
                     ignored[rule] = ignored.get(rule, 0) + 1

@@ -43,13 +43,14 @@ LEGACY_FRAME_BYTES = 256  # what the old input dead letters kept of a frame
 FLUSH_POINTS = 50_000  # replay delivers the points mapped so far at this many
 
 
-def topic_of(framing: str, frames: list[bytes]) -> str | None:
-    """The message's topic as its framing places it, when it is UTF-8 (else None)."""
+def topic_of(framing: str, frames: list[bytes], limit: int | None = 256) -> str | None:
+    """The message's topic as its framing places it (its first `limit` bytes; None: whole),
+    when it is UTF-8 (else None)."""
     if not frames:
         return None
     first = frames[0] if framing in ("msgpack", "json") else frames[0].partition(b" ")[0]
     try:
-        return first[:256].decode("utf-8")
+        return (first if limit is None else first[:limit]).decode("utf-8")
     except UnicodeDecodeError:
         return None
 
