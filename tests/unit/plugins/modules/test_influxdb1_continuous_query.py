@@ -326,7 +326,9 @@ def test_backfill_aligns_chunks_to_time_zone_days(run, server, raw):
     """GROUP BY time(1d) TZ(...): buckets start at local midnight, so chunks must too, or a day would be
     computed in two parts and the later part overwrite the whole."""
     now = time.time_ns()
-    write(server, "bfdb", "raw", [f"mtz,host=z v={k % 7 + k / 10} {now - k * 90 * 60 * SECOND}" for k in range(1, 48)])
+    # 4.4 days of points, every 90 min: a 3d window aligned down to local midnight starts at most 4 days back,
+    # so each of its 3 days holds points whatever the time of day the test runs at.
+    write(server, "bfdb", "raw", [f"mtz,host=z v={k % 7 + k / 10} {now - k * 90 * 60 * SECOND}" for k in range(1, 72)])
     query = ("SELECT mean(v) AS v, count(v) AS n INTO agg.bf_tz FROM raw.mtz GROUP BY time(1d), host "
              "TZ('America/Sao_Paulo')")
     result = run("influxdb1_continuous_query", backfilled(server, "bf_tz", query, {"window": "3d"}))
