@@ -199,3 +199,19 @@ def test_a_mapping_that_refuses_its_sample_stops_the_preflight(tmp_path):
     # A share of refusals the operator allows: passes.
     rc, _, out = preflight(tmp_path / "c", {**base, "bridge_feeds": [wrong], "bridge_sample_max_rejected_share": 1.0})
     assert rc == 0, out
+
+
+def test_a_controller_python_without_the_parsers_packages_is_named_not_a_traceback(tmp_path):
+    """Issue 23: the preflight runs the bridge's parser on the controller; a Python without PyYAML
+    and msgpack fails with what is missing, before any instance is read."""
+    bare = tmp_path / "bare"
+    subprocess.run(["/usr/bin/python3", "-m", "venv", "--without-pip", str(bare)], check=True)
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_controller_python": str(bare / "bin" / "python"),
+                                      "bridge_feed_defaults": {"destinations": [DESTINATION]},
+                                      "bridge_feeds": [feed("kraken")]})
+    assert rc != 0
+    assert "missing: PyYAML, msgpack" in out and "Traceback" not in out, out
+    rc, _, out = preflight(tmp_path / "gone", {**source(tmp_path), "bridge_controller_python": str(tmp_path / "nope"),
+                                               "bridge_feeds": [feed("kraken")],
+                                               "bridge_feed_defaults": {"destinations": [DESTINATION]}})
+    assert rc != 0 and "which did not run" in out, out
