@@ -214,4 +214,4 @@ def test_a_controller_python_without_the_parsers_packages_is_named_not_a_traceba
     rc, _, out = preflight(tmp_path / "gone", {**source(tmp_path), "bridge_controller_python": str(tmp_path / "nope"),
                                                "bridge_feeds": [feed("kraken")],
                                                "bridge_feed_defaults": {"destinations": [DESTINATION]}})
-    assert rc != 0 and "which did not run" in out, out
+    assert rc != 0 and "it did not run" in out, out
