@@ -410,6 +410,23 @@ def test_secrets_come_from_the_environment(monkeypatch):
     assert "override" not in json.dumps(cfg.parse(data).effective())
 
 
+def test_validate_reads_an_instances_env_file_without_touching_the_process_environment(tmp_path, monkeypatch):
+    """`station-bridge validate` reads each unit's <instance>.env for its secrets: into that
+    instance's configuration only, never into os.environ (the next instance, or the validator's own
+    credentials, would see them)."""
+    from station_bridge.validate import load_instance
+    monkeypatch.delenv("MY_PW", raising=False)
+    config = tmp_path / "kraken.yml"
+    config.write_text(yaml.safe_dump({"subscriptions": [], "destinations": [
+        {"name": "central", "url": "http://x", "database": "db", "password_env": "MY_PW"}]}))
+    (tmp_path / "kraken.env").write_text("# the unit's secrets\nMY_PW=\"from-file\"\n")
+    before = dict(os.environ)
+    assert load_instance(config).destinations[0].password == "from-file"
+    assert dict(os.environ) == before
+    with pytest.raises(cfg.ConfigError, match="MY_PW is not set"):
+        cfg.load(config)
+
+
 def _reference() -> dict:
     from importlib import resources
     return yaml.safe_load(resources.files("station_bridge").joinpath("default-config.yml").read_text())

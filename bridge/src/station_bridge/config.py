@@ -18,6 +18,7 @@ import ipaddress
 import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -536,17 +537,17 @@ def parse_interval_ns(text: str | int | float, where: str) -> int:
     return round(parse_duration(text, where) * 1e9)
 
 
-def _secret(reader: _Reader, env_override: str) -> str | None:
-    if env_override in os.environ:
+def _secret(reader: _Reader, env_override: str, environ: Mapping[str, str]) -> str | None:
+    if env_override in environ:
         reader.get("password", str, None)
         reader.get("password_env", str, None)
-        return os.environ[env_override]
+        return environ[env_override]
     env_name = reader.get("password_env", str, None)
     if env_name:
-        if env_name not in os.environ:
+        if env_name not in environ:
             raise reader.fail("password_env", f"environment variable {env_name} is not set")
         reader.get("password", str, None)
-        return os.environ[env_name]
+        return environ[env_name]
     return reader.get("password", str, None)
 
 
@@ -914,7 +915,7 @@ def _tcp_address(address: str, bind: bool, source: bool = False) -> str:
     return ""
 
 
-def _destination(r: _Reader) -> DestinationSpec:
+def _destination(r: _Reader, environ: Mapping[str, str]) -> DestinationSpec:
     name = r.get("name", str)
     if not re.match(r"^[A-Za-z0-9_.-]+$", name):
         raise r.fail("name", f"{name!r}: use letters, digits, _ . - (it names the journal directory)")
@@ -924,7 +925,7 @@ def _destination(r: _Reader) -> DestinationSpec:
     spec = DestinationSpec(
         name=name, url=url, database=r.get("database", str), retention_policy=r.get("retention_policy", str, None),
         username=r.get("username", str, None),
-        password=_secret(r, f"STATION_BRIDGE_{_env_name(name)}_PASSWORD"),
+        password=_secret(r, f"STATION_BRIDGE_{_env_name(name)}_PASSWORD", environ),
         batch_size=r.positive("batch_size", int, 5000), flush_interval=r.duration("flush_interval", 1.0),
         gzip=r.get("gzip", bool, False), timeout=r.duration("timeout", 10.0),
         queue_max_points=r.positive("queue_max_points", int, 500_000),
@@ -937,7 +938,10 @@ def _destination(r: _Reader) -> DestinationSpec:
     return spec
 
 
-def parse(data: Any, source: str = "<config>") -> Config:
+def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:
+    """The configuration from parsed YAML/TOML; secrets named by the environment come from `environ`
+    (default: the process's own)."""
+    environ = os.environ if environ is None else environ
     top = _Reader(data if data is not None else {}, "", source)
     station = top.get("station", str, None)
     if station is not None:
@@ -952,7 +956,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
             if s.bind and not endpoint.endswith("*") and bound.setdefault(endpoint, s.name) != s.name:
                 raise ConfigError(f"{source}: subscriptions[{i}].endpoints[{j}]: subscription {s.name!r}: endpoint "
                                   f"{endpoint!r} is bound by subscription {bound[endpoint]!r} too (one can bind it)")
-    destinations = [_destination(d) for d in top.items("destinations")]
+    destinations = [_destination(d, environ) for d in top.items("destinations")]
     if not destinations:
         raise ConfigError(f"{source}: destinations: declare at least one InfluxDB destination")
     dnames = [d.name for d in destinations]
@@ -962,7 +966,7 @@ def parse(data: Any, source: str = "<config>") -> Config:
     c = top.child("cache", None)
     if c is not None:
         cache = CacheSpec(c.get("url", str), c.get("username", str, None),
-                          _secret(c, "STATION_BRIDGE_CACHE_PASSWORD"), max(1, round(c.duration("ttl", 3600))),
+                          _secret(c, "STATION_BRIDGE_CACHE_PASSWORD", environ), max(1, round(c.duration("ttl", 3600))),
                           c.get("key_prefix", str, "latest"), c.positive("queue_max", int, 1000),
                           c.duration("timeout", 2.0))
         c.done()
@@ -1046,8 +1050,9 @@ def _fast_path(top: _Reader) -> str:
     return value
 
 
-def load(path: str | Path) -> Config:
-    """Reads a YAML file, or TOML when the name ends in .toml (the same keys either way)."""
+def load(path: str | Path, environ: Mapping[str, str] | None = None) -> Config:
+    """Reads a YAML file, or TOML when the name ends in .toml (the same keys either way); secrets
+    from `environ` (default: the process's environment)."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -1063,4 +1068,4 @@ def load(path: str | Path) -> Config:
             data = yaml.safe_load(text)
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
-    return parse(data, str(path))
+    return parse(data, str(path), environ)

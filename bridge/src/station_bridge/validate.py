@@ -207,14 +207,10 @@ def _load_env_file(path: Path) -> dict[str, str]:
 def load_instance(path: Path) -> Config:
     """The configuration as the unit reads it: with <name>.env beside it as its environment."""
     env_file = path.with_suffix(".env")
-    saved = dict(os.environ)
-    try:
-        if env_file.is_file() and os.access(env_file, os.R_OK):
-            os.environ.update(_load_env_file(env_file))
-        return load(path)
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+    environ = dict(os.environ)
+    if env_file.is_file() and os.access(env_file, os.R_OK):
+        environ.update(_load_env_file(env_file))
+    return load(path, environ)
 
 
 # --- the checks ---------------------------------------------------------------------------------
