@@ -1,0 +1,78 @@
+"""Each role's README against the role: its tag table names exactly the tags its tasks carry (besides
+the role's own name and `always`) with tasks files that exist, every variable a README table names is
+declared (defaults or argument spec), and every default is in the argument spec with a description."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[2]
+ROLES = sorted(p for p in (ROOT / "roles").iterdir() if (p / "tasks" / "main.yml").is_file())
+
+
+def task_tags(role: Path, tasks_file: Path, seen: set[Path] | None = None) -> set[str]:
+    """Tags on the tasks of a file, its blocks and the files it imports (statically: import_tasks)."""
+    seen = seen if seen is not None else set()
+    if tasks_file in seen or not tasks_file.is_file():
+        return set()
+    seen.add(tasks_file)
+    tags: set[str] = set()
+
+    def walk(tasks: list) -> None:
+        for task in tasks or []:
+            value = task.get("tags", [])
+            tags.update([value] if isinstance(value, str) else value)
+            for key in ("block", "rescue", "always"):
+                walk(task.get(key))
+            imported = task.get("ansible.builtin.import_tasks") or task.get("import_tasks")
+            if isinstance(imported, str) and "{{" not in imported:
+                tags.update(task_tags(role, role / "tasks" / imported, seen))
+
+    walk(yaml.safe_load(tasks_file.read_text(encoding="utf-8")))
+    return tags
+
+
+def spec_options(role: Path) -> dict:
+    path = role / "meta" / "argument_specs.yml"
+    if not path.is_file():
+        return {}
+    out: dict = {}
+    for entry in yaml.safe_load(path.read_text(encoding="utf-8"))["argument_specs"].values():
+        out.update(entry.get("options") or {})
+    return out
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_the_tag_table_is_the_roles_tags(role):
+    text = (role / "README.md").read_text(encoding="utf-8")
+    rows = re.findall(r"(?m)^\| ((?:`[a-z_]+`(?: \(always(?: runs)?\))?(?:, )?)+) \| ((?:`tasks/[^`]+`(?:, )?)+) \|", text)
+    documented = {tag for tags, _ in rows for tag in re.findall(r"`([a-z_]+)`", tags)}
+    documented |= set(re.findall(r"\b[Tt]ag `([a-z_]+)`", text))  # a sub-tag named in prose
+    files = [f for _, names in rows for f in re.findall(r"`(tasks/[^`]+)`", names)]
+    assert not [f for f in files if not (role / f).is_file()], "tasks files the README names that do not exist"
+    actual = task_tags(role, role / "tasks" / "main.yml") - {"always", role.name}
+    assert documented == actual, f"README documents {sorted(documented)}, the tasks carry {sorted(actual)}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_variable_named_in_a_readme_table_is_declared(role):
+    text = (role / "README.md").read_text(encoding="utf-8")
+    defaults_path = role / "defaults" / "main.yml"
+    defaults = set(yaml.safe_load(defaults_path.read_text(encoding="utf-8")) or {}) if defaults_path.is_file() else set()
+    declared = defaults | set(spec_options(role))
+    first_cells = re.findall(r"(?m)^\| ([^|]*`[a-z][a-z0-9_]+`[^|]*) \|", text)
+    named = {m for cell in first_cells for m in re.findall(r"`([a-z][a-z0-9_]+)`", cell) if m.startswith(role.name + "_")}
+    assert named <= declared, f"named in README but declared nowhere: {sorted(named - declared)}"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_default_is_in_the_argument_spec_with_a_description(role):
+    defaults_path = role / "defaults" / "main.yml"
+    defaults = set(yaml.safe_load(defaults_path.read_text(encoding="utf-8")) or {}) if defaults_path.is_file() else set()
+    options = spec_options(role)
+    assert defaults <= set(options), f"defaults without an argument spec: {sorted(defaults - set(options))}"
+    assert not [name for name, o in options.items() if not o.get("description")], "options without a description"
