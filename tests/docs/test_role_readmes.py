@@ -36,6 +36,11 @@ def task_tags(role: Path, tasks_file: Path, seen: set[Path] | None = None) -> se
     return tags
 
 
+def role_defaults(role: Path) -> set[str]:
+    path = role / "defaults" / "main.yml"
+    return set(yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else set()
+
+
 def spec_options(role: Path) -> dict:
     path = role / "meta" / "argument_specs.yml"
     if not path.is_file():
@@ -49,7 +54,8 @@ def spec_options(role: Path) -> dict:
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_the_tag_table_is_the_roles_tags(role):
     text = (role / "README.md").read_text(encoding="utf-8")
-    rows = re.findall(r"(?m)^\| ((?:`[a-z_]+`(?: \(always(?: runs)?\))?(?:, )?)+) \| ((?:`tasks/[^`]+`(?:, )?)+) \|", text)
+    rows = re.findall(r"(?m)^\| ((?:`[a-z_]+`(?: \(always(?: runs)?\))?(?:, )?)+) \| "
+                      r"((?:`tasks/[^`]+`(?:, )?)+) \|", text)
     documented = {tag for tags, _ in rows for tag in re.findall(r"`([a-z_]+)`", tags)}
     documented |= set(re.findall(r"\b[Tt]ag `([a-z_]+)`", text))  # a sub-tag named in prose
     files = [f for _, names in rows for f in re.findall(r"`(tasks/[^`]+)`", names)]
@@ -61,18 +67,17 @@ def test_the_tag_table_is_the_roles_tags(role):
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_every_variable_named_in_a_readme_table_is_declared(role):
     text = (role / "README.md").read_text(encoding="utf-8")
-    defaults_path = role / "defaults" / "main.yml"
-    defaults = set(yaml.safe_load(defaults_path.read_text(encoding="utf-8")) or {}) if defaults_path.is_file() else set()
+    defaults = role_defaults(role)
     declared = defaults | set(spec_options(role))
     first_cells = re.findall(r"(?m)^\| ([^|]*`[a-z][a-z0-9_]+`[^|]*) \|", text)
-    named = {m for cell in first_cells for m in re.findall(r"`([a-z][a-z0-9_]+)`", cell) if m.startswith(role.name + "_")}
+    named = {m for cell in first_cells for m in re.findall(r"`([a-z][a-z0-9_]+)`", cell)
+             if m.startswith(role.name + "_")}
     assert named <= declared, f"named in README but declared nowhere: {sorted(named - declared)}"
 
 
 @pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
 def test_every_default_is_in_the_argument_spec_with_a_description(role):
-    defaults_path = role / "defaults" / "main.yml"
-    defaults = set(yaml.safe_load(defaults_path.read_text(encoding="utf-8")) or {}) if defaults_path.is_file() else set()
+    defaults = role_defaults(role)
     options = spec_options(role)
     assert defaults <= set(options), f"defaults without an argument spec: {sorted(defaults - set(options))}"
     assert not [name for name, o in options.items() if not o.get("description")], "options without a description"
