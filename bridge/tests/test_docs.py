@@ -37,6 +37,39 @@ def test_every_metric_the_code_emits_has_help_and_is_listed_and_none_is_listed_t
     assert listed - code == set(), "in the README's metrics list but never emitted"
 
 
+def _reference() -> dict:
+    import yaml
+    return yaml.safe_load((ROOT / "src" / "station_bridge" / "default-config.yml").read_text(encoding="utf-8"))
+
+
+def test_the_readmes_configuration_overview_names_every_key_of_the_reference_and_no_other():
+    """The overview in "Configuration" lists the top-level sections and each destination's and
+    subscription's keys: each must be a key of default-config.yml (itself tested against the code),
+    and each key there must be named in it."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    overview = text[text.index("## Configuration"):text.index("\n### ", text.index("## Configuration"))]
+    words = set(re.findall(r"[a-z][a-z0-9_]*", overview))
+    reference = _reference()
+    wanted = set(reference) | set(reference["destinations"][0]) | set(reference["subscriptions"][0])
+    aliases = {"url": "url", "database": "database", "retention_policy": "retention", "username": "credentials",
+               "password": "credentials", "name": "name", "endpoints": "endpoints", "mapping": "mapping"}
+    missing = {key for key in wanted if aliases.get(key, key) not in words}
+    assert not missing, f"keys of default-config.yml the README's overview does not name: {sorted(missing)}"
+    everything: set[str] = set()
+
+    def keys(node: object) -> None:
+        if isinstance(node, dict):
+            everything.update(node)
+            for value in node.values():
+                keys(value)
+        elif isinstance(node, list):
+            for value in node:
+                keys(value)
+    keys(reference)
+    named = set(re.findall(r"`([a-z][a-z0-9_]*)`", overview))
+    assert named <= everything, f"named in the overview, not a key of the reference: {sorted(named - everything)}"
+
+
 def test_every_metric_a_running_bridge_serves_is_documented(tmp_path, influxd, database, endpoint):
     from harness import BridgeProcess, quiet_ledger
 
