@@ -177,6 +177,18 @@ def test_a_ca_file_that_holds_no_certificate_is_refused(tmp_path):
         cfg.parse(base(url="https://central:8086", ca_file=str(junk)))
 
 
+def test_a_ca_file_of_another_host_is_checked_for_form_only(monkeypatch):
+    """The Ansible preflight checks a station's configuration on the controller, where the
+    station's CA bundle is not: STATION_BRIDGE_FILES_ELSEWHERE=1 checks the path's form only."""
+    remote = base(url="https://central:8086", ca_file="/etc/station-bridge/central-ca.pem")
+    with pytest.raises(cfg.ConfigError, match="does not exist"):
+        cfg.parse(remote)
+    monkeypatch.setenv(cfg.FILES_ELSEWHERE_ENV, "1")
+    assert cfg.parse(remote).destinations[0].ca_file == "/etc/station-bridge/central-ca.pem"
+    with pytest.raises(cfg.ConfigError, match="must be an absolute path"):
+        cfg.parse(base(url="https://central:8086", ca_file="central-ca.pem"))
+
+
 def test_check_config_names_a_bad_schedule_and_prints_the_new_keys(tmp_path):
     path = tmp_path / "bridge.yml"
     path.write_text(yaml.safe_dump(base(schedule=["14:00-15:00", "02:00-4:30x"])))

@@ -969,6 +969,11 @@ def _schedule(r: _Reader) -> Schedule | None:
                      "{every: 30m, for: 10m})") from None
 
 
+# A configuration checked on another host than the one it is for (the Ansible controller's
+# preflight): the files it names are not there, so they are checked for form only.
+FILES_ELSEWHERE_ENV = "STATION_BRIDGE_FILES_ELSEWHERE"
+
+
 def _ca_file(r: _Reader, url: str) -> str | None:
     """`ca_file`: a readable PEM bundle of CA certificates, for an https url."""
     path = r.get("ca_file", str, None)
@@ -976,6 +981,10 @@ def _ca_file(r: _Reader, url: str) -> str | None:
         return None
     if not url.startswith("https://"):
         raise r.fail("ca_file", f"is only used with an https:// url (url is {url!r})")
+    if os.environ.get(FILES_ELSEWHERE_ENV) == "1":
+        if not os.path.isabs(path):
+            raise r.fail("ca_file", f"{path!r} must be an absolute path")
+        return path
     if not os.path.isfile(path):
         raise r.fail("ca_file", f"{path!r} does not exist or is not a file")
     if not os.access(path, os.R_OK):
