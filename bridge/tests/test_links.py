@@ -24,6 +24,7 @@ import zmq
 from harness import BRIDGE, BridgeProcess, ledger_problems, quiet_ledger, wait_for
 
 from station_bridge import config as cfg
+from station_bridge.health import BridgeState, DestinationState, Thresholds, evaluate
 from station_bridge.journal import Chunk
 from station_bridge.schedule import DAY, Pacer, Schedule
 from station_bridge.sinks import Delivery, InfluxWriter, Retryable
@@ -140,6 +141,30 @@ def test_the_pacer_never_lets_more_than_the_rate_plus_one_request_through():
     assert delays[-1] == pytest.approx(3.6, abs=0.05)
     assert time.monotonic() - start < 0.5  # take only reserves
     assert Pacer(100, None).take(50, 10**9) == 0 and not Pacer(None, None).limited
+
+
+def central(**state) -> dict:
+    d = DestinationState(name="central", pending=5000, queue=0, journal_points=5000, journal_bytes=1 << 20,
+                         failing_s=0.0, last_error="", alive=True, oldest_pending_s=7200.0, flush_interval=1.0,
+                         journal_failed_s=None, journal_error="", free_bytes=1 << 30, reserve_bytes=1 << 20)
+    for key, value in state.items():
+        setattr(d, key, value)
+    return evaluate(BridgeState([d], []), Thresholds(destination_grace=60.0))
+
+
+def test_health_judges_a_scheduled_link_from_its_window():
+    closed = central(scheduled=True, window_age_s=None, next_window="2026-12-07T14:00:00Z")
+    assert closed["ok"] and closed["destinations"]["central"]["state"] == "pending_by_schedule"
+    assert closed["destinations"]["central"]["next_window"] == "2026-12-07T14:00:00Z"
+    opened = central(scheduled=True, window_age_s=30.0)  # two hours of backlog, 30 s into the window
+    assert opened["ok"] and opened["destinations"]["central"]["state"] == "ok"
+    behind = central(scheduled=True, window_age_s=90.0)  # still not drained after the grace
+    assert not behind["ok"] and behind["destinations"]["central"]["state"] == "degraded"
+    assert "counted from its window's start" in behind["problems"][0]["reason"]
+    always = central()  # no schedule: the same backlog is simply old
+    assert not always["ok"] and not always["destinations"]["central"]["pending_by_schedule"]
+    broken = central(scheduled=True, window_age_s=None, free_bytes=0)  # the journal rules hold at any time
+    assert not broken["ok"] and [p["part"] for p in broken["problems"]] == ["journal"]
 
 
 def base(**destination) -> dict:
@@ -346,3 +371,38 @@ def test_a_scheduled_paced_link_sends_live_first_within_the_cap_and_nothing_outs
     assert proxy.lines == total, (proxy.lines, total)  # and each sent once on the link
     assert bridge.stop() == 0
     proxy.close()
+
+
+def test_a_link_closed_for_hours_journals_everything_and_stops_at_once(tmp_path, influxd, database, endpoint,
+                                                                       zmq_context):
+    """Down until its window in an hour: the points are journaled (a partial batch too, at the
+    stop), nothing reaches the link, /healthz is 200 though they age, and SIGTERM does not wait
+    for a window (nor for shutdown_timeout)."""
+    proxy = LinkProxy(influxd.port)
+    opens = time.time() + 3600
+    pub = zmq_context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    bridge = scheduled_bridge(tmp_path, proxy, database, endpoint, [f"{clock(opens)}-{clock(opens + 600)}"])
+    bridge.config["health"]["destination_grace"] = "1s"
+    bridge.path.write_text(yaml.safe_dump(bridge.config))
+    bridge.start()
+    try:
+        wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken"), 10, "the subscriber")
+        time.sleep(0.3)
+        for i in range(BATCH * 3 + 7):
+            pub.send_multipart(tick("CLOSED", i, time.time() - 60 + i / 1000))
+        wait_for(lambda: bridge.value("bridge_journal_points", destination="central") == BATCH * 3, 5,
+                 "three batches journaled")
+        time.sleep(2.5)  # older than destination_grace + flush_interval: a closed link does not mind
+        status, doc = bridge.health()
+        assert status == 200 and doc["destinations"]["central"]["state"] == "pending_by_schedule", doc
+        assert doc["destinations"]["central"]["failing_s"] == 0
+        assert bridge.value("bridge_oldest_pending_seconds", destination="central") > 2  # the real age
+        started = time.monotonic()
+        assert bridge.stop() == 0
+        assert time.monotonic() - started < 5
+    finally:
+        pub.close(linger=0)
+        proxy.close()
+    assert len(bridge.journal_lines("central")) == BATCH * 3 + 7
+    assert proxy.total() == 0

@@ -689,8 +689,9 @@ class InfluxSink:
         elif not stopping and not len(self.journal) and not self._queued:
             self._probe_idle()
         self._drain_journal()
-        if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline):
-            return False
+        if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline
+                                              or not self.link_open()):
+            return False  # (outside its window the journal waits for the next run)
         if stopping and self.backoff.remaining() and time.monotonic() + self.backoff.remaining() > self._deadline:
             # No time left to retry: journal whatever is still in memory and stop.
             with self._cond:
