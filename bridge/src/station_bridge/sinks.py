@@ -92,6 +92,10 @@ class InfluxWriter:
         # https: the system's CAs, or the destination's own bundle (`ca_file`).
         self._tls = ssl.create_default_context(cafile=spec.ca_file) if self._https else None
         self.pacer = Pacer(spec.max_points_per_second, spec.max_bytes_per_second)
+        # What a write request adds to its body on the wire (request line, headers), for the
+        # byte budget: the path and our headers, and Host, Accept-Encoding, Content-Length.
+        self._overhead = (len(self._path) + 120 + len(self._host)
+                          + sum(len(k) + len(v) + 4 for k, v in self._headers.items()))
 
     def _new_connection(self) -> http.client.HTTPConnection:
         if self._https:
@@ -135,7 +139,7 @@ class InfluxWriter:
         lines = points if points is not None else body.count(b"\n")
         if self.spec.gzip:
             body = gzip.compress(body, compresslevel=1)
-        self.pacer.wait(lines, len(body))
+        self.pacer.wait(lines, len(body) + self._overhead)
         status, text = self._request("POST", self._path, body, self._headers)
         if status == 204:
             return 204, ""
