@@ -287,7 +287,7 @@ def test_a_scheduled_paced_link_sends_live_first_within_the_cap_and_nothing_outs
         tmp_path, influxd, database, endpoint, zmq_context):
     proxy = LinkProxy(influxd.port)
     t0 = math.ceil(time.time())
-    opens = [t0 + 7, t0 + 17, t0 + 27]
+    opens = [t0 + 9, t0 + 19, t0 + 29]  # room for a slow start, the backlog and validate before the first
     windows = [f"{clock(w)}-{clock(w + 4)}" for w in opens]  # 4 s up, 6 s down
     pub = zmq_context.socket(zmq.PUB)
     pub.bind(endpoint)

@@ -126,7 +126,6 @@ class Pacer:
         self.bytes_per_s = bytes_per_s
         self._ready = 0.0
         self._lock = threading.Lock()
-        self.waited = 0.0  # seconds spent waiting for budget (a counter)
 
     @property
     def limited(self) -> bool:
@@ -148,5 +147,4 @@ class Pacer:
         delay = self.take(points, nbytes)
         if delay > 0:
             time.sleep(delay)
-            self.waited += delay
         return delay
