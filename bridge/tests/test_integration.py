@@ -315,8 +315,8 @@ def test_self_metrics_are_written_as_points(tmp_path, influxd, database, endpoin
         ("station_bridge", name): kind for name, kind in [
             ("accepted", "integer"), ("dropped", "integer"), ("failing_s", "float"), ("healthy", "boolean"),
             ("journal_bytes", "integer"), ("journal_points", "integer"), ("oldest_pending_s", "float"),
-            ("pending", "integer"), ("received", "integer"), ("rejected", "integer"), ("started", "integer"),
-            ("written", "integer")]}
+            ("pending", "integer"), ("pending_by_schedule", "boolean"), ("received", "integer"),
+            ("rejected", "integer"), ("started", "integer"), ("written", "integer")]}
     feed = wait_for(lambda: newest("station_bridge_feed"), 10, "feed point")
     assert (feed["subscription"], feed["received"], feed["rejected"], feed["points"]) == ("kraken", 300, 0, 300)
     assert feed["connected"] in (True, False) and 0 <= feed["last_message_age_s"] < 60  # the publisher has left

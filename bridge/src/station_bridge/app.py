@@ -52,6 +52,7 @@ from .lineproto import LineError, format_line
 from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics, serve
 from .refused import make_record, topic_of
+from .schedule import utc
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
 from .sinks import InfluxSink
@@ -237,6 +238,8 @@ class Bridge:
         g("bridge_destination_failing_seconds", per_sink(lambda s: round(s.failing_seconds(), 3)))
         g("bridge_oldest_pending_seconds", per_sink(lambda s: round(s.oldest_pending_seconds(), 3)))
         g("bridge_sink_alive", per_sink(lambda s: s.alive))
+        g("bridge_destination_pending_by_schedule", lambda: {(("destination", d),): float(v["pending_by_schedule"])
+                                                             for d, v in self.health(0.1)["destinations"].items()})
         g("bridge_journal_writable", lambda: {(("destination", d),): float(v["journal_writable"])
                                               for d, v in self.health(0.1)["destinations"].items()})
         g("bridge_journal_free_bytes", lambda: {(): float(self.guard.free())})
@@ -289,7 +292,8 @@ class Bridge:
                 flush_interval=sink.spec.flush_interval, journal_failed_s=now - failed if failed else None,
                 journal_error=journal.last_error or (intake.last_error if intake is not None else ""),
                 free_bytes=free, reserve_bytes=self.guard.reserve, dead_letter_error=sink.dead.last_error,
-                dead_letter_file=sink.dead.path.name))
+                dead_letter_file=sink.dead.path.name, scheduled=sink.schedule is not None,
+                window_age_s=sink.window_age(), next_window=utc(opens) if (opens := sink.next_window()) else ""))
         subscriptions = []
         for sub in self.subscriptions:
             source = sub.source
@@ -729,7 +733,9 @@ class Bridge:
                       ("journal_bytes", f"{sink.journal.bytes}i"),
                       ("oldest_pending_s", repr(float(round(sink.oldest_pending_seconds(), 3)))),
                       ("failing_s", repr(float(round(sink.failing_seconds(), 3)))),
-                      ("started", f"{int(m.started)}i"), ("healthy", healthy)]
+                      ("started", f"{int(m.started)}i"), ("healthy", healthy),
+                      ("pending_by_schedule",
+                       "true" if health["destinations"][sink.name]["pending_by_schedule"] else "false")]
             lines.append(format_line(spec.measurement, [*base, ("destination", sink.name)], fields, now_ns))
         now = time.monotonic()
         for sub in self.subscriptions:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+import ssl
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass, field
@@ -32,6 +33,7 @@ from .paths import Path as ValuePath
 from .paths import PathError, PathSet, PathSyntaxError, compile_paths
 from .paths import parse as parse_path
 from .paths import resolve as resolve_path
+from .schedule import Schedule, ScheduleError
 from .timestamps import FORMATS
 
 FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
@@ -213,6 +215,10 @@ class DestinationSpec:
     queue_max_points: int
     max_backoff: float
     queue_max_bytes: int | None = None  # None: the destination's share of the memory budget
+    schedule: Schedule | None = None  # None: the link is always up (schedule.py)
+    max_points_per_second: int | None = None  # None: unlimited
+    max_bytes_per_second: int | None = None  # on the wire (after gzip); None: unlimited
+    ca_file: str | None = None  # CA bundle for an https url; None: the system's
 
 
 @dataclass(frozen=True)
@@ -381,6 +387,9 @@ class Config:
                 "flush_interval_s": d.flush_interval, "gzip": d.gzip, "timeout_s": d.timeout,
                 "queue_max_points": d.queue_max_points,
                 "queue_max_bytes": self.queue_max_bytes(d, budget), "max_backoff_s": d.max_backoff,
+                "schedule": d.schedule.as_config() if d.schedule is not None else None,
+                "max_points_per_second": d.max_points_per_second, "max_bytes_per_second": d.max_bytes_per_second,
+                "ca_file": d.ca_file,
                 "journal_dir": str(self.journal_dir / d.name),
                 "dead_letter_file": str(self.dead_letter_dir / f"{d.name}.jsonl"),
             } for d in self.destinations],
@@ -931,11 +940,61 @@ def _destination(r: _Reader, environ: Mapping[str, str]) -> DestinationSpec:
         queue_max_points=r.positive("queue_max_points", int, 500_000),
         max_backoff=r.duration("max_backoff", 30.0),
         queue_max_bytes=None if r.get("queue_max_bytes", (str, int), None) is None else r.size("queue_max_bytes", 0),
+        schedule=_schedule(r), max_points_per_second=r.positive("max_points_per_second", int, None),
+        max_bytes_per_second=None if r.get("max_bytes_per_second", (str, int), None) is None
+        else r.size("max_bytes_per_second", 0),
+        ca_file=_ca_file(r, url),
     )
     if spec.queue_max_bytes is not None and spec.queue_max_bytes <= 0:
         raise r.fail("queue_max_bytes", "must be positive")
+    if spec.max_bytes_per_second is not None and spec.max_bytes_per_second <= 0:
+        raise r.fail("max_bytes_per_second", "must be positive (null: unlimited)")
     r.done()
     return spec
+
+
+def _schedule(r: _Reader) -> Schedule | None:
+    """`schedule`: daily UTC windows (`["02:00-04:30", ...]`) or `{every: 30m, for: 10m}`; null: always up."""
+    value = r.get("schedule", (list, dict), None)
+    try:
+        if value is None:
+            return None
+        if isinstance(value, list):
+            return Schedule.daily(value)
+        p = _Reader(value, r.key("schedule"), r.source)
+        every, duration = p.duration("every"), p.duration("for")
+        p.done()
+        return Schedule.periodic(every, duration)
+    except ScheduleError as exc:
+        raise r.fail("schedule", f"{exc} (e.g. [\"02:00-04:30\", \"14:00-15:00\"] in UTC, or "
+                     "{every: 30m, for: 10m})") from None
+
+
+# A configuration checked on another host than the one it is for (the Ansible controller's
+# preflight): the files it names are not there, so they are checked for form only.
+FILES_ELSEWHERE_ENV = "STATION_BRIDGE_FILES_ELSEWHERE"
+
+
+def _ca_file(r: _Reader, url: str) -> str | None:
+    """`ca_file`: a readable PEM bundle of CA certificates, for an https url."""
+    path = r.get("ca_file", str, None)
+    if path is None:
+        return None
+    if not url.startswith("https://"):
+        raise r.fail("ca_file", f"is only used with an https:// url (url is {url!r})")
+    if os.environ.get(FILES_ELSEWHERE_ENV) == "1":
+        if not os.path.isabs(path):
+            raise r.fail("ca_file", f"{path!r} must be an absolute path")
+        return path
+    if not os.path.isfile(path):
+        raise r.fail("ca_file", f"{path!r} does not exist or is not a file")
+    if not os.access(path, os.R_OK):
+        raise r.fail("ca_file", f"{path!r} is not readable by this user")
+    try:
+        ssl.create_default_context(cafile=path)
+    except (ssl.SSLError, OSError, ValueError) as exc:
+        raise r.fail("ca_file", f"{path!r} holds no usable CA certificate (PEM): {exc}") from None
+    return path
 
 
 def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None = None) -> Config:

@@ -16,6 +16,12 @@ A **destination** is degraded when (thresholds in the `health` section of the co
 - its journal cannot be written: a segment write or an intake-log append failed within the
   last `destination_grace` (disk full, the reserve reached), or the free space is below
   `journal.min_free_bytes` now; or its dead-letter file cannot be written.
+A destination with a `schedule` (a link that is up in windows only) is `pending_by_schedule`
+while its window is closed: healthy, its points journaled, nothing sent; `next_window` says when
+it opens. Inside a window the rules above apply, with the age of the oldest point and the time
+failing both counted from the window's start (a backlog is not degraded because it is old). The
+journal's rules apply at any time.
+Each destination's `state`: `ok`, `pending_by_schedule` or `degraded`.
 A **subscription** is degraded when:
 - it requires a connection (`require_connection`, default: connecting ones) and has had no
   peer for longer than `subscription_grace` (a peer counts once its ZMTP handshake succeeded);
@@ -172,6 +178,13 @@ class DestinationState:
     reserve_bytes: int
     dead_letter_error: str = ""
     dead_letter_file: str = ""
+    scheduled: bool = False  # the destination has a schedule
+    window_age_s: float | None = None  # seconds since its window opened; None: closed (or no schedule)
+    next_window: str = ""  # when it opens next (UTC, ISO 8601), while closed
+
+    @property
+    def pending_by_schedule(self) -> bool:
+        return self.scheduled and self.window_age_s is None
 
 
 @dataclass
@@ -211,11 +224,16 @@ def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list
     """(whether the journal is writable, the destination's problems as (part, name, reason))."""
     problems: list[tuple[str, str, str]] = []
     max_age = t.destination_grace + d.flush_interval
-    if d.oldest_pending_s > max_age:
+    age = d.oldest_pending_s
+    if d.scheduled:
+        age = 0.0 if d.window_age_s is None else min(age, d.window_age_s)
+    if age > max_age:
         problems.append(("destination", d.name,
-                         f"oldest unacknowledged point is {d.oldest_pending_s:.0f} s old (threshold {max_age:g} s), "
+                         f"oldest unacknowledged point is {age:.0f} s old"
+                         + (" (counted from its window's start)" if d.scheduled else "")
+                         + f" (threshold {max_age:g} s), "
                          f"{d.pending} pending" + (f": {d.last_error[:200]}" if d.last_error else "")))
-    if d.failing_s > t.destination_grace:
+    if d.failing_s > t.destination_grace and not d.pending_by_schedule:
         problems.append(("destination", d.name, f"failing for {d.failing_s:.0f} s: {d.last_error[:200]}"))
     if not d.alive:
         problems.append(("sink", d.name, "writer thread is not running"))
@@ -263,7 +281,9 @@ def evaluate(state: BridgeState, t: Thresholds) -> dict[str, Any]:
     for d in state.destinations:
         writable, found = destination_problems(d, t)
         destinations[d.name] = {
-            "ok": not found, "pending": d.pending, "queue": d.queue, "journal_points": d.journal_points,
+            "ok": not found, "state": "degraded" if found else "pending_by_schedule" if d.pending_by_schedule else "ok",
+            "pending_by_schedule": d.pending_by_schedule, "next_window": d.next_window or None,
+            "pending": d.pending, "queue": d.queue, "journal_points": d.journal_points,
             "journal_bytes": d.journal_bytes, "failing": d.failing_s > 0, "failing_s": round(d.failing_s, 3),
             "last_error": d.last_error, "alive": d.alive, "journal_writable": writable,
             "oldest_pending_s": round(d.oldest_pending_s, 3),

@@ -68,6 +68,7 @@ HELP = {
     # health gauges
     "bridge_destination_failing_seconds": "Seconds since the destination's first failure without a success (0: ok).",
     "bridge_oldest_pending_seconds": "Age of the oldest point not yet written, per destination.",
+    "bridge_destination_pending_by_schedule": "1 while the destination's scheduled link is down (outside its windows).",
     "bridge_sink_alive": "1 while the destination's writer thread runs.",
     "bridge_journal_writable": "1 while the journal can be written (last write succeeded, reserve free).",
     "bridge_journal_free_bytes": "Free bytes on the journal's filesystem.",

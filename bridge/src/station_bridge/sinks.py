@@ -39,6 +39,7 @@ import logging
 import random
 import re
 import socket
+import ssl
 import threading
 import time
 import urllib.parse
@@ -50,6 +51,7 @@ from .config import DestinationSpec, HealthSpec
 from .journal import Chunk, DeadLetters, Intake, Journal
 from .lineproto import parse_line
 from .metrics import Metrics
+from .schedule import Pacer
 
 log = logging.getLogger("station_bridge.sink")
 
@@ -87,11 +89,22 @@ class InfluxWriter:
             self._headers["Content-Encoding"] = "gzip"
         self._conn: http.client.HTTPConnection | None = None
         self.requests = 0
+        # https: the system's CAs, or the destination's own bundle (`ca_file`).
+        self._tls = ssl.create_default_context(cafile=spec.ca_file) if self._https else None
+        self.pacer = Pacer(spec.max_points_per_second, spec.max_bytes_per_second)
+        # What a write request adds to its body on the wire (request line, headers), for the
+        # byte budget: the path and our headers, and Host, Accept-Encoding, Content-Length.
+        self._overhead = (len(self._path) + 120 + len(self._host)
+                          + sum(len(k) + len(v) + 4 for k, v in self._headers.items()))
+
+    def _new_connection(self) -> http.client.HTTPConnection:
+        if self._https:
+            return http.client.HTTPSConnection(self._host, self._port, timeout=self.spec.timeout, context=self._tls)
+        return http.client.HTTPConnection(self._host, self._port, timeout=self.spec.timeout)
 
     def _connection(self) -> http.client.HTTPConnection:
         if self._conn is None:
-            cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-            self._conn = cls(self._host, self._port, timeout=self.spec.timeout)
+            self._conn = self._new_connection()
         return self._conn
 
     def close(self) -> None:
@@ -120,10 +133,13 @@ class InfluxWriter:
             raise Retryable(f"{type(exc).__name__}: {exc}") from exc
         return response.status, text
 
-    def post(self, body: bytes) -> tuple[int, str]:
-        """Returns (status, InfluxDB's error text); raises Retryable on transport failures."""
+    def post(self, body: bytes, points: int | None = None) -> tuple[int, str]:
+        """Returns (status, InfluxDB's error text); raises Retryable on transport failures. Waits
+        for the destination's send budget first (max_points/bytes_per_second: the bytes sent)."""
+        lines = points if points is not None else body.count(b"\n")
         if self.spec.gzip:
             body = gzip.compress(body, compresslevel=1)
+        self.pacer.wait(lines, len(body) + self._overhead)
         status, text = self._request("POST", self._path, body, self._headers)
         if status == 204:
             return 204, ""
@@ -144,8 +160,7 @@ class InfluxWriter:
         """Results of a chunked InfluxQL query (one JSON document per chunk), on its own connection."""
         params = urllib.parse.urlencode({"db": self.spec.database, "q": query, "epoch": "ns",
                                          "chunked": "true", "chunk_size": str(chunk_size)})
-        cls = http.client.HTTPSConnection if self._https else http.client.HTTPConnection
-        conn = cls(self._host, self._port, timeout=self.spec.timeout)
+        conn = self._new_connection()
         try:
             conn.request("GET", f"{self._base}/query?{params}", headers=self._auth)
             response = conn.getresponse()
@@ -166,9 +181,9 @@ class Outcome:
     rejected: list[tuple[bytes, int, str, str]] = field(default_factory=list)  # line, status, message, reason
     unidentified: int = 0  # refused by InfluxDB but not told apart (probing was cut short)
     unidentified_message: str = ""
-    retry: Chunk | None = None  # the part not attempted (retryable failure)
+    retry: Chunk | None = None  # the part not attempted (retryable failure, or paused)
     error: str = ""
-    kind: str = ""
+    kind: str = ""  # of the failure; "paused": stopped between requests on purpose (not a failure)
 
 
 _DROPPED = re.compile(r" dropped=(\d+)\s*$")
@@ -182,10 +197,28 @@ class Delivery:
         self.writer = writer
         self.batch_size = batch_size
 
-    def deliver(self, chunk: Chunk) -> Outcome:
+    def _piece_size(self, chunk: Chunk) -> int:
+        """Points per request: batch_size, and with a send budget at most one second of it (so
+        that one request never holds the link much longer than a second, and the live stream
+        can go between two requests of a backlog)."""
+        size = self.batch_size
+        pacer = self.writer.pacer
+        if pacer.points_per_s is not None:
+            size = min(size, pacer.points_per_s)
+        if pacer.bytes_per_s is not None and len(chunk.data) > pacer.bytes_per_s:
+            size = min(size, chunk.count * pacer.bytes_per_s // len(chunk.data))
+        return max(1, size)
+
+    def deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
+        """`pause`: asked before each request; True stops there, the rest returned as `retry`
+        with kind "paused" (a closed window, live points waiting)."""
         out = Outcome()
         while chunk.count:
-            piece, rest = chunk.split(self.batch_size) if chunk.count > self.batch_size else (chunk, None)
+            if pause is not None and pause():
+                out.retry, out.kind = chunk, "paused"
+                return out
+            size = self._piece_size(chunk)
+            piece, rest = chunk.split(size) if chunk.count > size else (chunk, None)
             try:
                 self._write(piece, out)
             except Retryable as exc:
@@ -201,7 +234,7 @@ class Delivery:
     def _write(self, chunk: Chunk, out: Outcome) -> None:
         """Raises Retryable (with `remaining`: what was not stored) before anything of that
         remainder was accepted."""
-        status, message = self.writer.post(chunk.data)
+        status, message = self.writer.post(chunk.data, chunk.count)
         if status == 204:
             out.written += chunk.count
             return
@@ -408,6 +441,39 @@ class InfluxSink:
         self.last_error = ""
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
+        self.schedule = spec.schedule
+        # Live first: with a schedule or a send budget, fresh points are sent before the journal
+        # (the backlog), which drains behind them; otherwise everything goes in order.
+        self.live_first = spec.schedule is not None or self.writer.pacer.limited
+
+    # --- the schedule -------------------------------------------------------------------
+
+    def link_open(self, now: float | None = None) -> bool:
+        return self.schedule is None or self.schedule.is_open(time.time() if now is None else now)
+
+    def window_age(self, now: float | None = None) -> float | None:
+        """Seconds since the current window opened; None without a schedule or while it is
+        closed (health judges ages and failures from the window's start)."""
+        if self.schedule is None:
+            return None
+        now = time.time() if now is None else now
+        start = self.schedule.window_start(now)
+        return None if start is None else now - start
+
+    def next_window(self, now: float | None = None) -> float | None:
+        """When the link opens next (epoch seconds) while it is closed; None otherwise."""
+        now = time.time() if now is None else now
+        if self.schedule is None or self.schedule.is_open(now):
+            return None
+        return self.schedule.next_open(now)
+
+    def _live_due(self) -> bool:
+        """Fresh points wait to be sent: a full batch, or the oldest one's flush_interval is over."""
+        with self._cond:
+            if not self._queue:
+                return False
+            return (self._queued >= self.spec.batch_size
+                    or time.time() - self._queue[0].born >= self.spec.flush_interval)
 
     # --- producer side (receive thread) ---------------------------------------------
 
@@ -495,8 +561,15 @@ class InfluxSink:
         return max(0.0, time.time() - min(times)) if times else 0.0
 
     def failing_seconds(self) -> float:
+        """Seconds failing; with a schedule counted from the window's start, 0 while it is closed."""
         since = self.failing_since
-        return 0.0 if since is None else time.monotonic() - since
+        if since is None:
+            return 0.0
+        failing = time.monotonic() - since
+        if self.schedule is not None:
+            age = self.window_age()
+            return 0.0 if age is None else min(failing, age)
+        return failing
 
     def stop(self, timeout: float) -> None:
         """Flushes what it can within timeout; journals the rest."""
@@ -561,6 +634,13 @@ class InfluxSink:
                 now = time.monotonic()
                 if self._queued >= self.spec.batch_size:
                     break
+                if not self.link_open():
+                    # Outside the window: nothing is sent (no request, no probe); full batches go
+                    # to the journal, a partial one waits in memory (and the intake log).
+                    flush_at = None
+                    until = self.next_window() or time.time()
+                    self._cond.wait(max(0.005, min(1.0, until - time.time())))
+                    continue
                 if self._queued and flush_at is None:
                     flush_at = now + self.spec.flush_interval
                 if flush_at is not None and now >= flush_at:
@@ -602,7 +682,9 @@ class InfluxSink:
         stopping = self._stopping
         late = stopping and time.monotonic() > self._deadline
         if batch is not None:
-            if len(self.journal) or late:
+            live = (not len(self.journal)
+                    or (self.live_first and self.backoff.remaining() == 0))  # live first: before the backlog
+            if late or not live or not self.link_open():
                 self._to_journal(batch)
             else:
                 self._deliver_batch(batch)
@@ -611,8 +693,9 @@ class InfluxSink:
         elif not stopping and not len(self.journal) and not self._queued:
             self._probe_idle()
         self._drain_journal()
-        if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline):
-            return False
+        if stopping and not self._queued and (not len(self.journal) or time.monotonic() > self._deadline
+                                              or not self.link_open()):
+            return False  # (outside its window the journal waits for the next run)
         if stopping and self.backoff.remaining() and time.monotonic() + self.backoff.remaining() > self._deadline:
             # No time left to retry: journal whatever is still in memory and stop.
             with self._cond:
@@ -631,20 +714,28 @@ class InfluxSink:
             self._failed("ping", "no answer to /ping")
 
     def _deliver_batch(self, batch: Chunk) -> None:
-        out = self._deliver(batch)
+        out = self._deliver(batch, (lambda: not self.link_open()) if self.schedule is not None else None)
         if out.retry is not None:
             self._to_journal(out.retry)
         self._settle(batch)
 
     def _drain_journal(self) -> None:
-        while len(self.journal) and self.backoff.remaining() == 0:
+        pause = None
+        if self.live_first:
+            # Between two requests of the backlog: stop when the window closed or live points wait.
+            def pause() -> bool:
+                return not self.link_open() or self._live_due() or (
+                    self._stopping and time.monotonic() > self._deadline)
+        while len(self.journal) and self.backoff.remaining() == 0 and self.link_open():
             if self._stopping and time.monotonic() > self._deadline:
+                return
+            if pause is not None and pause():
                 return
             oldest = self.journal.oldest()
             if oldest is None:
                 return
             segment, chunk = oldest
-            out = self._deliver(chunk)
+            out = self._deliver(chunk, pause)
             done = chunk.count - (out.retry.count if out.retry is not None else 0)
             if out.retry is None:
                 self.before_delete()  # the ledger records the written points before the file goes
@@ -677,12 +768,12 @@ class InfluxSink:
                 "max_bytes": self.journal.max_bytes, "error": self.journal.last_error})
         self._settle(chunk)
 
-    def _deliver(self, chunk: Chunk) -> Outcome:
+    def _deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
         """Delivers a chunk and counts what happened; `retry` is what is left to do later."""
         started = time.monotonic()
         self._last_attempt = started
         before = self.writer.requests
-        out = self.delivery.deliver(chunk)
+        out = self.delivery.deliver(chunk, pause)
         self.metrics.inc("bridge_write_requests_total", self.writer.requests - before, **self._labels)
         if out.written:
             self.metrics.inc("bridge_written_points_total", out.written, **self._labels)
@@ -699,9 +790,9 @@ class InfluxSink:
         if out.rejected:
             log.warning("points refused by InfluxDB, dead-lettered",
                         extra={**self._labels, "points": len(out.rejected), "error": out.rejected[0][2][:300]})
-        if out.retry is not None:
+        if out.retry is not None and out.kind != "paused":
             self._failed(out.kind, out.error)
-        else:
+        elif out.retry is None or out.written:
             self._succeeded()
         return out
 

@@ -357,6 +357,15 @@ class InstanceValidation:
             problem = next((p["reason"] for p in health.get("problems") or []
                             if p.get("part") in ("destination", "sink", "journal") and p.get("name") == name), None)
             ok = not is_failing and problem is None
+            if ok and state.get("pending_by_schedule"):
+                # A scheduled link outside its window: healthy, nothing sent, points journaled.
+                self.destinations.append({"destination": name, "url": destination.url, "written": written,
+                                          "pending": int(pending), "failing_s": failing, "last_error": None,
+                                          "ok": True, "state": "pending_by_schedule",
+                                          "next_window": state.get("next_window")})
+                self.add(f"destination {name}", True, f"{name}: pending_by_schedule, next window at "
+                         f"{state.get('next_window')}, {int(pending)} points pending")
+                continue
             row = {"destination": name, "url": destination.url, "written": written, "pending": int(pending),
                    "failing_s": failing, "last_error": state.get("last_error"), "ok": ok}
             self.destinations.append(row)
