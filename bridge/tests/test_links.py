@@ -156,11 +156,20 @@ def test_health_judges_a_scheduled_link_from_its_window():
     closed = central(scheduled=True, window_age_s=None, next_window="2026-12-07T14:00:00Z")
     assert closed["ok"] and closed["destinations"]["central"]["state"] == "pending_by_schedule"
     assert closed["destinations"]["central"]["next_window"] == "2026-12-07T14:00:00Z"
-    opened = central(scheduled=True, window_age_s=30.0)  # two hours of backlog, 30 s into the window
-    assert opened["ok"] and opened["destinations"]["central"]["state"] == "ok"
-    behind = central(scheduled=True, window_age_s=90.0)  # still not drained after the grace
-    assert not behind["ok"] and behind["destinations"]["central"]["state"] == "degraded"
-    assert "counted from its window's start" in behind["problems"][0]["reason"]
+    # Two hours of backlog, 90 s into the window, written to a moment ago: catching up, healthy.
+    opened = central(scheduled=True, live_first=True, window_age_s=90.0, idle_s=0.5, oldest_live_s=1.0)
+    assert opened["ok"] and opened["destinations"]["central"]["state"] == "catching_up"
+    drained = central(scheduled=True, live_first=True, window_age_s=90.0, journal_points=0, pending=10,
+                      oldest_live_s=0.5, oldest_pending_s=0.5)
+    assert drained["ok"] and drained["destinations"]["central"]["state"] == "ok"
+    late = central(scheduled=True, live_first=True, window_age_s=90.0, idle_s=0.5, oldest_live_s=75.0)
+    assert not late["ok"] and "oldest unacknowledged point is 75 s old" in late["problems"][0]["reason"]
+    stuck = central(scheduled=True, live_first=True, window_age_s=90.0, idle_s=90.0, oldest_live_s=1.0)
+    assert not stuck["ok"] and stuck["destinations"]["central"]["state"] == "degraded"
+    assert "not draining" in stuck["problems"][0]["reason"]
+    assert "counted from its window's start" in stuck["problems"][0]["reason"]
+    paced = central(live_first=True, idle_s=2.0, oldest_live_s=1.0)  # a budget, no schedule: the same rules
+    assert paced["ok"] and paced["destinations"]["central"]["state"] == "catching_up"
     always = central()  # no schedule: the same backlog is simply old
     assert not always["ok"] and not always["destinations"]["central"]["pending_by_schedule"]
     broken = central(scheduled=True, window_age_s=None, free_bytes=0)  # the journal rules hold at any time

@@ -293,6 +293,7 @@ class Bridge:
                 journal_error=journal.last_error or (intake.last_error if intake is not None else ""),
                 free_bytes=free, reserve_bytes=self.guard.reserve, dead_letter_error=sink.dead.last_error,
                 dead_letter_file=sink.dead.path.name, scheduled=sink.schedule is not None,
+                live_first=sink.live_first, oldest_live_s=sink.oldest_live_seconds(), idle_s=sink.idle_seconds(),
                 window_age_s=sink.window_age(), next_window=utc(opens) if (opens := sink.next_window()) else ""))
         subscriptions = []
         for sub in self.subscriptions:

@@ -179,6 +179,9 @@ class DestinationState:
     dead_letter_error: str = ""
     dead_letter_file: str = ""
     scheduled: bool = False  # the destination has a schedule
+    live_first: bool = False  # a schedule or a send budget: live points first, the backlog paced behind them
+    oldest_live_s: float = 0.0  # age of the oldest point in memory (the journal's backlog left out)
+    idle_s: float = 0.0  # since the destination last acknowledged a write (from the window's start)
     window_age_s: float | None = None  # seconds since its window opened; None: closed (or no schedule)
     next_window: str = ""  # when it opens next (UTC, ISO 8601), while closed
 
@@ -225,7 +228,17 @@ def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list
     problems: list[tuple[str, str, str]] = []
     max_age = t.destination_grace + d.flush_interval
     age = d.oldest_pending_s
-    if d.scheduled:
+    if d.live_first:
+        # A paced or scheduled link catches up behind the live stream by design: it is healthy
+        # while live points go out on time and the backlog keeps draining (a write acknowledged
+        # within the grace), however old the backlog is.
+        age = 0.0 if d.pending_by_schedule else d.oldest_live_s
+        if d.journal_points and not d.pending_by_schedule and d.idle_s > max_age:
+            problems.append(("destination", d.name,
+                             f"backlog of {d.journal_points} points not draining: no write acknowledged for "
+                             f"{d.idle_s:.0f} s" + (" (counted from its window's start)" if d.scheduled else "")
+                             + f" (threshold {max_age:g} s)" + (f": {d.last_error[:200]}" if d.last_error else "")))
+    elif d.scheduled:
         age = 0.0 if d.window_age_s is None else min(age, d.window_age_s)
     if age > max_age:
         problems.append(("destination", d.name,
@@ -281,12 +294,14 @@ def evaluate(state: BridgeState, t: Thresholds) -> dict[str, Any]:
     for d in state.destinations:
         writable, found = destination_problems(d, t)
         destinations[d.name] = {
-            "ok": not found, "state": "degraded" if found else "pending_by_schedule" if d.pending_by_schedule else "ok",
+            "ok": not found,
+            "state": ("degraded" if found else "pending_by_schedule" if d.pending_by_schedule
+                      else "catching_up" if d.live_first and d.journal_points else "ok"),
             "pending_by_schedule": d.pending_by_schedule, "next_window": d.next_window or None,
             "pending": d.pending, "queue": d.queue, "journal_points": d.journal_points,
             "journal_bytes": d.journal_bytes, "failing": d.failing_s > 0, "failing_s": round(d.failing_s, 3),
             "last_error": d.last_error, "alive": d.alive, "journal_writable": writable,
-            "oldest_pending_s": round(d.oldest_pending_s, 3),
+            "oldest_pending_s": round(d.oldest_pending_s, 3), "oldest_live_s": round(d.oldest_live_s, 3),
             "max_oldest_pending_s": t.destination_grace + d.flush_interval}
         problems += [{"part": part, "name": name, "reason": reason} for part, name, reason in found]
     subscriptions = {}

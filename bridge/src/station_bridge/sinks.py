@@ -438,6 +438,7 @@ class InfluxSink:
         self._thread: threading.Thread | None = None
         self._last_attempt = time.monotonic()
         self.failing_since: float | None = None  # monotonic time of the first failure since the last success
+        self.last_success = time.monotonic()  # of the last write the destination acknowledged (or the start)
         self.last_error = ""
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
@@ -559,6 +560,21 @@ class InfluxSink:
         if journal is not None:
             times.append(journal)
         return max(0.0, time.time() - min(times)) if times else 0.0
+
+    def oldest_live_seconds(self) -> float:
+        """Age of the oldest point still in memory (queued or in flight), the journal's backlog left out."""
+        with self._cond:
+            times = [c.born for c in (self._inflight, self._queue[0] if self._queue else None) if c is not None]
+        return max(0.0, time.time() - min(times)) if times else 0.0
+
+    def idle_seconds(self) -> float:
+        """Seconds since the destination last acknowledged a write; with a schedule counted from
+        the window's start (0 while it is closed)."""
+        idle = time.monotonic() - self.last_success
+        if self.schedule is not None:
+            age = self.window_age()
+            return 0.0 if age is None else min(idle, age)
+        return idle
 
     def failing_seconds(self) -> float:
         """Seconds failing; with a schedule counted from the window's start, 0 while it is closed."""
@@ -807,6 +823,7 @@ class InfluxSink:
             log.info("destination reachable again", extra=self._labels)
         self.backoff.reset()
         self.failing_since = None
+        self.last_success = time.monotonic()
         self.last_error = ""
 
     def _failed(self, kind: str, message: str) -> None:
