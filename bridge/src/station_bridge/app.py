@@ -683,7 +683,7 @@ class Bridge:
                     newest[series] = (ts, record)
             return data
 
-        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest)
+        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES)
         if burst.errno:
             self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
             if self.rate_log.allow("receive_errno"):
