@@ -270,7 +270,8 @@ class Bridge:
             return cached[1]
         h = self.config.health
         state = evaluate(self.snapshot(), Thresholds(h.destination_grace, h.subscription_grace,
-                                                     h.max_rejected_share, h.rejection_min_messages))
+                                                     h.max_rejected_share, h.rejection_min_messages,
+                                                     h.max_refused_share))
         self._health = (time.monotonic(), state)
         return state
 
@@ -282,6 +283,7 @@ class Bridge:
         for sink in self.sinks:
             journal, intake = sink.journal, sink.intake
             failed = max(journal.failed_at, intake.failed_at if intake is not None else 0.0)
+            window_points, window_refused, window_examples = sink.recent.totals()
             destinations.append(DestinationState(
                 name=sink.name, pending=sink.pending, queue=sink.queued, journal_points=journal.points,
                 journal_bytes=journal.bytes, failing_s=sink.failing_seconds(), last_error=sink.last_error,
@@ -289,7 +291,8 @@ class Bridge:
                 flush_interval=sink.spec.flush_interval, journal_failed_s=now - failed if failed else None,
                 journal_error=journal.last_error or (intake.last_error if intake is not None else ""),
                 free_bytes=free, reserve_bytes=self.guard.reserve, dead_letter_error=sink.dead.last_error,
-                dead_letter_file=sink.dead.path.name))
+                dead_letter_file=sink.dead.path.name, window_points=window_points,
+                window_refused=window_refused, window_examples=window_examples))
         subscriptions = []
         for sub in self.subscriptions:
             source = sub.source

@@ -47,6 +47,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .config import DestinationSpec, HealthSpec
+from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters, Intake, Journal
 from .lineproto import parse_line
 from .metrics import Metrics
@@ -172,6 +173,18 @@ class Outcome:
 
 
 _DROPPED = re.compile(r" dropped=(\d+)\s*$")
+# InfluxDB's refusals for a limit of the database, told apart (their points are dropped with this reason).
+_LIMITS = (("max-series-per-database limit exceeded", "max_series"),
+           ("max-values-per-tag limit exceeded", "max_values_per_tag"))
+
+
+def refusal_reason(message: str) -> str:
+    """The dropped reason of points InfluxDB refused with `message`: a database limit by name,
+    else `rejected` (a line it cannot parse, a type conflict, beyond retention, ...)."""
+    for text, reason in _LIMITS:
+        if text in message:
+            return reason
+    return "rejected"
 _PARSE_PREFIX = "unable to parse '"
 
 
@@ -235,7 +248,7 @@ class Delivery:
             if not refused and len(lines) == 1:
                 refused = {0}
             for i in sorted(refused):
-                out.rejected.append((lines[i], status, message, "rejected"))
+                out.rejected.append((lines[i], status, message, refusal_reason(message)))
             if refused and len(refused) < len(lines):
                 rest = [line for i, line in enumerate(lines) if i not in refused]
                 self._write(Chunk.of_bytes(rest), out)
@@ -254,7 +267,7 @@ class Delivery:
                 out.unidentified += unknown
                 out.unidentified_message = message
         for i in sorted(refused):
-            out.rejected.append((lines[i], status, message, "rejected"))
+            out.rejected.append((lines[i], status, message, refusal_reason(message)))
         out.written += len(lines) - len(refused) - unknown
 
     def _identify(self, lines: list[bytes], message: str) -> tuple[set[int], set[int]]:
@@ -388,6 +401,8 @@ class InfluxSink:
         self.dead = dead
         self.metrics = metrics
         self.health = health or HealthSpec()
+        # What InfluxDB answered for lately (written, refused by reason): the health model's refused share.
+        self.recent = RecentOutcomes(self.health.rejection_window)
         self.before_delete = before_delete or (lambda: None)
         if intake is not None:
             intake.before_delete = self.before_delete
@@ -692,10 +707,19 @@ class InfluxSink:
             self.metrics.inc("bridge_dropped_points_total", 1, **self._labels, reason=reason)
             self._dead_letter(line=line.decode("utf-8", "replace"), status=status, error=message[:2000],
                               reason=reason)
+        refused: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for _line, _status, message, reason in out.rejected:
+            refused[reason] = refused.get(reason, 0) + 1
+            examples[reason] = message
         if out.unidentified:
-            self.metrics.inc("bridge_dropped_points_total", out.unidentified, **self._labels, reason="rejected")
+            reason = refusal_reason(out.unidentified_message)
+            refused[reason] = refused.get(reason, 0) + out.unidentified
+            examples[reason] = out.unidentified_message
+            self.metrics.inc("bridge_dropped_points_total", out.unidentified, **self._labels, reason=reason)
             self._dead_letter(unidentified_points=out.unidentified, error=out.unidentified_message[:2000],
-                              reason="rejected")
+                              reason=reason)
+        self.recent.add(out.written + sum(refused.values()), refused, {r: m[:300] for r, m in examples.items()})
         if out.rejected:
             log.warning("points refused by InfluxDB, dead-lettered",
                         extra={**self._labels, "points": len(out.rejected), "error": out.rejected[0][2][:300]})
