@@ -56,6 +56,7 @@ from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
 from .sinks import InfluxSink
 from .sources import BURST, BURST_BYTES, Source, close_all, receive
+from .window import RESCAN_MAX_BYTES, WindowStore
 
 log = logging.getLogger("station_bridge")
 
@@ -199,6 +200,10 @@ class Bridge:
         # and the ledger's spare allocated while the disk may still have room.
         self.ledger.save(sync=True)
         self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
+        # The window survives restarts (window.py): saved with the ledger, read back with the disk's points.
+        self.window = WindowStore(config.journal_dir / "uniqueness.bin", self.unique, self.metrics)
+        self.window.load(p for sink in self.sinks for p in sink.journal.newest_payloads(RESCAN_MAX_BYTES))
+        self.ledger.before_save = self.window.save
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
         self.context = zmq.Context()
         self.subscriptions = [Subscription(s, config, self.context, self.unique) for s in config.subscriptions]
@@ -259,6 +264,7 @@ class Bridge:
         g("bridge_uniqueness_nudged_total", lambda: {(): float(self.unique.nudged)})
         g("bridge_uniqueness_unchecked_total", lambda: {(): float(self.unique.unchecked)})
         g("bridge_uniqueness_evicted_total", lambda: {(): float(self.unique.evicted)})
+        g("bridge_uniqueness_restored_series", lambda: {(): float(self.window.restored_series)})
         if self.cache is not None:
             g("bridge_cache_queue", lambda: {(): float(self.cache.queued)})  # type: ignore[union-attr]
 

@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .journal import DamageTally, disk_reason, durable_write
@@ -56,6 +57,7 @@ class Ledger:
         self.last_error = ""
         self.previous: dict | None = None
         self.seq = 0
+        self.before_save: Callable[[bool], None] | None = None  # state saved with every ledger write (window.py)
         try:
             self._spare_bytes = self.spare.stat().st_size
         except OSError:
@@ -105,6 +107,8 @@ class Ledger:
 
     def save(self, clean: bool = False, sync: bool = False) -> bool:
         with self._lock:
+            if self.before_save is not None:
+                self.before_save(sync)
             self.seq += 1
             data = {"version": VERSION, "seq": self.seq, "saved": time.time(), "pid": os.getpid(), "clean": clean,
                     "counters": self.metrics.snapshot()}

@@ -41,6 +41,9 @@ HELP = {
     "bridge_uniqueness_nudged_total": "Points moved to the next free nanosecond of their series.",
     "bridge_uniqueness_unchecked_total": "Points older than their series' uniqueness window (not checked).",
     "bridge_uniqueness_evicted_total": "Series forgotten by the uniqueness window (least recently used).",
+    "bridge_uniqueness_save_errors_total": "Failed writes of the uniqueness window file (uniqueness.bin).",
+    "bridge_uniqueness_restore_errors_total": "Uniqueness window files found unreadable at start (ignored).",
+    "bridge_uniqueness_restored_series": "Series whose uniqueness window was read back from uniqueness.bin at start.",
     # per destination: accepted == written + sum(dropped) + pending
     "bridge_accepted_points_total": "Points a destination accepted (queued, logged), including recovered ones.",
     "bridge_recovered_points_total": "Points found on disk at start beyond what the ledger had pending.",
