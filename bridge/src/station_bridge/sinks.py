@@ -3,8 +3,9 @@
 `InfluxWriter` is the one InfluxDB client (writes, /ping, queries for `export`); `Delivery` is the
 one write path (the writer thread here and `station-bridge replay` use it):
 - a batch of up to `batch_size` lines is POSTed; 204: written;
-- connection errors, timeouts, 5xx, 401/403/404/408/429 are retryable: the caller journals
-  what was not attempted and retries with backoff; nothing already accepted is sent again;
+- connection errors, timeouts and every status but 204, 400 and 413 (5xx, 401/403/404/408/429,
+  a redirect, a 200 from something that is not InfluxDB's /write) are retryable: the caller
+  journals what was not attempted and retries with backoff; nothing already accepted is sent again;
 - 400 `partial write: ... dropped=N` means InfluxDB stored every other line: the refused lines
   are told apart from the message where it names them (`unable to parse '<line>'`, `field type
   conflict: input field "f" on measurement "m" is type T` (every line with that field and type),
@@ -54,7 +55,9 @@ from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.sink")
 
-RETRYABLE_STATUS = {401, 403, 404, 408, 429}
+# The only answers that refuse points: 400 (bad lines, partial writes, limits) and 413 (too large:
+# split). 204 is written; every other status is retryable (see Delivery._write).
+REFUSAL_STATUS = {400, 413}
 TAKE_MAX_BYTES = 8 << 20  # a batch taken from the queue (each copy of it: joined, split, journaled)
 
 
@@ -119,6 +122,9 @@ class InfluxWriter:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if 300 <= response.status < 400:
+            text = (f"HTTP {response.status} redirect to {response.getheader('Location')!r}: not followed "
+                    "(a POST is not re-sent elsewhere): set the destination's url to the final address")
         return response.status, text
 
     def post(self, body: bytes) -> tuple[int, str]:
@@ -218,8 +224,10 @@ class Delivery:
         if status == 204:
             out.written += chunk.count
             return
-        if status >= 500 or status in RETRYABLE_STATUS:
-            raise Retryable(message[:500], f"http_{status}", chunk)
+        if status not in REFUSAL_STATUS:
+            # Not an answer of InfluxDB's /write about these points (5xx, auth, a redirect, a 200
+            # from something that is not InfluxDB, ...): kept and retried, never dropped.
+            raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}", chunk)
         if status == 413 or (status == 400 and "entity too large" in message.lower()):
             if chunk.count == 1:
                 out.rejected.append((chunk.data.rstrip(b"\n"), status, message, "too_large"))
@@ -346,7 +354,7 @@ class Delivery:
             return set(), False
         if status == 204:
             return set(), True
-        if status >= 500 or status in RETRYABLE_STATUS or status == 413:
+        if status not in REFUSAL_STATUS or status == 413:
             return set(), False
         parsed, named = self._identify(part, message)
         here = parsed | named
