@@ -1,0 +1,104 @@
+"""Answers of a destination that are not InfluxDB's own refusals (a redirect, a 200 with a garbage
+or empty body, a 5xx for one poison line): real bridge process, real influxd behind a real HTTP
+front that answers as told."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+import pytest
+from harness import BridgeProcess, quiet_ledger, wait_for
+
+from station_bridge.demo import publish
+from station_bridge.metrics import total, value
+
+
+class Front:
+    """Forwards to influxd unless `mode` says otherwise; `mode` can change while running."""
+
+    def __init__(self, upstream: str) -> None:
+        self.mode = "forward"
+        self.upstream = upstream
+        self.posts = 0
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, data: bytes = b"", headers: tuple = ()) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _forward(self, method: str, body: bytes | None) -> None:
+                host, port = front.upstream.split("//")[1].split(":")
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                conn.request(method, self.path, body=body)
+                response = conn.getresponse()
+                data = response.read()
+                conn.close()
+                self._send(response.status, data)
+
+            def do_GET(self) -> None:
+                self._forward("GET", None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                front.posts += 1
+                mode = front.mode
+                if mode == "redirect":
+                    self._send(307, b"", (("Location", front.upstream + self.path),))
+                elif mode == "garbage200":
+                    self._send(200, b"\x00\xffnot influxdb")
+                elif mode == "empty200":
+                    self._send(200)
+                elif mode == "poison" and b"POISON" in body:
+                    self._send(500, b'{"error":"internal error"}')
+                else:
+                    self._forward("POST", body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+
+
+@pytest.fixture()
+def front(own_influxd) -> Iterator[Front]:
+    f = Front(own_influxd.url)
+    yield f
+    f.server.shutdown()
+    f.server.server_close()
+
+
+@pytest.mark.parametrize("mode", ["redirect", "garbage200", "empty200"])
+def test_an_answer_that_is_not_a_refusal_keeps_the_points_and_fails_visibly(tmp_path, own_influxd, front, endpoint,
+                                                                             mode):
+    """A 307 (not followed: a POST is not re-sent elsewhere) or a 200 from something that is not
+    InfluxDB's /write: the points are kept (pending, retried), the destination is failing, and
+    once the real server answers again every point lands. They were bisected line by line and
+    dropped as `rejected` (InfluxDB never refused them)."""
+    front.mode = mode
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination={"url": front.url}).start()
+    sent = publish(endpoint, "kraken_tick", 200, rate=0, duration=20)
+    wait_for(lambda: bridge.health()[0] == 503, 15, "the destination failing")
+    samples = bridge.samples()
+    assert total(samples, "bridge_dropped_points_total", destination="local") == 0
+    assert value(samples, "bridge_pending_points", destination="local") == sent
+    assert value(samples, "bridge_write_errors_total", destination="local",
+                 kind="http_307" if mode == "redirect" else "http_200") > 0
+    assert front.posts < 20  # retried with backoff, not bisected
+    front.mode = "forward"
+    samples = quiet_ledger(bridge)
+    assert own_influxd.count("tick", "ticks") == sent
+    assert value(samples, "bridge_written_points_total", destination="local") == sent
+    assert bridge.stop() == 0
