@@ -102,3 +102,42 @@ def test_an_answer_that_is_not_a_refusal_keeps_the_points_and_fails_visibly(tmp_
     assert own_influxd.count("tick", "ticks") == sent
     assert value(samples, "bridge_written_points_total", destination="local") == sent
     assert bridge.stop() == 0
+
+
+def test_a_poison_line_that_gets_500_forever_is_isolated_and_stops_blocking_the_rest(tmp_path, own_influxd, front,
+                                                                                       endpoint):
+    """One instrument's points make the server answer 500 whatever happens (a poison line): the
+    journal is delivered in order, so without isolation nothing after it would ever land. After
+    POISON_AFTER failed attempts the batch is split: the poison lines (500 alone, again and again,
+    while the rest is stored) are dropped `poison` and dead-lettered, everything else lands."""
+    front.mode = "poison"
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint,
+                           destination={"url": front.url, "batch_size": 20, "max_backoff": "1s"}).start()
+    sent = publish(endpoint, "kraken_tick", 90, rate=0, duration=20, instruments=["A", "POISON", "B"])
+    samples = quiet_ledger(bridge, timeout=60)
+    poison = value(samples, "bridge_dropped_points_total", destination="local", reason="poison")
+    written = value(samples, "bridge_written_points_total", destination="local")
+    assert poison == sent // 3 and written == sent - poison
+    assert total(samples, "bridge_dropped_points_total", destination="local") == poison
+    assert own_influxd.count("tick", "ticks") == written
+    dead = (tmp_path / "dead" / "local.jsonl").read_text()
+    assert dead.count('"reason": "poison"') == poison and "POISON" in dead
+    assert bridge.stop() == 0
+
+
+def test_a_server_that_fails_everything_with_500_is_not_poison(tmp_path, own_influxd, front, endpoint):
+    """Every line gets 500 (the server is broken, not a line): isolation gives up within its budget,
+    nothing is dropped, the points wait and land once the server works again."""
+    front.mode = "poison"
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint,
+                           destination={"url": front.url, "batch_size": 20, "max_backoff": "1s"}).start()
+    sent = publish(endpoint, "kraken_tick", 60, rate=0, duration=20, instruments=["POISON"])
+    wait_for(lambda: front.posts > 40, 30, "isolation attempts")
+    samples = bridge.samples()
+    assert total(samples, "bridge_dropped_points_total", destination="local") == 0
+    assert value(samples, "bridge_pending_points", destination="local") == sent
+    front.mode = "forward"
+    samples = quiet_ledger(bridge, timeout=30)
+    assert value(samples, "bridge_written_points_total", destination="local") == sent
+    assert own_influxd.count("tick", "ticks") == sent
+    assert bridge.stop() == 0

@@ -58,6 +58,12 @@ log = logging.getLogger("station_bridge.sink")
 # The only answers that refuse points: 400 (bad lines, partial writes, limits) and 413 (too large:
 # split). 204 is written; every other status is retryable (see Delivery._write).
 REFUSAL_STATUS = {400, 413}
+# A batch that keeps getting 5xx (POISON_AFTER failed attempts in a row) is split to find lines the
+# server fails alone while it stores the rest (InfluxSink, Delivery._isolate).
+POISON_AFTER = 5
+POISON_CONFIRM = 3  # a suspect line is sent alone this many more times before it is refused `poison`
+ISOLATE_BUDGET = 12  # requests without anything stored: the server fails everything, not a line
+POISON_STICKY_S = 60.0  # after poison was found, a 5xx isolates at once for this long
 TAKE_MAX_BYTES = 8 << 20  # a batch taken from the queue (each copy of it: joined, split, journaled)
 
 
@@ -201,12 +207,20 @@ class Delivery:
         self.writer = writer
         self.batch_size = batch_size
 
-    def deliver(self, chunk: Chunk) -> Outcome:
+    def deliver(self, chunk: Chunk, isolate: bool = False) -> Outcome:
+        """`isolate`: a batch that gets a 5xx is split to find the lines the server fails on their
+        own while it stores the others (`_isolate`)."""
         out = Outcome()
         while chunk.count:
             piece, rest = chunk.split(self.batch_size) if chunk.count > self.batch_size else (chunk, None)
             try:
-                self._write(piece, out)
+                try:
+                    self._write(piece, out)
+                except Retryable as exc:
+                    if not (isolate and exc.kind.startswith("http_5") and exc.remaining is not None
+                            and exc.remaining.count):
+                        raise
+                    self._isolate(exc.remaining, out, str(exc))
             except Retryable as exc:
                 remaining = exc.remaining if exc.remaining is not None else piece
                 out.retry = Chunk.join([remaining, rest]) if rest is not None and rest.count else remaining
@@ -235,6 +249,66 @@ class Delivery:
             self._halves(chunk, out)
             return
         self._resolve(chunk, status, message, out)
+
+    def _isolate(self, chunk: Chunk, out: Outcome, error: str) -> None:
+        """Nothing of `chunk` was stored and the server answered 5xx: its parts are sent
+        separately, halving those that fail, down to single lines. Lines that fail alone while
+        others are stored, and fail again alone POISON_CONFIRM times, are refused `poison` (the
+        server cannot take them: they would block every later point forever); when nothing is
+        stored within ISOLATE_BUDGET requests the server fails everything: Retryable, no loss."""
+        pending: list[list[bytes]] = [chunk.lines()]
+        suspects: list[bytes] = []
+        written_before = out.written
+        requests = 0
+
+        def rest() -> Chunk:
+            return Chunk.of_bytes([line for part in pending for line in part] + suspects)
+
+        while pending:
+            if out.written == written_before and requests >= ISOLATE_BUDGET:
+                raise Retryable(error, "http_5xx", rest())
+            part = pending[0]
+            requests += 1
+            try:
+                status, message = self.writer.post(b"".join(line + b"\n" for line in part))
+            except Retryable as exc:
+                exc.remaining = rest()
+                raise
+            if status == 204:
+                out.written += len(part)
+                pending.pop(0)
+            elif status >= 500:
+                pending.pop(0)
+                if len(part) == 1:
+                    suspects.append(part[0])
+                else:
+                    middle = len(part) // 2
+                    pending[:0] = [part[:middle], part[middle:]]
+                error = f"HTTP {status}: {message[:500]}"
+            else:  # any other answer: the usual path, for this part
+                pending.pop(0)
+                try:
+                    self._write(Chunk.of_bytes(part), out)
+                except Retryable as exc:
+                    exc.remaining = Chunk.join([exc.remaining or Chunk.of_bytes(part), rest()])
+                    raise
+        if suspects and out.written == written_before:
+            raise Retryable(error, "http_5xx", Chunk.of_bytes(suspects))
+        for k, line in enumerate(suspects):
+            for _ in range(POISON_CONFIRM):
+                try:
+                    status, message = self.writer.post(line + b"\n")
+                except Retryable as exc:
+                    exc.remaining = Chunk.of_bytes(suspects[k:])
+                    raise
+                if status < 500:
+                    break
+            if status == 204:
+                out.written += 1
+            elif status >= 500:
+                out.rejected.append((line, status, message, "poison"))
+            else:
+                self._write(Chunk.of_bytes([line]), out)
 
     def _halves(self, chunk: Chunk, out: Outcome) -> None:
         """Nothing of `chunk` was stored: deliver its halves separately."""
@@ -429,6 +503,8 @@ class InfluxSink:
         self._last_attempt = time.monotonic()
         self.failing_since: float | None = None  # monotonic time of the first failure since the last success
         self.last_error = ""
+        self._last_kind = ""  # of the last failure (a run of 5xx starts the poison isolation)
+        self._poison_at = -float("inf")  # monotonic time poison lines were last found
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
 
@@ -705,7 +781,13 @@ class InfluxSink:
         started = time.monotonic()
         self._last_attempt = started
         before = self.writer.requests
-        out = self.delivery.deliver(chunk)
+        # Isolation after a run of 5xx, and at the first 5xx while poison was found lately (a feed
+        # that keeps sending poison would otherwise wait out POISON_AFTER backoffs per batch).
+        isolate = ((self.backoff.failures >= POISON_AFTER and self._last_kind.startswith("http_5"))
+                   or time.monotonic() - self._poison_at < POISON_STICKY_S)
+        out = self.delivery.deliver(chunk, isolate=isolate)
+        if any(reason == "poison" for *_, reason in out.rejected):
+            self._poison_at = time.monotonic()
         self.metrics.inc("bridge_write_requests_total", self.writer.requests - before, **self._labels)
         if out.written:
             self.metrics.inc("bridge_written_points_total", out.written, **self._labels)
@@ -751,6 +833,7 @@ class InfluxSink:
         self.last_error = ""
 
     def _failed(self, kind: str, message: str) -> None:
+        self._last_kind = kind
         self.metrics.inc("bridge_write_errors_total", 1, **self._labels, kind=kind)
         if self.failing_since is None:
             self.failing_since = time.monotonic()
