@@ -70,6 +70,7 @@ HELP = {
     "bridge_cache_errors_total": "Failed Redis cache updates.",
     "bridge_cache_updates_total": "Series updated in the Redis cache.",
     "bridge_cache_dropped_total": "Cache updates dropped because the cache queue was full (Redis slow or hung).",
+    "bridge_ledger_resets_total": "Ledger files found unreadable at start (kept aside): counters restarted from zero.",
     "bridge_http_refused_total": "HTTP connections closed because max_connections were open (the oldest goes).",
     "bridge_http_timeouts_total": "HTTP connections closed because no whole request came within http.timeout.",
     # health gauges
