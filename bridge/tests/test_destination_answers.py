@@ -5,7 +5,9 @@ front that answers as told."""
 from __future__ import annotations
 
 import http.client
+import subprocess
 import threading
+import time
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
@@ -58,6 +60,11 @@ class Front:
                     self._send(200, b"\x00\xffnot influxdb")
                 elif mode == "empty200":
                     self._send(200)
+                elif mode == "down":
+                    self._send(503, b'{"error":"down"}')
+                elif mode == "slow":
+                    time.sleep(0.3)
+                    self._forward("POST", body)
                 elif mode == "poison" and b"POISON" in body:
                     self._send(500, b'{"error":"internal error"}')
                 else:
@@ -140,4 +147,31 @@ def test_a_server_that_fails_everything_with_500_is_not_poison(tmp_path, own_inf
     samples = quiet_ledger(bridge, timeout=30)
     assert value(samples, "bridge_written_points_total", destination="local") == sent
     assert own_influxd.count("tick", "ticks") == sent
+    assert bridge.stop() == 0
+
+
+def test_a_journal_that_refuses_writes_does_not_drop_what_an_up_destination_can_take(tmp_path, own_influxd, front,
+                                                                                      endpoint):
+    """The journal directory turns unwritable mid-run (`chattr +i`: EPERM even for root, as a
+    read-only remount or lost permissions) while older points wait in it and the destination is
+    back (slow: it drains for seconds). New batches went to the journal behind the old ones,
+    were refused and dropped `journal_error` although the destination could take them; now they
+    are delivered at once (out of order) and nothing is dropped."""
+    front.mode = "down"
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint,
+                           destination={"url": front.url, "batch_size": 50, "max_backoff": "1s"}).start()
+    first = publish(endpoint, "kraken_tick", 600, rate=0, duration=20)
+    wait_for(lambda: bridge.value("bridge_journaled_points_total", destination="local") == first, 15,
+             "everything journaled")
+    directory = tmp_path / "journal" / "local"
+    subprocess.run(["chattr", "+i", str(directory)], check=True)
+    try:
+        front.mode = "slow"  # back, 0.3 s per request: the journal takes seconds to drain
+        later = publish(endpoint, "kraken_tick", 400, rate=200, duration=20, start_seq=first)
+        samples = quiet_ledger(bridge, timeout=60)
+    finally:
+        subprocess.run(["chattr", "-i", str(directory)], check=True)
+    assert total(samples, "bridge_dropped_points_total", destination="local") == 0
+    assert value(samples, "bridge_written_points_total", destination="local") == first + later
+    assert own_influxd.count("tick", "ticks") == first + later
     assert bridge.stop() == 0

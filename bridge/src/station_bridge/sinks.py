@@ -19,9 +19,12 @@ one write path (the writer thread here and `station-bridge replay` use it):
   flush_interval after the first line);
 - while the journal is empty, delivers a batch; a retryable failure journals the rest and starts
   exponential backoff with jitter; later batches go to the journal while it is not empty, so
-  delivery order is kept; the journal is replayed oldest first (verified records only: a segment
-  that cannot be read or no longer verifies is set aside, its points counted dropped with reason
-  `journal_error` or `damaged`, and the next one delivered);
+  delivery order is kept, except while the journal refuses writes (full, its cap, read-only):
+  then a batch is delivered at once when the destination is not backing off (out of order
+  rather than dropped behind the journal, JOURNAL_BYPASS_S); the journal is replayed oldest
+  first (verified records only: a segment that cannot be read or no longer verifies is set
+  aside, its points counted dropped with reason `journal_error` or `damaged`, and the next one
+  delivered);
 - every failure of its own is contained: a journal write that fails (disk full, the reserve
   reached) is a counted drop, an unexpected exception is counted and logged and the loop goes on;
   a thread that dies anyway is restarted by the bridge (`ensure_alive`) and counted.
@@ -64,6 +67,10 @@ POISON_AFTER = 5
 POISON_CONFIRM = 3  # a suspect line is sent alone this many more times before it is refused `poison`
 ISOLATE_BUDGET = 12  # requests without anything stored: the server fails everything, not a line
 POISON_STICKY_S = 60.0  # after poison was found, a 5xx isolates at once for this long
+# While the journal refuses writes (full, its cap, read-only, permissions), a batch is delivered
+# at once even though older points wait in the journal: out of order, rather than dropped behind
+# them while the destination is up. Only what the destination also fails goes to the journal.
+JOURNAL_BYPASS_S = 5.0
 TAKE_MAX_BYTES = 8 << 20  # a batch taken from the queue (each copy of it: joined, split, journaled)
 
 
@@ -505,6 +512,7 @@ class InfluxSink:
         self.last_error = ""
         self._last_kind = ""  # of the last failure (a run of 5xx starts the poison isolation)
         self._poison_at = -float("inf")  # monotonic time poison lines were last found
+        self._journal_refused_at = -float("inf")  # monotonic time the journal last refused a batch
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
 
@@ -701,7 +709,9 @@ class InfluxSink:
         stopping = self._stopping
         late = stopping and time.monotonic() > self._deadline
         if batch is not None:
-            if len(self.journal) or late:
+            bypass = (not late and time.monotonic() - self._journal_refused_at < JOURNAL_BYPASS_S
+                      and self.backoff.remaining() == 0)
+            if (len(self.journal) and not bypass) or late:
                 self._to_journal(batch)
             else:
                 self._deliver_batch(batch)
@@ -766,15 +776,26 @@ class InfluxSink:
         self.before_delete()
 
     def _to_journal(self, chunk: Chunk) -> None:
+        original = chunk
         reason = self.journal.append(chunk)
+        if reason is not None:
+            self._journal_refused_at = time.monotonic()
+            if (threading.current_thread() is self._thread and not self._stopping
+                    and self.backoff.remaining() == 0 and chunk.count):
+                # The journal refuses it and the destination is not backing off: delivered now
+                # (out of order) rather than dropped; only what the destination fails too is.
+                out = self._deliver(chunk)
+                chunk = out.retry if out.retry is not None else Chunk(b"", 0)
+                reason = self.journal.append(chunk) if chunk.count else None
         if reason is None:
-            self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
+            if chunk.count:
+                self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
         else:
             self.metrics.inc("bridge_dropped_points_total", chunk.count, **self._labels, reason=reason)
             log.error("journal write refused: points dropped", extra={
                 **self._labels, "reason": reason, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
                 "max_bytes": self.journal.max_bytes, "error": self.journal.last_error})
-        self._settle(chunk)
+        self._settle(original)
 
     def _deliver(self, chunk: Chunk) -> Outcome:
         """Delivers a chunk and counts what happened; `retry` is what is left to do later."""
