@@ -197,6 +197,16 @@ _LIMITS = (("max-series-per-database limit exceeded", "max_series"),
            ("max-values-per-tag limit exceeded", "max_values_per_tag"))
 
 
+# 500s that tell of the server's state, not of the lines: never taken for poison.
+_TRANSIENT = ("timeout", "cache-max-memory-size", "max-concurrent", "too many", "hinted handoff", "shutting down",
+              "unavailable", "overloaded")
+
+
+def _transient(message: str) -> bool:
+    lowered = message.lower()
+    return any(text in lowered for text in _TRANSIENT)
+
+
 def refusal_reason(message: str) -> str:
     """The dropped reason of points InfluxDB refused with `message`: a database limit by name,
     else `rejected` (a line it cannot parse, a type conflict, beyond retention, ...)."""
@@ -224,8 +234,8 @@ class Delivery:
                 try:
                     self._write(piece, out)
                 except Retryable as exc:
-                    if not (isolate and exc.kind.startswith("http_5") and exc.remaining is not None
-                            and exc.remaining.count):
+                    if not (isolate and exc.kind == "http_500" and not _transient(str(exc))
+                            and exc.remaining is not None and exc.remaining.count):
                         raise
                     self._isolate(exc.remaining, out, str(exc))
             except Retryable as exc:
@@ -284,7 +294,7 @@ class Delivery:
             if status == 204:
                 out.written += len(part)
                 pending.pop(0)
-            elif status >= 500:
+            elif status == 500 and not _transient(message):
                 pending.pop(0)
                 if len(part) == 1:
                     suspects.append(part[0])
@@ -292,6 +302,8 @@ class Delivery:
                     middle = len(part) // 2
                     pending[:0] = [part[:middle], part[middle:]]
                 error = f"HTTP {status}: {message[:500]}"
+            elif status >= 500:  # unavailable, a gateway, overloaded: not about these lines
+                raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}", rest())
             else:  # any other answer: the usual path, for this part
                 pending.pop(0)
                 try:
@@ -301,21 +313,34 @@ class Delivery:
                     raise
         if suspects and out.written == written_before:
             raise Retryable(error, "http_5xx", Chunk.of_bytes(suspects))
-        for k, line in enumerate(suspects):
-            for _ in range(POISON_CONFIRM):
+        message = error
+        for attempt in range(POISON_CONFIRM):
+            time.sleep(0.1 * (attempt + 1))  # each round later than the first failures
+            still: list[bytes] = []
+            for k, line in enumerate(suspects):
                 try:
                     status, message = self.writer.post(line + b"\n")
                 except Retryable as exc:
-                    exc.remaining = Chunk.of_bytes(suspects[k:])
+                    exc.remaining = Chunk.of_bytes(still + suspects[k:])
                     raise
-                if status < 500:
-                    break
-            if status == 204:
-                out.written += 1
-            elif status >= 500:
-                out.rejected.append((line, status, message, "poison"))
-            else:
-                self._write(Chunk.of_bytes([line]), out)
+                if status == 204:
+                    out.written += 1
+                elif status == 500 and not _transient(message):
+                    still.append(line)
+                elif status >= 500:
+                    raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}",
+                                    Chunk.of_bytes(still + suspects[k:]))
+                else:
+                    try:
+                        self._write(Chunk.of_bytes([line]), out)
+                    except Retryable as exc:
+                        exc.remaining = Chunk.of_bytes(still + suspects[k:])
+                        raise
+            suspects = still
+            if not suspects:
+                break
+        for line in suspects:
+            out.rejected.append((line, 500, message, "poison"))
 
     def _halves(self, chunk: Chunk, out: Outcome) -> None:
         """Nothing of `chunk` was stored: deliver its halves separately."""
