@@ -18,17 +18,19 @@ truncated) is logged and the window starts from the disk alone.
 from __future__ import annotations
 
 import logging
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
 from .journal import durable_write
-from .lineproto import parse_line, split_lines
+from .lineproto import split_lines
 from .mapping import Uniqueness
 from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.window")
 
-RESCAN_MAX_BYTES = 256 << 20  # per destination: the newest journal segments read at start
+RESCAN_MAX_BYTES = 64 << 20  # per destination: the newest journal segments read at start
+_SERIES_END = re.compile(rb"(?<!\\) ")
 
 
 class WindowStore:
@@ -59,15 +61,17 @@ class WindowStore:
                 self.metrics.inc("bridge_uniqueness_restore_errors_total")
                 log.error("uniqueness window file unreadable: it starts from the journal alone",
                           extra={"file": str(self.path), "error": str(exc)})
+        remember = self.unique.remember
         for payload in payloads:
             for line in split_lines(payload):
-                try:
-                    _, series, _, ts = parse_line(line)
-                except ValueError:
+                # Our own lines: the series key ends at the first unescaped space, the time
+                # follows the last space (string field values may hold spaces, never the time).
+                cut = _SERIES_END.search(line)
+                stamp = line.rstrip(b"\n").rpartition(b" ")[2]
+                if cut is None or not stamp.lstrip(b"-").isdigit():
                     continue
-                if ts is not None:
-                    self.unique.remember(series, ts)
-                    self.remembered_points += 1
+                remember(line[:cut.start()].decode("utf-8", "surrogatepass"), int(stamp))
+                self.remembered_points += 1
         if self.restored_series or self.remembered_points:
             log.info("uniqueness window restored", extra={"series": self.restored_series,
                                                           "journal_points": self.remembered_points})
