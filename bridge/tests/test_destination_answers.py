@@ -60,6 +60,8 @@ class Front:
                     self._send(200, b"\x00\xffnot influxdb")
                 elif mode == "empty200":
                     self._send(200)
+                elif mode == "proxy400":
+                    self._send(400, b"<html><body><h1>400 Bad Request</h1>nginx</body></html>")
                 elif mode == "down":
                     self._send(503, b'{"error":"down"}')
                 elif mode == "slow":
@@ -87,13 +89,14 @@ def front(own_influxd) -> Iterator[Front]:
     f.server.server_close()
 
 
-@pytest.mark.parametrize("mode", ["redirect", "garbage200", "empty200"])
+@pytest.mark.parametrize("mode", ["redirect", "garbage200", "empty200", "proxy400"])
 def test_an_answer_that_is_not_a_refusal_keeps_the_points_and_fails_visibly(tmp_path, own_influxd, front, endpoint,
                                                                              mode):
-    """A 307 (not followed: a POST is not re-sent elsewhere) or a 200 from something that is not
-    InfluxDB's /write: the points are kept (pending, retried), the destination is failing, and
-    once the real server answers again every point lands. They were bisected line by line and
-    dropped as `rejected` (InfluxDB never refused them)."""
+    """A 307 (not followed: a POST is not re-sent elsewhere), a 200 from something that is not
+    InfluxDB's /write, a 400 without InfluxDB's JSON error (a proxy's): the points are kept
+    (pending, retried), the destination is failing, and once the real server answers again
+    every point lands. They were bisected line by line and dropped as `rejected` (InfluxDB
+    never refused them)."""
     front.mode = mode
     bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination={"url": front.url}).start()
     sent = publish(endpoint, "kraken_tick", 200, rate=0, duration=20)
@@ -102,7 +105,7 @@ def test_an_answer_that_is_not_a_refusal_keeps_the_points_and_fails_visibly(tmp_
     assert total(samples, "bridge_dropped_points_total", destination="local") == 0
     assert value(samples, "bridge_pending_points", destination="local") == sent
     assert value(samples, "bridge_write_errors_total", destination="local",
-                 kind="http_307" if mode == "redirect" else "http_200") > 0
+                 kind={"redirect": "http_307", "proxy400": "http_400"}.get(mode, "http_200")) > 0
     assert front.posts < 20  # retried with backoff, not bisected
     front.mode = "forward"
     samples = quiet_ledger(bridge)

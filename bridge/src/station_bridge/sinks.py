@@ -148,9 +148,14 @@ class InfluxWriter:
         if status == 204:
             return 204, ""
         try:
-            message = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            message = text.strip()
+            doc = json.loads(text)
+            message, influx = doc.get("error", text), "error" in doc
+        except (ValueError, AttributeError, TypeError):
+            message, influx = text.strip(), False
+        if status == 400 and not influx:
+            # InfluxDB's 400 always carries {"error": ...}: this one is a proxy's or another
+            # service's, about the request, not these points: kept and retried, never bisected.
+            raise Retryable(f"HTTP 400 that is not InfluxDB's (no JSON error): {str(message)[:300]}", "http_400")
         return status, str(message)
 
     def ping(self) -> bool:
