@@ -21,7 +21,9 @@ one write path (the writer thread here and `station-bridge replay` use it):
   exponential backoff with jitter; later batches go to the journal while it is not empty, so
   delivery order is kept, except while the journal refuses writes (full, its cap, read-only):
   then a batch is delivered at once when the destination is not backing off (out of order
-  rather than dropped behind the journal, JOURNAL_BYPASS_S); the journal is replayed oldest
+  rather than dropped behind the journal, JOURNAL_BYPASS_S); when it cannot be written at all
+  (`journal_error`: read-only, permissions) and the destination is backing off, a batch is held
+  in memory within the queue's bounds until the backoff ends (`_hold`); the journal is replayed oldest
   first (verified records only: a segment that cannot be read or no longer verifies is set
   aside, its points counted dropped with reason `journal_error` or `damaged`, and the next one
   delivered);
@@ -543,6 +545,7 @@ class InfluxSink:
         self._last_kind = ""  # of the last failure (a run of 5xx starts the poison isolation)
         self._poison_at = -float("inf")  # monotonic time poison lines were last found
         self._journal_refused_at = -float("inf")  # monotonic time the journal last refused a batch
+        self._journal_refused_reason = ""  # ... and why (journal.append's reason)
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
 
@@ -739,8 +742,13 @@ class InfluxSink:
         stopping = self._stopping
         late = stopping and time.monotonic() > self._deadline
         if batch is not None:
-            bypass = (not late and time.monotonic() - self._journal_refused_at < JOURNAL_BYPASS_S
-                      and self.backoff.remaining() == 0)
+            refusing = not late and not stopping and time.monotonic() - self._journal_refused_at < JOURNAL_BYPASS_S
+            if (refusing and self._journal_refused_reason == "journal_error" and self.backoff.remaining() > 0
+                    and self._hold(batch)):
+                with self._cond:  # the journal would refuse it: memory holds it until the backoff ends
+                    self._cond.wait(min(1.0, max(0.005, self.backoff.remaining())))
+                return True
+            bypass = refusing and self.backoff.remaining() == 0
             if (len(self.journal) and not bypass) or late:
                 self._to_journal(batch)
             else:
@@ -805,11 +813,26 @@ class InfluxSink:
             self.metrics.inc("bridge_dropped_points_total", points, **self._labels, reason=reason)
         self.before_delete()
 
+    def _hold(self, chunk: Chunk) -> bool:
+        """Back to the head of the in-memory queue (the journal refuses it, the destination is
+        backing off), when the queue's bounds leave room; False when they do not."""
+        with self._cond:
+            if (self._queued + chunk.count > self.spec.queue_max_points
+                    or self._queued_bytes + len(chunk.data) > self.queue_max_bytes):
+                return False
+            self._queue.appendleft(chunk)
+            self._queued += chunk.count
+            self._queued_bytes += len(chunk.data)
+            if self._inflight is chunk:
+                self._inflight = None
+            return True
+
     def _to_journal(self, chunk: Chunk) -> None:
         original = chunk
         reason = self.journal.append(chunk)
         if reason is not None:
             self._journal_refused_at = time.monotonic()
+            self._journal_refused_reason = reason
             if (threading.current_thread() is self._thread and not self._stopping
                     and self.backoff.remaining() == 0 and chunk.count):
                 # The journal refuses it and the destination is not backing off: delivered now
@@ -817,6 +840,9 @@ class InfluxSink:
                 out = self._deliver(chunk)
                 chunk = out.retry if out.retry is not None else Chunk(b"", 0)
                 reason = self.journal.append(chunk) if chunk.count else None
+            if (reason == "journal_error" and threading.current_thread() is self._thread and not self._stopping
+                    and self._hold(chunk)):
+                chunk, reason = Chunk(b"", 0), None  # held in memory (its bound) until the backoff ends
         if reason is None:
             if chunk.count:
                 self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
