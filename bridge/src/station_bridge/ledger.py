@@ -57,7 +57,8 @@ class Ledger:
         self.last_error = ""
         self.previous: dict | None = None
         self.seq = 0
-        self.before_save: Callable[[bool], None] | None = None  # state saved with every ledger write (window.py)
+        # State saved with every ledger write (window.py): called with (sync, clean).
+        self.before_save: Callable[[bool, bool], None] | None = None
         try:
             self._spare_bytes = self.spare.stat().st_size
         except OSError:
@@ -134,7 +135,7 @@ class Ledger:
     def save(self, clean: bool = False, sync: bool = False) -> bool:
         with self._lock:
             if self.before_save is not None:
-                self.before_save(sync)
+                self.before_save(sync, clean)
             self.seq += 1
             data = {"version": VERSION, "seq": self.seq, "saved": time.time(), "pid": os.getpid(), "clean": clean,
                     "counters": self.metrics.snapshot()}

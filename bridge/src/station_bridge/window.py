@@ -4,8 +4,9 @@ Without it a restart forgets which times each series used: a feed that repeats a
 (several points in one second with second-resolution times) gets t, t+1, t+2 before a restart
 and t again after it, and InfluxDB overwrites the stored point silently. Mechanism:
 - `journal.dir/uniqueness.bin` (Uniqueness.dump: the window's times per series, CRC-checked) is
-  written with every ledger write (the ledger calls `save` first: on its timer, at shutdown and
-  before any journal or intake-log file is deleted); unchanged windows are not written again;
+  written with the ledger (the ledger calls `save` first): before any journal or intake-log file
+  is deleted, at shutdown, and on the ledger's timer at most every TIMER_S; unchanged windows
+  are not written again;
 - at start it is read back, and the times of every point still on disk (the journal after
   adopting the intake log: points accepted after the last save, whether or not InfluxDB already
   holds them) are added (`remember`).
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -29,6 +31,7 @@ from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.window")
 
+TIMER_S = 30.0  # the ledger timer's writes of the window: at most one per this many seconds
 RESCAN_MAX_BYTES = 64 << 20  # per destination: the newest journal segments read at start
 _SERIES_END = re.compile(rb"(?<!\\) ")
 
@@ -40,6 +43,7 @@ class WindowStore:
         self.metrics = metrics
         self.last_error = ""
         self._saved_crc: bytes | None = None
+        self._written_at = -float("inf")
         self.restored_series = 0
         self.remembered_points = 0
 
@@ -76,8 +80,13 @@ class WindowStore:
             log.info("uniqueness window restored", extra={"series": self.restored_series,
                                                           "journal_points": self.remembered_points})
 
-    def save(self, sync: bool = False) -> None:
-        """Called by the ledger before each of its writes (any thread)."""
+    def save(self, sync: bool = False, clean: bool = False) -> None:
+        """Called by the ledger before each of its writes (any thread). Correctness needs the
+        writes before a deletion (sync=False) and at shutdown (clean); those of the ledger's
+        timer (sync, not clean) are kept to one per TIMER_S (the file may be megabytes)."""
+        now = time.monotonic()
+        if sync and not clean and now - self._written_at < TIMER_S:
+            return
         blob = self.unique.dump()
         if blob[-4:] == self._saved_crc:
             return
@@ -91,3 +100,4 @@ class WindowStore:
             return
         self.last_error = ""
         self._saved_crc = blob[-4:]
+        self._written_at = now
