@@ -680,3 +680,36 @@ def test_a_libzmq_whose_msg_t_is_larger_than_compiled_leaves_python_running(monk
     assert accelerator is None and "zmq_msg_t is larger than the 32 bytes" in why
     warned = [r for r in caplog.records if r.name == "station_bridge.fastpath"]
     assert len(warned) == 1 and "zmq_msg_t is larger" in warned[0].why
+
+
+def test_a_compiled_burst_is_bounded_by_the_bytes_of_its_output_too(zmq_context):
+    """The burst's message count alone lets 2000 lines of whatever size through: its output is
+    bounded by bytes as well (one line may pass the bound, never two), and nothing is lost."""
+    spec = spec_for()
+    pub, sock = zmq_context.socket(zmq.PAIR), zmq_context.socket(zmq.PAIR)
+    for socket in (pub, sock):
+        socket.setsockopt(zmq.SNDHWM, 0)
+        socket.setsockopt(zmq.RCVHWM, 0)
+    pub.bind("inproc://fastpath-bytes")
+    sock.connect("inproc://fastpath-bytes")
+    count = 400
+    for k in range(count):
+        record = {"instrument": "I" + "x" * 3000 + str(k % 5), "bid": 1.0 + k, "ask": 2.0, "volume": k,
+                  "timestamp": T0 + k}
+        pub.send_multipart([b"kraken_tick", msgpack.packb(record)])
+    accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec, station="ams1"), spec)
+    assert accelerator is not None, why
+    bound = 64 << 10
+    received, lines, bursts = 0, 0, 0
+    while received < count:
+        assert sock.poll(2000)
+        burst = accelerator.receive(sock, 2000, lambda f, e: None, None, bound)
+        one_line = max(len(line) for line in burst.data.split(b"\n")) + 1
+        assert len(burst.data) < bound + one_line, (len(burst.data), bound)
+        received += burst.received
+        lines += burst.lines
+        bursts += 1
+    assert (received, lines) == (count, count)
+    assert bursts >= count * 3000 // bound
+    sock.close(linger=0)
+    pub.close(linger=0)

@@ -1262,16 +1262,17 @@ static PyObject *collect(void *socket, zmsg_t *msgs, int have) {
     return list;
 }
 
-/* drain(socket_address, limit, newest) -> (data, lines, taken, handed, error, errno)
+/* drain(socket_address, limit, newest[, max_bytes]) -> (data, lines, taken, handed, error, errno)
  * Receives up to `limit` messages without blocking, straight from libzmq, and maps them until
- * the first one this path hands back (handed: its frames; taken counts it). errno is 0, or
- * libzmq's error other than EAGAIN (the caller raises it as pyzmq would). */
+ * the first one this path hands back (handed: its frames; taken counts it), and until the output
+ * holds at least `max_bytes` (0: unbounded; one message's line may pass it, never two). errno is
+ * 0, or libzmq's error other than EAGAIN (the caller raises it as pyzmq would). */
 static PyObject *Plan_drain(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     unsigned long long address;
-    Py_ssize_t limit;
+    Py_ssize_t limit, max_bytes = 0;
     PyObject *newest;
-    if (!PyArg_ParseTuple(args, "KnO", &address, &limit, &newest)) return NULL;
+    if (!PyArg_ParseTuple(args, "KnO|n", &address, &limit, &newest, &max_bytes)) return NULL;
     if (!zmq_api.recv) { PyErr_SetString(PyExc_RuntimeError, "libzmq is not bound"); return NULL; }
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     void *socket = (void *)(uintptr_t)address;
@@ -1280,7 +1281,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
     int error_no = 0;
     PyObject *handed = NULL, *error = NULL;
     zmsg_t m[2];
-    while (taken < limit) {
+    while (taken < limit && (max_bytes <= 0 || pl->out.len < max_bytes)) {
         zmq_api.init(&m[0]);
         if (zmq_api.recv(&m[0], socket, ZMQ_DONTWAIT_) < 0) {
             int e = zmq_api.err();
@@ -1333,7 +1334,7 @@ static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
 static PyMethodDef Plan_methods[] = {
     {"map", Plan_map, METH_VARARGS, "map(messages, start, newest) -> (data, lines, next, handed, error)"},
     {"drain", Plan_drain, METH_VARARGS,
-     "drain(socket_address, limit, newest) -> ((data, lines, taken, handed, error), errno)"},
+     "drain(socket_address, limit, newest[, max_bytes]) -> ((data, lines, taken, handed, error), errno)"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
     {NULL, NULL, 0, NULL},
 };

@@ -57,6 +57,7 @@ from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
 from .sinks import InfluxSink
 from .sources import BURST, BURST_BYTES, Source, close_all, receive
+from .window import RESCAN_MAX_BYTES, WindowStore
 
 log = logging.getLogger("station_bridge")
 
@@ -200,6 +201,10 @@ class Bridge:
         # and the ledger's spare allocated while the disk may still have room.
         self.ledger.save(sync=True)
         self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
+        # The window survives restarts (window.py): saved with the ledger, read back with the disk's points.
+        self.window = WindowStore(config.journal_dir / "uniqueness.bin", self.unique, self.metrics)
+        self.window.load(p for sink in self.sinks for p in sink.journal.newest_payloads(RESCAN_MAX_BYTES))
+        self.ledger.before_save = self.window.save
         self.cache = LatestCache(config.cache, self.metrics) if config.cache else None
         self.context = zmq.Context()
         self.subscriptions = [Subscription(s, config, self.context, self.unique) for s in config.subscriptions]
@@ -262,6 +267,7 @@ class Bridge:
         g("bridge_uniqueness_nudged_total", lambda: {(): float(self.unique.nudged)})
         g("bridge_uniqueness_unchecked_total", lambda: {(): float(self.unique.unchecked)})
         g("bridge_uniqueness_evicted_total", lambda: {(): float(self.unique.evicted)})
+        g("bridge_uniqueness_restored_series", lambda: {(): float(self.window.restored_series)})
         if self.cache is not None:
             g("bridge_cache_queue", lambda: {(): float(self.cache.queued)})  # type: ignore[union-attr]
 
@@ -273,7 +279,8 @@ class Bridge:
             return cached[1]
         h = self.config.health
         state = evaluate(self.snapshot(), Thresholds(h.destination_grace, h.subscription_grace,
-                                                     h.max_rejected_share, h.rejection_min_messages))
+                                                     h.max_rejected_share, h.rejection_min_messages,
+                                                     h.max_refused_share))
         self._health = (time.monotonic(), state)
         return state
 
@@ -285,6 +292,7 @@ class Bridge:
         for sink in self.sinks:
             journal, intake = sink.journal, sink.intake
             failed = max(journal.failed_at, intake.failed_at if intake is not None else 0.0)
+            window_points, window_refused, window_examples = sink.recent.totals()
             destinations.append(DestinationState(
                 name=sink.name, pending=sink.pending, queue=sink.queued, journal_points=journal.points,
                 journal_bytes=journal.bytes, failing_s=sink.failing_seconds(), last_error=sink.last_error,
@@ -292,7 +300,8 @@ class Bridge:
                 flush_interval=sink.spec.flush_interval, journal_failed_s=now - failed if failed else None,
                 journal_error=journal.last_error or (intake.last_error if intake is not None else ""),
                 free_bytes=free, reserve_bytes=self.guard.reserve, dead_letter_error=sink.dead.last_error,
-                dead_letter_file=sink.dead.path.name, scheduled=sink.schedule is not None,
+                dead_letter_file=sink.dead.path.name, window_points=window_points,
+                window_refused=window_refused, window_examples=window_examples, scheduled=sink.schedule is not None,
                 live_first=sink.live_first, oldest_live_s=sink.oldest_live_seconds(), idle_s=sink.idle_seconds(),
                 window_age_s=sink.window_age(), next_window=utc(opens) if (opens := sink.next_window()) else ""))
         subscriptions = []
@@ -688,7 +697,7 @@ class Bridge:
                     newest[series] = (ts, record)
             return data
 
-        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest)
+        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES)
         if burst.errno:
             self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
             if self.rate_log.allow("receive_errno"):

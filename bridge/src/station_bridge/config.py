@@ -253,6 +253,7 @@ class HealthSpec:
     max_rejected_share: float = 0.95  # ... unhealthy when at least this share of them was rejected
     rejection_min_messages: int = 20  # ... and at least this many arrived
     handshake_grace: float = 10.0  # an endpoint whose peer accepts TCP but completes no ZMTP handshake
+    max_refused_share: float = 0.1  # a destination whose recent points InfluxDB refused at least this share of
 
 
 @dataclass(frozen=True)
@@ -411,7 +412,8 @@ class Config:
                        "probe_interval_s": self.health.probe_interval,
                        "rejection_window_s": self.health.rejection_window,
                        "max_rejected_share": self.health.max_rejected_share,
-                       "rejection_min_messages": self.health.rejection_min_messages},
+                       "rejection_min_messages": self.health.rejection_min_messages,
+                       "max_refused_share": self.health.max_refused_share},
             "uniqueness": {"window": self.uniqueness.window, "max_series": self.uniqueness.max_series},
             "self_metrics": None if self.self_metrics is None else {
                 "interval_s": self.self_metrics.interval_ns / 1e9, "measurement": self.self_metrics.measurement,
@@ -1053,7 +1055,10 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
     health = HealthSpec(hh.duration("destination_grace", 60.0), hh.duration("subscription_grace", 60.0),
                         hh.duration("probe_interval", 10.0), hh.duration("rejection_window", 60.0),
                         hh.get("max_rejected_share", (int, float), 0.95),
-                        hh.positive("rejection_min_messages", int, 20), hh.duration("handshake_grace", 10.0))
+                        hh.positive("rejection_min_messages", int, 20), hh.duration("handshake_grace", 10.0),
+                        max_refused_share=hh.get("max_refused_share", (int, float), 0.1))
+    if not 0 < health.max_refused_share <= 1:
+        raise hh.fail("max_refused_share", f"{health.max_refused_share!r} must be a share in (0, 1]")
     if not 0 < health.max_rejected_share <= 1:
         raise hh.fail("max_rejected_share", f"{health.max_rejected_share!r} must be a share in (0, 1]")
     hh.done()

@@ -187,26 +187,32 @@ class Accelerator:
             return str(exc)
         return ""
 
-    def receive(self, socket: object, limit: int, slow: Slow, newest: dict | None = None) -> Burst:
-        """Up to `limit` messages from a pyzmq socket, without blocking. `newest` (series ->
-        (time, {field: value})) is updated as the Python path does it, for the cache."""
+    def receive(self, socket: object, limit: int, slow: Slow, newest: dict | None = None,
+                max_bytes: int = 0) -> Burst:
+        """Up to `limit` messages from a pyzmq socket, without blocking, and (`max_bytes` > 0)
+        until the burst's lines hold at least `max_bytes` (one message's line may pass it). `newest`
+        (series -> (time, {field: value})) is updated as the Python path does it, for the cache."""
         drain = self.plan.drain  # type: ignore[attr-defined]
         address = socket.underlying  # type: ignore[attr-defined]
         parts: list[bytes] = []
         lines = received = compiled = 0
         error_no = 0
-        while received < limit:
-            (data, n, taken, handed, error), error_no = drain(address, limit - received, newest)
+        size = 0
+        while received < limit and (max_bytes <= 0 or size < max_bytes):
+            (data, n, taken, handed, error), error_no = drain(
+                address, limit - received, newest, max(1, max_bytes - size) if max_bytes > 0 else 0)
             received += taken
             lines += n
             compiled += n
             if data:
                 parts.append(data)
+                size += len(data)
             if handed is None:
                 break
             line = slow(handed, error)
             if line is not None:
                 parts.append(line + b"\n")
+                size += len(line) + 1
                 lines += 1
         if error_no in (errno_codes.EAGAIN, errno_codes.EINTR):
             error_no = 0

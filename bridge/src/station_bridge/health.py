@@ -13,6 +13,10 @@ A **destination** is degraded when (thresholds in the `health` section of the co
   acknowledged age, and the age is what counts;
 - it has failed (no write or /ping succeeded) for longer than `destination_grace`;
 - its writer thread is dead (restarted at once; one that keeps dying stays visible);
+- InfluxDB refused at least `max_refused_share` of the points it answered for in the last
+  `rejection_window` (at least `rejection_min_messages` of them): a database limit reached
+  (max-series-per-database, max-values-per-tag), type conflicts, bad lines; the points are
+  dropped with a reason naming the cause;
 - its journal cannot be written: a segment write or an intake-log append failed within the
   last `destination_grace` (disk full, the reserve reached), or the free space is below
   `journal.min_free_bytes` now; or its dead-letter file cannot be written.
@@ -158,6 +162,7 @@ class Thresholds:
     subscription_grace: float = 60.0
     max_rejected_share: float = 0.95
     rejection_min_messages: int = 20
+    max_refused_share: float = 0.1
 
 
 @dataclass
@@ -178,6 +183,9 @@ class DestinationState:
     reserve_bytes: int
     dead_letter_error: str = ""
     dead_letter_file: str = ""
+    window_points: int = 0  # points InfluxDB answered for (written or refused) in the last rejection_window
+    window_refused: dict[str, int] = field(default_factory=dict)  # ... of them refused, by reason
+    window_examples: dict[str, str] = field(default_factory=dict)  # InfluxDB's message per reason
     scheduled: bool = False  # the destination has a schedule
     live_first: bool = False  # a schedule or a send budget: live points first, the backlog paced behind them
     oldest_live_s: float = 0.0  # age of the oldest point in memory (the journal's backlog left out)
@@ -259,6 +267,13 @@ def destination_problems(d: DestinationState, t: Thresholds) -> tuple[bool, list
                           f"write failed {d.journal_failed_s:.0f} s ago: {d.journal_error}")[:250]))
     if d.dead_letter_error:
         problems.append(("dead_letters", d.dead_letter_file, d.dead_letter_error[:200]))
+    refused = sum(d.window_refused.values())
+    if refused and d.window_points >= t.rejection_min_messages and refused / d.window_points >= t.max_refused_share:
+        reason = max(d.window_refused, key=lambda r: d.window_refused[r])
+        example = d.window_examples.get(reason, "")
+        problems.append(("destination", d.name,
+                         f"InfluxDB refused {refused} of its {d.window_points} recent points, mostly {reason}"
+                         + (f" ({example[:200]})" if example else "") + ": they are dropped"))
     return writable, problems
 
 

@@ -36,6 +36,7 @@ import logging
 import os
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from .journal import DamageTally, disk_reason, durable_write
@@ -56,6 +57,8 @@ class Ledger:
         self.last_error = ""
         self.previous: dict | None = None
         self.seq = 0
+        # State saved with every ledger write (window.py): called with (sync, clean).
+        self.before_save: Callable[[bool, bool], None] | None = None
         try:
             self._spare_bytes = self.spare.stat().st_size
         except OSError:
@@ -65,16 +68,42 @@ class Ledger:
         """Restores the counters; False when there was no (readable) ledger."""
         data = read_latest(self.path)
         if data is None:
+            self._set_aside_unreadable("no readable ledger (garbage, truncated or another version)")
             return False
         try:
             self.metrics.restore(data["counters"])
-        except (ValueError, KeyError, TypeError) as exc:
+        except (ValueError, KeyError, TypeError, AttributeError) as exc:
             log.error("ledger unreadable: counters start from zero", extra={"file": str(self.path),
                                                                            "error": str(exc)})
+            self.metrics.counters.clear()  # none of a half-restored ledger
+            self._set_aside_unreadable(f"{type(exc).__name__}: {exc}")
             return False
         self.seq = int(data.get("seq", 0))
         self.previous = data
         return True
+
+    def _set_aside_unreadable(self, why: str) -> None:
+        """A ledger file that exists and cannot be read: kept as `ledger.json.unreadable-<time>`
+        (never overwritten by the next write), counted in bridge_ledger_resets_total (which the new
+        ledger carries on): the counters start from zero, visibly."""
+        for candidate in (self.path, self.spare):
+            try:
+                raw = candidate.read_bytes()
+            except OSError:
+                continue
+            if candidate == self.spare and not raw.strip(b"\0 "):
+                continue  # a spare allocated and never written
+            kept = candidate.with_name(f"{candidate.name}.unreadable-{int(time.time())}")
+            try:
+                os.replace(candidate, kept)
+            except OSError as exc:
+                log.error("cannot set the unreadable ledger aside", extra={"file": str(candidate), "error": str(exc)})
+                kept = candidate
+            if candidate == self.spare:
+                self._spare_bytes = 0
+            self.metrics.inc("bridge_ledger_resets_total")
+            log.error("ledger unreadable: counters start from zero, the file is kept", extra={
+                "file": str(candidate), "kept_as": str(kept), "error": why})
 
     def pending(self, destination: str) -> float:
         m = self.metrics
@@ -105,6 +134,8 @@ class Ledger:
 
     def save(self, clean: bool = False, sync: bool = False) -> bool:
         with self._lock:
+            if self.before_save is not None:
+                self.before_save(sync, clean)
             self.seq += 1
             data = {"version": VERSION, "seq": self.seq, "saved": time.time(), "pid": os.getpid(), "clean": clean,
                     "counters": self.metrics.snapshot()}

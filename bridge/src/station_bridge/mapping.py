@@ -15,7 +15,9 @@ the point's time through `Uniqueness`, which is shared by every subscription of 
 from __future__ import annotations
 
 import bisect
+import struct
 import time
+import zlib
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -77,8 +79,9 @@ class Uniqueness:
     `window` source times that needed a nudge with the end of their run; at most `max_series`
     series (two generations: a series not seen for `max_series / 2` new series is forgotten,
     counted in `evicted`). A point older than its series' whole window whose time was never
-    nudged cannot be checked: it keeps its time and is counted (`unchecked`). Everything lives
-    in memory: after a restart the window starts empty.
+    nudged cannot be checked: it keeps its time and is counted (`unchecked`). The window
+    survives restarts: `dump` is saved with every ledger write (app.py), `restore` reads it back
+    at start and `remember` adds the times of every point still on disk (see the README).
     """
 
     __slots__ = ("current", "evicted", "max_series", "nudged", "previous", "runs", "trim", "unchecked", "window")
@@ -133,6 +136,67 @@ class Uniqueness:
             if len(runs) > self.window:
                 del runs[next(iter(runs))]
         return candidate
+
+    MAGIC = b"SBUQ1\n"
+
+    def dump(self) -> bytes:
+        """The window (times per series, both generations) as bytes: magic, then per series
+        (key length, key, count, int64 times), then a CRC32 of everything before it. Called from
+        another thread than the mappers': each copy below is one C call under the GIL."""
+        parts = [self.MAGIC]
+        seen: set[str] = set()
+        for generation in (list(self.current.items()), list(self.previous.items())):
+            for series, times in generation:
+                if series in seen:
+                    continue
+                seen.add(series)
+                key = series.encode("utf-8", "surrogatepass")
+                raw = times.tobytes()
+                parts.append(struct.pack("<II", len(key), len(raw) // 8))
+                parts.append(key)
+                parts.append(raw)
+        body = b"".join(parts)
+        return body + struct.pack("<I", zlib.crc32(body))
+
+    def restore(self, blob: bytes) -> int:
+        """Adds a `dump`'s window; the number of series. ValueError when it does not verify."""
+        if len(blob) < len(self.MAGIC) + 4 or not blob.startswith(self.MAGIC):
+            raise ValueError("not a uniqueness window file")
+        body, (crc,) = blob[:-4], struct.unpack("<I", blob[-4:])
+        if zlib.crc32(body) != crc:
+            raise ValueError("checksum mismatch")
+        pos, series = len(self.MAGIC), 0
+        while pos < len(body):
+            size, count = struct.unpack_from("<II", body, pos)
+            pos += 8
+            key = body[pos:pos + size].decode("utf-8", "surrogatepass")
+            pos += size
+            times = array("q")
+            times.frombytes(body[pos:pos + 8 * count])
+            pos += 8 * count
+            for ts in times:
+                self.remember(key, ts)
+            series += 1
+        return series
+
+    def remember(self, series: str, ts: int) -> None:
+        """A time a point of the series already holds (stored, or pending on disk): used, never
+        given again. No nudge, nothing counted."""
+        times = self.current.get(series)
+        if times is None:
+            times = self.previous.pop(series, None)
+            if times is None:
+                if len(self.current) >= self.max_series // 2:
+                    self._rotate()
+                self.current[series] = array("q", (ts,))
+                return
+            self.current[series] = times
+        i = bisect.bisect_left(times, ts)
+        if i < len(times) and times[i] == ts:
+            return
+        times.insert(i, ts)
+        if len(times) > self.trim:
+            del times[:len(times) - self.window]
 
     def _rotate(self) -> None:
         # In place: the compiled mappers hold a reference to `current`.

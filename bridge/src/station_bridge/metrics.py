@@ -5,21 +5,24 @@ Counters are updated under one lock (several threads count: the receive loop, on
 destination, the cache worker); gauges are read when rendered. The ledger (ledger.py) persists
 the counters, so that they and the equations they satisfy survive restarts.
 
-The HTTP listener is bounded: each connection has a read timeout and at most
-`http.max_connections` are served at once (more are closed at once, counted).
+The HTTP listener (`HttpServer`) is one thread around a selector: each connection has a total
+deadline of `http.timeout` from its accept, at most `http.max_connections` are open (a new one
+closes the oldest, counted), so slow or silent clients never keep a fresh /healthz from an answer.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import json
 import logging
 import re
+import selectors
 import socket
 import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 log = logging.getLogger("station_bridge.metrics")
 
@@ -38,6 +41,9 @@ HELP = {
     "bridge_uniqueness_nudged_total": "Points moved to the next free nanosecond of their series.",
     "bridge_uniqueness_unchecked_total": "Points older than their series' uniqueness window (not checked).",
     "bridge_uniqueness_evicted_total": "Series forgotten by the uniqueness window (least recently used).",
+    "bridge_uniqueness_save_errors_total": "Failed writes of the uniqueness window file (uniqueness.bin).",
+    "bridge_uniqueness_restore_errors_total": "Uniqueness window files found unreadable at start (ignored).",
+    "bridge_uniqueness_restored_series": "Series whose uniqueness window was read back from uniqueness.bin at start.",
     # per destination: accepted == written + sum(dropped) + pending
     "bridge_accepted_points_total": "Points a destination accepted (queued, logged), including recovered ones.",
     "bridge_recovered_points_total": "Points found on disk at start beyond what the ledger had pending.",
@@ -64,7 +70,9 @@ HELP = {
     "bridge_cache_errors_total": "Failed Redis cache updates.",
     "bridge_cache_updates_total": "Series updated in the Redis cache.",
     "bridge_cache_dropped_total": "Cache updates dropped because the cache queue was full (Redis slow or hung).",
-    "bridge_http_refused_total": "HTTP connections closed because max_connections were open.",
+    "bridge_ledger_resets_total": "Ledger files found unreadable at start (kept aside): counters restarted from zero.",
+    "bridge_http_refused_total": "HTTP connections closed because max_connections were open (the oldest goes).",
+    "bridge_http_timeouts_total": "HTTP connections closed because no whole request came within http.timeout.",
     # health gauges
     "bridge_destination_failing_seconds": "Seconds since the destination's first failure without a success (0: ok).",
     "bridge_oldest_pending_seconds": "Age of the oldest point not yet written, per destination.",
@@ -232,60 +240,204 @@ def total(samples: dict[tuple[str, Labels], float], name: str, **labels: str) ->
     return sum(v for (n, ls), v in samples.items() if n == name and want <= set(ls))
 
 
-class _BoundedServer(ThreadingHTTPServer):
-    daemon_threads = True
-    request_queue_size = 64
+class HttpServer:
+    """/metrics and /healthz from one thread around a selector: no thread, no blocking call per
+    client. A request must arrive whole, and its answer be taken, within `timeout` of the
+    connection's accept (a total deadline, not one per read: a client sending a byte at a time
+    is cut at the same time as one sending nothing; counted in bridge_http_timeouts_total). At
+    most `max_connections` are open: a new one closes the oldest (counted in
+    bridge_http_refused_total), so however many slow clients there are, a fresh health check is
+    read and answered at once. A request line and headers beyond MAX_REQUEST_BYTES are refused (431)."""
 
-    def __init__(self, address: tuple[str, int], handler: type, max_connections: int, metrics: Metrics) -> None:
-        self._slots = threading.BoundedSemaphore(max_connections)
+    MAX_REQUEST_BYTES = 16 << 10
+
+    def __init__(self, address: tuple[str, int], metrics: Metrics, health: Callable[[], dict],
+                 max_connections: int, timeout: float) -> None:
         self._metrics = metrics
-        super().__init__(address, handler)
-
-    def process_request(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
-        if not self._slots.acquire(blocking=False):
-            self._metrics.inc("bridge_http_refused_total")
-            self.shutdown_request(request)
-            return
+        self._health = health
+        self._max = max(1, max_connections)
+        self._timeout = timeout
+        family = socket.AF_INET6 if ":" in address[0] else socket.AF_INET
+        self._listener = socket.socket(family, socket.SOCK_STREAM)
         try:
-            super().process_request(request, client_address)
-        except Exception:
-            self._slots.release()
+            self._listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+            self._listener.bind(address)
+            self._listener.listen(128)
+        except OSError:
+            self._listener.close()
             raise
+        self._listener.setblocking(False)
+        self.server_address = self._listener.getsockname()
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._wake_r, self._wake_w = socket.socketpair()
+        self._wake_r.setblocking(False)
+        self._selector.register(self._wake_r, selectors.EVENT_READ, "wake")
+        self._conns: dict[socket.socket, _Conn] = {}  # insertion order: oldest first
+        self._stopped = threading.Event()
+        self._thread: threading.Thread | None = None
 
-    def process_request_thread(self, request: socket.socket, client_address: object) -> None:  # type: ignore[override]
+    def start(self) -> HttpServer:
+        self._thread = threading.Thread(target=self.serve_forever, name="http", daemon=True)
+        self._thread.start()
+        return self
+
+    def shutdown(self) -> None:
+        self._stopped.set()
+        with contextlib.suppress(OSError):
+            self._wake_w.send(b"x")
+        if self._thread is not None and self._thread is not threading.current_thread():
+            self._thread.join(5)
+        self.server_close()
+
+    def server_close(self) -> None:
+        for conn in list(self._conns.values()):
+            self._close(conn)
+        for sock in (self._listener, self._wake_r, self._wake_w):
+            with contextlib.suppress(OSError, KeyError, ValueError):
+                self._selector.unregister(sock)
+            sock.close()
+
+    def serve_forever(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                self._round()
+            except Exception as exc:  # the health endpoint must outlive any one request's failure
+                self._metrics.inc("bridge_stage_errors_total", 1, stage="http")
+                log.exception("http server error (contained)", extra={"error": repr(exc)})
+                time.sleep(0.05)
+
+    def _round(self) -> None:
+        now = time.monotonic()
+        wait = 1.0
+        if self._conns:
+            wait = max(0.0, min(wait, next(iter(self._conns.values())).deadline - now))
+        for key, mask in self._selector.select(wait):
+            if key.data is None:
+                self._accept()
+            elif key.data == "wake":
+                with contextlib.suppress(OSError):
+                    self._wake_r.recv(64)
+            else:
+                conn: _Conn = key.data
+                if conn.sock not in self._conns:
+                    continue
+                if mask & selectors.EVENT_READ:
+                    self._read(conn)
+                if mask & selectors.EVENT_WRITE and conn.sock in self._conns:
+                    self._write(conn)
+        now = time.monotonic()
+        for conn in list(self._conns.values()):  # every deadline is accept + timeout: oldest first
+            if conn.deadline > now:
+                break
+            self._metrics.inc("bridge_http_timeouts_total")
+            self._close(conn)
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                sock, _ = self._listener.accept()
+            except BlockingIOError:
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM) and self._conns:
+                    # Out of descriptors: the oldest client makes room (the listener stays readable).
+                    self._metrics.inc("bridge_http_refused_total")
+                    self._close(next(iter(self._conns.values())))
+                    continue
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    time.sleep(0.05)  # nothing of ours to close: let the others release some
+                return
+            if len(self._conns) >= self._max:
+                self._metrics.inc("bridge_http_refused_total")
+                self._close(next(iter(self._conns.values())))
+            sock.setblocking(False)
+            conn = _Conn(sock, time.monotonic() + self._timeout)
+            self._conns[sock] = conn
+            self._selector.register(sock, selectors.EVENT_READ, conn)
+
+    def _close(self, conn: _Conn) -> None:
+        if self._conns.pop(conn.sock, None) is not None:
+            with contextlib.suppress(KeyError, ValueError, OSError):
+                self._selector.unregister(conn.sock)
+        conn.sock.close()
+
+    def _read(self, conn: _Conn) -> None:
         try:
-            super().process_request_thread(request, client_address)
-        finally:
-            self._slots.release()
+            data = conn.sock.recv(8192)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        if not data:
+            self._close(conn)
+            return
+        conn.inbuf += data
+        end = conn.inbuf.find(b"\r\n\r\n")
+        if end < 0:
+            end = conn.inbuf.find(b"\n\n")
+        if end < 0:
+            if len(conn.inbuf) > self.MAX_REQUEST_BYTES:
+                self._respond(conn, 431, "text/plain", b"request header fields too large\n")
+            return
+        self._respond(conn, *self._answer(bytes(conn.inbuf[:end])))
+
+    def _answer(self, head: bytes) -> tuple[int, str, bytes]:
+        parts = head.split(b"\n", 1)[0].decode("latin-1").split()
+        if len(parts) < 2:
+            return 400, "text/plain", b"bad request\n"
+        method, path = parts[0], parts[1].split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return 405, "text/plain", b"method not allowed\n"
+        try:
+            if path == "/metrics":
+                return 200, "text/plain; version=0.0.4", self._metrics.render().encode()
+            if path == "/healthz":
+                state = self._health()
+                return 200 if state.get("ok") else 503, "application/json", json.dumps(state, default=str).encode()
+        except Exception as exc:  # answered 500, counted and logged: the next request is served
+            self._metrics.inc("bridge_stage_errors_total", 1, stage="http")
+            log.exception("http handler error (contained)", extra={"path": path, "error": repr(exc)})
+            return 500, "text/plain", f"internal error: {type(exc).__name__}\n".encode()
+        return 404, "text/plain", b"not found\n"
+
+    def _respond(self, conn: _Conn, status: int, kind: str, body: bytes) -> None:
+        reason = {200: "OK", 400: "Bad Request", 404: "Not Found", 405: "Method Not Allowed",
+                  431: "Request Header Fields Too Large", 500: "Internal Server Error",
+                  503: "Service Unavailable"}.get(status, "")
+        head = (f"HTTP/1.1 {status} {reason}\r\nContent-Type: {kind}\r\nContent-Length: {len(body)}\r\n"
+                "Connection: close\r\n\r\n").encode()
+        method = conn.inbuf[:5]
+        conn.out = memoryview(head if method.startswith(b"HEAD") else head + body)
+        conn.inbuf = bytearray()
+        self._selector.modify(conn.sock, selectors.EVENT_WRITE, conn)
+        self._write(conn)
+
+    def _write(self, conn: _Conn) -> None:
+        try:
+            sent = conn.sock.send(conn.out)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._close(conn)
+            return
+        conn.out = conn.out[sent:]
+        if not len(conn.out):
+            self._close(conn)
+
+
+class _Conn:
+    __slots__ = ("deadline", "inbuf", "out", "sock")
+
+    def __init__(self, sock: socket.socket, deadline: float) -> None:
+        self.sock = sock
+        self.deadline = deadline
+        self.inbuf = bytearray()
+        self.out = memoryview(b"")
 
 
 def serve(metrics: Metrics, listen: str, health: Callable[[], dict], max_connections: int = 16,
-          timeout: float = 5.0) -> ThreadingHTTPServer:
+          timeout: float = 5.0) -> HttpServer:
     host, _, port = listen.rpartition(":")
-
-    class Handler(BaseHTTPRequestHandler):
-        def setup(self) -> None:
-            self.timeout = timeout  # read timeout per connection: an idle client cannot hold a thread
-            super().setup()
-
-        def do_GET(self) -> None:
-            if self.path == "/metrics":
-                body, kind, status = metrics.render().encode(), "text/plain; version=0.0.4", 200
-            elif self.path == "/healthz":
-                state = health()
-                body = json.dumps(state, default=str).encode()
-                kind, status = "application/json", 200 if state.get("ok") else 503
-            else:
-                body, kind, status = b"not found\n", "text/plain", 404
-            self.send_response(status)
-            self.send_header("Content-Type", kind)
-            self.send_header("Content-Length", str(len(body)))
-            self.end_headers()
-            self.wfile.write(body)
-
-        def log_message(self, *args: object) -> None:  # quiet: journald gets the bridge's own logs
-            pass
-
-    server = _BoundedServer((host.strip("[]") or "127.0.0.1", int(port)), Handler, max_connections, metrics)
-    threading.Thread(target=server.serve_forever, name="http", daemon=True).start()
-    return server
+    return HttpServer((host.strip("[]") or "127.0.0.1", int(port)), metrics, health, max_connections, timeout).start()

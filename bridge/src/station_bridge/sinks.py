@@ -3,8 +3,9 @@
 `InfluxWriter` is the one InfluxDB client (writes, /ping, queries for `export`); `Delivery` is the
 one write path (the writer thread here and `station-bridge replay` use it):
 - a batch of up to `batch_size` lines is POSTed; 204: written;
-- connection errors, timeouts, 5xx, 401/403/404/408/429 are retryable: the caller journals
-  what was not attempted and retries with backoff; nothing already accepted is sent again;
+- connection errors, timeouts and every status but 204, 400 and 413 (5xx, 401/403/404/408/429,
+  a redirect, a 200 from something that is not InfluxDB's /write) are retryable: the caller
+  journals what was not attempted and retries with backoff; nothing already accepted is sent again;
 - 400 `partial write: ... dropped=N` means InfluxDB stored every other line: the refused lines
   are told apart from the message where it names them (`unable to parse '<line>'`, `field type
   conflict: input field "f" on measurement "m" is type T` (every line with that field and type),
@@ -18,9 +19,14 @@ one write path (the writer thread here and `station-bridge replay` use it):
   flush_interval after the first line);
 - while the journal is empty, delivers a batch; a retryable failure journals the rest and starts
   exponential backoff with jitter; later batches go to the journal while it is not empty, so
-  delivery order is kept; the journal is replayed oldest first (verified records only: a segment
-  that cannot be read or no longer verifies is set aside, its points counted dropped with reason
-  `journal_error` or `damaged`, and the next one delivered);
+  delivery order is kept, except while the journal refuses writes (full, its cap, read-only):
+  then a batch is delivered at once when the destination is not backing off (out of order
+  rather than dropped behind the journal, JOURNAL_BYPASS_S); when it cannot be written at all
+  (`journal_error`: read-only, permissions) and the destination is backing off, a batch is held
+  in memory within the queue's bounds until the backoff ends (`_hold`); the journal is replayed oldest
+  first (verified records only: a segment that cannot be read or no longer verifies is set
+  aside, its points counted dropped with reason `journal_error` or `damaged`, and the next one
+  delivered);
 - every failure of its own is contained: a journal write that fails (disk full, the reserve
   reached) is a counted drop, an unexpected exception is counted and logged and the loop goes on;
   a thread that dies anyway is restarted by the bridge (`ensure_alive`) and counted.
@@ -48,6 +54,7 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
 from .config import DestinationSpec, HealthSpec
+from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters, Intake, Journal
 from .lineproto import parse_line
 from .metrics import Metrics
@@ -55,7 +62,19 @@ from .schedule import Pacer
 
 log = logging.getLogger("station_bridge.sink")
 
-RETRYABLE_STATUS = {401, 403, 404, 408, 429}
+# The only answers that refuse points: 400 (bad lines, partial writes, limits) and 413 (too large:
+# split). 204 is written; every other status is retryable (see Delivery._write).
+REFUSAL_STATUS = {400, 413}
+# A batch that keeps getting 5xx (POISON_AFTER failed attempts in a row) is split to find lines the
+# server fails alone while it stores the rest (InfluxSink, Delivery._isolate).
+POISON_AFTER = 5
+POISON_CONFIRM = 3  # a suspect line is sent alone this many more times before it is refused `poison`
+ISOLATE_BUDGET = 12  # requests without anything stored: the server fails everything, not a line
+POISON_STICKY_S = 60.0  # after poison was found, a 5xx isolates at once for this long
+# While the journal refuses writes (full, its cap, read-only, permissions), a batch is delivered
+# at once even though older points wait in the journal: out of order, rather than dropped behind
+# them while the destination is up. Only what the destination also fails goes to the journal.
+JOURNAL_BYPASS_S = 5.0
 TAKE_MAX_BYTES = 8 << 20  # a batch taken from the queue (each copy of it: joined, split, journaled)
 
 
@@ -131,6 +150,9 @@ class InfluxWriter:
         except (OSError, http.client.HTTPException) as exc:
             self.close()
             raise Retryable(f"{type(exc).__name__}: {exc}") from exc
+        if 300 <= response.status < 400:
+            text = (f"HTTP {response.status} redirect to {response.getheader('Location')!r}: not followed "
+                    "(a POST is not re-sent elsewhere): set the destination's url to the final address")
         return response.status, text
 
     def post(self, body: bytes, points: int | None = None) -> tuple[int, str]:
@@ -144,9 +166,14 @@ class InfluxWriter:
         if status == 204:
             return 204, ""
         try:
-            message = json.loads(text).get("error", text)
-        except (ValueError, AttributeError):
-            message = text.strip()
+            doc = json.loads(text)
+            message, influx = doc.get("error", text), "error" in doc
+        except (ValueError, AttributeError, TypeError):
+            message, influx = text.strip(), False
+        if status == 400 and not influx:
+            # InfluxDB's 400 always carries {"error": ...}: this one is a proxy's or another
+            # service's, about the request, not these points: kept and retried, never bisected.
+            raise Retryable(f"HTTP 400 that is not InfluxDB's (no JSON error): {str(message)[:300]}", "http_400")
         return status, str(message)
 
     def ping(self) -> bool:
@@ -187,6 +214,28 @@ class Outcome:
 
 
 _DROPPED = re.compile(r" dropped=(\d+)\s*$")
+# InfluxDB's refusals for a limit of the database, told apart (their points are dropped with this reason).
+_LIMITS = (("max-series-per-database limit exceeded", "max_series"),
+           ("max-values-per-tag limit exceeded", "max_values_per_tag"))
+
+
+# 500s that tell of the server's state, not of the lines: never taken for poison.
+_TRANSIENT = ("timeout", "cache-max-memory-size", "max-concurrent", "too many", "hinted handoff", "shutting down",
+              "unavailable", "overloaded")
+
+
+def _transient(message: str) -> bool:
+    lowered = message.lower()
+    return any(text in lowered for text in _TRANSIENT)
+
+
+def refusal_reason(message: str) -> str:
+    """The dropped reason of points InfluxDB refused with `message`: a database limit by name,
+    else `rejected` (a line it cannot parse, a type conflict, beyond retention, ...)."""
+    for text, reason in _LIMITS:
+        if text in message:
+            return reason
+    return "rejected"
 _PARSE_PREFIX = "unable to parse '"
 
 
@@ -209,9 +258,11 @@ class Delivery:
             size = min(size, chunk.count * pacer.bytes_per_s // len(chunk.data))
         return max(1, size)
 
-    def deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
+    def deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None, isolate: bool = False) -> Outcome:
         """`pause`: asked before each request; True stops there, the rest returned as `retry`
-        with kind "paused" (a closed window, live points waiting)."""
+        with kind "paused" (a closed window, live points waiting). `isolate`: a batch that gets a
+        5xx is split to find the lines the server fails on their own while it stores the others
+        (`_isolate`)."""
         out = Outcome()
         while chunk.count:
             if pause is not None and pause():
@@ -220,7 +271,13 @@ class Delivery:
             size = self._piece_size(chunk)
             piece, rest = chunk.split(size) if chunk.count > size else (chunk, None)
             try:
-                self._write(piece, out)
+                try:
+                    self._write(piece, out)
+                except Retryable as exc:
+                    if not (isolate and exc.kind == "http_500" and not _transient(str(exc))
+                            and exc.remaining is not None and exc.remaining.count):
+                        raise
+                    self._isolate(exc.remaining, out, str(exc))
             except Retryable as exc:
                 remaining = exc.remaining if exc.remaining is not None else piece
                 out.retry = Chunk.join([remaining, rest]) if rest is not None and rest.count else remaining
@@ -238,8 +295,10 @@ class Delivery:
         if status == 204:
             out.written += chunk.count
             return
-        if status >= 500 or status in RETRYABLE_STATUS:
-            raise Retryable(message[:500], f"http_{status}", chunk)
+        if status not in REFUSAL_STATUS:
+            # Not an answer of InfluxDB's /write about these points (5xx, auth, a redirect, a 200
+            # from something that is not InfluxDB, ...): kept and retried, never dropped.
+            raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}", chunk)
         if status == 413 or (status == 400 and "entity too large" in message.lower()):
             if chunk.count == 1:
                 out.rejected.append((chunk.data.rstrip(b"\n"), status, message, "too_large"))
@@ -247,6 +306,81 @@ class Delivery:
             self._halves(chunk, out)
             return
         self._resolve(chunk, status, message, out)
+
+    def _isolate(self, chunk: Chunk, out: Outcome, error: str) -> None:
+        """Nothing of `chunk` was stored and the server answered 5xx: its parts are sent
+        separately, halving those that fail, down to single lines. Lines that fail alone while
+        others are stored, and fail again alone POISON_CONFIRM times, are refused `poison` (the
+        server cannot take them: they would block every later point forever); when nothing is
+        stored within ISOLATE_BUDGET requests the server fails everything: Retryable, no loss."""
+        pending: list[list[bytes]] = [chunk.lines()]
+        suspects: list[bytes] = []
+        written_before = out.written
+        requests = 0
+
+        def rest() -> Chunk:
+            return Chunk.of_bytes([line for part in pending for line in part] + suspects)
+
+        while pending:
+            if out.written == written_before and requests >= ISOLATE_BUDGET:
+                raise Retryable(error, "http_5xx", rest())
+            part = pending[0]
+            requests += 1
+            try:
+                status, message = self.writer.post(b"".join(line + b"\n" for line in part))
+            except Retryable as exc:
+                exc.remaining = rest()
+                raise
+            if status == 204:
+                out.written += len(part)
+                pending.pop(0)
+            elif status == 500 and not _transient(message):
+                pending.pop(0)
+                if len(part) == 1:
+                    suspects.append(part[0])
+                else:
+                    middle = len(part) // 2
+                    pending[:0] = [part[:middle], part[middle:]]
+                error = f"HTTP {status}: {message[:500]}"
+            elif status >= 500:  # unavailable, a gateway, overloaded: not about these lines
+                raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}", rest())
+            else:  # any other answer: the usual path, for this part
+                pending.pop(0)
+                try:
+                    self._write(Chunk.of_bytes(part), out)
+                except Retryable as exc:
+                    exc.remaining = Chunk.join([exc.remaining or Chunk.of_bytes(part), rest()])
+                    raise
+        if suspects and out.written == written_before:
+            raise Retryable(error, "http_5xx", Chunk.of_bytes(suspects))
+        message = error
+        for attempt in range(POISON_CONFIRM):
+            time.sleep(0.1 * (attempt + 1))  # each round later than the first failures
+            still: list[bytes] = []
+            for k, line in enumerate(suspects):
+                try:
+                    status, message = self.writer.post(line + b"\n")
+                except Retryable as exc:
+                    exc.remaining = Chunk.of_bytes(still + suspects[k:])
+                    raise
+                if status == 204:
+                    out.written += 1
+                elif status == 500 and not _transient(message):
+                    still.append(line)
+                elif status >= 500:
+                    raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}",
+                                    Chunk.of_bytes(still + suspects[k:]))
+                else:
+                    try:
+                        self._write(Chunk.of_bytes([line]), out)
+                    except Retryable as exc:
+                        exc.remaining = Chunk.of_bytes(still + suspects[k:])
+                        raise
+            suspects = still
+            if not suspects:
+                break
+        for line in suspects:
+            out.rejected.append((line, 500, message, "poison"))
 
     def _halves(self, chunk: Chunk, out: Outcome) -> None:
         """Nothing of `chunk` was stored: deliver its halves separately."""
@@ -268,7 +402,7 @@ class Delivery:
             if not refused and len(lines) == 1:
                 refused = {0}
             for i in sorted(refused):
-                out.rejected.append((lines[i], status, message, "rejected"))
+                out.rejected.append((lines[i], status, message, refusal_reason(message)))
             if refused and len(refused) < len(lines):
                 rest = [line for i, line in enumerate(lines) if i not in refused]
                 self._write(Chunk.of_bytes(rest), out)
@@ -287,7 +421,7 @@ class Delivery:
                 out.unidentified += unknown
                 out.unidentified_message = message
         for i in sorted(refused):
-            out.rejected.append((lines[i], status, message, "rejected"))
+            out.rejected.append((lines[i], status, message, refusal_reason(message)))
         out.written += len(lines) - len(refused) - unknown
 
     def _identify(self, lines: list[bytes], message: str) -> tuple[set[int], set[int]]:
@@ -366,7 +500,7 @@ class Delivery:
             return set(), False
         if status == 204:
             return set(), True
-        if status >= 500 or status in RETRYABLE_STATUS or status == 413:
+        if status not in REFUSAL_STATUS or status == 413:
             return set(), False
         parsed, named = self._identify(part, message)
         here = parsed | named
@@ -421,6 +555,8 @@ class InfluxSink:
         self.dead = dead
         self.metrics = metrics
         self.health = health or HealthSpec()
+        # What InfluxDB answered for lately (written, refused by reason): the health model's refused share.
+        self.recent = RecentOutcomes(self.health.rejection_window)
         self.before_delete = before_delete or (lambda: None)
         if intake is not None:
             intake.before_delete = self.before_delete
@@ -440,6 +576,10 @@ class InfluxSink:
         self.failing_since: float | None = None  # monotonic time of the first failure since the last success
         self.last_success = time.monotonic()  # of the last write the destination acknowledged (or the start)
         self.last_error = ""
+        self._last_kind = ""  # of the last failure (a run of 5xx starts the poison isolation)
+        self._poison_at = -float("inf")  # monotonic time poison lines were last found
+        self._journal_refused_at = -float("inf")  # monotonic time the journal last refused a batch
+        self._journal_refused_reason = ""  # ... and why (journal.append's reason)
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
         self.schedule = spec.schedule
@@ -698,7 +838,14 @@ class InfluxSink:
         stopping = self._stopping
         late = stopping and time.monotonic() > self._deadline
         if batch is not None:
-            live = (not len(self.journal)
+            refusing = not late and not stopping and time.monotonic() - self._journal_refused_at < JOURNAL_BYPASS_S
+            if (refusing and self._journal_refused_reason == "journal_error" and self.backoff.remaining() > 0
+                    and self._hold(batch)):
+                with self._cond:  # the journal would refuse it: memory holds it until the backoff ends
+                    self._cond.wait(min(1.0, max(0.005, self.backoff.remaining())))
+                return True
+            bypass = refusing and self.backoff.remaining() == 0
+            live = (not len(self.journal) or bypass
                     or (self.live_first and self.backoff.remaining() == 0))  # live first: before the backlog
             if late or not live or not self.link_open():
                 self._to_journal(batch)
@@ -773,23 +920,58 @@ class InfluxSink:
             self.metrics.inc("bridge_dropped_points_total", points, **self._labels, reason=reason)
         self.before_delete()
 
+    def _hold(self, chunk: Chunk) -> bool:
+        """Back to the head of the in-memory queue (the journal refuses it, the destination is
+        backing off), when the queue's bounds leave room; False when they do not."""
+        with self._cond:
+            if (self._queued + chunk.count > self.spec.queue_max_points
+                    or self._queued_bytes + len(chunk.data) > self.queue_max_bytes):
+                return False
+            self._queue.appendleft(chunk)
+            self._queued += chunk.count
+            self._queued_bytes += len(chunk.data)
+            if self._inflight is chunk:
+                self._inflight = None
+            return True
+
     def _to_journal(self, chunk: Chunk) -> None:
+        original = chunk
         reason = self.journal.append(chunk)
+        if reason is not None:
+            self._journal_refused_at = time.monotonic()
+            self._journal_refused_reason = reason
+            if (threading.current_thread() is self._thread and not self._stopping
+                    and self.backoff.remaining() == 0 and chunk.count):
+                # The journal refuses it and the destination is not backing off: delivered now
+                # (out of order) rather than dropped; only what the destination fails too is.
+                out = self._deliver(chunk)
+                chunk = out.retry if out.retry is not None else Chunk(b"", 0)
+                reason = self.journal.append(chunk) if chunk.count else None
+            if (reason == "journal_error" and threading.current_thread() is self._thread and not self._stopping
+                    and self._hold(chunk)):
+                chunk, reason = Chunk(b"", 0), None  # held in memory (its bound) until the backoff ends
         if reason is None:
-            self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
+            if chunk.count:
+                self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
         else:
             self.metrics.inc("bridge_dropped_points_total", chunk.count, **self._labels, reason=reason)
             log.error("journal write refused: points dropped", extra={
                 **self._labels, "reason": reason, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
                 "max_bytes": self.journal.max_bytes, "error": self.journal.last_error})
-        self._settle(chunk)
+        self._settle(original)
 
     def _deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
         """Delivers a chunk and counts what happened; `retry` is what is left to do later."""
         started = time.monotonic()
         self._last_attempt = started
         before = self.writer.requests
-        out = self.delivery.deliver(chunk, pause)
+        # Isolation after a run of 5xx, and at the first 5xx while poison was found lately (a feed
+        # that keeps sending poison would otherwise wait out POISON_AFTER backoffs per batch).
+        isolate = ((self.backoff.failures >= POISON_AFTER and self._last_kind.startswith("http_5"))
+                   or time.monotonic() - self._poison_at < POISON_STICKY_S)
+        out = self.delivery.deliver(chunk, pause, isolate=isolate)
+        if any(reason == "poison" for *_, reason in out.rejected):
+            self._poison_at = time.monotonic()
         self.metrics.inc("bridge_write_requests_total", self.writer.requests - before, **self._labels)
         if out.written:
             self.metrics.inc("bridge_written_points_total", out.written, **self._labels)
@@ -799,10 +981,19 @@ class InfluxSink:
             self.metrics.inc("bridge_dropped_points_total", 1, **self._labels, reason=reason)
             self._dead_letter(line=line.decode("utf-8", "replace"), status=status, error=message[:2000],
                               reason=reason)
+        refused: dict[str, int] = {}
+        examples: dict[str, str] = {}
+        for _line, _status, message, reason in out.rejected:
+            refused[reason] = refused.get(reason, 0) + 1
+            examples[reason] = message
         if out.unidentified:
-            self.metrics.inc("bridge_dropped_points_total", out.unidentified, **self._labels, reason="rejected")
+            reason = refusal_reason(out.unidentified_message)
+            refused[reason] = refused.get(reason, 0) + out.unidentified
+            examples[reason] = out.unidentified_message
+            self.metrics.inc("bridge_dropped_points_total", out.unidentified, **self._labels, reason=reason)
             self._dead_letter(unidentified_points=out.unidentified, error=out.unidentified_message[:2000],
-                              reason="rejected")
+                              reason=reason)
+        self.recent.add(out.written + sum(refused.values()), refused, {r: m[:300] for r, m in examples.items()})
         if out.rejected:
             log.warning("points refused by InfluxDB, dead-lettered",
                         extra={**self._labels, "points": len(out.rejected), "error": out.rejected[0][2][:300]})
@@ -827,6 +1018,7 @@ class InfluxSink:
         self.last_error = ""
 
     def _failed(self, kind: str, message: str) -> None:
+        self._last_kind = kind
         self.metrics.inc("bridge_write_errors_total", 1, **self._labels, kind=kind)
         if self.failing_since is None:
             self.failing_since = time.monotonic()

@@ -87,6 +87,27 @@ class Journal:
         self._bytes = sum(s.size for s in self._segments)
         self._lines = sum(s.count - s.done for s in self._segments)
 
+    def newest_payloads(self, max_bytes: int) -> list[bytes]:
+        """The verified lines of the newest segments, up to about `max_bytes` (at start: the
+        uniqueness window learns the times of the points still on disk)."""
+        with self._lock:
+            segments = list(self._segments)
+        out: list[bytes] = []
+        size = 0
+        for segment in reversed(segments):
+            if size >= max_bytes:
+                break
+            try:
+                data = segment.path.read_bytes()
+            except OSError:
+                continue
+            for offset, count in segment.records:
+                record = records.verify(data, offset, count)
+                if record is not None:
+                    out.append(record.payload)
+            size += segment.size
+        return out
+
     def _load(self, path: Path) -> Segment:
         data = path.read_bytes()
         found = records.scan(data)

@@ -1,0 +1,72 @@
+"""A real HTTP front to a real influxd that answers as a test tells it (a redirect, a 200 that is
+not InfluxDB's, a proxy's 400, 503, a slow server, 500 for poison lines): tests and chaos."""
+
+from __future__ import annotations
+
+import http.client
+import threading
+import time
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+
+class Front:
+    """Forwards to influxd unless `mode` says otherwise; `mode` can change while running."""
+
+    def __init__(self, upstream: str) -> None:
+        self.mode = "forward"
+        self.upstream = upstream
+        self.posts = 0
+        front = self
+
+        class Handler(BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def _send(self, status: int, data: bytes = b"", headers: tuple = ()) -> None:
+                self.send_response(status)
+                for k, v in headers:
+                    self.send_header(k, v)
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+            def _forward(self, method: str, body: bytes | None) -> None:
+                host, port = front.upstream.split("//")[1].split(":")
+                conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                conn.request(method, self.path, body=body)
+                response = conn.getresponse()
+                data = response.read()
+                conn.close()
+                self._send(response.status, data)
+
+            def do_GET(self) -> None:
+                self._forward("GET", None)
+
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                front.posts += 1
+                mode = front.mode
+                if mode == "redirect":
+                    self._send(307, b"", (("Location", front.upstream + self.path),))
+                elif mode == "garbage200":
+                    self._send(200, b"\x00\xffnot influxdb")
+                elif mode == "empty200":
+                    self._send(200)
+                elif mode == "proxy400":
+                    self._send(400, b"<html><body><h1>400 Bad Request</h1>nginx</body></html>")
+                elif mode == "down":
+                    self._send(503, b'{"error":"down"}')
+                elif mode == "slow":
+                    time.sleep(0.3)
+                    self._forward("POST", body)
+                elif mode == "poison" and b"POISON" in body:
+                    self._send(500, b'{"error":"internal error"}')
+                else:
+                    self._forward("POST", body)
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
