@@ -118,10 +118,11 @@ def fleet_rows() -> list[tuple[str, str, str]]:
         source = example / f"host_vars/station-stack-fleet-{code}.yml"
         text = source.read_text() if source.exists() else f"---\nstation_code: {code}\nstation_timezone: Asia/Dubai\n"
         (inventory / f"host_vars/{name}.yml").write_text(text)
-    # The example's vault holds three stations' central passwords: the bench gives all four its own.
+    # The example's vault holds three stations' central passwords: the bench gives all four its own,
+    # and has one central (the single-central form, fleet_centrals empty).
     extra = inventory / "bench-vars.json"
-    extra.write_text(json.dumps({"fleet_central_url": f"http://{central}:8086",
-                                 "vault_fleet_station_passwords": {c: f"bench-{c}-pw" for c in FLEET_CODES}}))
+    extra.write_text(json.dumps({"fleet_centrals": [], "fleet_central_url": f"http://{central}:8086",
+                                 "fleet_station_passwords": {c: f"bench-{c}-pw" for c in FLEET_CODES}}))
     lab = json.dumps({"lab_instances": [{"name": n} for n in [central, *stations]]})
     run(["ansible-playbook", "-i", "localhost,", "lab/down.yml", "-e", lab], env=env)
     up = run(["ansible-playbook", "-i", "localhost,", "lab/up.yml", "-e", lab], env=env)

@@ -136,9 +136,11 @@ def test_a_second_bridge_on_the_same_journal_dir_is_refused_before_it_touches_a_
     wait_for(lambda: first.value("bridge_accepted_points_total", destination="local") == sent, 20, "all accepted")
     journal = tmp_path / "journal"
 
-    def listing() -> set[tuple]:  # the lock and the intake log (the first bridge's ledger timer rewrites its ledger)
+    def listing() -> set[tuple]:  # the lock and the intake log (the first bridge's ledger timer rewrites its
+        # ledger and the uniqueness window saved with it)
         return {(str(p.relative_to(journal)), p.stat().st_ino, p.stat().st_size, p.stat().st_mtime_ns)
-                for p in journal.rglob("*") if p.is_file() and not p.name.startswith("ledger.json")}
+                for p in journal.rglob("*")
+                if p.is_file() and not p.name.startswith(("ledger.json", "uniqueness.bin"))}
 
     before = listing()
     assert any(name.endswith(".wal") for name, *_ in before)

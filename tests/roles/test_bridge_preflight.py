@@ -215,3 +215,36 @@ def test_a_controller_python_without_the_parsers_packages_is_named_not_a_traceba
                                                "bridge_feeds": [feed("kraken")],
                                                "bridge_feed_defaults": {"destinations": [DESTINATION]}})
     assert rc != 0 and "it did not run" in out, out
+
+
+def test_each_central_is_a_destination_of_its_own_with_its_own_password(tmp_path):
+    """bridge_centrals (the fleet role's fleet_centrals_list): one destination per central, named after
+    it (its own journal), gzip on by default, the station's writer user; its password reaches the
+    bridge under STATION_BRIDGE_<NAME>_PASSWORD (password_set), never in the configuration."""
+    centrals = [{"name": "central", "url": "http://central-a:8086", "database": "fleet",
+                 "retention_policy": "long_term"},
+                {"name": "central.b", "url": "https://central-b:8086", "database": "fleet2",
+                 "retention_policy": "rp2", "gzip": False, "batch_size": 200}]
+    passwords = {"central": "pw-a", "central.b": "pw-b"}
+    base = {**source(tmp_path), "bridge_feeds": [feed("kraken")],
+            "bridge_feed_defaults": {"station": "ams", "destinations": [DESTINATION]},
+            "bridge_centrals": centrals, "bridge_central_user": "station-ams"}
+    rc, facts, out = preflight(tmp_path / "a", {**base, "bridge_central_passwords": passwords})
+    assert rc == 0, out
+    destinations = {d["name"]: d for d in facts["effective"]["kraken"]["destinations"]}
+    assert list(destinations) == ["local", "central", "central.b"]
+    a, b = destinations["central"], destinations["central.b"]
+    assert (a["url"], a["database"], a["retention_policy"], a["gzip"], a["batch_size"]) == (
+        "http://central-a:8086", "fleet", "long_term", True, 1000)
+    assert (b["url"], b["database"], b["retention_policy"], b["gzip"], b["batch_size"]) == (
+        "https://central-b:8086", "fleet2", "rp2", False, 200)
+    assert a["username"] == b["username"] == "station-ams" and a["password_set"] and b["password_set"]
+    assert "pw-a" not in json.dumps(facts) and "pw-b" not in out
+    # A central without this station's password stops the preflight, naming the central.
+    rc, _, out = preflight(tmp_path / "b", {**base, "bridge_central_passwords": {"central": "pw-a"}})
+    assert rc != 0 and "bridge_centrals [central.b]" in out, out
+    # A hand-written destination of the same name (the old single-central form) is refused.
+    rc, _, out = preflight(tmp_path / "c", {**base, "bridge_central_passwords": passwords,
+                                            "bridge_feed_defaults": {"station": "ams", "destinations": [
+                                                DESTINATION, {**DESTINATION, "name": "central"}]}})
+    assert rc != 0 and "bridge_centrals [central]" in out, out
