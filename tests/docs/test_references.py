@@ -62,6 +62,9 @@ REFERENCE = re.compile(r"""(?:README(?:'s|\.md)?,?\s+(?:section\s+)?|[Ss]ee\s+)"
 def test_every_section_named_in_prose_or_code_exists():
     """A heading matches when it is the name or starts with it (`"Memory"` is `### Memory: a budget ...`)."""
     known = [heading.replace("`", "") for md in MARKDOWN for heading in headings(md)]
+    # A named paragraph: a list item that leads with its name in bold (`- **A poison batch** (...)`).
+    known += [m.replace("`", "") for md in MARKDOWN
+              for m in re.findall(r"(?m)^\s*- \*\*([^*\n]+)\*\*", md.read_text(encoding="utf-8"))]
     stale = []
     for path in tracked():
         if path.suffix in (".png", ".gz", ".whl", ".deb", ".so") or "tests/docs" in str(path):
