@@ -70,20 +70,11 @@ def test_bad_configuration_fails_the_play_and_leaves_the_bridge_running(host):
     assert host.check_output("systemctl show station-bridge@kraken -p MainPID --value") == pid
 
 
-def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one(influx):
+def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one(host, influx):
     playbook = Path(os.environ["MOLECULE_PROJECT_DIRECTORY"]) / "playbooks" / "validate.yml"
-    # publish: every demo tick reaches its instance's validation subscription and lands, nowhere else.
-    good = run_playbook(playbook, "validate_feeds.yml")
-    assert good.rc == 0, good.output
-    text = json.dumps(good.output)
-    for instance in ("kraken", "heartbeat"):
-        assert f"{instance} | validation | published 300, received 300 | 300 |" in text, text
-    demo = influx.query("""SELECT count(bid) FROM "tick"."standard"."ticks" WHERE "instrument" = 'VALIDATION'""",
-                        auth=ADMIN, db="tick").rows()
-    assert demo == [], "validation ticks in a production measurement"
     # kraken has had no publisher since the converge: no connection for longer than the grace, so
-    # the bridge's health model (and validate, which reads it) fails it, naming the feed. (An idle
-    # feed that is connected is reported, not failed, unless it declares expected_interval.)
+    # the bridge's health model (and validate, which reads it, in any mode) fails it, naming the
+    # feed. (An idle feed that is connected is reported, not failed, unless it declares expected_interval.)
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
     assert "kraken: feed kraken: unhealthy: no connection" in json.dumps(silent.output), silent.output
@@ -94,6 +85,27 @@ def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one(influx):
     assert "heartbeat: feed heartbeat:" not in table, table
     row = re.search(r"heartbeat \| feed heartbeat \| received (\d+) \| (\d+) \|", table)
     assert row and int(row.group(1)) >= 3 and int(row.group(2)) >= 3, table
+    # publish, with kraken's publisher back (a slow one, in the background): every demo tick reaches
+    # its instance's validation subscription and lands, nowhere else.
+    host.check_output(f"systemd-run --unit=kraken-publisher --collect {BRIDGE} publish-demo --endpoint "
+                      "tcp://127.0.0.1:5556 --count 1200 --rate 20 --duration 90 --instruments EURUSD")
+    try:
+        wait_until(lambda: any(v >= 1 for k, v in metrics(host).items()
+                               if k.startswith("bridge_subscription_connected{") and '"kraken"' in k),
+                   60, "kraken connected to its publisher")
+        good = run_playbook(playbook, "validate_feeds.yml")
+    finally:
+        host.run("systemctl stop kraken-publisher")
+    # Its last ticks delivered before the next test counts ticks.
+    wait_until(lambda: all(v == 0 for k, v in metrics(host).items() if k.startswith("bridge_pending_points{")),
+               30, "kraken's pending points delivered")
+    assert good.rc == 0, good.output
+    text = json.dumps(good.output)
+    for instance in ("kraken", "heartbeat"):
+        assert f"{instance} | validation | published 300, received 300 | 300 |" in text, text
+    demo = influx.query("""SELECT count(bid) FROM "tick"."standard"."ticks" WHERE "instrument" = 'VALIDATION'""",
+                        auth=ADMIN, db="tick").rows()
+    assert demo == [], "validation ticks in a production measurement"
 
 
 # --- Redis, operator services, graceful stop, SIGKILL recovery, targeted restarts -------------
