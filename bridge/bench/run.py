@@ -347,11 +347,28 @@ def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict
             if got["process_us"] < best[kind]["process_us"]:
                 best[kind] = got
     out: dict = {kind: {k: v for k, v in got.items() if k != "data"} for kind, got in best.items()}
+    out["gzip"] = gzip_cost(best["python"]["data"])
     if why:
         out["compiled"] = {"unavailable": why}
     else:
         out["identical"] = identical
     return out
+
+
+def gzip_cost(lines: bytes, batch_points: int = 1000) -> dict:
+    """What `gzip: true` (level 1, as sinks.InfluxWriter sends it) does to the bridge's own lines,
+    in requests of batch_points (the fleet example's central batch): bytes per point on the wire
+    before and after, and the station's CPU per point for it (the least of 3 rounds)."""
+    import gzip as gz
+    split = lines.splitlines(keepends=True)
+    bodies = [b"".join(split[i:i + batch_points]) for i in range(0, len(split), batch_points)]
+    best = float("inf")
+    for _ in range(3):
+        started = time.process_time()
+        packed = sum(len(gz.compress(body, compresslevel=1)) for body in bodies)
+        best = min(best, time.process_time() - started)
+    points = max(1, len(split))
+    return {"raw_bytes": len(lines) / points, "gzip_bytes": packed / points, "us": best * 1e6 / points}
 
 
 def table(rows: list[tuple[str, str, str]]) -> list[str]:
@@ -496,6 +513,11 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
             after = cr["bridge"] - comp
             out.append((f"stage: the rest of the compiled bridge, {label} (journal, sinks, cache, metrics)",
                         f"{after:.2f} us", f"{after / cr['influxd']:.2f} of influxd in (b')"))
+    for label in labels:
+        g = hot[label]["gzip"]
+        out.append((f"gzip level 1 on the wire (gzip: true, 1000-point requests), {label}",
+                    f"{g['raw_bytes']:.0f} -> {g['gzip_bytes']:.0f} bytes per point, {g['us']:.2f} us per point",
+                    f"{g['raw_bytes'] / g['gzip_bytes']:.1f}x fewer bytes"))
     path = "compiled" if station is not m else "Python"
     out.append((f"scaling: 2 instances on disjoint topics, msgpack, {path}", f"{scaled['rate']:,.0f} points/s",
                 f"{scaled['rate'] / station['rate']:.2f} x 1 instance on {cores} cores"))
