@@ -444,7 +444,7 @@ def test_process_counts_messages_once_and_lines_per_point(tmp_path):
         sub = bridge.subscriptions[0]
         good = [b"kr_depth " + json.dumps(KRAKEN_DEPTH).encode()]
         messages = [good, [b'kr_depth {"result": {"X": {"asks": {}}}}'], good, [b"kr_depth not json"]]
-        lines, raw, newest, counts, owners = bridge.process(sub, messages)
+        lines, raw, newest, counts, owners = bridge.pipeline.process(sub, messages)
         assert len(lines) == raw == 8 and owners == [id(good)] * 8
         assert [(name, n) for name, _, n in counts] == [
             ("bridge_received_messages_total", 4), ("bridge_mapped_messages_total", 2),
@@ -463,7 +463,7 @@ def test_an_unencodable_line_refuses_its_whole_message(tmp_path):
         sub = bridge.subscriptions[0]
         lines = ["m a=1 1", "m a=2 2", "m b=\ud800 3", "m a=4 4", "binned 5"]
         counts: list = []
-        data = bridge._encode(sub, lines, 4, counts, owners=[7, 8, 8, 9])
+        data = bridge.pipeline._encode(sub, lines, 4, counts, owners=[7, 8, 8, 9])
         assert data == b"m a=1 1\nm a=4 4\nbinned 5\n" and lines == ["m a=1 1", "m a=4 4", "binned 5"]
         assert [(name, n) for name, _, n in counts] == [("bridge_mapped_messages_total", -1),
                                                          ("bridge_rejected_messages_total", 1)]

@@ -1,12 +1,12 @@
-"""The running bridge: sources -> decoders -> mapping -> (binning) -> sinks and cache.
+"""The running bridge: the wiring of its parts, the receive loop, health, signals and the stop.
 
-One receive loop (this thread) reads every subscription's socket, maps each message and hands
-each burst to every destination's writer thread and to the cache worker. A subscription whose
-shape the compiled path covers (fastpath.py: the extension is built, the mapping is flat, no
-binning, `fast_path: auto`) receives, decodes, maps and formats its bursts in C; the messages C
-hands back go through the same decoder, mapper and rejection as every other message, and the
-burst's counters, chunk and cache offer are committed exactly as the Python path commits them. Each stage contains
-its own failures and turns them into counted, named outcomes:
+The stages themselves live in their modules: sources (sockets) -> pipeline (decode, map, encode,
+commit the burst's counters, hand to every destination and the cache; pipeline.py) -> sinks
+(writer threads, journal) and cache. One receive loop (this thread) polls every subscription's
+socket and hands each burst to the pipeline. A subscription whose shape the compiled path covers
+(fastpath.py: the extension is built, the mapping is flat, no binning, `fast_path: auto`)
+receives, decodes, maps and formats its bursts in C, committed by the same bookkeeping. Each
+stage contains its own failures and turns them into counted, named outcomes:
 - a message that cannot be decoded or mapped is rejected with a reason (per subscription:
   received == mapped + rejected), dead-lettered to `input.jsonl`, and never touches the others;
 - a destination's writer, the journal, the dead letters and the cache never raise into this
@@ -32,137 +32,33 @@ from collections.abc import Callable
 
 import zmq
 
-from .binning import Binning
 from .cache import LatestCache
-from .config import Config, ConfigError, SubscriptionSpec, load
-from .decoders import DecodeError, build
-from .fastpath import Accelerator
+from .config import Config, ConfigError, load
 from .health import (
     BridgeState,
     DestinationState,
-    RecentOutcomes,
     SubscriptionState,
     SystemdNotifier,
     Thresholds,
     evaluate,
 )
-from .journal import Chunk, DeadLetters, DiskGuard, Intake, Journal, JournalLock
+from .journal import DeadLetters, DiskGuard, Intake, Journal, JournalLock
 from .ledger import Ledger
-from .lineproto import LineError, format_line
-from .mapping import MapError, Mapper, Uniqueness
+from .lineproto import format_line
+from .mapping import Uniqueness
 from .metrics import Metrics, serve
-from .refused import make_record, topic_of
+from .pipeline import Pipeline, RateLimitedLog, Subscription
 from .schedule import utc
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
 from .sinks import InfluxSink
-from .sources import BURST, BURST_BYTES, Source, close_all, receive
+from .sources import BURST, BURST_BYTES, close_all, receive
 from .window import RESCAN_MAX_BYTES, WindowStore
 
 log = logging.getLogger("station_bridge")
 
 TICK_S = 0.2  # housekeeping period
 DRAIN_QUIET_S = 0.2  # a drain ends when no socket delivered anything for this long (or at half the stop budget)
-
-
-class RateLimitedLog:
-    """At most `per_second` log lines per reason; the rest are only counted."""
-
-    def __init__(self, per_second: float) -> None:
-        self.per_second = per_second
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def allow(self, reason: str) -> bool:
-        now = time.monotonic()
-        start, count = self._windows.get(reason, (now, 0))
-        if now - start >= 1.0:
-            start, count = now, 0
-        self._windows[reason] = (start, count + 1)
-        return count < self.per_second
-
-    def warn(self, reason: str, message: str, **extra: object) -> None:
-        if self.allow(reason):
-            log.warning(message, extra={"reason": reason, **extra})
-
-
-class Subscription:
-    """One subscription's pipeline state: its source, decoder, mapper and binning."""
-
-    def __init__(self, spec: SubscriptionSpec, config: Config, context: zmq.Context, unique: Uniqueness) -> None:
-        self.spec = spec
-        self.name = spec.name
-        self.decode = build(spec)
-        self.mapper = Mapper(spec, config.station, unique)
-        self.binning = Binning(spec.binning) if spec.binning else None
-        self.keep_raw = spec.binning is None or spec.binning.keep_raw
-        # libzmq's queues are bounded in messages (rcvhwm: set once, at connect; changing it on a
-        # live connection stalled libzmq's pipes, measured), memory in bytes: a derived rcvhwm is
-        # sized for message_bytes (default max_frame_bytes, the worst case); the sizes really
-        # received are watched, and /healthz says when they outgrow it (`memory_problems`).
-        self.receive_share = config.budget().receive // max(1, len(config.subscriptions))
-        self.rcvhwm = config.rcvhwm(spec)
-        self.source = Source(context, spec, config.health.handshake_grace, self.rcvhwm)
-        self.message_size = 0.0  # moving average of the received messages' bytes (0: none yet)
-        self.largest = 0.0  # the largest message seen lately (decays slowly)
-        # Messages per compiled burst (C counts messages, not bytes): BURST_BYTES over the largest
-        # size that may come, message_bytes (else max_frame_bytes) until sizes are seen, then over
-        # the largest seen lately: a burst never holds much more than BURST_BYTES.
-        self.burst = max(1, min(BURST, BURST_BYTES // (spec.message_bytes or spec.max_frame_bytes)))
-        self.last_message = 0.0  # monotonic; 0: none yet
-        self.fallbacks_counted = 0
-        self.labels = {"subscription": spec.name}
-        self.key = Metrics.key(subscription=spec.name)
-        self.reason_keys: dict[str, tuple] = {}
-        self.recent = RecentOutcomes(config.health.rejection_window)  # the health model's rejected share
-        self.examples: dict[str, str] = {}  # the latest rejection's detail per reason
-        self.accelerator: Accelerator | None = None
-        self.fast_path = "python"  # "compiled", or why the Python path runs (`accelerate`)
-
-    def accelerate(self, mode: str) -> None:
-        """Chooses the compiled path when `mode` is auto and the subscription's shape allows it."""
-        if mode == "off":
-            why = "fast_path: off"
-        elif self.spec.ignore:
-            why = "ignore rules run on the Python path"
-        elif self.binning is not None:
-            why = "binning runs on the Python path"
-        elif not self.mapper.flat:
-            why = "the mapping is not flat (measurement from data, derived tags or paths)"
-        else:
-            self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
-        self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
-
-    def observe_size(self, messages: int, size: int, largest: int = 0) -> None:
-        """A burst's messages and bytes (and its largest message, when known): the moving
-        average and the next compiled burst's size (about BURST_BYTES)."""
-        if messages <= 0:
-            return
-        mean = size / messages
-        self.message_size = mean if not self.message_size else 0.8 * self.message_size + 0.2 * mean
-        self.largest = max(self.largest * 0.99, largest, mean)
-        limit = max(self.message_size, self.largest, float(self.spec.message_bytes or 0))
-        self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, limit))))
-
-    def memory_problems(self) -> list[str]:
-        """libzmq may hold rcvhwm messages per endpoint: with the sizes seen, beyond twice the
-        subscription's receive share? (a message_bytes declared smaller than the feed's messages)"""
-        from .memory import ZMQ_OVERHEAD
-        worst = self.rcvhwm * max(1, len(self.spec.endpoints)) * (self.largest + ZMQ_OVERHEAD)
-        if worst <= 2 * self.receive_share:
-            return []
-        return [f"messages of up to {self.largest:.0f} bytes (message_bytes: {self.spec.message_bytes}): libzmq "
-                f"may queue rcvhwm {self.rcvhwm} of them per endpoint, {worst / 2**20:.0f} MiB, beyond this "
-                f"subscription's receive budget of {self.receive_share / 2**20:.0f} MiB (a memory limit could "
-                f"kill the bridge): raise message_bytes to their size, or leave it unset"]
-
-    def ignore_key(self, rule: str) -> tuple:
-        return Metrics.key(subscription=self.name, rule=rule)
-
-    def reason_key(self, reason: str) -> tuple:
-        found = self.reason_keys.get(reason)
-        if found is None:
-            found = self.reason_keys[reason] = Metrics.key(subscription=self.name, reason=reason)
-        return found
 
 
 class Bridge:
@@ -181,7 +77,6 @@ class Bridge:
         had_ledger = self.ledger.load()
         self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl", config.dead_letter_max_bytes, dead_guard)
         self.dead_record_max = min(config.dead_letter_max_record_bytes, config.dead_letter_max_bytes)
-        self._discarded: dict[str, int] = {}  # per dead-letter file: rotation's deletions already counted
         self.sinks: list[InfluxSink] = []
         for d in config.destinations:
             journal = Journal(config.journal_dir / d.name, config.journal_max_bytes, self.guard)
@@ -213,6 +108,9 @@ class Bridge:
         log.info("fast path", extra={"fast_path": config.fast_path,
                                      "subscriptions": {s.name: s.fast_path for s in self.subscriptions}})
         self.rate_log = RateLimitedLog(config.log_rate_per_s)
+        # The receive path (pipeline.py): decode, map, encode, commit, hand to every destination.
+        self.pipeline = Pipeline(self.sinks, self.metrics, self.cache, self.dead_input, self.dead_record_max,
+                                 self.rate_log)
         self.notifier = SystemdNotifier()
         self.signals = Signals()  # installed by run (cli installs it before the start)
         self.reexec = False  # SIGHUP with a changed configuration: cli re-executes after the stop
@@ -453,275 +351,6 @@ class Bridge:
                               for s in self.subscriptions},
             "memory": {"rss_bytes": rss, "budget_bytes": self.budget.total, "budget_source": self.budget.source}})
 
-    # --- the pipeline -------------------------------------------------------------------------
-
-    def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes],
-                counts: dict[str, int] | None = None) -> None:
-        """Counts (in `counts`, committed with the burst's other counters, or at once), logs
-        (rate limited) and dead-letters a rejected message."""
-        if counts is None:
-            self.metrics.inc("bridge_rejected_messages_total", 1, subscription=sub.name, reason=reason)
-        else:
-            counts[reason] = counts.get(reason, 0) + 1
-        sub.examples[reason] = detail[:200]
-        self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
-        # The whole message (refused.py: the record format), so `replay --dead-letters` can map it again.
-        record, truncated = make_record(frames, time.time_ns(), self.dead_record_max, subscription=sub.name,
-                                        reason=reason, detail=detail[:500], topic=topic_of(sub.spec.framing, frames))
-        ok = self.dead_input.write(**record)
-        name = self.dead_input.path.name
-        self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1, file=name)
-        if truncated and ok:
-            self.metrics.inc("bridge_dead_letters_truncated_total", 1, file=name)
-        self._count_discarded(self.dead_input)
-
-    def _count_discarded(self, dead: DeadLetters) -> None:
-        """Records a dead-letter file's rotation deleted since the last call, counted per file."""
-        new = dead.discarded - self._discarded.get(dead.path.name, 0)
-        if new > 0:
-            self._discarded[dead.path.name] = dead.discarded
-            self.metrics.inc("bridge_dead_letters_discarded_total", new, file=dead.path.name)
-
-    def process(self, sub: Subscription, messages: list[list[bytes]]
-                ) -> tuple[list[str], int, dict, list, list[int] | None]:
-        """Decodes and maps a burst. Returns (lines, how many of them are raw message lines,
-        newest record per series for the cache, the subscription's counter updates for
-        Metrics.bump, the message of each raw line: None when each message made one line).
-        A message counts once as received and once as mapped or rejected, whatever number of
-        points it makes. Never raises on bad input."""
-        lines: list[str] = []
-        decode, mapper = sub.decode, sub.mapper
-        binning = sub.binning
-        newest: dict[str, tuple[int, dict]] = {}
-        cached = self.cache is not None and binning is None and sub.spec.cache
-        points = []
-        rejected: dict[str, int] = {}
-        ignored: dict[str, int] = {}
-        ignore = sub.spec.ignore
-        # topic-only rules are decided before decoding: a control message need not be data-shaped
-        by_topic = [i for i in ignore if i.path is None]
-        framing = sub.spec.framing
-        multi = mapper.multi
-        owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
-        for frames in messages:
-            if by_topic:
-                text = topic_of(framing, frames, None)  # the whole topic, before decoding
-                rule = next((i.name for i in by_topic if text is not None and i.topic.match(text)), None)
-                if rule is not None:
-                    ignored[rule] = ignored.get(rule, 0) + 1
-                    continue
-            try:
-                topic, record = decode(frames)
-                if ignore:
-                    rule = next((i.name for i in ignore if i.matches(topic, record)), None)
-                    if rule is not None:  # not data: counted, not rejected, not dead-lettered
-                        ignored[rule] = ignored.get(rule, 0) + 1
-                        continue
-                if multi:
-                    if binning is not None:
-                        made = mapper.points(topic, record)
-                        points += made
-                    elif cached:
-                        made = mapper.keyed_lines(topic, record)
-                        for line, series, ts, values in made:
-                            lines.append(line)
-                            current = newest.get(series)
-                            if current is None or ts >= current[0]:
-                                newest[series] = (ts, values)
-                    else:
-                        made = mapper.lines(topic, record)
-                        lines += made
-                    owners += [id(frames)] * len(made)  # type: ignore[operator]
-                elif binning is not None:
-                    points.append(mapper.point(topic, record))
-                elif cached:
-                    line, series, ts = mapper.keyed_line(topic, record)
-                    lines.append(line)
-                    current = newest.get(series)
-                    if current is None or ts >= current[0]:
-                        newest[series] = (ts, record)
-                else:
-                    lines.append(mapper.line(topic, record))
-            except (DecodeError, MapError, LineError) as exc:
-                self._reject(sub, exc.reason, str(exc), frames, rejected)
-            except RecursionError:
-                self._reject(sub, "too_deep", "value nested too deeply to process", frames, rejected)
-            except Exception as exc:  # hostile input must never stop the bridge
-                if self.rate_log.allow("unexpected"):
-                    log.exception("unexpected error mapping a message", extra={"subscription": sub.name})
-                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames, rejected)
-        raw = len(lines)
-        if binning is not None:
-            if sub.keep_raw:
-                lines = [p.line for p in points]
-            raw = len(lines)
-            for point in points:
-                try:
-                    lines.extend(binning.lines(point))
-                except Exception as exc:  # contained: the point is still written raw (keep_raw)
-                    self.metrics.inc("bridge_stage_errors_total", 1, stage="binning")
-                    if self.rate_log.allow("binning"):
-                        log.exception("binning error (contained)", extra={"subscription": sub.name,
-                                                                          "error": repr(exc)})
-        # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
-        mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
-        counts = [("bridge_received_messages_total", sub.key, len(messages)),
-                  ("bridge_mapped_messages_total", sub.key, mapped)]
-        if ignored:
-            counts += [("bridge_ignored_messages_total", sub.ignore_key(rule), n) for rule, n in ignored.items()]
-        if rejected:
-            counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
-        fallbacks = sub.mapper.timestamp_fallbacks
-        if fallbacks != sub.fallbacks_counted:  # with the burst that used them, not a tick later
-            counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
-            sub.fallbacks_counted = fallbacks
-        return lines, raw, newest, counts, owners
-
-    def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None,
-                owners: list[int] | None = None) -> bytes:
-        """One encode for the burst; a line that cannot be encoded (never expected: mapping
-        refuses lone surrogates) is rejected on its own (its counts join `counts`); with
-        `owners` (the message of each raw line) its whole message is: messages are atomic."""
-        try:
-            return ("\n".join(lines) + "\n").encode("utf-8")
-        except UnicodeEncodeError:
-            encoded: list[bytes | None] = []
-            bad: set[int] = set()
-            for i, line in enumerate(lines):
-                try:
-                    encoded.append(line.encode("utf-8"))
-                except UnicodeEncodeError:
-                    encoded.append(None)
-                    if sub is not None and i < raw and counts is not None:
-                        message = owners[i] if owners is not None else i
-                        if message in bad:
-                            continue
-                        bad.add(message)
-                        counts += [("bridge_mapped_messages_total", sub.key, -1),
-                                   ("bridge_rejected_messages_total", sub.reason_key("invalid_utf8"), 1)]
-                        self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
-                                     [line.encode("utf-8", "surrogatepass")], {})
-                    else:
-                        self.metrics.inc("bridge_stage_errors_total", 1, stage="encode")
-            kept = [(line, data) for i, (line, data) in enumerate(zip(lines, encoded, strict=True))
-                    if data is not None and not (i < raw and owners is not None and owners[i] in bad)]
-            lines[:] = [line for line, _ in kept]
-            return b"".join(data + b"\n" for _, data in kept)  # type: ignore[operator]
-
-    def hand_over(self, sub: Subscription | None, lines: list[str], raw: int | None = None,
-                  counts: list | None = None, owners: list[int] | None = None) -> None:
-        """Gives a burst's lines to every destination (each logs and queues its own copy).
-        The burst's counters are committed in one update (a ledger snapshot sees all or none):
-        the subscription's (`counts`), its points, and what every destination accepts."""
-        data = self._encode(sub, lines, len(lines) if raw is None else raw, counts, owners) if lines else b""
-        self.commit(sub, data, len(lines), counts)
-
-    def commit(self, sub: Subscription | None, data: bytes, n: int, counts: list | None = None) -> None:
-        """A burst's encoded lines (`n` of them in `data`) to every destination, its counters in
-        one update first (hand_over, and the compiled path directly)."""
-        updates = counts or []
-        if sub is not None and updates:
-            self._tally(sub, updates)
-        if n:
-            updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
-                           else ("bridge_self_points_total", (), n))
-            updates += [("bridge_accepted_points_total", sink.key, n) for sink in self.sinks]
-        self.metrics.bump(updates)
-        if n:
-            chunk = Chunk(data, n, -1, time.time())
-            for sink in self.sinks:
-                sink.submit(chunk, counted=True)
-
-    @staticmethod
-    def _tally(sub: Subscription, updates: list) -> None:
-        """A burst's received (less ignored) and rejected messages into the subscription's recent
-        outcomes (the health model's rejected share)."""
-        received = 0
-        rejected: dict[str, int] = {}
-        for name, key, n in updates:
-            if name == "bridge_received_messages_total":
-                received += n
-            elif name == "bridge_rejected_messages_total":
-                reason = dict(key).get("reason", "unknown")
-                rejected[reason] = rejected.get(reason, 0) + n
-            elif name == "bridge_ignored_messages_total":
-                received -= n  # not data: neither lands nor counts against the feed
-        sub.recent.add(received, rejected)
-
-    def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
-        sub.last_message = time.monotonic()
-        lines, raw, newest, counts, owners = self.process(sub, messages)
-        self.hand_over(sub, lines, raw, counts, owners)
-        if newest and self.cache is not None:
-            self.cache.offer(sub.mapper.field_names, newest)
-
-    def receive_compiled(self, sub: Subscription) -> int:
-        """Up to a burst from the subscription's socket through the compiled path (the
-        accelerator); returns how many messages it took. What `receive` does, in the same
-        order: every message handed back is decoded, mapped or rejected by the Python path at
-        its place in the burst; the burst's counters are committed in one update, then the
-        chunk goes to every destination and the newest point per series to the cache."""
-        accelerator = sub.accelerator
-        assert accelerator is not None
-        decode, mapper = sub.decode, sub.mapper
-        newest: dict | None = {} if self.cache is not None and sub.spec.cache else None
-        rejected: dict[str, int] = {}
-
-        def slow(frames: list[bytes], error: BaseException | None) -> bytes | None:
-            if error is not None:  # refused by the uniqueness C called (MapError: bad_timestamp)
-                self._reject(sub, getattr(error, "reason", "unexpected"), str(error), frames, rejected)
-                return None
-            try:
-                topic, record = decode(frames)
-                line, series, ts = mapper.keyed_line(topic, record)
-            except (DecodeError, MapError, LineError) as exc:
-                self._reject(sub, exc.reason, str(exc), frames, rejected)
-                return None
-            except RecursionError:
-                self._reject(sub, "too_deep", "value nested too deeply to process", frames, rejected)
-                return None
-            except Exception as exc:  # hostile input must never stop the bridge
-                if self.rate_log.allow("unexpected"):
-                    log.exception("unexpected error mapping a message", extra={"subscription": sub.name})
-                self._reject(sub, "unexpected", f"{type(exc).__name__}: {exc}", frames, rejected)
-                return None
-            try:
-                data = line.encode("utf-8")
-            except UnicodeEncodeError:  # as _encode: the line is refused on its own
-                self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
-                             [line.encode("utf-8", "surrogatepass")], rejected)
-                return None
-            if newest is not None:
-                current = newest.get(series)
-                if current is None or ts >= current[0]:
-                    newest[series] = (ts, record)
-            return data
-
-        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES)
-        if burst.errno:
-            self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
-            if self.rate_log.allow("receive_errno"):
-                log.error("libzmq receive error (compiled path)", extra={
-                    "subscription": sub.name, "errno": burst.errno, "error": os.strerror(burst.errno)})
-        if not burst.received:
-            return 0
-        sub.observe_size(burst.received, len(burst.data))
-        sub.last_message = time.monotonic()
-        counts = [("bridge_received_messages_total", sub.key, burst.received),
-                  ("bridge_mapped_messages_total", sub.key, burst.lines)]
-        if rejected:
-            counts += [("bridge_rejected_messages_total", sub.reason_key(reason), n) for reason, n in rejected.items()]
-        fallbacks = mapper.timestamp_fallbacks
-        if fallbacks != sub.fallbacks_counted:
-            counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
-            sub.fallbacks_counted = fallbacks
-        self.commit(sub, burst.data, burst.lines, counts)
-        if newest and self.cache is not None:
-            self.cache.offer(mapper.field_names, newest)
-        return burst.received
-
-    # --- self-metrics -------------------------------------------------------------------------
-
     def self_report(self, now_ns: int) -> list[str]:
         """station_bridge (one point per destination) and station_bridge_feed (per subscription)."""
         spec = self.config.self_metrics
@@ -777,7 +406,7 @@ class Bridge:
             sub.source.repair(self.metrics.inc)
         for sink in self.sinks:
             sink.ensure_alive()
-            self._count_discarded(sink.dead)
+            self.pipeline.count_discarded(sink.dead)
 
     def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
         """One poll round: every socket that has messages hands over up to a burst; the count."""
@@ -789,7 +418,7 @@ class Bridge:
                 continue
             if sub.accelerator is not None:
                 try:
-                    n = self.receive_compiled(sub)
+                    n = self.pipeline.receive_compiled(sub)
                 except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
@@ -802,7 +431,7 @@ class Bridge:
                 sizes = [sum(map(len, m)) for m in messages]
                 sub.observe_size(len(messages), sum(sizes), max(sizes))
                 try:
-                    self.receive(sub, messages)
+                    self.pipeline.receive(sub, messages)
                 except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
@@ -853,7 +482,7 @@ class Bridge:
                     self._register(poller, by_socket)
                     if report_every and now >= next_report:
                         next_report = now + report_every
-                        self.hand_over(None, self.self_report(time.time_ns()))
+                        self.pipeline.hand_over(None, self.self_report(time.time_ns()))
                 except Exception as exc:  # contained
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="housekeeping")
                     log.exception("housekeeping error (contained)", extra={"error": repr(exc)})
@@ -897,7 +526,7 @@ class Bridge:
         if self.cache is not None:
             self.cache.stop(min(2.0, remaining))
         for sink in self.sinks:  # rotations during the final flush
-            self._count_discarded(sink.dead)
+            self.pipeline.count_discarded(sink.dead)
         self._ledger_stop.set()
         self.ledger.save(clean=True, sync=True)
         if self.http is not None:
