@@ -77,7 +77,7 @@ lint: bootstrap
 # the C path's differential tests against an ASan+UBSan build of it (about a minute).
 unit: bootstrap
 	tests/ansible-test.sh units --num-workers 1
-	pytest tests/roles tests/playbooks tests/lab tests/docs
+	pytest -n 2 --dist loadfile tests/roles tests/playbooks tests/lab tests/docs
 	cd bridge && pytest
 	bridge/tests/sanitize.sh
 

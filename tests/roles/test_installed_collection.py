@@ -33,19 +33,21 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tmp = tmp_path_factory.mktemp("installed")
     dist, collections, home = tmp / "dist", tmp / "collections", tmp / "home"
     home.mkdir()
-    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(dist), str(ROOT)],
-                   check=True, capture_output=True, cwd=ROOT)
-    (tarball,) = dist.glob("station_stack-station-*.tar.gz")
-    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p", str(collections),
-                    str(tarball)], check=True, capture_output=True, cwd=tmp)
-    tree = collections / "ansible_collections" / "station_stack" / "station"
-    assert (tree / "MANIFEST.json").is_file()
-    assert not list(tree.rglob("*.so")), "the checkout's in-place build output was packed into the collection"
+    # A user's controller: none of the checkout's Ansible settings (make exports ANSIBLE_CONFIG, whose
+    # collections_path finds this checkout as the collection: the install would then do nothing).
     (tmp / "ansible.cfg").write_text(f"[defaults]\ncollections_path = {collections}\ninterpreter_python = auto_silent\n"
                                      "retry_files_enabled = false\n")
     env = {k: v for k, v in os.environ.items() if not k.startswith(("ANSIBLE_", "XDG_"))}
     env.update(ANSIBLE_CONFIG=str(tmp / "ansible.cfg"), HOME=str(home),
                PIP_CACHE_DIR=os.environ.get("PIP_CACHE_DIR", str(Path.home() / ".cache" / "pip")))
+    subprocess.run([str(BIN / "ansible-galaxy"), "collection", "build", "--output-path", str(dist), str(ROOT)],
+                   check=True, capture_output=True, cwd=ROOT, env=env)
+    (tarball,) = dist.glob("station_stack-station-*.tar.gz")
+    installing = subprocess.run([str(BIN / "ansible-galaxy"), "collection", "install", "--no-deps", "-p",
+                                 str(collections), str(tarball)], capture_output=True, text=True, cwd=tmp, env=env)
+    tree = collections / "ansible_collections" / "station_stack" / "station"
+    assert installing.returncode == 0 and (tree / "MANIFEST.json").is_file(), installing.stdout + installing.stderr
+    assert not list(tree.rglob("*.so")), "the checkout's in-place build output was packed into the collection"
     return {"tmp": tmp, "tree": tree, "home": home, "env": env}
 
 
