@@ -124,3 +124,28 @@ def test_a_stop_with_a_byte_budget_below_one_request_keeps_shutdown_timeout(tmp_
     assert own_influxd.count("tick", "ticks") == sent
     assert total(samples, "bridge_dropped_points_total", destination="local") == 0
     assert bridge.stop() == 0
+
+
+def test_a_paced_link_whose_journal_cap_drops_points_is_not_healthy(tmp_path, own_influxd, endpoint):
+    """A send budget (50 points/s) smaller than the live stream (300/s) with a small journal
+    cap: the backlog fills the cap and thousands of points are dropped `spool_full` while
+    /healthz answered 200 `catching_up` (live first is judged by progress, and writes kept being
+    acknowledged; a full cap was no journal failure). Now a batch refused for the cap is a
+    refused journal write: the destination is degraded (part `journal`) while it drops."""
+    bridge = BridgeProcess(tmp_path, own_influxd, "tick", endpoint,
+                           destination={"batch_size": 100, "max_points_per_second": 50, "queue_max_points": 300},
+                           journal={"max_bytes": "150KiB"}).start()
+    thread = threading.Thread(target=lambda: publish(endpoint, "kraken_tick", 4000, rate=300, duration=30))
+    thread.start()
+    try:
+        wait_for(lambda: total(bridge.samples(), "bridge_dropped_points_total", destination="local",
+                               reason="spool_full") > 0, 20, "spool_full drops")
+        code, doc = bridge.health()
+        assert code == 503, doc["destinations"]["local"]
+        assert any(p["part"] == "journal" and "spool_full" in p["reason"] for p in doc["problems"]), doc["problems"]
+    finally:
+        thread.join()
+    samples = bridge.samples()
+    assert total(samples, "bridge_dropped_points_total", destination="local") == total(
+        samples, "bridge_dropped_points_total", destination="local", reason="spool_full")
+    assert bridge.stop() == 0
