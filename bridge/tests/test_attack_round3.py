@@ -4,12 +4,14 @@ at a byte budget below a request's headers) sent after the window closed or the 
 
 from __future__ import annotations
 
+import datetime
 import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import ClassVar
 
 import yaml
+from front import Front
 from harness import BridgeProcess, quiet_ledger, wait_for
 
 from station_bridge.config import DestinationSpec
@@ -149,3 +151,31 @@ def test_a_paced_link_whose_journal_cap_drops_points_is_not_healthy(tmp_path, ow
     assert total(samples, "bridge_dropped_points_total", destination="local") == total(
         samples, "bridge_dropped_points_total", destination="local", reason="spool_full")
     assert bridge.stop() == 0
+
+
+def test_a_journal_that_refuses_while_the_window_is_closed_sends_nothing(tmp_path, own_influxd, endpoint):
+    """The window is closed (it opens in two hours) and the journal refuses batches (its cap):
+    each refused batch was delivered at once through the 'journal refuses, destination not
+    backing off' bypass, on a link the schedule says is not there (seen in a chaos run: writes
+    at 7.5 s of an 8 s period whose window is 0-4 s, the journal at its disk reserve). Now
+    nothing is sent outside the window: the journal's refusals are drops, counted as always,
+    and the destination is not healthy while it drops."""
+    front = Front(own_influxd.url)
+    try:
+        hour = (datetime.datetime.now(datetime.UTC).hour + 2) % 24
+        bridge = BridgeProcess(tmp_path, None, "tick", endpoint,
+                               destination={"url": front.url, "batch_size": 50,
+                                            "schedule": [f"{hour:02d}:00-{(hour + 1) % 24:02d}:00"]},
+                               journal={"max_bytes": "20KiB"}).start()
+        sent = publish(endpoint, "kraken_tick", 1000, rate=0, duration=20)
+        samples = quiet_ledger(bridge, delivered=False)
+        assert value(samples, "bridge_accepted_points_total", destination="local") == sent
+        assert front.posts == 0 and value(samples, "bridge_written_points_total", destination="local") == 0
+        assert total(samples, "bridge_dropped_points_total", destination="local", reason="spool_full") > 0
+        code, doc = bridge.health()
+        assert code == 503 and doc["destinations"]["local"]["pending_by_schedule"], doc
+        assert bridge.stop() == 0
+        assert front.posts == 0
+    finally:
+        front.server.shutdown()
+        front.server.server_close()

@@ -972,9 +972,10 @@ class InfluxSink:
             self._journal_refused_at = time.monotonic()
             self._journal_refused_reason = reason
             if (threading.current_thread() is self._thread and not self._stopping
-                    and self.backoff.remaining() == 0 and chunk.count):
+                    and self.backoff.remaining() == 0 and chunk.count and self.link_open()):
                 # The journal refuses it and the destination is not backing off: delivered now
                 # (out of order) rather than dropped; only what the destination fails too is.
+                # Never outside a scheduled window: the link is not there (nothing is sent).
                 out = self._deliver(chunk)
                 chunk = out.retry if out.retry is not None else Chunk(b"", 0)
                 reason = self.journal.append(chunk) if chunk.count else None
