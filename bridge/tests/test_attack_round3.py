@@ -179,3 +179,45 @@ def test_a_journal_that_refuses_while_the_window_is_closed_sends_nothing(tmp_pat
     finally:
         front.server.shutdown()
         front.server.server_close()
+
+
+class _Poison(BaseHTTPRequestHandler):
+    protocol_version = "HTTP/1.1"
+    posts: ClassVar[list[bytes]] = []
+
+    def do_POST(self) -> None:
+        body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+        _Poison.posts.append(body)
+        status, data = (500, b'{"error":"internal error"}') if b"POISON" in body else (204, b"")
+        self.send_response(status)
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def log_message(self, *args: object) -> None:
+        pass
+
+
+def test_no_request_of_an_isolation_is_sent_once_the_window_closed():
+    """A schedule without a budget: a poison batch is being isolated (dozens of requests, down
+    to single lines, then the confirmation rounds) when the window closes. Isolation never
+    asked the window: it went on sending on a link the schedule says is gone. Now every request
+    asks the writer's `cancel` first: none is sent after the close, nothing is dropped, the
+    rest is kept (kind 'paused')."""
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Poison)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        spec = DestinationSpec(name="d", url=f"http://127.0.0.1:{server.server_address[1]}", database="db",
+                               retention_policy=None, username=None, password=None, batch_size=500,
+                               flush_interval=0.2, gzip=False, timeout=5, queue_max_points=10_000, max_backoff=1)
+        writer = InfluxWriter(spec)
+        writer.cancel = lambda: len(_Poison.posts) >= 3  # the window closes after the third request
+        _Poison.posts.clear()
+        lines = [*LINES[:10], b"ticks,instrument=POISON bid=1 1700000000000000000", *LINES[10:]]
+        out = Delivery(writer, 500).deliver(Chunk.of_bytes(lines), isolate=True)
+        assert len(_Poison.posts) == 3
+        assert not out.rejected and out.kind == "paused"
+        assert out.written + out.retry.count == len(lines)
+    finally:
+        server.shutdown()
+        server.server_close()

@@ -164,6 +164,10 @@ class InfluxWriter:
         lines = points if points is not None else body.count(b"\n")
         if self.spec.gzip:
             body = gzip.compress(body, compresslevel=1)
+        if self.cancel is not None and self.cancel():
+            # Every request goes through here (a batch, its halves, isolation, probes): none is
+            # sent once the window closed or the stop's deadline passed.
+            raise Retryable("paused: the window closed or the stop's deadline passed: not sent", "paused")
         if not self.pacer.wait(lines, len(body) + self._overhead, self.cancel):
             raise Retryable("paused while waiting for the send budget (the window closed or the stop's deadline "
                             "passed): not sent", "paused")
