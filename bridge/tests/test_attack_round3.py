@@ -221,3 +221,24 @@ def test_no_request_of_an_isolation_is_sent_once_the_window_closed():
     finally:
         server.shutdown()
         server.server_close()
+
+
+def test_a_flaky_server_that_fails_at_random_has_no_poison(monkeypatch):
+    """500 for 70% of requests at random (an overloaded server whose message tells nothing
+    transient): a line that happened to fail alone 4 times while others were stored was
+    dropped 'poison' (287 of 20,000 lines here before); with a stored control after each of
+    its failures, none (the control fails as often)."""
+    import random
+
+    import station_bridge.sinks as sinks
+    monkeypatch.setattr(sinks.time, "sleep", lambda s: None)
+    draw = random.Random(1)
+    writer = Scripted(lambda n, body: (500, "internal error") if draw.random() < 0.7 else (204, ""))
+    dropped = 0
+    for _ in range(200):
+        try:
+            out = Delivery(writer, 500).deliver(Chunk.of_bytes(LINES), isolate=True)
+        except sinks.Retryable:
+            continue
+        dropped += sum(1 for *_, reason in out.rejected if reason == "poison")
+    assert dropped == 0
