@@ -168,6 +168,13 @@ def test_a_journal_that_refuses_while_the_window_is_closed_sends_nothing(tmp_pat
                                             "schedule": [f"{hour:02d}:00-{(hour + 1) % 24:02d}:00"]},
                                journal={"max_bytes": "20KiB"}).start()
         sent = publish(endpoint, "kraken_tick", 1000, rate=0, duration=20)
+        # Full batches leave the queue for the journal (refused beyond its cap); before the fix
+        # each refused one was sent instead (nothing dropped, front.posts > 0).
+        def settled() -> bool:
+            samples = bridge.samples()
+            return (value(samples, "bridge_accepted_points_total", destination="local") == sent
+                    and value(samples, "bridge_queue_points", destination="local") < 50)
+        wait_for(settled, 15, "every point accepted and full batches out of the queue")
         samples = quiet_ledger(bridge, delivered=False)
         assert value(samples, "bridge_accepted_points_total", destination="local") == sent
         assert front.posts == 0 and value(samples, "bridge_written_points_total", destination="local") == 0
