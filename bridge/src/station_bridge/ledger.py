@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import json
 import logging
+import math
 import os
 import threading
 import time
@@ -188,6 +189,32 @@ class Ledger:
             os.close(fd)
 
 
+def _check(data: dict) -> None:
+    """Raises ValueError unless `data` holds what save() writes: an integer `seq` >= 0 and
+    counters {name: [[[[key, value], ...], count], ...]} with finite counts >= 0. A ledger whose
+    values are not counters (a hand edit, a bit flip that left valid JSON) is unreadable: restored,
+    NaN or a negative count broke the equations for good, and a `seq` that is not an integer
+    stopped every start with a traceback."""
+    seq = data.get("seq", 0)
+    if type(seq) is not int or seq < 0:
+        raise ValueError(f"seq {seq!r} is not a sequence number")
+    counters = data.get("counters")
+    if not isinstance(counters, dict):
+        raise ValueError("counters is not a map")
+    for name, entries in counters.items():
+        if not isinstance(entries, list):
+            raise ValueError(f"{name}: not a list of counts")
+        for entry in entries:
+            if not (isinstance(entry, list) and len(entry) == 2 and isinstance(entry[0], list)):
+                raise ValueError(f"{name}: {str(entry)[:80]} is not [labels, count]")
+            labels, count = entry
+            if not all(isinstance(pair, list) and len(pair) == 2 and all(isinstance(x, str) for x in pair)
+                       for pair in labels):
+                raise ValueError(f"{name}: labels {str(labels)[:80]} are not [name, value] pairs")
+            if type(count) not in (int, float) or not math.isfinite(count) or count < 0:
+                raise ValueError(f"{name}: count {count!r} is not a finite number >= 0")
+
+
 def read_latest(path: Path) -> dict | None:
     """The newest readable ledger of `path` and its spare (by sequence number), or None."""
     best: dict | None = None
@@ -199,9 +226,10 @@ def read_latest(path: Path) -> dict | None:
             data = json.loads(raw)
             if not isinstance(data, dict) or data.get("version") != VERSION:
                 raise ValueError(f"version {data.get('version') if isinstance(data, dict) else None!r}")
+            _check(data)
         except FileNotFoundError:
             continue
-        except (OSError, ValueError) as exc:
+        except (OSError, ValueError, RecursionError) as exc:
             log.error("ledger file unreadable", extra={"file": str(candidate), "error": str(exc)})
             continue
         if best is None or int(data.get("seq", 0)) > int(best.get("seq", 0)):

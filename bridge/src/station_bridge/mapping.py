@@ -167,8 +167,12 @@ class Uniqueness:
             raise ValueError("checksum mismatch")
         pos, series = len(self.MAGIC), 0
         while pos < len(body):
+            if pos + 8 > len(body):  # a header cut short (a file that verifies but save() never wrote)
+                raise ValueError(f"a series header cut short at byte {pos}")
             size, count = struct.unpack_from("<II", body, pos)
             pos += 8
+            if pos + size + 8 * count > len(body):
+                raise ValueError(f"a series at byte {pos - 8} runs past the end of the file")
             key = body[pos:pos + size].decode("utf-8", "surrogatepass")
             pos += size
             times = array("q")

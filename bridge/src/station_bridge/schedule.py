@@ -20,6 +20,7 @@ import itertools
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 
 DAY = 86400.0
@@ -143,8 +144,23 @@ class Pacer:
             self._ready = start + cost
         return start - now
 
-    def wait(self, points: int, nbytes: int) -> float:
+    def wait(self, points: int, nbytes: int, cancel: Callable[[], bool] | None = None) -> bool:
+        """Waits for the budget of one request. `cancel` (the window closed, the stop's deadline
+        passed) is asked while waiting and once the wait is over: True gives the reservation back
+        and returns False (the request must not be sent: a wait of minutes, at a byte budget
+        below a request's headers, would otherwise send it outside the window or past the stop)."""
         delay = self.take(points, nbytes)
-        if delay > 0:
-            time.sleep(delay)
-        return delay
+        if delay <= 0:
+            return True
+        end = time.monotonic() + delay
+        while True:
+            if cancel is not None and cancel():
+                cost = max(points / self.points_per_s if self.points_per_s else 0.0,
+                           nbytes / self.bytes_per_s if self.bytes_per_s else 0.0)
+                with self._lock:
+                    self._ready = max(time.monotonic(), self._ready - cost)
+                return False
+            left = end - time.monotonic()
+            if left <= 0:
+                return True
+            time.sleep(min(left, 0.05) if cancel is not None else left)

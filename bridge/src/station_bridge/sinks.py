@@ -111,6 +111,9 @@ class InfluxWriter:
         # https: the system's CAs, or the destination's own bundle (`ca_file`).
         self._tls = ssl.create_default_context(cafile=spec.ca_file) if self._https else None
         self.pacer = Pacer(spec.max_points_per_second, spec.max_bytes_per_second)
+        # Asked while a request waits for the send budget: True when it must not be sent any more
+        # (the sink's window closed, its stop's deadline passed): the request is not sent (Paused).
+        self.cancel: Callable[[], bool] | None = None
         # What a write request adds to its body on the wire (request line, headers), for the
         # byte budget: the path and our headers, and Host, Accept-Encoding, Content-Length.
         self._overhead = (len(self._path) + 120 + len(self._host)
@@ -161,7 +164,13 @@ class InfluxWriter:
         lines = points if points is not None else body.count(b"\n")
         if self.spec.gzip:
             body = gzip.compress(body, compresslevel=1)
-        self.pacer.wait(lines, len(body) + self._overhead)
+        if self.cancel is not None and self.cancel():
+            # Every request goes through here (a batch, its halves, isolation, probes): none is
+            # sent once the window closed or the stop's deadline passed.
+            raise Retryable("paused: the window closed or the stop's deadline passed: not sent", "paused")
+        if not self.pacer.wait(lines, len(body) + self._overhead, self.cancel):
+            raise Retryable("paused while waiting for the send budget (the window closed or the stop's deadline "
+                            "passed): not sent", "paused")
         status, text = self._request("POST", self._path, body, self._headers)
         if status == 204:
             return 204, ""
@@ -317,6 +326,11 @@ class Delivery:
         suspects: list[bytes] = []
         written_before = out.written
         requests = 0
+        # A line this isolation saw stored: sent again (the same point: InfluxDB keeps one) right
+        # after each failure of a suspect, it proves the server was storing lines at that moment.
+        # A line is poison only when it fails while the control around it is stored: an outage
+        # that begins mid-isolation (a disk filling: 500 for everything) fails the control too.
+        control: bytes | None = None
 
         def rest() -> Chunk:
             return Chunk.of_bytes([line for part in pending for line in part] + suspects)
@@ -333,6 +347,7 @@ class Delivery:
                 raise
             if status == 204:
                 out.written += len(part)
+                control = part[0]
                 pending.pop(0)
             elif status == 500 and not _transient(message):
                 pending.pop(0)
@@ -351,7 +366,7 @@ class Delivery:
                 except Retryable as exc:
                     exc.remaining = Chunk.join([exc.remaining or Chunk.of_bytes(part), rest()])
                     raise
-        if suspects and out.written == written_before:
+        if suspects and (out.written == written_before or control is None):
             raise Retryable(error, "http_5xx", Chunk.of_bytes(suspects))
         message = error
         for attempt in range(POISON_CONFIRM):
@@ -367,6 +382,7 @@ class Delivery:
                     out.written += 1
                 elif status == 500 and not _transient(message):
                     still.append(line)
+                    self._control(control, message, Chunk.of_bytes(still + suspects[k + 1:]))
                 elif status >= 500:
                     raise Retryable(f"HTTP {status}: {message[:500]}", f"http_{status}",
                                     Chunk.of_bytes(still + suspects[k:]))
@@ -381,6 +397,19 @@ class Delivery:
                 break
         for line in suspects:
             out.rejected.append((line, 500, message, "poison"))
+
+    def _control(self, line: bytes, failure: str, remaining: Chunk) -> None:
+        """Right after a suspect failed alone: a line already stored must be stored again, or the
+        server is failing everything now (not that line): Retryable, every suspect kept."""
+        try:
+            status, _message = self.writer.post(line + b"\n")
+        except Retryable as exc:
+            exc.remaining = remaining
+            raise
+        if status != 204:
+            raise Retryable(f"HTTP 500 for a suspect line, then HTTP {status} for a line already stored "
+                            f"(the server fails everything, not that line): {failure[:300]}",
+                            f"http_{status}" if status != 500 else "http_5xx", remaining)
 
     def _halves(self, chunk: Chunk, out: Outcome) -> None:
         """Nothing of `chunk` was stored: deliver its halves separately."""
@@ -562,6 +591,7 @@ class InfluxSink:
             intake.before_delete = self.before_delete
         journal.on_loss = self._journal_loss
         self.writer = InfluxWriter(spec)
+        self.writer.cancel = self._cancel_send
         self.delivery = Delivery(self.writer, spec.batch_size)
         self.backoff = Backoff(spec.max_backoff)
         self._queue: deque[Chunk] = deque()
@@ -607,6 +637,11 @@ class InfluxSink:
         if self.schedule is None or self.schedule.is_open(now):
             return None
         return self.schedule.next_open(now)
+
+    def _cancel_send(self) -> bool:
+        """A request waiting for the send budget is not sent once the window closed or the stop's
+        deadline passed (it is journaled like any paused batch)."""
+        return (self._stopping and time.monotonic() > self._deadline) or not self.link_open()
 
     def _live_due(self) -> bool:
         """Fresh points wait to be sent: a full batch, or the oldest one's flush_interval is over."""
@@ -941,9 +976,10 @@ class InfluxSink:
             self._journal_refused_at = time.monotonic()
             self._journal_refused_reason = reason
             if (threading.current_thread() is self._thread and not self._stopping
-                    and self.backoff.remaining() == 0 and chunk.count):
+                    and self.backoff.remaining() == 0 and chunk.count and self.link_open()):
                 # The journal refuses it and the destination is not backing off: delivered now
                 # (out of order) rather than dropped; only what the destination fails too is.
+                # Never outside a scheduled window: the link is not there (nothing is sent).
                 out = self._deliver(chunk)
                 chunk = out.retry if out.retry is not None else Chunk(b"", 0)
                 reason = self.journal.append(chunk) if chunk.count else None

@@ -209,6 +209,11 @@ class Journal:
         size = len(data)
         with self._lock:
             if self._bytes + size > self.max_bytes:
+                # Not an error of the disk, but points are dropped: health says so (the journal
+                # part) whatever else it judges (a paced or scheduled link is judged by progress).
+                self.failed_at = time.monotonic()
+                self.last_error = (f"journal.max_bytes ({self.max_bytes} bytes) reached: "
+                                   f"batches dropped (spool_full)")
                 return "spool_full"
             if self.guard is not None and not self.guard.room(size):
                 self.writable = False
