@@ -75,6 +75,13 @@ def test_validate_playbook_reports_the_feed_and_fails_on_a_silent_one(host, infl
     # kraken has had no publisher since the converge: no connection for longer than the grace, so
     # the bridge's health model (and validate, which reads it, in any mode) fails it, naming the
     # feed. (An idle feed that is connected is reported, not failed, unless it declares expected_interval.)
+    # The tests before published to it: wait until its health model says so (subscription_grace, 60 s).
+    def kraken_unhealthy() -> bool:
+        health = host.run("python3 -c \"import urllib.request, urllib.error\ntry: print(urllib.request.urlopen("
+                          "'http://127.0.0.1:9108/healthz').read().decode())\nexcept urllib.error.HTTPError as e: "
+                          "print(e.read().decode())\"").stdout
+        return "no connection" in health
+    wait_until(kraken_unhealthy, 90, "kraken without a publisher for longer than its grace")
     silent = run_playbook(playbook, "validate_silent.yml")
     assert silent.rc != 0
     assert "kraken: feed kraken: unhealthy: no connection" in json.dumps(silent.output), silent.output
