@@ -101,13 +101,9 @@ class Uniqueness:
             raise MapError("bad_timestamp", f"time {ts} is outside InfluxDB's range")
         times = self.current.get(series)
         if times is None:
-            times = self.previous.pop(series, None)
+            times = self._adopt(series, ts)
             if times is None:
-                if len(self.current) >= self.max_series // 2:
-                    self._rotate()
-                self.current[series] = array("q", (ts,))
                 return ts
-            self.current[series] = times
         runs = self.runs.get(series)
         run_end = runs.get(ts) if runs is not None else None
         candidate = ts if run_end is None else run_end + 1
@@ -188,19 +184,27 @@ class Uniqueness:
         given again. No nudge, nothing counted."""
         times = self.current.get(series)
         if times is None:
-            times = self.previous.pop(series, None)
+            times = self._adopt(series, ts)
             if times is None:
-                if len(self.current) >= self.max_series // 2:
-                    self._rotate()
-                self.current[series] = array("q", (ts,))
                 return
-            self.current[series] = times
         i = bisect.bisect_left(times, ts)
         if i < len(times) and times[i] == ts:
             return
         times.insert(i, ts)
         if len(times) > self.trim:
             del times[:len(times) - self.window]
+
+    def _adopt(self, series: str, ts: int) -> array | None:
+        """A series not in the current half: its times from the previous half (moved back), or,
+        new, a window holding only `ts` (then None: nothing more to do)."""
+        times = self.previous.pop(series, None)
+        if times is None:
+            if len(self.current) >= self.max_series // 2:
+                self._rotate()
+            self.current[series] = array("q", (ts,))
+            return None
+        self.current[series] = times
+        return times
 
     def _rotate(self) -> None:
         # In place: the compiled mappers hold a reference to `current`.
