@@ -12,7 +12,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 
-from harness import dump_stacks_on_sigterm, no_leftover_bridges, zmq_context  # noqa: F401 - fixtures
+from harness import dump_stacks_on_sigterm, no_leftover_bridges, own_influxd, zmq_context  # noqa: F401 - fixtures
 from servers import Influxd, free_port
 
 dump_stacks_on_sigterm()

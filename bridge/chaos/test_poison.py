@@ -5,7 +5,6 @@ backoff of POISON_AFTER failed attempts."""
 from __future__ import annotations
 
 from collections.abc import Iterator
-from pathlib import Path
 
 import pytest
 from conftest import report
@@ -15,14 +14,6 @@ from servers import Influxd
 
 from station_bridge.demo import publish
 from station_bridge.metrics import total, value
-
-
-@pytest.fixture()
-def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
-    server = Influxd(tmp_path / "influxd").start()
-    server.query('CREATE DATABASE "tick"')
-    yield server
-    server.stop()
 
 
 @pytest.fixture()

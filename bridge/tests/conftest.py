@@ -10,7 +10,7 @@ from hypothesis import settings
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from harness import dump_stacks_on_sigterm, no_leftover_bridges, zmq_context  # noqa: F401 - fixtures
+from harness import dump_stacks_on_sigterm, no_leftover_bridges, own_influxd, zmq_context  # noqa: F401 - fixtures
 from servers import Influxd, RedisServer, free_port
 
 dump_stacks_on_sigterm()
@@ -57,11 +57,3 @@ def database(influxd: Influxd) -> str:
 @pytest.fixture()
 def endpoint() -> str:
     return f"tcp://127.0.0.1:{free_port()}"
-
-
-@pytest.fixture()
-def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
-    server = Influxd(tmp_path / "influxd").start()
-    server.query('CREATE DATABASE "tick"')
-    yield server
-    server.stop()

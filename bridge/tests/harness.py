@@ -233,6 +233,15 @@ def no_leftover_bridges() -> Iterator[None]:
 
 
 @pytest.fixture()
+def own_influxd(tmp_path: Path) -> Iterator[Influxd]:
+    """An influxd of the test's own (with database tick), for tests that stop or reconfigure it."""
+    server = Influxd(tmp_path / "influxd").start()
+    server.query('CREATE DATABASE "tick"')
+    yield server
+    server.stop()
+
+
+@pytest.fixture()
 def zmq_context() -> Iterator[zmq.Context]:
     """A test's own ZeroMQ context, destroyed with linger 0 whatever the test's outcome. A test
     that failed with a socket still open left its context to the garbage collector, whose
