@@ -13,7 +13,8 @@ export PY_COLORS := 0
 # Prints the lab image reference, building it only when its recipe changed.
 LAB_IMAGE = $$(lab/image/build.sh)
 
-.PHONY: help bootstrap station station-service station-down artifacts test lint unit chaos bench molecule image clean
+.PHONY: help bootstrap station station-service station-down artifacts test lint unit chaos bench molecule molecule-a molecule-b \
+  molecule-lanes-check image clean
 
 help:
 	@echo "make station       deploy the lab station (container with systemd) and print how to reach it"
@@ -53,18 +54,25 @@ artifacts: bootstrap
 	ansible-playbook -i localhost, playbooks/artifacts.yml $(if $(ARTIFACTS_DIR),-e artifacts_dir=$(ARTIFACTS_DIR))
 
 # Each stage timed (lab/timing.py): a table of where the time went, per stage and per molecule
-# scenario step, printed at the end, also when a stage fails (which stops the run).
+# scenario step, printed at the end, also when a stage fails. lint first (a typo fails in a
+# minute), then lanes side by side: most of a stage's time is waiting (containers booting, apt,
+# SSH round trips, a test's timers), so three lanes on two cores take about a third of the
+# stages' sum. Each stage's whole output is printed when it ends (and kept in .cache/logs/);
+# molecule's steps and pytest's results show as they happen.
 # stage:minutes: a stage still running after its minutes is stopped, with the stacks of its Python
-# test processes in the log, instead of hanging until CI's own limit. About 1.4x (molecule: about 37
-# minutes here since the fleet scenario runs two centrals) to 2x what each takes here; together 90
-# minutes, so no limit stops a run that CI's 90 would have let end.
-TEST_STAGES := lint:5 unit:20 chaos:12 molecule:53
-test: image
+# test processes in the log, instead of hanging until CI's own limit. About 1.5x to 2x what each
+# takes here; lint plus the longest lane stays under CI's 90 minutes.
+TEST_FIRST := lint:5
+TEST_LANES := unit:25,chaos:15 molecule-a:50 molecule-b:50
+# Molecule's scenarios in the two molecule lanes (about equal times); every scenario in one.
+MOLECULE_A := station influxdb redis
+MOLECULE_B := fleet offline
+test: image molecule-lanes-check
 	@python lab/timing.py reset
-	@status=0; for entry in $(TEST_STAGES); do stage=$${entry%%:*}; \
-	  python lab/timing.py run $$stage --limit $${entry#*:} -- $(MAKE) --no-print-directory $$stage \
-	    || { status=$$?; break; }; \
-	done; python lab/timing.py report; exit $$status
+	@status=0; python lab/timing.py run $(firstword $(subst :, ,$(TEST_FIRST))) --limit $(lastword $(subst :, ,$(TEST_FIRST))) \
+	    -- $(MAKE) --no-print-directory $(firstword $(subst :, ,$(TEST_FIRST))) \
+	  && python lab/timing.py lanes --log-dir .cache/logs $(TEST_LANES) -- $(MAKE) --no-print-directory \
+	  || status=$$?; python lab/timing.py report; exit $$status
 
 lint: bootstrap
 	yamllint --strict .
@@ -79,7 +87,7 @@ lint: bootstrap
 unit: bootstrap
 	tests/ansible-test.sh units --num-workers 1
 	pytest -n 2 --dist loadfile tests/roles tests/playbooks tests/lab tests/docs
-	cd bridge && pytest
+	cd bridge && pytest --durations=15
 	bridge/tests/sanitize.sh
 
 # Faults at operator scale (InfluxDB down 30 s, central down 60 s, SIGKILL under load, spool
@@ -91,8 +99,21 @@ chaos: bootstrap
 bench: image
 	STATION_LAB_IMAGE=$(LAB_IMAGE) python lab/bench.py
 
+# Every scenario, one after the other; `make test` runs them in two lanes (molecule-a, molecule-b).
 molecule: image
 	STATION_LAB_IMAGE=$(LAB_IMAGE) molecule test --all
+
+molecule-a: image molecule-lanes-check
+	STATION_LAB_IMAGE=$(LAB_IMAGE) molecule test $(addprefix -s ,$(MOLECULE_A))
+
+molecule-b: image molecule-lanes-check
+	STATION_LAB_IMAGE=$(LAB_IMAGE) molecule test $(addprefix -s ,$(MOLECULE_B))
+
+MOLECULE_SCENARIOS := $(sort $(patsubst molecule/%/molecule.yml,%,$(wildcard molecule/*/molecule.yml)))
+molecule-lanes-check:
+	@test "$(MOLECULE_SCENARIOS)" = "$(sort $(MOLECULE_A) $(MOLECULE_B))" \
+	  -a $(words $(MOLECULE_SCENARIOS)) = $(words $(MOLECULE_A) $(MOLECULE_B)) \
+	  || { echo "MOLECULE_A and MOLECULE_B must name every scenario once: $(MOLECULE_SCENARIOS)"; exit 1; }
 
 clean: station-down
 	rm -rf .cache

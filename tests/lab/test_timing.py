@@ -72,3 +72,36 @@ def test_a_clean_stage_passes_its_output_and_records_molecule_steps(tmp_path):
     assert "left processes behind" not in run.stdout
     report = timing(tmp_path, "report").stdout
     assert "molecule" in report and "converge" in report and "Successful" in report
+
+
+def test_lanes_run_side_by_side_print_each_whole_log_and_a_failure_ends_only_its_lane(tmp_path):
+    """`make test`'s lanes: stages of one lane in order, lanes at the same time; a failed stage
+    stops its own lane only; each stage's output whole (and in its log), its progress live."""
+    stage = tmp_path / "stage.sh"
+    stage.write_text("#!/bin/bash\n"
+                     "case $1 in\n"
+                     "  slow) echo '[s1 > verify] Executing'; sleep 2; echo detail; "
+                     "echo '[s1 > verify] Executed: Successful';;\n"
+                     "  after) echo '=== 3 passed in 0.1s ===';;\n"
+                     "  broken) echo 'FAILED t.py::test_x'; exit 3;;\n"
+                     "  never) touch never-ran; exit 0;;\n"
+                     "esac\n")
+    stage.chmod(0o755)
+    started = time.monotonic()
+    run = timing(tmp_path, "lanes", "--log-dir", str(tmp_path / "logs"), "slow:1,after:1", "broken:1,never:1",
+                 "--", str(stage))
+    took = time.monotonic() - started
+    assert run.returncode == 3, run.stdout
+    assert took < 2 + 1.5  # side by side: slow's 2 s, not slow + broken one after the other
+    assert not (Path.cwd() / "never-ran").exists() and not (tmp_path / "never-ran").exists()
+    assert "[broken] FAILED t.py::test_x" in run.stdout and "[after] === 3 passed in 0.1s ===" in run.stdout
+    assert "[slow] detail" not in run.stdout  # only progress lines live ...
+    whole = run.stdout.split("slow: ok; its whole output", 1)[1]
+    assert whole.split("end of slow", 1)[0].count("detail") == 1  # ... and the whole log once it ended
+    assert (tmp_path / "logs" / "slow.log").read_text().count("detail") == 1
+    report = timing(tmp_path, "report").stdout
+    assert "2 lanes side by side" in report and "exit 3" in report
+    assert report.index("2 lanes side by side") < report.index("lane 1: slow") < report.index("lane 1: after")
+    assert "lane 2: broken" in report and "never" not in report
+    wall = report.split("total (wall)", 1)[1].split()[0]
+    assert wall in ("0:02", "0:03")  # the lanes' wall time, not the sum of their stages
