@@ -13,8 +13,9 @@ A **destination** is degraded when (thresholds in the `health` section of the co
   acknowledged age, and the age is what counts;
 - it has failed (no write or /ping succeeded) for longer than `destination_grace`;
 - its writer thread is dead (restarted at once; one that keeps dying stays visible);
-- InfluxDB refused at least `max_refused_share` of the points it answered for in the last
-  `rejection_window` (at least `rejection_min_messages` of them): a database limit reached
+- InfluxDB refused at least `max_refused_share` of the points it answered for recently (the
+  last `rejection_window`, or its last `rejection_min_messages` points when the window holds
+  fewer), at least `rejection_min_messages` of them: a database limit reached
   (max-series-per-database, max-values-per-tag), type conflicts, bad lines; the points are
   dropped with a reason naming the cause;
 - its journal cannot be written: a segment write or an intake-log append failed within the
@@ -33,9 +34,10 @@ A **subscription** is degraded when:
   the background, sources.py), one entry per endpoint naming it and the error;
 - a connecting endpoint accepts TCP but no ZMTP handshake succeeded on it for longer than
   `handshake_grace` (a wrong port, e.g. an HTTP server), until one succeeds;
-- of its messages in the last `rejection_window`, at least `max_rejected_share` were rejected
-  (and at least `rejection_min_messages` arrived): a feed that arrives but does not land; the
-  entry names the dominant reason and an example;
+- of its recent messages (those of the last `rejection_window`, or its last
+  `rejection_min_messages` when the window holds fewer: a slow feed is judged too), at least
+  `max_rejected_share` were rejected (and at least `rejection_min_messages` arrived): a feed that
+  arrives but does not land; the entry names the dominant reason and an example;
 - it declares `expected_interval` and no message arrived for 3 x that interval (since start,
   when none ever did). Without it, an idle feed is healthy (observatories publish in campaigns).
 The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, a
@@ -105,14 +107,22 @@ class SystemdNotifier:
             self.notify("WATCHDOG=1")
 
 
-class RecentOutcomes:
-    """A subscription's messages of the last `window` seconds: received, rejected by reason, and
-    the latest example of each reason. One-second buckets; `add` is called once per burst by the
-    receive thread, `totals` by any thread."""
+LOOKBACK_S = 86400.0  # how far back the recent outcomes reach for a slow feed's last messages
 
-    def __init__(self, window: float) -> None:
+
+class RecentOutcomes:
+    """A subscription's recent messages (or a destination's recent points): received, rejected
+    by reason, and the latest example of each reason. Recent means those of the last `window`
+    seconds or, when the window holds fewer than `min_messages`, the last `min_messages` (at
+    most LOOKBACK_S old): a feed slower than `min_messages` per window whose every message is
+    refused is judged on its last messages, never healthy by being slow. One-second buckets;
+    `add` is called once per burst by the receive thread, `totals` by any thread."""
+
+    def __init__(self, window: float, min_messages: int = 0) -> None:
         self.window = max(1.0, window)
+        self.min_messages = max(0, min_messages)
         self._buckets: deque[list] = deque()  # [second, received, {reason: count}]
+        self._held = 0  # messages received in the buckets held
         self._examples: dict[str, str] = {}
         self._lock = threading.Lock()
 
@@ -129,6 +139,7 @@ class RecentOutcomes:
                 self._buckets.append(bucket)
                 self._trim(second)
             bucket[1] += received
+            self._held += received
             if rejected:
                 counts = bucket[2]
                 for reason, n in rejected.items():
@@ -137,11 +148,17 @@ class RecentOutcomes:
                 self._examples.update(example)
 
     def _trim(self, second: int) -> None:
+        # A bucket older than the window goes once the newer ones still hold `min_messages`
+        # (a slow feed keeps its last messages), and past LOOKBACK_S whatever they hold.
         while self._buckets and self._buckets[0][0] <= second - self.window:
+            oldest = self._buckets[0]
+            if self._held - oldest[1] < self.min_messages and oldest[0] > second - LOOKBACK_S:
+                break
             self._buckets.popleft()
+            self._held -= oldest[1]
 
     def totals(self, now: float | None = None) -> tuple[int, dict[str, int], dict[str, str]]:
-        """(received, rejected by reason, an example detail per reason) over the window."""
+        """(received, rejected by reason, an example detail per reason) of the recent messages."""
         second = int(now if now is not None else time.monotonic())
         with self._lock:
             self._trim(second)

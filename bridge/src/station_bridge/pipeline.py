@@ -84,7 +84,7 @@ class Subscription:
         self.labels = {"subscription": spec.name}
         self.key = Metrics.key(subscription=spec.name)
         self.reason_keys: dict[str, tuple] = {}
-        self.recent = RecentOutcomes(config.health.rejection_window)  # the health model's rejected share
+        self.recent = RecentOutcomes(config.health.rejection_window, config.health.rejection_min_messages)  # the health model's rejected share
         self.examples: dict[str, str] = {}  # the latest rejection's detail per reason
         self.accelerator: Accelerator | None = None
         self.fast_path = "python"  # "compiled", or why the Python path runs (`accelerate`)

@@ -585,7 +585,7 @@ class InfluxSink:
         self.metrics = metrics
         self.health = health or HealthSpec()
         # What InfluxDB answered for lately (written, refused by reason): the health model's refused share.
-        self.recent = RecentOutcomes(self.health.rejection_window)
+        self.recent = RecentOutcomes(self.health.rejection_window, self.health.rejection_min_messages)
         self.before_delete = before_delete or (lambda: None)
         if intake is not None:
             intake.before_delete = self.before_delete
