@@ -16,16 +16,14 @@
 
 from __future__ import annotations
 
-import base64
 import json
 import subprocess
 import time
 from pathlib import Path
 
 import msgpack
-import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, tmpfs, wait_for
+from harness import BRIDGE, BridgeProcess, wait_for
 
 from station_bridge.health import RecentOutcomes
 
@@ -51,10 +49,13 @@ def test_recent_outcomes_keep_a_slow_feeds_last_messages_beyond_the_window():
     fast.add(500, {"wrong_type": 1}, now=1_000.0)
     fast.add(100, None, now=1_100.0)
     assert fast.totals(now=1_100.0)[0] == 100
+    # a feed with no message in the window is idle: its rejections left the window
+    assert recent.totals(now=t + 60)[0] == 0
     # and nothing older than a day counts
-    stale = RecentOutcomes(60, 20)
-    stale.add(5, {"no_points": 5}, now=1_000.0)
-    assert stale.totals(now=1_000.0 + 86_401)[0] == 0
+    stale = RecentOutcomes(60, 100)
+    for k in range(30):
+        stale.add(1, {"no_points": 1}, now=1_000.0 + k * 3_600)
+    assert stale.totals(now=1_000.0 + 29 * 3_600 + 1)[0] == 24
 
 
 def test_a_slow_feed_and_a_slow_destination_that_land_nothing_are_degraded(tmp_path, influxd, database, endpoint,
@@ -90,4 +91,124 @@ def test_a_slow_feed_and_a_slow_destination_that_land_nothing_are_degraded(tmp_p
     assert "missing_field" in reasons[("subscription", "kraken")], reasons
     assert "type_conflict" in reasons[("destination", "local")] or "conflict" in reasons[("destination", "local")]
     assert ("subscription", "conflict") not in reasons  # its messages map: InfluxDB refuses the points
+    bridge.stop()
+
+
+# --- ignore rules: try and replay apply them as the bridge does; a rule that eats the feed ------
+
+TICK = {"measurement": "px", "tags": ["instrument"], "fields": {"bid": "float"},
+        "time": {"field": "ts", "format": "epoch_ns"}}
+T0 = 1_765_000_000_000_000_000
+
+
+def _config(tmp_path: Path, url: str, database: str, ignore: list[dict], topics: list[str] | None = None) -> Path:
+    config = {"subscriptions": [{"name": "oanda", "endpoints": ["tcp://127.0.0.1:9"], "framing": "json",
+                                 "topics": topics or [""], "ignore": ignore, "mapping": TICK}],
+              "destinations": [{"name": "local", "url": url, "database": database}],
+              "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}
+    path = tmp_path / "c.yml"
+    path.write_text(yaml.safe_dump(config))
+    return path
+
+
+def _sample(path: Path, n: int, **keys: object) -> Path:
+    """n ticks and n heartbeats, interleaved, as capture (or, with keys, dead-letter) records."""
+    from station_bridge.refused import make_record
+    rows = []
+    for i in range(n):
+        tick = [b"EUR_USD", json.dumps({"instrument": "EUR_USD", "bid": 1.0 + i, "ts": T0 + i}).encode()]
+        beat = [b"hb", json.dumps({"type": "HEARTBEAT", "ts": T0 + i}).encode()]
+        rows += [make_record(tick, T0 + i, 1 << 20, **keys)[0], make_record(beat, T0 + i, 1 << 20, **keys)[0]]
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+def test_try_applies_the_ignore_rules_and_says_when_a_rule_eats_the_data(tmp_path):
+    """Before: try refused the heartbeats the bridge ignores (exit 1: a preflight that could never
+    pass) and showed as mapped the ticks a wrong rule makes the bridge ignore, every one."""
+    sample = _sample(tmp_path / "capture.jsonl", 10)
+    beats = [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]}]
+    right = cli("try", "--config", str(_config(tmp_path, "http://127.0.0.1:9", "x", beats)), "--json", str(sample))
+    assert right.returncode == 0, right.stdout[-2000:] + right.stderr
+    summary = json.loads(right.stdout)["summary"]
+    assert summary["mapped"] == 10 and summary["refused"] == 0 and summary["by_rule"] == {"heartbeat": 10}
+    assert summary["ignored_data"] == 0
+    # a rule meant for control topics that matches the data's topic too: the bridge stores nothing
+    wrong = [*beats, {"name": "control", "topic": "E"}]
+    eaten = cli("try", "--config", str(_config(tmp_path, "http://127.0.0.1:9", "x", wrong)), str(sample))
+    assert eaten.returncode == 1, eaten.stdout[-2000:]
+    assert "0 mapped (0 points), 0 refused, 20 ignored (control: 10, heartbeat: 10)" in eaten.stdout
+    assert "ignored by rule 'control' (yet the mapping makes 1 point(s) of it: data?)" in eaten.stdout
+    assert "warning: ignore rule(s) 'control' (10) match messages the mapping maps" in eaten.stderr
+
+
+def test_replay_of_dead_letters_counts_what_the_current_rules_ignore(tmp_path, influxd, database):
+    """Heartbeats dead-lettered before the rule existed: replayed after it is added they are
+    ignored (counted by rule), not refused again, and the ticks land. Before: 10 missing_field."""
+    letters = _sample(tmp_path / "input.jsonl", 10, subscription="oanda", reason="missing_field")
+    beats = [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]}]
+    config = _config(tmp_path, influxd.url, database, beats)
+    done = cli("replay", "--dead-letters", "--config", str(config), "--json", "--dead-letter",
+               str(tmp_path / "again.jsonl"), str(letters))
+    assert done.returncode == 0, done.stdout + done.stderr
+    report = json.loads(done.stdout)
+    assert report["landed"] == 10 and report["rejected_again"] == {} and report["ignored"] == {"heartbeat": 10}
+    assert influxd.count(database, "px") == 10
+
+
+def test_check_config_warns_about_a_topic_rule_that_matches_every_topic_the_subscription_receives(tmp_path):
+    """`topic: k` meant as `^control`: on topics [kraken_tick] every message was ignored, with
+    /healthz 200 (ignored is not rejected), validate content and check-config silent."""
+    path = _config(tmp_path, "http://127.0.0.1:9", "x", [{"name": "control", "topic": "k"}], topics=["kraken_tick"])
+    done = cli("check-config", str(path))
+    assert done.returncode == 0
+    assert "ignore[0] 'control' (topic 'k') matches every topic the subscription receives" in done.stderr
+    fine = _config(tmp_path, "http://127.0.0.1:9", "x", [{"name": "control", "topic": r"^control\."}])
+    assert "ignore[0]" not in cli("check-config", str(fine)).stderr
+
+
+# --- binning: a silence longer than max_gap is not filled -----------------------------------------
+
+def test_a_sample_after_a_long_silence_completes_one_bin_and_starts_afresh():
+    """Before: a sample 30 days after its series' previous one returned 2,592,000 bins."""
+    from station_bridge.binning import TimeWeightedBinner
+    second = 1_000_000_000
+    base = 1_765_000_000 * second
+    binner = TimeWeightedBinner(second, ["v"])  # max_gap: 10,000 intervals by default
+    out = binner.add("s", base + second // 10, {"v": 100.0})
+    out += binner.add("s", base + 30 * 86_400 * second + second // 2, {"v": 50.0})
+    # the open bin completed with the new value holding to its end (as always), then the new
+    # sample's own bin is open: nothing in between
+    assert [(start - base, round(means["v"], 6)) for start, means in out] == [(0, 55.0)]
+    assert binner.gaps == 1
+    later = binner.add("s", base + 30 * 86_400 * second + 2 * second, {"v": 10.0})
+    day30 = base + 30 * 86_400 * second
+    assert [(start - day30, round(m["v"], 6)) for start, m in later] == [(0, 30.0), (second, 10.0)]
+    # a gap within max_gap is filled as before
+    near = TimeWeightedBinner(second, ["v"], max_gap_ns=5 * second)
+    near.add("s", base, {"v": 1.0})
+    assert len(near.add("s", base + 5 * second, {"v": 1.0})) == 5 and near.gaps == 0
+
+
+def test_a_binned_feed_survives_a_message_with_an_old_time(tmp_path, influxd, database, endpoint, zmq_context):
+    """Eight years behind is inside accept_behind: the old message lands, the next one starts
+    its series afresh (counted in bridge_binning_gaps_total), a few points in all. Before:
+    315 million bins for one message (15 days already took 587 MiB and 20 s)."""
+    import zmq
+    mapping = {"measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "float"},
+               "time": {"field": "t", "format": "epoch_ns"}}
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
+                           subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"]}}).start()
+    pub = zmq_context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
+    time.sleep(0.3)
+    now = time.time_ns()
+    for t, bid in ((now - 3_000 * 86_400 * 10**9, 1.0), (now, 2.0), (now + 2 * 10**9, 3.0)):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": bid, "t": t})])
+    wait_for(lambda: bridge.value("bridge_binning_gaps_total", subscription="kraken") == 1, 20, "the gap counted")
+    wait_for(lambda: bridge.value("bridge_written_points_total", destination="local")
+             == bridge.value("bridge_mapped_points_total", subscription="kraken") > 0, 20, "the points written")
+    assert bridge.value("bridge_mapped_points_total", subscription="kraken") <= 6
+    assert influxd.count(database, "ticks") == 3 and bridge.alive
     bridge.stop()

@@ -5,6 +5,13 @@ start); a bin is labelled by its start and emitted once a later sample shows tha
 bin is complete. Golden check (1 s bins): samples (T+0.1,100), (T+0.6,200), (T+1.1,100),
 (T+3.5,50) give (T,150), (T+1,55), (T+2,50).
 
+A silence longer than `max_gap` (binning.max_gap, default 10,000 intervals) is not filled: the
+sample after it completes the bin that was open (its value holding to that bin's end, as
+always) and starts its series afresh at its own bin, as a first sample does; the bins in
+between are not written, and the gap is counted (`gaps`, bridge_binning_gaps_total). Without
+the bound one message whose time was 15 days after the series' previous one (accepted: times
+may lie up to 10 years behind) made 1,296,002 bins in one burst (587 MiB); 10 years, 315 million.
+
 `Binning` turns mapped points into binned lines: the series of a binned line is the binned
 measurement followed by the point's own escaped tags (the one series key of lineproto), and
 its state is keyed by the point's series key.
@@ -27,9 +34,11 @@ class _State:
 
 
 class TimeWeightedBinner:
-    def __init__(self, interval_ns: int, fields: list[str]) -> None:
+    def __init__(self, interval_ns: int, fields: list[str], max_gap_ns: int | None = None) -> None:
         self.interval = interval_ns
         self.fields = fields
+        self.max_gap = max_gap_ns if max_gap_ns is not None else 10_000 * interval_ns
+        self.gaps = 0  # silences longer than max_gap, not filled
         self._series: dict[str, _State] = {}
 
     def add(self, series: str, time_ns: int, values: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
@@ -40,6 +49,18 @@ class TimeWeightedBinner:
             state = self._series[series] = _State(start, start, dict.fromkeys(self.fields, 0.0))
         if time_ns < state.last_ns:
             return []  # late sample: its interval was already accounted for
+        done: list[tuple[int, dict[str, float]]] = []
+        if time_ns - state.last_ns > self.max_gap:
+            # A silence beyond max_gap: complete the open bin, then start afresh at this sample.
+            self.gaps += 1
+            done = self._advance(state, state.bin_start + self.interval, values)
+            start = time_ns - time_ns % self.interval
+            state.bin_start = state.last_ns = start
+            state.acc = dict.fromkeys(self.fields, 0.0)
+        return done + self._advance(state, time_ns, values)
+
+    def _advance(self, state: _State, time_ns: int, values: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
+        """The sample's value from the series' last time to `time_ns`: the bins it completes."""
         done: list[tuple[int, dict[str, float]]] = []
         cursor = state.last_ns
         while cursor < time_ns:
@@ -62,7 +83,7 @@ class Binning:
 
     def __init__(self, spec: BinningSpec) -> None:
         self.spec = spec
-        self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields)
+        self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields, spec.gap_ns)
         self._keys = {name: escape_field_key(name) for name in spec.fields}
         self._measurements: dict[str, tuple[int, str]] = {}  # raw -> (escaped length, binned escaped)
         self.skipped = 0  # points without every binned field, and bins whose mean is not finite

@@ -10,7 +10,7 @@ from importlib import resources
 from pathlib import Path
 
 from . import __version__
-from .config import Config, ConfigError, DestinationSpec, load
+from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, load
 
 
 def _destination(config_path: str, name: str | None) -> DestinationSpec:
@@ -75,7 +75,21 @@ def warnings(config: Config) -> list[str]:
         out += unreachable(s.name, s.framing, s.field_order, paths)
         out += topic_warnings(s.name, s.topics, s.mapping.topic_regex)
         out += shared_time_warnings(s.name, paths)
+        out += ignore_warnings(s)
     return out + config.memory_warnings()
+
+
+def ignore_warnings(s: SubscriptionSpec) -> list[str]:
+    """A topic-only `ignore` rule that matches every topic prefix the subscription subscribes to
+    (its own data topic, e.g. `topic: k` meant as `^control`) ignores every message it receives:
+    the feed would be counted as ignored and never mapped, with health and validate content."""
+    out = []
+    for i, rule in enumerate(s.ignore):
+        if rule.path is None and rule.topic is not None and all(rule.topic.match(t) for t in s.topics):
+            out.append(f"subscription {s.name!r}: ignore[{i}] {rule.name!r} (topic {rule.topic.pattern!r}) matches "
+                       f"every topic the subscription receives ({', '.join(map(repr, s.topics))}): every message "
+                       "would be ignored, none mapped")
+    return out
 
 
 def cmd_check(args: argparse.Namespace) -> int:
@@ -183,16 +197,29 @@ def cmd_try(args: argparse.Namespace) -> int:
             head = f"#{i} {item['at']}" + (f" topic={item['topic']!r}" if item.get("topic") is not None else "")
             if "reason" in item:
                 print(f"{head}: refused: {item['reason']}: {item.get('detail', '')}")
+            elif "ignored" in item:
+                print(f"{head}: ignored by rule {item['ignored']!r}"
+                      + (f" (yet the mapping makes {item['would_map']} point(s) of it: data?)"
+                         if item.get("would_map") else ""))
             else:
                 print(f"{head}: {len(item['lines'])} point(s)")
                 for line in item["lines"]:
                     print(f"    {line}")
         by_reason = ", ".join(f"{r}: {n}" for r, n in summary["by_reason"].items())
+        by_rule = ", ".join(f"{r}: {n}" for r, n in summary["by_rule"].items())
         print(f"{summary['messages']} messages: {summary['mapped']} mapped ({summary['points']} points), "
-              f"{summary['refused']} refused" + (f" ({by_reason})" if by_reason else ""))
+              f"{summary['refused']} refused" + (f" ({by_reason})" if by_reason else "")
+              + (f", {summary['ignored']} ignored ({by_rule})" if summary["ignored"] else ""))
     if not summary["messages"]:
         print("error: no messages in the sample", file=sys.stderr)
         return 1
+    if summary["ignored_data"]:
+        rules = ", ".join(f"{r!r} ({n})" for r, n in summary["ignored_data_by_rule"].items())
+        print(f"warning: ignore rule(s) {rules} match messages the mapping maps: the bridge stores none of "
+              "them" + ("; nothing of this sample would be stored" if not summary["mapped"] else ""),
+              file=sys.stderr)
+        if not summary["mapped"]:  # the rules eat every data message of the sample: a wrong rule
+            return 1
     return 1 if summary["refused"] and summary["refused_share"] > args.max_rejected_share else 0
 
 

@@ -148,12 +148,20 @@ class MappingSpec:
         return all(p.flat_key is not None for p in self.sources().values())
 
 
+MAX_GAP_BINS = 10_000  # binning.max_gap when null: this many intervals
+
+
 @dataclass(frozen=True)
 class BinningSpec:
     interval_ns: int
     fields: list[str]
     measurement: str | None
     keep_raw: bool
+    max_gap_ns: int | None = None  # a longer silence of a series is not filled; None: MAX_GAP_BINS intervals
+
+    @property
+    def gap_ns(self) -> int:
+        return self.max_gap_ns if self.max_gap_ns is not None else MAX_GAP_BINS * self.interval_ns
 
 
 @dataclass(frozen=True)
@@ -348,7 +356,7 @@ class Config:
             if s.binning is not None:
                 b = s.binning
                 binned = {"interval_s": b.interval_ns / 1e9, "fields": b.fields, "keep_raw": b.keep_raw,
-                          "measurement": b.measurement}
+                          "measurement": b.measurement, "max_gap_s": b.gap_ns / 1e9}
                 if measurements is not None:
                     extra = [b.measurement] if b.measurement else [f"{n}_binned" for n in measurements]
                     measurements = (measurements if b.keep_raw else []) + extra
@@ -791,8 +799,11 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
     binning = None
     b = r.child("binning", None)
     if b is not None:
+        gap = b.duration("max_gap", None)
         binning = BinningSpec(round(b.duration("interval") * 1e9), b.strings("fields"), b.get("measurement", str, None),
-                              b.get("keep_raw", bool, True))
+                              b.get("keep_raw", bool, True), None if gap is None else round(gap * 1e9))
+        if binning.gap_ns < binning.interval_ns:
+            raise b.fail("max_gap", "must be at least the interval")
         if binning.measurement:
             _writable(b, "measurement", check_measurement, binning.measurement)
         for name_ in binning.fields:

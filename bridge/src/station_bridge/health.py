@@ -15,7 +15,7 @@ A **destination** is degraded when (thresholds in the `health` section of the co
 - its writer thread is dead (restarted at once; one that keeps dying stays visible);
 - InfluxDB refused at least `max_refused_share` of the points it answered for recently (the
   last `rejection_window`, or its last `rejection_min_messages` points when the window holds
-  fewer), at least `rejection_min_messages` of them: a database limit reached
+  fewer but not none), at least `rejection_min_messages` of them: a database limit reached
   (max-series-per-database, max-values-per-tag), type conflicts, bad lines; the points are
   dropped with a reason naming the cause;
 - its journal cannot be written: a segment write or an intake-log append failed within the
@@ -35,7 +35,8 @@ A **subscription** is degraded when:
 - a connecting endpoint accepts TCP but no ZMTP handshake succeeded on it for longer than
   `handshake_grace` (a wrong port, e.g. an HTTP server), until one succeeds;
 - of its recent messages (those of the last `rejection_window`, or its last
-  `rejection_min_messages` when the window holds fewer: a slow feed is judged too), at least
+  `rejection_min_messages` when the window holds fewer but not none: a slow feed is judged
+  too, an idle one is not), at least
   `max_rejected_share` were rejected (and at least `rejection_min_messages` arrived): a feed that
   arrives but does not land; the entry names the dominant reason and an example;
 - it declares `expected_interval` and no message arrived for 3 x that interval (since start,
@@ -113,10 +114,11 @@ LOOKBACK_S = 86400.0  # how far back the recent outcomes reach for a slow feed's
 class RecentOutcomes:
     """A subscription's recent messages (or a destination's recent points): received, rejected
     by reason, and the latest example of each reason. Recent means those of the last `window`
-    seconds or, when the window holds fewer than `min_messages`, the last `min_messages` (at
-    most LOOKBACK_S old): a feed slower than `min_messages` per window whose every message is
-    refused is judged on its last messages, never healthy by being slow. One-second buckets;
-    `add` is called once per burst by the receive thread, `totals` by any thread."""
+    seconds or, when the window holds fewer than `min_messages` but at least one, the last
+    `min_messages` (at most LOOKBACK_S old): a feed slower than `min_messages` per window whose
+    every message is refused is judged on its last messages, never healthy by being slow; a
+    feed with nothing in the window is idle (its rejections left the window). One-second
+    buckets; `add` is called once per burst by the receive thread, `totals` by any thread."""
 
     def __init__(self, window: float, min_messages: int = 0) -> None:
         self.window = max(1.0, window)
@@ -164,6 +166,8 @@ class RecentOutcomes:
             self._trim(second)
             received = 0
             rejected: dict[str, int] = {}
+            if not self._buckets or self._buckets[-1][0] <= second - self.window:
+                return received, rejected, {}  # nothing in the window: idle
             for _, n, counts in self._buckets:
                 received += n
                 for reason, k in counts.items():

@@ -35,6 +35,7 @@ HELP = {
     "bridge_mapped_points_total": "Points a subscription handed to every destination (raw and binned).",
     "bridge_self_points_total": "Self-metrics points handed to every destination.",
     "bridge_timestamp_fallbacks_total": "Points whose configured time field was missing (receive time used).",
+    "bridge_binning_gaps_total": "Silences of a binned series longer than binning.max_gap (their bins not filled).",
     "bridge_subscription_reconnects_total": "Connections re-opened after libzmq dropped them, per subscription.",
     "bridge_subscription_start_errors_total": "Failed socket set-ups (connect, bind), retried in the background.",
     "bridge_subscription_handshake_failures_total": "Connections whose ZMTP handshake failed, per subscription.",

@@ -81,10 +81,12 @@ class Subscription:
         self.burst = max(1, min(BURST, BURST_BYTES // (spec.message_bytes or spec.max_frame_bytes)))
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
+        self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
         self.labels = {"subscription": spec.name}
         self.key = Metrics.key(subscription=spec.name)
         self.reason_keys: dict[str, tuple] = {}
-        self.recent = RecentOutcomes(config.health.rejection_window, config.health.rejection_min_messages)  # the health model's rejected share
+        # the health model's rejected share
+        self.recent = RecentOutcomes(config.health.rejection_window, config.health.rejection_min_messages)
         self.examples: dict[str, str] = {}  # the latest rejection's detail per reason
         self.accelerator: Accelerator | None = None
         self.fast_path = "python"  # "compiled", or why the Python path runs (`accelerate`)
@@ -206,6 +208,9 @@ class Pipeline:
         if fallbacks != sub.fallbacks_counted:  # with the burst that used them, not a tick later
             counts.append(("bridge_timestamp_fallbacks_total", sub.key, fallbacks - sub.fallbacks_counted))
             sub.fallbacks_counted = fallbacks
+        if sub.binning is not None and sub.binning.binner.gaps != sub.gaps_counted:
+            counts.append(("bridge_binning_gaps_total", sub.key, sub.binning.binner.gaps - sub.gaps_counted))
+            sub.gaps_counted = sub.binning.binner.gaps
         return counts
 
     def process(self, sub: Subscription, messages: list[list[bytes]]

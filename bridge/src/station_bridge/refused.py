@@ -159,9 +159,11 @@ class RecordClock:
 @dataclass
 class Mapped:
     lines: list[bytes] = field(default_factory=list)
-    reason: str = ""  # empty: mapped
+    reason: str = ""  # empty: mapped (or ignored)
     detail: str = ""
     topic: str | None = None
+    ignored: str = ""  # the `ignore` rule that matched: not data, neither mapped nor refused
+    would_map: int = 0  # ignored, yet the mapping makes this many points of it (probe=True)
 
 
 class Remapper:
@@ -173,6 +175,7 @@ class Remapper:
         self.unique = Uniqueness(config.uniqueness.window, config.uniqueness.max_series)
         self.specs = {s.name: s for s in config.subscriptions}
         self._built: dict[str, tuple[Decoder, Mapper]] = {}
+        self._probes: dict[str, Mapper] = {}  # mappers with their own uniqueness (never the run's)
 
     def _pipeline(self, spec: SubscriptionSpec) -> tuple[Decoder, Mapper]:
         found = self._built.get(spec.name)
@@ -182,8 +185,23 @@ class Remapper:
                                                                   clock=self.clock, now=lambda: self.clock.now))
         return found
 
-    def map(self, subscription: str, frames: list[bytes], time_ns: int) -> Mapped:
-        """The message's lines, or the reason it is refused (the bridge's reasons: Bridge.process)."""
+    def _would_map(self, spec: SubscriptionSpec, topic: str, record: object) -> int:
+        """Points the mapping makes of an ignored message (0 when it refuses it), mapped by a
+        mapper of its own: the run's uniqueness (the nudges of the points that do land) is
+        untouched, as the bridge never maps an ignored message."""
+        probe = self._probes.get(spec.name)
+        if probe is None:
+            probe = self._probes[spec.name] = Mapper(spec, self.config.station, Uniqueness(1, 1),
+                                                     clock=self.clock, now=lambda: self.clock.now)
+        try:
+            return len(probe.lines(topic, record))
+        except Exception:
+            return 0
+
+    def map(self, subscription: str, frames: list[bytes], time_ns: int, probe: bool = False) -> Mapped:
+        """The message's lines, the `ignore` rule it matches, or the reason it is refused (the
+        bridge's order and reasons: pipeline.Pipeline.process). `probe`: for an ignored message,
+        also how many points the mapping would make of it (`would_map`: a rule that eats data)."""
         spec = self.specs.get(subscription)
         if spec is None:
             return Mapped(reason="unknown_subscription",
@@ -191,17 +209,36 @@ class Remapper:
         decode, mapper = self._pipeline(spec)
         self.clock.now = time_ns
         out = Mapped(topic=topic_of(spec.framing, frames))
+        # topic-only rules are decided before decoding, on the whole topic (as the bridge does)
+        whole = topic_of(spec.framing, frames, None) if spec.ignore else None
+        early = next((i.name for i in spec.ignore if i.path is None and whole is not None
+                      and i.topic is not None and i.topic.match(whole)), None)
         try:
             topic, record = decode(frames)
             out.topic = topic
+            rule = early or next((i.name for i in spec.ignore if i.matches(topic, record)), None)
+            if rule is not None:
+                out.ignored = rule
+                if probe:
+                    out.would_map = self._would_map(spec, topic, record)
+                return out
             lines = mapper.lines(topic, record)
         except (DecodeError, MapError, LineError) as exc:
+            if early is not None:  # not data: ignored before decoding, as in the bridge
+                out.ignored = early
+                return out
             out.reason, out.detail = exc.reason, str(exc)
             return out
         except RecursionError:
+            if early is not None:
+                out.ignored = early
+                return out
             out.reason, out.detail = "too_deep", "value nested too deeply to process"
             return out
         except Exception as exc:  # hostile input: refused as the bridge refuses it
+            if early is not None:
+                out.ignored = early
+                return out
             out.reason, out.detail = "unexpected", f"{type(exc).__name__}: {exc}"
             return out
         try:
@@ -247,6 +284,7 @@ class ReplayReport:
     landed: int = 0  # messages mapped again (their points handed to every destination)
     points: int = 0
     rejected: Counter = field(default_factory=Counter)  # reason -> messages refused again
+    ignored: Counter = field(default_factory=Counter)  # rule -> messages the `ignore` rules say are not data
     skipped: int = 0  # by a filter
     truncated: int = 0  # stored cut: cannot be mapped again
     unreadable: int = 0
@@ -254,7 +292,8 @@ class ReplayReport:
 
     def as_dict(self) -> dict:
         return {"records": self.records, "landed": self.landed, "points": self.points,
-                "rejected_again": dict(sorted(self.rejected.items())), "skipped_by_filter": self.skipped,
+                "rejected_again": dict(sorted(self.rejected.items())), "ignored": dict(sorted(self.ignored.items())),
+                "skipped_by_filter": self.skipped,
                 "truncated": self.truncated, "unreadable": self.unreadable,
                 "destinations": {n: vars(r) for n, r in self.destinations.items()}}
 
@@ -264,6 +303,8 @@ class ReplayReport:
         out = [f"replay: {self.records} records from {len(files)} file(s)",
                f"  landed: {self.landed} messages, {self.points} points",
                f"  rejected again: {rejected}" + (f" ({by_reason}; see {dead_letter})" if rejected else ""),
+               f"  ignored (not data, by rule): {sum(self.ignored.values())}"
+               + (f" ({', '.join(f'{r}: {n}' for r, n in sorted(self.ignored.items()))})" if self.ignored else ""),
                f"  skipped by filter: {self.skipped}",
                f"  truncated (stored cut, not mapped again): {self.truncated}",
                f"  unreadable lines: {self.unreadable}"]
@@ -342,6 +383,9 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             t = record.get("time")
             when = t if isinstance(t, int) else time.time_ns()  # an older record: no receive time kept
             mapped = remap.map(str(record.get("subscription")), frames, when)
+            if mapped.ignored:  # the current rules say it is not data: neither landed nor refused
+                report.ignored[mapped.ignored] += 1
+                continue
             if mapped.reason:
                 report.rejected[mapped.reason] += 1
                 again, _ = make_record(frames, when, 1 << 62, subscription=record.get("subscription"),
@@ -366,17 +410,25 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
 class TryReport:
     messages: list[dict] = field(default_factory=list)
     refused: Counter = field(default_factory=Counter)
+    ignored: Counter = field(default_factory=Counter)  # rule -> messages
+    ignored_data: Counter = field(default_factory=Counter)  # rule -> ignored messages the mapping maps
     points: int = 0
 
     @property
     def mapped(self) -> int:
-        return len(self.messages) - sum(self.refused.values())
+        return len(self.messages) - sum(self.refused.values()) - sum(self.ignored.values())
 
     def summary(self) -> dict:
+        """The refused share is of the data messages (ignored ones aside), as the health model's."""
         n = len(self.messages)
+        data = n - sum(self.ignored.values())
         return {"messages": n, "mapped": self.mapped, "points": self.points,
-                "refused": sum(self.refused.values()), "refused_share": (sum(self.refused.values()) / n) if n else 0.0,
-                "by_reason": dict(sorted(self.refused.items()))}
+                "refused": sum(self.refused.values()),
+                "refused_share": (sum(self.refused.values()) / data) if data else 0.0,
+                "by_reason": dict(sorted(self.refused.items())),
+                "ignored": sum(self.ignored.values()), "by_rule": dict(sorted(self.ignored.items())),
+                "ignored_data": sum(self.ignored_data.values()),
+                "ignored_data_by_rule": dict(sorted(self.ignored_data.items()))}
 
 
 def try_records(config: Config, files: list[Path], subscription: str | None) -> TryReport:
@@ -408,9 +460,15 @@ def try_records(config: Config, files: list[Path], subscription: str | None) -> 
                 item.update(reason="unknown_subscription",
                             detail="name one with --subscription (the configuration has several)")
             else:
-                mapped = remap.map(name, frames, when)
+                mapped = remap.map(name, frames, when, probe=True)
                 item["topic"] = mapped.topic
-                if mapped.reason:
+                if mapped.ignored:
+                    item["ignored"] = mapped.ignored
+                    report.ignored[mapped.ignored] += 1
+                    if mapped.would_map:  # a rule that matches data: the bridge would store none of it
+                        item["would_map"] = mapped.would_map
+                        report.ignored_data[mapped.ignored] += 1
+                elif mapped.reason:
                     item.update(reason=mapped.reason, detail=mapped.detail[:500])
                 else:
                     item["lines"] = [line.decode("utf-8") for line in mapped.lines]
