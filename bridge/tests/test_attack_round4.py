@@ -22,6 +22,7 @@ import time
 from pathlib import Path
 
 import msgpack
+import pytest
 import yaml
 from harness import BRIDGE, BridgeProcess, wait_for
 
@@ -212,3 +213,41 @@ def test_a_binned_feed_survives_a_message_with_an_old_time(tmp_path, influxd, da
     assert bridge.value("bridge_mapped_points_total", subscription="kraken") <= 6
     assert influxd.count(database, "ticks") == 3 and bridge.alive
     bridge.stop()
+
+
+# --- tag values and naive times: no silent distortion ----------------------------------------------
+
+def test_non_finite_tag_values_are_refused_and_booleans_spelt_as_influxdb_does():
+    """Before: {"k": NaN} became the tag k=nan (inf, -inf alike), {"k": true} k=True."""
+    from station_bridge.config import parse
+    from station_bridge.mapping import MapError, Mapper
+    config = parse({"subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:9"], "framing": "msgpack",
+                                           "mapping": {"measurement": "m", "tags": ["k"], "fields": {"v": "integer"}}}],
+                        "destinations": [{"name": "d", "url": "http://127.0.0.1:9", "database": "x"}]}, "t.yml")
+    mapper = Mapper(config.subscriptions[0])
+    for bad in (float("nan"), float("inf"), float("-inf")):
+        with pytest.raises(MapError) as refused:
+            mapper.line("t", {"k": bad, "v": 1})
+        assert refused.value.reason == "non_finite"
+    assert mapper.line("t", {"k": True, "v": 1}).startswith("m,k=true v=1i ")
+    assert mapper.line("t", {"k": False, "v": 2}).startswith("m,k=false v=2i ")
+    assert mapper.line("t", {"k": 1.5, "v": 3}).startswith("m,k=1.5 v=3i ")
+    assert mapper.line("t", {"k": 7, "v": 4}).startswith("m,k=7 v=4i ")
+
+
+@pytest.mark.parametrize(("zone", "gap", "before", "after"), [
+    ("Europe/Berlin", "2026-03-29 02:30:00", "2026-03-29 01:59:59", "2026-03-29 03:00:00"),
+    ("America/New_York", "2026-03-08 02:00:00", "2026-03-08 01:59:59.999999999", "2026-03-08 03:00:00"),
+])
+def test_a_naive_time_inside_a_daylight_saving_gap_is_refused(zone, gap, before, after):
+    """Before: 02:30 on the spring-forward night was stored at the instant of 03:30 (an hour
+    off, colliding with a real time); the fall-back hour keeps its first occurrence."""
+    from station_bridge.timestamps import TimestampError, parser
+    naive = parser("naive", zone)
+    with pytest.raises(TimestampError, match="daylight-saving gap"):
+        naive(gap)
+    assert naive(after) - naive(before) < 10**9 + 1  # the gap's edges: a second apart at most
+    auto = parser("auto", zone)
+    with pytest.raises(TimestampError):
+        auto(gap)
+    assert naive("2026-10-25 02:30:00") == 1_792_888_200 * 10**9 if zone == "Europe/Berlin" else True

@@ -215,6 +215,10 @@ class Uniqueness:
 
 
 def _tag_text(value: object) -> str:
+    """A tag value (or a measurement from data) as text: strings as they are, integers in
+    decimal, booleans as InfluxDB and JSON spell them (`true`, `false`: Python's `True` was
+    stored before), finite floats as their shortest repr; NaN and infinities are refused
+    (`non_finite`, as for fields and times: they were stored as the tag `nan`, `inf`)."""
     if isinstance(value, str):
         return value
     if isinstance(value, bytes):
@@ -222,8 +226,12 @@ def _tag_text(value: object) -> str:
             return value.decode("utf-8")
         except UnicodeDecodeError as exc:
             raise MapError("invalid_utf8", "tag value is not UTF-8") from exc
-    if isinstance(value, bool | float):
-        return str(value)
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        if value - value != 0.0:  # NaN and both infinities
+            raise MapError("non_finite", f"{value!r} cannot be a tag value")
+        return repr(value)
     if isinstance(value, int):
         try:
             return str(value)

@@ -5,7 +5,8 @@ Formats (configured per subscription; `auto` picks the unit from the value):
   (`1764439880`, `-1.5`, `1764439880.123456789`; ASCII digits only);
 - rfc3339 with any fraction (`2023-11-14T22:13:20.123456789Z`, offsets `+01:00`/`+0100` too);
 - naive `YYYY-MM-DD HH:MM:SS[.fff...]` in a configured IANA zone (an ambiguous local time takes
-  its first occurrence, as zoneinfo's fold=0 does);
+  its first occurrence, as zoneinfo's fold=0 does; a local time inside a daylight-saving gap,
+  which never existed, is refused: zoneinfo placed it an hour off, on another real time's instant);
 - in every format, msgpack's timestamp extension (msgpack.Timestamp), which is absolute.
 
 Exactness, the rule every conversion follows: the result is the value's exact rational value
@@ -30,7 +31,7 @@ from __future__ import annotations
 import re
 import time
 from collections.abc import Callable
-from datetime import datetime
+from datetime import UTC, datetime
 from zoneinfo import ZoneInfo
 
 from msgpack import Timestamp
@@ -207,10 +208,17 @@ def _parse_text(value: str | bytes, zone: ZoneInfo | None) -> int:
         if zone is None:
             raise TimestampError(f"timestamp {text!r} has no zone and no `timezone` is configured")
         try:
-            delta = datetime(y, mo, d, h, m, s, tzinfo=zone).utcoffset()
+            local = datetime(y, mo, d, h, m, s, tzinfo=zone)
+            delta = local.utcoffset()
+            assert delta is not None
+            # A wall time in a gap (the spring-forward hour) never existed there: zoneinfo would
+            # place it an hour off, on the instant of another, real time. Refused instead.
+            back = (local - delta).replace(tzinfo=UTC).astimezone(zone)
         except (ValueError, OverflowError) as exc:
             raise TimestampError(f"cannot place {text!r} in {zone}: {exc}") from None
-        assert delta is not None
+        if (back.year, back.month, back.day, back.hour, back.minute, back.second) != (y, mo, d, h, m, s):
+            raise TimestampError(f"{text!r} does not exist in {zone}: a daylight-saving gap (it would be "
+                                 f"stored as {back:%Y-%m-%d %H:%M:%S}, another time)")
         seconds -= delta.days * 86400 + delta.seconds
         ns -= delta.microseconds * 1000
     elif offset != "Z" and offset != "z":
