@@ -24,7 +24,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, wait_for
+from harness import BRIDGE, BridgeProcess, tmpfs, wait_for
 
 from station_bridge.health import RecentOutcomes
 
@@ -251,3 +251,55 @@ def test_a_naive_time_inside_a_daylight_saving_gap_is_refused(zone, gap, before,
     with pytest.raises(TimestampError):
         auto(gap)
     assert naive("2026-10-25 02:30:00") == 1_792_888_200 * 10**9 if zone == "Europe/Berlin" else True
+
+
+# --- replay: files of any shape, and its own dead letters ------------------------------------------
+
+def test_replay_of_an_annotated_csv_with_empty_cells_and_a_bad_row(tmp_path, influxd, database):
+    """Before: the first empty cell (a sparse field) stopped the replay with a traceback,
+    nothing replayed. Now an empty cell is an absent tag or field, a bad row is refused and
+    kept, and RFC 3339 times are read."""
+    csv = tmp_path / "export.csv"
+    csv.write_text("#datatype measurement,tag,double,long,dateTime:number\n"
+                   "m,k,bid,n,time\n"
+                   "ticks,A,1.5,,1700000000000000000\n"
+                   "ticks,,,7,1700000001000000000\n"
+                   "ticks,B,x,1,1700000002000000000\n"
+                   "ticks,C,,,1700000003000000000\n"
+                   "#datatype measurement,tag,double,dateTime:RFC3339\n"
+                   "m,k,bid,time\n"
+                   "ticks,D,2.5,2023-11-14T22:13:21.5Z\n")
+    config = tmp_path / "c.yml"
+    config.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:9"], "mapping": TICK}],
+        "destinations": [{"name": "local", "url": influxd.url, "database": database}],
+        "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}))
+    done = cli("replay", "--config", str(config), "--dead-letter", str(tmp_path / "again.jsonl"), str(csv))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "replayed 3 points into local; 2 rejected" in done.stdout
+    rows = sorted((r.get("k"), r["time"], r.get("bid"), r.get("n")) for r in
+                  influxd.query('SELECT * FROM "ticks" GROUP BY *', db=database))
+    assert rows == [("", 1700000001000000000, None, 7), ("A", 1700000000000000000, 1.5, None),
+                    ("D", 1700000001500000000, 2.5, None)], rows
+    kept = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert sorted((k["reason"], k["source"].rsplit(":", 1)[1]) for k in kept) == [("missing_field", "6"),
+                                                                                   ("wrong_type", "5")]
+
+
+def test_a_replay_whose_dead_letter_file_fills_says_so(tmp_path, influxd, database):
+    """Before: 40 records refused again, the file on a full disk held 10 of them (4 KiB), and
+    replay said `rejected again: 40 (...; see replay-rejected.jsonl)`, exit 2 as if all were there."""
+    letters = _sample(tmp_path / "input.jsonl", 40, subscription="oanda", reason="missing_field")
+    config = _config(tmp_path, influxd.url, database, [])  # the heartbeats are refused again
+    with tmpfs(tmp_path / "full", "64k") as full:
+        (full / "filler").write_bytes(b"\0" * 60 * 1024)
+        done = cli("replay", "--dead-letters", "--config", str(config), "--json", str(letters), cwd=full)
+        report = json.loads(done.stdout)
+        assert done.returncode == 1, done.stdout + done.stderr
+        assert report["rejected_again"] == {"missing_field": 40} and report["dead_letter_errors"] > 0
+        assert "could not be written to replay-rejected.jsonl" in done.stderr
+        csv = tmp_path / "bad.csv"
+        csv.write_text("#datatype measurement,tag,double,dateTime:number\nm,k,bid,time\n"
+                       + "".join(f"ticks,A,x{i},{1700000000000000000 + i}\n" for i in range(200)))
+        plain = cli("replay", "--config", str(config), str(csv), cwd=full)
+        assert plain.returncode == 1 and "could not be written to replay-rejected.jsonl" in plain.stderr

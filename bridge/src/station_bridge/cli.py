@@ -122,6 +122,10 @@ def cmd_replay(args: argparse.Namespace) -> int:
     from .replay import replay
     destination = _destination(args.config, args.destination[0] if args.destination else None)
     result = replay(destination, [Path(f) for f in args.files], Path(args.dead_letter))
+    if result.dead_letter_errors:
+        print(f"error: {result.dead_letter_errors} refused points or rows could not be written to "
+              f"{args.dead_letter} ({result.dead_letter_error}): they are only in the files replayed "
+              "(free space and run the replay again)", file=sys.stderr)
     if result.error:
         print(f"{result.error}; {result.written} points written, {result.not_attempted} not attempted "
               "(run the replay again: InfluxDB keeps one point per series and time)", file=sys.stderr)
@@ -131,6 +135,8 @@ def cmd_replay(args: argparse.Namespace) -> int:
     if result.damaged_records:
         print(f"{result.damaged_records} damaged journal records skipped ({result.damaged_points} points known "
               "to be in them; the log names each file and byte offset)", file=sys.stderr)
+    if result.dead_letter_errors:
+        return 1
     return 0 if not result.rejected else 2
 
 
@@ -172,9 +178,15 @@ def cmd_replay_dead_letters(args: argparse.Namespace) -> int:
         print(json.dumps(report.as_dict(), indent=2))
     else:
         print(report.text(files, dead_letter))
+    if report.dead_letter_errors:
+        print(f"error: {report.dead_letter_errors} records refused again could not be written to {dead_letter} "
+              f"({report.dead_letter_error}): they are only in the files replayed (free space and run the replay "
+              "again)", file=sys.stderr)
     if any(r.error for r in report.destinations.values()):
         print("a destination was unreachable: run the replay again (InfluxDB keeps one point per series and "
               "time; the replay is deterministic)", file=sys.stderr)
+        return 1
+    if report.dead_letter_errors:
         return 1
     refused = sum(report.rejected.values()) + sum(r.refused for r in report.destinations.values())
     return 2 if refused else 0

@@ -289,12 +289,15 @@ class ReplayReport:
     truncated: int = 0  # stored cut: cannot be mapped again
     unreadable: int = 0
     destinations: dict[str, DestinationResult] = field(default_factory=dict)
+    dead_letter_errors: int = 0  # records refused again that the replay's dead-letter file could not take
+    dead_letter_error: str = ""
 
     def as_dict(self) -> dict:
         return {"records": self.records, "landed": self.landed, "points": self.points,
                 "rejected_again": dict(sorted(self.rejected.items())), "ignored": dict(sorted(self.ignored.items())),
                 "skipped_by_filter": self.skipped,
                 "truncated": self.truncated, "unreadable": self.unreadable,
+                "dead_letter_errors": self.dead_letter_errors,
                 "destinations": {n: vars(r) for n, r in self.destinations.items()}}
 
     def text(self, files: list[Path], dead_letter: Path) -> str:
@@ -308,6 +311,9 @@ class ReplayReport:
                f"  skipped by filter: {self.skipped}",
                f"  truncated (stored cut, not mapped again): {self.truncated}",
                f"  unreadable lines: {self.unreadable}"]
+        if self.dead_letter_errors:
+            out.append(f"  NOT kept in {dead_letter}: {self.dead_letter_errors} records refused again "
+                       f"({self.dead_letter_error})")
         for name, r in self.destinations.items():
             line = f"  destination {name}: {r.written} points written, {r.refused} refused by InfluxDB"
             if r.error:
@@ -330,6 +336,13 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
     remap = Remapper(config)
     dead_letter.unlink(missing_ok=True)
     dead = DeadLetters(dead_letter, max_bytes=1 << 62)
+
+    def keep(**record: object) -> None:
+        """A record refused again into the replay's dead letters; one it cannot take is counted."""
+        if not dead.write(**record):
+            report.dead_letter_errors += 1
+            report.dead_letter_error = dead.last_error
+
     results = {d.name: DestinationResult() for d in destinations}
     report.destinations = results
     lines: list[bytes] = []
@@ -351,12 +364,12 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             result.written += out.written
             for line, status, message, reason in out.rejected:
                 result.refused += 1
-                dead.write(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
-                           error=message[:2000], reason=reason)
+                keep(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
+                     error=message[:2000], reason=reason)
             if out.unidentified:
                 result.refused += out.unidentified
-                dead.write(destination=destination.name, unidentified_points=out.unidentified,
-                           error=out.unidentified_message[:2000], reason="rejected")
+                keep(destination=destination.name, unidentified_points=out.unidentified,
+                     error=out.unidentified_message[:2000], reason="rejected")
             if out.retry is not None:
                 result.not_attempted += out.retry.count
                 result.error = f"destination unreachable: {out.error}"
@@ -391,7 +404,7 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
                 again, _ = make_record(frames, when, 1 << 62, subscription=record.get("subscription"),
                                        reason=mapped.reason, detail=mapped.detail[:500], topic=mapped.topic,
                                        replayed_from=f"{entry.path}:{entry.line}")
-                dead.write(**again)
+                keep(**again)
                 continue
             report.landed += 1
             report.points += len(mapped.lines)

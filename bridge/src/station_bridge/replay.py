@@ -18,21 +18,37 @@ import logging
 from dataclasses import dataclass
 from pathlib import Path
 
+from . import timestamps
 from .config import DestinationSpec
 from .journal import Chunk, DeadLetters, records
-from .lineproto import escape_field_key, format_field_value, series_key, split_lines
+from .lineproto import LineError, escape_field_key, format_field_value, series_key, split_lines
 from .sinks import Delivery, InfluxWriter
 
 log = logging.getLogger("station_bridge.replay")
 
 
-def annotated_csv(path: Path) -> list[bytes]:
-    """InfluxDB annotated CSV (#datatype measurement,tag,...,dateTime:number) -> lines."""
+@dataclass
+class Unreadable:
+    """A row or record of a file that makes no line (counted rejected, dead-lettered with where)."""
+    where: str
+    reason: str
+    detail: str
+
+
+def annotated_csv(path: Path) -> tuple[list[bytes], list[Unreadable]]:
+    """InfluxDB annotated CSV (#datatype measurement,tag,...,dateTime:number) -> lines. An empty
+    cell is an absent tag or field (the CSV of points of several shapes: an export of sparse
+    fields); `dateTime` and `dateTime:RFC3339` are RFC 3339 times, `dateTime:number` ns. A row
+    that makes no line (a value of the wrong type, no field, a bad time) is returned apart."""
     lines: list[bytes] = []
+    bad: list[Unreadable] = []
+    kinds = {"long": "integer", "unsignedLong": "integer", "double": "float", "boolean": "boolean",
+             "string": "string"}
+    rfc3339 = timestamps.parser("rfc3339")
     with open(path, newline="", encoding="utf-8") as handle:
         datatypes: list[str] = []
         header: list[str] | None = None
-        for row in csv.reader(handle):
+        for number, row in enumerate(csv.reader(handle), 1):
             if not row:
                 continue
             if row[0].startswith("#datatype"):
@@ -45,41 +61,66 @@ def annotated_csv(path: Path) -> list[bytes]:
                 header = row
                 continue
             measurement, tags, fields, stamp = "", [], [], ""
-            kinds = {"long": "integer", "unsignedLong": "integer", "double": "float", "boolean": "boolean",
-                     "string": "string"}
-            for kind, name, value in zip(datatypes, header, row, strict=False):
-                if kind == "measurement":
-                    measurement = value
-                elif kind == "tag":
-                    tags.append((name, value))
-                elif kind.startswith("dateTime"):
-                    stamp = value
-                elif kind in kinds:
-                    fields.append(f"{escape_field_key(name)}={format_field_value(value, kinds[kind])}")
-            lines.append(f"{series_key(measurement, tags)} {','.join(fields)} {stamp}".rstrip().encode())
-    return lines
+            try:
+                for kind, name, value in zip(datatypes, header, row, strict=False):
+                    if kind == "measurement":
+                        measurement = value
+                    elif kind == "tag":
+                        if value:  # empty: the point has no such tag
+                            tags.append((name, value))
+                    elif kind.startswith("dateTime"):
+                        if value:
+                            stamp = value if kind == "dateTime:number" else str(rfc3339(value))
+                    elif kind in kinds and value != "":  # empty: the point has no such field
+                        fields.append(f"{escape_field_key(name)}={format_field_value(value, kinds[kind])}")
+                if not fields:
+                    raise LineError("missing_field", "the row has no field value")
+                if stamp and not stamp.lstrip("-").isdigit():
+                    raise LineError("bad_timestamp", f"time {stamp[:40]!r} is not integer nanoseconds")
+                lines.append(f"{series_key(measurement, tags)} {','.join(fields)} {stamp}".rstrip().encode())
+            except (LineError, timestamps.TimestampError) as exc:
+                bad.append(Unreadable(f"{path}:{number}", getattr(exc, "reason", "unrepresentable"), str(exc)))
+    return lines, bad
 
 
-def jsonl(path: Path) -> list[bytes]:
-    """JSONL: either {"line": "..."} (dead letters) or {"measurement","tags","fields","time"} (export)."""
-    lines = []
-    for text in path.read_text(encoding="utf-8").splitlines():
+def jsonl(path: Path) -> tuple[list[bytes], list[Unreadable]]:
+    """JSONL: either {"line": "..."} (dead letters) or {"measurement","tags","fields","time"} (export).
+    A record that makes no line (not JSON, a value no field type takes, no field) is returned apart."""
+    lines: list[bytes] = []
+    bad: list[Unreadable] = []
+    for number, text in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
         if not text.strip():
             continue
-        record = json.loads(text)
-        if "line" in record:
-            lines.append(record["line"].encode())
-            continue
-        if "measurement" not in record:
-            continue  # a dead letter without a line (input.jsonl, unidentified points)
-        fields = []
-        for k, v in record["fields"].items():
-            kind = "boolean" if isinstance(v, bool) else "integer" if isinstance(v, int) else \
-                "float" if isinstance(v, float) else "string"
-            fields.append(f"{escape_field_key(k)}={format_field_value(v, kind)}")
-        tags = [(k, str(v)) for k, v in record.get("tags", {}).items()]
-        lines.append(f"{series_key(record['measurement'], tags)} {','.join(fields)} {record['time']}".encode())
-    return lines
+        where = f"{path}:{number}"
+        try:
+            record = json.loads(text)
+            if not isinstance(record, dict):
+                raise ValueError("not a JSON object")
+            if "line" in record:
+                lines.append(str(record["line"]).encode())
+                continue
+            if "measurement" not in record:
+                continue  # a dead letter without a line (input.jsonl, unidentified points)
+            fields = []
+            for k, v in record["fields"].items():
+                if v is None:
+                    continue  # absent
+                kind = "boolean" if isinstance(v, bool) else "integer" if isinstance(v, int) else \
+                    "float" if isinstance(v, float) else "string"
+                fields.append(f"{escape_field_key(k)}={format_field_value(v, kind)}")
+            if not fields:
+                raise LineError("missing_field", "the record has no field value")
+            tags = [(k, str(v)) for k, v in (record.get("tags") or {}).items() if v not in (None, "")]
+            stamp = record.get("time")
+            if stamp is not None and (type(stamp) is not int):
+                raise LineError("bad_timestamp", f"time {stamp!r} is not integer nanoseconds")
+            lines.append(f"{series_key(record['measurement'], tags)} {','.join(fields)} "
+                         f"{'' if stamp is None else stamp}".rstrip().encode())
+        except LineError as exc:
+            bad.append(Unreadable(where, exc.reason, str(exc)))
+        except (ValueError, TypeError, AttributeError, KeyError) as exc:
+            bad.append(Unreadable(where, "unreadable", f"{type(exc).__name__}: {exc}"[:300]))
+    return lines, bad
 
 
 def journal_file(path: Path) -> tuple[list[bytes], records.Scan]:
@@ -93,12 +134,12 @@ def journal_file(path: Path) -> tuple[list[bytes], records.Scan]:
     return [line.rstrip(b"\n") for line in split_lines(found.data()) if line.strip()], found
 
 
-def read(path: Path) -> list[bytes]:
+def read(path: Path) -> tuple[list[bytes], list[Unreadable]]:
     if path.suffix == ".csv":
         return annotated_csv(path)
     if path.suffix == ".jsonl":
         return jsonl(path)
-    return journal_file(path)[0]
+    return journal_file(path)[0], []
 
 
 @dataclass
@@ -109,6 +150,8 @@ class Result:
     damaged_records: int = 0  # journal records that did not verify (skipped, never sent)
     damaged_points: int = 0  # their points where a record's header verified
     error: str = ""
+    dead_letter_errors: int = 0  # refused lines or rows the replay's dead-letter file could not take
+    dead_letter_error: str = ""
 
 
 def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -> Result:
@@ -116,10 +159,20 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
     delivery = Delivery(writer, destination.batch_size)
     dead = DeadLetters(dead_letter, max_bytes=1 << 62)
     result = Result()
+
+    def keep(**record: object) -> None:
+        """A refused line or row into the replay's dead letters; one it cannot take is counted."""
+        if not dead.write(**record):
+            result.dead_letter_errors += 1
+            result.dead_letter_error = dead.last_error
+
     try:
         for path in files:
             if path.suffix in (".csv", ".jsonl"):
-                lines = read(path)
+                lines, bad = read(path)
+                for row in bad:  # makes no line: refused here, kept with where it was
+                    result.rejected += 1
+                    keep(destination=destination.name, source=row.where, reason=row.reason, error=row.detail[:2000])
             else:
                 lines, found = journal_file(path)
                 result.damaged_records += len(found.damage)
@@ -130,12 +183,12 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
             result.written += out.written
             for line, status, message, reason in out.rejected:
                 result.rejected += 1
-                dead.write(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
-                           error=message[:2000], reason=reason, source=str(path))
+                keep(destination=destination.name, line=line.decode("utf-8", "replace"), status=status,
+                     error=message[:2000], reason=reason, source=str(path))
             if out.unidentified:
                 result.rejected += out.unidentified
-                dead.write(destination=destination.name, unidentified_points=out.unidentified,
-                           error=out.unidentified_message[:2000], reason="rejected", source=str(path))
+                keep(destination=destination.name, unidentified_points=out.unidentified,
+                     error=out.unidentified_message[:2000], reason="rejected", source=str(path))
             if out.retry is not None:
                 result.not_attempted = out.retry.count
                 result.error = f"{path}: destination unreachable: {out.error}"
