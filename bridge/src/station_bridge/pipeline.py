@@ -35,6 +35,8 @@ from .sources import BURST, BURST_BYTES, Source
 
 log = logging.getLogger("station_bridge")
 
+BIN_FLUSH = 20_000  # binned lines of a burst handed over at this many (bounded memory)
+
 
 class RateLimitedLog:
     """At most `per_second` log lines per reason; the rest are only counted."""
@@ -288,6 +290,13 @@ class Pipeline:
                     if self.rate_log.allow("binning"):
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
+                if len(lines) - raw >= BIN_FLUSH:
+                    # Bins are not bounded by the burst's bytes (a sample after a silence fills
+                    # up to binning.max_gap of them): handed over as they come, so the
+                    # destinations' byte bounds (queue, then journal) hold them, not this list.
+                    binned = lines[raw:]
+                    del lines[raw:]
+                    self.hand_over(sub, binned)
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
         mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
         return lines, raw, newest, self._burst_counts(sub, len(messages), mapped, rejected, ignored), owners
