@@ -347,3 +347,37 @@ def test_bins_are_handed_over_as_they_come_not_held_for_the_whole_burst(tmp_path
     assert max(sink.chunks) <= 20_000 + 10_000, sink.chunks  # BIN_FLUSH + one sample's bins at most
     assert metrics.get("bridge_mapped_points_total", subscription="s") == sum(sink.chunks)
     assert metrics.get("bridge_accepted_points_total", destination="d") == sum(sink.chunks)
+
+
+def test_a_rule_that_eats_the_feed_degrades_it_while_heartbeats_alone_do_not(tmp_path, influxd, database, endpoint,
+                                                                              zmq_context):
+    """`{path: kind, in: [tick]}` meant for control messages matches the ticks too: every message
+    was counted ignored, /healthz 200, validate content. A few ignored messages per burst are now
+    mapped on the side: data the mapping maps, ignored, with nothing mapped in the window, is a
+    problem; a heartbeat (no fields: the mapping refuses it) never is (a quiet weekend feed)."""
+    import zmq
+    rules = [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]},
+             {"name": "control", "path": "kind", "in": ["tick"]}]
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint, health={"rejection_window": "2s"},
+                           subscription={"framing": "json", "topics": [""], "ignore": rules, "mapping": TICK}).start()
+    pub = zmq_context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
+    time.sleep(0.3)
+    for _ in range(20):  # heartbeats only: idle, healthy
+        pub.send_multipart([b"hb", json.dumps({"type": "HEARTBEAT", "ts": time.time_ns()}).encode()])
+        time.sleep(0.05)
+    wait_for(lambda: bridge.value("bridge_ignored_messages_total", subscription="kraken", rule="heartbeat") == 20,
+             10, "the heartbeats")
+    assert bridge.health()[0] == 200, bridge.health()
+    for i in range(20):  # the ticks, eaten by `control`
+        pub.send_multipart([b"EUR_USD", json.dumps({"kind": "tick", "instrument": "EUR_USD", "bid": 1.0 + i,
+                                                    "ts": time.time_ns()}).encode()])
+        time.sleep(0.05)
+    _, doc = wait_for(lambda: (lambda h: h if h[0] == 503 else None)(bridge.health()), 10, "503")
+    (problem,) = [p for p in doc["problems"] if p["part"] == "subscription"]
+    assert "ignore rule(s) 'control' ignore messages the mapping maps" in problem["reason"], problem
+    assert "px,instrument=EUR_USD,station=test1 bid=" in problem["reason"]
+    assert bridge.value("bridge_ignored_messages_total", subscription="kraken", rule="control") == 20
+    assert bridge.value("bridge_mapped_messages_total", subscription="kraken") == 0
+    bridge.stop()

@@ -39,6 +39,9 @@ A **subscription** is degraded when:
   too, an idle one is not), at least
   `max_rejected_share` were rejected (and at least `rejection_min_messages` arrived): a feed that
   arrives but does not land; the entry names the dominant reason and an example;
+- no message was mapped in the last `rejection_window` while an `ignore` rule ignored messages
+  the mapping maps (a few ignored messages per burst are mapped on the side to tell): a rule that
+  matches data eats the feed, counted as ignored (a heartbeat the mapping refuses never trips it);
 - it declares `expected_interval` and no message arrived for 3 x that interval (since start,
   when none ever did). Without it, an idle feed is healthy (observatories publish in campaigns).
 The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, a
@@ -237,6 +240,9 @@ class SubscriptionState:
     extra: dict[str, Any] = field(default_factory=dict)  # further facts a source reports (shown as they are)
     problems: list[str] = field(default_factory=list)  # problems a source reports itself (e.g. cannot start)
     last_events: str = ""  # what libzmq last reported for its endpoints (refused, unresolved, handshake failed)
+    # `ignore` rules that ignored messages the mapping maps, within the window, while nothing was
+    # mapped in it: rule -> an example of the point such a message makes (a rule that eats the feed)
+    eaten_by_rules: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass
@@ -314,6 +320,11 @@ def subscription_problems(s: SubscriptionState, t: Thresholds) -> tuple[float | 
             problems.append(f"{rejected} of {s.window_received} recent messages rejected, mostly {reason}"
                             + (f" (e.g. {example[:200]})" if example else "")
                             + ": the feed arrives but does not land")
+    if s.eaten_by_rules:
+        rules = sorted(s.eaten_by_rules)
+        example = s.eaten_by_rules[rules[0]]
+        problems.append((f"nothing mapped recently: ignore rule(s) {', '.join(map(repr, rules))} ignore messages "
+                         f"the mapping maps (e.g. {example[:150]}): a rule that matches data")[:300])
     if s.expected_interval:
         silent = s.last_message_age_s if s.last_message_age_s >= 0 else s.running_s
         limit = OVERDUE_FACTOR * s.expected_interval

@@ -13,6 +13,7 @@ a reason, counted, logged (rate limited) and dead-lettered whole to `input.jsonl
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import time
@@ -36,6 +37,7 @@ from .sources import BURST, BURST_BYTES, Source
 log = logging.getLogger("station_bridge")
 
 BIN_FLUSH = 20_000  # binned lines of a burst handed over at this many (bounded memory)
+PROBES_PER_BURST = 8  # ignored messages of a burst mapped on the side: does a rule eat data?
 
 
 class RateLimitedLog:
@@ -84,6 +86,12 @@ class Subscription:
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
+        # A rule that eats data: an ignored message the mapping maps (probed, a few per burst, by
+        # a mapper of its own: the real uniqueness never sees it), per rule: (when, an example).
+        self.last_mapped = 0.0  # monotonic; 0: nothing mapped yet
+        self.ignored_data: dict[str, tuple[float, str]] = {}
+        self._probe: Mapper | None = None
+        self._station = config.station
         self.labels = {"subscription": spec.name}
         self.key = Metrics.key(subscription=spec.name)
         self.reason_keys: dict[str, tuple] = {}
@@ -132,6 +140,24 @@ class Subscription:
 
     def ignore_key(self, rule: str) -> tuple:
         return Metrics.key(subscription=self.name, rule=rule)
+
+    def probe_ignored(self, rule: str, topic: str, record: object) -> None:
+        """Whether the mapping maps a message `rule` ignored (noted in `ignored_data`)."""
+        if self._probe is None:
+            self._probe = Mapper(self.spec, self._station, Uniqueness(1, 1))
+        try:
+            lines = self._probe.lines(topic, record)  # type: ignore[arg-type]
+        except Exception:  # refused: not data this mapping stores (a heartbeat)
+            return
+        if lines:
+            self.ignored_data[rule] = (time.monotonic(), lines[0][:200])
+
+    def eaten_by_rules(self, now: float, window: float) -> dict[str, str]:
+        """Rules that ignored messages the mapping maps within `window` while no message was
+        mapped in it: the feed is eaten by a rule (rule -> an example of the point it makes)."""
+        if self.last_mapped and now - self.last_mapped <= window:
+            return {}
+        return {rule: example for rule, (at, example) in self.ignored_data.items() if now - at <= window}
 
     def reason_key(self, reason: str) -> tuple:
         found = self.reason_keys.get(reason)
@@ -236,12 +262,17 @@ class Pipeline:
         framing = sub.spec.framing
         multi = mapper.multi
         owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
+        probes = PROBES_PER_BURST if ignore else 0
         for frames in messages:
             if by_topic:
                 text = topic_of(framing, frames, None)  # the whole topic, before decoding
                 rule = next((i.name for i in by_topic if text is not None and i.topic.match(text)), None)
                 if rule is not None:
                     ignored[rule] = ignored.get(rule, 0) + 1
+                    if probes:
+                        probes -= 1
+                        with contextlib.suppress(Exception):  # not decodable: not data either
+                            sub.probe_ignored(rule, *decode(frames))
                     continue
             try:
                 topic, record = decode(frames)
@@ -249,6 +280,9 @@ class Pipeline:
                     rule = next((i.name for i in ignore if i.matches(topic, record)), None)
                     if rule is not None:  # not data: counted, not rejected, not dead-lettered
                         ignored[rule] = ignored.get(rule, 0) + 1
+                        if probes:
+                            probes -= 1
+                            sub.probe_ignored(rule, topic, record)
                         continue
                 if multi:
                     if binning is not None:
@@ -370,6 +404,8 @@ class Pipeline:
                 rejected[reason] = rejected.get(reason, 0) + n
             elif name == "bridge_ignored_messages_total":
                 received -= n  # not data: neither lands nor counts against the feed
+        if received > sum(rejected.values()):
+            sub.last_mapped = time.monotonic()
         sub.recent.add(received, rejected)
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
