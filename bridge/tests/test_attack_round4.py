@@ -381,3 +381,22 @@ def test_a_rule_that_eats_the_feed_degrades_it_while_heartbeats_alone_do_not(tmp
     assert bridge.value("bridge_ignored_messages_total", subscription="kraken", rule="control") == 20
     assert bridge.value("bridge_mapped_messages_total", subscription="kraken") == 0
     bridge.stop()
+
+
+def test_replay_counts_points_it_could_not_check_for_uniqueness(tmp_path, influxd, database):
+    """200 points of one series on their recorded receive times (no time field), then one whose
+    source time equals the 6th of them, below the series' window of 128 times: it keeps its
+    time unchecked and overwrites that point (200 stored of 201, as in the bridge, where
+    bridge_uniqueness_unchecked_total counts it). Before: replay said 201 points, nothing else."""
+    from station_bridge.refused import make_record
+    letters = tmp_path / "input.jsonl"
+    rows = [make_record([b"t", json.dumps({"instrument": "X", "bid": float(i)}).encode()], T0 + i * 1000, 1 << 20,
+                        subscription="oanda", reason="missing_field")[0] for i in range(200)]
+    rows.append(make_record([b"t", json.dumps({"instrument": "X", "bid": -1.0, "ts": T0 + 5000}).encode()],
+                            T0 + 300_000, 1 << 20, subscription="oanda", reason="missing_field")[0])
+    letters.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = cli("replay", "--dead-letters", "--config", str(_config(tmp_path, influxd.url, database, [])), "--json",
+               "--dead-letter", str(tmp_path / "again.jsonl"), str(letters))
+    report = json.loads(done.stdout)
+    assert done.returncode == 0 and report["points"] == 201 and report["uniqueness_unchecked"] == 1, report
+    assert influxd.count(database, "px") == 200

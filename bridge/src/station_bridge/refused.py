@@ -291,13 +291,14 @@ class ReplayReport:
     destinations: dict[str, DestinationResult] = field(default_factory=dict)
     dead_letter_errors: int = 0  # records refused again that the replay's dead-letter file could not take
     dead_letter_error: str = ""
+    unchecked: int = 0  # points older than their series' uniqueness window (not checked: may overwrite one)
 
     def as_dict(self) -> dict:
         return {"records": self.records, "landed": self.landed, "points": self.points,
                 "rejected_again": dict(sorted(self.rejected.items())), "ignored": dict(sorted(self.ignored.items())),
                 "skipped_by_filter": self.skipped,
                 "truncated": self.truncated, "unreadable": self.unreadable,
-                "dead_letter_errors": self.dead_letter_errors,
+                "dead_letter_errors": self.dead_letter_errors, "uniqueness_unchecked": self.unchecked,
                 "destinations": {n: vars(r) for n, r in self.destinations.items()}}
 
     def text(self, files: list[Path], dead_letter: Path) -> str:
@@ -311,6 +312,9 @@ class ReplayReport:
                f"  skipped by filter: {self.skipped}",
                f"  truncated (stored cut, not mapped again): {self.truncated}",
                f"  unreadable lines: {self.unreadable}"]
+        if self.unchecked:
+            out.append(f"  unchecked times: {self.unchecked} points older than their series' uniqueness window "
+                       "(uniqueness.window): each may overwrite a point of the same series and time")
         if self.dead_letter_errors:
             out.append(f"  NOT kept in {dead_letter}: {self.dead_letter_errors} records refused again "
                        f"({self.dead_letter_error})")
@@ -414,6 +418,7 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
         flush()
     finally:
         dead.close()
+    report.unchecked = remap.unique.unchecked
     return report
 
 
