@@ -67,7 +67,9 @@ def warnings(config: Config) -> list[str]:
     """What check-config warns about: keys that can never match a record of their subscription
     (with the map form a path-looking literal key needs), a topic regex the subscription's topic
     prefixes can never satisfy, `each` points that share a time in one series (nudged), and an
-    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings)."""
+    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings), feeds whose points
+    can collide in a destination that keeps milliseconds and only warns (backend.py)."""
+    from .backend import resolution_warnings
     from .paths import shared_time_warnings, topic_warnings, unreachable
     out: list[str] = []
     for s in config.subscriptions:
@@ -75,7 +77,7 @@ def warnings(config: Config) -> list[str]:
         out += unreachable(s.name, s.framing, s.field_order, paths)
         out += topic_warnings(s.name, s.topics, s.mapping.topic_regex)
         out += shared_time_warnings(s.name, paths)
-    return out + config.memory_warnings()
+    return out + config.memory_warnings() + resolution_warnings(config)
 
 
 def cmd_check(args: argparse.Namespace) -> int:
