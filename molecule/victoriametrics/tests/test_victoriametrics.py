@@ -17,7 +17,7 @@ from harness import BridgeProcess, quiet_ledger, wait_for
 from servers import free_port
 from station_bridge.demo import wait_for_subscriber
 from station_bridge.metrics import value
-from verifier import http
+from verifier import http, run_playbook
 
 VM = "http://127.0.0.1:8428"
 AMS = ("station-ams", "molecule-vm-ams-pw")
@@ -150,6 +150,33 @@ def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, b
     got = sorted(v for s in series if s["metric"]["__name__"] == "obs_v" for v in s["values"])
     assert got == sorted(i / 4 for i in range(n))
     assert bridge.stop() == 0
+
+
+def test_the_validation_finds_a_stations_self_metrics_through_the_export_api(host, bridge, tmp_path):
+    """playbooks/tasks/central-vm-received.yml (the rollout's and validate.yml's question to a
+    VictoriaMetrics central) against a real bridge's self-metrics: found for the station that
+    forwards them (under the label vmauth set), not found for a station that sent nothing."""
+    started = time.time_ns()
+    bridge.config["self_metrics"] = {"interval": "1s", "instance": "obs"}
+    bridge.config["station"] = "ams"
+    bridge.path.write_text(json.dumps(bridge.config))
+    bridge.start()
+    wait_for(lambda: value(bridge.samples(), "bridge_written_points_total", destination="central_vm") >= 2, 30,
+             "self-metrics forwarded")
+    assert bridge.stop() == 0
+
+    def check(station: str, retries: int) -> int:
+        extra = tmp_path / f"check-{station}.json"
+        extra.write_text(json.dumps({
+            "validate_report": {"started_ns": started, "self_metrics": [{"station": station,
+                                                                         "measurement": "station_bridge"}]},
+            "validate_centrals": [{"name": "central_vm", "host": host.backend.host, "backend": "victoriametrics"}],
+            "validate_central_retries": retries}))
+        scenario = ROOT / "molecule" / "victoriametrics"
+        return run_playbook(scenario / "check-received.yml", str(extra)).rc
+
+    assert check("ams", 30) == 0
+    assert check("zzz", 1) != 0
 
 
 def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
