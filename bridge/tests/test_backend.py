@@ -182,3 +182,28 @@ def test_numeric_only_removes_exactly_the_string_fields(line, kept, fields):
         assert (data, points, dropped) == (b"", 0, {"non_numeric": 1})
     else:
         assert (data, points, dropped) == (kept + b"\n", 1, {})
+
+
+def test_replay_to_victoriametrics_filters_and_counts_like_the_running_bridge(tmp_path, victoria):
+    """`station-bridge replay` of exported points into a numeric_only, ms destination: strings
+    removed and counted, a string-only point and a point in a used millisecond dropped and
+    counted, nothing stored as 0."""
+    t = time.time_ns() // 1_000_000 * 1_000_000 - 5_000_000_000
+    records = [{"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 1.5, "s": "x"}, "time": t},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"s": "only"}, "time": t + 2_000_000},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 2.5}, "time": t + 300_000},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 3.5, "ok": True}, "time": t + 1_000_000}]
+    exported = tmp_path / "export.jsonl"
+    exported.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp_path / "replay.yml"
+    config.write_text(json.dumps({
+        "subscriptions": [{"name": "obs", "endpoints": ["tcp://127.0.0.1:9"], "topics": ["obs"], "mapping": OBS}],
+        "destinations": [{"name": "vm", "url": victoria.url + "/influx", "database": "tick", **VM_DEST}],
+        "journal": {"dir": str(tmp_path / "journal")}, "dead_letter": {"dir": str(tmp_path / "dead")}}))
+    done = subprocess.run([BRIDGE, "replay", "--config", str(config), "--dead-letter", str(tmp_path / "again.jsonl"),
+                           str(exported)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "replayed 2 points" in done.stdout, done.stdout
+    assert "{'non_numeric': 1, 'time_resolution': 1} points, 2 string fields" in done.stdout, done.stdout
+    got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"rp_.*"}')}
+    assert got == {"rp_v": [1.5, 3.5], "rp_ok": [1]}

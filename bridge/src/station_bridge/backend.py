@@ -19,13 +19,16 @@ Per destination, so that nothing is changed silently on the way:
 
 Filtering happens once, when a burst is handed to the destinations (pipeline.commit), so the
 journal holds what is sent and a replay after a crash sends the same points again (identical
-times: the backend's deduplication keeps one).
+times: the backend's deduplication keeps one). `station-bridge replay` (files, dead letters)
+filters what it sends to such a destination the same way and reports the counts; its
+millisecond memory is its own (a collision with a point the running bridge sent is not caught).
 """
 
 from __future__ import annotations
 
 import re
 from collections import OrderedDict
+from collections.abc import Iterable
 
 from .config import Config, DestinationSpec
 from .lineproto import split_lines
@@ -51,11 +54,17 @@ class Adapter:
         return cls(spec.numeric_only, refuse) if spec.numeric_only or refuse else None
 
     def apply(self, data: bytes) -> tuple[bytes, int, dict[str, int], int]:
+        kept, dropped, fields_dropped = self.apply_lines(line[:-1] if line.endswith(b"\n") else line
+                                                         for line in split_lines(data))
+        body = b"".join(line + b"\n" for line in kept)
+        return body, len(kept), dropped, fields_dropped
+
+    def apply_lines(self, lines: Iterable[bytes]) -> tuple[list[bytes], dict[str, int], int]:
+        """Lines without their newlines -> (the lines kept, {reason: points dropped}, fields removed)."""
         kept: list[bytes] = []
         dropped: dict[str, int] = {}
         fields_dropped = 0
-        for line in split_lines(data):
-            line = line.rstrip(b"\n")
+        for line in lines:
             if not line:
                 continue
             if self.numeric_only and b'="' in line:
@@ -68,8 +77,7 @@ class Adapter:
                 dropped["time_resolution"] = dropped.get("time_resolution", 0) + 1
                 continue
             kept.append(line)
-        body = b"".join(line + b"\n" for line in kept)
-        return body, len(kept), dropped, fields_dropped
+        return kept, dropped, fields_dropped
 
     def _claim(self, line: bytes) -> bool:
         """False when the line's series already used the line's millisecond."""
