@@ -91,3 +91,22 @@ def test_one_central_of_each_kind(tmp_path):
     assert types == {"Central central": "influxdb", "Central central_vm": "prometheus"}
     prometheus = next(d for d in got["ix1"]["datasources"] if d["type"] == "prometheus")
     assert prometheus["basicAuth"] and prometheus["url"] == "http://vm1:8427"
+
+
+def test_influxdb_playbooks_leave_a_victoriametrics_central_alone(tmp_path):
+    """backup.yml, restore.yml and backfill.yml would run InfluxDB's tools on a VictoriaMetrics
+    central: they end that host first (nothing is asked of it), and the run succeeds."""
+    fleet = {"fleet_station_passwords": {}, "restore_archive": str(tmp_path), "restore_database": "fleet",
+             "fleet_centrals": [{"name": "central_vm", "url": "http://vm1:8427", "host": "vm1",
+                                 "central_backend": "victoriametrics"}]}
+    (tmp_path / "fleet.json").write_text(json.dumps(fleet))
+    (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"central": {"hosts": {"vm1": {
+        "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
+    env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
+    for playbook in ("backup.yml", "restore.yml", "backfill.yml"):
+        argv = ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), "-e", f"@{tmp_path / 'fleet.json'}",
+                str(ROOT / "playbooks" / playbook)]
+        run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)
+        assert run.returncode == 0, playbook + run.stdout[-3000:] + run.stderr[-2000:]
+        tasks = [line.partition("]")[0] for line in run.stdout.splitlines() if line.startswith("TASK [")]
+        assert tasks == ["TASK [Leave a VictoriaMetrics central alone"], run.stdout[-2000:]
