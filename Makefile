@@ -65,7 +65,7 @@ artifacts: bootstrap
 TEST_FIRST := lint:5
 TEST_LANES := unit:25,chaos:15 molecule-a:50 molecule-b:50
 # Molecule's scenarios in the two molecule lanes (about equal times); every scenario in one.
-MOLECULE_A := station influxdb redis
+MOLECULE_A := station influxdb redis victoriametrics
 MOLECULE_B := fleet offline
 test: image molecule-lanes-check
 	@python lab/timing.py reset

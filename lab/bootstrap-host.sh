@@ -10,6 +10,7 @@ command -v dockerd >/dev/null 2>&1 || need_pkgs+=(docker.io)
 command -v debootstrap >/dev/null 2>&1 || need_pkgs+=(debootstrap)
 command -v influxd >/dev/null 2>&1 || need_pkgs+=(influxdb)         # real influxd for unit tests
 command -v redis-server >/dev/null 2>&1 || need_pkgs+=(redis-server)  # real redis for bridge tests
+command -v victoria-metrics >/dev/null 2>&1 || need_pkgs+=(victoria-metrics)  # real VictoriaMetrics for bridge tests
 command -v make >/dev/null 2>&1 || need_pkgs+=(make)
 command -v ssh >/dev/null 2>&1 || need_pkgs+=(openssh-client)     # the fleet scenario reaches hosts over SSH
 # The bridge's compiled hot path (bridge/setup.py, optional: without them the pure Python path

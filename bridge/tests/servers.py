@@ -158,3 +158,66 @@ class RedisServer:
         if self.process is not None:
             self.process.terminate()
             self.process.wait(10)
+
+
+class VictoriaMetrics:
+    """victoria-metrics (Debian's single node) with its own data directory, deduplicating within a
+    millisecond (as the role runs it) and no query delay, so a test reads what it wrote at once."""
+
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen | None = None
+        workdir.mkdir(parents=True, exist_ok=True)
+
+    def start(self) -> VictoriaMetrics:
+        binary = _binary("victoria-metrics", "victoria-metrics")
+        log = open(self.workdir / "victoria-metrics.log", "ab")  # noqa: SIM115 - lives as long as the process
+        self.process = subprocess.Popen(
+            [binary, f"-storageDataPath={self.workdir / 'data'}", f"-httpListenAddr=127.0.0.1:{self.port}",
+             "-retentionPeriod=1y", "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s",
+             "-search.disableCache", "-loggerLevel=WARN"],
+            stdout=subprocess.DEVNULL, stderr=log)
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            try:
+                with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
+                    if response.status == 204:
+                        return self
+            except OSError:
+                time.sleep(0.1)
+        self.stop()
+        raise RuntimeError("victoria-metrics did not answer /ping within 30 s")
+
+    def stop(self) -> None:
+        if self.process is not None:
+            self.process.terminate()
+            self.process.wait(30)
+            self.process = None
+
+    def requests(self, path: str = "/influx/write") -> int:
+        """Requests the server answered on `path` (its own /metrics)."""
+        with urllib.request.urlopen(self.url + "/metrics", timeout=10) as response:
+            for line in response.read().decode().splitlines():
+                if line.startswith(f'vm_http_requests_total{{path="{path}"'):
+                    return int(float(line.rpartition(" ")[2]))
+        return 0
+
+    def export(self, match: str, settle: float = 1.0) -> list[dict]:
+        """Every series matching `match` (a series selector) with its samples, via /api/v1/export
+        (not subject to the query API's delay). Rows reach the searchable storage a moment after
+        the write's answer even after a flush: read until two reads `settle` s apart agree."""
+        body = urllib.parse.urlencode({"match[]": match}).encode()
+        previous: list[dict] | None = None
+        deadline = time.monotonic() + 30
+        while True:
+            with urllib.request.urlopen(self.url + "/internal/force_flush", timeout=30):
+                pass
+            with urllib.request.urlopen(self.url + "/api/v1/export", data=body, timeout=60) as response:
+                found = sorted((json.loads(line) for line in response.read().splitlines() if line.strip()),
+                               key=lambda s: json.dumps(s["metric"], sort_keys=True))
+            if (found and found == previous) or time.monotonic() > deadline:
+                return found
+            previous = found
+            time.sleep(settle)

@@ -327,6 +327,7 @@ def test_bins_are_handed_over_as_they_come_not_held_for_the_whole_burst(tmp_path
 
     class Sink:
         key = Metrics.key(destination="d")
+        adapter = None  # an InfluxDB destination: its copy is the burst's
 
         def __init__(self) -> None:
             self.chunks: list[int] = []

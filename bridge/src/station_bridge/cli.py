@@ -67,7 +67,9 @@ def warnings(config: Config) -> list[str]:
     """What check-config warns about: keys that can never match a record of their subscription
     (with the map form a path-looking literal key needs), a topic regex the subscription's topic
     prefixes can never satisfy, `each` points that share a time in one series (nudged), and an
-    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings)."""
+    explicit rcvhwm that can exceed the memory budget (Config.memory_warnings), feeds whose points
+    can collide in a destination that keeps milliseconds and only warns (backend.py)."""
+    from .backend import resolution_warnings
     from .paths import shared_time_warnings, topic_warnings, unreachable
     out: list[str] = []
     for s in config.subscriptions:
@@ -76,7 +78,7 @@ def warnings(config: Config) -> list[str]:
         out += topic_warnings(s.name, s.topics, s.mapping.topic_regex)
         out += shared_time_warnings(s.name, paths)
         out += ignore_warnings(s)
-    return out + config.memory_warnings()
+    return out + config.memory_warnings() + resolution_warnings(config)
 
 
 def ignore_warnings(s: SubscriptionSpec) -> list[str]:
@@ -132,6 +134,9 @@ def cmd_replay(args: argparse.Namespace) -> int:
         return 1
     print(f"replayed {result.written} points into {destination.name}; {result.rejected} rejected "
           f"(see {args.dead_letter})")
+    if result.dropped or result.dropped_fields:
+        print(f"dropped as {destination.name}'s backend would change them (numeric_only, time_resolution): "
+              f"{dict(sorted(result.dropped.items()))} points, {result.dropped_fields} string fields")
     if result.damaged_records:
         print(f"{result.damaged_records} damaged journal records skipped ({result.damaged_points} points known "
               "to be in them; the log names each file and byte offset)", file=sys.stderr)

@@ -227,6 +227,9 @@ class DestinationSpec:
     max_points_per_second: int | None = None  # None: unlimited
     max_bytes_per_second: int | None = None  # on the wire (after gzip); None: unlimited
     ca_file: str | None = None  # CA bundle for an https url; None: the system's
+    numeric_only: bool = False  # string fields removed and counted (backend.py: VictoriaMetrics stores them as 0)
+    time_resolution: str = "ns"  # what the backend keeps of a time: ns (InfluxDB) or ms (VictoriaMetrics)
+    on_collision: str = "refuse"  # time_resolution ms: points in a used millisecond refused (counted) or warn
 
 
 @dataclass(frozen=True)
@@ -399,6 +402,8 @@ class Config:
                 "schedule": d.schedule.as_config() if d.schedule is not None else None,
                 "max_points_per_second": d.max_points_per_second, "max_bytes_per_second": d.max_bytes_per_second,
                 "ca_file": d.ca_file,
+                "numeric_only": d.numeric_only, "time_resolution": d.time_resolution,
+                "on_collision": d.on_collision,
                 "journal_dir": str(self.journal_dir / d.name),
                 "dead_letter_file": str(self.dead_letter_dir / f"{d.name}.jsonl"),
             } for d in self.destinations],
@@ -957,6 +962,9 @@ def _destination(r: _Reader, environ: Mapping[str, str]) -> DestinationSpec:
         max_bytes_per_second=None if r.get("max_bytes_per_second", (str, int), None) is None
         else r.size("max_bytes_per_second", 0),
         ca_file=_ca_file(r, url),
+        numeric_only=r.get("numeric_only", bool, False),
+        time_resolution=r.get("time_resolution", str, "ns", choices=("ns", "ms")),
+        on_collision=r.get("on_collision", str, "refuse", choices=("refuse", "warn")),
     )
     if spec.queue_max_bytes is not None and spec.queue_max_bytes <= 0:
         raise r.fail("queue_max_bytes", "must be positive")

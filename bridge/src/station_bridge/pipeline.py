@@ -384,11 +384,28 @@ class Pipeline:
             updates.append(("bridge_mapped_points_total", sub.key, n) if sub is not None
                            else ("bridge_self_points_total", (), n))
             updates += [("bridge_accepted_points_total", sink.key, n) for sink in self.sinks]
-        self.metrics.bump(updates)
+        chunks: list[Chunk] = []
         if n:
             chunk = Chunk(data, n, -1, time.time())
             for sink in self.sinks:
-                sink.submit(chunk, counted=True)
+                chunks.append(chunk if sink.adapter is None else self._adapt(sink, chunk, updates))
+        self.metrics.bump(updates)
+        for sink, own in zip(self.sinks, chunks, strict=True):
+            sink.submit(own, counted=True)
+
+    @staticmethod
+    def _adapt(sink: InfluxSink, chunk: Chunk, updates: list) -> Chunk:
+        """The sink's copy without what its backend would change silently (backend.py), the
+        points and fields removed counted in the burst's update."""
+        if sink.adapter is None:
+            return chunk
+        data, kept, dropped, fields = sink.adapter.apply(chunk.data)
+        updates += [("bridge_dropped_points_total", Metrics.key(destination=sink.name, reason=reason), k)
+                    for reason, k in dropped.items()]
+        if fields:
+            updates.append(("bridge_dropped_fields_total", Metrics.key(destination=sink.name, reason="non_numeric"),
+                            fields))
+        return Chunk(data, kept, -1, chunk.born)
 
     @staticmethod
     def _tally(sub: Subscription, updates: list) -> None:

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 
+from .backend import Adapter
 from .config import Config, DestinationSpec, SubscriptionSpec
 from .decoders import DecodeError, Decoder, build
 from .lineproto import LineError
@@ -276,6 +277,8 @@ class DestinationResult:
     refused: int = 0  # by InfluxDB (dead-lettered with its message)
     not_attempted: int = 0
     error: str = ""
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> points (backend.py: numeric_only, ms)
+    dropped_fields: int = 0  # string fields removed for a numeric_only destination
 
 
 @dataclass
@@ -320,6 +323,9 @@ class ReplayReport:
                        f"({self.dead_letter_error})")
         for name, r in self.destinations.items():
             line = f"  destination {name}: {r.written} points written, {r.refused} refused by InfluxDB"
+            if r.dropped or r.dropped_fields:
+                line += (f", dropped as its backend would change them: {dict(sorted(r.dropped.items()))} points, "
+                         f"{r.dropped_fields} string fields")
             if r.error:
                 line += f"; {r.not_attempted} not attempted: {r.error}"
             out.append(line)
@@ -348,6 +354,7 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             report.dead_letter_error = dead.last_error
 
     results = {d.name: DestinationResult() for d in destinations}
+    adapters = {d.name: Adapter.for_spec(d) for d in destinations}
     report.destinations = results
     lines: list[bytes] = []
 
@@ -360,9 +367,18 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             if result.error:  # unreachable earlier in this run: the rest is not attempted either
                 result.not_attempted += len(lines)
                 continue
+            own = lines
+            adapter = adapters[destination.name]
+            if adapter is not None:
+                own, dropped, fields = adapter.apply_lines(lines)
+                for reason, n in dropped.items():
+                    result.dropped[reason] = result.dropped.get(reason, 0) + n
+                result.dropped_fields += fields
+                if not own:
+                    continue
             writer = InfluxWriter(destination)
             try:
-                out = Delivery(writer, destination.batch_size).deliver(Chunk.of_bytes(lines))
+                out = Delivery(writer, destination.batch_size).deliver(Chunk.of_bytes(own))
             finally:
                 writer.close()
             result.written += out.written

@@ -15,10 +15,11 @@ from __future__ import annotations
 import csv
 import json
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from . import timestamps
+from .backend import Adapter
 from .config import DestinationSpec
 from .journal import Chunk, DeadLetters, records
 from .lineproto import LineError, escape_field_key, format_field_value, series_key, split_lines
@@ -149,6 +150,8 @@ class Result:
     not_attempted: int = 0
     damaged_records: int = 0  # journal records that did not verify (skipped, never sent)
     damaged_points: int = 0  # their points where a record's header verified
+    dropped: dict[str, int] = field(default_factory=dict)  # reason -> points (backend.py: numeric_only, ms)
+    dropped_fields: int = 0  # string fields removed for a numeric_only destination
     error: str = ""
     dead_letter_errors: int = 0  # refused lines or rows the replay's dead-letter file could not take
     dead_letter_error: str = ""
@@ -158,6 +161,7 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
     writer = InfluxWriter(destination)
     delivery = Delivery(writer, destination.batch_size)
     dead = DeadLetters(dead_letter, max_bytes=1 << 62)
+    adapter = Adapter.for_spec(destination)
     result = Result()
 
     def keep(**record: object) -> None:
@@ -177,6 +181,11 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
                 lines, found = journal_file(path)
                 result.damaged_records += len(found.damage)
                 result.damaged_points += found.damaged_points
+            if adapter is not None:
+                lines, dropped, fields = adapter.apply_lines(lines)
+                for reason, n in dropped.items():
+                    result.dropped[reason] = result.dropped.get(reason, 0) + n
+                result.dropped_fields += fields
             if not lines:
                 continue
             out = delivery.deliver(Chunk.of_bytes(lines))

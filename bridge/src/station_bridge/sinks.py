@@ -53,6 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
+from .backend import Adapter
 from .config import DestinationSpec, HealthSpec
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters, Intake, Journal
@@ -99,6 +100,8 @@ class InfluxWriter:
         if spec.retention_policy:
             params["rp"] = spec.retention_policy
         self._path = self._base + "/write?" + urllib.parse.urlencode(params)
+        # VictoriaMetrics (and vmauth) take writes at /influx/write but answer /ping at the root only.
+        self._ping = (self._base.removesuffix("/influx") if self._base.endswith("/influx") else self._base) + "/ping"
         self._auth: dict[str, str] = {}
         if spec.username:
             token = base64.b64encode(f"{spec.username}:{spec.password or ''}".encode()).decode()
@@ -187,7 +190,7 @@ class InfluxWriter:
 
     def ping(self) -> bool:
         try:
-            status, _ = self._request("GET", self._base + "/ping", None, self._auth)
+            status, _ = self._request("GET", self._ping, None, self._auth)
         except Retryable:
             return False
         return status == 204
@@ -612,6 +615,8 @@ class InfluxSink:
         self._journal_refused_reason = ""  # ... and why (journal.append's reason)
         self._labels = {"destination": spec.name}
         self.key = Metrics.key(destination=spec.name)
+        # What the backend would change silently, refused and counted instead (backend.py); None: nothing.
+        self.adapter = Adapter.for_spec(spec)
         self.schedule = spec.schedule
         # Live first: with a schedule or a send budget, fresh points are sent before the journal
         # (the backlog), which drains behind them; otherwise everything goes in order.

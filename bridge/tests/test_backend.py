@@ -1,0 +1,209 @@
+"""A VictoriaMetrics destination (backend.py): nothing its /influx/write would change silently is
+sent. Real bridge processes, a real influxd and a real victoria-metrics (Debian's 1.79) on loopback.
+
+What VictoriaMetrics does with line protocol is measured here too (test_what_victoriametrics_keeps),
+so that the day a version behaves otherwise, the documentation's table is seen to be wrong."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+import zmq
+from harness import BRIDGE, BridgeProcess, quiet_ledger, wait_for
+from servers import VictoriaMetrics
+
+from station_bridge.backend import Adapter
+from station_bridge.demo import wait_for_subscriber
+from station_bridge.metrics import value
+
+OBS = {"measurement": "obs", "tags": ["inst"], "fields": {"v": "float", "note": "string", "ok": "boolean"},
+       "time": {"field": "t", "format": "epoch_ns"}}
+NOTES = {"measurement": "notes", "tags": ["inst"], "fields": {"note": "string"},
+         "time": {"field": "t", "format": "epoch_ns"}}
+VM_DEST = {"numeric_only": True, "time_resolution": "ms", "on_collision": "refuse"}
+
+
+@pytest.fixture()
+def victoria(tmp_path) -> Iterator[VictoriaMetrics]:
+    server = VictoriaMetrics(tmp_path / "vm").start()
+    yield server
+    server.stop()
+
+
+def _publish(endpoint: str, messages: list[tuple[str, dict]]) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.XPUB)
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.bind(endpoint)
+    for topic in sorted({t for t, _ in messages}):
+        assert wait_for_subscriber(socket, topic.encode(), 10), f"no subscriber for {topic}"
+    for topic, record in messages:
+        socket.send_multipart([topic.encode(), msgpack.packb(record)])
+    socket.close(linger=10_000)
+    context.term()
+
+
+def _counts(series: list[dict]) -> dict[tuple[str, str], int]:
+    return {(s["metric"]["__name__"], s["metric"].get("inst", "")): len(s["timestamps"]) for s in series}
+
+
+def test_what_victoriametrics_keeps(victoria):
+    """The table in bridge/README.md: a string stored as 0 (a numeric one as its number), booleans
+    as 1/0, two points of one series in one millisecond as one sample."""
+    t = time.time_ns() // 1_000_000 * 1_000_000
+    body = (f'k,inst=A s="hello",n="3.5",b=true,c=f,i=7i {t}\n'
+            f"k,inst=A f=1 {t + 1000}\nk,inst=A f=2 {t + 2000}\n").encode()
+    request = urllib.request.Request(victoria.url + "/influx/write?db=x&precision=ns", data=body, method="POST")
+    with urllib.request.urlopen(request, timeout=10) as response:
+        assert response.status == 204
+    got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"k_.*"}')}
+    assert got == {"k_s": [0], "k_n": [3.5], "k_b": [1], "k_c": [0], "k_i": [7], "k_f": [2]}
+
+
+def test_numeric_only_and_milliseconds_against_victoriametrics(tmp_path, own_influxd, victoria, endpoint):
+    """One stream to InfluxDB (everything) and to VictoriaMetrics (numeric_only, time_resolution
+    ms, refuse): per series and field, VictoriaMetrics holds exactly the numeric samples InfluxDB
+    holds, less the points refused for sharing a millisecond; no string field arrives as 0; a
+    point with only string fields is dropped whole; every removal is counted and the ledger's
+    equations hold for both destinations."""
+    n, notes = 200, 50
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 10_000_000_000
+    messages: list[tuple[str, dict]] = []
+    colliding = 0
+    for i in range(n):
+        for inst, offset in (("A", 0), ("B", 300_000)):
+            messages.append(("obs", {"t": base + i * 10_000_000 + offset, "inst": inst, "v": i + 0.5,
+                                     "note": f"n{i}", "ok": i % 2 == 0}))
+        if i % 10 == 0:  # a second point of A within the same millisecond: refused, counted
+            messages.append(("obs", {"t": base + i * 10_000_000 + 400_000, "inst": "A", "v": -1.0,
+                                     "note": "late", "ok": False}))
+            colliding += 1
+    messages += [("notes", {"t": base + j * 10_000_000 + 5_000_000, "inst": "A", "note": f"text {j}"})
+                 for j in range(notes)]
+    bridge = BridgeProcess(
+        tmp_path, own_influxd, "tick", endpoint,
+        subscription={"name": "obs", "topics": ["obs"], "mapping": OBS},
+        subscriptions_extra=[{"name": "notes", "endpoints": [endpoint], "topics": ["notes"], "framing": "msgpack",
+                              "mapping": NOTES}],
+        destinations_extra=[{"name": "vm", "url": victoria.url + "/influx", "database": "tick",
+                             "batch_size": 500, "flush_interval": "200ms", "max_backoff": "2s", **VM_DEST}],
+    ).start()
+    _publish(endpoint, messages)
+    samples = quiet_ledger(bridge, ("local", "vm"), ("obs", "notes"))
+    assert value(samples, "bridge_written_points_total", destination="local") == len(messages)
+    assert value(samples, "bridge_written_points_total", destination="vm") == 2 * n
+    assert value(samples, "bridge_dropped_points_total", destination="vm", reason="non_numeric") == notes
+    assert value(samples, "bridge_dropped_points_total", destination="vm", reason="time_resolution") == colliding
+    assert value(samples, "bridge_dropped_fields_total", destination="vm", reason="non_numeric") == \
+        2 * n + colliding + notes
+    assert value(samples, "bridge_dropped_fields_total", destination="local", reason="non_numeric") == 0
+
+    influx = {}
+    for inst in ("A", "B"):
+        for f in ("v", "ok", "note"):
+            rows = own_influxd.query(f"SELECT count(\"{f}\") FROM obs WHERE inst = '{inst}'", db="tick")
+            influx[(f"obs_{f}", inst)] = int(rows[0]["count"])
+    assert influx[("obs_note", "A")] == n + colliding  # InfluxDB keeps the strings
+    exported = victoria.export('{__name__=~"(obs|notes)_.*"}')
+    expected = {(name, inst): count - (colliding if inst == "A" else 0)
+                for (name, inst), count in influx.items() if name != "obs_note"}
+    assert _counts(exported) == expected
+    by_name = {(s["metric"]["__name__"], s["metric"]["inst"]): s for s in exported}
+    assert -1.0 not in by_name[("obs_v", "A")]["values"]  # the first point of a millisecond wins
+    assert sorted(by_name[("obs_v", "B")]["values"]) == [i + 0.5 for i in range(n)]
+    assert by_name[("obs_ok", "B")]["values"].count(1) == n // 2
+    assert bridge.stop() == 0
+
+
+def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path, victoria, endpoint):
+    """Points logged while VictoriaMetrics was unreachable; the bridge is killed (SIGKILL) while
+    it replays them (a few hundred of them acknowledged), then restarted: it sends those again
+    (identical times) and the server's deduplication (-dedup.minScrapeInterval=1ms, as the role
+    runs it) keeps one sample each. Without that flag this test fails (duplicates in the export)."""
+    n = 3000
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
+    messages = [("obs", {"t": base + i * 1_000_000, "inst": "A", "v": float(i), "note": "x", "ok": True})
+                for i in range(n)]
+    dest = {"name": "vm", "url": "http://127.0.0.1:9/influx", "batch_size": 50, "max_backoff": "1s", **VM_DEST}
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination=dest, shutdown_timeout=1,
+                           subscription={"name": "obs", "topics": ["obs"], "mapping": OBS}).start()
+    _publish(endpoint, messages)
+    wait_for(lambda: value(bridge.samples(), "bridge_pending_points", destination="vm") == n, 20, "points logged")
+    bridge.kill()  # the points stay in one intake-log file, adopted whole as one journal segment
+    bridge.config["destinations"][0].update(url=victoria.url + "/influx", max_points_per_second=1000)
+    bridge.path.write_text(json.dumps(bridge.config))
+    bridge.start()
+    # The bridge counts a journal segment's points and requests once all of it is written: the
+    # server's own count of requests shows the replay under way (10 of 60 requests answered).
+    wait_for(lambda: victoria.requests() >= 10, 20, "the replay under way", interval=0.02)
+    assert value(bridge.samples(), "bridge_written_points_total", destination="vm") < n
+    bridge.kill()
+    bridge.start()
+    quiet_ledger(bridge, ("vm",), ("obs",), timeout=60)
+    exported = victoria.export('{__name__="obs_v"}')
+    assert len(exported) == 1
+    stamps = exported[0]["timestamps"]
+    assert len(stamps) == len(set(stamps)) == n
+    assert bridge.stop() == 0
+
+
+def test_check_config_warns_about_feeds_that_can_collide_in_a_millisecond(tmp_path, endpoint):
+    """on_collision: warn names every feed; refuse (it counts instead) and nanosecond destinations do not."""
+    def warnings(**dest: object) -> list[str]:
+        bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination=dest,
+                               subscription={"name": "obs", "topics": ["obs"], "mapping": OBS})
+        out = subprocess.run([BRIDGE, "check-config", "--json", str(bridge.path)], capture_output=True,
+                             text=True, check=True)
+        return [w for w in json.loads(out.stdout)["warnings"] if "keeps milliseconds" in w]
+
+    found = warnings(time_resolution="ms", on_collision="warn")
+    assert len(found) == 1 and "'obs'" in found[0] and "epoch_ns" in found[0]
+    assert warnings(time_resolution="ms", on_collision="refuse") == []
+    assert warnings(numeric_only=True) == []
+
+
+@pytest.mark.parametrize(("line", "kept", "fields"), [
+    (b'm,t=a v=1,s="x" 5', b"m,t=a v=1 5", 1),
+    (b'm,t=a s="a,b=\\"c\\" d",v=2i 5', b"m,t=a v=2i 5", 1),
+    (b'm,t=a s="multi\nline",b=true 5', b"m,t=a b=true 5", 1),
+    (b'm="x,t=a\\=" v=1.5 5', b'm="x,t=a\\=" v=1.5 5', 0),
+    (b'm,t=a s="only" 5', None, 1),
+])
+def test_numeric_only_removes_exactly_the_string_fields(line, kept, fields):
+    data, points, dropped, removed = Adapter(True, False).apply(line + b"\n")
+    assert removed == fields
+    if kept is None:
+        assert (data, points, dropped) == (b"", 0, {"non_numeric": 1})
+    else:
+        assert (data, points, dropped) == (kept + b"\n", 1, {})
+
+
+def test_replay_to_victoriametrics_filters_and_counts_like_the_running_bridge(tmp_path, victoria):
+    """`station-bridge replay` of exported points into a numeric_only, ms destination: strings
+    removed and counted, a string-only point and a point in a used millisecond dropped and
+    counted, nothing stored as 0."""
+    t = time.time_ns() // 1_000_000 * 1_000_000 - 5_000_000_000
+    records = [{"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 1.5, "s": "x"}, "time": t},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"s": "only"}, "time": t + 2_000_000},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 2.5}, "time": t + 300_000},
+               {"measurement": "rp", "tags": {"inst": "A"}, "fields": {"v": 3.5, "ok": True}, "time": t + 1_000_000}]
+    exported = tmp_path / "export.jsonl"
+    exported.write_text("".join(json.dumps(r) + "\n" for r in records))
+    config = tmp_path / "replay.yml"
+    config.write_text(json.dumps({
+        "subscriptions": [{"name": "obs", "endpoints": ["tcp://127.0.0.1:9"], "topics": ["obs"], "mapping": OBS}],
+        "destinations": [{"name": "vm", "url": victoria.url + "/influx", "database": "tick", **VM_DEST}],
+        "journal": {"dir": str(tmp_path / "journal")}, "dead_letter": {"dir": str(tmp_path / "dead")}}))
+    done = subprocess.run([BRIDGE, "replay", "--config", str(config), "--dead-letter", str(tmp_path / "again.jsonl"),
+                           str(exported)], capture_output=True, text=True, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "replayed 2 points" in done.stdout, done.stdout
+    assert "{'non_numeric': 1, 'time_resolution': 1} points, 2 string fields" in done.stdout, done.stdout
+    got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"rp_.*"}')}
+    assert got == {"rp_v": [1.5, 3.5], "rp_ok": [1]}

@@ -1,0 +1,216 @@
+"""roles/victoriametrics as a central: services and flags, loopback-only storage, vmauth's per-station
+credentials, and a real station bridge (this checkout's, on the controller) forwarding to it over
+the lab network with numeric_only and time_resolution ms, as the fleet configures a VM central."""
+
+from __future__ import annotations
+
+import json
+import re
+import time
+from collections.abc import Iterator
+
+import msgpack
+import pytest
+import zmq
+from conftest import ROOT
+from harness import BridgeProcess, quiet_ledger, wait_for
+from servers import free_port
+from station_bridge.demo import wait_for_subscriber
+from station_bridge.metrics import value
+from verifier import http, run_playbook
+
+VM = "http://127.0.0.1:8428"
+AMS = ("station-ams", "molecule-vm-ams-pw")
+BCN = ("station-bcn", "molecule-vm-bcn-pw")
+READER = ("grafana", "molecule-vm-grafana-pw")
+MAPPING = {"measurement": "obs", "tags": ["inst"], "fields": {"v": "float", "n": "integer", "note": "string"},
+           "time": {"field": "t", "format": "epoch_ns"}}
+
+
+@pytest.fixture(scope="module")
+def vmauth_url(host) -> str:
+    address = host.interface("eth0").addresses[0]
+    return f"http://{address}:8427"
+
+
+def export(host, match: str) -> list[dict]:
+    """The export API (no query delay) on the central's loopback, after a flush; read until two
+    reads a second apart agree (rows reach the searchable storage a moment after the write)."""
+    previous = None
+    for _ in range(30):
+        http(host, "GET", VM + "/internal/force_flush")
+        answer = http(host, "POST", VM + "/api/v1/export", {"match[]": match})
+        assert answer.status == 200, answer
+        found = sorted((json.loads(line) for line in answer.body.splitlines() if line.strip()),
+                       key=lambda s: json.dumps(s["metric"], sort_keys=True))
+        if found and found == previous:
+            return found
+        previous = found
+        time.sleep(1)
+    return previous or []
+
+
+def vm_requests(host) -> int:
+    for line in http(host, "GET", VM + "/metrics").body.splitlines():
+        if line.startswith('vm_http_requests_total{path="/influx/write"'):
+            return int(float(line.rpartition(" ")[2]))
+    return 0
+
+
+def publish(endpoint: str, records: list[dict]) -> None:
+    context = zmq.Context()
+    socket = context.socket(zmq.XPUB)
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.bind(endpoint)
+    assert wait_for_subscriber(socket, b"obs", 15), "the bridge did not subscribe"
+    for record in records:
+        socket.send_multipart([b"obs", msgpack.packb(record)])
+    socket.close(linger=10_000)
+    context.term()
+
+
+@pytest.fixture()
+def bridge(tmp_path, vmauth_url) -> Iterator[BridgeProcess]:
+    """A station bridge (code ams) whose one destination is the central's vmauth."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    dest = {"name": "central_vm", "url": vmauth_url + "/influx", "database": "fleet", "username": AMS[0],
+            "batch_size": 200, "max_backoff": "1s", "numeric_only": True, "time_resolution": "ms"}
+    process = BridgeProcess(tmp_path, None, "fleet", endpoint, destination=dest, shutdown_timeout=2,
+                            subscription={"name": "obs", "topics": ["obs"], "mapping": MAPPING})
+    process.endpoint = endpoint  # type: ignore[attr-defined]
+    # This checkout's bridge, whatever the virtualenv's editable install points at.
+    process.env["PYTHONPATH"] = str(ROOT / "bridge" / "src")
+    process.env["STATION_BRIDGE_CENTRAL_VM_PASSWORD"] = AMS[1]
+    yield process
+    if process.alive:
+        process.kill()
+
+
+def test_services_and_flags(host):
+    for unit in ("victoria-metrics", "vmauth"):
+        assert host.service(unit).is_running and host.service(unit).is_enabled
+    flags = host.check_output("cat /proc/$(systemctl show victoria-metrics -p MainPID --value)/cmdline | tr '\\0' ' '")
+    for flag in ("-dedup.minScrapeInterval=1ms", "-retentionPeriod=2y", "-httpListenAddr=127.0.0.1:8428"):
+        assert flag in flags, flags
+    assert host.file("/etc/victoria-metrics/vmauth.yml").mode == 0o640
+
+
+def test_storage_on_loopback_only_and_vmauth_open(host):
+    listening = host.check_output("ss -Hltn 'sport = :8428'")
+    assert {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()} == {"127.0.0.1"}, listening
+    assert host.check_output("ss -Hltn 'sport = :8427'").split()[3].startswith(("0.0.0.0:", "*:")), "vmauth"
+
+
+def test_units_exposure_at_most_3(host):
+    scores = {}
+    for unit in ("victoria-metrics.service", "vmauth.service"):
+        out = host.check_output(f"systemd-analyze security {unit} --no-pager")
+        scores[unit] = float(re.search(r"Overall exposure level for \S+: ([0-9.]+)", out).group(1))
+    print("systemd-analyze security:", json.dumps(scores))
+    assert all(score <= 3.0 for score in scores.values()), scores
+
+
+def test_a_station_cannot_write_as_another_nor_read(host, vmauth_url):
+    t = time.time_ns()
+    # ams claims to be bcn: vmauth's route for ams sets station=ams whatever the line says.
+    assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"},
+                f"spoof,station=bcn v=1 {t}", auth=AMS).status == 204
+    assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"},
+                f"spoof v=2 {t}", auth=BCN).status == 204
+    stations = sorted(s["metric"]["station"] for s in export(host, '{__name__="spoof_v"}'))
+    assert stations == ["ams", "bcn"], stations
+    assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"}, f"spoof v=3 {t}",
+                auth=(AMS[0], "wrong")).status in (400, 401)
+    assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"}, f"spoof v=3 {t}").status == 401
+    # A station writes; it neither reads nor exports (not even its own series).
+    assert http(host, "POST", vmauth_url + "/api/v1/export", {"match[]": '{__name__="spoof_v"}'},
+                auth=AMS).status in (400, 401, 403)
+    # The reader reads through vmauth, and cannot write.
+    assert http(host, "GET", vmauth_url + "/api/v1/query", {"query": "1"}, auth=READER).status == 200
+    assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"}, f"spoof v=4 {t}",
+                auth=READER).status in (400, 401, 403)
+
+
+def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, bridge):
+    """Per series and field, as many samples as numeric fields sent; the string field nowhere
+    (not as 0), counted by the bridge; the station label is the credential's."""
+    n = 300
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 30_000_000_000
+    records = [{"t": base + i * 2_000_000, "inst": ("A", "B")[i % 2], "v": i / 4, "n": i, "note": f"text {i}"}
+               for i in range(n)]
+    bridge.start()
+    publish(bridge.endpoint, records)
+    samples = quiet_ledger(bridge, ("central_vm",), ("obs",), timeout=60)
+    assert value(samples, "bridge_written_points_total", destination="central_vm") == n
+    assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
+    series = export(host, '{__name__=~"obs_.*"}')
+    counts = {(s["metric"]["__name__"], s["metric"]["inst"], s["metric"]["station"]): len(s["values"])
+              for s in series}
+    assert counts == {(f"obs_{f}", inst, "ams"): n // 2 for f in ("v", "n") for inst in ("A", "B")}, counts
+    got = sorted(v for s in series if s["metric"]["__name__"] == "obs_v" for v in s["values"])
+    assert got == sorted(i / 4 for i in range(n))
+    assert bridge.stop() == 0
+
+
+def test_the_validation_finds_a_stations_self_metrics_through_the_export_api(host, bridge, tmp_path):
+    """playbooks/tasks/central-vm-received.yml (the rollout's and validate.yml's question to a
+    VictoriaMetrics central) against a real bridge's self-metrics: found for the station that
+    forwards them (under the label vmauth set), not found for a station that sent nothing."""
+    started = time.time_ns()
+    bridge.config["self_metrics"] = {"interval": "1s", "instance": "obs"}
+    bridge.config["station"] = "ams"
+    bridge.path.write_text(json.dumps(bridge.config))
+    bridge.start()
+    wait_for(lambda: value(bridge.samples(), "bridge_written_points_total", destination="central_vm") >= 2, 30,
+             "self-metrics forwarded")
+    assert bridge.stop() == 0
+
+    def check(station: str, retries: int) -> int:
+        extra = tmp_path / f"check-{station}.json"
+        extra.write_text(json.dumps({
+            "validate_report": {"started_ns": started, "self_metrics": [{"station": station,
+                                                                         "measurement": "station_bridge"}]},
+            "validate_centrals": [{"name": "central_vm", "host": host.backend.host, "backend": "victoriametrics"}],
+            "validate_central_retries": retries}))
+        scenario = ROOT / "molecule" / "victoriametrics"
+        return run_playbook(scenario / "check-received.yml", str(extra)).rc
+
+    assert check("ams", 30) == 0
+    assert check("zzz", 1) != 0
+
+
+def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
+    """Points logged while the central was unreachable, a SIGKILL while they are replayed (some
+    acknowledged, the segment not), a restart: every timestamp once in the export."""
+    n = 3000
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 120_000_000_000
+    records = [{"t": base + i * 1_000_000, "inst": "R", "v": float(i), "n": i, "note": "x"} for i in range(n)]
+    reachable = bridge.config["destinations"][0]["url"]
+    bridge.config["destinations"][0]["url"] = "http://127.0.0.1:9/influx"
+    bridge.path.write_text(json.dumps(bridge.config))
+    bridge.start()
+    publish(bridge.endpoint, records)
+    wait_for(lambda: value(bridge.samples(), "bridge_pending_points", destination="central_vm") == n, 30,
+             "the points logged")
+    bridge.kill()
+    bridge.config["destinations"][0].update(url=reachable, batch_size=50, max_points_per_second=1000)
+    bridge.path.write_text(json.dumps(bridge.config))
+    before = vm_requests(host)
+    bridge.start()
+    wait_for(lambda: vm_requests(host) >= before + 10, 30, "the replay under way", interval=0.05)
+    assert value(bridge.samples(), "bridge_written_points_total", destination="central_vm") < n
+    bridge.kill()
+    bridge.start()
+    quiet_ledger(bridge, ("central_vm",), ("obs",), timeout=60)
+    assert vm_requests(host) > before + n // 50, "nothing was sent twice: the test proved nothing"
+    (exported,) = export(host, '{__name__="obs_v",inst="R"}')
+    stamps = exported["timestamps"]
+    assert len(stamps) == len(set(stamps)) == n
+    assert bridge.stop() == 0
+
+
+def test_no_secret_in_world_readable_files(host):
+    out = host.run("grep -rl molecule-vm- /etc /var/lib/victoria-metrics 2>/dev/null").stdout.split()
+    for path in out:
+        assert host.file(path).mode & 0o004 == 0, path
+
