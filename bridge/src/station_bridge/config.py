@@ -722,10 +722,12 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
         _writable(r, f"static_tags.{key}", escape_tag, value)
     optional = r.strings("optional_tags", [])
     defaults = r.string_map("tag_defaults")
+    derived_names = [g for d in derived for g in d.regex.groupindex]
     for key in [*optional, *defaults]:
-        if key not in tags:
+        if key not in tags and key not in derived_names:
             raise r.fail("optional_tags" if key in optional else "tag_defaults",
-                         f"{key!r} is not one of the mapping's tags {sorted(tags)}")
+                         f"{key!r} is not one of the mapping's tags or derived_tags groups "
+                         f"{sorted({*tags, *derived_names})}")
     for key in set(optional) & set(defaults):
         raise r.fail("tag_defaults", f"{key!r} is optional and has a default: give one or the other")
     for key, value in defaults.items():
