@@ -1,0 +1,220 @@
+"""Fifth attack round: what round 4 found and left, fixed by mechanism.
+
+- `derived_tags` whose source was absent or did not match left their tags out in silence: the
+  message merged into another series (ticks of `EUR_USD` and of an unparsable symbol in one);
+- boolean text was loose (`yes`, ` TRUE `, `t` taken) and RFC 3339 times with surrounding space
+  were accepted, as were decimal epoch texts `+5`, `05`, `.5`, `5.`, unlike numbers;
+- `try` ignored the subscription's `topics`: a sample on a topic the bridge never subscribes to
+  "mapped";
+- two replays in one directory shared `replay-rejected.jsonl`: the second deleted the first's
+  records refused again. (validate's landed check: tests/test_validate.py.)
+"""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+from pathlib import Path
+
+import msgpack
+import pytest
+import yaml
+from harness import BRIDGE, wait_for
+
+from station_bridge import config as cfg
+from station_bridge.lineproto import LineError, format_field_value
+from station_bridge.mapping import MapError, Mapper
+from station_bridge.refused import make_record
+from station_bridge.timestamps import TimestampError, parser
+
+T0 = 1_765_000_000_000_000_000
+
+
+def cli(*args: str, cwd: Path | None = None, timeout: float = 60) -> subprocess.CompletedProcess:
+    return subprocess.run([BRIDGE, *args], capture_output=True, text=True, timeout=timeout, cwd=cwd)
+
+
+def sub(**mapping: object):
+    base = {"measurement": "px", "tags": ["instrument"], "fields": {"bid": "float"},
+            "derived_tags": [{"source": "instrument", "regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"}],
+            "time": {"field": "ts", "format": "epoch_ns"}}
+    full = {"subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:1"], "framing": "json",
+                               "mapping": {**base, **mapping}}],
+            "destinations": [{"name": "d", "url": "http://x", "database": "db"}]}
+    return cfg.parse(full, "test.yml").subscriptions[0]
+
+
+# --- 1. derived tags: the missing-tag rule -----------------------------------------------------
+
+def test_a_derived_tag_without_its_source_or_match_refuses_the_message_unless_declared_optional():
+    """Before: {instrument: 'EURUSD'} (no match) and a message without `instrument` under
+    optional_tags both mapped to `px,instrument=EURUSD` / `px` without base/quote, merging."""
+    mapper = Mapper(sub(optional_tags=["instrument"]), now=lambda: T0)
+    assert mapper.line("t", {"instrument": "EUR_USD", "bid": 1.0, "ts": T0}) == \
+        f"px,base=EUR,instrument=EUR_USD,quote=USD bid=1.0 {T0}"
+    for record, why in [({"instrument": "EURUSD", "bid": 1.0, "ts": T0}, "does not match"),
+                        ({"bid": 1.0, "ts": T0}, "its source is absent"),
+                        ({"instrument": "", "bid": 1.0, "ts": T0}, "does not match")]:
+        with pytest.raises(MapError) as caught:
+            mapper.line("t", record)
+        assert caught.value.reason == "missing_field" and "derived tag 'base'" in str(caught.value), record
+        assert why in str(caught.value)
+    # the same explicit ways out as a configured tag: optional (left out) or a default
+    optional = Mapper(sub(optional_tags=["instrument", "base", "quote"]), now=lambda: T0)
+    assert optional.line("t", {"bid": 1.0, "ts": T0}) == f"px bid=1.0 {T0}"
+    defaults = Mapper(sub(tag_defaults={"base": "none", "quote": "none"}), now=lambda: T0)
+    assert defaults.line("t", {"instrument": "EURUSD", "bid": 1.0, "ts": T0}) == \
+        f"px,base=none,instrument=EURUSD,quote=none bid=1.0 {T0}"
+    # a group that did not take part counts as missing too
+    partial = Mapper(sub(derived_tags=[{"source": "instrument", "regex": "^(?P<base>[A-Z]{3})(_(?P<quote>[A-Z]+))?"}]),
+                     now=lambda: T0)
+    with pytest.raises(MapError, match="group 'quote' matched nothing"):
+        partial.line("t", {"instrument": "EUR", "bid": 1.0, "ts": T0})
+    with pytest.raises(cfg.ConfigError, match="derived_tags groups"):
+        sub(optional_tags=["nope"])
+
+
+def test_try_names_the_derived_tag_a_message_lacks(tmp_path):
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:9"], "framing": "json",
+                           "mapping": {"measurement": "px", "tags": ["instrument"], "fields": {"bid": "float"},
+                                       "derived_tags": [{"source": "instrument",
+                                                         "regex": "^(?P<base>[A-Z]{3})_(?P<quote>[A-Z]{3})$"}],
+                                       "time": {"field": "ts", "format": "epoch_ns"}}}],
+        "destinations": [{"name": "d", "url": "http://127.0.0.1:9", "database": "db"}],
+        "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}))
+    rows = [make_record([b"t", json.dumps({"instrument": name, "bid": 1.0, "ts": T0 + i}).encode()], T0 + i,
+                        1 << 20)[0]
+            for i, name in enumerate(["EUR_USD", "EURUSD"])]
+    sample = tmp_path / "sample.jsonl"
+    sample.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    done = cli("try", "--config", str(conf), str(sample))
+    assert done.returncode == 1, done.stdout + done.stderr
+    assert "refused: missing_field: derived tag 'base': 'EURUSD' does not match" in done.stdout
+    assert "1 mapped (1 points), 1 refused (missing_field: 1)" in done.stdout
+
+
+# --- 3. one strict grammar for text ----------------------------------------------------------
+
+@pytest.mark.parametrize("value", ["yes", "no", "t", "f", "T", "True", "TRUE", " true", "true ", "1 ", "01",
+                                   "on", "", b"yes", 2, -1, 1.0, 0.0, None])
+def test_boolean_text_is_exact(value):
+    with pytest.raises(LineError) as caught:
+        format_field_value(value, "boolean")
+    assert caught.value.reason == "wrong_type"
+
+
+@pytest.mark.parametrize(("value", "expected"), [("true", "true"), ("false", "false"), ("1", "true"), ("0", "false"),
+                                                 (b"true", "true"), (True, "true"), (False, "false"), (1, "true"),
+                                                 (0, "false")])
+def test_boolean_values_taken(value, expected):
+    assert format_field_value(value, "boolean") == expected
+
+
+@pytest.mark.parametrize("fmt", ["auto", "epoch_s", "epoch_ns"])
+@pytest.mark.parametrize("text", ["+1700000000", "01700000000", ".5", "1700000000.", " 1700000000", "1700000000\n",
+                                  "-01"])
+def test_epoch_text_follows_the_number_grammar(fmt, text):
+    with pytest.raises(TimestampError):
+        parser(fmt)(text)
+
+
+@pytest.mark.parametrize("fmt", ["rfc3339", "auto", "naive"])
+@pytest.mark.parametrize("text", [" 2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z ", "2023-11-14T22:13:20Z\n",
+                                  "\t2023-11-14 22:13:20"])
+def test_times_with_surrounding_space_are_refused(fmt, text):
+    with pytest.raises(TimestampError):
+        parser(fmt, "UTC")(text)
+
+
+def test_the_bridge_refuses_loose_boolean_text_end_to_end(tmp_path):
+    """Through the mapper a text_delimited feed's `yes` is wrong_type (was stored as true)."""
+    spec = cfg.parse({"subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:1"], "framing": "text_delimited",
+                                         "field_order": ["ts", "up"],
+                                         "mapping": {"measurement": "m", "fields": {"up": "boolean"},
+                                                     "time": {"field": "ts", "format": "epoch_ns"}}}],
+                      "destinations": [{"name": "d", "url": "http://x", "database": "db"}]}, "t.yml").subscriptions[0]
+    mapper = Mapper(spec, now=lambda: T0)
+    assert mapper.line("t", {"ts": str(T0), "up": "true"}) == f"m up=true {T0}"
+    for loose in ("yes", " true", "TRUE"):
+        with pytest.raises(LineError):
+            mapper.line("t", {"ts": str(T0), "up": loose})
+    with pytest.raises(MapError):
+        mapper.line("t", {"ts": f" {T0}", "up": "true"})
+
+
+# --- 4. try honours the subscription's topics --------------------------------------------------
+
+def test_try_does_not_map_what_the_bridge_never_subscribes_to(tmp_path):
+    """Before: topics [EUR] and a sample of GBP_USD and EUR_USD ticks: all 20 'mapped', exit 0."""
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "oanda", "endpoints": ["tcp://127.0.0.1:9"], "framing": "json", "topics": ["EUR"],
+                           "mapping": {"measurement": "px", "tags": ["instrument"], "fields": {"bid": "float"},
+                                       "time": {"field": "ts", "format": "epoch_ns"}}}],
+        "destinations": [{"name": "d", "url": "http://127.0.0.1:9", "database": "db"}],
+        "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}))
+
+    def sample(name: str, instruments: list[str]) -> Path:
+        rows = [make_record([i.encode(), json.dumps({"instrument": i, "bid": 1.0, "ts": T0 + n}).encode()],
+                            T0 + n, 1 << 20)[0] for n, i in enumerate(instruments)]
+        path = tmp_path / name
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+        return path
+
+    mixed = cli("try", "--config", str(conf), "--json", str(sample("mixed.jsonl", ["EUR_USD", "GBP_USD"] * 10)))
+    summary = json.loads(mixed.stdout)["summary"]
+    assert summary["mapped"] == 10 and summary["unsubscribed"] == 10 and summary["refused"] == 0, summary
+    assert mixed.returncode == 0 and "never receives them" in mixed.stderr
+    other = cli("try", "--config", str(conf), str(sample("other.jsonl", ["GBP_USD"] * 5)))
+    assert other.returncode == 1, other.stdout + other.stderr
+    assert "0 mapped (0 points), 0 refused, 5 not subscribed" in other.stdout
+    assert "not subscribed: the message starts b'GBP_USD'" in other.stdout
+
+
+# --- 5. two replays at once in one directory -----------------------------------------------------
+
+def test_a_second_replay_never_takes_the_first_ones_dead_letter_file(tmp_path):
+    """Replay A waits on a destination that accepts TCP and never answers, its records refused
+    again already in replay-rejected.jsonl; replay B started in the same directory deleted that
+    file and wrote its own (A's records lost). Now B refuses to start (exit 1) and names A."""
+    hang = socket.socket()
+    hang.bind(("127.0.0.1", 0))
+    hang.listen(16)  # never accepted, never answered: A's write waits for its timeout
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "oanda", "endpoints": ["tcp://127.0.0.1:9"], "framing": "msgpack",
+                           "mapping": {"measurement": "px", "tags": ["instrument"], "fields": {"bid": "float"},
+                                       "time": {"field": "ts", "format": "epoch_ns"}}}],
+        "destinations": [{"name": "d", "url": f"http://127.0.0.1:{hang.getsockname()[1]}", "database": "db",
+                          "timeout": "4s"}],
+        "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}))
+    rows = [make_record([b"t", msgpack.packb({"bid": 1.0, "ts": T0})], T0, 1 << 20, subscription="oanda",
+                        reason="missing_field")[0],
+            make_record([b"t", msgpack.packb({"instrument": "A", "bid": 1.0, "ts": T0})], T0, 1 << 20,
+                        subscription="oanda", reason="missing_field")[0]]
+    letters = tmp_path / "input.jsonl"
+    letters.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    work = tmp_path / "work"
+    work.mkdir()
+    first = subprocess.Popen([BRIDGE, "replay", "--dead-letters", "--config", str(conf), str(letters)], cwd=work,
+                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        kept = work / "replay-rejected.jsonl"
+        wait_for(lambda: kept.exists() and kept.stat().st_size > 0, 15, "the first replay's record refused again")
+        second = cli("replay", "--dead-letters", "--config", str(conf), str(letters), cwd=work)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert f"another replay (pid {first.pid}) writes replay-rejected.jsonl" in second.stderr
+        assert first.poll() is None  # the first one was still running: a real overlap
+    finally:
+        out, err = first.communicate(timeout=60)
+        hang.close()
+    assert first.returncode == 1, out + err  # its destination never answered
+    records = [json.loads(line) for line in kept.read_text().splitlines()]
+    assert [r["reason"] for r in records] == ["missing_field"], records  # the first replay's, whole
+    assert not (work / "replay-rejected.jsonl.lock").exists()
+    # one after the other, as before
+    again = cli("replay", "--dead-letters", "--config", str(conf), "--json", str(letters), cwd=work, timeout=90)
+    assert again.returncode == 1 and json.loads(again.stdout)["rejected_again"] == {"missing_field": 1}
