@@ -218,3 +218,39 @@ def test_a_second_replay_never_takes_the_first_ones_dead_letter_file(tmp_path):
     # one after the other, as before
     again = cli("replay", "--dead-letters", "--config", str(conf), "--json", str(letters), cwd=work, timeout=90)
     assert again.returncode == 1 and json.loads(again.stdout)["rejected_again"] == {"missing_field": 1}
+
+
+# --- round 4's replay of sparse CSV, attacked ---------------------------------------------------
+
+def test_replay_never_lets_influxdb_stamp_a_row_with_the_replays_time(tmp_path, influxd, database):
+    """Before: the torn last row of an export still being written (`ticks,E,3.5`: its time cell
+    cut) and a row with an empty time cell were sent without a time and stored at the replay's
+    time, a silent distortion (and `--5`, full-width digits went to InfluxDB as times). Now each is
+    refused and kept with its file and line; whole rows land at their own time."""
+    csv = tmp_path / "export.csv"
+    csv.write_text("#datatype measurement,tag,double,dateTime:number\n"
+                   "m,k,bid,time\n"
+                   "ticks,A,1.5,1700000000000000000\n"
+                   "ticks,B,2.5,\n"
+                   "ticks,C,2.5,--1700000000000000000\n"
+                   "ticks,D,2.5,１７００００００００\n"
+                   "ticks,E,3.5\n")
+    export = tmp_path / "export.jsonl"
+    export.write_text(json.dumps({"measurement": "ticks", "tags": {"k": "F"}, "fields": {"bid": 1.0}}) + "\n"
+                      + json.dumps({"measurement": "ticks", "tags": {"k": "G"}, "fields": {"bid": 1.0},
+                                    "time": 1700000000000000001}) + "\n")
+    conf = tmp_path / "c.yml"
+    conf.write_text(yaml.safe_dump({
+        "subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:9"],
+                           "mapping": {"measurement": "x", "fields": {"bid": "float"}}}],
+        "destinations": [{"name": "local", "url": influxd.url, "database": database}],
+        "journal": {"dir": str(tmp_path / "j")}, "dead_letter": {"dir": str(tmp_path / "d")}}))
+    done = cli("replay", "--config", str(conf), "--dead-letter", str(tmp_path / "again.jsonl"), str(csv), str(export))
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "replayed 2 points into local; 5 rejected" in done.stdout, done.stdout
+    rows = sorted((r["k"], r["time"]) for r in influxd.query('SELECT * FROM "ticks" GROUP BY *', db=database))
+    assert rows == [("A", 1700000000000000000), ("G", 1700000000000000001)], rows
+    kept = [json.loads(line) for line in (tmp_path / "again.jsonl").read_text().splitlines()]
+    assert sorted((k["source"].rsplit("/", 1)[1], k["reason"]) for k in kept) == [
+        ("export.csv:4", "bad_timestamp"), ("export.csv:5", "bad_timestamp"), ("export.csv:6", "bad_timestamp"),
+        ("export.csv:7", "unreadable"), ("export.jsonl:1", "bad_timestamp")], kept
