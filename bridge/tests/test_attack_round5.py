@@ -15,12 +15,13 @@ from __future__ import annotations
 import json
 import socket
 import subprocess
+import time
 from pathlib import Path
 
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, wait_for
+from harness import BRIDGE, BridgeProcess, wait_for
 
 from station_bridge import config as cfg
 from station_bridge.lineproto import LineError, format_field_value
@@ -254,3 +255,46 @@ def test_replay_never_lets_influxdb_stamp_a_row_with_the_replays_time(tmp_path, 
     assert sorted((k["source"].rsplit("/", 1)[1], k["reason"]) for k in kept) == [
         ("export.csv:4", "bad_timestamp"), ("export.csv:5", "bad_timestamp"), ("export.csv:6", "bad_timestamp"),
         ("export.csv:7", "unreadable"), ("export.jsonl:1", "bad_timestamp")], kept
+
+
+# --- round 4's binning, attacked ------------------------------------------------------------------
+
+def test_binning_sums_shares_so_a_large_finite_value_keeps_its_bin():
+    """value x width in ns overflowed: 1e300 x 1e9 is inf, the bin was dropped (not counted)."""
+    from station_bridge.binning import TimeWeightedBinner
+    second = 1_000_000_000
+    binner = TimeWeightedBinner(second, ["v"])
+    out = binner.add("s", 10 * second, {"v": 1e300}) + binner.add("s", 12 * second + 1, {"v": 1e300})
+    assert [(start, means["v"]) for start, means in out] == [(10 * second, 1e300), (11 * second, 1e300)]
+
+
+def test_a_binned_feed_counts_what_it_cannot_bin(tmp_path, influxd, database, endpoint, zmq_context):
+    """keep_raw: false. Before: a message without the binned field was mapped and made nothing,
+    and a value of 1e300 made an infinite sum: its bins were dropped; /metrics counted neither (the
+    binner's `skipped` was never exported). Now the bins of 1e300 land, the message without the
+    field is counted in bridge_binning_skipped_total{reason="missing_field"}."""
+    import zmq
+    mapping = {"measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "float", "ask": "float"},
+               "time": {"field": "t", "format": "epoch_ns"}}
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
+                           subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"],
+                                                                          "keep_raw": False}}).start()
+    pub = zmq_context.socket(zmq.PUB)
+    pub.bind(endpoint)
+    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
+    time.sleep(0.3)
+    second = 10**9
+    t0 = time.time_ns() // second * second - 60 * second
+    # a sample's value holds since the previous sample: 1e300 fills the bins t0 and t0+1
+    for t, values in ((t0, {"bid": 1.0}), (t0 + 2 * second, {"bid": 1e300}), (t0 + 5 * second // 2, {"ask": 1.0}),
+                      (t0 + 3 * second, {"bid": 1.0})):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "t": t, **values})])
+    wait_for(lambda: bridge.value("bridge_binning_skipped_total", subscription="kraken", reason="missing_field") == 1,
+             20, "the message without the binned field counted")
+    assert bridge.value("bridge_mapped_messages_total", subscription="kraken") == 4
+    assert bridge.value("bridge_binning_skipped_total", subscription="kraken", reason="non_finite") == 0
+    wait_for(lambda: bridge.value("bridge_written_points_total", destination="local")
+             == bridge.value("bridge_mapped_points_total", subscription="kraken") > 0, 20, "the bins written")
+    rows = {r["time"]: r["bid"] for r in influxd.query('SELECT * FROM "ticks_binned"', db=database)}
+    assert rows == {t0: 1e300, t0 + second: 1e300, t0 + 2 * second: 1.0}, rows  # 1e300 was dropped
+    bridge.stop()

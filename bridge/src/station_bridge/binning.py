@@ -8,7 +8,9 @@ bin is complete. Golden check (1 s bins): samples (T+0.1,100), (T+0.6,200), (T+1
 A silence longer than `max_gap` (binning.max_gap, default 10,000 intervals) is not filled: the
 sample after it completes the bin that was open (its value holding to that bin's end, as
 always) and starts its series afresh at its own bin, as a first sample does; the bins in
-between are not written, and the gap is counted (`gaps`, bridge_binning_gaps_total). Without
+between are not written, and the gap is counted (`gaps`, bridge_binning_gaps_total). A bin is
+accumulated as value x (share of the interval), so finite values never overflow (1e300 made an
+infinite sum, a bin dropped without a count); what is not binned is counted (`skipped`). Without
 the bound one message whose time was 15 days after the series' previous one (accepted: times
 may lie up to 10 years behind) made 1,296,002 bins in one burst (587 MiB); 10 years, 315 million.
 
@@ -67,11 +69,12 @@ class TimeWeightedBinner:
             bin_end = state.bin_start + self.interval
             segment_end = min(time_ns, bin_end)
             width = segment_end - cursor
+            share = width / self.interval  # at most 1: a finite value never overflows the sum
             for name in self.fields:
-                state.acc[name] += values[name] * width
+                state.acc[name] += values[name] * share
             cursor = segment_end
             if segment_end == bin_end:
-                done.append((state.bin_start, {n: state.acc[n] / self.interval for n in self.fields}))
+                done.append((state.bin_start, dict(state.acc)))
                 state.bin_start = bin_end
                 state.acc = dict.fromkeys(self.fields, 0.0)
         state.last_ns = time_ns
@@ -86,7 +89,10 @@ class Binning:
         self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields, spec.gap_ns)
         self._keys = {name: escape_field_key(name) for name in spec.fields}
         self._measurements: dict[str, tuple[int, str]] = {}  # raw -> (escaped length, binned escaped)
-        self.skipped = 0  # points without every binned field, and bins whose mean is not finite
+        # reason -> count (bridge_binning_skipped_total): points without every binned field as a
+        # number (`missing_field`), bins whose mean is not finite (`non_finite`: a NaN or an
+        # infinity sent); they were dropped without a count (with keep_raw: false, silently lost).
+        self.skipped: dict[str, int] = {}
 
     def _measurement(self, raw: str) -> tuple[int, str]:
         found = self._measurements.get(raw)
@@ -101,7 +107,7 @@ class Binning:
         try:
             values = {name: float(point.fields[name]) for name in self.spec.fields}  # type: ignore[arg-type]
         except (KeyError, TypeError, ValueError, OverflowError):
-            self.skipped += 1
+            self.skipped["missing_field"] = self.skipped.get("missing_field", 0) + 1
             return []
         cut, measurement = self._measurement(point.measurement)
         series = measurement + point.series[cut:]
@@ -110,7 +116,7 @@ class Binning:
             try:
                 fields = ",".join(f"{self._keys[k]}={format_float(v)}" for k, v in means.items())
             except LineError:
-                self.skipped += 1
+                self.skipped["non_finite"] = self.skipped.get("non_finite", 0) + 1
                 continue
             out.append(f"{series} {fields} {start}")
         return out

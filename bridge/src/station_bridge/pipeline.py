@@ -239,6 +239,10 @@ class Pipeline:
         if sub.binning is not None and sub.binning.binner.gaps != sub.gaps_counted:
             counts.append(("bridge_binning_gaps_total", sub.key, sub.binning.binner.gaps - sub.gaps_counted))
             sub.gaps_counted = sub.binning.binner.gaps
+        if sub.binning is not None and sub.binning.skipped:
+            counts += [("bridge_binning_skipped_total", sub.reason_key(reason), n)
+                       for reason, n in sub.binning.skipped.items()]
+            sub.binning.skipped.clear()
         return counts
 
     def process(self, sub: Subscription, messages: list[list[bytes]]
