@@ -278,7 +278,7 @@ def test_a_binned_feed_counts_what_it_cannot_bin(tmp_path, influxd, database, en
                "time": {"field": "t", "format": "epoch_ns"}}
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"],
-                                                                          "keep_raw": False}}).start()
+                                                                          "keep_raw": False, "max_series": 2}}).start()
     pub = zmq_context.socket(zmq.PUB)
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
@@ -297,4 +297,27 @@ def test_a_binned_feed_counts_what_it_cannot_bin(tmp_path, influxd, database, en
              == bridge.value("bridge_mapped_points_total", subscription="kraken") > 0, 20, "the bins written")
     rows = {r["time"]: r["bid"] for r in influxd.query('SELECT * FROM "ticks_binned"', db=database)}
     assert rows == {t0: 1e300, t0 + second: 1e300, t0 + 2 * second: 1.0}, rows  # 1e300 was dropped
+    # two more series with max_series 2: EURUSD, the least recently sampled, is forgotten (counted)
+    for instrument in ("GBPUSD", "USDJPY"):
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": instrument, "t": t0, "bid": 1.0})])
+    wait_for(lambda: bridge.value("bridge_binning_evicted_total", subscription="kraken") == 1, 20, "an eviction")
     bridge.stop()
+
+
+def test_binning_keeps_at_most_max_series_series():
+    """A tag with a new value per message (an order id) grew the binner by ~540 bytes a message
+    without bound (300,000 series: 159 MiB). Now the least recently sampled beyond max_series is
+    forgotten and counted; a series sampled again stays."""
+    from station_bridge.binning import TimeWeightedBinner
+    second = 1_000_000_000
+    binner = TimeWeightedBinner(second, ["v"], max_series=3)
+    for i in range(1_000):
+        binner.add("keep", i * second, {"v": 1.0})
+        binner.add(f"order={i}", i * second, {"v": 1.0})
+    assert len(binner._series) == 3 and "keep" in binner._series and binner.evicted == 998
+    spec = cfg.parse({"subscriptions": [{"name": "s", "endpoints": ["tcp://127.0.0.1:1"],
+                                         "mapping": {"measurement": "m", "fields": {"v": "float"}},
+                                         "binning": {"interval": "1s", "fields": ["v"], "max_series": 7}}],
+                      "destinations": [{"name": "d", "url": "http://x", "database": "db"}]}, "t.yml")
+    assert spec.subscriptions[0].binning.max_series == 7
+    assert spec.effective()["subscriptions"][0]["binning"]["max_series"] == 7

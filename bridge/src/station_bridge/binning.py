@@ -36,19 +36,29 @@ class _State:
 
 
 class TimeWeightedBinner:
-    def __init__(self, interval_ns: int, fields: list[str], max_gap_ns: int | None = None) -> None:
+    def __init__(self, interval_ns: int, fields: list[str], max_gap_ns: int | None = None,
+                 max_series: int = 20_000) -> None:
         self.interval = interval_ns
         self.fields = fields
         self.max_gap = max_gap_ns if max_gap_ns is not None else 10_000 * interval_ns
         self.gaps = 0  # silences longer than max_gap, not filled
+        # At most `max_series` series (binning.max_series), the least recently sampled forgotten
+        # (its open bin is never written, counted in `evicted`): a tag with a new value in every
+        # message (an order id) grew this by ~540 bytes per message, without bound.
+        self.max_series = max_series
+        self.evicted = 0
         self._series: dict[str, _State] = {}
 
     def add(self, series: str, time_ns: int, values: dict[str, float]) -> list[tuple[int, dict[str, float]]]:
         """Adds a sample; returns the bins it completed as (bin_start_ns, means)."""
-        state = self._series.get(series)
+        state = self._series.pop(series, None)  # re-inserted last: the dict's order is recency
         if state is None:
             start = time_ns - time_ns % self.interval
-            state = self._series[series] = _State(start, start, dict.fromkeys(self.fields, 0.0))
+            state = _State(start, start, dict.fromkeys(self.fields, 0.0))
+            if len(self._series) >= self.max_series:
+                del self._series[next(iter(self._series))]
+                self.evicted += 1
+        self._series[series] = state
         if time_ns < state.last_ns:
             return []  # late sample: its interval was already accounted for
         done: list[tuple[int, dict[str, float]]] = []
@@ -86,7 +96,7 @@ class Binning:
 
     def __init__(self, spec: BinningSpec) -> None:
         self.spec = spec
-        self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields, spec.gap_ns)
+        self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields, spec.gap_ns, spec.max_series)
         self._keys = {name: escape_field_key(name) for name in spec.fields}
         self._measurements: dict[str, tuple[int, str]] = {}  # raw -> (escaped length, binned escaped)
         # reason -> count (bridge_binning_skipped_total): points without every binned field as a

@@ -158,6 +158,7 @@ class BinningSpec:
     measurement: str | None
     keep_raw: bool
     max_gap_ns: int | None = None  # a longer silence of a series is not filled; None: MAX_GAP_BINS intervals
+    max_series: int = 20_000  # series whose open bin is kept; beyond it the least recently sampled is forgotten
 
     @property
     def gap_ns(self) -> int:
@@ -356,7 +357,7 @@ class Config:
             if s.binning is not None:
                 b = s.binning
                 binned = {"interval_s": b.interval_ns / 1e9, "fields": b.fields, "keep_raw": b.keep_raw,
-                          "measurement": b.measurement, "max_gap_s": b.gap_ns / 1e9}
+                          "measurement": b.measurement, "max_gap_s": b.gap_ns / 1e9, "max_series": b.max_series}
                 if measurements is not None:
                     extra = [b.measurement] if b.measurement else [f"{n}_binned" for n in measurements]
                     measurements = (measurements if b.keep_raw else []) + extra
@@ -803,7 +804,8 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
     if b is not None:
         gap = b.duration("max_gap", None)
         binning = BinningSpec(round(b.duration("interval") * 1e9), b.strings("fields"), b.get("measurement", str, None),
-                              b.get("keep_raw", bool, True), None if gap is None else round(gap * 1e9))
+                              b.get("keep_raw", bool, True), None if gap is None else round(gap * 1e9),
+                              b.positive("max_series", int, 20_000))
         if binning.gap_ns < binning.interval_ns:
             raise b.fail("max_gap", "must be at least the interval")
         if binning.measurement:

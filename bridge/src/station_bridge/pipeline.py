@@ -86,6 +86,7 @@ class Subscription:
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
+        self.evictions_counted = 0  # binning: series forgotten beyond max_series counted so far
         # A rule that eats data: an ignored message the mapping maps (probed, a few per burst, by
         # a mapper of its own: the real uniqueness never sees it), per rule: (when, an example).
         self.last_mapped = 0.0  # monotonic; 0: nothing mapped yet
@@ -239,6 +240,9 @@ class Pipeline:
         if sub.binning is not None and sub.binning.binner.gaps != sub.gaps_counted:
             counts.append(("bridge_binning_gaps_total", sub.key, sub.binning.binner.gaps - sub.gaps_counted))
             sub.gaps_counted = sub.binning.binner.gaps
+        if sub.binning is not None and sub.binning.binner.evicted != sub.evictions_counted:
+            counts.append(("bridge_binning_evicted_total", sub.key, sub.binning.binner.evicted - sub.evictions_counted))
+            sub.evictions_counted = sub.binning.binner.evicted
         if sub.binning is not None and sub.binning.skipped:
             counts += [("bridge_binning_skipped_total", sub.reason_key(reason), n)
                        for reason, n in sub.binning.skipped.items()]
