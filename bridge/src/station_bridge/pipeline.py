@@ -326,19 +326,21 @@ class Pipeline:
             raw = len(lines)
             for point in points:
                 try:
-                    lines.extend(binning.lines(point))
+                    for line in binning.lines(point):
+                        lines.append(line)
+                        if len(lines) - raw >= BIN_FLUSH:
+                            # Bins are not bounded by the burst's bytes (a sample after a silence
+                            # fills up to binning.max_gap of them): handed over as they come, within
+                            # a sample too, so the destinations' byte bounds (queue, then journal)
+                            # hold them, not this list.
+                            binned = lines[raw:]
+                            del lines[raw:]
+                            self.hand_over(sub, binned)
                 except Exception as exc:  # contained: the point is still written raw (keep_raw)
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="binning")
                     if self.rate_log.allow("binning"):
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
-                if len(lines) - raw >= BIN_FLUSH:
-                    # Bins are not bounded by the burst's bytes (a sample after a silence fills
-                    # up to binning.max_gap of them): handed over as they come, so the
-                    # destinations' byte bounds (queue, then journal) hold them, not this list.
-                    binned = lines[raw:]
-                    del lines[raw:]
-                    self.hand_over(sub, binned)
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
         mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
         return lines, raw, newest, self._burst_counts(sub, len(messages), mapped, rejected, ignored), owners
