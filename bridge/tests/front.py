@@ -32,7 +32,9 @@ class Front:
             def _forward(self, method: str, body: bytes | None) -> None:
                 host, port = front.upstream.split("//")[1].split(":")
                 conn = http.client.HTTPConnection(host, int(port), timeout=30)
-                conn.request(method, self.path, body=body)
+                passed = {k: v for k, v in self.headers.items()  # credentials, encodings: as sent
+                          if k.lower() in ("authorization", "content-type", "content-encoding", "accept")}
+                conn.request(method, self.path, body=body, headers=passed)
                 response = conn.getresponse()
                 data = response.read()
                 conn.close()
@@ -53,6 +55,8 @@ class Front:
                     self._send(200)
                 elif mode == "proxy400":
                     self._send(400, b"<html><body><h1>400 Bad Request</h1>nginx</body></html>")
+                elif mode == "blackhole" and self.path.startswith("/write"):
+                    self._send(204)  # acknowledged, never stored
                 elif mode == "down":
                     self._send(503, b'{"error":"down"}')
                 elif mode == "slow":

@@ -190,7 +190,7 @@ def test_random_duplicates_against_a_reference_model():
 
 
 def test_receive_time_is_unique_without_a_time_field():
-    mapper = Mapper(sub(mapping={"time": {"field": None}, "optional_tags": ["instrument"]}))
+    mapper = Mapper(sub(mapping={"time": {"field": None}, "optional_tags": ["instrument", "base", "term"]}))
     got = [int(mapper.line("t", {"bid": 1.0}).rsplit(" ", 1)[1]) for _ in range(1000)]
     assert len(set(got)) == 1000 and got == sorted(got)
 

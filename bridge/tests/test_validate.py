@@ -409,3 +409,38 @@ def test_validate_fails_on_every_problem_healthz_names(tmp_path, station_influx,
 
 def destination_problem(bridge: StationBridge, part: str) -> bool:
     return any(p.get("part") == part for p in health_state(bridge).get("problems", []))
+
+
+def test_observe_fails_when_what_the_feed_mapped_is_not_queryable(tmp_path, station_influx, station_redis, feed):
+    """Round 5: a proxy in front of influxd that answers 204 to every write and stores nothing.
+    Before: validate passed (the bridge's acknowledgements said written; the landed count was
+    reported, never checked). Now a feed's points mapped in the window must be queryable."""
+    from types import SimpleNamespace
+
+    from front import Front
+    front = Front(station_influx.url)
+    publisher = Publisher(feed)
+    publisher.start()
+    bridge = StationBridge(tmp_path, SimpleNamespace(url=front.url), station_redis, feed)  # type: ignore[arg-type]
+    try:
+        wait_for(lambda: station_influx.query(
+            "SELECT count(bid) FROM \"standard\".\"ticks\" WHERE time > now() - 1m", db="tick"), 15, "live ticks")
+        rc, report = validate(str(bridge.path), "--window", "2", "--timeout", "3")
+        assert rc == 0, failed(report)  # through the proxy, storing: every mapped point is queryable
+        check = next(c for c in report["instances"][0]["checks"] if c["check"] == "feed kraken landed")
+        assert check["mapped"] > 0 and check["landed"] >= check["mapped"], check
+        front.mode = "blackhole"
+        rc, report = validate(str(bridge.path), "--window", "2", "--timeout", "3")
+        assert rc == 1, report
+        problems = failed(report)
+        assert "feed kraken landed" in problems and "queryable" in problems["feed kraken landed"], problems
+        assert "destination local" not in problems  # the bridge's own view: acknowledged, written
+        # without a reader it says it cannot check, and does not pretend
+        rc, report = validate(str(bridge.path), "--window", "1", influx=False)
+        check = next(c for c in report["instances"][0]["checks"] if c["check"] == "feed kraken landed")
+        assert check["ok"] and check.get("skipped") and "not checked" in check["detail"], check
+    finally:
+        bridge.stop()
+        publisher.stopped.set()
+        publisher.join()
+        front.server.shutdown()

@@ -3,9 +3,14 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import errno
+import fcntl
 import json
+import os
 import sys
 import time
+from collections.abc import Iterator
 from importlib import resources
 from pathlib import Path
 
@@ -112,9 +117,58 @@ def cmd_print(_: argparse.Namespace) -> int:
     return 0
 
 
+class DeadLetterBusy(RuntimeError):
+    """Another replay writes the same --dead-letter file."""
+
+
+@contextlib.contextmanager
+def dead_letter_lock(path: Path) -> Iterator[None]:
+    """Exclusive use of a replay's --dead-letter file for the whole run: a non-blocking flock on
+    `<file>.lock` (removed at the end), so two replays started in one directory never write (nor
+    delete) each other's records. The lock file is re-checked after locking: one deleted by the
+    run that held it is locked anew."""
+    lock = path.with_name(path.name + ".lock")
+    while True:
+        try:
+            fd = os.open(lock, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o644)
+        except OSError as exc:
+            raise DeadLetterBusy(f"cannot create {lock} (the lock of the --dead-letter file): {exc}") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as exc:
+            owner = os.pread(fd, 64, 0).decode("ascii", "replace").strip()
+            os.close(fd)
+            if exc.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+                raise
+            raise DeadLetterBusy(f"another replay (pid {owner or 'unknown'}) writes {path}: wait for it, or give "
+                                 "this one its own --dead-letter file") from None
+        try:
+            same = os.fstat(fd).st_ino == os.stat(lock).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            break
+        os.close(fd)  # the previous holder removed it between our open and our lock: again
+    with contextlib.suppress(OSError):  # a full disk: the lock holds all the same, unnamed
+        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+    try:
+        yield
+    finally:
+        with contextlib.suppress(OSError):
+            os.unlink(lock)
+        os.close(fd)
+
+
 def cmd_replay(args: argparse.Namespace) -> int:
-    if args.dead_letters:
-        return cmd_replay_dead_letters(args)
+    try:
+        with dead_letter_lock(Path(args.dead_letter)):
+            return cmd_replay_dead_letters(args) if args.dead_letters else cmd_replay_files(args)
+    except DeadLetterBusy as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+def cmd_replay_files(args: argparse.Namespace) -> int:
     if not args.files:
         print("error: name the files to replay (or --dead-letters)", file=sys.stderr)
         return 2
@@ -214,6 +268,8 @@ def cmd_try(args: argparse.Namespace) -> int:
             head = f"#{i} {item['at']}" + (f" topic={item['topic']!r}" if item.get("topic") is not None else "")
             if "reason" in item:
                 print(f"{head}: refused: {item['reason']}: {item.get('detail', '')}")
+            elif item.get("unsubscribed"):
+                print(f"{head}: not subscribed: {item['detail']}")
             elif "ignored" in item:
                 print(f"{head}: ignored by rule {item['ignored']!r}"
                       + (f" (yet the mapping makes {item['would_map']} point(s) of it: data?)"
@@ -226,10 +282,17 @@ def cmd_try(args: argparse.Namespace) -> int:
         by_rule = ", ".join(f"{r}: {n}" for r, n in summary["by_rule"].items())
         print(f"{summary['messages']} messages: {summary['mapped']} mapped ({summary['points']} points), "
               f"{summary['refused']} refused" + (f" ({by_reason})" if by_reason else "")
-              + (f", {summary['ignored']} ignored ({by_rule})" if summary["ignored"] else ""))
+              + (f", {summary['ignored']} ignored ({by_rule})" if summary["ignored"] else "")
+              + (f", {summary['unsubscribed']} not subscribed" if summary["unsubscribed"] else ""))
     if not summary["messages"]:
         print("error: no messages in the sample", file=sys.stderr)
         return 1
+    if summary["unsubscribed"]:
+        print(f"warning: {summary['unsubscribed']} messages are on no prefix of the subscription's topics: the "
+              "bridge never receives them" + ("; nothing of this sample would be stored" if not summary["mapped"]
+                                              else ""), file=sys.stderr)
+        if not summary["mapped"]:  # a sample of another feed, or topics that miss the feed
+            return 1
     if summary["ignored_data"]:
         rules = ", ".join(f"{r!r} ({n})" for r, n in summary["ignored_data_by_rule"].items())
         print(f"warning: ignore rule(s) {rules} match messages the mapping maps: the bridge stores none of "

@@ -158,6 +158,7 @@ class BinningSpec:
     measurement: str | None
     keep_raw: bool
     max_gap_ns: int | None = None  # a longer silence of a series is not filled; None: MAX_GAP_BINS intervals
+    max_series: int = 20_000  # series whose open bin is kept; beyond it the least recently sampled is forgotten
 
     @property
     def gap_ns(self) -> int:
@@ -359,7 +360,7 @@ class Config:
             if s.binning is not None:
                 b = s.binning
                 binned = {"interval_s": b.interval_ns / 1e9, "fields": b.fields, "keep_raw": b.keep_raw,
-                          "measurement": b.measurement, "max_gap_s": b.gap_ns / 1e9}
+                          "measurement": b.measurement, "max_gap_s": b.gap_ns / 1e9, "max_series": b.max_series}
                 if measurements is not None:
                     extra = [b.measurement] if b.measurement else [f"{n}_binned" for n in measurements]
                     measurements = (measurements if b.keep_raw else []) + extra
@@ -727,10 +728,12 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
         _writable(r, f"static_tags.{key}", escape_tag, value)
     optional = r.strings("optional_tags", [])
     defaults = r.string_map("tag_defaults")
+    derived_names = [g for d in derived for g in d.regex.groupindex]
     for key in [*optional, *defaults]:
-        if key not in tags:
+        if key not in tags and key not in derived_names:
             raise r.fail("optional_tags" if key in optional else "tag_defaults",
-                         f"{key!r} is not one of the mapping's tags {sorted(tags)}")
+                         f"{key!r} is not one of the mapping's tags or derived_tags groups "
+                         f"{sorted({*tags, *derived_names})}")
     for key in set(optional) & set(defaults):
         raise r.fail("tag_defaults", f"{key!r} is optional and has a default: give one or the other")
     for key, value in defaults.items():
@@ -806,7 +809,8 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
     if b is not None:
         gap = b.duration("max_gap", None)
         binning = BinningSpec(round(b.duration("interval") * 1e9), b.strings("fields"), b.get("measurement", str, None),
-                              b.get("keep_raw", bool, True), None if gap is None else round(gap * 1e9))
+                              b.get("keep_raw", bool, True), None if gap is None else round(gap * 1e9),
+                              b.positive("max_series", int, 20_000))
         if binning.gap_ns < binning.interval_ns:
             raise b.fail("max_gap", "must be at least the interval")
         if binning.measurement:

@@ -236,14 +236,18 @@ def format_field_value(value: object, kind: str) -> str:
     if kind == "boolean":
         if isinstance(value, bool):
             return "true" if value else "false"
-        if isinstance(value, bytes):
-            value = value.decode("utf-8", "replace")
-        text = str(value).strip().lower() if isinstance(value, str | int | float) else ""
-        if text in ("true", "t", "1", "yes"):
-            return "true"
-        if text in ("false", "f", "0", "no"):
-            return "false"
-        raise LineError("wrong_type", f"{_short(value)} is not a boolean")
+        # One grammar for text: JSON's literals `true`, `false` or the integers 0 and 1 (as
+        # number text follows JSON's number grammar), ASCII, exactly: no case folding, no
+        # surrounding space, no `yes`/`t` (they were taken, and a typo became a value).
+        if type(value) is int and value in (0, 1):
+            return "true" if value else "false"
+        if isinstance(value, str | bytes):
+            text = value.decode("latin-1") if isinstance(value, bytes) else value
+            if text in ("true", "1"):
+                return "true"
+            if text in ("false", "0"):
+                return "false"
+        raise LineError("wrong_type", f"{_short(value)} is not a boolean (true, false, 1 or 0, exactly)")
     if kind == "string":
         if isinstance(value, bytes):
             try:

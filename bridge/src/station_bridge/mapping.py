@@ -351,7 +351,9 @@ class Mapper:
         # Configured tags must be present unless optional or defaulted; captured and topic tags
         # are structural (a capture always has its text; a topic group that did not take part is
         # left out).
-        self._required = {key for key in m.tags if key not in m.optional_tags and key not in m.tag_defaults}
+        derived_names = [g for d in m.derived_tags for g in d.regex.groupindex]
+        self._required = {key for key in [*m.tags, *derived_names]
+                          if key not in m.optional_tags and key not in m.tag_defaults}
         self._defaults = dict(m.tag_defaults)
         self.optional_tags = frozenset(k for k in tag_names if k not in self._required and k not in self._defaults)
         self._measurement_label = str(m.measurement_path) if m.measurement_path is not None else m.measurement_field
@@ -433,16 +435,26 @@ class Mapper:
                     continue
             pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
         for source, regex, groups in self._derived:
+            # A derived tag follows the configured tags' rule: a group with no text (its source
+            # absent, a value the regex does not match, a group that did not take part) takes its
+            # tag_defaults value, is left out when optional_tags lists it, else refuses the message
+            # (missing_field): left out silently, it would merge into another series.
             value = record.get(source)
-            if value is None:
-                continue
-            match = regex.match(_tag_text(value))
-            if match is None:
-                continue
+            match = regex.match(_tag_text(value)) if value is not None else None
             for group, egroup in groups:
-                text = match.group(group)
-                if text:
-                    pairs.append((group, text, f",{egroup}={self._escaped_tag(text)}"))
+                text = match.group(group) if match is not None else None
+                if not text:
+                    text = self._defaults.get(group, "")
+                    if text == "":
+                        if group in self._required:
+                            why = ("its source is absent" if value is None else
+                                   f"{_tag_text(value)[:80]!r} does not match {regex.pattern[:80]!r}"
+                                   if match is None else f"group {group!r} matched nothing")
+                            raise MapError("missing_field", f"derived tag {group!r}: {why} (a message without "
+                                                            "it would merge into another series; optional_tags "
+                                                            "or tag_defaults allow it)")
+                        continue
+                pairs.append((group, text, f",{egroup}={self._escaped_tag(text)}"))
         pairs += [(k, self._static_tags[k], part) for k, part in self._static]
         pairs.sort(key=lambda p: p[0])
         return pairs

@@ -36,6 +36,10 @@ HELP = {
     "bridge_self_points_total": "Self-metrics points handed to every destination.",
     "bridge_timestamp_fallbacks_total": "Points whose configured time field was missing (receive time used).",
     "bridge_binning_gaps_total": "Silences of a binned series longer than binning.max_gap (their bins not filled).",
+    "bridge_binning_evicted_total": "Binned series forgotten beyond binning.max_series (least recently sampled; "
+                                    "their open bin not written).",
+    "bridge_binning_skipped_total": "Binned points without every binned field as a number (reason missing_field) "
+                                    "and bins whose mean is not finite (reason non_finite): not binned.",
     "bridge_subscription_reconnects_total": "Connections re-opened after libzmq dropped them, per subscription.",
     "bridge_subscription_start_errors_total": "Failed socket set-ups (connect, bind), retried in the background.",
     "bridge_subscription_handshake_failures_total": "Connections whose ZMTP handshake failed, per subscription.",

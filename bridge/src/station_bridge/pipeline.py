@@ -86,6 +86,7 @@ class Subscription:
         self.last_message = 0.0  # monotonic; 0: none yet
         self.fallbacks_counted = 0
         self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
+        self.evictions_counted = 0  # binning: series forgotten beyond max_series counted so far
         # A rule that eats data: an ignored message the mapping maps (probed, a few per burst, by
         # a mapper of its own: the real uniqueness never sees it), per rule: (when, an example).
         self.last_mapped = 0.0  # monotonic; 0: nothing mapped yet
@@ -239,6 +240,13 @@ class Pipeline:
         if sub.binning is not None and sub.binning.binner.gaps != sub.gaps_counted:
             counts.append(("bridge_binning_gaps_total", sub.key, sub.binning.binner.gaps - sub.gaps_counted))
             sub.gaps_counted = sub.binning.binner.gaps
+        if sub.binning is not None and sub.binning.binner.evicted != sub.evictions_counted:
+            counts.append(("bridge_binning_evicted_total", sub.key, sub.binning.binner.evicted - sub.evictions_counted))
+            sub.evictions_counted = sub.binning.binner.evicted
+        if sub.binning is not None and sub.binning.skipped:
+            counts += [("bridge_binning_skipped_total", sub.reason_key(reason), n)
+                       for reason, n in sub.binning.skipped.items()]
+            sub.binning.skipped.clear()
         return counts
 
     def process(self, sub: Subscription, messages: list[list[bytes]]
@@ -318,19 +326,21 @@ class Pipeline:
             raw = len(lines)
             for point in points:
                 try:
-                    lines.extend(binning.lines(point))
+                    for line in binning.lines(point):
+                        lines.append(line)
+                        if len(lines) - raw >= BIN_FLUSH:
+                            # Bins are not bounded by the burst's bytes (a sample after a silence
+                            # fills up to binning.max_gap of them): handed over as they come, within
+                            # a sample too, so the destinations' byte bounds (queue, then journal)
+                            # hold them, not this list.
+                            binned = lines[raw:]
+                            del lines[raw:]
+                            self.hand_over(sub, binned)
                 except Exception as exc:  # contained: the point is still written raw (keep_raw)
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="binning")
                     if self.rate_log.allow("binning"):
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
-                if len(lines) - raw >= BIN_FLUSH:
-                    # Bins are not bounded by the burst's bytes (a sample after a silence fills
-                    # up to binning.max_gap of them): handed over as they come, so the
-                    # destinations' byte bounds (queue, then journal) hold them, not this list.
-                    binned = lines[raw:]
-                    del lines[raw:]
-                    self.hand_over(sub, binned)
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
         mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
         return lines, raw, newest, self._burst_counts(sub, len(messages), mapped, rejected, ignored), owners

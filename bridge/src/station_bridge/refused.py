@@ -210,6 +210,14 @@ class Remapper:
         decode, mapper = self._pipeline(spec)
         self.clock.now = time_ns
         out = Mapped(topic=topic_of(spec.framing, frames))
+        # The bridge's SUB socket receives only messages whose first frame starts with one of the
+        # subscription's `topics` (libzmq's prefix match): any other never reaches it.
+        first = frames[0] if frames else b""
+        if not any(first.startswith(prefix.encode("utf-8")) for prefix in spec.topics):
+            out.reason = "not_subscribed"
+            out.detail = (f"the message starts {first[:40]!r}, no prefix of the subscription's topics "
+                          f"{spec.topics[:8]!r}: the bridge never receives it")
+            return out
         # topic-only rules are decided before decoding, on the whole topic (as the bridge does)
         whole = topic_of(spec.framing, frames, None) if spec.ignore else None
         early = next((i.name for i in spec.ignore if i.path is None and whole is not None
@@ -447,16 +455,18 @@ class TryReport:
     ignored: Counter = field(default_factory=Counter)  # rule -> messages
     ignored_data: Counter = field(default_factory=Counter)  # rule -> ignored messages the mapping maps
     points: int = 0
+    unsubscribed: int = 0  # on no prefix of the subscription's `topics`: the bridge never receives them
 
     @property
     def mapped(self) -> int:
-        return len(self.messages) - sum(self.refused.values()) - sum(self.ignored.values())
+        return len(self.messages) - sum(self.refused.values()) - sum(self.ignored.values()) - self.unsubscribed
 
     def summary(self) -> dict:
-        """The refused share is of the data messages (ignored ones aside), as the health model's."""
+        """The refused share is of the data messages (ignored ones and those the bridge never
+        receives aside), as the health model's."""
         n = len(self.messages)
-        data = n - sum(self.ignored.values())
-        return {"messages": n, "mapped": self.mapped, "points": self.points,
+        data = n - sum(self.ignored.values()) - self.unsubscribed
+        return {"messages": n, "mapped": self.mapped, "points": self.points, "unsubscribed": self.unsubscribed,
                 "refused": sum(self.refused.values()),
                 "refused_share": (sum(self.refused.values()) / data) if data else 0.0,
                 "by_reason": dict(sorted(self.refused.items())),
@@ -502,6 +512,9 @@ def try_records(config: Config, files: list[Path], subscription: str | None) -> 
                     if mapped.would_map:  # a rule that matches data: the bridge would store none of it
                         item["would_map"] = mapped.would_map
                         report.ignored_data[mapped.ignored] += 1
+                elif mapped.reason == "not_subscribed":  # neither mapped nor refused: never received
+                    item.update(unsubscribed=True, detail=mapped.detail[:500])
+                    report.unsubscribed += 1
                 elif mapped.reason:
                     item.update(reason=mapped.reason, detail=mapped.detail[:500])
                 else:

@@ -22,7 +22,7 @@ from . import timestamps
 from .backend import Adapter
 from .config import DestinationSpec
 from .journal import Chunk, DeadLetters, records
-from .lineproto import LineError, escape_field_key, format_field_value, series_key, split_lines
+from .lineproto import JSON_INTEGER, LineError, escape_field_key, format_field_value, series_key, split_lines
 from .sinks import Delivery, InfluxWriter
 
 log = logging.getLogger("station_bridge.replay")
@@ -45,7 +45,9 @@ def annotated_csv(path: Path) -> tuple[list[bytes], list[Unreadable]]:
     bad: list[Unreadable] = []
     kinds = {"long": "integer", "unsignedLong": "integer", "double": "float", "boolean": "boolean",
              "string": "string"}
-    rfc3339 = timestamps.parser("rfc3339")
+    # Times read as the mapping reads them: RFC 3339 exactly, ns as JSON's integer grammar within
+    # InfluxDB's range (`--5`, full-width digits, 20 digits were sent and refused by InfluxDB).
+    rfc3339, ns = timestamps.parser("rfc3339"), timestamps.parser("epoch_ns")
     with open(path, newline="", encoding="utf-8") as handle:
         datatypes: list[str] = []
         header: list[str] | None = None
@@ -63,6 +65,11 @@ def annotated_csv(path: Path) -> tuple[list[bytes], list[Unreadable]]:
                 continue
             measurement, tags, fields, stamp = "", [], [], ""
             try:
+                if len(row) != len(header) or len(row) != len(datatypes):
+                    # a row cut short (the torn end of an export still being written) would lose
+                    # its time and land at the replay's: refused, as every row that is not whole
+                    raise LineError("unreadable", f"{len(row)} cells where the header has {len(header)} "
+                                                  f"and #datatype {len(datatypes)}")
                 for kind, name, value in zip(datatypes, header, row, strict=False):
                     if kind == "measurement":
                         measurement = value
@@ -71,14 +78,16 @@ def annotated_csv(path: Path) -> tuple[list[bytes], list[Unreadable]]:
                             tags.append((name, value))
                     elif kind.startswith("dateTime"):
                         if value:
-                            stamp = value if kind == "dateTime:number" else str(rfc3339(value))
+                            if kind == "dateTime:number" and not JSON_INTEGER.match(value):
+                                raise LineError("bad_timestamp", f"time {value[:40]!r} is not integer nanoseconds")
+                            stamp = str(ns(value) if kind == "dateTime:number" else rfc3339(value))
                     elif kind in kinds and value != "":  # empty: the point has no such field
                         fields.append(f"{escape_field_key(name)}={format_field_value(value, kinds[kind])}")
                 if not fields:
                     raise LineError("missing_field", "the row has no field value")
-                if stamp and not stamp.lstrip("-").isdigit():
-                    raise LineError("bad_timestamp", f"time {stamp[:40]!r} is not integer nanoseconds")
-                lines.append(f"{series_key(measurement, tags)} {','.join(fields)} {stamp}".rstrip().encode())
+                if not stamp:  # the server would stamp it with the replay's time: a silent distortion
+                    raise LineError("bad_timestamp", "the row has no time (it would be stored at the replay's time)")
+                lines.append(f"{series_key(measurement, tags)} {','.join(fields)} {stamp}".encode())
             except (LineError, timestamps.TimestampError) as exc:
                 bad.append(Unreadable(f"{path}:{number}", getattr(exc, "reason", "unrepresentable"), str(exc)))
     return lines, bad
@@ -113,10 +122,11 @@ def jsonl(path: Path) -> tuple[list[bytes], list[Unreadable]]:
                 raise LineError("missing_field", "the record has no field value")
             tags = [(k, str(v)) for k, v in (record.get("tags") or {}).items() if v not in (None, "")]
             stamp = record.get("time")
-            if stamp is not None and (type(stamp) is not int):
-                raise LineError("bad_timestamp", f"time {stamp!r} is not integer nanoseconds")
-            lines.append(f"{series_key(record['measurement'], tags)} {','.join(fields)} "
-                         f"{'' if stamp is None else stamp}".rstrip().encode())
+            if stamp is None:  # the server would stamp it with the replay's time: a silent distortion
+                raise LineError("bad_timestamp", "the record has no time (it would be stored at the replay's time)")
+            if type(stamp) is not int or not timestamps.MIN_NS <= stamp <= timestamps.MAX_NS:
+                raise LineError("bad_timestamp", f"time {stamp!r} is not integer nanoseconds in InfluxDB's range")
+            lines.append(f"{series_key(record['measurement'], tags)} {','.join(fields)} {stamp}".encode())
         except LineError as exc:
             bad.append(Unreadable(where, exc.reason, str(exc)))
         except (ValueError, TypeError, AttributeError, KeyError) as exc:

@@ -2,8 +2,10 @@
 
 Formats (configured per subscription; `auto` picks the unit from the value):
 - epoch_s, epoch_ms, epoch_us, epoch_ns: an integer, a float, or a decimal string
-  (`1764439880`, `-1.5`, `1764439880.123456789`; ASCII digits only);
-- rfc3339 with any fraction (`2023-11-14T22:13:20.123456789Z`, offsets `+01:00`/`+0100` too);
+  (`1764439880`, `-1.5`, `1764439880.123456789`): JSON's number grammar without an exponent,
+  ASCII, exactly (`+1`, `01`, `.5`, `5.`, ` 1 ` are refused, as for every number given as text);
+- rfc3339 with any fraction (`2023-11-14T22:13:20.123456789Z`, offsets `+01:00`/`+0100` too),
+  exactly: no surrounding space;
 - naive `YYYY-MM-DD HH:MM:SS[.fff...]` in a configured IANA zone (an ambiguous local time takes
   its first occurrence, as zoneinfo's fold=0 does; a local time inside a daylight-saving gap,
   which never existed, is refused: zoneinfo placed it an hour off, on another real time's instant);
@@ -44,12 +46,13 @@ MAX_NS = 2**63 - 2
 
 _UNITS = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1}
 _MAX_TEXT = 64
-_DECIMAL = re.compile(r"([+-]?)([0-9]*)(?:\.([0-9]*))?", re.ASCII)
+# JSON's number grammar without an exponent, ASCII (as every number given as text, lineproto.number_text):
+# no `+`, no leading zero, no bare `.5` or `5.`.
+_DECIMAL = re.compile(r"(-?)(0|[1-9][0-9]*)(?:\.([0-9]+))?", re.ASCII)
 _RFC3339 = re.compile(
     r"([0-9]{4})-([0-9]{2})-([0-9]{2})[Tt ]([0-9]{2}):([0-9]{2}):([0-9]{2})(?:\.([0-9]+))?"
     r"(Z|z|[+-][0-9]{2}:?[0-9]{2})?", re.ASCII)
 _MONTH_DAYS = (0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31)
-_WHITESPACE = " \t\r\n"
 
 
 class TimestampError(ValueError):
@@ -144,7 +147,7 @@ def _auto_unit(whole: int) -> int:
 
 def _text_number(text: str, unit: int | None) -> int | None:
     """A decimal string `[+-]digits[.digits]` (ASCII) as ns; None when it is not one."""
-    if text.isdigit() and text.isascii():  # str.isdigit alone accepts full-width digits
+    if text.isdigit() and text.isascii() and (text[0] != "0" or text == "0"):  # isdigit alone: full-width too
         n = int(text)
         return int_to_ns(n, unit or _auto_unit(n))
     match = _DECIMAL.fullmatch(text)
@@ -194,7 +197,7 @@ def _days(year: int, month: int, day: int) -> int:
 
 
 def _parse_text(value: str | bytes, zone: ZoneInfo | None) -> int:
-    text = _ascii(value).strip(_WHITESPACE)
+    text = _ascii(value)  # exactly: surrounding space is refused, as for numbers
     match = _RFC3339.fullmatch(text)
     if not match:
         raise TimestampError(f"unrecognised timestamp {text!r}")

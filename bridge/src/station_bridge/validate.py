@@ -70,6 +70,7 @@ class Options:
     count: int = 100
     rate: float = 1000.0
     timeout: float = 30.0
+    max_lag: float = 2.0  # observe: points stamped this long before the window count as the window's
     influx_user: str | None = None
     influx_password: str | None = None
     redis_user: str | None = None
@@ -306,12 +307,16 @@ class InstanceValidation:
             # its cadence (`expected_interval`) and fails once it is overdue.
             problem = unhealthy.get(sub.name) if states.get(sub.name, {}).get("ok", True) is False else None
             ok = problem is None
-            landed = self._landed(sub, started_ns)
+            mapped = _delta(self.before, self.after, "bridge_mapped_points_total", subscription=sub.name)
+            landed, landing = self._landed_check(sub, started_ns, mapped)
+            ok = ok and landing[0]
             row = {"feed": sub.name, "received": received, "rejected": rejected,
                    "last_message_age_s": age, "connected": None if connected is None else bool(connected),
-                   "measurements": self.measurements[sub.name], "landed": landed, "ok": ok,
-                   "expected_interval_s": sub.expected_interval, "idle": not flowing}
+                   "measurements": self.measurements[sub.name], "mapped_points": mapped, "landed": landed,
+                   "ok": ok, "expected_interval_s": sub.expected_interval, "idle": not flowing}
             self.feeds.append(row)
+            self.add(f"feed {sub.name} landed", landing[0], landing[1], mapped=mapped, landed=landed,
+                     **({"skipped": True} if landed is None else {}))
             if problem is not None:
                 self.add(f"feed {sub.name}", False, f"unhealthy: {problem}")
             elif flowing:
@@ -328,16 +333,45 @@ class InstanceValidation:
                             if sub.expected_interval else
                             "; no cadence declared (expected_interval): idle is not a failure"), idle=True)
 
-    def _landed(self, sub: SubscriptionSpec, started_ns: int) -> int | None:
-        """Points of the feed's measurements in the local database since the start (None: not counted)."""
-        names = self.measurements[sub.name]
-        if not names or not self.options.influx_user:
-            return None
+    def _landed(self, sub: SubscriptionSpec, since_ns: int) -> int:
+        """Points of the feed's measurements in the local database stamped since `since_ns` (per
+        measurement its most counted field: a lower bound where points carry different fields)."""
         total = 0
-        for name in names:
-            rows = self.influx.query(f"SELECT count(*) FROM {_source(self.local, name)} WHERE time >= {started_ns}")
+        for name in self.measurements[sub.name]:
+            rows = self.influx.query(f"SELECT count(*) FROM {_source(self.local, name)} WHERE time >= {since_ns}")
             total += max((v for row in rows for k, v in row.items() if k != "time" and isinstance(v, int)), default=0)
         return total
+
+    def _landed_check(self, sub: SubscriptionSpec, started_ns: int, mapped: int) -> tuple[int | None, tuple[bool, str]]:
+        """What the feed's points came to in the local database against what the bridge mapped in
+        the window (`bridge_mapped_points_total`: handed to every destination): the bridge's
+        acknowledgements alone pass a proxy that answers 204 and stores nothing. Waits up to
+        `--timeout` for points still pending. Points stamped up to `--max-lag` before the window
+        count (a feed's source time lags its receive time), so the check is a lower bound: it fails
+        when fewer points are queryable than were mapped. (None, ...): not checked, and why."""
+        names = self.measurements[sub.name]
+        if not self.options.influx_user:
+            return None, (True, "not checked: no InfluxDB reader given (--influx-user), only the bridge's "
+                                "acknowledgements are known")
+        if not names:
+            return None, (True, "not checked: the feed's measurements come from its data")
+        if mapped <= 0:
+            return None, (True, "not checked: no point mapped in the window")
+        since = started_ns - round(self.options.max_lag * 1e9)
+        deadline = time.monotonic() + self.options.timeout
+        while True:
+            landed = self._landed(sub, since)
+            if landed >= mapped or time.monotonic() >= deadline:
+                break
+            time.sleep(0.5)
+        where = f"{self.local.database}.{'/'.join(names)}"
+        if landed >= mapped:
+            return landed, (True, f"{mapped} points mapped in the window, {landed} queryable in {where}")
+        return landed, (False, f"{mapped} points mapped in the window (acknowledged by the destinations), only "
+                               f"{landed} queryable in {where} after {self.options.timeout:g} s: points were "
+                               f"lost after the bridge handed them over (a proxy or server that acknowledges and "
+                               f"does not store?), or the feed's times lag more than {self.options.max_lag:g} s "
+                               f"(--max-lag)")
 
     def _destinations(self, health: dict[str, Any]) -> None:
         assert self.before is not None and self.after is not None
@@ -577,7 +611,8 @@ def main(args: Any) -> int:
             return 2
         secrets.update({k: v for k, v in given.items() if v is not None})
     options = Options(mode=args.mode, window=args.window, max_age=args.max_age, count=args.count, rate=args.rate,
-                      timeout=args.timeout, influx_user=args.influx_user, influx_password=secrets["influx_password"],
+                      timeout=args.timeout, max_lag=args.max_lag, influx_user=args.influx_user,
+                      influx_password=secrets["influx_password"],
                       redis_user=args.redis_user, redis_password=secrets["redis_password"])
     try:
         report = validate(config_files(args.configs), options)
@@ -604,7 +639,10 @@ def add_parser(sub: Any) -> None:
                    help="a feed whose last message is at most this old is flowing (default 60 s)")
     p.add_argument("--count", type=int, default=100, help="publish: demo ticks per instance (default 100)")
     p.add_argument("--rate", type=float, default=1000.0, help="publish: ticks per second (default 1000)")
-    p.add_argument("--timeout", type=float, default=30.0, help="publish: seconds to wait for the ticks to land")
+    p.add_argument("--timeout", type=float, default=30.0,
+                   help="seconds to wait for the ticks (publish) or a feed's mapped points (observe) to land")
+    p.add_argument("--max-lag", type=float, default=2.0,
+                   help="observe: a feed's points stamped up to this long before the window count (default 2 s)")
     p.add_argument("--influx-user", help=f"an InfluxDB reader (password in ${INFLUX_PASSWORD_ENV})")
     p.add_argument("--redis-user", help=f"a Redis user allowed to SCAN and HGET (password in ${REDIS_PASSWORD_ENV})")
     p.add_argument("--secrets-stdin", action="store_true",
