@@ -72,7 +72,8 @@ def test_a_rotated_admin_password_is_enforced_on_the_running_grafana(host):
     try:
         assert rotated.rc == 0, rotated.output
         changed = {task for task, _ in rotated.changed}
-        assert {"grafana : Render grafana.ini", "grafana : Reset the admin password"} <= changed, changed
+        assert {"grafana : Create the directories and render grafana.ini",
+                "grafana : Reset the admin password"} <= changed, changed
         assert grafana_status(host, "/api/user", "molecule-grafana-rotated") == 200
         assert grafana_status(host, "/api/user", "molecule-grafana-pw") == 401
         again = run_converge("rotated.yml")

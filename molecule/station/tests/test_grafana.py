@@ -278,7 +278,7 @@ def test_a_disabled_central_datasource_is_deleted(host):
         assert CENTRAL not in provisioned and CENTRAL in deleted, (provisioned, deleted)
         assert "x-central-pw" not in host.file(path).content_string
         changed = {task for task, _ in dropped.changed}
-        assert changed == {"grafana : Provision the datasources"}, dropped.changed
+        assert changed == {"grafana : Provision the datasources and dashboards"}, dropped.changed
 
         again = run_converge("station.yml", "--tags", "grafana")
         assert again.rc == 0 and again.changed == set(), again.changed

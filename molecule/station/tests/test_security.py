@@ -66,8 +66,10 @@ def test_no_secret_in_the_log_of_a_converge_that_rewrites_every_secret(host, inf
     result = run_converge("station.yml", "--diff")
     assert result.rc == 0, result.output
     changed = {task for task, _ in result.changed}
-    assert {"bridge : Write each instance's secrets for systemd", "influxdb : Manage users and their grants",
-            "grafana : Render grafana.ini", "redis : Render redis.conf"} <= changed, changed
+    assert {"bridge : Write the directories, each instance's configuration and secrets, and the unit",
+            "influxdb : Manage users and their grants", "grafana : Create the directories and render grafana.ini",
+            "station_services : Write each service's directories, environment and unit",
+            "redis : Write redis.conf and the systemd drop-in"} <= changed, changed
     text = json.dumps(result.output)
     leaked = [s for s in SECRETS if s in text]
     assert not leaked, f"secrets in the converge log: {leaked}"
