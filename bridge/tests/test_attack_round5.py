@@ -342,6 +342,7 @@ def test_one_samples_bins_are_handed_over_in_pieces_too(tmp_path, zmq_context):
 
     class Collect:  # the destinations' side of Pipeline.commit: what each submit carries
         key = Metrics.key(destination="d")
+        adapter = None  # no backend adaptation (Pipeline.commit asks)
 
         def __init__(self) -> None:
             self.chunks: list[int] = []
