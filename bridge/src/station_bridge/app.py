@@ -77,13 +77,15 @@ class Bridge:
         had_ledger = self.ledger.load()
         self.dead_input = DeadLetters(config.dead_letter_dir / "input.jsonl", config.dead_letter_max_bytes, dead_guard)
         self.dead_record_max = min(config.dead_letter_max_record_bytes, config.dead_letter_max_bytes)
+        self.rate_log = RateLimitedLog(config.log_rate_per_s)  # shared by the pipeline and the destinations
+        self.stop_requested_at = 0.0  # monotonic; 0: no stop requested
         self.sinks: list[InfluxSink] = []
         for d in config.destinations:
             journal = Journal(config.journal_dir / d.name, config.journal_max_bytes, self.guard)
             intake = Intake(config.journal_dir / d.name, guard=self.guard) if config.journal_write_ahead else None
             dead = DeadLetters(config.dead_letter_dir / f"{d.name}.jsonl", config.dead_letter_max_bytes, dead_guard)
             self.sinks.append(InfluxSink(d, journal, dead, self.metrics, intake, config.health,
-                                         before_delete=self._save_ledger_now,
+                                         before_delete=self._save_ledger_now, rate_log=self.rate_log,
                                          queue_max_bytes=config.queue_max_bytes(d, self.budget)))
             recovered, lost = self.ledger.reconcile(d.name, journal.points, journal.damage)
             if recovered or lost or journal.points:
@@ -107,7 +109,6 @@ class Bridge:
             sub.accelerate(config.fast_path)
         log.info("fast path", extra={"fast_path": config.fast_path,
                                      "subscriptions": {s.name: s.fast_path for s in self.subscriptions}})
-        self.rate_log = RateLimitedLog(config.log_rate_per_s)
         # The receive path (pipeline.py): decode, map, encode, commit, hand to every destination.
         self.pipeline = Pipeline(self.sinks, self.metrics, self.cache, self.dead_input, self.dead_record_max,
                                  self.rate_log)
@@ -229,7 +230,20 @@ class Bridge:
         return state
 
     def request_stop(self, *_: object) -> None:
+        """A stop (from the signal handler too): its deadline starts now, and every receive-side
+        stage consults it (`Pipeline.deadline`), including a drain already under way."""
+        self._begin_stop()
         self._stop.set()
+
+    def _begin_stop(self) -> float:
+        """When the stop began (the first request); sets the receive side's deadline, half of
+        shutdown_timeout from then (the rest is the destinations')."""
+        if not self.stop_requested_at:
+            self.stop_requested_at = time.monotonic()
+        pipeline = getattr(self, "pipeline", None)
+        if pipeline is not None:
+            pipeline.deadline = min(pipeline.deadline, self.stop_requested_at + self.config.shutdown_timeout / 2)
+        return self.stop_requested_at
 
     # --- signals (signals.py) -------------------------------------------------------------------
 
@@ -408,11 +422,14 @@ class Bridge:
         for sink in self.sinks:
             sink.ensure_alive()
             self.pipeline.count_discarded(sink.dead)
+        self.rate_log.summarize()
 
     def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
         """One poll round: every socket that has messages hands over up to a burst; the count."""
         got = 0
         for socket, _ in poller.poll(timeout_ms):
+            if self.pipeline.expired():  # the stop's deadline: what is still queued stays unread
+                break
             sub = by_socket[socket]
             if socket is sub.source.monitor:
                 sub.source.on_monitor()
@@ -497,7 +514,7 @@ class Bridge:
             self.notifier.reloading()
         else:
             self.notifier.stopping()
-        started = time.monotonic()
+        started = self._begin_stop()  # a reload's stop begins here; a signal's when it came
         budget = self.config.shutdown_timeout
         log.info("stopping: draining subscriptions, then flushing destinations", extra={"timeout_s": budget})
         drained = 0
@@ -508,7 +525,7 @@ class Bridge:
             # 115,000 of 150,000 that way on a loaded machine). A feed that never pauses is
             # drained for at most half of the budget; the rest is for the destinations.
             last = time.monotonic()
-            while (now := time.monotonic()) < started + budget / 2 and now - last < DRAIN_QUIET_S:
+            while not self.pipeline.expired() and time.monotonic() - last < DRAIN_QUIET_S:
                 got = self._poll(poller, by_socket, int(DRAIN_QUIET_S * 1000))
                 self.notifier.watchdog()
                 drained += got
@@ -536,6 +553,7 @@ class Bridge:
         for sink in self.sinks:
             sink.dead.close()
         self.context.term()
+        self.rate_log.summarize(force=True)
         log.info("stopped", extra={"drained_messages": drained,
                                    **{s.name: {"journal_points": s.journal.points} for s in self.sinks}})
         return 0

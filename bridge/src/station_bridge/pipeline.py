@@ -28,6 +28,7 @@ from .fastpath import Accelerator
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters
 from .lineproto import LineError
+from .logs import RateLimitedLog
 from .mapping import MapError, Mapper, Uniqueness
 from .metrics import Metrics
 from .refused import make_record, topic_of
@@ -36,28 +37,10 @@ from .sources import BURST, BURST_BYTES, Source
 
 log = logging.getLogger("station_bridge")
 
+__all__ = ["BIN_FLUSH", "Pipeline", "RateLimitedLog", "Subscription"]
+
 BIN_FLUSH = 20_000  # binned lines of a burst handed over at this many (bounded memory)
 PROBES_PER_BURST = 8  # ignored messages of a burst mapped on the side: does a rule eat data?
-
-
-class RateLimitedLog:
-    """At most `per_second` log lines per reason; the rest are only counted."""
-
-    def __init__(self, per_second: float) -> None:
-        self.per_second = per_second
-        self._windows: dict[str, tuple[float, int]] = {}
-
-    def allow(self, reason: str) -> bool:
-        now = time.monotonic()
-        start, count = self._windows.get(reason, (now, 0))
-        if now - start >= 1.0:
-            start, count = now, 0
-        self._windows[reason] = (start, count + 1)
-        return count < self.per_second
-
-    def warn(self, reason: str, message: str, **extra: object) -> None:
-        if self.allow(reason):
-            log.warning(message, extra={"reason": reason, **extra})
 
 
 class Subscription:
@@ -179,6 +162,13 @@ class Pipeline:
         self.dead_record_max = dead_record_max
         self.rate_log = rate_log
         self._discarded: dict[str, int] = {}  # per dead-letter file: rotation's deletions already counted
+        # The stop's deadline for the receive side (monotonic; app.Bridge sets it when a stop is
+        # requested): every stage that could run on (the poll round, a binned hand-over) consults
+        # `expired` and leaves the rest, counted, so a stop ends within shutdown_timeout.
+        self.deadline = float("inf")
+
+    def expired(self) -> bool:
+        return time.monotonic() >= self.deadline
 
     def _reject(self, sub: Subscription, reason: str, detail: str, frames: list[bytes],
                 counts: dict[str, int] | None = None) -> None:
@@ -324,7 +314,13 @@ class Pipeline:
             if sub.keep_raw:
                 lines = [p.line for p in points]
             raw = len(lines)
-            for point in points:
+            for done, point in enumerate(points):
+                if self.expired():
+                    # The stop's deadline: these samples' bins are not made (their messages are
+                    # mapped, raw lines kept); counted per sample, with the burst's counters.
+                    binning.skipped["stopping"] = binning.skipped.get("stopping", 0) + len(points) - done
+                    self._stopping_log(sub, len(points) - done)
+                    break
                 try:
                     for line in binning.lines(point):
                         lines.append(line)
@@ -336,6 +332,10 @@ class Pipeline:
                             binned = lines[raw:]
                             del lines[raw:]
                             self.hand_over(sub, binned)
+                            if self.expired():  # within a sample too: millions of bins may follow
+                                binning.skipped["stopping"] = binning.skipped.get("stopping", 0) + 1
+                                self._stopping_log(sub, 1)
+                                break
                 except Exception as exc:  # contained: the point is still written raw (keep_raw)
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="binning")
                     if self.rate_log.allow("binning"):
@@ -344,6 +344,11 @@ class Pipeline:
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
         mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
         return lines, raw, newest, self._burst_counts(sub, len(messages), mapped, rejected, ignored), owners
+
+    def _stopping_log(self, sub: Subscription, samples: int) -> None:
+        if self.rate_log.allow("binning_stopping"):
+            log.warning("stop deadline: binned samples left without their bins", extra={
+                "subscription": sub.name, "samples": samples})
 
     def _encode(self, sub: Subscription | None, lines: list[str], raw: int, counts: list | None = None,
                 owners: list[int] | None = None) -> bytes:

@@ -58,6 +58,7 @@ from .config import DestinationSpec, HealthSpec
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters, Intake, Journal
 from .lineproto import parse_line
+from .logs import RateLimitedLog
 from .metrics import Metrics
 from .schedule import Pacer
 
@@ -576,7 +577,8 @@ class Backoff:
 class InfluxSink:
     def __init__(self, spec: DestinationSpec, journal: Journal, dead: DeadLetters, metrics: Metrics,
                  intake: Intake | None = None, health: HealthSpec | None = None,
-                 before_delete: Callable[[], None] | None = None, queue_max_bytes: int | None = None) -> None:
+                 before_delete: Callable[[], None] | None = None, queue_max_bytes: int | None = None,
+                 rate_log: RateLimitedLog | None = None) -> None:
         self.spec = spec
         # The in-memory queue's bound in bytes (its share of the memory budget, memory.py), with
         # queue_max_points: whichever is reached first spills the queue to the journal.
@@ -590,6 +592,8 @@ class InfluxSink:
         # What InfluxDB answered for lately (written, refused by reason): the health model's refused share.
         self.recent = RecentOutcomes(self.health.rejection_window, self.health.rejection_min_messages)
         self.before_delete = before_delete or (lambda: None)
+        # Per-batch errors (the journal refusing every batch) through the bridge's rate limit.
+        self.rate_log = rate_log or RateLimitedLog(5)
         if intake is not None:
             intake.before_delete = self.before_delete
         journal.on_loss = self._journal_loss
@@ -996,9 +1000,12 @@ class InfluxSink:
                 self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
         else:
             self.metrics.inc("bridge_dropped_points_total", chunk.count, **self._labels, reason=reason)
-            log.error("journal write refused: points dropped", extra={
-                **self._labels, "reason": reason, "dropped": chunk.count, "journal_bytes": self.journal.bytes,
-                "max_bytes": self.journal.max_bytes, "error": self.journal.last_error})
+            # Rate limited (one line per batch was 50,000 lines in one run): the count is exact,
+            # the first line and a periodic summary of the suppressed ones are logged.
+            self.rate_log.error(reason, "journal write refused: points dropped", key=f"journal:{self.name}:{reason}",
+                                logger=log, destination=self.name, dropped=chunk.count,
+                                journal_bytes=self.journal.bytes, max_bytes=self.journal.max_bytes,
+                                error=self.journal.last_error)
         self._settle(original)
 
     def _deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
