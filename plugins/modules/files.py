@@ -434,6 +434,9 @@ def main():
         no_log=True,
     )
     entries = module.params["files"]
+    # The result's invocation names the files, never their content: a connection prints the raw
+    # result at -vvv (the SSH connection does), before the action plugin could take anything out.
+    invocation = {"module_args": {"files": [{k: v for k, v in e.items() if k != "content"} for e in entries]}}
     current = {}
     try:
         for entry in entries:
@@ -444,9 +447,10 @@ def main():
                 current[parent] = observe(parent, False)
         actions = plan(entries, current, lookup_ids(entries))
     except (PlanError, OSError) as e:
-        module.fail_json(msg=to_native(e), files=[], changed_files=[], changed_labels=[])
+        module.fail_json(msg=to_native(e), files=[], changed_files=[], changed_labels=[], invocation=invocation)
     missing = ["%s: %s does not exist" % (a["dest"], m) for a in actions for m in a["missing"]]
     result = summary(actions)
+    result["invocation"] = invocation
     if missing and not module.check_mode:
         module.fail_json(msg="; ".join(missing), **result)
     # Check mode on a fresh host: what an earlier task (a package, a user) would create first.
