@@ -105,3 +105,19 @@ def test_lanes_run_side_by_side_print_each_whole_log_and_a_failure_ends_only_its
     assert "lane 2: broken" in report and "never" not in report
     wall = report.split("total (wall)", 1)[1].split()[0]
     assert wall in ("0:02", "0:03")  # the lanes' wall time, not the sum of their stages
+
+
+def test_docs_name_the_scenarios_of_each_molecule_lane_as_the_makefile_runs_them():
+    """docs/testing.md says which scenarios each molecule lane runs: the Makefile's MOLECULE_A/_B."""
+    import re
+
+    shown = subprocess.run(["make", "-s", "--no-print-directory", "-f", "Makefile", "--eval",
+                            "lanes-shown:\n\t@echo $(MOLECULE_A) / $(MOLECULE_B)", "lanes-shown"],
+                           cwd=ROOT, capture_output=True, text=True, check=True).stdout
+    a, b = (part.split() for part in shown.split("/"))
+    text = (ROOT / "docs" / "testing.md").read_text()
+    lane_a = re.search(r"`molecule-a` \(scenarios ([^)]*)\)", text)
+    lane_b = re.search(r"`molecule-b` \(([^)]*)\)", text)
+    assert lane_a and lane_b, "docs/testing.md no longer names the molecule lanes"
+    assert re.findall(r"`([\w-]+)`", lane_a[1]) == a
+    assert re.findall(r"`([\w-]+)`", lane_b[1]) == b
