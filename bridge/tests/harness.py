@@ -249,3 +249,19 @@ def zmq_context() -> Iterator[zmq.Context]:
     context = zmq.Context()
     yield context
     context.destroy(linger=0)
+
+
+class RecordingDestination:
+    """The destinations' side of Pipeline.commit for tests of what one hand-over carries: the
+    point count of every chunk submitted (an InfluxDB destination: no backend adapter)."""
+
+    adapter = None
+
+    def __init__(self, name: str = "d") -> None:
+        from station_bridge.metrics import Metrics
+
+        self.key = Metrics.key(destination=name)
+        self.chunks: list[int] = []
+
+    def submit(self, chunk, counted: bool) -> None:
+        self.chunks.append(chunk.count)

@@ -27,6 +27,19 @@ def _binary(name: str, package: str) -> str:
     return path
 
 
+
+def answers_ping(url: str, timeout: float = 30) -> bool:
+    """Whether a server (influxd, victoria-metrics) answers `url`/ping with 204 within `timeout`."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            with urllib.request.urlopen(url + "/ping", timeout=1) as response:
+                if response.status == 204:
+                    return True
+        except OSError:
+            time.sleep(0.1)
+    return False
+
 class Influxd:
     """influxd 1.x with its own data directory; auth on with an admin when `auth` is set."""
 
@@ -70,15 +83,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         log = open(self.workdir / "influxd.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen([binary, "-config", str(self.workdir / "influxdb.conf")],
                                         stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
-                    if response.status == 204:
-                        break
-            except OSError:
-                time.sleep(0.1)
-        else:
+        if not answers_ping(self.url):
             self.stop()
             raise RuntimeError("influxd did not answer /ping within 30 s")
         if self.auth and self.create_admin:
@@ -179,16 +184,10 @@ class VictoriaMetrics:
              "-retentionPeriod=1y", "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s",
              "-search.disableCache", "-loggerLevel=WARN"],
             stdout=subprocess.DEVNULL, stderr=log)
-        deadline = time.monotonic() + 30
-        while time.monotonic() < deadline:
-            try:
-                with urllib.request.urlopen(self.url + "/ping", timeout=1) as response:
-                    if response.status == 204:
-                        return self
-            except OSError:
-                time.sleep(0.1)
-        self.stop()
-        raise RuntimeError("victoria-metrics did not answer /ping within 30 s")
+        if not answers_ping(self.url):
+            self.stop()
+            raise RuntimeError("victoria-metrics did not answer /ping within 30 s")
+        return self
 
     def stop(self) -> None:
         if self.process is not None:

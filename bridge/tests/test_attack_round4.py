@@ -24,7 +24,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, tmpfs, wait_for
+from harness import BRIDGE, BridgeProcess, RecordingDestination, tmpfs, wait_for
 
 from station_bridge.health import RecentOutcomes
 
@@ -325,17 +325,7 @@ def test_bins_are_handed_over_as_they_come_not_held_for_the_whole_burst(tmp_path
                                        "binning": {"interval": "1s", "fields": ["v"]}}],
                     "destinations": [{"name": "d", "url": "http://127.0.0.1:9", "database": "x"}]}, "t.yml")
 
-    class Sink:
-        key = Metrics.key(destination="d")
-        adapter = None  # an InfluxDB destination: its copy is the burst's
-
-        def __init__(self) -> None:
-            self.chunks: list[int] = []
-
-        def submit(self, chunk, counted: bool) -> None:
-            self.chunks.append(chunk.count)
-
-    sink = Sink()
+    sink = RecordingDestination()
     metrics = Metrics()
     pipeline = Pipeline([sink], metrics, None, DeadLetters(tmp_path / "dead.jsonl"), 1 << 20,  # type: ignore[list-item]
                         RateLimitedLog(5))

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, wait_for
+from harness import BRIDGE, BridgeProcess, RecordingDestination, wait_for
 
 from station_bridge import config as cfg
 from station_bridge.lineproto import LineError, format_field_value
@@ -340,17 +340,7 @@ def test_one_samples_bins_are_handed_over_in_pieces_too(tmp_path, zmq_context):
                                            "binning": {"interval": "1s", "fields": ["v"], "max_gap": "100h"}}],
                         "destinations": [{"name": "d", "url": "http://127.0.0.1:9", "database": "x"}]}, "t.yml")
 
-    class Collect:  # the destinations' side of Pipeline.commit: what each submit carries
-        key = Metrics.key(destination="d")
-        adapter = None  # an InfluxDB destination: its copy is the burst's
-
-        def __init__(self) -> None:
-            self.chunks: list[int] = []
-
-        def submit(self, chunk, counted: bool) -> None:
-            self.chunks.append(chunk.count)
-
-    sink = Collect()
+    sink = RecordingDestination()
     metrics = Metrics()
     pipeline = Pipeline([sink], metrics, None, DeadLetters(tmp_path / "dead.jsonl"), 1 << 20,  # type: ignore[list-item]
                         RateLimitedLog(5))

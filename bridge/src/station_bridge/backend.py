@@ -29,6 +29,7 @@ from __future__ import annotations
 import re
 from collections import OrderedDict
 from collections.abc import Iterable
+from typing import Protocol
 
 from .config import Config, DestinationSpec
 from .lineproto import split_lines
@@ -38,6 +39,13 @@ MAX_SERIES = 20_000  # series remembered (least recently used forgotten)
 
 _SERIES_END = re.compile(rb"(?<!\\) ")
 _FIELD = re.compile(rb'((?:\\[^\n]|[^\\=\n ,])+)=("(?:[^"\\]|\\.)*"|[^ ,\n"]+)', re.S)
+
+
+class Tally(Protocol):
+    """A report's counts of what a backend adapter removed (replay's and try's results)."""
+
+    dropped: dict[str, int]
+    dropped_fields: int
 
 
 class Adapter:
@@ -78,6 +86,14 @@ class Adapter:
                 continue
             kept.append(line)
         return kept, dropped, fields_dropped
+
+    def apply_into(self, lines: Iterable[bytes], tally: Tally) -> list[bytes]:
+        """apply_lines for a replay's report: the lines kept; what was removed added to `tally`."""
+        kept, dropped, fields = self.apply_lines(lines)
+        for reason, n in dropped.items():
+            tally.dropped[reason] = tally.dropped.get(reason, 0) + n
+        tally.dropped_fields += fields
+        return kept
 
     def _claim(self, line: bytes) -> bool:
         """False when the line's series already used the line's millisecond."""

@@ -378,10 +378,7 @@ def replay_dead_letters(config: Config, files: list[Path], destinations: list[De
             own = lines
             adapter = adapters[destination.name]
             if adapter is not None:
-                own, dropped, fields = adapter.apply_lines(lines)
-                for reason, n in dropped.items():
-                    result.dropped[reason] = result.dropped.get(reason, 0) + n
-                result.dropped_fields += fields
+                own = adapter.apply_into(lines, result)
                 if not own:
                     continue
             writer = InfluxWriter(destination)

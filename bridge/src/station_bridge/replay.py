@@ -192,10 +192,7 @@ def replay(destination: DestinationSpec, files: list[Path], dead_letter: Path) -
                 result.damaged_records += len(found.damage)
                 result.damaged_points += found.damaged_points
             if adapter is not None:
-                lines, dropped, fields = adapter.apply_lines(lines)
-                for reason, n in dropped.items():
-                    result.dropped[reason] = result.dropped.get(reason, 0) + n
-                result.dropped_fields += fields
+                lines = adapter.apply_into(lines, result)
             if not lines:
                 continue
             out = delivery.deliver(Chunk.of_bytes(lines))
