@@ -124,9 +124,7 @@ class ActionModule(ActionBase):
         except AnsibleActionFail as e:
             result.update(failed=True, msg=to_text(e))
             return result
+        # The module's result names the files, never their content (its own invocation).
         result.update(self._execute_module(module_name="station_stack.station.files",
                                            module_args={"files": entries}, task_vars=task_vars))
-        # The module's invocation would carry every file's content: only the paths are returned.
-        result["invocation"] = {"module_args": {"files": [
-            {k: v for k, v in e.items() if k != "content"} for e in entries]}}
         return result
