@@ -108,16 +108,15 @@ def test_lanes_run_side_by_side_print_each_whole_log_and_a_failure_ends_only_its
 
 
 def test_docs_name_the_scenarios_of_each_molecule_lane_as_the_makefile_runs_them():
-    """docs/testing.md says which scenarios each molecule lane runs: the Makefile's MOLECULE_A/_B."""
+    """docs/testing.md says which scenarios each molecule stage runs: the Makefile's MOLECULE_A/_B/_C."""
     import re
 
     shown = subprocess.run(["make", "-s", "--no-print-directory", "-f", "Makefile", "--eval",
-                            "lanes-shown:\n\t@echo $(MOLECULE_A) / $(MOLECULE_B)", "lanes-shown"],
+                            "lanes-shown:\n\t@echo $(MOLECULE_A) / $(MOLECULE_B) / $(MOLECULE_C)", "lanes-shown"],
                            cwd=ROOT, capture_output=True, text=True, check=True).stdout
-    a, b = (part.split() for part in shown.split("/"))
-    text = (ROOT / "docs" / "testing.md").read_text()
-    lane_a = re.search(r"`molecule-a` \(scenarios ([^)]*)\)", text)
-    lane_b = re.search(r"`molecule-b` \(([^)]*)\)", text)
-    assert lane_a and lane_b, "docs/testing.md no longer names the molecule lanes"
-    assert re.findall(r"`([\w-]+)`", lane_a[1]) == a
-    assert re.findall(r"`([\w-]+)`", lane_b[1]) == b
+    stages = dict(zip("abc", (part.split() for part in shown.split("/")), strict=True))
+    text = " ".join((ROOT / "docs" / "testing.md").read_text().split())
+    for letter, scenarios in stages.items():
+        named = re.search(rf"`molecule-{letter}` \(scenarios ([^)]*)\)", text)
+        assert named, f"docs/testing.md no longer names the scenarios of molecule-{letter}"
+        assert re.findall(r"`([\w-]+)`", named[1]) == scenarios, (letter, named[1], scenarios)

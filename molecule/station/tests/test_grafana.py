@@ -6,7 +6,6 @@ from __future__ import annotations
 import configparser
 import json
 import re
-import tempfile
 import time
 import zipfile
 from pathlib import Path
@@ -226,38 +225,52 @@ def test_unsafe_admin_password_is_refused():
     assert re.search(r"grafana_admin_password must be set", json.dumps(result.output))
 
 
-def test_check_mode_on_the_converged_station_changes_nothing():
-    result = run_converge("station.yml", "--tags", "grafana", "--check", "--diff")
-    assert result.rc == 0, result.output
-    assert result.changed == set(), result.changed
-
-
-def test_undeclared_dashboards_are_pruned(host):
-    stale = f"{DASHBOARDS}/measurement-retired.json"
-    host.check_output(f"echo '{{}}' > {stale}")
-    result = run_converge("station.yml", "--tags", "grafana")
-    assert result.rc == 0
-    assert not host.file(stale).exists
-    changed = {task for task, _ in result.changed}
-    assert changed == {"grafana : Remove dashboards the inventory no longer declares"}, result.changed
-
-
 def datasource_names(doc: dict) -> tuple[set[str], set[str]]:
     """Names provisioned, and names Grafana is told to delete, in a datasource file."""
     return {ds["name"] for ds in doc["datasources"]}, {d["name"] for d in doc.get("deleteDatasources") or []}
 
 
-def test_a_disabled_central_datasource_is_deleted(host):
-    """Provisioned once, then dropped from the inventory: the central datasource goes to deleteDatasources."""
+def plugin_zip(path: Path, version: str) -> Path:
+    with zipfile.ZipFile(path, "w") as z:
+        z.writestr("station-test-panel/plugin.json",
+                   json.dumps({"id": "station-test-panel", "type": "panel", "info": {"version": version}}))
+        if version == "1.0.0":
+            z.writestr("station-test-panel/old-only.js", "// dropped in 2.0.0")
+    return path
+
+
+def test_what_the_inventory_adds_to_grafana_it_removes_again(host, tmp_path):
+    """One life cycle of what an inventory adds to Grafana, converged with --tags grafana (check mode
+    on the converged station is test_security's, for every role):
+    - a central datasource: provisioned with its password in secureJsonData, recorded, and when the
+      inventory drops it, handed to deleteDatasources (Grafana deletes only what it is told to);
+    - a plugin zip and an extra dashboard from the controller: unpacked, replaced by a new zip, and
+      pruned when no longer listed, but not a plugin the role did not unpack;
+    - a dashboard file the inventory never declared: pruned.
+    Each step's changes are named, and a rerun of each settled state changes nothing."""
     path = f"{PROVISIONING}/datasources/station-stack.yaml"
     record = f"{PROVISIONING}/datasources/.station-stack-names.json"
     saved = "/root/station-stack-names.json.pre-test"
-    central = json.dumps({"grafana_central_datasource": {
-        "url": "http://127.0.0.1:8086", "database": "tick", "user": "grafana", "password": "x-central-pw"}})
+    plugins = "/var/lib/grafana/plugins"
+    stale = f"{DASHBOARDS}/measurement-retired.json"
+    central = {"url": "http://127.0.0.1:8086", "database": "tick", "user": "grafana", "password": "x-central-pw"}
+    old = plugin_zip(tmp_path / "station-test-panel-1.0.0.any.zip", "1.0.0")
+    new = plugin_zip(tmp_path / "station-test-panel-2.0.0.any.zip", "2.0.0")
+    extra = tmp_path / "operator.json"
+    extra.write_text(json.dumps({"uid": "operator-extra", "title": "Operator", "panels": []}))
+
+    def wanted(plugin: Path) -> str:
+        return json.dumps({"grafana_central_datasource": central, "grafana_plugins_local": [str(plugin)],
+                           "grafana_dashboards_extra": [str(extra)]})
+
+    def version() -> str:
+        return json.loads(host.file(f"{plugins}/station-test-panel/plugin.json").content_string)["info"]["version"]
+
     before = host.file(record).content_string
     host.check_output(f"cp -p {record} {saved}")
+    host.check_output(f"mkdir -p {plugins}/operator-cli-panel")  # e.g. from grafana-cli
     try:
-        first = run_converge("station.yml", "--tags", "grafana", "-e", central)
+        first = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
         assert first.rc == 0, first.output
         assert "x-central-pw" not in json.dumps(first.output), "the central password reached the log"
         doc = load_yaml(host, path)
@@ -269,7 +282,19 @@ def test_a_disabled_central_datasource_is_deleted(host):
         rec = host.file(record)
         assert rec.user == "root" and rec.group == "grafana" and rec.mode == 0o640
         assert CENTRAL in json.loads(rec.content_string)
+        assert host.file(f"{plugins}/station-test-panel/plugin.json").user == "grafana" and version() == "1.0.0"
+        assert json.loads(host.file(f"{DASHBOARDS}/extra-operator.json").content_string)["uid"] == "operator-extra"
 
+        again = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
+        assert again.rc == 0 and again.changed == set(), again.changed
+
+        upgraded = run_converge("station.yml", "--tags", "grafana", "-e", wanted(new))
+        assert upgraded.rc == 0, upgraded.output
+        assert version() == "2.0.0" and not host.file(f"{plugins}/station-test-panel/old-only.js").exists
+        replaced = ("grafana : Remove plugins replaced by a new zip or no longer listed", "station-test-panel")
+        assert replaced in upgraded.changed, upgraded.changed
+
+        host.check_output(f"echo '{{}}' > {stale}")
         dropped = run_converge("station.yml", "--tags", "grafana")
         assert dropped.rc == 0, dropped.output
         doc = load_yaml(host, path)
@@ -277,68 +302,27 @@ def test_a_disabled_central_datasource_is_deleted(host):
         provisioned, deleted = datasource_names(doc)
         assert CENTRAL not in provisioned and CENTRAL in deleted, (provisioned, deleted)
         assert "x-central-pw" not in host.file(path).content_string
+        assert not host.file(stale).exists and not host.file(f"{DASHBOARDS}/extra-operator.json").exists
+        assert not host.file(f"{plugins}/station-test-panel").exists
+        assert not host.file("/var/lib/grafana/plugin-archives/station-test-panel.zip").exists
+        assert host.file(f"{plugins}/operator-cli-panel").is_directory
         changed = {task for task, _ in dropped.changed}
-        assert changed == {"grafana : Provision the datasources and dashboards"}, dropped.changed
+        assert changed == {"grafana : Provision the datasources and dashboards",
+                           "grafana : Remove dashboards the inventory no longer declares",
+                           "grafana : Remove plugins replaced by a new zip or no longer listed",
+                           "grafana : Remove the zip files of plugins no longer listed"}, dropped.changed
 
-        again = run_converge("station.yml", "--tags", "grafana")
-        assert again.rc == 0 and again.changed == set(), again.changed
+        settled = run_converge("station.yml", "--tags", "grafana")
+        assert settled.rc == 0 and settled.changed == set(), settled.changed
     finally:
         # The record as before the test, and the datasource file rendered from the inventory.
         host.run(f"mv -f {saved} {record}")
+        host.run(f"rm -rf {plugins}/station-test-panel {plugins}/operator-cli-panel {stale} "
+                 f"/var/lib/grafana/plugin-archives/station-test-panel.zip {DASHBOARDS}/extra-operator.json")
         restored = run_converge("station.yml", "--tags", "grafana")
     assert restored.rc == 0, restored.output
     assert host.file(record).content_string == before
     assert CENTRAL not in datasource_names(load_yaml(host, path))[0]
-
-
-def test_local_plugins_and_extra_dashboards_are_installed_then_extras_pruned(host):
-    """A plugin zip and an extra dashboard from the controller; a new zip replaces the plugin,
-    and what is no longer listed goes, but not a plugin the role did not unpack."""
-    plugins = "/var/lib/grafana/plugins"
-
-    def plugin_zip(path: Path, version: str) -> Path:
-        with zipfile.ZipFile(path, "w") as z:
-            z.writestr("station-test-panel/plugin.json",
-                       json.dumps({"id": "station-test-panel", "type": "panel", "info": {"version": version}}))
-            if version == "1.0.0":
-                z.writestr("station-test-panel/old-only.js", "// dropped in 2.0.0")
-        return path
-
-    with tempfile.TemporaryDirectory() as tmp:
-        old = plugin_zip(Path(tmp) / "station-test-panel-1.0.0.any.zip", "1.0.0")
-        new = plugin_zip(Path(tmp) / "station-test-panel-2.0.0.any.zip", "2.0.0")
-        extra = Path(tmp) / "operator.json"
-        extra.write_text(json.dumps({"uid": "operator-extra", "title": "Operator", "panels": []}))
-        host.check_output(f"mkdir -p {plugins}/operator-cli-panel")  # e.g. from grafana-cli
-
-        def wanted(plugin: Path) -> str:
-            return json.dumps({"grafana_plugins_local": [str(plugin)], "grafana_dashboards_extra": [str(extra)]})
-
-        def version() -> str:
-            return json.loads(host.file(f"{plugins}/station-test-panel/plugin.json").content_string)["info"]["version"]
-
-        try:
-            first = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
-            assert first.rc == 0, first.output
-            assert host.file(f"{plugins}/station-test-panel/plugin.json").user == "grafana" and version() == "1.0.0"
-            assert json.loads(host.file(f"{DASHBOARDS}/extra-operator.json").content_string)["uid"] == "operator-extra"
-            again = run_converge("station.yml", "--tags", "grafana", "-e", wanted(old))
-            assert again.rc == 0 and again.changed == set(), again.changed
-            upgraded = run_converge("station.yml", "--tags", "grafana", "-e", wanted(new))
-            assert upgraded.rc == 0, upgraded.output
-            assert version() == "2.0.0" and not host.file(f"{plugins}/station-test-panel/old-only.js").exists
-            replaced = ("grafana : Remove plugins replaced by a new zip or no longer listed", "station-test-panel")
-            assert replaced in upgraded.changed, upgraded.changed
-            dropped = run_converge("station.yml", "--tags", "grafana")
-            assert dropped.rc == 0 and not host.file(f"{DASHBOARDS}/extra-operator.json").exists
-            assert not host.file(f"{plugins}/station-test-panel").exists
-            assert not host.file("/var/lib/grafana/plugin-archives/station-test-panel.zip").exists
-            assert host.file(f"{plugins}/operator-cli-panel").is_directory
-            settled = run_converge("station.yml", "--tags", "grafana")
-            assert settled.rc == 0 and settled.changed == set(), settled.changed
-        finally:
-            host.run(f"rm -rf {plugins}/station-test-panel {plugins}/operator-cli-panel "
-                     f"/var/lib/grafana/plugin-archives/station-test-panel.zip {DASHBOARDS}/extra-operator.json")
 
 
 def test_apt_repository_and_package_choice_as_far_as_the_lab_allows(host):
