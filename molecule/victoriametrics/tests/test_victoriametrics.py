@@ -218,3 +218,45 @@ def test_no_secret_in_world_readable_files(host):
     for path in out:
         assert host.file(path).mode & 0o004 == 0, path
 
+
+
+# --- backup and restore (last: it wipes the central's data) -------------------------------------
+
+def samples_per_series(host) -> dict[str, int]:
+    """Every series of the central (name and labels) -> its sample count, from the export API."""
+    return {json.dumps(s["metric"], sort_keys=True): len(s["values"]) for s in export(host, '{__name__=~".+"}')}
+
+
+def test_backup_lose_everything_restore_counts_equal(host, tmp_path):
+    """playbooks/backup.yml (vmbackup from a snapshot, archive fetched 0600) and restore.yml
+    (vmrestore into the stopped server): every series back with as many samples as before a loss
+    of the whole data directory."""
+    t = time.time_ns() // 1_000_000 * 1_000_000
+    lines = "\n".join(f"backup_probe,run={t},sensor=s{i % 3} v={i} {t - i * 1_000_000}" for i in range(500))
+    assert http(host, "POST", VM + "/influx/write", {"db": "fleet"}, lines).status == 204
+    before = samples_per_series(host)
+    assert sum(n for k, n in before.items() if f'"run": "{t}"' in k) == 500
+    assert len(before) >= 3, before  # and what the earlier tests wrote
+
+    backup = run_playbook(ROOT / "playbooks" / "backup.yml", "central.yml", "-e", f"backup_controller_dir={tmp_path}")
+    assert backup.rc == 0, backup.output
+    archives = list(tmp_path.glob("*/victoriametrics-*.tar.gz"))
+    assert len(archives) == 1 and archives[0].stat().st_mode & 0o077 == 0, archives
+    assert host.run("ls /var/lib/victoria-metrics/snapshots").stdout.strip() == "", "the snapshot was not deleted"
+
+    # The data directory lost: the server starts empty.
+    host.run_expect([0], "systemctl stop victoria-metrics && rm -rf /var/lib/victoria-metrics/* "
+                         "&& systemctl start victoria-metrics")
+    health = f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{VM}/health\")'"
+    wait_for(lambda: host.run(health).rc == 0, 30, "VictoriaMetrics back")
+    http(host, "GET", VM + "/internal/force_flush")
+    assert http(host, "POST", VM + "/api/v1/export", {"match[]": '{__name__=~".+"}'}).body.strip() == ""
+
+    refused = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}")
+    assert refused.rc != 0  # restore_replace=true is required: it replaces everything
+    restore = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}",
+                           "-e", "restore_replace=true")
+    assert restore.rc == 0, restore.output
+    assert samples_per_series(host) == before
+    assert host.service("victoria-metrics").is_running
+    assert host.check_output("find /var/lib/victoria-metrics ! -user _victoria-metrics | head -1") == ""
