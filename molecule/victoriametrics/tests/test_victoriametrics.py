@@ -4,9 +4,12 @@ the lab network with numeric_only and time_resolution ms, as the fleet configure
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 
 import msgpack
@@ -14,7 +17,7 @@ import pytest
 import zmq
 from conftest import ROOT
 from harness import BridgeProcess, quiet_ledger, wait_for
-from servers import free_port
+from servers import Influxd, free_port
 from station_bridge.demo import wait_for_subscriber
 from station_bridge.metrics import value
 from verifier import http, run_playbook
@@ -57,16 +60,26 @@ def vm_requests(host) -> int:
     return 0
 
 
-def publish(endpoint: str, records: list[dict]) -> None:
+def publish(endpoint: str, records: list[dict], topic: bytes = b"obs") -> None:
     context = zmq.Context()
     socket = context.socket(zmq.XPUB)
     socket.setsockopt(zmq.SNDHWM, 0)
     socket.bind(endpoint)
-    assert wait_for_subscriber(socket, b"obs", 15), "the bridge did not subscribe"
+    assert wait_for_subscriber(socket, topic, 15), "the bridge did not subscribe"
     for record in records:
-        socket.send_multipart([b"obs", msgpack.packb(record)])
+        socket.send_multipart([topic, msgpack.packb(record)])
     socket.close(linger=10_000)
     context.term()
+
+
+def read_api(vmauth_url: str, path: str, params: dict[str, str]) -> dict:
+    """The query or export API as Grafana reaches it: through vmauth from another host (this
+    controller), with the reader's credential."""
+    request = urllib.request.Request(f"{vmauth_url}{path}", data=urllib.parse.urlencode(params).encode())
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(READER).encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read().decode()
+    return json.loads(body) if path != "/api/v1/export" else {"series": [json.loads(x) for x in body.splitlines() if x]}
 
 
 @pytest.fixture()
@@ -129,6 +142,70 @@ def test_a_station_cannot_write_as_another_nor_read(host, vmauth_url):
     assert http(host, "GET", vmauth_url + "/api/v1/query", {"query": "1"}, auth=READER).status == 200
     assert http(host, "POST", vmauth_url + "/influx/write", {"db": "fleet"}, f"spoof v=4 {t}",
                 auth=READER).status in (400, 401, 403)
+
+
+DUAL = {"measurement": "dual", "tags": ["inst"],
+        "fields": {"v": "float", "n": "integer", "ok": "boolean", "note": "string"},
+        "time": {"field": "t", "format": "epoch_ns"}}
+# When the stations of the next test last wrote their self-metrics (the overview test reads them).
+SELF_METRICS: dict[str, float] = {}
+
+
+def test_stations_forward_to_an_influxdb_and_a_victoriametrics_central_at_once(host, vmauth_url, tmp_path):
+    """Two stations' bridges (ams, bcn; this checkout's, on the controller), each with two centrals:
+    a real InfluxDB (influxd on the controller, all fields) and this VictoriaMetrics through vmauth
+    (numeric_only, time_resolution ms), as the fleet configures one central of each kind. Per
+    station and field, VictoriaMetrics holds as many samples as InfluxDB landed for each numeric
+    (and boolean) field; the string field is in InfluxDB, nowhere in VictoriaMetrics (not as 0),
+    and counted dropped for that destination alone. Their self-metrics feed the overview test."""
+    central = Influxd(tmp_path / "influxd").start()
+    central.query("CREATE DATABASE fleet")
+    n = 200
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
+    bridges = {}
+    try:
+        for code, credential in (("ams", AMS), ("bcn", BCN)):
+            (tmp_path / code).mkdir()
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            vm = {"name": "central_vm", "url": vmauth_url + "/influx", "database": "fleet", "username": credential[0],
+                  "batch_size": 200, "max_backoff": "1s", "numeric_only": True, "time_resolution": "ms"}
+            process = BridgeProcess(tmp_path / code, None, "fleet", endpoint, station=code, shutdown_timeout=2,
+                                    destination={"name": "central", "url": central.url, "max_backoff": "1s"},
+                                    destinations_extra=[vm], self_metrics={"interval": "1s", "instance": "dual"},
+                                    subscription={"name": "dual", "topics": ["dual"], "mapping": DUAL})
+            process.env["PYTHONPATH"] = str(ROOT / "bridge" / "src")
+            process.env["STATION_BRIDGE_CENTRAL_VM_PASSWORD"] = credential[1]
+            bridges[code] = (process.start(), endpoint)
+        for code, (_, endpoint) in bridges.items():
+            publish(endpoint, [{"t": base + i * 2_000_000, "inst": f"{'AB'[i % 2]}-{base}", "v": i / 8, "n": i,
+                                "ok": i % 3 == 0, "note": f"{code} {i}"} for i in range(n)], topic=b"dual")
+        for process, _ in bridges.values():
+            samples = quiet_ledger(process, ("central", "central_vm"), ("dual",), timeout=60)
+            assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
+            assert value(samples, "bridge_dropped_fields_total", destination="central", reason="non_numeric") == 0
+        # Two self-metrics reports after the data (and a rate's two samples) for the overview.
+        time.sleep(2)
+        for process, _ in bridges.values():
+            assert process.stop() == 0
+        SELF_METRICS["written"] = time.time()
+        counted = central.query(f"SELECT count(*) FROM dual WHERE inst =~ /-{base}$/ GROUP BY station", db="fleet")
+        landed = {(row["station"], field.removeprefix("count_")): row[field]
+                  for row in counted for field in row if field.startswith("count_")}
+        assert landed == {(code, f): n for code in bridges for f in ("v", "n", "ok", "note")}, landed
+        http(host, "GET", VM + "/internal/force_flush")
+        match = f'{{__name__=~"dual_.*",inst=~"[AB]-{base}"}}'
+        series = read_api(vmauth_url, "/api/v1/export", {"match[]": match})["series"]
+        in_vm: dict[tuple[str, str], int] = {}
+        for s in series:
+            key = (s["metric"]["station"], s["metric"]["__name__"].removeprefix("dual_"))
+            in_vm[key] = in_vm.get(key, 0) + len(s["values"])
+        print("per station and field, InfluxDB:", landed, "VictoriaMetrics:", in_vm)
+        assert in_vm == {key: count for key, count in landed.items() if key[1] != "note"}, in_vm
+    finally:
+        for process, _ in bridges.values():
+            if process.alive:
+                process.kill()
+        central.stop()
 
 
 def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, bridge):
@@ -211,6 +288,57 @@ def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
     stamps = exported["timestamps"]
     assert len(stamps) == len(set(stamps)) == n
     assert bridge.stop() == 0
+
+
+# What Grafana substitutes in a Prometheus datasource's expression.
+PROM_MACROS = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
+
+
+def test_metricsql_fleet_overview_panels_return_rows_for_every_station(vmauth_url, tmp_path):
+    """roles/grafana's MetricsQL overview, rendered by its template: each panel's expressions as
+    Grafana sends them (instant for a table, range for a time series; macros substituted; no
+    `nocache`, so through the 30 s -search.latencyOffset) through vmauth as the reader, each with
+    rows for both stations whose self-metrics the two-central test forwarded."""
+    assert SELF_METRICS, "needs test_stations_forward_to_an_influxdb_and_a_victoriametrics_central_at_once"
+    dest = tmp_path / "fleet-overview-vm.json"
+    rendered = run_playbook(ROOT / "molecule" / "victoriametrics" / "render-overview.yml", "central.yml",
+                            "-e", f"overview_dest={dest}")
+    assert rendered.rc == 0, rendered.output
+    dashboard = json.loads(dest.read_text())
+    assert dashboard["uid"] == "ss-fleet-overview-vm"
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["query"] == "prometheus" and variable["current"]["value"] == "central-central_vm"
+    targets = [(panel["title"], target) for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(dashboard["panels"]) == 8 and len(targets) >= 8
+
+    def stations(target: dict) -> set[str]:
+        expr = target["expr"]
+        for macro, replacement in PROM_MACROS.items():
+            expr = expr.replace(macro, replacement)
+        assert "$" not in expr, expr
+        now = time.time()
+        if target["instant"]:
+            answer = read_api(vmauth_url, "/api/v1/query", {"query": expr, "time": f"{now:.3f}"})
+        else:
+            answer = read_api(vmauth_url, "/api/v1/query_range",
+                              {"query": expr, "start": f"{now - 3600:.3f}", "end": f"{now:.3f}", "step": "15"})
+        assert answer["status"] == "success", answer
+        return {r["metric"].get("station") for r in answer["data"]["result"] if r.get("value") or r.get("values")}
+
+    # The overview sees samples once they are older than the latency offset.
+    missing: list[str] = []
+
+    def all_answer() -> bool:
+        missing[:] = [f"{title}: {target['expr']}: {sorted(s or '' for s in found)}" for title, target in targets
+                      if (found := stations(target)) != {"ams", "bcn"}]
+        return not missing
+
+    try:
+        wait_for(all_answer, max(10.0, SELF_METRICS["written"] + 45 - time.time()), "every panel", interval=2)
+    except AssertionError as exc:
+        raise AssertionError("panels without both stations' rows:\n" + "\n".join(missing)) from exc
+    print(f"{len(targets)} expressions answered for ams and bcn "
+          f"{time.time() - SELF_METRICS['written']:.0f} s after the last self-metrics")
 
 
 def test_no_secret_in_world_readable_files(host):
