@@ -290,6 +290,45 @@ def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
     assert bridge.stop() == 0
 
 
+def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url, tmp_path):
+    """playbooks/migrate-to-victoriametrics.yml against a real central InfluxDB (influxd with auth
+    on the controller, on the lab network's side): every numeric and boolean field copied with
+    equal counts per measurement and field, the string field counted and not copied; then two
+    points of one series 5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it."""
+    gateway = host.check_output("ip -4 route show default").split()[2]
+    central = Influxd(tmp_path / "influxd", auth=True)
+    config = central.workdir / "influxdb.conf"
+    config.write_text(config.read_text().replace(f'"127.0.0.1:{central.port}"', f'"{gateway}:{central.port}"'))
+    central.url = f"http://{gateway}:{central.port}"
+    central.start()
+    try:
+        database = f"history_{int(time.time())}"  # a rerun's copy apart from an earlier one's
+        central.query(f"CREATE DATABASE {database}")
+        t = time.time_ns() // 1_000_000 * 1_000_000 - 6 * 3600 * 10**9
+        lines = "\n".join(f"history,station={('ams', 'bcn')[i % 2]},inst=I{i % 5} v={i / 3},n={i}i,"
+                          f"ok={str(i % 4 == 0).lower()},note=\"n{i}\" {t + i * 7_000_000}" for i in range(3000))
+        assert central.write(lines, database)[0] == 204
+        extra = ("-e", f"migrate_influx_url={central.url}", "-e", f"migrate_database={database}",
+                 "-e", "migrate_influx_user=admin", "-e", f"migrate_influx_password={central.admin[1]}",
+                 "-e", "migrate_hosts=all")
+        migrated = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
+        assert migrated.rc == 0, migrated.output
+        copied: dict[tuple[str, str], int] = {}
+        for series in read_api(vmauth_url, "/api/v1/export", {"match[]": f'{{db="{database}"}}'})["series"]:
+            key = (series["metric"]["__name__"], series["metric"]["station"])
+            copied[key] = copied.get(key, 0) + len(series["values"])
+        assert copied == {(f"history_{f}", code): 1500 for f in ("v", "n", "ok") for code in ("ams", "bcn")}, copied
+        assert host.run("test -e /root/.station-stack-migrate.env").rc != 0, "the settings file was left"
+
+        assert central.write(f"history,station=ams,inst=X v=1 {t}\nhistory,station=ams,inst=X v=2 {t + 5}",
+                             database)[0] == 204
+        differs = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
+        assert differs.rc != 0
+        assert '"field": "v"' in json.dumps(differs.output) and "Counts differ" in json.dumps(differs.output)
+    finally:
+        central.stop()
+
+
 # What Grafana substitutes in a Prometheus datasource's expression.
 PROM_MACROS = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
 
