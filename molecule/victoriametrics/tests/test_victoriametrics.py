@@ -72,6 +72,13 @@ def publish(endpoint: str, records: list[dict], topic: bytes = b"obs") -> None:
     context.term()
 
 
+def wait_received(bridge: BridgeProcess, subscription: str, n: int) -> None:
+    """Until the bridge has taken in all `n` messages: the ledger also closes, trivially, while the
+    messages are still on their way (on a loaded machine it did, with nothing written yet)."""
+    wait_for(lambda: value(bridge.samples(), "bridge_received_messages_total", subscription=subscription) >= n, 30,
+             f"{n} messages received on {subscription}")
+
+
 def read_api(vmauth_url: str, path: str, params: dict[str, str]) -> dict:
     """The query or export API as Grafana reaches it: through vmauth from another host (this
     controller), with the reader's credential."""
@@ -180,6 +187,7 @@ def test_stations_forward_to_an_influxdb_and_a_victoriametrics_central_at_once(h
             publish(endpoint, [{"t": base + i * 2_000_000, "inst": f"{'AB'[i % 2]}-{base}", "v": i / 8, "n": i,
                                 "ok": i % 3 == 0, "note": f"{code} {i}"} for i in range(n)], topic=b"dual")
         for process, _ in bridges.values():
+            wait_received(process, "dual", n)
             samples = quiet_ledger(process, ("central", "central_vm"), ("dual",), timeout=60)
             assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
             assert value(samples, "bridge_dropped_fields_total", destination="central", reason="non_numeric") == 0
@@ -217,6 +225,7 @@ def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, b
                for i in range(n)]
     bridge.start()
     publish(bridge.endpoint, records)
+    wait_received(bridge, "obs", n)
     samples = quiet_ledger(bridge, ("central_vm",), ("obs",), timeout=60)
     assert value(samples, "bridge_written_points_total", destination="central_vm") == n
     assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
@@ -389,19 +398,30 @@ def test_no_secret_in_world_readable_files(host):
 
 # --- backup and restore (last: it wipes the central's data) -------------------------------------
 
-def samples_per_series(host) -> dict[str, int]:
-    """Every series of the central (name and labels) -> its sample count, from the export API."""
-    return {json.dumps(s["metric"], sort_keys=True): len(s["values"]) for s in export(host, '{__name__=~".+"}')}
+def samples_per_series(host, vmauth_url: str) -> dict[str, int]:
+    """Every series of the central (name and labels) -> its sample count, from the export API (as
+    the reader, from the controller: one round trip each), after a flush; read until two reads a
+    second apart agree."""
+    http(host, "GET", VM + "/internal/force_flush")
+    previous = None
+    for _ in range(30):
+        series = read_api(vmauth_url, "/api/v1/export", {"match[]": '{__name__=~".+"}'})["series"]
+        found = {json.dumps(s["metric"], sort_keys=True): len(s["values"]) for s in series}
+        if found == previous:
+            return found
+        previous = found
+        time.sleep(1)
+    raise AssertionError("the export kept changing")
 
 
-def test_backup_lose_everything_restore_counts_equal(host, tmp_path):
+def test_backup_lose_everything_restore_counts_equal(host, vmauth_url, tmp_path):
     """playbooks/backup.yml (vmbackup from a snapshot, archive fetched 0600) and restore.yml
     (vmrestore into the stopped server): every series back with as many samples as before a loss
     of the whole data directory."""
     t = time.time_ns() // 1_000_000 * 1_000_000
     lines = "\n".join(f"backup_probe,run={t},sensor=s{i % 3} v={i} {t - i * 1_000_000}" for i in range(500))
     assert http(host, "POST", VM + "/influx/write", {"db": "fleet"}, lines).status == 204
-    before = samples_per_series(host)
+    before = samples_per_series(host, vmauth_url)
     assert sum(n for k, n in before.items() if f'"run": "{t}"' in k) == 500
     assert len(before) >= 3, before  # and what the earlier tests wrote
 
@@ -416,14 +436,13 @@ def test_backup_lose_everything_restore_counts_equal(host, tmp_path):
                          "&& systemctl start victoria-metrics")
     health = f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{VM}/health\")'"
     wait_for(lambda: host.run(health).rc == 0, 30, "VictoriaMetrics back")
-    http(host, "GET", VM + "/internal/force_flush")
-    assert http(host, "POST", VM + "/api/v1/export", {"match[]": '{__name__=~".+"}'}).body.strip() == ""
+    assert samples_per_series(host, vmauth_url) == {}
 
     refused = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}")
     assert refused.rc != 0  # restore_replace=true is required: it replaces everything
     restore = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}",
                            "-e", "restore_replace=true")
     assert restore.rc == 0, restore.output
-    assert samples_per_series(host) == before
+    assert samples_per_series(host, vmauth_url) == before
     assert host.service("victoria-metrics").is_running
     assert host.check_output("find /var/lib/victoria-metrics ! -user _victoria-metrics | head -1") == ""
