@@ -12,6 +12,9 @@ docs/benchmarks.md with the machine's description and the date.
 4. A station reached as a real host (SSH as deploy with sudo, host keys checked): idempotent
    converges directly and through lab/delay_proxy.py at 300 ms RTT, validate.yml through it, and
    the controller's CPU seconds per idempotent converge.
+5. A central (`central`): the same stream (a fleet's ticks, 20 stations x 50 instruments, three
+   numeric fields, millisecond times) into one InfluxDB and into one VictoriaMetrics, each a
+   local binary started as bridge/tests/servers.py does, points/s and each server's CPU per point.
 Times are wall-clock seconds; ratios compare figures from the same run (machines here are noisy).
 """
 
@@ -25,6 +28,8 @@ import shutil
 import subprocess
 import sys
 import time
+import urllib.parse
+import urllib.request
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -307,6 +312,88 @@ def cpu_breakdown(path: Path, total: float) -> list[tuple[str, str, str]]:
     ]
 
 
+def central_rows(points: int = 1_000_000, rounds: int = 2) -> list[tuple[str, str, str]]:
+    """The same pre-serialised stream POSTed in 5000-line batches by 2 threads (as the bridge
+    benchmark's ceiling) into influxd (/write) and victoria-metrics (/influx/write, deduplicating
+    within 1 ms as roles/victoriametrics runs it), alternately, `rounds` times each; the best
+    round of each. A round ends when the last batch is acknowledged and, for VictoriaMetrics,
+    its in-memory buffers are flushed (/internal/force_flush: InfluxDB has written its WAL by then).
+    Every point is counted back on both before the figures are kept."""
+    import http.client
+    import tempfile
+    import threading
+
+    sys.path.insert(0, str(ROOT / "bridge" / "tests"))
+    sys.path.insert(0, str(ROOT / "bridge" / "bench"))
+    from servers import Influxd, VictoriaMetrics
+    from stages import cpu_seconds
+
+    load = os.getloadavg()
+    base = (time.time_ns() // 1_000_000_000 - 3 * 3600) * 1_000_000_000
+
+    def stream(shift: int) -> list[bytes]:
+        # Series: station x instrument; each series gets a point every ms (distinct to the millisecond).
+        return ["\n".join(f"tick,station=s{i % 20},instrument=I{(i // 20) % 50} bid={1 + i / 1e6},"
+                           f"ask={1.0001 + i / 1e6},volume={i}i {base + shift + (i // 1000) * 1_000_000}"
+                           for i in range(start, min(points, start + 5000))).encode()
+                for start in range(0, points, 5000)]
+
+    def send(port: int, path: str, batches: list[bytes]) -> None:
+        def worker(mine: list[bytes]) -> None:
+            conn = http.client.HTTPConnection("127.0.0.1", port, timeout=120)
+            for body in mine:
+                conn.request("POST", path, body=body)
+                response = conn.getresponse()
+                response.read()
+                assert response.status == 204, (response.status, path)
+
+        threads = [threading.Thread(target=worker, args=(batches[k::2],)) for k in range(2)]
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+
+    best: dict[str, tuple[float, float]] = {}
+    with tempfile.TemporaryDirectory(prefix="central-bench-") as tmp:
+        influx = Influxd(Path(tmp) / "influxd").start()
+        vm = VictoriaMetrics(Path(tmp) / "vm").start()
+        try:
+            influx.query("CREATE DATABASE bench")
+            for r in range(rounds):
+                batches = stream(r * 3_600_000_000_000 // rounds)  # each round its own hour: no overwrite
+                for name, server, path in (("InfluxDB", influx, "/write?db=bench&precision=ns"),
+                                           ("VictoriaMetrics", vm, "/influx/write?db=bench&precision=ns")):
+                    pid = server.process.pid
+                    cpu = cpu_seconds(pid)
+                    started = time.perf_counter()
+                    send(server.port, path, batches)
+                    if server is vm:
+                        with urllib.request.urlopen(vm.url + "/internal/force_flush", timeout=120):
+                            pass
+                    elapsed = time.perf_counter() - started
+                    rate, cpu_us = points / elapsed, (cpu_seconds(pid) - cpu) / points * 1e6
+                    say(f"central round {r + 1}: {name} {rate:,.0f} points/s, {cpu_us:.1f} us CPU/point")
+                    if name not in best or rate > best[name][0]:
+                        best[name] = (rate, cpu_us)
+            landed = influx.count("bench", "tick", "bid")
+            query = urllib.parse.urlencode({"query": 'sum(count_over_time(tick_bid{db="bench"}[1d]))', "nocache": "1"})
+            with urllib.request.urlopen(f"{vm.url}/api/v1/query?{query}", timeout=120) as response:
+                in_vm = int(float(json.loads(response.read())["data"]["result"][0]["value"][1]))
+            assert landed == in_vm == points * rounds, (landed, in_vm, points * rounds)
+        finally:
+            vm.stop()
+            influx.stop()
+    (i_rate, i_cpu), (v_rate, v_cpu) = best["InfluxDB"], best["VictoriaMetrics"]
+    note = (f"best of {rounds} alternated rounds of {points:,} points (3 fields each), 1,000 series; "
+            f"load average {load[0]:.2f} at the start")
+    return [
+        ("central: InfluxDB 1.x (influxd), line protocol, 5000/batch, 2 threads", f"{i_rate:,.0f} points/s",
+         f"1.00; {i_cpu:.1f} us influxd CPU/point; {note}"),
+        ("central: VictoriaMetrics (victoria-metrics), the same stream", f"{v_rate:,.0f} points/s",
+         f"{v_rate / i_rate:.2f} (vs InfluxDB); {v_cpu:.1f} us CPU/point ({v_cpu / i_cpu:.2f} of influxd's)"),
+    ]
+
+
 def bridge_rows() -> list[tuple[str, str, str]]:
     bridge = run([sys.executable, "bridge/bench/run.py"])
     if bridge.returncode != 0:
@@ -322,12 +409,13 @@ SECTIONS = {
     "converge": ("station converge timings", converge_rows),
     "fleet": ("fleet rollout timings", fleet_rows),
     "ssh": ("station over SSH, direct and through a 300 ms link", slow_link_rows),
+    "central": ("a central: the same stream into one InfluxDB and one VictoriaMetrics", central_rows),
 }
 
 
 def main() -> None:
     """`lab/bench.py [section ...]`: every section (and docs/benchmarks.md) by default; named
-    sections only print their rows (bridge, converge, fleet, ssh)."""
+    sections only print their rows (bridge, converge, fleet, ssh, central)."""
     chosen = sys.argv[1:] or list(SECTIONS)
     unknown = set(chosen) - set(SECTIONS)
     if unknown:
@@ -351,7 +439,8 @@ def main() -> None:
         "One run, one table: every ratio compares figures measured in this run (machines here are noisy).",
         "bridge: bridge/bench/run.py, (a) is the ceiling; converge: playbooks/site.yml on a fresh lab",
         "container; fleet: playbooks/rollout.yml with the example fleet's variables, default forks;",
-        "ssh: the lab station reached over SSH as deploy with sudo, directly and through lab/delay_proxy.py.",
+        "ssh: the lab station reached over SSH as deploy with sudo, directly and through lab/delay_proxy.py;",
+        "central: the same stream into local influxd and victoria-metrics, one after the other.",
         "",
         *table,
         "",

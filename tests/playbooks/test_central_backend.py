@@ -94,8 +94,9 @@ def test_one_central_of_each_kind(tmp_path):
 
 
 def test_influxdb_playbooks_leave_a_victoriametrics_central_alone(tmp_path):
-    """backup.yml, restore.yml and backfill.yml would run InfluxDB's tools on a VictoriaMetrics
-    central: they end that host first (nothing is asked of it), and the run succeeds."""
+    """backfill.yml would run InfluxQL continuous queries on a VictoriaMetrics central: it ends
+    that host first (nothing is asked of it), and the run succeeds. (backup.yml and restore.yml
+    back a VictoriaMetrics central up with vmbackup/vmrestore: the victoriametrics scenario.)"""
     fleet = {"fleet_station_passwords": {}, "restore_archive": str(tmp_path), "restore_database": "fleet",
              "fleet_centrals": [{"name": "central_vm", "url": "http://vm1:8427", "host": "vm1",
                                  "central_backend": "victoriametrics"}]}
@@ -103,7 +104,7 @@ def test_influxdb_playbooks_leave_a_victoriametrics_central_alone(tmp_path):
     (tmp_path / "hosts.yml").write_text(yaml.safe_dump({"all": {"children": {"central": {"hosts": {"vm1": {
         "ansible_connection": "local", "ansible_python_interpreter": sys.executable}}}}}}))
     env = {**os.environ, "ANSIBLE_CONFIG": str(ROOT / "ansible.cfg")}
-    for playbook in ("backup.yml", "restore.yml", "backfill.yml"):
+    for playbook in ("backfill.yml",):
         argv = ["ansible-playbook", "-i", str(tmp_path / "hosts.yml"), "-e", f"@{tmp_path / 'fleet.json'}",
                 str(ROOT / "playbooks" / playbook)]
         run = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT, timeout=300)

@@ -4,9 +4,12 @@ the lab network with numeric_only and time_resolution ms, as the fleet configure
 
 from __future__ import annotations
 
+import base64
 import json
 import re
 import time
+import urllib.parse
+import urllib.request
 from collections.abc import Iterator
 
 import msgpack
@@ -14,7 +17,7 @@ import pytest
 import zmq
 from conftest import ROOT
 from harness import BridgeProcess, quiet_ledger, wait_for
-from servers import free_port
+from servers import Influxd, free_port
 from station_bridge.demo import wait_for_subscriber
 from station_bridge.metrics import value
 from verifier import http, run_playbook
@@ -57,16 +60,33 @@ def vm_requests(host) -> int:
     return 0
 
 
-def publish(endpoint: str, records: list[dict]) -> None:
+def publish(endpoint: str, records: list[dict], topic: bytes = b"obs") -> None:
     context = zmq.Context()
     socket = context.socket(zmq.XPUB)
     socket.setsockopt(zmq.SNDHWM, 0)
     socket.bind(endpoint)
-    assert wait_for_subscriber(socket, b"obs", 15), "the bridge did not subscribe"
+    assert wait_for_subscriber(socket, topic, 15), "the bridge did not subscribe"
     for record in records:
-        socket.send_multipart([b"obs", msgpack.packb(record)])
+        socket.send_multipart([topic, msgpack.packb(record)])
     socket.close(linger=10_000)
     context.term()
+
+
+def wait_received(bridge: BridgeProcess, subscription: str, n: int) -> None:
+    """Until the bridge has taken in all `n` messages: the ledger also closes, trivially, while the
+    messages are still on their way (on a loaded machine it did, with nothing written yet)."""
+    wait_for(lambda: value(bridge.samples(), "bridge_received_messages_total", subscription=subscription) >= n, 30,
+             f"{n} messages received on {subscription}")
+
+
+def read_api(vmauth_url: str, path: str, params: dict[str, str]) -> dict:
+    """The query or export API as Grafana reaches it: through vmauth from another host (this
+    controller), with the reader's credential."""
+    request = urllib.request.Request(f"{vmauth_url}{path}", data=urllib.parse.urlencode(params).encode())
+    request.add_header("Authorization", "Basic " + base64.b64encode(":".join(READER).encode()).decode())
+    with urllib.request.urlopen(request, timeout=30) as response:
+        body = response.read().decode()
+    return json.loads(body) if path != "/api/v1/export" else {"series": [json.loads(x) for x in body.splitlines() if x]}
 
 
 @pytest.fixture()
@@ -131,6 +151,71 @@ def test_a_station_cannot_write_as_another_nor_read(host, vmauth_url):
                 auth=READER).status in (400, 401, 403)
 
 
+DUAL = {"measurement": "dual", "tags": ["inst"],
+        "fields": {"v": "float", "n": "integer", "ok": "boolean", "note": "string"},
+        "time": {"field": "t", "format": "epoch_ns"}}
+# When the stations of the next test last wrote their self-metrics (the overview test reads them).
+SELF_METRICS: dict[str, float] = {}
+
+
+def test_stations_forward_to_an_influxdb_and_a_victoriametrics_central_at_once(host, vmauth_url, tmp_path):
+    """Two stations' bridges (ams, bcn; this checkout's, on the controller), each with two centrals:
+    a real InfluxDB (influxd on the controller, all fields) and this VictoriaMetrics through vmauth
+    (numeric_only, time_resolution ms), as the fleet configures one central of each kind. Per
+    station and field, VictoriaMetrics holds as many samples as InfluxDB landed for each numeric
+    (and boolean) field; the string field is in InfluxDB, nowhere in VictoriaMetrics (not as 0),
+    and counted dropped for that destination alone. Their self-metrics feed the overview test."""
+    central = Influxd(tmp_path / "influxd").start()
+    central.query("CREATE DATABASE fleet")
+    n = 200
+    base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
+    bridges = {}
+    try:
+        for code, credential in (("ams", AMS), ("bcn", BCN)):
+            (tmp_path / code).mkdir()
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            vm = {"name": "central_vm", "url": vmauth_url + "/influx", "database": "fleet", "username": credential[0],
+                  "batch_size": 200, "max_backoff": "1s", "numeric_only": True, "time_resolution": "ms"}
+            process = BridgeProcess(tmp_path / code, None, "fleet", endpoint, station=code, shutdown_timeout=2,
+                                    destination={"name": "central", "url": central.url, "max_backoff": "1s"},
+                                    destinations_extra=[vm], self_metrics={"interval": "1s", "instance": "dual"},
+                                    subscription={"name": "dual", "topics": ["dual"], "mapping": DUAL})
+            process.env["PYTHONPATH"] = str(ROOT / "bridge" / "src")
+            process.env["STATION_BRIDGE_CENTRAL_VM_PASSWORD"] = credential[1]
+            bridges[code] = (process.start(), endpoint)
+        for code, (_, endpoint) in bridges.items():
+            publish(endpoint, [{"t": base + i * 2_000_000, "inst": f"{'AB'[i % 2]}-{base}", "v": i / 8, "n": i,
+                                "ok": i % 3 == 0, "note": f"{code} {i}"} for i in range(n)], topic=b"dual")
+        for process, _ in bridges.values():
+            wait_received(process, "dual", n)
+            samples = quiet_ledger(process, ("central", "central_vm"), ("dual",), timeout=60)
+            assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
+            assert value(samples, "bridge_dropped_fields_total", destination="central", reason="non_numeric") == 0
+        # Two self-metrics reports after the data (and a rate's two samples) for the overview.
+        time.sleep(2)
+        for process, _ in bridges.values():
+            assert process.stop() == 0
+        SELF_METRICS["written"] = time.time()
+        counted = central.query(f"SELECT count(*) FROM dual WHERE inst =~ /-{base}$/ GROUP BY station", db="fleet")
+        landed = {(row["station"], field.removeprefix("count_")): row[field]
+                  for row in counted for field in row if field.startswith("count_")}
+        assert landed == {(code, f): n for code in bridges for f in ("v", "n", "ok", "note")}, landed
+        http(host, "GET", VM + "/internal/force_flush")
+        match = f'{{__name__=~"dual_.*",inst=~"[AB]-{base}"}}'
+        series = read_api(vmauth_url, "/api/v1/export", {"match[]": match})["series"]
+        in_vm: dict[tuple[str, str], int] = {}
+        for s in series:
+            key = (s["metric"]["station"], s["metric"]["__name__"].removeprefix("dual_"))
+            in_vm[key] = in_vm.get(key, 0) + len(s["values"])
+        print("per station and field, InfluxDB:", landed, "VictoriaMetrics:", in_vm)
+        assert in_vm == {key: count for key, count in landed.items() if key[1] != "note"}, in_vm
+    finally:
+        for process, _ in bridges.values():
+            if process.alive:
+                process.kill()
+        central.stop()
+
+
 def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, bridge):
     """Per series and field, as many samples as numeric fields sent; the string field nowhere
     (not as 0), counted by the bridge; the station label is the credential's."""
@@ -140,6 +225,7 @@ def test_forwarded_points_land_per_numeric_field_and_strings_are_counted(host, b
                for i in range(n)]
     bridge.start()
     publish(bridge.endpoint, records)
+    wait_received(bridge, "obs", n)
     samples = quiet_ledger(bridge, ("central_vm",), ("obs",), timeout=60)
     assert value(samples, "bridge_written_points_total", destination="central_vm") == n
     assert value(samples, "bridge_dropped_fields_total", destination="central_vm", reason="non_numeric") == n
@@ -213,8 +299,150 @@ def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
     assert bridge.stop() == 0
 
 
+def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url, tmp_path):
+    """playbooks/migrate-to-victoriametrics.yml against a real central InfluxDB (influxd with auth
+    on the controller, on the lab network's side): every numeric and boolean field copied with
+    equal counts per measurement and field, the string field counted and not copied; then two
+    points of one series 5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it."""
+    gateway = host.check_output("ip -4 route show default").split()[2]
+    central = Influxd(tmp_path / "influxd", auth=True)
+    config = central.workdir / "influxdb.conf"
+    config.write_text(config.read_text().replace(f'"127.0.0.1:{central.port}"', f'"{gateway}:{central.port}"'))
+    central.url = f"http://{gateway}:{central.port}"
+    central.start()
+    try:
+        database = f"history_{int(time.time())}"  # a rerun's copy apart from an earlier one's
+        central.query(f"CREATE DATABASE {database}")
+        t = time.time_ns() // 1_000_000 * 1_000_000 - 6 * 3600 * 10**9
+        lines = "\n".join(f"history,station={('ams', 'bcn')[i % 2]},inst=I{i % 5} v={i / 3},n={i}i,"
+                          f"ok={str(i % 4 == 0).lower()},note=\"n{i}\" {t + i * 7_000_000}" for i in range(3000))
+        assert central.write(lines, database)[0] == 204
+        extra = ("-e", f"migrate_influx_url={central.url}", "-e", f"migrate_database={database}",
+                 "-e", "migrate_influx_user=admin", "-e", f"migrate_influx_password={central.admin[1]}",
+                 "-e", "migrate_hosts=all")
+        migrated = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
+        assert migrated.rc == 0, migrated.output
+        copied: dict[tuple[str, str], int] = {}
+        for series in read_api(vmauth_url, "/api/v1/export", {"match[]": f'{{db="{database}"}}'})["series"]:
+            key = (series["metric"]["__name__"], series["metric"]["station"])
+            copied[key] = copied.get(key, 0) + len(series["values"])
+        assert copied == {(f"history_{f}", code): 1500 for f in ("v", "n", "ok") for code in ("ams", "bcn")}, copied
+        assert host.run("test -e /root/.station-stack-migrate.env").rc != 0, "the settings file was left"
+
+        assert central.write(f"history,station=ams,inst=X v=1 {t}\nhistory,station=ams,inst=X v=2 {t + 5}",
+                             database)[0] == 204
+        differs = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
+        assert differs.rc != 0
+        assert '"field": "v"' in json.dumps(differs.output) and "Counts differ" in json.dumps(differs.output)
+    finally:
+        central.stop()
+
+
+# What Grafana substitutes in a Prometheus datasource's expression.
+PROM_MACROS = {"$__rate_interval": "1m", "$__range": "1h", "$__interval": "15s"}
+
+
+def test_metricsql_fleet_overview_panels_return_rows_for_every_station(vmauth_url, tmp_path):
+    """roles/grafana's MetricsQL overview, rendered by its template: each panel's expressions as
+    Grafana sends them (instant for a table, range for a time series; macros substituted; no
+    `nocache`, so through the 30 s -search.latencyOffset) through vmauth as the reader, each with
+    rows for both stations whose self-metrics the two-central test forwarded."""
+    assert SELF_METRICS, "needs test_stations_forward_to_an_influxdb_and_a_victoriametrics_central_at_once"
+    dest = tmp_path / "fleet-overview-vm.json"
+    rendered = run_playbook(ROOT / "molecule" / "victoriametrics" / "render-overview.yml", "central.yml",
+                            "-e", f"overview_dest={dest}")
+    assert rendered.rc == 0, rendered.output
+    dashboard = json.loads(dest.read_text())
+    assert dashboard["uid"] == "ss-fleet-overview-vm"
+    (variable,) = dashboard["templating"]["list"]
+    assert variable["query"] == "prometheus" and variable["current"]["value"] == "central-central_vm"
+    targets = [(panel["title"], target) for panel in dashboard["panels"] for target in panel["targets"]]
+    assert len(dashboard["panels"]) == 8 and len(targets) >= 8
+
+    def stations(target: dict) -> set[str]:
+        expr = target["expr"]
+        for macro, replacement in PROM_MACROS.items():
+            expr = expr.replace(macro, replacement)
+        assert "$" not in expr, expr
+        now = time.time()
+        if target["instant"]:
+            answer = read_api(vmauth_url, "/api/v1/query", {"query": expr, "time": f"{now:.3f}"})
+        else:
+            answer = read_api(vmauth_url, "/api/v1/query_range",
+                              {"query": expr, "start": f"{now - 3600:.3f}", "end": f"{now:.3f}", "step": "15"})
+        assert answer["status"] == "success", answer
+        return {r["metric"].get("station") for r in answer["data"]["result"] if r.get("value") or r.get("values")}
+
+    # The overview sees samples once they are older than the latency offset.
+    missing: list[str] = []
+
+    def all_answer() -> bool:
+        missing[:] = [f"{title}: {target['expr']}: {sorted(s or '' for s in found)}" for title, target in targets
+                      if (found := stations(target)) != {"ams", "bcn"}]
+        return not missing
+
+    try:
+        wait_for(all_answer, max(10.0, SELF_METRICS["written"] + 45 - time.time()), "every panel", interval=2)
+    except AssertionError as exc:
+        raise AssertionError("panels without both stations' rows:\n" + "\n".join(missing)) from exc
+    print(f"{len(targets)} expressions answered for ams and bcn "
+          f"{time.time() - SELF_METRICS['written']:.0f} s after the last self-metrics")
+
+
 def test_no_secret_in_world_readable_files(host):
     out = host.run("grep -rl molecule-vm- /etc /var/lib/victoria-metrics 2>/dev/null").stdout.split()
     for path in out:
         assert host.file(path).mode & 0o004 == 0, path
 
+
+
+# --- backup and restore (last: it wipes the central's data) -------------------------------------
+
+def samples_per_series(host, vmauth_url: str) -> dict[str, int]:
+    """Every series of the central (name and labels) -> its sample count, from the export API (as
+    the reader, from the controller: one round trip each), after a flush; read until two reads a
+    second apart agree."""
+    http(host, "GET", VM + "/internal/force_flush")
+    previous = None
+    for _ in range(30):
+        series = read_api(vmauth_url, "/api/v1/export", {"match[]": '{__name__=~".+"}'})["series"]
+        found = {json.dumps(s["metric"], sort_keys=True): len(s["values"]) for s in series}
+        if found == previous:
+            return found
+        previous = found
+        time.sleep(1)
+    raise AssertionError("the export kept changing")
+
+
+def test_backup_lose_everything_restore_counts_equal(host, vmauth_url, tmp_path):
+    """playbooks/backup.yml (vmbackup from a snapshot, archive fetched 0600) and restore.yml
+    (vmrestore into the stopped server): every series back with as many samples as before a loss
+    of the whole data directory."""
+    t = time.time_ns() // 1_000_000 * 1_000_000
+    lines = "\n".join(f"backup_probe,run={t},sensor=s{i % 3} v={i} {t - i * 1_000_000}" for i in range(500))
+    assert http(host, "POST", VM + "/influx/write", {"db": "fleet"}, lines).status == 204
+    before = samples_per_series(host, vmauth_url)
+    assert sum(n for k, n in before.items() if f'"run": "{t}"' in k) == 500
+    assert len(before) >= 3, before  # and what the earlier tests wrote
+
+    backup = run_playbook(ROOT / "playbooks" / "backup.yml", "central.yml", "-e", f"backup_controller_dir={tmp_path}")
+    assert backup.rc == 0, backup.output
+    archives = list(tmp_path.glob("*/victoriametrics-*.tar.gz"))
+    assert len(archives) == 1 and archives[0].stat().st_mode & 0o077 == 0, archives
+    assert host.run("ls /var/lib/victoria-metrics/snapshots").stdout.strip() == "", "the snapshot was not deleted"
+
+    # The data directory lost: the server starts empty.
+    host.run_expect([0], "systemctl stop victoria-metrics && rm -rf /var/lib/victoria-metrics/* "
+                         "&& systemctl start victoria-metrics")
+    health = f"python3 -c 'import urllib.request; urllib.request.urlopen(\"{VM}/health\")'"
+    wait_for(lambda: host.run(health).rc == 0, 30, "VictoriaMetrics back")
+    assert samples_per_series(host, vmauth_url) == {}
+
+    refused = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}")
+    assert refused.rc != 0  # restore_replace=true is required: it replaces everything
+    restore = run_playbook(ROOT / "playbooks" / "restore.yml", "central.yml", "-e", f"restore_archive={archives[0]}",
+                           "-e", "restore_replace=true")
+    assert restore.rc == 0, restore.output
+    assert samples_per_series(host, vmauth_url) == before
+    assert host.service("victoria-metrics").is_running
+    assert host.check_output("find /var/lib/victoria-metrics ! -user _victoria-metrics | head -1") == ""
