@@ -366,7 +366,7 @@ def plan_schema(client, params):
                 steps.append(Step("continuous_query", cq["name"], plan, database=name,
                                   apply_with=_cq_apply(want, have)))
         if params["prune"]:
-            steps.extend(_prune_schema(client, databases, new_databases))
+            steps.extend(_prune_schema(client, databases, new_databases, planned_default))
     if users is not None:
         steps.extend(_plan_users(client, params, users, server_databases, new_databases))
     return steps
@@ -383,8 +383,14 @@ def _cq_apply(want, have):
     return apply_cq
 
 
-def _prune_schema(client, databases, new_databases):
-    """Drop steps for the CQs, then the retention policies, that exist but are not declared."""
+# What CREATE DATABASE leaves besides the declared objects: its default policy `autogen` (kept
+# forever, shard groups of 7 days).
+AUTOGEN = dict(name="autogen", duration=0, shard_duration=7 * 24 * 3600 * 10**9, replication=1)
+
+
+def _prune_schema(client, databases, new_databases, planned_default):
+    """Drop steps for the CQs, then the retention policies, that exist but are not declared (in a
+    database this call creates: its `autogen`, unless declared)."""
     cq_steps, rp_steps = [], []
     server_cqs = {}
     for row in client.rows("SHOW CONTINUOUS QUERIES"):
@@ -392,6 +398,12 @@ def _prune_schema(client, databases, new_databases):
     for db in databases:
         name = db["name"]
         if name in new_databases:
+            declared = {rp["name"] for rp in db["retention_policies"]}
+            if declared and AUTOGEN["name"] not in declared:
+                policy = dict(AUTOGEN, default=name not in planned_default)
+                want = dict(database=name, name=AUTOGEN["name"], state="absent")
+                plan = rp_plan(want, dict(database_exists=True, policy=policy))
+                rp_steps.append(Step("retention_policy", AUTOGEN["name"], plan, database=name, state="absent"))
             continue
         declared = {cq["name"] for cq in db["continuous_queries"]}
         for cq_name in server_cqs.get(name, []):

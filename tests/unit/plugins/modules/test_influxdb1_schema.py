@@ -171,3 +171,16 @@ def test_duplicates_are_refused(run, server):
     args["users"].append(dict(args["users"][0]))
     result = run("influxdb1_schema", args)
     assert result["failed"] and "user declared more than once: 'sch_dup_writer'" in result["msg"], result
+
+
+def test_prune_in_a_new_database_drops_its_autogen_in_the_same_call(run, server):
+    # CREATE DATABASE adds `autogen`: undeclared, it goes in the call that created the database,
+    # so the next converge changes nothing (and check mode said so).
+    args = server.login(**schema("sch_prune_new"), prune=True)
+    args["keep_users"] = sorted(users(server))
+    checked = run("influxdb1_schema", args, check=True)
+    created = run("influxdb1_schema", args)
+    assert created["queries"] == checked["queries"]
+    assert 'DROP RETENTION POLICY "autogen" ON "sch_prune_new"' in created["queries"], created["queries"]
+    assert set(policies(server, "sch_prune_new")) == {"standard", "long_term"}
+    assert run("influxdb1_schema", args)["changed"] is False
