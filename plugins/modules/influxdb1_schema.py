@@ -12,7 +12,7 @@ short_description: Manage an InfluxDB 1.x schema and its users in one call
 description:
   - The list form of M(station_stack.station.influxdb1_database),
     M(station_stack.station.influxdb1_retention_policy),
-    M(station_stack.station.influxdb1_continuous_query) and M(station_stack.station.influxdb1_user):
+    M(station_stack.station.influxdb1_continuous_query) and M(station_stack.station.influxdb1_user),
     one module call (one remote execution) for every declared object instead of one per object,
     which over a slow link costs about a second each.
   - Each object is read, compared and planned exactly as its single-object module does (the same
@@ -176,8 +176,8 @@ attributes:
   platform:
     platforms: posix
 notes:
-  - InfluxDB with auth on and no admin yet accepts only the admin's creation: create it first with
-    M(station_stack.station.influxdb1_user) (O(ignore:admin=true)).
+  - InfluxDB with auth on and no admin yet accepts only the admin's creation, so create it first
+    with M(station_stack.station.influxdb1_user) (O(ignore:admin=true)).
 author: station-stack contributors (@station-stack)
 """
 
