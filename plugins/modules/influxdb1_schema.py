@@ -263,6 +263,35 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_us
     read as user_read,
 )
 
+
+class PlanningClient(InfluxDBClient):
+    """While the schema is planned (nothing changes then), each SHOW statement is asked once.
+
+    InfluxDB checks the credentials of every request (bcrypt: about 70 ms each on a station's
+    core), and the single-object reads ask SHOW DATABASES, a database's policies and the CQs
+    once per object. `planning` is turned off before anything is applied.
+    """
+
+    def __init__(self, params):
+        super().__init__(params)
+        self.planning = True
+        self._answers = {}
+
+    def query(self, statement, database=None, credentials=True):
+        if not (self.planning and statement.startswith("SHOW ")):
+            return super().query(statement, database, credentials)
+        key = (statement, database, credentials)
+        if key not in self._answers:
+            try:
+                self._answers[key] = (True, super().query(statement, database, credentials))
+            except InfluxDBError as exc:
+                self._answers[key] = (False, exc)
+        ok, answer = self._answers[key]
+        if not ok:
+            raise answer
+        return answer
+
+
 KIND_LABELS = dict(database="database", retention_policy="retention policy",
                    continuous_query="continuous query", user="user")
 
@@ -507,8 +536,9 @@ def main():
     )
     steps = []
     try:
-        client = InfluxDBClient(module.params)
+        client = PlanningClient(module.params)
         steps = plan_schema(client, module.params)
+        client.planning = False
         if not module.check_mode:
             apply_steps(client, steps)
     except PlanError as exc:

@@ -184,3 +184,26 @@ def test_prune_in_a_new_database_drops_its_autogen_in_the_same_call(run, server)
     assert 'DROP RETENTION POLICY "autogen" ON "sch_prune_new"' in created["queries"], created["queries"]
     assert set(policies(server, "sch_prune_new")) == {"standard", "long_term"}
     assert run("influxdb1_schema", args)["changed"] is False
+
+
+def test_planning_asks_each_show_statement_once(run, server, monkeypatch):
+    # InfluxDB checks the credentials of every request (bcrypt, ~70 ms on a station): the
+    # single-object reads asked SHOW DATABASES and a database's policies once per object.
+    from ansible_collections.station_stack.station.plugins.module_utils import influxdb1_api
+
+    args = server.login(**schema("sch_count"), prune=True)
+    args["keep_users"] = sorted(users(server))
+    run("influxdb1_schema", args)
+    asked = []
+    query = influxdb1_api.InfluxDBClient.query
+
+    def counting(self, statement, database=None, credentials=True):
+        asked.append(statement)
+        return query(self, statement, database, credentials)
+
+    monkeypatch.setattr(influxdb1_api.InfluxDBClient, "query", counting)
+    assert run("influxdb1_schema", args)["changed"] is False
+    # SHOW DATABASES unauthenticated (the auth state), as the admin, and as each user (its login).
+    assert {s for s in asked if asked.count(s) > 1} == {"SHOW DATABASES"}, asked
+    assert asked.count("SHOW DATABASES") == 2 + len(args["users"]), asked
+    assert len(asked) == 9, asked  # without the planning cache: 22
