@@ -301,7 +301,7 @@ class Step:
 
     def __init__(self, kind, name, plan, database=None, state="present", apply_with=None):
         self.kind, self.name, self.plan, self.database, self.state = kind, name, plan, database, state
-        self.apply_with = apply_with or (lambda client, plan: apply(client, plan))
+        self.apply_with = apply_with or apply
 
     @property
     def label(self):

@@ -97,7 +97,7 @@ def test_only_what_differs_changes_with_a_diff_per_object(run, server):
                                                             "user sch_drift_writer"]
     assert result["diff"][0]["before"]["duration"] == "365d" and result["diff"][0]["after"]["duration"] == "400d"
     assert policies(server, "sch_drift")["long_term"] == ("9600h0m0s", False)
-    status, _ = server.http("/query", {"q": "SHOW DATABASES"}, auth=("sch_drift_writer", "w-rotated"))
+    status, _body = server.http("/query", {"q": "SHOW DATABASES"}, auth=("sch_drift_writer", "w-rotated"))
     assert status != 401
 
 
@@ -107,7 +107,7 @@ def test_no_password_in_the_result_and_check_mode_changes_none(run, server):
     args["users"][1]["password"] = "r-rotated-secret"
     checked = run("influxdb1_schema", args, check=True)
     assert checked["changed"]
-    status, _ = server.http("/query", {"q": "SHOW DATABASES"}, auth=("sch_pw_reader", "r-secret-sch_pw"))
+    status, _body = server.http("/query", {"q": "SHOW DATABASES"}, auth=("sch_pw_reader", "r-secret-sch_pw"))
     assert status != 401  # check mode set nothing
     for result in (checked, run("influxdb1_schema", args)):
         text = json.dumps(result)
