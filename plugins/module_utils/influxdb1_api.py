@@ -232,6 +232,17 @@ def run(module, read, make_plan, apply_plan=apply):
     module.exit_json(**plan.output(module._diff))
 
 
+def database_plan(name, state, databases):
+    """Pure: the statement that makes `name` exist (or not), given the server's database names."""
+    exists = name in databases
+    result = Plan(before={"name": name} if exists else {}, after={"name": name} if state == "present" else {})
+    if state == "present" and not exists:
+        result.add("CREATE DATABASE %s" % quote_ident(name))
+    elif state == "absent" and exists:
+        result.add("DROP DATABASE %s" % quote_ident(name))
+    return result
+
+
 # --- quoting ---------------------------------------------------------------------
 
 

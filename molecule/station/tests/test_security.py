@@ -67,7 +67,8 @@ def test_no_secret_in_the_log_of_a_converge_that_rewrites_every_secret(host, inf
     assert result.rc == 0, result.output
     changed = {task for task, _ in result.changed}
     assert {"bridge : Write the directories, each instance's configuration and secrets, and the unit",
-            "influxdb : Manage users and their grants", "grafana : Create the directories and render grafana.ini",
+            "influxdb : Manage databases, retention policies, continuous queries, users and grants",
+            "grafana : Create the directories and render grafana.ini",
             "station_services : Write each service's directories, environment and unit",
             "redis : Write redis.conf and the systemd drop-in"} <= changed, changed
     text = json.dumps(result.output)

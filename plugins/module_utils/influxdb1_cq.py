@@ -1,0 +1,309 @@
+# -*- coding: utf-8 -*-
+# Copyright: station-stack contributors
+# Apache License 2.0 (see LICENSE)
+"""A continuous query's read, pure plan and apply (with its backfill): shared by
+influxdb1_continuous_query (one CQ per call) and influxdb1_schema (a whole schema per call)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_api import (
+    InfluxDBError,
+    Plan,
+    PlanError,
+    apply,
+    quote_ident,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_backfill import (
+    BackfillError,
+    bucket_start,
+    chunk_duration,
+    format_time,
+    from_sources,
+    group_by_time,
+    load_zone,
+    next_bucket,
+    parse_time,
+    windows,
+    with_time_range,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
+    DurationError,
+    format_duration,
+    parse_duration,
+)
+from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_influxql import (
+    canonical_select,
+    cq_statement,
+    parse_stored_cq,
+    render,
+)
+
+# The scratch name a changed CQ is validated under before the old one is dropped.
+PROBE_SUFFIX = "__station_stack_probe"
+
+
+def stored_query(client, database, name):
+    for row in client.rows("SHOW CONTINUOUS QUERIES"):
+        if row["_series"] == database and row["name"] == name:
+            return row["query"]
+    return None
+
+
+def read(client, database, name, query=None, backfill=None):
+    """The server's side: whether the database exists, the CQ's stored text, the default RP, and
+    for a backfill the clock and the durations of the retention policies its FROM clause reads."""
+    if database not in client.databases():
+        return dict(database_exists=False, stored=None, default_rp=None)
+    have = dict(database_exists=True, stored=stored_query(client, database, name),
+                default_rp=client.default_retention_policy(database))
+    if backfill and query:
+        have["now"] = time.time_ns()
+        have["retention"] = {}
+        try:
+            sources = from_sources(canonical_select(query, database, have["default_rp"]))
+        except (ValueError, KeyError):
+            sources = []  # the plan names what is wrong with the query
+        existing = client.databases()
+        for source_db in sorted({db for db, _rp in sources if db in existing}):
+            for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(source_db)):
+                have["retention"][(source_db, row["name"])] = parse_duration(row["duration"])
+    return have
+
+
+def create_statement(name, database, query, every=None, for_=None):
+    """The CREATE statement the module runs: the declared SELECT as written, resample durations normalised."""
+    resample = ""
+    if every or for_:
+        resample = "RESAMPLE "
+        if every:
+            resample += "EVERY %s " % format_duration(every)
+        if for_:
+            resample += "FOR %s " % format_duration(for_)
+    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (
+        quote_ident(name), quote_ident(database), resample, query)
+
+
+def _resample(value, option, label):
+    if value is None or value == "":
+        return None
+    try:
+        ns = parse_duration(value)
+    except DurationError as exc:
+        raise PlanError("%s: %s %s" % (label, option, exc)) from exc
+    if ns == 0:
+        raise PlanError("%s: %s must be longer than 0 (omit it for the server's default)" % (label, option))
+    return ns
+
+
+class CQPlan(Plan):
+    """A Plan with the backfill that goes with it: changed when a statement or a chunk runs."""
+
+    def __init__(self, before=None, after=None):
+        super().__init__(before, after)
+        self.backfill = None
+
+    @property
+    def changed(self):
+        return bool(self.changes) or bool(self.backfill and self.backfill["windows"])
+
+
+def backfill_plan(spec, have, label, select_tokens, resample_for, reason):
+    """Pure: the chunks of a backfill (windows of whole buckets), or PlanError naming the problem."""
+    now = have["now"]
+    try:
+        interval, offset, tz_name = group_by_time(select_tokens)
+        zone = load_zone(tz_name)
+        if spec.get("window"):
+            length = parse_duration(spec["window"])
+            if length == 0:
+                raise BackfillError("window must be longer than 0")
+            since = now - length
+        else:
+            since = parse_time(spec["since"])
+            if since > now:
+                raise BackfillError("since %s is in the future" % spec["since"])
+        chunk = chunk_duration(spec.get("chunk"), interval, resample_for)
+        warnings = []
+        # Raw points older than a source RP's duration may be gone: start at the first whole bucket.
+        for (source_db, source_rp) in from_sources(select_tokens):
+            duration = have.get("retention", {}).get((source_db, source_rp))
+            if duration and since < now - duration:
+                first = bucket_start(now - duration, interval, offset, zone)
+                if first < now - duration:
+                    first = next_bucket(first, interval, offset, zone)
+                warnings.append(
+                    "%s: backfill starts at %s instead of %s: older raw points in %s.%s (duration %s) may have "
+                    "expired, and recomputing a partly expired interval would overwrite its value with a partial "
+                    "one" % (label, format_time(first), format_time(since), source_db, source_rp,
+                             format_duration(duration)))
+                since = first
+        chunks = windows(since, now, interval, offset, zone, chunk)
+    except (BackfillError, DurationError) as exc:
+        raise PlanError("%s: backfill %s" % (label, exc)) from exc
+    return dict(reason=reason, windows=chunks, chunk=chunk, interval=interval, offset=offset, zone=zone,
+                select=select_tokens, warnings=warnings)
+
+
+def backfill_summary(backfill):
+    """The backfill as the module returns it (and shows in the diff)."""
+    chunks = backfill["windows"]
+    out = dict(reason=backfill["reason"], chunks=len(chunks), chunk=format_duration(backfill["chunk"]))
+    if chunks:
+        out.update(start=format_time(chunks[0][0]), end=format_time(chunks[-1][1]),
+                   first=dict(start=format_time(chunks[0][0]), end=format_time(chunks[0][1])),
+                   last=dict(start=format_time(chunks[-1][0]), end=format_time(chunks[-1][1])),
+                   first_query=render(with_time_range(backfill["select"], *chunks[0])),
+                   last_query=render(with_time_range(backfill["select"], *chunks[-1])))
+    return out
+
+
+def _diff_lines(summary):
+    if not summary["chunks"]:
+        return ""
+    return ("-- backfill (%s): %d chunk(s) of up to %s, %s .. %s\n-- first: %s\n-- last: %s\n" % (
+        summary["reason"], summary["chunks"], summary["chunk"], summary["start"], summary["end"],
+        summary["first_query"], summary["last_query"]))
+
+
+def plan(want, have):
+    """Pure: DROP and/or CREATE that make the server's CQ equal to the declared one, and the backfill.
+
+    Both sides are compared and shown (diff) in the same canonical form, so quoting, keyword
+    case, qualification with database and default RP, and duration spellings never count as a
+    difference. Raises PlanError for a declaration that cannot be a CQ, before anything runs.
+    """
+    database, name = want["database"], want["name"]
+    label = "continuous query %s.%s" % (database, name)
+    if not have["database_exists"]:
+        raise PlanError("database %r does not exist: create it before its continuous query %r" % (database, name))
+    stored, default_rp = have["stored"], have["default_rp"]
+    before_text = ""
+    stored_tokens = None
+    if stored:
+        try:
+            s_every, s_for, s_select = parse_stored_cq(stored)
+        except ValueError as exc:
+            raise PlanError("%s: %s" % (label, exc)) from exc
+        stored_tokens = canonical_select(s_select, database, default_rp)
+        before_text = cq_statement(name, database, stored_tokens, s_every, s_for)
+    drop = "DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(name), quote_ident(database))
+
+    if want["state"] == "absent":
+        result = CQPlan(before=before_text + "\n" if stored else "", after="")
+        if stored:
+            result.add(drop)
+        return result
+
+    query = (want.get("query") or "").strip()
+    if not re.match(r"(?i)^SELECT\b", query) or not re.search(r"(?i)\bINTO\b", query):
+        raise PlanError("%s: query must be a SELECT ... INTO ... statement (without CREATE CONTINUOUS QUERY/"
+                        "BEGIN/END), got: %s" % (label, query))
+    every = _resample(want.get("resample_every"), "resample_every", label)
+    for_ = _resample(want.get("resample_for"), "resample_for", label)
+    tokens = canonical_select(query, database, default_rp)
+    after_text = cq_statement(name, database, tokens, every, for_)
+    result = CQPlan(before=before_text + "\n" if stored else "", after=after_text + "\n")
+    changed = after_text != before_text
+    spec = want.get("backfill")
+    if changed and (stored or spec):
+        # A CQ cannot be altered. Validate the new one under a scratch name first, so a query the
+        # server refuses never leaves the old CQ dropped (and a backfill reads the server's text).
+        probe = name + PROBE_SUFFIX
+        result.check(create_statement(probe, database, query, every, for_))
+        result.check("DROP CONTINUOUS QUERY %s ON %s" % (quote_ident(probe), quote_ident(database)))
+    if changed:
+        if stored:
+            result.add(drop)
+        result.add(create_statement(name, database, query, every, for_))
+    if spec:
+        reason = ("changed" if stored else "created") if changed else (
+            "requested" if spec.get("run") == "always" else "none")
+        if reason == "none":
+            result.backfill = dict(reason=reason, windows=[], chunk=0, select=tokens)
+            result.backfill["chunk"] = chunk_duration(spec.get("chunk"), _interval(tokens, label), for_)
+        else:
+            # Unchanged: the server's own text; new or changed: the declaration, which the server
+            # stores as the same canonical tokens (apply reads them back from the scratch copy).
+            result.backfill = backfill_plan(spec, have, label, tokens if changed else stored_tokens, for_, reason)
+            result.warnings.extend(result.backfill["warnings"])
+        summary = backfill_summary(result.backfill)
+        result.result["backfill"] = summary
+        result.after = result.after + _diff_lines(summary)
+    return result
+
+
+def _interval(tokens, label):
+    try:
+        return group_by_time(tokens)[0]
+    except BackfillError as exc:
+        raise PlanError("%s: backfill %s" % (label, exc)) from exc
+
+
+# --- apply ------------------------------------------------------------------------------------------
+
+
+def _run(client, change):
+    try:
+        client.query(change.statement, credentials=change.credentials)
+    except InfluxDBError as exc:
+        raise InfluxDBError("InfluxDB refused `%s`: %s" % (change.shown, exc.message), exc.status) from exc
+
+
+def run_chunks(client, database, label, select, chunks, note):
+    """Runs each chunk's SELECT ... INTO; returns the points written. Fails naming the chunk."""
+    written = 0
+    for number, (start, end) in enumerate(chunks, 1):
+        statement = render(with_time_range(select, start, end))
+        try:
+            answer = client.query(statement, database=database)
+        except InfluxDBError as exc:
+            raise InfluxDBError(
+                "%s: backfill chunk %d/%d [%s, %s) failed: InfluxDB refused `%s`: %s. %s" % (
+                    label, number, len(chunks), format_time(start), format_time(end), statement, exc.message,
+                    note), exc.status) from exc
+        for series in answer.get("series") or []:
+            if "written" in series.get("columns", []):
+                column = series["columns"].index("written")
+                written += sum(int(row[column] or 0) for row in series.get("values") or [])
+    return written
+
+
+def apply_plan(client, result, params, have):
+    """Runs the plan: without a backfill as every module does; with one, in the order that never
+    leaves a gap reported as done (see the backfill option's documentation)."""
+    backfill = result.backfill
+    database, name = params["database"], params["name"]
+    label = "continuous query %s.%s" % (database, name)
+    if not backfill or not backfill["windows"]:
+        apply(client, result)
+        return
+    select = backfill["select"]
+    if result.changes:
+        probe_create, probe_drop = result.checks
+        _run(client, probe_create)
+        try:
+            probe_text = stored_query(client, database, name + PROBE_SUFFIX)
+        finally:
+            _run(client, probe_drop)
+        if probe_text:  # the CQ as the server stores it: its SELECT is what the backfill runs
+            select = canonical_select(parse_stored_cq(probe_text)[2], database, have["default_rp"])
+        for change in result.changes[:-1]:  # the old definition's DROP
+            _run(client, change)
+        note = ("The continuous query was not created%s: a rerun backfills again and creates it." % (
+            " (its old definition was dropped)" if have["stored"] else ""))
+    else:
+        note = "The continuous query is unchanged; rerun the request to recompute the window."
+    written = run_chunks(client, database, label, select, backfill["windows"], note)
+    catch_up = []
+    if result.changes:
+        _run(client, result.changes[-1])
+        # Buckets that completed while the backfill ran: the new CQ's first run computes only the last.
+        end = backfill["windows"][-1][1]
+        catch_up = windows(end, time.time_ns(), backfill["interval"], backfill["offset"], backfill["zone"],
+                           backfill["chunk"])
+        written += run_chunks(client, database, label, select, catch_up,
+                              "The continuous query was created; rerun with backfill.run=always.")
+    result.result["backfill"].update(written=written, catch_up_chunks=len(catch_up))
