@@ -143,18 +143,50 @@ enum { F_MSGPACK = 0, F_DELIMITED = 1, F_JSON = 2, F_TEXT_JSON = 3 };
 enum { R_EXACT = 0, R_PRODUCT = 1 };
 enum { U_WINDOW = 0, U_LAST = 1 };
 
+enum { T_RECORD = 0, T_STATIC = 1, T_DERIVED = 2, T_TOPIC = 3 };
+
 typedef struct {
-    int slot;           /* record key, or -1 for a static tag */
+    int kind;           /* T_RECORD: a record key; T_STATIC; T_DERIVED / T_TOPIC: a part the
+                         * mapper's own rule made (a text cache, below) */
+    int slot;           /* T_RECORD: the record key */
+    int src, group;     /* T_DERIVED: derived source and group; T_TOPIC: group */
     char *part;         /* static: ",k=v"; record: ",k=" */
     Py_ssize_t part_n;
+    char *dflt;         /* T_RECORD: ",k=<escaped default>" for an absent or empty value, or NULL */
+    Py_ssize_t dflt_n;
     int optional;       /* record: an absent value leaves the tag out (else: hand back) */
 } tag_t;
+
+/* Text -> the tag parts the mapper's own rule makes of it (derived tags of a source's text, the
+ * topic's tags), cached: the rule is Python (Mapper._derived_pairs, Mapper._tag_pair: the same
+ * code the Python path runs), called once per distinct text. An entry holds the text, then each
+ * group's part (",k=v", or empty: left out); `back`: the rule refused the text (hand back). */
+#define MAX_GROUPS 16
+#define TCACHE_SIZE 1024
+#define TCACHE_MAX_KEY 256
+typedef struct {
+    uint64_t hash; Py_ssize_t key_n; int used, back;
+    char *data;                    /* key_n bytes of text, then the parts */
+    Py_ssize_t off[MAX_GROUPS + 1];  /* part g: data + key_n + off[g], off[g + 1] - off[g] bytes */
+} tentry_t;
+
+typedef struct {
+    PyObject *rule;    /* rule(text or None) -> tuple of bytes (one per group) or None (refused) */
+    int ngroups;
+    tentry_t *table;   /* TCACHE_SIZE entries */
+    int used;
+    tentry_t absent;   /* the rule of None (an absent value), once */
+    tentry_t scratch;  /* a text too long to cache */
+} tcache_t;
+
+#define MAX_DERIVED 8
 
 typedef struct {
     int slot;
     char *prefix;       /* ",k=" */
     Py_ssize_t prefix_n;
     int kind;
+    PyObject *name;     /* the field's name (the cache's key; its record key may differ) */
 } field_t;
 
 /* The series key -> str cache (the uniqueness state is keyed by str). */
@@ -173,6 +205,8 @@ typedef struct {
     int nslots; char *slot_key[MAX_SLOTS]; Py_ssize_t slot_n[MAX_SLOTS];
     PyObject *slot_name[MAX_SLOTS];
     int ntags; tag_t tags[MAX_TAGS];
+    int nderived; int derived_slot[MAX_DERIVED]; tcache_t derived[MAX_DERIVED];
+    tcache_t *topic;   /* topic tags (NULL: none) */
     int nfields; field_t fields[MAX_FIELDS];
     int time_slot; int64_t time_unit; int time_rule;
     Py_ssize_t key_check;
@@ -664,6 +698,142 @@ static PyObject *series_str(Plan *pl, const char *s, Py_ssize_t n) {
     return str;
 }
 
+/* ---- text -> tag parts (derived tags, topic tags): the mapper's rule, cached ---------------- */
+
+static void tentry_free(tentry_t *e) {
+    PyMem_Free(e->data);
+    e->data = NULL;
+    e->used = 0;
+}
+
+static void tcache_clear(tcache_t *c) {
+    if (c->table)
+        for (int i = 0; i < TCACHE_SIZE; i++) tentry_free(&c->table[i]);
+    c->used = 0;
+}
+
+static void tcache_free(tcache_t *c) {
+    tcache_clear(c);
+    PyMem_Free(c->table);
+    c->table = NULL;
+    tentry_free(&c->absent);
+    tentry_free(&c->scratch);
+    Py_CLEAR(c->rule);
+}
+
+/* e = rule(text) (absent: rule(None)). 0: filled (e->back: refused); 1: hand back, nothing
+ * cached (the rule raised: the Python path will say what); -1: out of memory. */
+static int tentry_fill(tcache_t *c, tentry_t *e, const char *s, Py_ssize_t n, int absent) {
+    PyObject *arg = absent ? Py_NewRef(Py_None) : PyUnicode_DecodeUTF8(s, n, "strict");
+    if (!arg) { PyErr_Clear(); return 1; }
+    PyObject *r = PyObject_CallFunctionObjArgs(c->rule, arg, NULL);
+    Py_DECREF(arg);
+    if (!r) {
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    Py_ssize_t total = 0;
+    int back = r == Py_None;
+    if (!back) {
+        if (!PyTuple_Check(r) || PyTuple_Size(r) != c->ngroups) { Py_DECREF(r); return 1; }
+        for (int g = 0; g < c->ngroups; g++) {
+            PyObject *part = PyTuple_GetItem(r, g);  /* borrowed */
+            if (!part || !PyBytes_Check(part)) { PyErr_Clear(); Py_DECREF(r); return 1; }
+            total += PyBytes_Size(part);
+        }
+    }
+    Py_ssize_t key_n = absent ? 0 : n;
+    char *data = PyMem_Malloc(key_n + total + 1);
+    if (!data) { Py_DECREF(r); PyErr_NoMemory(); return -1; }
+    if (key_n) memcpy(data, s, key_n);
+    Py_ssize_t at = 0;
+    e->off[0] = 0;
+    for (int g = 0; !back && g < c->ngroups; g++) {
+        char *ps; Py_ssize_t pn;
+        if (PyBytes_AsStringAndSize(PyTuple_GetItem(r, g), &ps, &pn) < 0) {  /* cannot fail: bytes */
+            PyErr_Clear(); PyMem_Free(data); Py_DECREF(r); return 1;
+        }
+        if (pn) memcpy(data + key_n + at, ps, pn);
+        at += pn;
+        e->off[g + 1] = at;
+    }
+    Py_DECREF(r);
+    PyMem_Free(e->data);
+    e->data = data;
+    e->key_n = key_n;
+    e->back = back;
+    e->used = 1;
+    return 0;
+}
+
+/* The entry for text s (NULL: an absent value). NULL with *rc 1 (hand back) or -1 (error). */
+static tentry_t *tcache_get(tcache_t *c, const char *s, Py_ssize_t n, int *rc) {
+    tentry_t *e;
+    if (!s) {
+        e = &c->absent;
+        if (!e->used && (*rc = tentry_fill(c, e, NULL, 0, 1)) != 0) return NULL;
+        return e;
+    }
+    if (n > TCACHE_MAX_KEY || !c->table) {
+        if ((*rc = tentry_fill(c, &c->scratch, s, n, 0)) != 0) return NULL;
+        return &c->scratch;
+    }
+    uint64_t h = fnv1a(s, n);
+    unsigned i = (unsigned)h & (TCACHE_SIZE - 1);
+    for (;;) {
+        e = &c->table[i];
+        if (!e->used) break;
+        if (e->hash == h && e->key_n == n && memcmp(e->data, s, n) == 0) return e;
+        i = (i + 1) & (TCACHE_SIZE - 1);
+    }
+    if (c->used >= TCACHE_SIZE / 2) {  /* bounded: start over */
+        tcache_clear(c);
+        e = &c->table[(unsigned)h & (TCACHE_SIZE - 1)];
+    }
+    if ((*rc = tentry_fill(c, e, s, n, 0)) != 0) return NULL;
+    e->hash = h;
+    c->used++;
+    return e;
+}
+
+static inline const char *tentry_part(const tentry_t *e, int g, Py_ssize_t *n) {
+    *n = e->off[g + 1] - e->off[g];
+    return e->data + e->key_n + e->off[g];
+}
+
+/* The text Python's _tag_text gives a scalar (strings as they are, integers in decimal, booleans
+ * true/false, finite floats as repr): 0, *s and *n set (tmp: at least 48 bytes); 1: hand back
+ * (NaN, infinities, binary, anything else: the Python path refuses or decides). */
+static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n) {
+    switch (v->type) {
+    case V_STR: *s = v->s; *n = v->n; return 0;
+    case V_BOOL: *s = v->i ? "true" : "false"; *n = v->i ? 4 : 5; return 0;
+    case V_INT: {
+        buf_t b = {tmp, 0, 48};
+        buf_put_int(&b, v->i);  /* at most 20 characters: never grows */
+        *s = tmp; *n = b.len;
+        return 0;
+    }
+    case V_FLOAT: {
+        if (!isfinite(v->d)) return 1;
+        int k = short_repr(v->d, tmp);
+        if (!k) {
+            char *r = PyOS_double_to_string(v->d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+            if (!r) { PyErr_Clear(); return 1; }
+            size_t len = strlen(r);
+            if (len > 47) { PyMem_Free(r); return 1; }
+            memcpy(tmp, r, len);
+            PyMem_Free(r);
+            k = (int)len;
+        }
+        *s = tmp; *n = k;
+        return 0;
+    }
+    }
+    return 1;
+}
+
 /* ---- uniqueness: the Python mapper's own state, same rule as its compiled path ------------- */
 
 /* 0: *ts claimed; 1: hand the message back (nothing changed); -1: an exception, which the
@@ -792,7 +962,7 @@ static int newest_flush(Plan *pl, PyObject *newest) {
                 const val_t *v = &vals[pl->fields[f].slot];
                 if (v->type == V_ABSENT || v->type == V_NIL) continue;
                 PyObject *o = value_object(v);
-                if (!o || PyDict_SetItem(record, pl->slot_name[pl->fields[f].slot], o) < 0) rc = -1;
+                if (!o || PyDict_SetItem(record, pl->fields[f].name, o) < 0) rc = -1;
                 Py_XDECREF(o);
             }
             if (rc == 0) {
@@ -958,28 +1128,61 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
     buf_t *b = &pl->out;
     if (n > pl->max_frame || topic_n > pl->max_frame) return 1;
     if (!topic_ok(pl, topic, topic_n)) return 1;
+    int rc;
+    const tentry_t *topic_parts = NULL;
+    if (pl->topic) {  /* the topic's tags, as Mapper._rows takes them (before the record) */
+        rc = 0;
+        topic_parts = tcache_get(pl->topic, topic, topic_n, &rc);
+        if (!topic_parts) return rc;
+        if (topic_parts->back) return 1;
+    }
     if (parse_record(pl, payload, n, vals)) return 1;
+    const tentry_t *derived[MAX_DERIVED];
+    char tmp[48];
+    for (int d = 0; d < pl->nderived; d++) {  /* each derived source's tags, by its text */
+        const val_t *v = &vals[pl->derived_slot[d]];
+        const char *text = NULL;
+        Py_ssize_t text_n = 0;
+        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) return 1;
+        rc = 0;
+        derived[d] = tcache_get(&pl->derived[d], text, text_n, &rc);
+        if (!derived[d]) return rc;
+        if (derived[d]->back) return 1;
+    }
     Py_ssize_t start = b->len;
     /* series */
     if (buf_put(b, pl->measurement, pl->measurement_n) < 0) return -1;
     for (int t = 0; t < pl->ntags; t++) {
         tag_t *tag = &pl->tags[t];
-        if (tag->slot < 0) {
+        const char *part;
+        Py_ssize_t part_n;
+        switch (tag->kind) {
+        case T_STATIC:
             if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
+            continue;
+        case T_DERIVED:
+            part = tentry_part(derived[tag->src], tag->group, &part_n);
+            if (buf_put(b, part, part_n) < 0) goto fail;
+            continue;
+        case T_TOPIC:
+            part = tentry_part(topic_parts, tag->group, &part_n);
+            if (buf_put(b, part, part_n) < 0) goto fail;
             continue;
         }
         const val_t *v = &vals[tag->slot];
-        if (v->type == V_ABSENT || v->type == V_NIL) {
+        const char *text = NULL;
+        Py_ssize_t text_n = 0;
+        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) goto back;
+        if (text_n == 0) {  /* absent or empty: the default, or left out when optional */
+            if (tag->dflt) {
+                if (buf_put(b, tag->dflt, tag->dflt_n) < 0) goto fail;
+                continue;
+            }
             if (tag->optional) continue;
-            goto back;  /* required or defaulted: Python writes the default or refuses it */
-        }
-        if (v->type != V_STR) goto back;
-        if (v->n == 0) {
-            if (tag->optional) continue;
-            goto back;  /* empty: as absent (Python writes the default or refuses it) */
+            goto back;  /* required: Python refuses it (missing_field) */
         }
         if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
-        int rc = put_tag_value(b, v->s, v->n);
+        rc = put_tag_value(b, text, text_n);
         if (rc < 0) goto fail;
         if (rc > 0) goto back;
     }
@@ -992,7 +1195,7 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
         const val_t *v = &vals[fd->slot];
         if (v->type == V_ABSENT || v->type == V_NIL) continue;
         if (buf_put(b, fd->prefix, fd->prefix_n) < 0) goto fail;
-        int rc = put_field(pl, b, fd->kind, v);
+        rc = put_field(pl, b, fd->kind, v);
         if (rc < 0) goto fail;
         if (rc > 0) goto back;
     }
@@ -1046,15 +1249,17 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Plan *pl = (Plan *)self;
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
-                         "trim", "window", "field_order", "delimiter", "ahead", "behind", NULL};
-    int framing, time_rule, uniq_mode;
+                         "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
+                         "topic_rule", "topic_groups", NULL};
+    int framing, time_rule, uniq_mode, topic_groups = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LL", kw, &framing, &max_frame, &measurement,
+    PyObject *derived = Py_None, *topic_rule = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOi", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
-                                     &ahead, &behind))
+                                     &ahead, &behind, &derived, &topic_rule, &topic_groups))
         return -1;
     pl->ahead = ahead;
     pl->behind = behind;
@@ -1067,17 +1272,31 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_ssize_t nt = PySequence_Size(seq);
     if (nt > MAX_TAGS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many tags"); return -1; }
     for (Py_ssize_t i = 0; i < nt; i++) {
-        PyObject *item = PySequence_GetItem(seq, i), *key, *part;
-        int optional = 1;
-        if (!item || !PyArg_ParseTuple(item, "OS|p", &key, &part, &optional)) {
+        /* (kind, key, part, optional, default, src, group) */
+        PyObject *item = PySequence_GetItem(seq, i), *key, *part, *dflt = Py_None;
+        int optional = 1, kind = T_RECORD, src = 0, group = 0;
+        if (!item || !PyArg_ParseTuple(item, "iOSpOii", &kind, &key, &part, &optional, &dflt, &src, &group)) {
             Py_XDECREF(item); Py_DECREF(seq); return -1;
         }
         tag_t *t = &pl->tags[pl->ntags];
+        memset(t, 0, sizeof(*t));
+        t->kind = kind;
         t->optional = optional;
-        t->slot = key == Py_None ? -1 : add_slot(pl, key);
-        t->part = copy_bytes(part, &t->part_n);
+        t->slot = -1;
+        t->src = src;
+        t->group = group;
+        int bad = 0;
+        if (kind == T_RECORD) {
+            t->slot = add_slot(pl, key);
+            if (t->slot == -2) bad = 1;
+            if (!bad && dflt != Py_None && !(t->dflt = copy_bytes(dflt, &t->dflt_n))) bad = 1;
+        } else if (kind != T_STATIC && kind != T_DERIVED && kind != T_TOPIC) {
+            PyErr_SetString(PyExc_ValueError, "unknown tag kind");
+            bad = 1;
+        }
+        if (!bad && !(t->part = copy_bytes(part, &t->part_n))) bad = 1;
         Py_DECREF(item);
-        if (t->slot == -2 || !t->part) { Py_DECREF(seq); return -1; }
+        if (bad) { Py_DECREF(seq); return -1; }
         pl->ntags++;
     }
     Py_DECREF(seq);
@@ -1086,15 +1305,16 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_ssize_t nf = PySequence_Size(seq);
     if (nf > MAX_FIELDS || nf < 1) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "1 to 32 fields"); return -1; }
     for (Py_ssize_t i = 0; i < nf; i++) {
-        PyObject *item = PySequence_GetItem(seq, i), *key, *prefix;
+        PyObject *item = PySequence_GetItem(seq, i), *key, *prefix, *name = NULL;
         int kind;
-        if (!item || !PyArg_ParseTuple(item, "OSi", &key, &prefix, &kind)) {
+        if (!item || !PyArg_ParseTuple(item, "OSi|U", &key, &prefix, &kind, &name)) {
             Py_XDECREF(item); Py_DECREF(seq); return -1;
         }
         field_t *f = &pl->fields[pl->nfields];
         f->slot = add_slot(pl, key);
         f->kind = kind;
         f->prefix = copy_bytes(prefix, &f->prefix_n);
+        if (f->slot >= 0) f->name = Py_NewRef(name ? name : pl->slot_name[f->slot]);
         Py_DECREF(item);
         if (f->slot == -2 || !f->prefix) { Py_DECREF(seq); return -1; }
         pl->nfields++;
@@ -1102,6 +1322,46 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_DECREF(seq);
     pl->time_slot = -1;
     if (time_key != Py_None && (pl->time_slot = add_slot(pl, time_key)) == -2) return -1;
+    if (derived != Py_None) {  /* [(source key, rule, groups)] */
+        seq = PySequence_Fast(derived, "derived");
+        if (!seq) return -1;
+        Py_ssize_t nd = PySequence_Size(seq);
+        if (nd > MAX_DERIVED) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many derived tags"); return -1; }
+        for (Py_ssize_t i = 0; i < nd; i++) {
+            PyObject *item = PySequence_GetItem(seq, i), *key, *rule;
+            int groups;
+            if (!item || !PyArg_ParseTuple(item, "OOi", &key, &rule, &groups)) { Py_XDECREF(item); Py_DECREF(seq); return -1; }
+            int slot = add_slot(pl, key);
+            tcache_t *c = &pl->derived[pl->nderived];
+            if (slot >= 0) {
+                c->rule = Py_NewRef(rule);
+                c->ngroups = groups;
+                pl->derived_slot[pl->nderived] = slot;
+                pl->nderived++;
+            }
+            Py_DECREF(item);
+            if (slot < 0) { Py_DECREF(seq); return -1; }
+            if (groups < 0 || groups > MAX_GROUPS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "groups"); return -1; }
+            if (!(c->table = PyMem_Calloc(TCACHE_SIZE, sizeof(tentry_t)))) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+        }
+        Py_DECREF(seq);
+    }
+    if (topic_rule != Py_None) {
+        if (topic_groups < 0 || topic_groups > MAX_GROUPS) { PyErr_SetString(PyExc_ValueError, "topic groups"); return -1; }
+        if (!(pl->topic = PyMem_Calloc(1, sizeof(tcache_t)))) { PyErr_NoMemory(); return -1; }
+        pl->topic->rule = Py_NewRef(topic_rule);
+        pl->topic->ngroups = topic_groups;
+        if (!(pl->topic->table = PyMem_Calloc(TCACHE_SIZE, sizeof(tentry_t)))) { PyErr_NoMemory(); return -1; }
+    }
+    for (int t = 0; t < pl->ntags; t++) {  /* every derived or topic tag refers to a group that exists */
+        tag_t *tag = &pl->tags[t];
+        if ((tag->kind == T_DERIVED && (tag->src < 0 || tag->src >= pl->nderived || tag->group < 0 ||
+                                        tag->group >= pl->derived[tag->src].ngroups)) ||
+            (tag->kind == T_TOPIC && (!pl->topic || tag->group < 0 || tag->group >= pl->topic->ngroups))) {
+            PyErr_SetString(PyExc_ValueError, "a tag refers to a group that does not exist");
+            return -1;
+        }
+    }
     pl->time_unit = time_unit;
     pl->time_rule = time_rule;
     pl->key_check = key_check;
@@ -1140,8 +1400,10 @@ static void Plan_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyMem_Free(pl->measurement);
     for (int i = 0; i < pl->nslots; i++) { PyMem_Free(pl->slot_key[i]); Py_XDECREF(pl->slot_name[i]); }
-    for (int i = 0; i < pl->ntags; i++) PyMem_Free(pl->tags[i].part);
-    for (int i = 0; i < pl->nfields; i++) PyMem_Free(pl->fields[i].prefix);
+    for (int i = 0; i < pl->ntags; i++) { PyMem_Free(pl->tags[i].part); PyMem_Free(pl->tags[i].dflt); }
+    for (int i = 0; i < pl->nderived; i++) tcache_free(&pl->derived[i]);
+    if (pl->topic) { tcache_free(pl->topic); PyMem_Free(pl->topic); }
+    for (int i = 0; i < pl->nfields; i++) { PyMem_Free(pl->fields[i].prefix); Py_XDECREF(pl->fields[i].name); }
     Py_XDECREF(pl->uniq_state);
     Py_XDECREF(pl->uniq_claim);
     PyMem_Free(pl->delim);

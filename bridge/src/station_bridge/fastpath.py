@@ -32,6 +32,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .lineproto import LineError
+from .mapping import MapError
+from .paths import PathError
+
 if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
     _fastpath = None
     _IMPORT_ERROR = "STATION_BRIDGE_PURE=1 in the environment"
@@ -253,43 +257,140 @@ def _utf8(text: str) -> bytes:
         raise _NotCovered("a configured name is not UTF-8") from exc
 
 
-def _plan_arguments(mapper: object, spec: object) -> dict:
-    """The C plan of what the mapper's compiled Python path does.
+def not_covered(mapper: object, spec: object) -> str:
+    """Why the C plan cannot stand in for this mapper's mapping ("" when it can), whether or not
+    the extension is built here (check-config and validate name it per subscription)."""
+    mapping = spec.mapping  # type: ignore[attr-defined]
+    if getattr(mapper, "_fixed", None) is None:
+        return f"the measurement comes from data (measurement_from: {mapping.measurement_from})"
+    if mapping.each is not None:
+        return "each (several points per message) is not on the compiled path"
+    nested = [f"{source.split('.', 1)[-1]}: {path}" for source, path in mapping.sources().items()
+              if path.flat_key is None]
+    if nested:
+        return f"paths into nested values are not on the compiled path ({', '.join(nested)[:200]})"
+    if spec.framing not in ("msgpack", "json", "text_json", "text_delimited"):  # type: ignore[attr-defined]
+        return f"framing {spec.framing} is not on the compiled path"  # type: ignore[attr-defined]
+    if mapping.time.value_path is None:
+        return "receive times (no time field) are not on the compiled path"
+    if mapping.time.format not in _UNITS:
+        return f"date strings (time format {mapping.time.format}) are not on the compiled path"
+    if len(mapping.derived_tags) > MAX_DERIVED:
+        return f"more than {MAX_DERIVED} derived_tags"
+    if any(len(d.regex.groupindex) > MAX_GROUPS for d in mapping.derived_tags) or len(mapping.topic_tags) > MAX_GROUPS:
+        return f"a derived_tags or topic regex with more than {MAX_GROUPS} groups"
+    if (mapping.derived_tags or mapping.topic_tags) and getattr(mapper, "unique", None) is None:
+        return "derived or topic tags need the mapper's uniqueness window"
+    return ""
 
-    Phase 1 reads the mapper's compiled-path inputs (the same attributes `_compile` reads); the
-    integration gives the mapper a method that returns them, next to `_compile`.
-    """
+
+MAX_DERIVED, MAX_GROUPS = 8, 16  # as _fastpath.c
+
+
+def _tag_rule(mapper: object, key: str, ekey: str) -> bytes | None:
+    """The part a configured tag's default makes (None: no default, or one it cannot write)."""
+    default = getattr(mapper, "_defaults", {}).get(key, "")
+    if not default:
+        return None
+    try:
+        return f",{ekey}={mapper._escaped_tag(default)}".encode()  # type: ignore[attr-defined]
+    except (LineError, MapError, UnicodeEncodeError):
+        return None  # the Python path refuses it
+
+
+def _parts(pairs: list, names: list[str]) -> tuple[bytes, ...] | None:
+    """The parts (`,k=v`, or b"": left out) of a rule's tag pairs, in the order of `names`."""
+    made = {key: part for key, _, part in pairs}
+    try:
+        return tuple(made.get(name, "").encode() for name in names)
+    except UnicodeEncodeError:  # a lone surrogate: the Python path refuses the line
+        return None
+
+
+def _derived_rule(mapper: object, regex: object, groups: list) -> Callable[[str | None], tuple | None]:
+    """rule(text) -> the parts the mapper's own rule (Mapper._derived_pairs) makes of a derived
+    source's text (None: absent), one per group; None when it refuses (the message goes back)."""
+    derive = mapper._derived_pairs  # type: ignore[attr-defined]
+    names = [g for g, _ in groups]
+
+    def rule(text: str | None) -> tuple | None:
+        try:
+            return _parts(derive(regex, groups, text), names)
+        except (MapError, LineError):
+            return None
+    return rule
+
+
+def _topic_rule(mapper: object, names: list[str]) -> Callable[[str], tuple | None]:
+    """rule(topic) -> the parts of the topic's tags (TopicCapture, then Mapper._tag_pair: the
+    Python path's own code), one per topic tag name; None when it refuses the topic."""
+    capture, pair = mapper._topic, mapper._tag_pair  # type: ignore[attr-defined]
+    ekeys = dict(mapper._tags)  # type: ignore[attr-defined]
+
+    def rule(topic: str) -> tuple | None:
+        try:
+            found = dict(capture(topic))
+            pairs = [pair(name, ekeys[name], found.get(name)) for name in names]
+        except (PathError, MapError, LineError):
+            return None
+        return _parts([p for p in pairs if p is not None], names)
+    return rule
+
+
+def _plan_arguments(mapper: object, spec: object) -> dict:
+    """The C plan of what the mapper's Python path does (the same attributes `_compile` and
+    `Mapper._tag_pairs` read). Derived and topic tags are made by the mapper's own rules
+    (`_derived_rule`, `_topic_rule`), called once per distinct text and cached in C."""
     m = mapper
     mapping = spec.mapping  # type: ignore[attr-defined]
-    if getattr(m, "_compiled", None) is None:
-        raise _NotCovered("the mapping has no compiled path (measurement from data or derived tags)")
+    why = not_covered(m, spec)
+    if why:
+        raise _NotCovered(why)
     framing = spec.framing  # type: ignore[attr-defined]
     codes = {"msgpack": _fastpath.MSGPACK, "json": _fastpath.JSON, "text_json": _fastpath.TEXT_JSON,
              "text_delimited": _fastpath.DELIMITED}
-    if framing not in codes:
-        raise _NotCovered(f"framing {framing} is not on the compiled path")
     time_format = mapping.time.format
-    if mapping.time.field is None or time_format not in _UNITS:
-        raise _NotCovered("receive times and date strings are not on the compiled path")
     if framing == "text_delimited" and time_format != "auto" and not _exact_times(m):
         raise _NotCovered("epoch times from text need exact times")
-    fields = [(_utf8(key), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]]) for key, ekey, _ in m._fields]
+    sources = mapping.sources()
+
+    def key_of(source: str) -> bytes:  # the record key of a source (every path is one key here)
+        return _utf8(sources[source].flat_key)
+
+    fields = [(key_of(f"mapping.fields.{key}"), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]], key)
+              for key, ekey, _ in m._fields]
     unique = getattr(m, "unique", None)
+    derived = None
+    topic_rule, topic_names = None, list(mapping.topic_tags)
     if unique is not None:  # a uniqueness window shared by the bridge (lineproto's series key order)
-        # Configured and static tags interleaved by key, record tags first on a tie (as _compile).
-        # (optional: an absent value leaves the tag out; else C hands the message back to Python,
-        # which writes the default or refuses it missing_field)
-        named = [(key, (_utf8(key), _utf8(f",{ekey}="), key in m.optional_tags)) for key, ekey in m._tags]
-        named += [(key, (None, _utf8(part), True)) for key, part in m._static]
+        # Configured, derived and static tags interleaved by key, in Mapper._tag_pairs' order on a
+        # tie (configured, derived, static: its sort is stable). (kind, key, part, optional,
+        # default, source, group); a required tag C cannot write goes back to Python, which
+        # refuses it missing_field.
+        named: list[tuple[str, tuple]] = []
+        for key, ekey in m._tags:
+            if key in topic_names:
+                named.append((key, (_TOPIC, None, b"", True, None, 0, topic_names.index(key))))
+            else:
+                named.append((key, (_RECORD, key_of(f"mapping.tags.{key}"), _utf8(f",{ekey}="),
+                                    key in m.optional_tags, _tag_rule(m, key, ekey), 0, 0)))
+        derived = []
+        for i, (d, (_, regex, groups)) in enumerate(zip(mapping.derived_tags, m._derived, strict=True)):
+            derived.append((_utf8(d.value_path.flat_key), _derived_rule(m, regex, groups), len(groups)))
+            named += [(group, (_DERIVED, None, b"", True, None, i, g)) for g, (group, _) in enumerate(groups)]
+        named += [(key, (_STATIC, None, _utf8(part), True, None, 0, 0)) for key, part in m._static]
         tags = [tag for _, tag in sorted(named, key=lambda pair: pair[0])]
+        if topic_names:
+            topic_rule = _topic_rule(m, topic_names)
         from .lineproto import MAX_TIME, MIN_TIME
         uniq = {"uniq_mode": _fastpath.WINDOW, "uniq_state": unique.current, "uniq_claim": unique.claim,
                 "tmin": MIN_TIME, "tmax": MAX_TIME, "trim": unique.trim, "window": unique.window}
         key_check = m._key_check_chars
     else:  # the last time per series, static tags after the record's
-        tags = [(_utf8(key), _utf8(f",{ekey}="), key in getattr(m, "optional_tags", ())) for key, ekey in m._tags]
+        tags = [(_RECORD, _utf8(key), _utf8(f",{ekey}="), key in getattr(m, "optional_tags", ()), None, 0, 0)
+                for key, ekey in m._tags]
         if m._static:
-            tags.append((None, _utf8(m._static), True))
+            tags.append((_STATIC, None, _utf8(m._static), True, None, 0, 0))
         uniq = {"uniq_mode": _fastpath.LAST, "uniq_state": m._last, "uniq_claim": None,
                 "tmin": INT64_MIN, "tmax": INT64_MAX, "trim": 0, "window": 0}
         key_check = 2**62
@@ -301,12 +402,16 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         "framing": codes[framing],
         "max_frame": spec.max_frame_bytes,  # type: ignore[attr-defined]
         "measurement": _utf8(m._fixed), "tags": tags, "fields": fields,
-        "time_key": _utf8(m._time_field), "time_unit": _UNITS[time_format],
+        "time_key": key_of("mapping.time"), "time_unit": _UNITS[time_format],
         "time_rule": _fastpath.EXACT if _exact_times(m) else _fastpath.PRODUCT,
         "key_check": key_check, **uniq, "field_order": order, "delimiter": delimiter,
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
+        "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names),
     }
+
+
+_RECORD, _STATIC, _DERIVED, _TOPIC = 0, 1, 2, 3  # tag kinds, as _fastpath.c
 
 
 def _window_ns(ns: int | None) -> int:
