@@ -63,13 +63,27 @@ FORMS = {
         "fields": {"bid": {"path": "b", "type": "float"}, "volume": {"path": "n", "type": "integer"}},
         "derived_tags": [{"path": "sym", "regex": LAB_REGEX}], "time": {"path": "t", "format": "epoch_ms"}}),
     "lab_json": ("text_json", {**LAB, "topic": {"tag": "pair"}}),
+    # the receive time (no time field): the mapper's clock, drawn once per message
+    "receive_time": ("msgpack", {**LAB, "time": {"field": None}}),
+    # date strings: the mapper's own parser, called from C
+    "rfc3339": ("msgpack", {**LAB, "time": {"field": "timestamp", "format": "rfc3339"}}),
+    "naive": ("json", {**LAB, "time": {"field": "timestamp", "format": "naive", "timezone": "Europe/Amsterdam"}}),
+    # numbers and booleans given as text (JSON's number grammar; true/false/1/0 exactly)
+    "strings": ("msgpack", {**LAB, "fields": {"bid": "float", "ask": "float", "volume": "integer",
+                                              "flag": "boolean"}}),
+    # OANDA v20 (bridge/README.md): text_delimited, the topic as a tag, rfc3339 times
+    "v20": ("text_delimited", {"measurement": "v20_prices", "tags": [], "derived_tags": [], "drop": [],
+                               "topic": {"tag": "instrument"}, "fields": {"bid": "float", "ask": "float"},
+                               "time": {"field": "time", "format": "rfc3339"}}),
 }
+DATES = {"rfc3339", "naive", "v20"}
 KEYS = {"renamed": {"instrument": "sym", "venue": "v", "bid": "b", "volume": "n", "timestamp": "t"}}
 
 
 def spec_of(form: str):
     framing, mapping = FORMS[form]
-    return sub(framing=framing, mapping=mapping)
+    extra = {"field_order": ["time", "bid", "ask"]} if framing == "text_delimited" else {}
+    return sub(framing=framing, mapping=mapping, **extra)
 
 
 def python_path(spec, mapper):
@@ -115,7 +129,6 @@ def differential(spec, bursts) -> tuple[int, int]:
     reference, fast = Mapper(spec, station="lab"), Mapper(spec, station="lab")
     for mapper in (reference, fast):
         mapper._clock = itertools.count(T0 * 10**9, 7).__next__
-        mapper.window_now = lambda: T0 * 10**9
     accelerator, why = fastpath.Accelerator.for_mapper(fast, spec)
     assert accelerator is not None, why
     ref_run, fast_run = python_path(spec, reference), python_path(spec, fast)
@@ -159,6 +172,8 @@ _text = st.one_of(st.sampled_from(["EURUSD", "GBPJPY", "EURUSD", "EURUS", "EURUS
                                    "EUR=US", "EUR\\US", "EURUS\\", "EUR\nUS", "1.5", "true", "EURUSD" * 3000,
                                    *ESCAPES]),
                   st.text(max_size=8))
+_numberish = st.sampled_from(["1.5", "-0", "+1", "1e5", "1E-3", ".5", "5.", "1_0", " 1", "nan", "inf", "0x10", "１２",
+                              "", "007", "1e400", "9223372036854775807", "999999999999999999", "1" * 19, "-1.5e-7"])
 _scalar = st.one_of(
     st.none(), st.booleans(), st.integers(-(2**63), 2**64 - 1),
     st.sampled_from([0, -1, 7, 10**18 - 1, -(10**18) + 1, 10**18, 2**63 - 1, -(2**63), 2**64 - 1, 2**53 + 1]),
@@ -175,6 +190,14 @@ _hostile = st.fixed_dictionaries({}, optional={
     "instrument": st.one_of(st.sampled_from(["EURUSD", "GBPJPY"]), _scalar), "venue": _scalar, "bid": _scalar,
     "ask": _scalar, "volume": _scalar, "seq": _scalar,
     "timestamp": st.one_of(st.sampled_from([T0 + 0.5, T0, T0 + 1, "1700000000.5", None, float("nan")]), _scalar)})
+# near T0 (within the accepted window around now), repeated (nudged), in a DST gap and fold
+# (Amsterdam), out of range, not dates
+_dates = st.one_of(st.sampled_from([
+    "2023-11-14T22:13:20.123456789Z", "2023-11-14T22:13:20Z", "2023-11-14T22:13:20Z", "2023-11-14T23:13:20+01:00",
+    "2023-11-14 23:13:20", "2023-11-14 23:13:20.5", "2023-10-29 02:30:00", "2023-03-26 02:30:00",
+    "2023-11-14T22:13:20.1234567891Z", "2023-02-30T00:00:00Z", "2099-01-01T00:00:00Z", "1677-09-21T00:12:43Z",
+    "2262-04-11T23:47:16.854775808Z", "not a date", "", "1700000000", "2023-11-14t22:13:20z", "２０２３-11-14"]),
+    st.text(max_size=12))
 _topics = st.one_of(st.sampled_from([b"EUR_USD", b"GBP_JPY", b"EUR_USD", b"EUR", b"EURUSD", b"eur_usd", b"EUR_US",
                                      b"", b"a,b c=d", b"tail\\", b"x\ny", b"EUR_USD\\", b"EUR_USD x",
                                      "é_ü".encode(), b"\xff\xfe", b"\xed\xa0\x80", b"kraken_tick"]),
@@ -218,12 +241,30 @@ def _message(draw, form: str):
     payload = _pack(record, form, kind)
     if kind == "truncated":
         payload = payload[:len(payload) // 2]
-    topic = draw(_topics) if form.startswith("topic") or form == "lab_json" else b"kraken_tick"
-    if FORMS[form][0] == "text_json":
+    if form in DATES and "timestamp" in record and draw(st.integers(0, 5)) > 0:
+        record["timestamp"] = draw(_dates)
+    if form == "receive_time" and draw(st.booleans()):
+        record.pop("timestamp", None)
+    if form == "strings":
+        for key in ("bid", "ask", "volume"):
+            if key in record and draw(st.booleans()):
+                record[key] = str(record[key]) if draw(st.integers(0, 3)) else draw(_numberish)
+        record["flag"] = draw(st.sampled_from([True, False, 0, 1, 2, "true", "false", "1", "0", "True", "", "yes",
+                                               " 1", 1.0, None]))
+    topic = draw(_topics) if form.startswith("topic") or form in ("lab_json", "v20") else b"kraken_tick"
+    if form == "v20":
+        values = [record.get("timestamp"), record.get("bid"), record.get("ask")]
+        text = [v if isinstance(v, str) else repr(v) if isinstance(v, float) else draw(_numberish) for v in values]
+        if draw(st.integers(0, 7)) == 0:
+            text = text[:draw(st.integers(0, 2))]
+        return [topic + b" " + "\x01".join(text).encode("utf-8", "surrogatepass")]
+    if FORMS[form][0] in ("text_json", "json"):
         try:
             text = json.dumps(_renamed(record, form), ensure_ascii=draw(st.booleans())).encode("utf-8", "surrogatepass")
         except (TypeError, ValueError):
             text = b"{}"
+        if FORMS[form][0] == "json":
+            return [topic, text]
         return [topic.replace(b" ", b"_") + b" " + text]
     return [topic, payload]
 
@@ -249,8 +290,19 @@ def test_plain_messages_of_every_form_are_mapped_in_c(form):
         record["venue"] = [None, "", 7, True, 1.5, "lmax"][k % 6]
         if k % 6 == 0:
             del record["venue"]
+        if form in DATES:  # distinct times near T0 (within the accepted window)
+            record["timestamp"] = f"2023-11-14{'T' if form != 'naive' else ' '}22:13:{k % 60:02d}.{k:09d}" + (
+                "Z" if form != "naive" else "")
+        if form == "receive_time":
+            del record["timestamp"]
+        if form == "strings":
+            record.update(bid=str(record["bid"]), volume=str(record["volume"]), flag=["true", 0, "1", False][k % 4])
     if FORMS[form][0] == "text_json":
         burst = [[b"EUR_USD " + json.dumps(r).encode()] for r in records]
+    elif FORMS[form][0] == "json":
+        burst = [[b"EUR_USD", json.dumps(r).encode()] for r in records]
+    elif form == "v20":
+        burst = [[b"EUR_USD " + f"{r['timestamp']}\x01{r['bid']}\x01{r['ask']}".encode()] for r in records]
     else:
         burst = [[b"EUR_USD", _pack(r, form, "ok")] for r in records]
     assert differential(spec, [burst, burst]) == (200, 200)

@@ -208,7 +208,9 @@ typedef struct {
     int nderived; int derived_slot[MAX_DERIVED]; tcache_t derived[MAX_DERIVED];
     tcache_t *topic;   /* topic tags (NULL: none) */
     int nfields; field_t fields[MAX_FIELDS];
-    int time_slot; int64_t time_unit; int time_rule;
+    int time_slot; int64_t time_unit; int time_rule;  /* time_unit -1: a date string (time_parse) */
+    PyObject *time_parse;  /* the mapper's parser of date strings (rfc3339, naive) */
+    PyObject *clock;       /* the mapper's receive clock (no time field), or NULL */
     Py_ssize_t key_check;
     int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
     int64_t tmin, tmax; Py_ssize_t trim, window;
@@ -486,6 +488,21 @@ static int64_t auto_unit_double(double v) {
 /* The point's time from its value; 0 ok, -1 hand back. */
 static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
     int64_t unit = pl->time_unit;  /* 0: auto */
+    if (unit < 0) {  /* a date string: the mapper's own parser (anything it refuses goes back) */
+        if (v->type != V_STR || !pl->time_parse) return -1;
+        PyObject *text = PyUnicode_DecodeUTF8(v->s, v->n, "strict");
+        if (!text) { PyErr_Clear(); return -1; }
+        PyObject *r = PyObject_CallFunctionObjArgs(pl->time_parse, text, NULL);
+        Py_DECREF(text);
+        if (!r) { PyErr_Clear(); return -1; }
+        int over = 0;
+        long long x = PyLong_Check(r) ? PyLong_AsLongLongAndOverflow(r, &over) : -1;
+        Py_DECREF(r);
+        if (PyErr_Occurred()) { PyErr_Clear(); return -1; }
+        if (over) return -1;
+        *ts = x;
+        goto checks;
+    }
     switch (v->type) {
     case V_INT: {
         int64_t u = unit;
@@ -531,6 +548,7 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
     default:
         return -1;  /* missing (receive time), nil, bool, other: the Python path */
     }
+checks:
     if (*ts < pl->tmin || *ts > pl->tmax) return -1;
     if (pl->ahead >= 0 || pl->behind >= 0) {
         /* outside the window around the receive time: Python refuses it (Mapper.check_window) */
@@ -635,7 +653,7 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
             if (v->i > (1LL << 53) || v->i < -(1LL << 53)) return 1;
             return put_repr(b, (double)v->i) < 0 ? -1 : 0;
         }
-        if (v->type == V_STR && pl->framing == F_DELIMITED) {
+        if (v->type == V_STR) {  /* number text (JSON's grammar), in every framing, as format_field_value */
             double d;
             if (text_float(v->s, v->n, &d) < 0 || !isfinite(d)) return 1;
             return put_repr(b, d) < 0 ? -1 : 0;
@@ -644,7 +662,7 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
     case K_INTEGER: {
         int64_t i;
         if (v->type == V_INT) i = v->i;
-        else if (v->type == V_STR && pl->framing == F_DELIMITED) { if (text_int(v->s, v->n, &i) < 0) return 1; }
+        else if (v->type == V_STR) { if (text_int(v->s, v->n, &i) < 0) return 1; }
         else return 1;
         if (buf_put_int(b, i) < 0 || buf_putc(b, 'i') < 0) return -1;
         return 0;
@@ -652,9 +670,15 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
     case K_STRING:
         if (v->type != V_STR) return 1;
         return put_string_field(b, v->s, v->n) < 0 ? -1 : 0;
-    case K_BOOLEAN:
-        if (v->type != V_BOOL) return 1;
-        return buf_put(b, v->i ? "true" : "false", v->i ? 4 : 5) < 0 ? -1 : 0;
+    case K_BOOLEAN: {
+        /* true/false, the integers 0 and 1, the texts "true", "false", "1", "0" exactly */
+        int truth;
+        if (v->type == V_BOOL || (v->type == V_INT && (v->i == 0 || v->i == 1))) truth = v->i != 0;
+        else if (v->type == V_STR && ((v->n == 4 && memcmp(v->s, "true", 4) == 0) || (v->n == 1 && v->s[0] == '1'))) truth = 1;
+        else if (v->type == V_STR && ((v->n == 5 && memcmp(v->s, "false", 5) == 0) || (v->n == 1 && v->s[0] == '0'))) truth = 0;
+        else return 1;
+        return buf_put(b, truth ? "true" : "false", truth ? 4 : 5) < 0 ? -1 : 0;
+    }
     }
     return 1;
 }
@@ -1203,7 +1227,18 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
     b->p[fields_at] = ' ';               /* the first field's leading comma */
     /* time */
     int64_t ts;
-    if (pl->time_slot < 0 || point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
+    if (pl->time_slot >= 0) {
+        if (point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
+    } else {  /* the receive time: the mapper's own clock (drawn once per message C maps) */
+        if (!pl->clock) goto back;
+        PyObject *r = PyObject_CallObject(pl->clock, NULL);
+        if (!r) goto fail;
+        int over = 0;
+        ts = PyLong_AsLongLongAndOverflow(r, &over);
+        Py_DECREF(r);
+        if (PyErr_Occurred()) goto fail;
+        if (over || ts < pl->tmin || ts > pl->tmax) goto back;
+    }
     /* uniqueness: from here on the message is this path's */
     PyObject *series = series_str(pl, b->p + start, series_n);
     if (!series) goto fail;
@@ -1250,16 +1285,16 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
                          "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
-                         "topic_rule", "topic_groups", NULL};
+                         "topic_rule", "topic_groups", "time_parse", "clock", NULL};
     int framing, time_rule, uniq_mode, topic_groups = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
-    PyObject *derived = Py_None, *topic_rule = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOi", kw, &framing, &max_frame, &measurement,
+    PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOO", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
-                                     &ahead, &behind, &derived, &topic_rule, &topic_groups))
+                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock))
         return -1;
     pl->ahead = ahead;
     pl->behind = behind;
@@ -1364,6 +1399,9 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     }
     pl->time_unit = time_unit;
     pl->time_rule = time_rule;
+    if (time_parse != Py_None) pl->time_parse = Py_NewRef(time_parse);
+    if (clock != Py_None) pl->clock = Py_NewRef(clock);
+    if (time_unit < 0 && !pl->time_parse) { PyErr_SetString(PyExc_ValueError, "a date string needs time_parse"); return -1; }
     pl->key_check = key_check;
     pl->uniq_mode = uniq_mode;
     Py_INCREF(uniq_state); pl->uniq_state = uniq_state;
@@ -1406,6 +1444,8 @@ static void Plan_dealloc(PyObject *self) {
     for (int i = 0; i < pl->nfields; i++) { PyMem_Free(pl->fields[i].prefix); Py_XDECREF(pl->fields[i].name); }
     Py_XDECREF(pl->uniq_state);
     Py_XDECREF(pl->uniq_claim);
+    Py_XDECREF(pl->time_parse);
+    Py_XDECREF(pl->clock);
     PyMem_Free(pl->delim);
     PyMem_Free(pl->out.p);
     scache_clear(pl);

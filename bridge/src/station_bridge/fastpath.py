@@ -49,6 +49,7 @@ else:
         _IMPORT_ERROR = ""
 
 _UNITS = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1, "auto": 0}
+_TEXT_TIMES = ("rfc3339", "naive")  # date strings: C calls the mapper's own parser
 _KINDS = {"float": 0, "integer": 1, "string": 2, "boolean": 3}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -271,10 +272,8 @@ def not_covered(mapper: object, spec: object) -> str:
         return f"paths into nested values are not on the compiled path ({', '.join(nested)[:200]})"
     if spec.framing not in ("msgpack", "json", "text_json", "text_delimited"):  # type: ignore[attr-defined]
         return f"framing {spec.framing} is not on the compiled path"  # type: ignore[attr-defined]
-    if mapping.time.value_path is None:
-        return "receive times (no time field) are not on the compiled path"
-    if mapping.time.format not in _UNITS:
-        return f"date strings (time format {mapping.time.format}) are not on the compiled path"
+    if mapping.time.value_path is not None and mapping.time.format not in (*_UNITS, *_TEXT_TIMES):
+        return f"time format {mapping.time.format} is not on the compiled path"
     if len(mapping.derived_tags) > MAX_DERIVED:
         return f"more than {MAX_DERIVED} derived_tags"
     if any(len(d.regex.groupindex) > MAX_GROUPS for d in mapping.derived_tags) or len(mapping.topic_tags) > MAX_GROUPS:
@@ -350,7 +349,9 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     codes = {"msgpack": _fastpath.MSGPACK, "json": _fastpath.JSON, "text_json": _fastpath.TEXT_JSON,
              "text_delimited": _fastpath.DELIMITED}
     time_format = mapping.time.format
-    if framing == "text_delimited" and time_format != "auto" and not _exact_times(m):
+    if time_format in _TEXT_TIMES and getattr(m, "_parse_time", None) is None:
+        raise _NotCovered("date strings need the mapper's parser")
+    if framing == "text_delimited" and time_format in _UNITS and time_format != "auto" and not _exact_times(m):
         raise _NotCovered("epoch times from text need exact times")
     sources = mapping.sources()
 
@@ -402,7 +403,10 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         "framing": codes[framing],
         "max_frame": spec.max_frame_bytes,  # type: ignore[attr-defined]
         "measurement": _utf8(m._fixed), "tags": tags, "fields": fields,
-        "time_key": key_of("mapping.time"), "time_unit": _UNITS[time_format],
+        # no time field: the mapper's receive clock; a date string: the mapper's parser
+        "time_key": key_of("mapping.time") if "mapping.time" in sources else None,
+        "time_unit": _UNITS.get(time_format, -1), "time_parse": getattr(m, "_parse_time", None),
+        "clock": getattr(m, "_clock", None) if "mapping.time" not in sources else None,
         "time_rule": _fastpath.EXACT if _exact_times(m) else _fastpath.PRODUCT,
         "key_check": key_check, **uniq, "field_order": order, "delimiter": delimiter,
         # the window around the receive time (Mapper.check_window): C hands back what is outside
