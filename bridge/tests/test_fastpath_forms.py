@@ -353,3 +353,35 @@ def test_the_lab_feed_runs_compiled_in_the_bridge_shape():
     assert fastpath.not_covered(Mapper(spec, station="lab"), spec) == ""
     accelerator, why = fastpath.Accelerator.for_mapper(Mapper(spec, station="lab"), spec)
     assert accelerator is not None and why == ""
+
+
+def test_check_config_names_the_path_and_reason_per_subscription(tmp_path, capsys):
+    from station_bridge.cli import main
+
+    def subscription(name: str, mapping: dict, **extra) -> dict:
+        return {"name": name, "endpoints": [f"tcp://127.0.0.1:{len(name) + 1}"], "framing": "msgpack",
+                "mapping": mapping, **extra}
+
+    path = tmp_path / "bridge.yml"
+    path.write_text(json.dumps({
+        "station": "lab",
+        "subscriptions": [
+            subscription("kraken", LAB),
+            subscription("v20", FORMS["v20"][1], framing="text_delimited", field_order=["time", "bid", "ask"]),
+            subscription("depth", {"measurement": "kraken_depth", "each": "result.<pair>.<side:asks|bids>[<level>]",
+                                   "fields": {"price": {"path": "[0]", "type": "float"}},
+                                   "time": {"path": "[2]", "format": "epoch_s"}}, framing="text_json"),
+            subscription("nested", {**LAB, "fields": {"bid": {"path": "quote.bid", "type": "float"}}}),
+            subscription("by_topic", {**LAB, "measurement": None, "measurement_from": "topic"}),
+            subscription("heartbeats", LAB, ignore=[{"name": "hb", "topic": "^hb"}])],
+        "destinations": [{"name": "d", "url": "http://127.0.0.1:1", "database": "db"}]}))
+    assert main(["check-config", "--json", str(path)]) == 0
+    paths = json.loads(capsys.readouterr().out)["fast_path"]
+    here = "compiled" if not fastpath.unavailable() else f"python: {fastpath.unavailable()}"
+    assert paths["kraken"] == {"path": "compiled", "reason": None, "here": here}
+    assert paths["v20"] == {"path": "compiled", "reason": None, "here": here}
+    assert paths["depth"]["path"] == "python" and paths["depth"]["reason"].startswith("each")
+    assert paths["nested"]["reason"] == "paths into nested values are not on the compiled path (fields.bid: quote.bid)"
+    assert paths["by_topic"]["reason"] == "the measurement comes from data (measurement_from: topic)"
+    assert paths["heartbeats"]["reason"] == "ignore rules run on the Python path"
+    assert all(p["here"] == f"python: {p['reason']}" for p in paths.values() if p["path"] == "python")

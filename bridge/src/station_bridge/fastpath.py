@@ -258,6 +258,28 @@ def _utf8(text: str) -> bytes:
         raise _NotCovered("a configured name is not UTF-8") from exc
 
 
+def python_reason(mode: str, spec: object, mapper: object, here: bool = True) -> str:
+    """Why a subscription runs the Python path ("" when it runs compiled), decided as the bridge
+    decides it at start (pipeline.Subscription.accelerate): `fast_path: off`, ignore rules,
+    binning, a mapping form C does not cover, then (`here`) the extension or libzmq missing on
+    this host. check-config and validate name it per subscription."""
+    if mode == "off":
+        return "fast_path: off"
+    if spec.ignore:  # type: ignore[attr-defined]
+        return "ignore rules run on the Python path"
+    if spec.binning is not None:  # type: ignore[attr-defined]
+        return "binning runs on the Python path"
+    why = not_covered(mapper, spec)
+    if not why:
+        try:
+            _plan_checks(mapper, spec)
+        except _NotCovered as exc:
+            why = str(exc)
+    if not why and here:
+        why = _IMPORT_ERROR if _fastpath is None else ""
+    return why
+
+
 def not_covered(mapper: object, spec: object) -> str:
     """Why the C plan cannot stand in for this mapper's mapping ("" when it can), whether or not
     the extension is built here (check-config and validate name it per subscription)."""
@@ -345,14 +367,11 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     why = not_covered(m, spec)
     if why:
         raise _NotCovered(why)
+    _plan_checks(m, spec)
     framing = spec.framing  # type: ignore[attr-defined]
     codes = {"msgpack": _fastpath.MSGPACK, "json": _fastpath.JSON, "text_json": _fastpath.TEXT_JSON,
              "text_delimited": _fastpath.DELIMITED}
     time_format = mapping.time.format
-    if time_format in _TEXT_TIMES and getattr(m, "_parse_time", None) is None:
-        raise _NotCovered("date strings need the mapper's parser")
-    if framing == "text_delimited" and time_format in _UNITS and time_format != "auto" and not _exact_times(m):
-        raise _NotCovered("epoch times from text need exact times")
     sources = mapping.sources()
 
     def key_of(source: str) -> bytes:  # the record key of a source (every path is one key here)
@@ -397,8 +416,6 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         key_check = 2**62
     order = [_utf8(name) for name in spec.field_order] if framing == "text_delimited" else None  # type: ignore[attr-defined]
     delimiter = _utf8(spec.delimiter) if framing == "text_delimited" else None  # type: ignore[attr-defined]
-    if delimiter == b"":
-        raise _NotCovered("empty delimiter")
     return {
         "framing": codes[framing],
         "max_frame": spec.max_frame_bytes,  # type: ignore[attr-defined]
@@ -416,6 +433,28 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
 
 
 _RECORD, _STATIC, _DERIVED, _TOPIC = 0, 1, 2, 3  # tag kinds, as _fastpath.c
+
+
+def _plan_checks(mapper: object, spec: object) -> None:
+    """The rest of what the plan needs (raises _NotCovered): names C can hold, a delimiter."""
+    m, mapping = mapper, spec.mapping  # type: ignore[attr-defined]
+    time_format = mapping.time.format
+    if time_format in _TEXT_TIMES and getattr(m, "_parse_time", None) is None:
+        raise _NotCovered("date strings need the mapper's parser")
+    if (spec.framing == "text_delimited" and time_format in _UNITS and time_format != "auto"  # type: ignore[attr-defined]
+            and not _exact_times(m)):
+        raise _NotCovered("epoch times from text need exact times")
+    if spec.framing == "text_delimited" and spec.delimiter == "":  # type: ignore[attr-defined]
+        raise _NotCovered("empty delimiter")
+    names = [m._fixed, *(k for k, _ in getattr(m, "_tags", ())), *mapping.fields,
+             *(p.flat_key or "" for p in mapping.sources().values())]
+    for name in names:
+        _utf8(name or "")
+    static = getattr(m, "_static", ())
+    tags = len(getattr(m, "_tags", ())) + (len(static) if isinstance(static, list) else 1)
+    tags += sum(len(d.regex.groupindex) for d in mapping.derived_tags)
+    if len({p.flat_key for p in mapping.sources().values()}) > 32 or len(mapping.fields) > 32 or tags > 32:
+        raise _NotCovered("more than 32 keys, fields or tags")
 
 
 def _window_ns(ns: int | None) -> int:

@@ -24,7 +24,7 @@ from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
-from .fastpath import Accelerator
+from .fastpath import Accelerator, python_reason
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters
 from .lineproto import LineError
@@ -87,13 +87,8 @@ class Subscription:
 
     def accelerate(self, mode: str) -> None:
         """Chooses the compiled path when `mode` is auto and the subscription's shape allows it."""
-        if mode == "off":
-            why = "fast_path: off"
-        elif self.spec.ignore:
-            why = "ignore rules run on the Python path"
-        elif self.binning is not None:
-            why = "binning runs on the Python path"
-        else:  # fastpath.not_covered names a mapping form C does not cover
+        why = python_reason(mode, self.spec, self.mapper, here=False)  # the form; then this host
+        if not why:
             self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
         self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
 
