@@ -14,11 +14,12 @@ from __future__ import annotations
 
 import itertools
 import json
+import re
 
 import msgpack
 import pytest
 from compiled import require_compiled_path
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from test_stages import sub
 
@@ -26,6 +27,7 @@ from station_bridge import fastpath
 from station_bridge.decoders import DecodeError, build
 from station_bridge.lineproto import LineError
 from station_bridge.mapping import MapError, Mapper
+from station_bridge.timestamps import TimestampError, parser
 
 
 @pytest.fixture(autouse=True)
@@ -385,3 +387,52 @@ def test_check_config_names_the_path_and_reason_per_subscription(tmp_path, capsy
     assert paths["by_topic"]["reason"] == "the measurement comes from data (measurement_from: topic)"
     assert paths["heartbeats"]["reason"] == "ignore rules run on the Python path"
     assert all(p["here"] == f"python: {p['reason']}" for p in paths.values() if p["path"] == "python")
+
+
+# --- date strings: C's common shape against the mapper's parser ------------------------------------
+
+@st.composite
+def _date_texts(draw):
+    year = draw(st.one_of(st.integers(1600, 2300), st.sampled_from([1677, 1678, 2000, 2100, 2261, 2262])))
+    parts = [f"{year:04d}", "-", f"{draw(st.integers(0, 13)):02d}", "-", f"{draw(st.integers(0, 32)):02d}",
+             draw(st.sampled_from(["T", "t", " ", "_"])), f"{draw(st.integers(0, 24)):02d}", ":",
+             f"{draw(st.integers(0, 60)):02d}", ":", f"{draw(st.integers(0, 61)):02d}"]
+    if draw(st.booleans()):
+        parts.append("." + draw(st.text("0123456789", min_size=0, max_size=12)))
+    parts.append(draw(st.one_of(
+        st.sampled_from(["Z", "z", "", "+00:00", "-00:00", "Zz", " Z"]),
+        st.builds(lambda sign, h, m, colon: f"{sign}{h:02d}{colon}{m:02d}", st.sampled_from("+-"),
+                  st.integers(0, 25), st.integers(0, 61), st.sampled_from([":", "", ";"])))))
+    text = "".join(parts)
+    if draw(st.integers(0, 9)) == 0:  # an edit anywhere
+        at = draw(st.integers(0, len(text)))
+        text = text[:at] + draw(st.sampled_from(["", "0", "x", "１", "-", ":"])) + text[at + 1:]
+    return text
+
+
+_PARSERS = [parser("rfc3339", zone) for zone in (None, "Europe/Amsterdam")]
+
+
+@given(text=_date_texts())
+@example(text="2023-02-29T00:00:00Z").via("not a leap year")
+@example(text="2100-02-29T00:00:00Z").via("not a leap year: a century")
+@example(text="2000-02-29T23:59:59.999999999-23:59").via("a leap year, the extremes of an offset")
+@example(text="2024-12-31 23:59:59+0100").via("an offset without colon")
+@settings(max_examples=1000, deadline=None)
+def test_date_strings_in_c_are_the_parsers(text):
+    from station_bridge._fastpath import date_ns
+
+    got = date_ns(text)
+    wants = []
+    for parse in _PARSERS:
+        try:
+            wants.append(parse(text))
+        except TimestampError:
+            wants.append(None)
+    if got is not None:  # C reads only what it is sure of, and then exactly what the parser reads
+        assert got == wants[0] == wants[1], (text, got, wants)
+    else:  # and hands back only a refusal, a zone, a year at the range's edges or beyond 9 digits
+        shape = re.fullmatch(r"([0-9]{4})-[0-9]{2}-[0-9]{2}[Tt ][0-9]{2}:[0-9]{2}:[0-9]{2}(?:\.([0-9]+))?"
+                             r"(Z|z|[+-][0-9]{2}:?[0-9]{2})", text, re.ASCII)
+        assert (wants[0] is None or shape is None or not 1678 <= int(shape[1]) <= 2261
+                or len(shape[2] or "") > 9), (text, wants)

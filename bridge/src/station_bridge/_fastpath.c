@@ -480,6 +480,60 @@ static int text_exact_ns(const char *s, Py_ssize_t n, int64_t unit, int64_t *out
     return 0;
 }
 
+static inline int dig(char c) { return c >= '0' && c <= '9' ? c - '0' : -1; }
+static int num2(const char *s) {
+    int a = dig(s[0]), b = dig(s[1]);
+    return a < 0 || b < 0 ? -1 : a * 10 + b;
+}
+
+/* timestamps._parse_text for the common shape only: `YYYY-MM-DD[Tt ]HH:MM:SS[.f]` with at most 9
+ * fraction digits and an offset (`Z`, `z`, `+HH:MM`, `+HHMM`), a year within InfluxDB's range
+ * (1678..2261), a valid date and time of day. 0: *out set; -1: the mapper's parser decides (a
+ * zone, more digits, anything it refuses or reads otherwise). */
+static int rfc3339_ns(const char *s, Py_ssize_t n, int64_t *out) {
+    static const int month_days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (n < 20 || n > 64) return -1;
+    int y1 = num2(s), y2 = num2(s + 2), mo = num2(s + 5), d = num2(s + 8);
+    int h = num2(s + 11), mi = num2(s + 14), se = num2(s + 17);
+    if (y1 < 0 || y2 < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || se < 0) return -1;
+    if (s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || s[13] != ':' || s[16] != ':')
+        return -1;
+    int y = y1 * 100 + y2;
+    Py_ssize_t i = 19;
+    int64_t frac = 0;
+    if (i < n && s[i] == '.') {
+        int fd = 0;
+        for (i++; i < n && dig(s[i]) >= 0; i++) {
+            if (++fd > 9) return -1;
+            frac = frac * 10 + dig(s[i]);
+        }
+        if (!fd) return -1;
+        for (int k = fd; k < 9; k++) frac *= 10;
+    }
+    int64_t offset;  /* seconds to add */
+    if (i + 1 == n && (s[i] == 'Z' || s[i] == 'z')) {
+        offset = 0;
+    } else if (i < n && (s[i] == '+' || s[i] == '-') && (n - i == 6 || n - i == 5)) {
+        int oh = num2(s + i + 1), om = num2(s + n - 2);
+        if (oh < 0 || om < 0 || (n - i == 6 && s[i + 3] != ':') || oh > 23 || om > 59) return -1;
+        offset = (int64_t)(oh * 3600 + om * 60) * (s[i] == '+' ? -1 : 1);
+    } else {
+        return -1;
+    }
+    if (y < 1678 || y > 2261 || mo < 1 || mo > 12 || h > 23 || mi > 59 || se > 59) return -1;
+    int leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    if (d < 1 || d > (mo == 2 && leap ? 29 : month_days[mo])) return -1;
+    int64_t yy = y - (mo <= 2);
+    int64_t era = yy / 400, yoe = yy - era * 400;  /* yy > 0: no floor needed */
+    int64_t doy = (153 * (mo > 2 ? mo - 3 : mo + 9) + 2) / 5 + d - 1;
+    int64_t days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    int64_t seconds = days * 86400 + h * 3600 + mi * 60 + se + offset;
+    __int128 ns = (__int128)seconds * 1000000000 + frac;
+    if (ns < NS_MIN || ns > NS_MAX) return -1;
+    *out = (int64_t)ns;
+    return 0;
+}
+
 static int64_t auto_unit_double(double v) {
     double a = fabs(v);
     return a < 1e11 ? 1000000000 : a < 1e14 ? 1000000 : a < 1e17 ? 1000 : 1;
@@ -490,6 +544,7 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
     int64_t unit = pl->time_unit;  /* 0: auto */
     if (unit < 0) {  /* a date string: the mapper's own parser (anything it refuses goes back) */
         if (v->type != V_STR || !pl->time_parse) return -1;
+        if (rfc3339_ns(v->s, v->n, ts) == 0) goto checks;
         PyObject *text = PyUnicode_DecodeUTF8(v->s, v->n, "strict");
         if (!text) { PyErr_Clear(); return -1; }
         PyObject *r = PyObject_CallFunctionObjArgs(pl->time_parse, text, NULL);
@@ -1693,6 +1748,16 @@ static PyObject *text_ns(PyObject *module, PyObject *args) {
     return PyLong_FromLongLong(ns);
 }
 
+static PyObject *date_ns(PyObject *module, PyObject *args) {
+    (void)module;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "s#", &s, &n)) return NULL;
+    int64_t ns;
+    if (rfc3339_ns(s, n, &ns) < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ns);
+}
+
 static PyObject *float_repr(PyObject *module, PyObject *arg) {
     (void)module;
     double d = PyFloat_AsDouble(arg);
@@ -1708,6 +1773,7 @@ static PyMethodDef module_methods[] = {
     {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x) as this module writes it"},
     {"bind", bind, METH_VARARGS, "bind(init, recv, data, size, more, close, errno): libzmq by address"},
     {"float_ns", float_ns, METH_VARARGS, "float_ns(value, unit, rule) -> ns or None"},
+    {"date_ns", date_ns, METH_VARARGS, "date_ns(text) -> ns or None (the common RFC 3339 shape with an offset)"},
     {"text_ns", text_ns, METH_VARARGS, "text_ns(text, unit) -> ns or None (exact rule; unit 0: auto)"},
     {NULL, NULL, 0, NULL},
 };
