@@ -181,6 +181,20 @@ typedef struct {
 
 #define MAX_DERIVED 8
 
+/* Paths into nested values (`quote.bid`, `levels[0]`): a trie of key and index steps from the
+ * record; a node where a path ends holds its slot. Only with `nested` (else every slot is one
+ * top-level key and the flat parsers run). */
+#define MAX_NODES 96
+#define MAX_DEPTH 32
+typedef struct {
+    int slot;                 /* a path ends here: its slot (-1: none) */
+    int child, next;          /* first child, next sibling (-1: none) */
+    int by_index;             /* reached by an index step (else by a key) */
+    int64_t index;            /* that index (negative: from the end) */
+    char *key; Py_ssize_t key_n;
+    int keys, indexes;        /* children by key, by index */
+} node_t;
+
 typedef struct {
     int slot;
     char *prefix;       /* ",k=" */
@@ -206,6 +220,8 @@ typedef struct {
     PyObject *slot_name[MAX_SLOTS];
     int ntags; tag_t tags[MAX_TAGS];
     int nderived; int derived_slot[MAX_DERIVED]; tcache_t derived[MAX_DERIVED];
+    int nested; int nnodes; node_t nodes[MAX_NODES];
+    uint32_t gen; uint32_t seen[MAX_NODES];  /* a key met in this record (duplicates go back) */
     tcache_t *topic;   /* topic tags (NULL: none) */
     int nfields; field_t fields[MAX_FIELDS];
     int time_slot; int64_t time_unit; int time_rule;  /* time_unit -1: a date string (time_parse) */
@@ -1178,7 +1194,193 @@ static int delimited_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) 
     return k == pl->norder ? 0 : 1;
 }
 
+/* ---- nested records (paths): msgpack and JSON walked along the path trie ------------------- */
+
+static int child_by_key(Plan *pl, const node_t *nd, const char *k, Py_ssize_t n) {
+    for (int c = nd->child; c >= 0; c = pl->nodes[c].next) {
+        const node_t *ch = &pl->nodes[c];
+        if (!ch->by_index && ch->key_n == n && (n == 0 || memcmp(ch->key, k, n) == 0)) return c;
+    }
+    return -1;
+}
+
+static inline int mp_container(unsigned char c, const unsigned char *p, const unsigned char *end, int *is_map,
+                               uint32_t *count, Py_ssize_t *hdr) {
+    Py_ssize_t avail = end - p;
+    if (c >= 0x80 && c <= 0x8f) { *is_map = 1; *count = c & 0x0f; *hdr = 1; return 1; }
+    if (c >= 0x90 && c <= 0x9f) { *is_map = 0; *count = c & 0x0f; *hdr = 1; return 1; }
+    if (c == 0xde || c == 0xdc) {
+        if (avail < 3) return -1;
+        *is_map = c == 0xde; *count = be16(p + 1); *hdr = 3; return 1;
+    }
+    if (c == 0xdf || c == 0xdd) {
+        if (avail < 5) return -1;
+        *is_map = c == 0xdf; *count = be32(p + 1); *hdr = 5; return 1;
+    }
+    return 0;
+}
+
+/* One value of any kind, as Python's unpackb reads it, unused: bytes, or -1 (hand back: map keys
+ * other than strings, ext types, more than MAX_DEPTH levels, anything mp_value hands back). */
+static Py_ssize_t mp_skip(const unsigned char *p, const unsigned char *end, int depth) {
+    if (p >= end) return -1;
+    int is_map; uint32_t count; Py_ssize_t hdr;
+    int kind = mp_container(p[0], p, end, &is_map, &count, &hdr);
+    if (kind < 0) return -1;
+    if (!kind) { val_t tmp; return mp_value(p, end, &tmp); }
+    if (depth >= MAX_DEPTH) return -1;
+    const unsigned char *q = p + hdr;
+    for (uint32_t e = 0; e < count; e++) {
+        if (is_map) {
+            val_t key;
+            Py_ssize_t u = q < end ? mp_value(q, end, &key) : -1;
+            if (u < 0 || key.type != V_STR) return -1;
+            q += u;
+        }
+        Py_ssize_t u = mp_skip(q, end, depth + 1);
+        if (u < 0) return -1;
+        q += u;
+    }
+    return q - p;
+}
+
+/* The value at p for trie node ni (paths.resolve, step by step): fills the slots below it;
+ * bytes used, or -1 (hand back: a container of the wrong kind, a scalar where one is expected,
+ * a container where a value is, a key met twice). null: everything below is absent. */
+static Py_ssize_t mp_node(Plan *pl, int ni, const unsigned char *p, const unsigned char *end, val_t *vals,
+                          int depth) {
+    const node_t *nd = &pl->nodes[ni];
+    if (p >= end) return -1;
+    int is_map; uint32_t count; Py_ssize_t hdr;
+    int kind = mp_container(p[0], p, end, &is_map, &count, &hdr);
+    if (kind < 0) return -1;
+    if (!kind) {
+        val_t v;
+        Py_ssize_t u = mp_value(p, end, &v);
+        if (u < 0) return -1;
+        if (v.type != V_NIL && nd->child >= 0) return -1;  /* wrong_type */
+        if (nd->slot >= 0) vals[nd->slot] = v;
+        return u;
+    }
+    if (nd->slot >= 0 || (is_map && nd->indexes) || (!is_map && nd->keys) || depth >= MAX_DEPTH) return -1;
+    const unsigned char *q = p + hdr;
+    for (uint32_t e = 0; e < count; e++) {
+        Py_ssize_t u = -1;
+        if (is_map) {
+            val_t key;
+            Py_ssize_t k = q < end ? mp_value(q, end, &key) : -1;
+            if (k < 0 || key.type != V_STR) return -1;
+            q += k;
+            int c = child_by_key(pl, nd, key.s, key.n);
+            if (c >= 0) {
+                if (pl->seen[c] == pl->gen) return -1;  /* a key twice: the Python path decides */
+                pl->seen[c] = pl->gen;
+                u = mp_node(pl, c, q, end, vals, depth + 1);
+            } else {
+                u = mp_skip(q, end, depth + 1);
+            }
+        } else {
+            int hit = 0;
+            for (int c = nd->child; c >= 0; c = pl->nodes[c].next) {
+                const node_t *ch = &pl->nodes[c];
+                if (ch->index == (int64_t)e || ch->index + (int64_t)count == (int64_t)e) {
+                    Py_ssize_t got = mp_node(pl, c, q, end, vals, depth + 1);
+                    if (got < 0) return -1;
+                    u = got;
+                    hit = 1;
+                }
+            }
+            if (!hit) u = mp_skip(q, end, depth + 1);
+        }
+        if (u < 0) return -1;
+        q += u;
+    }
+    return q - p;
+}
+
+static void nested_start(Plan *pl, val_t *vals) {
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    if (++pl->gen == 0) { memset(pl->seen, 0, sizeof(pl->seen)); pl->gen = 1; }
+}
+
+static int mp_record_nested(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals) {
+    if (n < 1) return 1;
+    unsigned char c = p[0];
+    if (!((c >= 0x80 && c <= 0x8f) || c == 0xde || c == 0xdf)) return 1;  /* not a map */
+    nested_start(pl, vals);
+    Py_ssize_t u = mp_node(pl, 0, p, p + n, vals, 0);
+    return u == n ? 0 : 1;
+}
+
+static const char *json_string(const char *p, const char *end, val_t *v);
+static const char *json_value(const char *p, const char *end, val_t *v);
+static inline const char *json_ws(const char *p, const char *end);
+
+/* As mp_node, for JSON text (valid UTF-8 checked by the caller); NULL: hand back. skip: no node
+ * (a value the mapping does not read). Indexes are never negative here (fastpath.py). */
+static const char *json_node(Plan *pl, int ni, const char *p, const char *end, val_t *vals, int depth) {
+    const node_t *nd = ni >= 0 ? &pl->nodes[ni] : NULL;
+    if (p >= end) return NULL;
+    if (*p == '{' || *p == '[') {
+        int is_map = *p == '{';
+        char close = is_map ? '}' : ']';
+        if (depth >= MAX_DEPTH) return NULL;
+        if (nd && (nd->slot >= 0 || (is_map && nd->indexes) || (!is_map && nd->keys))) return NULL;
+        p = json_ws(p + 1, end);
+        if (p < end && *p == close) return p + 1;
+        for (int64_t e = 0;; e++) {
+            int c = -1;
+            if (is_map) {
+                val_t key;
+                p = json_string(p, end, &key);
+                if (!p) return NULL;
+                p = json_ws(p, end);
+                if (p >= end || *p != ':') return NULL;
+                p = json_ws(p + 1, end);
+                if (nd && (c = child_by_key(pl, nd, key.s, key.n)) >= 0) {
+                    if (pl->seen[c] == pl->gen) return NULL;
+                    pl->seen[c] = pl->gen;
+                }
+            } else if (nd) {
+                for (int k = nd->child; k >= 0; k = pl->nodes[k].next)
+                    if (pl->nodes[k].index == e) { c = k; break; }
+            }
+            p = json_node(pl, c, p, end, vals, depth + 1);
+            if (!p) return NULL;
+            p = json_ws(p, end);
+            if (p >= end) return NULL;
+            if (*p == ',') { p = json_ws(p + 1, end); continue; }
+            if (*p == close) return p + 1;
+            return NULL;
+        }
+    }
+    val_t v;
+    const char *q = json_value(p, end, &v);
+    if (!q) return NULL;
+    if (nd) {
+        if (v.type != V_NIL && nd->child >= 0) return NULL;
+        if (nd->slot >= 0) vals[nd->slot] = v;
+    }
+    return q;
+}
+
+static int json_record_nested(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    const char *end = p + n;
+    if (n < 2 || !p[0] || !p[1] || (unsigned char)p[0] >= 0xEF) return 1;
+    if (!utf8_valid((const unsigned char *)p, n)) return 1;
+    p = json_ws(p, end);
+    if (p >= end || *p != '{') return 1;
+    nested_start(pl, vals);
+    p = json_node(pl, 0, p, end, vals, 0);
+    return p && json_ws(p, end) == end ? 0 : 1;
+}
+
 static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals) {
+    if (pl->nested) {
+        if (pl->framing == F_MSGPACK) return mp_record_nested(pl, (const unsigned char *)payload, n, vals);
+        if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record_nested(pl, payload, n, vals);
+        return 1;
+    }
     if (pl->framing == F_MSGPACK) return mp_record(pl, (const unsigned char *)payload, n, vals);
     if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record(pl, payload, n, vals);
     return delimited_record(pl, payload, n, vals);
@@ -1322,8 +1524,70 @@ static char *copy_bytes(PyObject *o, Py_ssize_t *n) {
     return c;
 }
 
+static int new_node(Plan *pl, int parent) {
+    if (pl->nnodes >= MAX_NODES) { PyErr_SetString(PyExc_ValueError, "too many path steps"); return -1; }
+    int c = pl->nnodes++;
+    node_t *nd = &pl->nodes[c];
+    memset(nd, 0, sizeof(*nd));
+    nd->slot = -1; nd->child = -1; nd->next = -1;
+    if (parent >= 0) { nd->next = pl->nodes[parent].child; pl->nodes[parent].child = c; }
+    return c;
+}
+
+/* The slot of a path (a tuple of steps: bytes, a key; int, an index), in the trie; -2: error. */
+static int add_path(Plan *pl, PyObject *steps) {
+    if (pl->nnodes == 0 && new_node(pl, -1) < 0) return -2;
+    Py_ssize_t count = PyTuple_Size(steps);
+    if (count < 1) { PyErr_SetString(PyExc_ValueError, "an empty path"); return -2; }
+    int ni = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *step = PyTuple_GetItem(steps, i);
+        if (!step) return -2;
+        int c = -1;
+        if (PyBytes_Check(step)) {
+            char *k; Py_ssize_t kn;
+            if (PyBytes_AsStringAndSize(step, &k, &kn) < 0) return -2;
+            c = child_by_key(pl, &pl->nodes[ni], k, kn);
+            if (c < 0) {
+                if ((c = new_node(pl, ni)) < 0) return -2;
+                if (!(pl->nodes[c].key = copy_bytes(step, &pl->nodes[c].key_n))) return -2;
+                pl->nodes[ni].keys++;
+            }
+        } else {
+            long long index = PyLong_AsLongLong(step);
+            if (index == -1 && PyErr_Occurred()) return -2;
+            for (int k = pl->nodes[ni].child; k >= 0; k = pl->nodes[k].next)
+                if (pl->nodes[k].by_index && pl->nodes[k].index == index) { c = k; break; }
+            if (c < 0) {
+                if ((c = new_node(pl, ni)) < 0) return -2;
+                pl->nodes[c].by_index = 1;
+                pl->nodes[c].index = index;
+                pl->nodes[ni].indexes++;
+            }
+        }
+        ni = c;
+    }
+    if (pl->nodes[ni].slot >= 0) return pl->nodes[ni].slot;
+    if (pl->nslots >= MAX_SLOTS) { PyErr_SetString(PyExc_ValueError, "too many keys"); return -2; }
+    int k = pl->nslots;
+    pl->slot_key[k] = NULL;
+    pl->slot_n[k] = -1;  /* never a top-level key of the flat parsers */
+    if (!(pl->slot_name[k] = PyObject_Str(steps))) return -2;
+    pl->nslots++;
+    pl->nodes[ni].slot = k;
+    return k;
+}
+
 static int add_slot(Plan *pl, PyObject *key) {
     char *s; Py_ssize_t n;
+    if (pl->nested) {  /* every source is a path here, a top-level key one of one step */
+        if (PyTuple_Check(key)) return add_path(pl, key);
+        PyObject *steps = PyTuple_Pack(1, key);
+        if (!steps) return -2;
+        int slot = add_path(pl, steps);
+        Py_DECREF(steps);
+        return slot;
+    }
     if (PyBytes_AsStringAndSize(key, &s, &n) < 0) return -2;
     int found = find_slot(pl, s, n);
     if (found >= 0) return found;
@@ -1340,19 +1604,24 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
                          "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
-                         "topic_rule", "topic_groups", "time_parse", "clock", NULL};
-    int framing, time_rule, uniq_mode, topic_groups = 0;
+                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", NULL};
+    int framing, time_rule, uniq_mode, topic_groups = 0, nested = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
     PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOO", kw, &framing, &max_frame, &measurement,
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOp", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
-                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock))
+                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock, &nested))
         return -1;
     pl->ahead = ahead;
     pl->behind = behind;
+    pl->nested = nested;
+    if (nested && framing != F_MSGPACK && framing != F_JSON && framing != F_TEXT_JSON) {
+        PyErr_SetString(PyExc_ValueError, "paths need msgpack or JSON");
+        return -1;
+    }
     if (pl->measurement) { PyErr_SetString(PyExc_RuntimeError, "Plan is initialised once"); return -1; }
     pl->framing = framing;
     pl->max_frame = max_frame;
@@ -1493,6 +1762,7 @@ static void Plan_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyMem_Free(pl->measurement);
     for (int i = 0; i < pl->nslots; i++) { PyMem_Free(pl->slot_key[i]); Py_XDECREF(pl->slot_name[i]); }
+    for (int i = 0; i < pl->nnodes; i++) PyMem_Free(pl->nodes[i].key);
     for (int i = 0; i < pl->ntags; i++) { PyMem_Free(pl->tags[i].part); PyMem_Free(pl->tags[i].dflt); }
     for (int i = 0; i < pl->nderived; i++) tcache_free(&pl->derived[i]);
     if (pl->topic) { tcache_free(pl->topic); PyMem_Free(pl->topic); }

@@ -34,7 +34,7 @@ from dataclasses import dataclass
 
 from .lineproto import LineError
 from .mapping import MapError
-from .paths import PathError
+from .paths import Index, Key, PathError
 
 if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
     _fastpath = None
@@ -288,12 +288,17 @@ def not_covered(mapper: object, spec: object) -> str:
         return f"the measurement comes from data (measurement_from: {mapping.measurement_from})"
     if mapping.each is not None:
         return "each (several points per message) is not on the compiled path"
-    nested = [f"{source.split('.', 1)[-1]}: {path}" for source, path in mapping.sources().items()
-              if path.flat_key is None]
-    if nested:
-        return f"paths into nested values are not on the compiled path ({', '.join(nested)[:200]})"
     if spec.framing not in ("msgpack", "json", "text_json", "text_delimited"):  # type: ignore[attr-defined]
         return f"framing {spec.framing} is not on the compiled path"  # type: ignore[attr-defined]
+    nested = {source.split(".", 1)[-1]: path for source, path in mapping.sources().items() if path.flat_key is None}
+    if nested and spec.framing == "text_delimited":  # type: ignore[attr-defined]
+        return "paths into nested values with framing text_delimited (its values are strings)"
+    whole = [name for name, path in nested.items() if not path.steps]
+    if whole:
+        return f"a path to the whole record ({', '.join(whole)})"
+    if spec.framing != "msgpack" and any(  # type: ignore[attr-defined]
+            type(step) is Index and step.index < 0 for path in nested.values() for step in path.steps):
+        return "negative list indexes in JSON (msgpack only)"
     if mapping.time.value_path is not None and mapping.time.format not in (*_UNITS, *_TEXT_TIMES):
         return f"time format {mapping.time.format} is not on the compiled path"
     if len(mapping.derived_tags) > MAX_DERIVED:
@@ -374,8 +379,13 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     time_format = mapping.time.format
     sources = mapping.sources()
 
-    def key_of(source: str) -> bytes:  # the record key of a source (every path is one key here)
-        return _utf8(sources[source].flat_key)
+    nested = any(p.flat_key is None for p in sources.values())
+
+    def key_of(source: str) -> bytes | tuple:  # the record key of a source, or its path's steps
+        path = sources[source]
+        if path.flat_key is not None:
+            return _utf8(path.flat_key)
+        return tuple(_utf8(step.key) if type(step) is Key else step.index for step in path.steps)  # type: ignore[union-attr]
 
     fields = [(key_of(f"mapping.fields.{key}"), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]], key)
               for key, ekey, _ in m._fields]
@@ -395,8 +405,8 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
                 named.append((key, (_RECORD, key_of(f"mapping.tags.{key}"), _utf8(f",{ekey}="),
                                     key in m.optional_tags, _tag_rule(m, key, ekey), 0, 0)))
         derived = []
-        for i, (d, (_, regex, groups)) in enumerate(zip(mapping.derived_tags, m._derived, strict=True)):
-            derived.append((_utf8(d.value_path.flat_key), _derived_rule(m, regex, groups), len(groups)))
+        for i, (_, regex, groups) in enumerate(m._derived):
+            derived.append((key_of(f"mapping.derived_tags[{i}]"), _derived_rule(m, regex, groups), len(groups)))
             named += [(group, (_DERIVED, None, b"", True, None, i, g)) for g, (group, _) in enumerate(groups)]
         named += [(key, (_STATIC, None, _utf8(part), True, None, 0, 0)) for key, part in m._static]
         tags = [tag for _, tag in sorted(named, key=lambda pair: pair[0])]
@@ -428,7 +438,7 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         "key_check": key_check, **uniq, "field_order": order, "delimiter": delimiter,
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
-        "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names),
+        "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names), "nested": nested,
     }
 
 
@@ -446,15 +456,18 @@ def _plan_checks(mapper: object, spec: object) -> None:
         raise _NotCovered("epoch times from text need exact times")
     if spec.framing == "text_delimited" and spec.delimiter == "":  # type: ignore[attr-defined]
         raise _NotCovered("empty delimiter")
+    paths = {path.steps for path in mapping.sources().values()}
     names = [m._fixed, *(k for k, _ in getattr(m, "_tags", ())), *mapping.fields,
-             *(p.flat_key or "" for p in mapping.sources().values())]
+             *(step.key for steps in paths for step in steps if type(step) is Key)]
     for name in names:
         _utf8(name or "")
     static = getattr(m, "_static", ())
     tags = len(getattr(m, "_tags", ())) + (len(static) if isinstance(static, list) else 1)
     tags += sum(len(d.regex.groupindex) for d in mapping.derived_tags)
-    if len({p.flat_key for p in mapping.sources().values()}) > 32 or len(mapping.fields) > 32 or tags > 32:
+    if len(paths) > 32 or len(mapping.fields) > 32 or tags > 32:
         raise _NotCovered("more than 32 keys, fields or tags")
+    if sum(len(steps) for steps in paths) >= 96:  # _fastpath.c MAX_NODES
+        raise _NotCovered("more than 95 path steps")
 
 
 def _window_ns(ns: int | None) -> int:
