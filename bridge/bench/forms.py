@@ -3,12 +3,13 @@
     cd bridge && python bench/forms.py [--messages 200000] [--rounds 3]
 
 For each form (a flat tick; the lab's own feed with derived tags; topic regex tags; rfc3339 date
-strings; the receive time; numbers as text) the same msgpack messages go, in bursts of 2,000,
-through the Python path as the pipeline runs it (decode, `keyed_line` or `keyed_lines`, the
-newest point per series for the cache) and through `Accelerator.map` (C, with the same newest
-dict). The thread's CPU time per point is reported, the least of `rounds` alternating rounds
-(the machine is shared); both outputs are compared byte for byte. No sockets, no InfluxDB: this
-is the mapping's cost alone (receive, journal and HTTP are the bench's end-to-end rows).
+strings; the receive time; numbers as text; paths into a nested document) the same msgpack
+messages go, in bursts of 2,000, through the Python path as the pipeline runs it (decode,
+`keyed_line` or `keyed_lines`, the newest point per series for the cache) and through
+`Accelerator.map` (C, with the same newest dict). The thread's CPU time per point is reported,
+the least of `rounds` alternating rounds (the machine is shared); both outputs are compared byte
+for byte. No sockets, no InfluxDB: this is the mapping's cost alone (receive, journal and HTTP
+are the bench's end-to-end rows).
 """
 
 from __future__ import annotations
@@ -41,6 +42,11 @@ FORMS = {
     "rfc3339": {**FLAT, "time": {"field": "timestamp", "format": "rfc3339"}},
     "receive time": {**FLAT, "time": {"field": None}},
     "numbers as text": FLAT,
+    "nested paths": {"measurement": "ticks", "tags": {"instrument": "meta.sym"},
+                     "fields": {"bid": {"path": "quote.bid", "type": "float"},
+                                "ask": {"path": "quote.ask", "type": "float"},
+                                "volume": {"path": "quote.size", "type": "integer"}},
+                     "time": {"path": "meta.t[0]", "format": "epoch_s"}},
 }
 
 
@@ -52,6 +58,9 @@ def frames(form: str, count: int) -> list[list[bytes]]:
             whole = int(seconds)
             tick["timestamp"] = time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(whole)) + \
                 f".{round((seconds - whole) * 1e6):06d}Z"
+        if form == "nested paths":
+            tick = {"quote": {"bid": tick["bid"], "ask": tick["ask"], "size": tick["volume"]},
+                    "meta": {"sym": tick["instrument"], "t": [tick["timestamp"]], "seq": tick["seq"]}}
         if form == "numbers as text":
             tick.update(bid=repr(tick["bid"]), ask=repr(tick["ask"]), volume=str(tick["volume"]))
         out.append([b"kraken_tick", msgpack.packb(tick)])
