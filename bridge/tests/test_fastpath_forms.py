@@ -470,7 +470,9 @@ def test_check_config_names_the_path_and_reason_per_subscription(tmp_path, capsy
             subscription("heartbeats", LAB, ignore=[{"name": "hb", "topic": "^hb"}])],
         "destinations": [{"name": "d", "url": "http://127.0.0.1:1", "database": "db"}]}))
     assert main(["check-config", "--json", str(path)]) == 0
-    paths = json.loads(capsys.readouterr().out)["fast_path"]
+    effective = json.loads(capsys.readouterr().out)
+    assert effective["fast_path"] == "auto"  # the setting, unchanged
+    paths = effective["hot_path"]
     here = "compiled" if not fastpath.unavailable() else f"python: {fastpath.unavailable()}"
     assert paths["kraken"] == {"path": "compiled", "reason": None, "here": here}
     assert paths["v20"] == {"path": "compiled", "reason": None, "here": here}

@@ -99,8 +99,9 @@ def ignore_warnings(s: SubscriptionSpec) -> list[str]:
     return out
 
 
-def fast_paths(config: Config) -> dict[str, dict[str, str | None]]:
-    """Per subscription, the path it runs (check-config --json): `path` compiled or python and
+def hot_paths(config: Config) -> dict[str, dict[str, str | None]]:
+    """Per subscription, the path it runs (check-config --json `hot_path`; the configuration's
+    `fast_path` is auto or off): `path` compiled or python and
     the `reason` for python, from the configuration alone (what a station whose wheel carries the
     extension runs); `here`: the same on this host (compiled, or python: why)."""
     from .fastpath import python_reason
@@ -122,7 +123,7 @@ def cmd_check(args: argparse.Namespace) -> int:
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**config.effective(), "warnings": found, "fast_path": fast_paths(config)}, indent=2,
+        print(json.dumps({**config.effective(), "warnings": found, "hot_path": hot_paths(config)}, indent=2,
                          sort_keys=False))
         return 0
     print(f"{args.config}: OK ({len(config.subscriptions)} subscriptions, "
