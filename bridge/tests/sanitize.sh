@@ -3,11 +3,12 @@
 #
 # Builds _fastpath.c once with -fsanitize=address,undefined into its own directory (never the
 # in-place extension the other tests use), beside a copy of the package, and runs the tests that
-# compare the C path with the Python path against it: the differential tests in-process and the
-# two bridge processes of test_fastpath_bridge.py (they inherit PYTHONPATH and the sanitizer
-# environment). Any report fails: UBSan halts (-fno-sanitize-recover, halt_on_error), ASan aborts;
-# pytest captures nothing (--capture=no), so a report on fd 2 reaches the log
-# even when it ends the process, and a report anywhere in the log fails the run too.
+# compare the C path with the Python path against it: the differential tests in-process (every
+# mapping form: test_fastpath.py, test_fastpath_forms.py) and the two bridge processes of
+# test_fastpath_bridge.py (they inherit PYTHONPATH and the sanitizer environment). Any report
+# fails: UBSan halts (-fno-sanitize-recover, halt_on_error), ASan aborts; pytest captures nothing
+# (--capture=no), so a report on fd 2 reaches the log even when it ends the process, and a report
+# anywhere in the log fails the run too.
 # Leak detection is off: CPython's own allocations at exit are not the extension's.
 set -euo pipefail
 bridge=$(cd "$(dirname "$0")/.." && pwd)
@@ -36,7 +37,7 @@ where=$("$python" -c 'import station_bridge._fastpath as f; print(f.__file__)')
 
 set +e
 (cd "$bridge" && "$python" -m pytest -q -p no:cacheprovider --capture=no \
-  tests/test_fastpath.py tests/test_fastpath_bridge.py "$@") 2>&1 | tee "$out/pytest.log"
+  tests/test_fastpath.py tests/test_fastpath_bridge.py tests/test_fastpath_forms.py "$@") 2>&1 | tee "$out/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 unset LD_PRELOAD

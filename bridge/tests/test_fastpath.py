@@ -419,10 +419,11 @@ def test_a_closed_socket_is_an_error_not_a_crash(zmq_context):
 
 
 def test_shapes_the_compiled_path_does_not_cover_are_named():
-    for spec, why in [(sub(framing="text_json", mapping={"derived_tags": [], "time": {"format": "rfc3339"}}),
-                       "date strings"),
-                      (sub(), "no compiled path"),
-                      (sub(mapping={"derived_tags": [], "time": {"field": None}}), "receive times")]:
+    for spec, why in [(sub(mapping={"measurement": None, "measurement_from": "topic"}),
+                       "the measurement comes from data (measurement_from: topic)"),
+                      (sub(mapping={"each": "levels[*]", "fields": {"p": {"path": "[0]", "type": "float"}}}), "each"),
+                      (sub(framing="text_json", mapping={"fields": {"bid": {"path": "quote[-1]", "type": "float"}}}),
+                       "negative list indexes in JSON (msgpack only)")]:
         accelerator, reason = fastpath.Accelerator.for_mapper(Mapper(spec), spec)
         assert accelerator is None and why in reason
 

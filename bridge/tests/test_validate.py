@@ -29,6 +29,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import Influxd, RedisServer, free_port
 
+from station_bridge import fastpath
 from station_bridge.metrics import Metrics, parse
 
 BRIDGE = str(Path(sys.executable).with_name("station-bridge"))
@@ -235,6 +236,12 @@ def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, 
     assert inst["instance"] == "kraken" and inst["station"] == "tst"
     (feed_row,) = inst["feeds"]
     assert feed_row["feed"] == "kraken" and feed_row["received"] > 0 and feed_row["landed"] > 0
+    # the path the running bridge maps the feed on (its /healthz), in the row and the table
+    path = "compiled" if not fastpath.unavailable() else f"python: {fastpath.unavailable()}"
+    assert feed_row["path"] == path
+    assert any(line.startswith("kraken | feed kraken |") and line.endswith(f"| True | {path}")
+               for line in report["table"]), report["table"]
+    assert report["table"][0].endswith("| ok | path")
     assert [d["destination"] for d in inst["destinations"]] == ["local"] and inst["destinations"][0]["written"] > 0
     checks = {c["check"]: c for c in inst["checks"]}
     assert checks["self-metrics"]["ok"] and not checks["self-metrics"].get("skipped")

@@ -143,18 +143,64 @@ enum { F_MSGPACK = 0, F_DELIMITED = 1, F_JSON = 2, F_TEXT_JSON = 3 };
 enum { R_EXACT = 0, R_PRODUCT = 1 };
 enum { U_WINDOW = 0, U_LAST = 1 };
 
+enum { T_RECORD = 0, T_STATIC = 1, T_DERIVED = 2, T_TOPIC = 3 };
+
 typedef struct {
-    int slot;           /* record key, or -1 for a static tag */
+    int kind;           /* T_RECORD: a record key; T_STATIC; T_DERIVED / T_TOPIC: a part the
+                         * mapper's own rule made (a text cache, below) */
+    int slot;           /* T_RECORD: the record key */
+    int src, group;     /* T_DERIVED: derived source and group; T_TOPIC: group */
     char *part;         /* static: ",k=v"; record: ",k=" */
     Py_ssize_t part_n;
+    char *dflt;         /* T_RECORD: ",k=<escaped default>" for an absent or empty value, or NULL */
+    Py_ssize_t dflt_n;
     int optional;       /* record: an absent value leaves the tag out (else: hand back) */
 } tag_t;
+
+/* Text -> the tag parts the mapper's own rule makes of it (derived tags of a source's text, the
+ * topic's tags), cached: the rule is Python (Mapper._derived_pairs, Mapper._tag_pair: the same
+ * code the Python path runs), called once per distinct text. An entry holds the text, then each
+ * group's part (",k=v", or empty: left out); `back`: the rule refused the text (hand back). */
+#define MAX_GROUPS 16
+#define TCACHE_SIZE 1024
+#define TCACHE_MAX_KEY 256
+typedef struct {
+    uint64_t hash; Py_ssize_t key_n; int used, back;
+    char *data;                    /* key_n bytes of text, then the parts */
+    Py_ssize_t off[MAX_GROUPS + 1];  /* part g: data + key_n + off[g], off[g + 1] - off[g] bytes */
+} tentry_t;
+
+typedef struct {
+    PyObject *rule;    /* rule(text or None) -> tuple of bytes (one per group) or None (refused) */
+    int ngroups;
+    tentry_t *table;   /* TCACHE_SIZE entries */
+    int used;
+    tentry_t absent;   /* the rule of None (an absent value), once */
+    tentry_t scratch;  /* a text too long to cache */
+} tcache_t;
+
+#define MAX_DERIVED 8
+
+/* Paths into nested values (`quote.bid`, `levels[0]`): a trie of key and index steps from the
+ * record; a node where a path ends holds its slot. Only with `nested` (else every slot is one
+ * top-level key and the flat parsers run). */
+#define MAX_NODES 96
+#define MAX_DEPTH 32
+typedef struct {
+    int slot;                 /* a path ends here: its slot (-1: none) */
+    int child, next;          /* first child, next sibling (-1: none) */
+    int by_index;             /* reached by an index step (else by a key) */
+    int64_t index;            /* that index (negative: from the end) */
+    char *key; Py_ssize_t key_n;
+    int keys, indexes;        /* children by key, by index */
+} node_t;
 
 typedef struct {
     int slot;
     char *prefix;       /* ",k=" */
     Py_ssize_t prefix_n;
     int kind;
+    PyObject *name;     /* the field's name (the cache's key; its record key may differ) */
 } field_t;
 
 /* The series key -> str cache (the uniqueness state is keyed by str). */
@@ -173,8 +219,14 @@ typedef struct {
     int nslots; char *slot_key[MAX_SLOTS]; Py_ssize_t slot_n[MAX_SLOTS];
     PyObject *slot_name[MAX_SLOTS];
     int ntags; tag_t tags[MAX_TAGS];
+    int nderived; int derived_slot[MAX_DERIVED]; tcache_t derived[MAX_DERIVED];
+    int nested; int nnodes; node_t nodes[MAX_NODES];
+    uint32_t gen; uint32_t seen[MAX_NODES];  /* a key met in this record (duplicates go back) */
+    tcache_t *topic;   /* topic tags (NULL: none) */
     int nfields; field_t fields[MAX_FIELDS];
-    int time_slot; int64_t time_unit; int time_rule;
+    int time_slot; int64_t time_unit; int time_rule;  /* time_unit -1: a date string (time_parse) */
+    PyObject *time_parse;  /* the mapper's parser of date strings (rfc3339, naive) */
+    PyObject *clock;       /* the mapper's receive clock (no time field), or NULL */
     Py_ssize_t key_check;
     int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
     int64_t tmin, tmax; Py_ssize_t trim, window;
@@ -444,6 +496,60 @@ static int text_exact_ns(const char *s, Py_ssize_t n, int64_t unit, int64_t *out
     return 0;
 }
 
+static inline int dig(char c) { return c >= '0' && c <= '9' ? c - '0' : -1; }
+static int num2(const char *s) {
+    int a = dig(s[0]), b = dig(s[1]);
+    return a < 0 || b < 0 ? -1 : a * 10 + b;
+}
+
+/* timestamps._parse_text for the common shape only: `YYYY-MM-DD[Tt ]HH:MM:SS[.f]` with at most 9
+ * fraction digits and an offset (`Z`, `z`, `+HH:MM`, `+HHMM`), a year within InfluxDB's range
+ * (1678..2261), a valid date and time of day. 0: *out set; -1: the mapper's parser decides (a
+ * zone, more digits, anything it refuses or reads otherwise). */
+static int rfc3339_ns(const char *s, Py_ssize_t n, int64_t *out) {
+    static const int month_days[13] = {0, 31, 28, 31, 30, 31, 30, 31, 31, 30, 31, 30, 31};
+    if (n < 20 || n > 64) return -1;
+    int y1 = num2(s), y2 = num2(s + 2), mo = num2(s + 5), d = num2(s + 8);
+    int h = num2(s + 11), mi = num2(s + 14), se = num2(s + 17);
+    if (y1 < 0 || y2 < 0 || mo < 0 || d < 0 || h < 0 || mi < 0 || se < 0) return -1;
+    if (s[4] != '-' || s[7] != '-' || (s[10] != 'T' && s[10] != 't' && s[10] != ' ') || s[13] != ':' || s[16] != ':')
+        return -1;
+    int y = y1 * 100 + y2;
+    Py_ssize_t i = 19;
+    int64_t frac = 0;
+    if (i < n && s[i] == '.') {
+        int fd = 0;
+        for (i++; i < n && dig(s[i]) >= 0; i++) {
+            if (++fd > 9) return -1;
+            frac = frac * 10 + dig(s[i]);
+        }
+        if (!fd) return -1;
+        for (int k = fd; k < 9; k++) frac *= 10;
+    }
+    int64_t offset;  /* seconds to add */
+    if (i + 1 == n && (s[i] == 'Z' || s[i] == 'z')) {
+        offset = 0;
+    } else if (i < n && (s[i] == '+' || s[i] == '-') && (n - i == 6 || n - i == 5)) {
+        int oh = num2(s + i + 1), om = num2(s + n - 2);
+        if (oh < 0 || om < 0 || (n - i == 6 && s[i + 3] != ':') || oh > 23 || om > 59) return -1;
+        offset = (int64_t)(oh * 3600 + om * 60) * (s[i] == '+' ? -1 : 1);
+    } else {
+        return -1;
+    }
+    if (y < 1678 || y > 2261 || mo < 1 || mo > 12 || h > 23 || mi > 59 || se > 59) return -1;
+    int leap = y % 4 == 0 && (y % 100 != 0 || y % 400 == 0);
+    if (d < 1 || d > (mo == 2 && leap ? 29 : month_days[mo])) return -1;
+    int64_t yy = y - (mo <= 2);
+    int64_t era = yy / 400, yoe = yy - era * 400;  /* yy > 0: no floor needed */
+    int64_t doy = (153 * (mo > 2 ? mo - 3 : mo + 9) + 2) / 5 + d - 1;
+    int64_t days = era * 146097 + yoe * 365 + yoe / 4 - yoe / 100 + doy - 719468;
+    int64_t seconds = days * 86400 + h * 3600 + mi * 60 + se + offset;
+    __int128 ns = (__int128)seconds * 1000000000 + frac;
+    if (ns < NS_MIN || ns > NS_MAX) return -1;
+    *out = (int64_t)ns;
+    return 0;
+}
+
 static int64_t auto_unit_double(double v) {
     double a = fabs(v);
     return a < 1e11 ? 1000000000 : a < 1e14 ? 1000000 : a < 1e17 ? 1000 : 1;
@@ -452,6 +558,22 @@ static int64_t auto_unit_double(double v) {
 /* The point's time from its value; 0 ok, -1 hand back. */
 static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
     int64_t unit = pl->time_unit;  /* 0: auto */
+    if (unit < 0) {  /* a date string: the mapper's own parser (anything it refuses goes back) */
+        if (v->type != V_STR || !pl->time_parse) return -1;
+        if (rfc3339_ns(v->s, v->n, ts) == 0) goto checks;
+        PyObject *text = PyUnicode_DecodeUTF8(v->s, v->n, "strict");
+        if (!text) { PyErr_Clear(); return -1; }
+        PyObject *r = PyObject_CallFunctionObjArgs(pl->time_parse, text, NULL);
+        Py_DECREF(text);
+        if (!r) { PyErr_Clear(); return -1; }
+        int over = 0;
+        long long x = PyLong_Check(r) ? PyLong_AsLongLongAndOverflow(r, &over) : -1;
+        Py_DECREF(r);
+        if (PyErr_Occurred()) { PyErr_Clear(); return -1; }
+        if (over) return -1;
+        *ts = x;
+        goto checks;
+    }
     switch (v->type) {
     case V_INT: {
         int64_t u = unit;
@@ -497,6 +619,7 @@ static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
     default:
         return -1;  /* missing (receive time), nil, bool, other: the Python path */
     }
+checks:
     if (*ts < pl->tmin || *ts > pl->tmax) return -1;
     if (pl->ahead >= 0 || pl->behind >= 0) {
         /* outside the window around the receive time: Python refuses it (Mapper.check_window) */
@@ -601,7 +724,7 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
             if (v->i > (1LL << 53) || v->i < -(1LL << 53)) return 1;
             return put_repr(b, (double)v->i) < 0 ? -1 : 0;
         }
-        if (v->type == V_STR && pl->framing == F_DELIMITED) {
+        if (v->type == V_STR) {  /* number text (JSON's grammar), in every framing, as format_field_value */
             double d;
             if (text_float(v->s, v->n, &d) < 0 || !isfinite(d)) return 1;
             return put_repr(b, d) < 0 ? -1 : 0;
@@ -610,7 +733,7 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
     case K_INTEGER: {
         int64_t i;
         if (v->type == V_INT) i = v->i;
-        else if (v->type == V_STR && pl->framing == F_DELIMITED) { if (text_int(v->s, v->n, &i) < 0) return 1; }
+        else if (v->type == V_STR) { if (text_int(v->s, v->n, &i) < 0) return 1; }
         else return 1;
         if (buf_put_int(b, i) < 0 || buf_putc(b, 'i') < 0) return -1;
         return 0;
@@ -618,9 +741,15 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
     case K_STRING:
         if (v->type != V_STR) return 1;
         return put_string_field(b, v->s, v->n) < 0 ? -1 : 0;
-    case K_BOOLEAN:
-        if (v->type != V_BOOL) return 1;
-        return buf_put(b, v->i ? "true" : "false", v->i ? 4 : 5) < 0 ? -1 : 0;
+    case K_BOOLEAN: {
+        /* true/false, the integers 0 and 1, the texts "true", "false", "1", "0" exactly */
+        int truth;
+        if (v->type == V_BOOL || (v->type == V_INT && (v->i == 0 || v->i == 1))) truth = v->i != 0;
+        else if (v->type == V_STR && ((v->n == 4 && memcmp(v->s, "true", 4) == 0) || (v->n == 1 && v->s[0] == '1'))) truth = 1;
+        else if (v->type == V_STR && ((v->n == 5 && memcmp(v->s, "false", 5) == 0) || (v->n == 1 && v->s[0] == '0'))) truth = 0;
+        else return 1;
+        return buf_put(b, truth ? "true" : "false", truth ? 4 : 5) < 0 ? -1 : 0;
+    }
     }
     return 1;
 }
@@ -662,6 +791,142 @@ static PyObject *series_str(Plan *pl, const char *s, Py_ssize_t n) {
     e->str = str;
     pl->scache_used++;
     return str;
+}
+
+/* ---- text -> tag parts (derived tags, topic tags): the mapper's rule, cached ---------------- */
+
+static void tentry_free(tentry_t *e) {
+    PyMem_Free(e->data);
+    e->data = NULL;
+    e->used = 0;
+}
+
+static void tcache_clear(tcache_t *c) {
+    if (c->table)
+        for (int i = 0; i < TCACHE_SIZE; i++) tentry_free(&c->table[i]);
+    c->used = 0;
+}
+
+static void tcache_free(tcache_t *c) {
+    tcache_clear(c);
+    PyMem_Free(c->table);
+    c->table = NULL;
+    tentry_free(&c->absent);
+    tentry_free(&c->scratch);
+    Py_CLEAR(c->rule);
+}
+
+/* e = rule(text) (absent: rule(None)). 0: filled (e->back: refused); 1: hand back, nothing
+ * cached (the rule raised: the Python path will say what); -1: out of memory. */
+static int tentry_fill(tcache_t *c, tentry_t *e, const char *s, Py_ssize_t n, int absent) {
+    PyObject *arg = absent ? Py_NewRef(Py_None) : PyUnicode_DecodeUTF8(s, n, "strict");
+    if (!arg) { PyErr_Clear(); return 1; }
+    PyObject *r = PyObject_CallFunctionObjArgs(c->rule, arg, NULL);
+    Py_DECREF(arg);
+    if (!r) {
+        if (PyErr_ExceptionMatches(PyExc_MemoryError)) return -1;
+        PyErr_Clear();
+        return 1;
+    }
+    Py_ssize_t total = 0;
+    int back = r == Py_None;
+    if (!back) {
+        if (!PyTuple_Check(r) || PyTuple_Size(r) != c->ngroups) { Py_DECREF(r); return 1; }
+        for (int g = 0; g < c->ngroups; g++) {
+            PyObject *part = PyTuple_GetItem(r, g);  /* borrowed */
+            if (!part || !PyBytes_Check(part)) { PyErr_Clear(); Py_DECREF(r); return 1; }
+            total += PyBytes_Size(part);
+        }
+    }
+    Py_ssize_t key_n = absent ? 0 : n;
+    char *data = PyMem_Malloc(key_n + total + 1);
+    if (!data) { Py_DECREF(r); PyErr_NoMemory(); return -1; }
+    if (key_n) memcpy(data, s, key_n);
+    Py_ssize_t at = 0;
+    e->off[0] = 0;
+    for (int g = 0; !back && g < c->ngroups; g++) {
+        char *ps; Py_ssize_t pn;
+        if (PyBytes_AsStringAndSize(PyTuple_GetItem(r, g), &ps, &pn) < 0) {  /* cannot fail: bytes */
+            PyErr_Clear(); PyMem_Free(data); Py_DECREF(r); return 1;
+        }
+        if (pn) memcpy(data + key_n + at, ps, pn);
+        at += pn;
+        e->off[g + 1] = at;
+    }
+    Py_DECREF(r);
+    PyMem_Free(e->data);
+    e->data = data;
+    e->key_n = key_n;
+    e->back = back;
+    e->used = 1;
+    return 0;
+}
+
+/* The entry for text s (NULL: an absent value). NULL with *rc 1 (hand back) or -1 (error). */
+static tentry_t *tcache_get(tcache_t *c, const char *s, Py_ssize_t n, int *rc) {
+    tentry_t *e;
+    if (!s) {
+        e = &c->absent;
+        if (!e->used && (*rc = tentry_fill(c, e, NULL, 0, 1)) != 0) return NULL;
+        return e;
+    }
+    if (n > TCACHE_MAX_KEY || !c->table) {
+        if ((*rc = tentry_fill(c, &c->scratch, s, n, 0)) != 0) return NULL;
+        return &c->scratch;
+    }
+    uint64_t h = fnv1a(s, n);
+    unsigned i = (unsigned)h & (TCACHE_SIZE - 1);
+    for (;;) {
+        e = &c->table[i];
+        if (!e->used) break;
+        if (e->hash == h && e->key_n == n && memcmp(e->data, s, n) == 0) return e;
+        i = (i + 1) & (TCACHE_SIZE - 1);
+    }
+    if (c->used >= TCACHE_SIZE / 2) {  /* bounded: start over */
+        tcache_clear(c);
+        e = &c->table[(unsigned)h & (TCACHE_SIZE - 1)];
+    }
+    if ((*rc = tentry_fill(c, e, s, n, 0)) != 0) return NULL;
+    e->hash = h;
+    c->used++;
+    return e;
+}
+
+static inline const char *tentry_part(const tentry_t *e, int g, Py_ssize_t *n) {
+    *n = e->off[g + 1] - e->off[g];
+    return e->data + e->key_n + e->off[g];
+}
+
+/* The text Python's _tag_text gives a scalar (strings as they are, integers in decimal, booleans
+ * true/false, finite floats as repr): 0, *s and *n set (tmp: at least 48 bytes); 1: hand back
+ * (NaN, infinities, binary, anything else: the Python path refuses or decides). */
+static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n) {
+    switch (v->type) {
+    case V_STR: *s = v->s; *n = v->n; return 0;
+    case V_BOOL: *s = v->i ? "true" : "false"; *n = v->i ? 4 : 5; return 0;
+    case V_INT: {
+        buf_t b = {tmp, 0, 48};
+        buf_put_int(&b, v->i);  /* at most 20 characters: never grows */
+        *s = tmp; *n = b.len;
+        return 0;
+    }
+    case V_FLOAT: {
+        if (!isfinite(v->d)) return 1;
+        int k = short_repr(v->d, tmp);
+        if (!k) {
+            char *r = PyOS_double_to_string(v->d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
+            if (!r) { PyErr_Clear(); return 1; }
+            size_t len = strlen(r);
+            if (len > 47) { PyMem_Free(r); return 1; }
+            memcpy(tmp, r, len);
+            PyMem_Free(r);
+            k = (int)len;
+        }
+        *s = tmp; *n = k;
+        return 0;
+    }
+    }
+    return 1;
 }
 
 /* ---- uniqueness: the Python mapper's own state, same rule as its compiled path ------------- */
@@ -792,7 +1057,7 @@ static int newest_flush(Plan *pl, PyObject *newest) {
                 const val_t *v = &vals[pl->fields[f].slot];
                 if (v->type == V_ABSENT || v->type == V_NIL) continue;
                 PyObject *o = value_object(v);
-                if (!o || PyDict_SetItem(record, pl->slot_name[pl->fields[f].slot], o) < 0) rc = -1;
+                if (!o || PyDict_SetItem(record, pl->fields[f].name, o) < 0) rc = -1;
                 Py_XDECREF(o);
             }
             if (rc == 0) {
@@ -929,7 +1194,193 @@ static int delimited_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) 
     return k == pl->norder ? 0 : 1;
 }
 
+/* ---- nested records (paths): msgpack and JSON walked along the path trie ------------------- */
+
+static int child_by_key(Plan *pl, const node_t *nd, const char *k, Py_ssize_t n) {
+    for (int c = nd->child; c >= 0; c = pl->nodes[c].next) {
+        const node_t *ch = &pl->nodes[c];
+        if (!ch->by_index && ch->key_n == n && (n == 0 || memcmp(ch->key, k, n) == 0)) return c;
+    }
+    return -1;
+}
+
+static inline int mp_container(unsigned char c, const unsigned char *p, const unsigned char *end, int *is_map,
+                               uint32_t *count, Py_ssize_t *hdr) {
+    Py_ssize_t avail = end - p;
+    if (c >= 0x80 && c <= 0x8f) { *is_map = 1; *count = c & 0x0f; *hdr = 1; return 1; }
+    if (c >= 0x90 && c <= 0x9f) { *is_map = 0; *count = c & 0x0f; *hdr = 1; return 1; }
+    if (c == 0xde || c == 0xdc) {
+        if (avail < 3) return -1;
+        *is_map = c == 0xde; *count = be16(p + 1); *hdr = 3; return 1;
+    }
+    if (c == 0xdf || c == 0xdd) {
+        if (avail < 5) return -1;
+        *is_map = c == 0xdf; *count = be32(p + 1); *hdr = 5; return 1;
+    }
+    return 0;
+}
+
+/* One value of any kind, as Python's unpackb reads it, unused: bytes, or -1 (hand back: map keys
+ * other than strings, ext types, more than MAX_DEPTH levels, anything mp_value hands back). */
+static Py_ssize_t mp_skip(const unsigned char *p, const unsigned char *end, int depth) {
+    if (p >= end) return -1;
+    int is_map; uint32_t count; Py_ssize_t hdr;
+    int kind = mp_container(p[0], p, end, &is_map, &count, &hdr);
+    if (kind < 0) return -1;
+    if (!kind) { val_t tmp; return mp_value(p, end, &tmp); }
+    if (depth >= MAX_DEPTH) return -1;
+    const unsigned char *q = p + hdr;
+    for (uint32_t e = 0; e < count; e++) {
+        if (is_map) {
+            val_t key;
+            Py_ssize_t u = q < end ? mp_value(q, end, &key) : -1;
+            if (u < 0 || key.type != V_STR) return -1;
+            q += u;
+        }
+        Py_ssize_t u = mp_skip(q, end, depth + 1);
+        if (u < 0) return -1;
+        q += u;
+    }
+    return q - p;
+}
+
+/* The value at p for trie node ni (paths.resolve, step by step): fills the slots below it;
+ * bytes used, or -1 (hand back: a container of the wrong kind, a scalar where one is expected,
+ * a container where a value is, a key met twice). null: everything below is absent. */
+static Py_ssize_t mp_node(Plan *pl, int ni, const unsigned char *p, const unsigned char *end, val_t *vals,
+                          int depth) {
+    const node_t *nd = &pl->nodes[ni];
+    if (p >= end) return -1;
+    int is_map; uint32_t count; Py_ssize_t hdr;
+    int kind = mp_container(p[0], p, end, &is_map, &count, &hdr);
+    if (kind < 0) return -1;
+    if (!kind) {
+        val_t v;
+        Py_ssize_t u = mp_value(p, end, &v);
+        if (u < 0) return -1;
+        if (v.type != V_NIL && nd->child >= 0) return -1;  /* wrong_type */
+        if (nd->slot >= 0) vals[nd->slot] = v;
+        return u;
+    }
+    if (nd->slot >= 0 || (is_map && nd->indexes) || (!is_map && nd->keys) || depth >= MAX_DEPTH) return -1;
+    const unsigned char *q = p + hdr;
+    for (uint32_t e = 0; e < count; e++) {
+        Py_ssize_t u = -1;
+        if (is_map) {
+            val_t key;
+            Py_ssize_t k = q < end ? mp_value(q, end, &key) : -1;
+            if (k < 0 || key.type != V_STR) return -1;
+            q += k;
+            int c = child_by_key(pl, nd, key.s, key.n);
+            if (c >= 0) {
+                if (pl->seen[c] == pl->gen) return -1;  /* a key twice: the Python path decides */
+                pl->seen[c] = pl->gen;
+                u = mp_node(pl, c, q, end, vals, depth + 1);
+            } else {
+                u = mp_skip(q, end, depth + 1);
+            }
+        } else {
+            int hit = 0;
+            for (int c = nd->child; c >= 0; c = pl->nodes[c].next) {
+                const node_t *ch = &pl->nodes[c];
+                if (ch->index == (int64_t)e || ch->index + (int64_t)count == (int64_t)e) {
+                    Py_ssize_t got = mp_node(pl, c, q, end, vals, depth + 1);
+                    if (got < 0) return -1;
+                    u = got;
+                    hit = 1;
+                }
+            }
+            if (!hit) u = mp_skip(q, end, depth + 1);
+        }
+        if (u < 0) return -1;
+        q += u;
+    }
+    return q - p;
+}
+
+static void nested_start(Plan *pl, val_t *vals) {
+    for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
+    if (++pl->gen == 0) { memset(pl->seen, 0, sizeof(pl->seen)); pl->gen = 1; }
+}
+
+static int mp_record_nested(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals) {
+    if (n < 1) return 1;
+    unsigned char c = p[0];
+    if (!((c >= 0x80 && c <= 0x8f) || c == 0xde || c == 0xdf)) return 1;  /* not a map */
+    nested_start(pl, vals);
+    Py_ssize_t u = mp_node(pl, 0, p, p + n, vals, 0);
+    return u == n ? 0 : 1;
+}
+
+static const char *json_string(const char *p, const char *end, val_t *v);
+static const char *json_value(const char *p, const char *end, val_t *v);
+static inline const char *json_ws(const char *p, const char *end);
+
+/* As mp_node, for JSON text (valid UTF-8 checked by the caller); NULL: hand back. skip: no node
+ * (a value the mapping does not read). Indexes are never negative here (fastpath.py). */
+static const char *json_node(Plan *pl, int ni, const char *p, const char *end, val_t *vals, int depth) {
+    const node_t *nd = ni >= 0 ? &pl->nodes[ni] : NULL;
+    if (p >= end) return NULL;
+    if (*p == '{' || *p == '[') {
+        int is_map = *p == '{';
+        char close = is_map ? '}' : ']';
+        if (depth >= MAX_DEPTH) return NULL;
+        if (nd && (nd->slot >= 0 || (is_map && nd->indexes) || (!is_map && nd->keys))) return NULL;
+        p = json_ws(p + 1, end);
+        if (p < end && *p == close) return p + 1;
+        for (int64_t e = 0;; e++) {
+            int c = -1;
+            if (is_map) {
+                val_t key;
+                p = json_string(p, end, &key);
+                if (!p) return NULL;
+                p = json_ws(p, end);
+                if (p >= end || *p != ':') return NULL;
+                p = json_ws(p + 1, end);
+                if (nd && (c = child_by_key(pl, nd, key.s, key.n)) >= 0) {
+                    if (pl->seen[c] == pl->gen) return NULL;
+                    pl->seen[c] = pl->gen;
+                }
+            } else if (nd) {
+                for (int k = nd->child; k >= 0; k = pl->nodes[k].next)
+                    if (pl->nodes[k].index == e) { c = k; break; }
+            }
+            p = json_node(pl, c, p, end, vals, depth + 1);
+            if (!p) return NULL;
+            p = json_ws(p, end);
+            if (p >= end) return NULL;
+            if (*p == ',') { p = json_ws(p + 1, end); continue; }
+            if (*p == close) return p + 1;
+            return NULL;
+        }
+    }
+    val_t v;
+    const char *q = json_value(p, end, &v);
+    if (!q) return NULL;
+    if (nd) {
+        if (v.type != V_NIL && nd->child >= 0) return NULL;
+        if (nd->slot >= 0) vals[nd->slot] = v;
+    }
+    return q;
+}
+
+static int json_record_nested(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    const char *end = p + n;
+    if (n < 2 || !p[0] || !p[1] || (unsigned char)p[0] >= 0xEF) return 1;
+    if (!utf8_valid((const unsigned char *)p, n)) return 1;
+    p = json_ws(p, end);
+    if (p >= end || *p != '{') return 1;
+    nested_start(pl, vals);
+    p = json_node(pl, 0, p, end, vals, 0);
+    return p && json_ws(p, end) == end ? 0 : 1;
+}
+
 static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals) {
+    if (pl->nested) {
+        if (pl->framing == F_MSGPACK) return mp_record_nested(pl, (const unsigned char *)payload, n, vals);
+        if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record_nested(pl, payload, n, vals);
+        return 1;
+    }
     if (pl->framing == F_MSGPACK) return mp_record(pl, (const unsigned char *)payload, n, vals);
     if (pl->framing == F_JSON || pl->framing == F_TEXT_JSON) return json_record(pl, payload, n, vals);
     return delimited_record(pl, payload, n, vals);
@@ -958,28 +1409,61 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
     buf_t *b = &pl->out;
     if (n > pl->max_frame || topic_n > pl->max_frame) return 1;
     if (!topic_ok(pl, topic, topic_n)) return 1;
+    int rc;
+    const tentry_t *topic_parts = NULL;
+    if (pl->topic) {  /* the topic's tags, as Mapper._rows takes them (before the record) */
+        rc = 0;
+        topic_parts = tcache_get(pl->topic, topic, topic_n, &rc);
+        if (!topic_parts) return rc;
+        if (topic_parts->back) return 1;
+    }
     if (parse_record(pl, payload, n, vals)) return 1;
+    const tentry_t *derived[MAX_DERIVED];
+    char tmp[48];
+    for (int d = 0; d < pl->nderived; d++) {  /* each derived source's tags, by its text */
+        const val_t *v = &vals[pl->derived_slot[d]];
+        const char *text = NULL;
+        Py_ssize_t text_n = 0;
+        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) return 1;
+        rc = 0;
+        derived[d] = tcache_get(&pl->derived[d], text, text_n, &rc);
+        if (!derived[d]) return rc;
+        if (derived[d]->back) return 1;
+    }
     Py_ssize_t start = b->len;
     /* series */
     if (buf_put(b, pl->measurement, pl->measurement_n) < 0) return -1;
     for (int t = 0; t < pl->ntags; t++) {
         tag_t *tag = &pl->tags[t];
-        if (tag->slot < 0) {
+        const char *part;
+        Py_ssize_t part_n;
+        switch (tag->kind) {
+        case T_STATIC:
             if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
+            continue;
+        case T_DERIVED:
+            part = tentry_part(derived[tag->src], tag->group, &part_n);
+            if (buf_put(b, part, part_n) < 0) goto fail;
+            continue;
+        case T_TOPIC:
+            part = tentry_part(topic_parts, tag->group, &part_n);
+            if (buf_put(b, part, part_n) < 0) goto fail;
             continue;
         }
         const val_t *v = &vals[tag->slot];
-        if (v->type == V_ABSENT || v->type == V_NIL) {
+        const char *text = NULL;
+        Py_ssize_t text_n = 0;
+        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) goto back;
+        if (text_n == 0) {  /* absent or empty: the default, or left out when optional */
+            if (tag->dflt) {
+                if (buf_put(b, tag->dflt, tag->dflt_n) < 0) goto fail;
+                continue;
+            }
             if (tag->optional) continue;
-            goto back;  /* required or defaulted: Python writes the default or refuses it */
-        }
-        if (v->type != V_STR) goto back;
-        if (v->n == 0) {
-            if (tag->optional) continue;
-            goto back;  /* empty: as absent (Python writes the default or refuses it) */
+            goto back;  /* required: Python refuses it (missing_field) */
         }
         if (buf_put(b, tag->part, tag->part_n) < 0) goto fail;
-        int rc = put_tag_value(b, v->s, v->n);
+        rc = put_tag_value(b, text, text_n);
         if (rc < 0) goto fail;
         if (rc > 0) goto back;
     }
@@ -992,7 +1476,7 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
         const val_t *v = &vals[fd->slot];
         if (v->type == V_ABSENT || v->type == V_NIL) continue;
         if (buf_put(b, fd->prefix, fd->prefix_n) < 0) goto fail;
-        int rc = put_field(pl, b, fd->kind, v);
+        rc = put_field(pl, b, fd->kind, v);
         if (rc < 0) goto fail;
         if (rc > 0) goto back;
     }
@@ -1000,7 +1484,18 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
     b->p[fields_at] = ' ';               /* the first field's leading comma */
     /* time */
     int64_t ts;
-    if (pl->time_slot < 0 || point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
+    if (pl->time_slot >= 0) {
+        if (point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
+    } else {  /* the receive time: the mapper's own clock (drawn once per message C maps) */
+        if (!pl->clock) goto back;
+        PyObject *r = PyObject_CallObject(pl->clock, NULL);
+        if (!r) goto fail;
+        int over = 0;
+        ts = PyLong_AsLongLongAndOverflow(r, &over);
+        Py_DECREF(r);
+        if (PyErr_Occurred()) goto fail;
+        if (over || ts < pl->tmin || ts > pl->tmax) goto back;
+    }
     /* uniqueness: from here on the message is this path's */
     PyObject *series = series_str(pl, b->p + start, series_n);
     if (!series) goto fail;
@@ -1029,8 +1524,70 @@ static char *copy_bytes(PyObject *o, Py_ssize_t *n) {
     return c;
 }
 
+static int new_node(Plan *pl, int parent) {
+    if (pl->nnodes >= MAX_NODES) { PyErr_SetString(PyExc_ValueError, "too many path steps"); return -1; }
+    int c = pl->nnodes++;
+    node_t *nd = &pl->nodes[c];
+    memset(nd, 0, sizeof(*nd));
+    nd->slot = -1; nd->child = -1; nd->next = -1;
+    if (parent >= 0) { nd->next = pl->nodes[parent].child; pl->nodes[parent].child = c; }
+    return c;
+}
+
+/* The slot of a path (a tuple of steps: bytes, a key; int, an index), in the trie; -2: error. */
+static int add_path(Plan *pl, PyObject *steps) {
+    if (pl->nnodes == 0 && new_node(pl, -1) < 0) return -2;
+    Py_ssize_t count = PyTuple_Size(steps);
+    if (count < 1) { PyErr_SetString(PyExc_ValueError, "an empty path"); return -2; }
+    int ni = 0;
+    for (Py_ssize_t i = 0; i < count; i++) {
+        PyObject *step = PyTuple_GetItem(steps, i);
+        if (!step) return -2;
+        int c = -1;
+        if (PyBytes_Check(step)) {
+            char *k; Py_ssize_t kn;
+            if (PyBytes_AsStringAndSize(step, &k, &kn) < 0) return -2;
+            c = child_by_key(pl, &pl->nodes[ni], k, kn);
+            if (c < 0) {
+                if ((c = new_node(pl, ni)) < 0) return -2;
+                if (!(pl->nodes[c].key = copy_bytes(step, &pl->nodes[c].key_n))) return -2;
+                pl->nodes[ni].keys++;
+            }
+        } else {
+            long long index = PyLong_AsLongLong(step);
+            if (index == -1 && PyErr_Occurred()) return -2;
+            for (int k = pl->nodes[ni].child; k >= 0; k = pl->nodes[k].next)
+                if (pl->nodes[k].by_index && pl->nodes[k].index == index) { c = k; break; }
+            if (c < 0) {
+                if ((c = new_node(pl, ni)) < 0) return -2;
+                pl->nodes[c].by_index = 1;
+                pl->nodes[c].index = index;
+                pl->nodes[ni].indexes++;
+            }
+        }
+        ni = c;
+    }
+    if (pl->nodes[ni].slot >= 0) return pl->nodes[ni].slot;
+    if (pl->nslots >= MAX_SLOTS) { PyErr_SetString(PyExc_ValueError, "too many keys"); return -2; }
+    int k = pl->nslots;
+    pl->slot_key[k] = NULL;
+    pl->slot_n[k] = -1;  /* never a top-level key of the flat parsers */
+    if (!(pl->slot_name[k] = PyObject_Str(steps))) return -2;
+    pl->nslots++;
+    pl->nodes[ni].slot = k;
+    return k;
+}
+
 static int add_slot(Plan *pl, PyObject *key) {
     char *s; Py_ssize_t n;
+    if (pl->nested) {  /* every source is a path here, a top-level key one of one step */
+        if (PyTuple_Check(key)) return add_path(pl, key);
+        PyObject *steps = PyTuple_Pack(1, key);
+        if (!steps) return -2;
+        int slot = add_path(pl, steps);
+        Py_DECREF(steps);
+        return slot;
+    }
     if (PyBytes_AsStringAndSize(key, &s, &n) < 0) return -2;
     int found = find_slot(pl, s, n);
     if (found >= 0) return found;
@@ -1046,18 +1603,25 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Plan *pl = (Plan *)self;
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
-                         "trim", "window", "field_order", "delimiter", "ahead", "behind", NULL};
-    int framing, time_rule, uniq_mode;
+                         "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
+                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", NULL};
+    int framing, time_rule, uniq_mode, topic_groups = 0, nested = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LL", kw, &framing, &max_frame, &measurement,
+    PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOp", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
-                                     &ahead, &behind))
+                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock, &nested))
         return -1;
     pl->ahead = ahead;
     pl->behind = behind;
+    pl->nested = nested;
+    if (nested && framing != F_MSGPACK && framing != F_JSON && framing != F_TEXT_JSON) {
+        PyErr_SetString(PyExc_ValueError, "paths need msgpack or JSON");
+        return -1;
+    }
     if (pl->measurement) { PyErr_SetString(PyExc_RuntimeError, "Plan is initialised once"); return -1; }
     pl->framing = framing;
     pl->max_frame = max_frame;
@@ -1067,17 +1631,31 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_ssize_t nt = PySequence_Size(seq);
     if (nt > MAX_TAGS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many tags"); return -1; }
     for (Py_ssize_t i = 0; i < nt; i++) {
-        PyObject *item = PySequence_GetItem(seq, i), *key, *part;
-        int optional = 1;
-        if (!item || !PyArg_ParseTuple(item, "OS|p", &key, &part, &optional)) {
+        /* (kind, key, part, optional, default, src, group) */
+        PyObject *item = PySequence_GetItem(seq, i), *key, *part, *dflt = Py_None;
+        int optional = 1, kind = T_RECORD, src = 0, group = 0;
+        if (!item || !PyArg_ParseTuple(item, "iOSpOii", &kind, &key, &part, &optional, &dflt, &src, &group)) {
             Py_XDECREF(item); Py_DECREF(seq); return -1;
         }
         tag_t *t = &pl->tags[pl->ntags];
+        memset(t, 0, sizeof(*t));
+        t->kind = kind;
         t->optional = optional;
-        t->slot = key == Py_None ? -1 : add_slot(pl, key);
-        t->part = copy_bytes(part, &t->part_n);
+        t->slot = -1;
+        t->src = src;
+        t->group = group;
+        int bad = 0;
+        if (kind == T_RECORD) {
+            t->slot = add_slot(pl, key);
+            if (t->slot == -2) bad = 1;
+            if (!bad && dflt != Py_None && !(t->dflt = copy_bytes(dflt, &t->dflt_n))) bad = 1;
+        } else if (kind != T_STATIC && kind != T_DERIVED && kind != T_TOPIC) {
+            PyErr_SetString(PyExc_ValueError, "unknown tag kind");
+            bad = 1;
+        }
+        if (!bad && !(t->part = copy_bytes(part, &t->part_n))) bad = 1;
         Py_DECREF(item);
-        if (t->slot == -2 || !t->part) { Py_DECREF(seq); return -1; }
+        if (bad) { Py_DECREF(seq); return -1; }
         pl->ntags++;
     }
     Py_DECREF(seq);
@@ -1086,15 +1664,16 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_ssize_t nf = PySequence_Size(seq);
     if (nf > MAX_FIELDS || nf < 1) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "1 to 32 fields"); return -1; }
     for (Py_ssize_t i = 0; i < nf; i++) {
-        PyObject *item = PySequence_GetItem(seq, i), *key, *prefix;
+        PyObject *item = PySequence_GetItem(seq, i), *key, *prefix, *name = NULL;
         int kind;
-        if (!item || !PyArg_ParseTuple(item, "OSi", &key, &prefix, &kind)) {
+        if (!item || !PyArg_ParseTuple(item, "OSi|U", &key, &prefix, &kind, &name)) {
             Py_XDECREF(item); Py_DECREF(seq); return -1;
         }
         field_t *f = &pl->fields[pl->nfields];
         f->slot = add_slot(pl, key);
         f->kind = kind;
         f->prefix = copy_bytes(prefix, &f->prefix_n);
+        if (f->slot >= 0) f->name = Py_NewRef(name ? name : pl->slot_name[f->slot]);
         Py_DECREF(item);
         if (f->slot == -2 || !f->prefix) { Py_DECREF(seq); return -1; }
         pl->nfields++;
@@ -1102,8 +1681,51 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Py_DECREF(seq);
     pl->time_slot = -1;
     if (time_key != Py_None && (pl->time_slot = add_slot(pl, time_key)) == -2) return -1;
+    if (derived != Py_None) {  /* [(source key, rule, groups)] */
+        seq = PySequence_Fast(derived, "derived");
+        if (!seq) return -1;
+        Py_ssize_t nd = PySequence_Size(seq);
+        if (nd > MAX_DERIVED) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "too many derived tags"); return -1; }
+        for (Py_ssize_t i = 0; i < nd; i++) {
+            PyObject *item = PySequence_GetItem(seq, i), *key, *rule;
+            int groups;
+            if (!item || !PyArg_ParseTuple(item, "OOi", &key, &rule, &groups)) { Py_XDECREF(item); Py_DECREF(seq); return -1; }
+            int slot = add_slot(pl, key);
+            tcache_t *c = &pl->derived[pl->nderived];
+            if (slot >= 0) {
+                c->rule = Py_NewRef(rule);
+                c->ngroups = groups;
+                pl->derived_slot[pl->nderived] = slot;
+                pl->nderived++;
+            }
+            Py_DECREF(item);
+            if (slot < 0) { Py_DECREF(seq); return -1; }
+            if (groups < 0 || groups > MAX_GROUPS) { Py_DECREF(seq); PyErr_SetString(PyExc_ValueError, "groups"); return -1; }
+            if (!(c->table = PyMem_Calloc(TCACHE_SIZE, sizeof(tentry_t)))) { Py_DECREF(seq); PyErr_NoMemory(); return -1; }
+        }
+        Py_DECREF(seq);
+    }
+    if (topic_rule != Py_None) {
+        if (topic_groups < 0 || topic_groups > MAX_GROUPS) { PyErr_SetString(PyExc_ValueError, "topic groups"); return -1; }
+        if (!(pl->topic = PyMem_Calloc(1, sizeof(tcache_t)))) { PyErr_NoMemory(); return -1; }
+        pl->topic->rule = Py_NewRef(topic_rule);
+        pl->topic->ngroups = topic_groups;
+        if (!(pl->topic->table = PyMem_Calloc(TCACHE_SIZE, sizeof(tentry_t)))) { PyErr_NoMemory(); return -1; }
+    }
+    for (int t = 0; t < pl->ntags; t++) {  /* every derived or topic tag refers to a group that exists */
+        tag_t *tag = &pl->tags[t];
+        if ((tag->kind == T_DERIVED && (tag->src < 0 || tag->src >= pl->nderived || tag->group < 0 ||
+                                        tag->group >= pl->derived[tag->src].ngroups)) ||
+            (tag->kind == T_TOPIC && (!pl->topic || tag->group < 0 || tag->group >= pl->topic->ngroups))) {
+            PyErr_SetString(PyExc_ValueError, "a tag refers to a group that does not exist");
+            return -1;
+        }
+    }
     pl->time_unit = time_unit;
     pl->time_rule = time_rule;
+    if (time_parse != Py_None) pl->time_parse = Py_NewRef(time_parse);
+    if (clock != Py_None) pl->clock = Py_NewRef(clock);
+    if (time_unit < 0 && !pl->time_parse) { PyErr_SetString(PyExc_ValueError, "a date string needs time_parse"); return -1; }
     pl->key_check = key_check;
     pl->uniq_mode = uniq_mode;
     Py_INCREF(uniq_state); pl->uniq_state = uniq_state;
@@ -1140,10 +1762,15 @@ static void Plan_dealloc(PyObject *self) {
     PyTypeObject *tp = Py_TYPE(self);
     PyMem_Free(pl->measurement);
     for (int i = 0; i < pl->nslots; i++) { PyMem_Free(pl->slot_key[i]); Py_XDECREF(pl->slot_name[i]); }
-    for (int i = 0; i < pl->ntags; i++) PyMem_Free(pl->tags[i].part);
-    for (int i = 0; i < pl->nfields; i++) PyMem_Free(pl->fields[i].prefix);
+    for (int i = 0; i < pl->nnodes; i++) PyMem_Free(pl->nodes[i].key);
+    for (int i = 0; i < pl->ntags; i++) { PyMem_Free(pl->tags[i].part); PyMem_Free(pl->tags[i].dflt); }
+    for (int i = 0; i < pl->nderived; i++) tcache_free(&pl->derived[i]);
+    if (pl->topic) { tcache_free(pl->topic); PyMem_Free(pl->topic); }
+    for (int i = 0; i < pl->nfields; i++) { PyMem_Free(pl->fields[i].prefix); Py_XDECREF(pl->fields[i].name); }
     Py_XDECREF(pl->uniq_state);
     Py_XDECREF(pl->uniq_claim);
+    Py_XDECREF(pl->time_parse);
+    Py_XDECREF(pl->clock);
     PyMem_Free(pl->delim);
     PyMem_Free(pl->out.p);
     scache_clear(pl);
@@ -1391,6 +2018,16 @@ static PyObject *text_ns(PyObject *module, PyObject *args) {
     return PyLong_FromLongLong(ns);
 }
 
+static PyObject *date_ns(PyObject *module, PyObject *args) {
+    (void)module;
+    const char *s;
+    Py_ssize_t n;
+    if (!PyArg_ParseTuple(args, "s#", &s, &n)) return NULL;
+    int64_t ns;
+    if (rfc3339_ns(s, n, &ns) < 0) Py_RETURN_NONE;
+    return PyLong_FromLongLong(ns);
+}
+
 static PyObject *float_repr(PyObject *module, PyObject *arg) {
     (void)module;
     double d = PyFloat_AsDouble(arg);
@@ -1406,6 +2043,7 @@ static PyMethodDef module_methods[] = {
     {"float_repr", float_repr, METH_O, "float_repr(x) -> repr(x) as this module writes it"},
     {"bind", bind, METH_VARARGS, "bind(init, recv, data, size, more, close, errno): libzmq by address"},
     {"float_ns", float_ns, METH_VARARGS, "float_ns(value, unit, rule) -> ns or None"},
+    {"date_ns", date_ns, METH_VARARGS, "date_ns(text) -> ns or None (the common RFC 3339 shape with an offset)"},
     {"text_ns", text_ns, METH_VARARGS, "text_ns(text, unit) -> ns or None (exact rule; unit 0: auto)"},
     {NULL, NULL, 0, NULL},
 };

@@ -99,13 +99,32 @@ def ignore_warnings(s: SubscriptionSpec) -> list[str]:
     return out
 
 
+def hot_paths(config: Config) -> dict[str, dict[str, str | None]]:
+    """Per subscription, the path it runs (check-config --json `hot_path`; the configuration's
+    `fast_path` is auto or off): `path` compiled or python and
+    the `reason` for python, from the configuration alone (what a station whose wheel carries the
+    extension runs); `here`: the same on this host (compiled, or python: why)."""
+    from .fastpath import python_reason
+    from .mapping import Mapper
+
+    out: dict[str, dict[str, str | None]] = {}
+    for s in config.subscriptions:
+        mapper = Mapper(s, config.station)
+        why = python_reason(config.fast_path, s, mapper, here=False)
+        here = why or python_reason(config.fast_path, s, mapper, here=True)
+        out[s.name] = {"path": "python" if why else "compiled", "reason": why or None,
+                       "here": f"python: {here}" if here else "compiled"}
+    return out
+
+
 def cmd_check(args: argparse.Namespace) -> int:
     config = load(args.config)
     found = warnings(config)
     for warning in found:
         print(f"warning: {warning}", file=sys.stderr)
     if args.json:
-        print(json.dumps({**config.effective(), "warnings": found}, indent=2, sort_keys=False))
+        print(json.dumps({**config.effective(), "warnings": found, "hot_path": hot_paths(config)}, indent=2,
+                         sort_keys=False))
         return 0
     print(f"{args.config}: OK ({len(config.subscriptions)} subscriptions, "
           f"{len(config.destinations)} destinations{', cache' if config.cache else ''})")

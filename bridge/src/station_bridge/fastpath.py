@@ -32,6 +32,10 @@ import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from .lineproto import LineError
+from .mapping import MapError
+from .paths import Index, Key, PathError
+
 if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
     _fastpath = None
     _IMPORT_ERROR = "STATION_BRIDGE_PURE=1 in the environment"
@@ -45,6 +49,7 @@ else:
         _IMPORT_ERROR = ""
 
 _UNITS = {"epoch_s": 1_000_000_000, "epoch_ms": 1_000_000, "epoch_us": 1_000, "epoch_ns": 1, "auto": 0}
+_TEXT_TIMES = ("rfc3339", "naive")  # date strings: C calls the mapper's own parser
 _KINDS = {"float": 0, "integer": 1, "string": 2, "boolean": 3}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
@@ -253,60 +258,216 @@ def _utf8(text: str) -> bytes:
         raise _NotCovered("a configured name is not UTF-8") from exc
 
 
-def _plan_arguments(mapper: object, spec: object) -> dict:
-    """The C plan of what the mapper's compiled Python path does.
+def python_reason(mode: str, spec: object, mapper: object, here: bool = True) -> str:
+    """Why a subscription runs the Python path ("" when it runs compiled), decided as the bridge
+    decides it at start (pipeline.Subscription.accelerate): `fast_path: off`, ignore rules,
+    binning, a mapping form C does not cover, then (`here`) the extension or libzmq missing on
+    this host. check-config and validate name it per subscription."""
+    if mode == "off":
+        return "fast_path: off"
+    if spec.ignore:  # type: ignore[attr-defined]
+        return "ignore rules run on the Python path"
+    if spec.binning is not None:  # type: ignore[attr-defined]
+        return "binning runs on the Python path"
+    why = not_covered(mapper, spec)
+    if not why:
+        try:
+            _plan_checks(mapper, spec)
+        except _NotCovered as exc:
+            why = str(exc)
+    if not why and here:
+        why = _IMPORT_ERROR if _fastpath is None else ""
+    return why
 
-    Phase 1 reads the mapper's compiled-path inputs (the same attributes `_compile` reads); the
-    integration gives the mapper a method that returns them, next to `_compile`.
-    """
+
+def not_covered(mapper: object, spec: object) -> str:
+    """Why the C plan cannot stand in for this mapper's mapping ("" when it can), whether or not
+    the extension is built here (check-config and validate name it per subscription)."""
+    mapping = spec.mapping  # type: ignore[attr-defined]
+    if getattr(mapper, "_fixed", None) is None:
+        return f"the measurement comes from data (measurement_from: {mapping.measurement_from})"
+    if mapping.each is not None:
+        return "each (several points per message) is not on the compiled path"
+    if spec.framing not in ("msgpack", "json", "text_json", "text_delimited"):  # type: ignore[attr-defined]
+        return f"framing {spec.framing} is not on the compiled path"  # type: ignore[attr-defined]
+    nested = {source.split(".", 1)[-1]: path for source, path in mapping.sources().items() if path.flat_key is None}
+    if nested and spec.framing == "text_delimited":  # type: ignore[attr-defined]
+        return "paths into nested values with framing text_delimited (its values are strings)"
+    whole = [name for name, path in nested.items() if not path.steps]
+    if whole:
+        return f"a path to the whole record ({', '.join(whole)})"
+    if spec.framing != "msgpack" and any(  # type: ignore[attr-defined]
+            type(step) is Index and step.index < 0 for path in nested.values() for step in path.steps):
+        return "negative list indexes in JSON (msgpack only)"
+    if mapping.time.value_path is not None and mapping.time.format not in (*_UNITS, *_TEXT_TIMES):
+        return f"time format {mapping.time.format} is not on the compiled path"
+    if len(mapping.derived_tags) > MAX_DERIVED:
+        return f"more than {MAX_DERIVED} derived_tags"
+    if any(len(d.regex.groupindex) > MAX_GROUPS for d in mapping.derived_tags) or len(mapping.topic_tags) > MAX_GROUPS:
+        return f"a derived_tags or topic regex with more than {MAX_GROUPS} groups"
+    if (mapping.derived_tags or mapping.topic_tags) and getattr(mapper, "unique", None) is None:
+        return "derived or topic tags need the mapper's uniqueness window"
+    return ""
+
+
+MAX_DERIVED, MAX_GROUPS = 8, 16  # as _fastpath.c
+
+
+def _tag_rule(mapper: object, key: str, ekey: str) -> bytes | None:
+    """The part a configured tag's default makes (None: no default, or one it cannot write)."""
+    default = getattr(mapper, "_defaults", {}).get(key, "")
+    if not default:
+        return None
+    try:
+        return f",{ekey}={mapper._escaped_tag(default)}".encode()  # type: ignore[attr-defined]
+    except (LineError, MapError, UnicodeEncodeError):
+        return None  # the Python path refuses it
+
+
+def _parts(pairs: list, names: list[str]) -> tuple[bytes, ...] | None:
+    """The parts (`,k=v`, or b"": left out) of a rule's tag pairs, in the order of `names`."""
+    made = {key: part for key, _, part in pairs}
+    try:
+        return tuple(made.get(name, "").encode() for name in names)
+    except UnicodeEncodeError:  # a lone surrogate: the Python path refuses the line
+        return None
+
+
+def _derived_rule(mapper: object, regex: object, groups: list) -> Callable[[str | None], tuple | None]:
+    """rule(text) -> the parts the mapper's own rule (Mapper._derived_pairs) makes of a derived
+    source's text (None: absent), one per group; None when it refuses (the message goes back)."""
+    derive = mapper._derived_pairs  # type: ignore[attr-defined]
+    names = [g for g, _ in groups]
+
+    def rule(text: str | None) -> tuple | None:
+        try:
+            return _parts(derive(regex, groups, text), names)
+        except (MapError, LineError):
+            return None
+    return rule
+
+
+def _topic_rule(mapper: object, names: list[str]) -> Callable[[str], tuple | None]:
+    """rule(topic) -> the parts of the topic's tags (TopicCapture, then Mapper._tag_pair: the
+    Python path's own code), one per topic tag name; None when it refuses the topic."""
+    capture, pair = mapper._topic, mapper._tag_pair  # type: ignore[attr-defined]
+    ekeys = dict(mapper._tags)  # type: ignore[attr-defined]
+
+    def rule(topic: str) -> tuple | None:
+        try:
+            found = dict(capture(topic))
+            pairs = [pair(name, ekeys[name], found.get(name)) for name in names]
+        except (PathError, MapError, LineError):
+            return None
+        return _parts([p for p in pairs if p is not None], names)
+    return rule
+
+
+def _plan_arguments(mapper: object, spec: object) -> dict:
+    """The C plan of what the mapper's Python path does (the same attributes `_compile` and
+    `Mapper._tag_pairs` read). Derived and topic tags are made by the mapper's own rules
+    (`_derived_rule`, `_topic_rule`), called once per distinct text and cached in C."""
     m = mapper
     mapping = spec.mapping  # type: ignore[attr-defined]
-    if getattr(m, "_compiled", None) is None:
-        raise _NotCovered("the mapping has no compiled path (measurement from data or derived tags)")
+    why = not_covered(m, spec)
+    if why:
+        raise _NotCovered(why)
+    _plan_checks(m, spec)
     framing = spec.framing  # type: ignore[attr-defined]
     codes = {"msgpack": _fastpath.MSGPACK, "json": _fastpath.JSON, "text_json": _fastpath.TEXT_JSON,
              "text_delimited": _fastpath.DELIMITED}
-    if framing not in codes:
-        raise _NotCovered(f"framing {framing} is not on the compiled path")
     time_format = mapping.time.format
-    if mapping.time.field is None or time_format not in _UNITS:
-        raise _NotCovered("receive times and date strings are not on the compiled path")
-    if framing == "text_delimited" and time_format != "auto" and not _exact_times(m):
-        raise _NotCovered("epoch times from text need exact times")
-    fields = [(_utf8(key), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]]) for key, ekey, _ in m._fields]
+    sources = mapping.sources()
+
+    nested = any(p.flat_key is None for p in sources.values())
+
+    def key_of(source: str) -> bytes | tuple:  # the record key of a source, or its path's steps
+        path = sources[source]
+        if path.flat_key is not None:
+            return _utf8(path.flat_key)
+        return tuple(_utf8(step.key) if type(step) is Key else step.index for step in path.steps)  # type: ignore[union-attr]
+
+    fields = [(key_of(f"mapping.fields.{key}"), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]], key)
+              for key, ekey, _ in m._fields]
     unique = getattr(m, "unique", None)
+    derived = None
+    topic_rule, topic_names = None, list(mapping.topic_tags)
     if unique is not None:  # a uniqueness window shared by the bridge (lineproto's series key order)
-        # Configured and static tags interleaved by key, record tags first on a tie (as _compile).
-        # (optional: an absent value leaves the tag out; else C hands the message back to Python,
-        # which writes the default or refuses it missing_field)
-        named = [(key, (_utf8(key), _utf8(f",{ekey}="), key in m.optional_tags)) for key, ekey in m._tags]
-        named += [(key, (None, _utf8(part), True)) for key, part in m._static]
+        # Configured, derived and static tags interleaved by key, in Mapper._tag_pairs' order on a
+        # tie (configured, derived, static: its sort is stable). (kind, key, part, optional,
+        # default, source, group); a required tag C cannot write goes back to Python, which
+        # refuses it missing_field.
+        named: list[tuple[str, tuple]] = []
+        for key, ekey in m._tags:
+            if key in topic_names:
+                named.append((key, (_TOPIC, None, b"", True, None, 0, topic_names.index(key))))
+            else:
+                named.append((key, (_RECORD, key_of(f"mapping.tags.{key}"), _utf8(f",{ekey}="),
+                                    key in m.optional_tags, _tag_rule(m, key, ekey), 0, 0)))
+        derived = []
+        for i, (_, regex, groups) in enumerate(m._derived):
+            derived.append((key_of(f"mapping.derived_tags[{i}]"), _derived_rule(m, regex, groups), len(groups)))
+            named += [(group, (_DERIVED, None, b"", True, None, i, g)) for g, (group, _) in enumerate(groups)]
+        named += [(key, (_STATIC, None, _utf8(part), True, None, 0, 0)) for key, part in m._static]
         tags = [tag for _, tag in sorted(named, key=lambda pair: pair[0])]
+        if topic_names:
+            topic_rule = _topic_rule(m, topic_names)
         from .lineproto import MAX_TIME, MIN_TIME
         uniq = {"uniq_mode": _fastpath.WINDOW, "uniq_state": unique.current, "uniq_claim": unique.claim,
                 "tmin": MIN_TIME, "tmax": MAX_TIME, "trim": unique.trim, "window": unique.window}
         key_check = m._key_check_chars
     else:  # the last time per series, static tags after the record's
-        tags = [(_utf8(key), _utf8(f",{ekey}="), key in getattr(m, "optional_tags", ())) for key, ekey in m._tags]
+        tags = [(_RECORD, _utf8(key), _utf8(f",{ekey}="), key in getattr(m, "optional_tags", ()), None, 0, 0)
+                for key, ekey in m._tags]
         if m._static:
-            tags.append((None, _utf8(m._static), True))
+            tags.append((_STATIC, None, _utf8(m._static), True, None, 0, 0))
         uniq = {"uniq_mode": _fastpath.LAST, "uniq_state": m._last, "uniq_claim": None,
                 "tmin": INT64_MIN, "tmax": INT64_MAX, "trim": 0, "window": 0}
         key_check = 2**62
     order = [_utf8(name) for name in spec.field_order] if framing == "text_delimited" else None  # type: ignore[attr-defined]
     delimiter = _utf8(spec.delimiter) if framing == "text_delimited" else None  # type: ignore[attr-defined]
-    if delimiter == b"":
-        raise _NotCovered("empty delimiter")
     return {
         "framing": codes[framing],
         "max_frame": spec.max_frame_bytes,  # type: ignore[attr-defined]
         "measurement": _utf8(m._fixed), "tags": tags, "fields": fields,
-        "time_key": _utf8(m._time_field), "time_unit": _UNITS[time_format],
+        # no time field: the mapper's receive clock; a date string: the mapper's parser
+        "time_key": key_of("mapping.time") if "mapping.time" in sources else None,
+        "time_unit": _UNITS.get(time_format, -1), "time_parse": getattr(m, "_parse_time", None),
+        "clock": getattr(m, "_clock", None) if "mapping.time" not in sources else None,
         "time_rule": _fastpath.EXACT if _exact_times(m) else _fastpath.PRODUCT,
         "key_check": key_check, **uniq, "field_order": order, "delimiter": delimiter,
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
+        "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names), "nested": nested,
     }
+
+
+_RECORD, _STATIC, _DERIVED, _TOPIC = 0, 1, 2, 3  # tag kinds, as _fastpath.c
+
+
+def _plan_checks(mapper: object, spec: object) -> None:
+    """The rest of what the plan needs (raises _NotCovered): names C can hold, a delimiter."""
+    m, mapping = mapper, spec.mapping  # type: ignore[attr-defined]
+    time_format = mapping.time.format
+    if time_format in _TEXT_TIMES and getattr(m, "_parse_time", None) is None:
+        raise _NotCovered("date strings need the mapper's parser")
+    if (spec.framing == "text_delimited" and time_format in _UNITS and time_format != "auto"  # type: ignore[attr-defined]
+            and not _exact_times(m)):
+        raise _NotCovered("epoch times from text need exact times")
+    if spec.framing == "text_delimited" and spec.delimiter == "":  # type: ignore[attr-defined]
+        raise _NotCovered("empty delimiter")
+    paths = {path.steps for path in mapping.sources().values()}
+    names = [m._fixed, *(k for k, _ in getattr(m, "_tags", ())), *mapping.fields,
+             *(step.key for steps in paths for step in steps if type(step) is Key)]
+    for name in names:
+        _utf8(name or "")
+    static = getattr(m, "_static", ())
+    tags = len(getattr(m, "_tags", ())) + (len(static) if isinstance(static, list) else 1)
+    tags += sum(len(d.regex.groupindex) for d in mapping.derived_tags)
+    if len(paths) > 32 or len(mapping.fields) > 32 or tags > 32:
+        raise _NotCovered("more than 32 keys, fields or tags")
+    if sum(len(steps) for steps in paths) >= 96:  # _fastpath.c MAX_NODES
+        raise _NotCovered("more than 95 path steps")
 
 
 def _window_ns(ns: int | None) -> int:

@@ -15,6 +15,7 @@ the point's time through `Uniqueness`, which is shared by every subscription of 
 from __future__ import annotations
 
 import bisect
+import re
 import struct
 import time
 import zlib
@@ -423,40 +424,55 @@ class Mapper:
         """(raw key, raw value, `,ekey=evalue`) for every tag of the record, sorted by key."""
         pairs = []
         for key, ekey in self._tags:
-            value = record.get(key)
-            text = _tag_text(value) if value is not None else ""
-            if text == "":  # absent or empty (InfluxDB stores no empty tag value)
-                text = self._defaults.get(key, "")
-                if text == "":
-                    if key in self._required:
-                        raise MapError("missing_field", f"tag {key!r} is {'empty' if value is not None else 'absent'} "
-                                                        "(a message without it would merge into another series; "
-                                                        "optional_tags or tag_defaults allow it)")
-                    continue
-            pairs.append((key, text, f",{ekey}={self._escaped_tag(text)}"))
+            pair = self._tag_pair(key, ekey, record.get(key))
+            if pair is not None:
+                pairs.append(pair)
         for source, regex, groups in self._derived:
-            # A derived tag follows the configured tags' rule: a group with no text (its source
-            # absent, a value the regex does not match, a group that did not take part) takes its
-            # tag_defaults value, is left out when optional_tags lists it, else refuses the message
-            # (missing_field): left out silently, it would merge into another series.
-            value = record.get(source)
-            match = regex.match(_tag_text(value)) if value is not None else None
-            for group, egroup in groups:
-                text = match.group(group) if match is not None else None
-                if not text:
-                    text = self._defaults.get(group, "")
-                    if text == "":
-                        if group in self._required:
-                            why = ("its source is absent" if value is None else
-                                   f"{_tag_text(value)[:80]!r} does not match {regex.pattern[:80]!r}"
-                                   if match is None else f"group {group!r} matched nothing")
-                            raise MapError("missing_field", f"derived tag {group!r}: {why} (a message without "
-                                                            "it would merge into another series; optional_tags "
-                                                            "or tag_defaults allow it)")
-                        continue
-                pairs.append((group, text, f",{egroup}={self._escaped_tag(text)}"))
+            pairs += self._derived_pairs(regex, groups, record.get(source))
         pairs += [(k, self._static_tags[k], part) for k, part in self._static]
         pairs.sort(key=lambda p: p[0])
+        return pairs
+
+    def _tag_pair(self, key: str, ekey: str, value: object) -> tuple[str, str, str] | None:
+        """One configured (or captured, or topic) tag: (key, text, `,ekey=evalue`), None when it
+        is left out; raises MapError/LineError. The compiled hot path (fastpath.py) calls this
+        same rule for topic tags."""
+        text = _tag_text(value) if value is not None else ""
+        if text == "":  # absent or empty (InfluxDB stores no empty tag value)
+            text = self._defaults.get(key, "")
+            if text == "":
+                if key in self._required:
+                    raise MapError("missing_field", f"tag {key!r} is {'empty' if value is not None else 'absent'} "
+                                                    "(a message without it would merge into another series; "
+                                                    "optional_tags or tag_defaults allow it)")
+                return None
+        return key, text, f",{ekey}={self._escaped_tag(text)}"
+
+    def _derived_pairs(self, regex: re.Pattern[str], groups: list[tuple[str, str]],
+                       value: object) -> list[tuple[str, str, str]]:
+        """The tags one derived_tags entry makes of its source's value (None: absent), in group
+        order; raises MapError/LineError. The compiled hot path (fastpath.py) calls this same
+        rule, once per distinct source text."""
+        # A derived tag follows the configured tags' rule: a group with no text (its source
+        # absent, a value the regex does not match, a group that did not take part) takes its
+        # tag_defaults value, is left out when optional_tags lists it, else refuses the message
+        # (missing_field): left out silently, it would merge into another series.
+        pairs = []
+        match = regex.match(_tag_text(value)) if value is not None else None
+        for group, egroup in groups:
+            text = match.group(group) if match is not None else None
+            if not text:
+                text = self._defaults.get(group, "")
+                if text == "":
+                    if group in self._required:
+                        why = ("its source is absent" if value is None else
+                               f"{_tag_text(value)[:80]!r} does not match {regex.pattern[:80]!r}"
+                               if match is None else f"group {group!r} matched nothing")
+                        raise MapError("missing_field", f"derived tag {group!r}: {why} (a message without "
+                                                        "it would merge into another series; optional_tags "
+                                                        "or tag_defaults allow it)")
+                    continue
+            pairs.append((group, text, f",{egroup}={self._escaped_tag(text)}"))
         return pairs
 
     def _escaped_tag(self, value: object) -> str:

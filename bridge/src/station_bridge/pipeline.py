@@ -24,7 +24,7 @@ from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
-from .fastpath import Accelerator
+from .fastpath import Accelerator, python_reason
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters
 from .lineproto import LineError
@@ -87,15 +87,8 @@ class Subscription:
 
     def accelerate(self, mode: str) -> None:
         """Chooses the compiled path when `mode` is auto and the subscription's shape allows it."""
-        if mode == "off":
-            why = "fast_path: off"
-        elif self.spec.ignore:
-            why = "ignore rules run on the Python path"
-        elif self.binning is not None:
-            why = "binning runs on the Python path"
-        elif not self.mapper.flat:
-            why = "the mapping is not flat (measurement from data, derived tags or paths)"
-        else:
+        why = python_reason(mode, self.spec, self.mapper, here=False)  # the form; then this host
+        if not why:
             self.accelerator, why = Accelerator.for_mapper(self.mapper, self.spec)
         self.fast_path = "compiled" if self.accelerator is not None else f"python: {why}"
 
@@ -456,6 +449,7 @@ class Pipeline:
         accelerator = sub.accelerator
         assert accelerator is not None
         decode, mapper = sub.decode, sub.mapper
+        multi = mapper.multi
         newest: dict | None = {} if self.cache is not None and sub.spec.cache else None
         rejected: dict[str, int] = {}
 
@@ -465,7 +459,10 @@ class Pipeline:
                 return None
             try:
                 topic, record = decode(frames)
-                line, series, ts = mapper.keyed_line(topic, record)
+                if multi:  # one point (each is not compiled); its values keyed by field name
+                    (line, series, ts, record), = mapper.keyed_lines(topic, record)
+                else:
+                    line, series, ts = mapper.keyed_line(topic, record)
             except Exception as exc:  # hostile input must never stop the bridge
                 self._refused(sub, exc, frames, rejected)
                 return None

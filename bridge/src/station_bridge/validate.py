@@ -313,7 +313,9 @@ class InstanceValidation:
             row = {"feed": sub.name, "received": received, "rejected": rejected,
                    "last_message_age_s": age, "connected": None if connected is None else bool(connected),
                    "measurements": self.measurements[sub.name], "mapped_points": mapped, "landed": landed,
-                   "ok": ok, "expected_interval_s": sub.expected_interval, "idle": not flowing}
+                   "ok": ok, "expected_interval_s": sub.expected_interval, "idle": not flowing,
+                   # the path the running bridge maps it on (/healthz): compiled, or python: why
+                   "path": states.get(sub.name, {}).get("fast_path")}
             self.feeds.append(row)
             self.add(f"feed {sub.name} landed", landing[0], landing[1], mapped=mapped, landed=landed,
                      **({"skipped": True} if landed is None else {}))
@@ -560,24 +562,25 @@ def problems(report: dict[str, Any]) -> list[str]:
 
 def table(report: dict[str, Any]) -> list[str]:
     """One line per feed, validation path and destination: what an operator reads after a rollout."""
-    lines = ["instance | what | counted in the window | landed | state | ok"]
+    lines = ["instance | what | counted in the window | landed | state | ok | path"]
     for inst in report["instances"]:
         checks = {c["check"]: c for c in inst["checks"]}
         if "alive" in checks and not checks["alive"]["ok"]:
-            lines.append(f"{inst['instance']} | bridge | - | - | {checks['alive']['detail']} | False")
+            lines.append(f"{inst['instance']} | bridge | - | - | {checks['alive']['detail']} | False | -")
         for f in inst["feeds"]:
             age = f["last_message_age_s"]
             state = checks.get(f"feed {f['feed']}", {}).get("detail", "")
             lines.append(f"{inst['instance']} | feed {f['feed']} | received {f['received']} | "
                          f"{'-' if f['landed'] is None else f['landed']} | "
-                         f"{state if age is None or age < 0 else f'last message {age:.1f} s ago'} | {f['ok']}")
+                         f"{state if age is None or age < 0 else f'last message {age:.1f} s ago'} | {f['ok']} | "
+                         f"{f.get('path') or '-'}")
         if "validation ticks" in checks:
             v = checks["validation ticks"]
             lines.append(f"{inst['instance']} | validation | published {v['published']}, received {v['received']} | "
-                         f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']}")
+                         f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']} | -")
         for d in inst["destinations"]:
             lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
-                         f"{d['pending']} pending{', failing' if not d['ok'] else ''} | {d['ok']}")
+                         f"{d['pending']} pending{', failing' if not d['ok'] else ''} | {d['ok']} | -")
     return lines
 
 
