@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import threading
@@ -99,7 +100,8 @@ class StationBridge:
 
     def __init__(self, tmp: Path, influx: Influxd, redis_server: RedisServer, feed: str, *,
                  validation: bool = True, extra_destination: dict | None = None,
-                 self_measurement: str = "station_bridge", expected_interval: str | None = None) -> None:
+                 self_measurement: str = "station_bridge", expected_interval: str | None = None,
+                 pythonpath: str | None = None) -> None:
         self.tmp = tmp
         self.http = f"127.0.0.1:{free_port()}"
         self.validation_endpoint = f"ipc://{tmp}/validation.sock"
@@ -136,7 +138,7 @@ class StationBridge:
         (tmp / "kraken.env").write_text(f"STATION_BRIDGE_LOCAL_PASSWORD={WRITER[1]}\n"
                                         f"STATION_BRIDGE_CACHE_PASSWORD={REDIS_BRIDGE[1]}\n")
         env = dict(os.environ, STATION_BRIDGE_LOCAL_PASSWORD=WRITER[1], STATION_BRIDGE_CACHE_PASSWORD=REDIS_BRIDGE[1],
-                   STATION_BRIDGE_CENTRAL_PASSWORD="x")
+                   STATION_BRIDGE_CENTRAL_PASSWORD="x", **({"PYTHONPATH": pythonpath} if pythonpath else {}))
         self.log = open(tmp / "bridge.log", "ab")  # noqa: SIM115 - closed in stop()
         self.process = subprocess.Popen([BRIDGE, "run", "--config", str(self.path)], stdout=self.log,
                                         stderr=subprocess.STDOUT, env=env)
@@ -253,6 +255,34 @@ def test_observe_on_a_live_feed_passes_and_writes_nothing(live, station_influx, 
         {k: v for k, v in before["influx"].items() if k != "ticks"}
     assert set(after["redis"]) == set(before["redis"])
     assert demo_points(station_influx) == 0
+
+
+def test_a_feed_on_python_where_the_wheel_carries_the_extension_fails_validate(tmp_path, station_influx,
+                                                                              station_redis, feed):
+    """Issue 22, no silent slow path: the bridge runs from a package whose extension file is there
+    but does not load (a broken install, a foreign platform): it maps on Python, about 4x the CPU,
+    and validate fails naming it (a pure wheel, built so on purpose, carries no such file)."""
+    if not fastpath.extension_shipped():
+        pytest.skip("this checkout's package carries no compiled extension (a pure build)")
+    broken = tmp_path / "lib" / "station_bridge"
+    shutil.copytree(Path(fastpath.__file__).parent, broken, ignore=shutil.ignore_patterns("__pycache__"))
+    for library in broken.glob("_fastpath*.so"):
+        library.write_bytes(b"not a shared object")
+    publisher = Publisher(feed)
+    publisher.start()
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, pythonpath=str(broken.parent))
+    try:
+        wait_for(lambda: station_influx.query(
+            "SELECT count(bid) FROM \"standard\".\"ticks\" WHERE time > now() - 1m", db="tick"), 15, "live ticks")
+        rc, report = validate(str(bridge.path), "--window", "2")
+    finally:
+        bridge.stop()
+        publisher.stopped.set()
+        publisher.join()
+    assert rc != 0
+    (row,) = report["instances"][0]["feeds"]
+    assert row["path"].startswith("python: the compiled extension is not installed"), row
+    assert "although its mapping is on the compiled path" in failed(report)["feed kraken path"]
 
 
 def test_observe_reports_an_idle_feed_and_fails_one_overdue_for_its_cadence(tmp_path, station_influx,

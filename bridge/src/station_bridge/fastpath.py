@@ -36,9 +36,10 @@ from .lineproto import LineError
 from .mapping import MapError
 from .paths import Index, Key, PathError
 
+PURE_ON_PURPOSE = "STATION_BRIDGE_PURE=1 in the environment"
 if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
     _fastpath = None
-    _IMPORT_ERROR = "STATION_BRIDGE_PURE=1 in the environment"
+    _IMPORT_ERROR = PURE_ON_PURPOSE
 else:
     try:
         from . import _fastpath  # type: ignore[attr-defined]
@@ -56,6 +57,15 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 # What the Python path gets for a message handed back: (frames, error). `error` is the exception
 # the mapper's uniqueness raised for it (the message is refused with that reason), else None.
 Slow = Callable[[list[bytes], BaseException | None], bytes | None]
+
+
+def extension_shipped() -> bool:
+    """Whether the installed package carries the compiled extension's file (a wheel built with a
+    compiler), whether or not it imports here; a pure wheel (STATION_BRIDGE_PURE=1) has none."""
+    package = os.path.dirname(os.path.abspath(__file__))
+    names = os.listdir(package)
+    return any(name.startswith("_fastpath.") and name.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))
+               for name in names)
 
 
 def unavailable() -> str:

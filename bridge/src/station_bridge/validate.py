@@ -287,6 +287,27 @@ class InstanceValidation:
         self._self_metrics(started_ns)
         self._cache(started_ns)
 
+    def _path_check(self, sub: Any, running: str | None) -> None:
+        """No silent slow path: a feed whose mapping the compiled path covers, on a station whose
+        wheel carries the extension, must run compiled. Python there means the extension or libzmq
+        failed to load (a foreign platform, a broken install): about 4x the CPU per point, named here.
+        A pure wheel (built with STATION_BRIDGE_PURE=1 on purpose) and a mapping form C does not
+        cover are reported, not failed."""
+        from .fastpath import PURE_ON_PURPOSE, extension_shipped, python_reason
+        from .mapping import Mapper
+
+        if running is None:
+            return  # a bridge too old to say
+        expected = python_reason(self.config.fast_path, sub, Mapper(sub, self.config.station), here=False)
+        if running == "compiled" or expected or running.endswith(PURE_ON_PURPOSE) or not extension_shipped():
+            detail = running if not expected else f"{running} (the configuration asks for it)"
+            self.add(f"feed {sub.name} path", True, detail, path=running)
+        else:
+            self.add(f"feed {sub.name} path", False,
+                     f"runs {running}, although its mapping is on the compiled path and this station's wheel "
+                     "carries the extension: about 4x the CPU per point (see the bridge's start log)",
+                     path=running)
+
     def _feeds(self, started_ns: int, health: dict[str, Any]) -> None:
         """Per feed: it flows (a message in the window, or a recent one), and the bridge's health
         model (the /healthz document) finds nothing wrong with it (connection, rejected share,
@@ -319,6 +340,7 @@ class InstanceValidation:
             self.feeds.append(row)
             self.add(f"feed {sub.name} landed", landing[0], landing[1], mapped=mapped, landed=landed,
                      **({"skipped": True} if landed is None else {}))
+            self._path_check(sub, row["path"])
             if problem is not None:
                 self.add(f"feed {sub.name}", False, f"unhealthy: {problem}")
             elif flowing:
