@@ -521,6 +521,135 @@ def test_backup_and_restore_over_ssh(tmp_path, central2_down):
         Influx(host(STATIONS[code])).query('DROP DATABASE "tick_restored"', auth=ADMIN)
 
 
+# --- a central's private CA, delivered by the roles (during central2's outage too) ----------------
+
+# A TLS front on central (Python's ssl, in front of its InfluxDB), its certificate signed by a CA made
+# here: the third central of bcn's fleet_centrals for one converge, with that CA as its ca_cert.
+_TLS_FRONT = r"""
+import socket, ssl, sys, threading
+context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+context.load_cert_chain(sys.argv[1], sys.argv[2])
+server = socket.create_server(("0.0.0.0", int(sys.argv[3])))
+
+def pipe(a, b):
+    try:
+        while data := a.recv(65536):
+            b.sendall(data)
+    except OSError:
+        pass
+    finally:
+        for s in (a, b):
+            try:
+                s.close()
+            except OSError:
+                pass
+
+def serve(client):
+    try:
+        tls = context.wrap_socket(client, server_side=True)
+    except OSError:
+        client.close()
+        return
+    upstream = socket.create_connection(("127.0.0.1", 8086))
+    threading.Thread(target=pipe, args=(tls, upstream), daemon=True).start()
+    pipe(upstream, tls)
+
+while True:
+    client, _ = server.accept()
+    threading.Thread(target=serve, args=(client,), daemon=True).start()
+"""
+TLS_PORT = 8443
+# bcn's bridges configured (and restarted by the role's handler) during central2's outage: not the
+# role's service tasks, whose wait for a healthy bridge cannot pass while a central is down longer
+# than the bridge's destination_grace; nor its install tasks (nothing to install). About 70 s here.
+CONFIGURE_BCN_BRIDGES = ("--limit", "station-stack-fleet-bcn", "--tags", "bridge", "--skip-tags", "install,service")
+TLS_DIR = "/root/lab-tls-front"
+SAVED = "/root/lab-bridge-files"
+
+
+def private_ca(directory: Path, name: str) -> tuple[str, str, str]:
+    """A CA and a server certificate it signed for `name`: (CA PEM, certificate PEM, key PEM)."""
+    def openssl(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+            "-subj", "/CN=station-stack lab CA", "-addext", "basicConstraints=critical,CA:TRUE",
+            "-addext", "keyUsage=critical,keyCertSign,cRLSign")
+    openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
+            "-subj", f"/CN={name}")
+    (directory / "server.ext").write_text(f"basicConstraints=CA:FALSE\nextendedKeyUsage=serverAuth\n"
+                                          f"subjectAltName=DNS:{name}\nauthorityKeyIdentifier=keyid\n")
+    openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+            "-out", "server.pem", "-days", "2", "-extfile", "server.ext")
+    return tuple((directory / f).read_text() for f in ("ca.pem", "server.pem", "server.key"))
+
+
+def put(name: str, path: str, content: str) -> None:
+    subprocess.run(["docker", "exec", "-i", name, "sh", "-c", f"umask 077 && cat > {path}"], input=content,
+                   text=True, check=True)
+
+
+def destination_counters(code: str, destination: str) -> dict[str, dict[str, float]]:
+    """Per instance: written points and journaled points of one destination (from /metrics)."""
+    lines = json.loads(host(STATIONS[code]).check_output(
+        "/opt/station-bridge/venv/bin/python -c %s", _BRIDGE_METRICS.replace(
+            '("bridge_journal_points{", "bridge_dead_letters_total")',
+            '("bridge_journal_points{", "bridge_written_points_total{")')))
+    out = {}
+    for instance, instance_lines in lines.items():
+        ours = [line for line in instance_lines if f'destination="{destination}"' in line]
+        out[instance] = {line.split("{", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in ours}
+    return out
+
+
+def test_a_centrals_private_ca_is_delivered_by_the_roles_and_trusted(tmp_path, central2_down):
+    """fleet_centrals' ca_cert: the bridge role writes it on the station (root, the bridge's group,
+    0640) and names it as that central's destination's ca_file; the station's bridges restart and
+    deliver through TLS to a certificate of that CA. Put back as it was afterwards."""
+    bcn, name = host(STATIONS["bcn"]), "central_tls"
+    ca, cert, key = private_ca(tmp_path, CENTRAL)
+    subprocess.run(["docker", "exec", CENTRAL, "mkdir", "-p", TLS_DIR], check=True)
+    for path, content in {"server.pem": cert, "server.key": key, "front.py": _TLS_FRONT}.items():
+        put(CENTRAL, f"{TLS_DIR}/{path}", content)
+    host(CENTRAL).check_output(f"cd {TLS_DIR} && (nohup python3 front.py server.pem server.key {TLS_PORT} "
+                               "> front.log 2>&1 & echo $! > front.pid)")
+    centrals = yaml.safe_load((EXAMPLE / "group_vars/all/main.yml").read_text())["fleet_centrals"]
+    extra = tmp_path / "centrals.json"
+    extra.write_text(json.dumps({"fleet_centrals": [*centrals, {
+        "name": name, "url": f"https://{CENTRAL}:{TLS_PORT}", "ca_cert": ca}]}))
+    path = f"/etc/station-bridge/{name}-ca.pem"
+    bcn.check_output(f"mkdir -p {SAVED} && cp -a /etc/station-bridge/*.yml /etc/station-bridge/*.env {SAVED}/")
+    try:
+        rc, took, output = play("station.yml", *CONFIGURE_BCN_BRIDGES, "-e", f"@{extra}")
+        print(f"bcn's bridges configured with {name} in {took:.0f} s")
+        assert rc == 0, failures(output)
+        changed = changed_tasks(output)
+        assert f"{STATIONS['bcn']}: bridge : Write each central's CA certificate" in changed, changed
+        assert f"{STATIONS['bcn']}: bridge : Restart station-bridge instances" in changed, changed
+        written = bcn.file(path)
+        assert (written.user, written.group, written.mode) == ("root", "station-bridge", 0o640)
+        assert written.content_string == ca.strip() + "\n"
+        for instance in ("kraken", "weather"):
+            config = yaml.safe_load(bcn.check_output(f"cat /etc/station-bridge/{instance}.yml"))
+            (tls,) = [d for d in config["destinations"] if d["name"] == name]
+            assert tls["ca_file"] == path and tls["url"] == f"https://{CENTRAL}:{TLS_PORT}", tls
+        # Through TLS with that CA: points written, nothing left in the destination's journal.
+        counters = wait_until(lambda: (lambda c: c if all(
+            v.get("bridge_written_points_total", 0) > 0 and v.get("bridge_journal_points") == 0 for v in c.values())
+            else None)(destination_counters("bcn", name)), 60, "bcn's bridges writing through TLS")
+        print(f"through {name} (TLS, the private CA):", counters)
+    finally:
+        # Back as it was, without a second converge (40 s here): the instances' files as they were
+        # (the next rollout finds nothing to change), the CA file and the removed destination's
+        # journal directories gone (the bridge reports a journal no destination names).
+        bcn.check_output("systemctl stop station-bridge@kraken station-bridge@weather")
+        bcn.check_output(f"cp -a {SAVED}/. /etc/station-bridge/ && rm -rf {SAVED} {path} "
+                         f"/var/lib/station-bridge/*/journal/{name}")
+        bcn.check_output("systemctl start station-bridge@kraken station-bridge@weather")
+        host(CENTRAL).run(f"kill $(cat {TLS_DIR}/front.pid)")
+    assert name not in bcn.check_output("cat /etc/station-bridge/kraken.yml /etc/station-bridge/kraken.env")
+
+
 def test_a_central_down_while_stations_publish_ends_identical_to_the_other(central2_down):
     """central2's InfluxDB stopped for OUTAGE_S while every station publishes (the lab feeds, and on
     ams and cpt a counted feed; bcn's bridges restarted meanwhile by service.yml): central keeps
