@@ -643,7 +643,8 @@ def test_a_centrals_private_ca_is_delivered_by_the_roles_and_trusted(tmp_path, c
         # (the next rollout finds nothing to change), the CA file and the removed destination's
         # journal directories gone (the bridge reports a journal no destination names).
         bcn.check_output("systemctl stop station-bridge@kraken station-bridge@weather")
-        bcn.check_output(f"cp -a {SAVED}/. /etc/station-bridge/ && rm -rf {SAVED} {path} "
+        # (The files, not SAVED/.: that would give /etc/station-bridge the saved directory's mode.)
+        bcn.check_output(f"cp -a {SAVED}/*.yml {SAVED}/*.env /etc/station-bridge/ && rm -rf {SAVED} {path} "
                          f"/var/lib/station-bridge/*/journal/{name}")
         bcn.check_output("systemctl start station-bridge@kraken station-bridge@weather")
         host(CENTRAL).run(f"kill $(cat {TLS_DIR}/front.pid)")
