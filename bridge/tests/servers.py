@@ -6,6 +6,7 @@ import base64
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 import urllib.error
@@ -28,12 +29,12 @@ def _binary(name: str, package: str) -> str:
 
 
 
-def answers_ping(url: str, timeout: float = 30) -> bool:
+def answers_ping(url: str, timeout: float = 30, context: ssl.SSLContext | None = None) -> bool:
     """Whether a server (influxd, victoria-metrics) answers `url`/ping with 204 within `timeout`."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         try:
-            with urllib.request.urlopen(url + "/ping", timeout=1) as response:
+            with urllib.request.urlopen(url + "/ping", timeout=1, context=context) as response:
                 if response.status == 204:
                     return True
         except OSError:
@@ -41,16 +42,20 @@ def answers_ping(url: str, timeout: float = 30) -> bool:
     return False
 
 class Influxd:
-    """influxd 1.x with its own data directory; auth on with an admin when `auth` is set."""
+    """influxd 1.x with its own data directory; auth on with an admin when `auth` is set; HTTPS
+    only with `tls` (certificate chain and key files, for the name localhost; `ca` trusts it)."""
 
     def __init__(self, workdir: Path, auth: bool = False, port: int | None = None,
-                 create_admin: bool = True) -> None:
+                 create_admin: bool = True, tls: tuple[Path, Path] | None = None, ca: Path | None = None) -> None:
         self.workdir = workdir
         self.auth = auth
         self.create_admin = create_admin
         self.port = port or free_port()
         self.rpc_port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
+        self.url = f"https://localhost:{self.port}" if tls else f"http://127.0.0.1:{self.port}"
+        self.context = ssl.create_default_context(cafile=ca) if tls else None
+        https = (f'  https-enabled = true\n  https-certificate = "{tls[0]}"\n  https-private-key = "{tls[1]}"\n'
+                 if tls else "")
         self.admin = ("admin", "admin-pw")
         self.process: subprocess.Popen | None = None
         workdir.mkdir(parents=True, exist_ok=True)
@@ -69,7 +74,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
   auth-enabled = {str(auth).lower()}
   log-enabled = false
   max-body-size = 0
-[monitor]
+{https}[monitor]
   store-enabled = false
 [continuous_queries]
   enabled = false
@@ -83,7 +88,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
         log = open(self.workdir / "influxd.log", "ab")  # noqa: SIM115 - lives as long as the process
         self.process = subprocess.Popen([binary, "-config", str(self.workdir / "influxdb.conf")],
                                         stdout=subprocess.DEVNULL, stderr=log)
-        if not answers_ping(self.url):
+        if not answers_ping(self.url, context=self.context):
             self.stop()
             raise RuntimeError("influxd did not answer /ping within 30 s")
         if self.auth and self.create_admin:
@@ -105,7 +110,7 @@ bind-address = "127.0.0.1:{self.rpc_port}"
             token = base64.b64encode(":".join(self.admin).encode()).decode()
             request.add_header("Authorization", "Basic " + token)
         try:
-            with urllib.request.urlopen(request, timeout=60) as response:
+            with urllib.request.urlopen(request, timeout=60, context=self.context) as response:
                 return response.status, response.read().decode()
         except urllib.error.HTTPError as exc:
             return exc.code, exc.read().decode()
@@ -184,7 +189,7 @@ class VictoriaMetrics:
              "-retentionPeriod=1y", "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s",
              "-search.disableCache", "-loggerLevel=WARN"],
             stdout=subprocess.DEVNULL, stderr=log)
-        if not answers_ping(self.url):
+        if not answers_ping(self.url, context=self.context):
             self.stop()
             raise RuntimeError("victoria-metrics did not answer /ping within 30 s")
         return self
