@@ -265,3 +265,34 @@ def test_victoriametrics_adapter_refuses_a_line_it_cannot_carry():
     adapter = Adapter(False, True, victoria=True)
     lines = [b"m,t=a\\\nb\\ f\\=1 v=1 5", b'm,t=a s="x\nevil v=9 6",v=1 5', b"m,t=a v=2 7000000"]
     assert adapter.apply_lines(lines) == ([b"m,t=a v=2 7000000"], {"unrepresentable": 2}, {})
+
+
+def _ignored(victoria: VictoriaMetrics) -> dict[str, int]:
+    """Rows VictoriaMetrics skipped after answering 204 (its own /metrics), by reason."""
+    with urllib.request.urlopen(victoria.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {line.split('"')[1]: int(float(line.rpartition(" ")[2])) for line in text.splitlines()
+            if line.startswith("vm_rows_ignored_total{")}
+
+
+def test_points_victoriametrics_would_skip_for_their_time_are_counted(tmp_path, victoria, endpoint):
+    """VictoriaMetrics (run with -retentionPeriod=1y) skips a point older than its retention or
+    more than 2 days ahead and still answers 204: with `retention_period` the bridge drops those
+    and counts them `outside_retention`, so nothing counted written is skipped by the server."""
+    now = time.time_ns() // 1_000_000 * 1_000_000
+    day = 86_400 * 10**9
+    stamps = {"recent": now - 5 * 10**9, "old": now - 300 * day, "tomorrow": now + day,
+              "too_old": now - 400 * day, "too_new": now + 3 * day}
+    mapping = {**OBS, "time": {**OBS["time"], "accept_ahead": None}}
+    bridge = BridgeProcess(
+        tmp_path, None, "tick", endpoint, subscription={"name": "obs", "topics": ["obs"], "mapping": mapping},
+        destination={"name": "vm", "url": victoria.url + "/influx", "database": "tick", "flush_interval": "200ms",
+                     "max_backoff": "1s", "retention_period": "8760h", **VM_DEST}).start()
+    _publish(endpoint, [("obs", {"t": t, "inst": name, "v": 1.0, "note": "", "ok": True})
+                        for name, t in stamps.items()])
+    samples = quiet_ledger(bridge, ("vm",), ("obs",))
+    assert value(samples, "bridge_written_points_total", destination="vm") == 3
+    assert value(samples, "bridge_dropped_points_total", destination="vm", reason="outside_retention") == 2
+    assert sorted(s["metric"]["inst"] for s in victoria.export('{__name__="obs_v"}')) == ["old", "recent"]
+    assert sum(_ignored(victoria).values()) == 0
+    assert bridge.stop() == 0

@@ -31,6 +31,7 @@ millisecond memory is its own (a collision with a point the running bridge sent 
 from __future__ import annotations
 
 import re
+import time
 from collections import OrderedDict
 from collections.abc import Iterable
 from typing import Protocol
@@ -41,6 +42,7 @@ from .lineproto import split_lines
 WINDOW = 128  # milliseconds remembered per series
 MAX_SERIES = 20_000  # series remembered (least recently used forgotten)
 MAX_NAMES = 100_000  # VictoriaMetrics sample names remembered (the oldest forgotten)
+AHEAD_NS = 2 * 86_400 * 10**9  # VictoriaMetrics skips points further ahead of its clock (with a 204)
 MAX_FIELDSETS = 10_000  # distinct field-key sets shared between the milliseconds remembered
 
 _SERIES_END = re.compile(rb"(?<!\\) ")
@@ -67,10 +69,12 @@ class Adapter:
     another line), and a field whose sample name `<measurement>_<field>` another measurement and
     field already took is removed (`name_collision`: `m_a`.`b` and `m`.`a_b` would be one series)."""
 
-    def __init__(self, numeric_only: bool, refuse_sub_ms: bool, victoria: bool = False) -> None:
+    def __init__(self, numeric_only: bool, refuse_sub_ms: bool, victoria: bool = False,
+                 retention: float | None = None) -> None:
         self.numeric_only = numeric_only
         self.refuse_sub_ms = refuse_sub_ms
         self.victoria = victoria
+        self.retention_ns = None if retention is None else round(retention * 1e9)
         # series -> {millisecond: the field keys sent in it}; field-key tuples are interned
         self._used: OrderedDict[bytes, dict[int, tuple[bytes, ...]]] = OrderedDict()
         self._fieldsets: dict[tuple[bytes, ...], tuple[bytes, ...]] = {}
@@ -80,7 +84,9 @@ class Adapter:
     def for_spec(cls, spec: DestinationSpec) -> Adapter | None:
         refuse = spec.time_resolution == "ms" and spec.on_collision == "refuse"
         victoria = spec.time_resolution == "ms"
-        return cls(spec.numeric_only, refuse, victoria) if spec.numeric_only or victoria else None
+        if not (spec.numeric_only or victoria or spec.retention_period is not None):
+            return None
+        return cls(spec.numeric_only, refuse, victoria, spec.retention_period)
 
     def apply(self, data: bytes) -> tuple[bytes, int, dict[str, int], dict[str, int]]:
         kept, dropped, fields_dropped = self.apply_lines(line[:-1] if line.endswith(b"\n") else line
@@ -93,9 +99,18 @@ class Adapter:
         kept: list[bytes] = []
         dropped: dict[str, int] = {}
         fields: dict[str, int] = {}
+        now = time.time_ns()
+        oldest = None if self.retention_ns is None else now - self.retention_ns
+        newest = now + AHEAD_NS if self.victoria else None
         for line in lines:
             if not line:
                 continue
+            if oldest is not None or newest is not None:
+                stamp = line.rpartition(b" ")[2]
+                if stamp.lstrip(b"-").isdigit() and (
+                        (oldest is not None and int(stamp) < oldest) or (newest is not None and int(stamp) > newest)):
+                    dropped["outside_retention"] = dropped.get("outside_retention", 0) + 1
+                    continue
             if self.numeric_only and b'="' in line:
                 line, removed = _numeric(line)
                 if removed:
