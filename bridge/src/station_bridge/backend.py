@@ -66,7 +66,8 @@ class Adapter:
     `victoria` (a destination with `time_resolution: ms`, i.e. VictoriaMetrics' /influx/write):
     a line holding a newline (in a tag, a measurement or a string kept) is dropped
     (`unrepresentable`: VictoriaMetrics ends a line at every newline and would read the rest as
-    another line), and a field whose sample name `<measurement>_<field>` another measurement and
+    another line), so is one with a tag `__name__` (VictoriaMetrics drops that tag: two series
+    would become one), and a field whose sample name `<measurement>_<field>` another measurement and
     field already took is removed (`name_collision`: `m_a`.`b` and `m`.`a_b` would be one series)."""
 
     def __init__(self, numeric_only: bool, refuse_sub_ms: bool, victoria: bool = False,
@@ -118,8 +119,8 @@ class Adapter:
                 if line is None:
                     dropped["non_numeric"] = dropped.get("non_numeric", 0) + 1
                     continue
-            if self.victoria and b"\n" in line:
-                dropped["unrepresentable"] = dropped.get("unrepresentable", 0) + 1
+            if self.victoria and (b"\n" in line or b",__name__=" in _series(line)):
+                dropped["unrepresentable"] = dropped.get("unrepresentable", 0) + 1  # see the class
                 continue
             if self.victoria or self.refuse_sub_ms:
                 line, reason = self._claim(line, fields)
@@ -215,6 +216,11 @@ def _parts(line: bytes) -> tuple[bytes, list[bytes], list[bytes], bytes, int | N
     return line[:cut.start()], found, keys, rest, stamp
 
 
+def _series(line: bytes) -> bytes:
+    cut = _SERIES_END.search(line)
+    return line if cut is None else line[:cut.start()]
+
+
 def _unescape(name: bytes) -> bytes:
     """A measurement or key as InfluxDB and VictoriaMetrics read it (a backslash before `,`,
     space or `=` escapes it; any other backslash is itself)."""
@@ -271,6 +277,12 @@ def resolution_warnings(config: Config) -> list[str]:
     warn`), the feeds whose points can fall in one millisecond of their series."""
     out: list[str] = []
     for d in config.destinations:
+        if d.time_resolution == "ms" and not d.numeric_only:
+            strings = [s.name for s in config.subscriptions if "string" in s.mapping.fields.values()]
+            if strings:
+                out.append(f"destination {d.name!r} keeps milliseconds (time_resolution: ms, VictoriaMetrics) without "
+                           f"numeric_only: the string fields of subscription(s) {', '.join(map(repr, strings))} "
+                           "would be stored as 0 (numeric_only: true removes and counts them)")
         if d.time_resolution != "ms" or d.on_collision != "warn":
             continue
         for s in config.subscriptions:
