@@ -62,15 +62,21 @@ def _counts(series: list[dict]) -> dict[tuple[str, str], int]:
 
 def test_what_victoriametrics_keeps(victoria):
     """The table in bridge/README.md: a string stored as 0 (a numeric one as its number), booleans
-    as 1/0, two points of one series in one millisecond as one sample."""
+    as 1/0, floats rounded to about 12 significant digits, integers exact up to 2**53, two points
+    of one series in one millisecond as one sample."""
     t = time.time_ns() // 1_000_000 * 1_000_000
     body = (f'k,inst=A s="hello",n="3.5",b=true,c=f,i=7i {t}\n'
-            f"k,inst=A f=1 {t + 1000}\nk,inst=A f=2 {t + 2000}\n").encode()
+            f"k,inst=A f=1 {t + 1000}\nk,inst=A f=2 {t + 2000}\n"
+            f"k,inst=A p=0.4922337136339352,q=-449137.23093500524,r=0.30000000000000004,g=123456789.12345678,"
+            f"e=1e-300,big=9007199254740993i,j=1234567890123456i {t}\n").encode()
     request = urllib.request.Request(victoria.url + "/influx/write?db=x&precision=ns", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 204
     got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"k_.*"}')}
-    assert got == {"k_s": [0], "k_n": [3.5], "k_b": [1], "k_c": [0], "k_i": [7], "k_f": [2]}
+    assert got == {"k_s": [0], "k_n": [3.5], "k_b": [1], "k_c": [0], "k_i": [7], "k_f": [2],
+                   # floats as decimals of about 12 significant digits; integers exact up to 2**53
+                   "k_p": [0.492233713634], "k_q": [-449137.230935], "k_r": [0.3], "k_g": [123456789.12345678],
+                   "k_e": [1e-300], "k_big": [2.0**53], "k_j": [1234567890123456]}
 
 
 def test_numeric_only_and_milliseconds_against_victoriametrics(tmp_path, own_influxd, victoria, endpoint):

@@ -3,7 +3,8 @@
 InfluxDB 1.x keeps every field type and nanosecond times. VictoriaMetrics' `/influx/write`
 (measured against Debian's victoria-metrics 1.79, tests/test_backend.py) turns every field into a
 float64 sample `<measurement>_<field>`: a string field is stored as 0 (a numeric-looking string
-such as "3.5" as that number), booleans as 1 and 0, integers as floats (exact up to 2**53), and
+such as "3.5" as that number), booleans as 1 and 0, integers as floats (exact up to 2**53), floats rounded to about 12 significant
+decimal digits (it stores decimals; not counted), and
 times are cut to milliseconds (two points of one series in one millisecond become one sample).
 
 Per destination, so that nothing is changed silently on the way:
