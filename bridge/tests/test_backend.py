@@ -142,8 +142,8 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     runs it) keeps one sample each. Without that flag this test fails (duplicates in the export)."""
     n = 3000
     base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
-    messages = [("obs", {"t": base + i * 1_000_000, "inst": "A", "v": float(i), "note": "x", "ok": True})
-                for i in range(n)]
+    messages = [("obs", {"t": base + i * 1_000_000, "inst": "A\\\\B", "v": float(i), "note": "x", "ok": True})
+                for i in range(n)]  # the tag as VictoriaMetrics reads it from every send, replays too
     dest = {"name": "vm", "url": "http://127.0.0.1:9/influx", "batch_size": 50, "max_backoff": "1s", **VM_DEST}
     bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination=dest, shutdown_timeout=1,
                            subscription={"name": "obs", "topics": ["obs"], "mapping": OBS}).start()
@@ -161,7 +161,7 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     bridge.start()
     quiet_ledger(bridge, ("vm",), ("obs",), timeout=60)
     exported = victoria.export('{__name__="obs_v"}')
-    assert len(exported) == 1
+    assert len(exported) == 1 and exported[0]["metric"]["inst"] == "A\\\\B"
     stamps = exported[0]["timestamps"]
     assert len(stamps) == len(set(stamps)) == n
     assert bridge.stop() == 0
