@@ -3,8 +3,8 @@
 InfluxDB 1.x keeps every field type and nanosecond times. VictoriaMetrics' `/influx/write`
 (measured against Debian's victoria-metrics 1.79, tests/test_backend.py) turns every field into a
 float64 sample `<measurement>_<field>`: a string field is stored as 0 (a numeric-looking string
-such as "3.5" as that number), booleans as 1 and 0, integers as floats (exact up to 2**53), floats rounded to about 12 significant
-decimal digits (it stores decimals; not counted), and
+such as "3.5" as that number), booleans as 1 and 0, integers as floats (exact up to 2**53),
+floats rounded to about 12 significant decimal digits (it stores decimals; not counted), and
 times are cut to milliseconds (two points of one series in one millisecond become one sample).
 
 Per destination, so that nothing is changed silently on the way:
@@ -43,6 +43,8 @@ from .lineproto import split_lines
 WINDOW = 128  # milliseconds remembered per series
 MAX_SERIES = 20_000  # series remembered (least recently used forgotten)
 MAX_NAMES = 100_000  # VictoriaMetrics sample names remembered (the oldest forgotten)
+MAX_LABELS = 30  # VictoriaMetrics' -maxLabelsPerTimeseries (tags and db; it drops the others)
+MAX_LABEL_VALUE = 16_384  # its -maxLabelValueLen (longer tag values are cut)
 AHEAD_NS = 2 * 86_400 * 10**9  # VictoriaMetrics skips points further ahead of its clock (with a 204)
 MAX_FIELDSETS = 10_000  # distinct field-key sets shared between the milliseconds remembered
 
@@ -68,8 +70,10 @@ class Adapter:
     a line holding a newline (in a tag, a measurement or a string kept) is dropped
     (`unrepresentable`: VictoriaMetrics ends a line at every newline and would read the rest as
     another line), so is one with a tag `__name__` (VictoriaMetrics drops that tag: two series
-    would become one), and a field whose sample name `<measurement>_<field>` another measurement and
-    field already took is removed (`name_collision`: `m_a`.`b` and `m`.`a_b` would be one series)."""
+    would become one), more than MAX_LABELS labels (tags and db; it drops the others) or a tag
+    value longer than MAX_LABEL_VALUE bytes (it cuts it), and a field whose sample name
+    `<measurement>_<field>` another measurement and field already took is removed
+    (`name_collision`: `m_a`.`b` and `m`.`a_b` would be one series)."""
 
     def __init__(self, numeric_only: bool, refuse_sub_ms: bool, victoria: bool = False,
                  retention: float | None = None) -> None:
@@ -120,7 +124,7 @@ class Adapter:
                 if line is None:
                     dropped["non_numeric"] = dropped.get("non_numeric", 0) + 1
                     continue
-            if self.victoria and (b"\n" in line or b",__name__=" in _series(line)):
+            if self.victoria and _unrepresentable(line):
                 dropped["unrepresentable"] = dropped.get("unrepresentable", 0) + 1  # see the class
                 continue
             if self.victoria or self.refuse_sub_ms:
@@ -217,9 +221,22 @@ def _parts(line: bytes) -> tuple[bytes, list[bytes], list[bytes], bytes, int | N
     return line[:cut.start()], found, keys, rest, stamp
 
 
-def _series(line: bytes) -> bytes:
+def _unrepresentable(line: bytes) -> bool:
+    """True when VictoriaMetrics (at its default limits) cannot store the line's point as it is."""
+    if b"\n" in line:
+        return True
     cut = _SERIES_END.search(line)
-    return line if cut is None else line[:cut.start()]
+    series = line if cut is None else line[:cut.start()]
+    if b",__name__=" in series:
+        return True
+    if series.count(b",") >= MAX_LABELS:  # a tag per unescaped comma, plus the label db
+        tags = _MEASUREMENT_END.split(series)[1:]
+        if len(tags) + 1 > MAX_LABELS:
+            return True
+    if len(series) > MAX_LABEL_VALUE:
+        return any(len(_unescape(tag.partition(b"=")[2])) > MAX_LABEL_VALUE
+                   for tag in _MEASUREMENT_END.split(series)[1:])
+    return False
 
 
 def _unescape(name: bytes) -> bytes:
