@@ -19,7 +19,6 @@ from harness import BRIDGE, BridgeProcess, quiet_ledger, wait_for
 from servers import VictoriaMetrics
 
 from station_bridge.backend import Adapter
-from station_bridge.demo import wait_for_subscriber
 from station_bridge.metrics import value
 
 OBS = {"measurement": "obs", "tags": ["inst"], "fields": {"v": "float", "note": "string", "ok": "boolean"},
@@ -41,8 +40,16 @@ def _publish(endpoint: str, messages: list[tuple[str, dict]]) -> None:
     socket = context.socket(zmq.XPUB)
     socket.setsockopt(zmq.SNDHWM, 0)
     socket.bind(endpoint)
-    for topic in sorted({t for t, _ in messages}):
-        assert wait_for_subscriber(socket, topic.encode(), 10), f"no subscriber for {topic}"
+    # every topic covered by a subscription (wait_for_subscriber reads the others' away)
+    waiting = {t.encode() for t, _ in messages}
+    prefixes: set[bytes] = set()
+    deadline = time.monotonic() + 10
+    while waiting and socket.poll(max(1, int((deadline - time.monotonic()) * 1000)), zmq.POLLIN):
+        message = socket.recv()
+        if message[:1] == b"\x01":
+            prefixes.add(message[1:])
+        waiting = {t for t in waiting if not any(t.startswith(p) for p in prefixes)}
+    assert not waiting, f"no subscriber for {waiting}"
     for topic, record in messages:
         socket.send_multipart([topic.encode(), msgpack.packb(record)])
     socket.close(linger=10_000)
@@ -55,15 +62,21 @@ def _counts(series: list[dict]) -> dict[tuple[str, str], int]:
 
 def test_what_victoriametrics_keeps(victoria):
     """The table in bridge/README.md: a string stored as 0 (a numeric one as its number), booleans
-    as 1/0, two points of one series in one millisecond as one sample."""
+    as 1/0, floats rounded to about 12 significant digits, integers exact up to 2**53, two points
+    of one series in one millisecond as one sample."""
     t = time.time_ns() // 1_000_000 * 1_000_000
     body = (f'k,inst=A s="hello",n="3.5",b=true,c=f,i=7i {t}\n'
-            f"k,inst=A f=1 {t + 1000}\nk,inst=A f=2 {t + 2000}\n").encode()
+            f"k,inst=A f=1 {t + 1000}\nk,inst=A f=2 {t + 2000}\n"
+            f"k,inst=A p=0.4922337136339352,q=-449137.23093500524,r=0.30000000000000004,g=123456789.12345678,"
+            f"e=1e-300,big=9007199254740993i,j=1234567890123456i {t}\n").encode()
     request = urllib.request.Request(victoria.url + "/influx/write?db=x&precision=ns", data=body, method="POST")
     with urllib.request.urlopen(request, timeout=10) as response:
         assert response.status == 204
     got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"k_.*"}')}
-    assert got == {"k_s": [0], "k_n": [3.5], "k_b": [1], "k_c": [0], "k_i": [7], "k_f": [2]}
+    assert got == {"k_s": [0], "k_n": [3.5], "k_b": [1], "k_c": [0], "k_i": [7], "k_f": [2],
+                   # floats as decimals of about 12 significant digits; integers exact up to 2**53
+                   "k_p": [0.492233713634], "k_q": [-449137.230935], "k_r": [0.3], "k_g": [123456789.12345678],
+                   "k_e": [1e-300], "k_big": [2.0**53], "k_j": [1234567890123456]}
 
 
 def test_numeric_only_and_milliseconds_against_victoriametrics(tmp_path, own_influxd, victoria, endpoint):
@@ -102,6 +115,7 @@ def test_numeric_only_and_milliseconds_against_victoriametrics(tmp_path, own_inf
     assert value(samples, "bridge_dropped_points_total", destination="vm", reason="time_resolution") == colliding
     assert value(samples, "bridge_dropped_fields_total", destination="vm", reason="non_numeric") == \
         2 * n + colliding + notes
+    assert value(samples, "bridge_dropped_fields_total", destination="vm", reason="time_resolution") == 2 * colliding
     assert value(samples, "bridge_dropped_fields_total", destination="local", reason="non_numeric") == 0
 
     influx = {}
@@ -128,8 +142,8 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     runs it) keeps one sample each. Without that flag this test fails (duplicates in the export)."""
     n = 3000
     base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
-    messages = [("obs", {"t": base + i * 1_000_000, "inst": "A", "v": float(i), "note": "x", "ok": True})
-                for i in range(n)]
+    messages = [("obs", {"t": base + i * 1_000_000, "inst": "A\\\\B", "v": float(i), "note": "x", "ok": True})
+                for i in range(n)]  # the tag as VictoriaMetrics reads it from every send, replays too
     dest = {"name": "vm", "url": "http://127.0.0.1:9/influx", "batch_size": 50, "max_backoff": "1s", **VM_DEST}
     bridge = BridgeProcess(tmp_path, None, "tick", endpoint, destination=dest, shutdown_timeout=1,
                            subscription={"name": "obs", "topics": ["obs"], "mapping": OBS}).start()
@@ -147,7 +161,7 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     bridge.start()
     quiet_ledger(bridge, ("vm",), ("obs",), timeout=60)
     exported = victoria.export('{__name__="obs_v"}')
-    assert len(exported) == 1
+    assert len(exported) == 1 and exported[0]["metric"]["inst"] == "A\\\\B"
     stamps = exported[0]["timestamps"]
     assert len(stamps) == len(set(stamps)) == n
     assert bridge.stop() == 0
@@ -162,10 +176,13 @@ def test_check_config_warns_about_feeds_that_can_collide_in_a_millisecond(tmp_pa
                              text=True, check=True)
         return [w for w in json.loads(out.stdout)["warnings"] if "keeps milliseconds" in w]
 
-    found = warnings(time_resolution="ms", on_collision="warn")
+    found = warnings(time_resolution="ms", on_collision="warn", numeric_only=True)
     assert len(found) == 1 and "'obs'" in found[0] and "epoch_ns" in found[0]
-    assert warnings(time_resolution="ms", on_collision="refuse") == []
+    assert warnings(time_resolution="ms", on_collision="refuse", numeric_only=True) == []
     assert warnings(numeric_only=True) == []
+    found = [w for w in warnings(time_resolution="ms") if "stored as 0" in w]  # OBS has a string field
+    assert len(found) == 1 and "'obs'" in found[0]
+    assert not [w for w in warnings(time_resolution="ms", numeric_only=True) if "stored as 0" in w]
 
 
 @pytest.mark.parametrize(("line", "kept", "fields"), [
@@ -177,7 +194,7 @@ def test_check_config_warns_about_feeds_that_can_collide_in_a_millisecond(tmp_pa
 ])
 def test_numeric_only_removes_exactly_the_string_fields(line, kept, fields):
     data, points, dropped, removed = Adapter(True, False).apply(line + b"\n")
-    assert removed == fields
+    assert removed == ({"non_numeric": fields} if fields else {})
     if kept is None:
         assert (data, points, dropped) == (b"", 0, {"non_numeric": 1})
     else:
@@ -204,6 +221,93 @@ def test_replay_to_victoriametrics_filters_and_counts_like_the_running_bridge(tm
                            str(exported)], capture_output=True, text=True, timeout=60)
     assert done.returncode == 0, done.stderr
     assert "replayed 2 points" in done.stdout, done.stdout
-    assert "{'non_numeric': 1, 'time_resolution': 1} points, 2 string fields" in done.stdout, done.stdout
+    assert "{'non_numeric': 1, 'time_resolution': 1} points, 3 fields" in done.stdout, done.stdout
     got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"rp_.*"}')}
     assert got == {"rp_v": [1.5, 3.5], "rp_ok": [1]}
+
+
+# Tag values InfluxDB stores as they are but VictoriaMetrics' parser reads otherwise: it reads
+# `\\` as one backslash and a backslash before `,`, space or `=` as an escape, so these came out
+# changed (`a\\b` as `a\b`, merging two series) or the line was skipped whole (answer 204).
+BACKSLASHED = ["a\\b", "a\\\\b", "\\\\x", "x\\,y", "x\\ y", "x\\=y", "\\\\,", "\\\"q", "p\\é", "\\#", "c, d=e"]
+BY_FIELD = {"measurement_from": "field", "measurement_field": "m", "tags": ["inst"],
+            "fields": {"v": "float", "w": "float", "v_w": "float"}, "time": {"field": "t", "format": "epoch_ns"}}
+
+
+def test_victoriametrics_gets_each_sample_unchanged_and_once(tmp_path, victoria, endpoint):
+    """Per sample VictoriaMetrics keeps (`<measurement>_<field>` and the tags):
+    - tag values with backslashes arrive as they are (were changed, or their line skipped);
+    - two feeds sending other fields of one series in one millisecond are both kept: they are
+      distinct samples (the second point was refused whole);
+    - `x`.`v_w` and `x_v`.`w` would be one sample `x_v_w`: the second is removed and counted
+      `name_collision` (VictoriaMetrics kept one value of the two, silently)."""
+    t = time.time_ns() // 1_000_000 * 1_000_000 - 5_000_000_000
+    obs = [("obs", {"t": t + i * 1_000_000, "inst": v, "v": float(i), "note": "", "ok": True})
+           for i, v in enumerate(BACKSLASHED)]
+    by_field = [("pump", {"m": "pump", "inst": "A", "v": 1.0, "t": t}),
+                ("pump", {"m": "pump", "inst": "A", "w": 2.0, "t": t + 100}),
+                ("pump", {"m": "pump", "inst": "A", "v": 3.0, "w": 4.0, "t": t + 200}),  # both taken: refused
+                ("pump", {"m": "x", "inst": "A", "v_w": 5.0, "t": t + 10_000_000}),
+                ("pump", {"m": "x_v", "inst": "A", "w": 7.0, "v": 8.0, "t": t + 10_000_000})]
+    bridge = BridgeProcess(
+        tmp_path, None, "tick", endpoint, subscription={"name": "obs", "topics": ["obs"], "mapping": OBS},
+        subscriptions_extra=[{"name": "pumps", "endpoints": [endpoint], "topics": ["pump"], "framing": "msgpack",
+                              "mapping": BY_FIELD}],
+        destination={"name": "vm", "url": victoria.url + "/influx", "database": "tick", "batch_size": 100,
+                     "flush_interval": "200ms", "max_backoff": "1s", **VM_DEST}).start()
+    _publish(endpoint, obs + by_field)
+    samples = quiet_ledger(bridge, ("vm",), ("obs", "pumps"))
+    assert value(samples, "bridge_written_points_total", destination="vm") == len(BACKSLASHED) + 4
+    assert value(samples, "bridge_dropped_points_total", destination="vm", reason="time_resolution") == 1
+    assert value(samples, "bridge_dropped_fields_total", destination="vm", reason="time_resolution") == 2
+    assert value(samples, "bridge_dropped_fields_total", destination="vm", reason="name_collision") == 1
+    got = {s["metric"]["inst"]: s["values"] for s in victoria.export('{__name__="obs_v"}')}
+    assert got == {v: [float(i)] for i, v in enumerate(BACKSLASHED)}
+    got = {s["metric"]["__name__"]: s["values"] for s in victoria.export('{__name__=~"(pump|x|x_v)_.*"}')}
+    assert got == {"pump_v": [1.0], "pump_w": [2.0], "x_v_w": [5.0], "x_v_v": [8.0]}
+    assert bridge.stop() == 0
+
+
+def test_victoriametrics_adapter_refuses_a_line_it_cannot_carry():
+    """VictoriaMetrics ends a line at every newline (a tag's escaped one, a string's): such a line
+    is dropped and counted, never sent to be read as two lines (the second half its own point)."""
+    adapter = Adapter(False, True, victoria=True)
+    lines = [b"m,t=a\\\nb\\ f\\=1 v=1 5", b'm,t=a s="x\nevil v=9 6",v=1 5', b"m,t=a v=2 7000000",
+             b"m\\ n,__name__=x,t=b v=3 5",  # VictoriaMetrics drops a tag __name__: series would merge
+             # at its default limits it drops labels beyond 30 (tags and db) and cuts values beyond 16 KiB
+             b"m," + b",".join(b"t%02d=v" % i for i in range(30)) + b" v=4 5",
+             b"m,t=" + b"x" * 16_385 + b" v=5 5"]
+    kept = [b"m,t=a v=2 7000000", b"m," + b",".join(b"t%02d=v" % i for i in range(29)) + b" v=4 5",
+            b"m,t=" + b"x" * 16_384 + b" v=5 5"]
+    assert adapter.apply_lines(lines + kept[1:]) == (kept, {"unrepresentable": 5}, {})
+
+
+def _ignored(victoria: VictoriaMetrics) -> dict[str, int]:
+    """Rows VictoriaMetrics skipped after answering 204 (its own /metrics), by reason."""
+    with urllib.request.urlopen(victoria.url + "/metrics", timeout=10) as response:
+        text = response.read().decode()
+    return {line.split('"')[1]: int(float(line.rpartition(" ")[2])) for line in text.splitlines()
+            if line.startswith("vm_rows_ignored_total{")}
+
+
+def test_points_victoriametrics_would_skip_for_their_time_are_counted(tmp_path, victoria, endpoint):
+    """VictoriaMetrics (run with -retentionPeriod=1y) skips a point older than its retention or
+    more than 2 days ahead and still answers 204: with `retention_period` the bridge drops those
+    and counts them `outside_retention`, so nothing counted written is skipped by the server."""
+    now = time.time_ns() // 1_000_000 * 1_000_000
+    day = 86_400 * 10**9
+    stamps = {"recent": now - 5 * 10**9, "old": now - 300 * day, "tomorrow": now + day,
+              "too_old": now - 400 * day, "too_new": now + 3 * day}
+    mapping = {**OBS, "time": {**OBS["time"], "accept_ahead": None}}
+    bridge = BridgeProcess(
+        tmp_path, None, "tick", endpoint, subscription={"name": "obs", "topics": ["obs"], "mapping": mapping},
+        destination={"name": "vm", "url": victoria.url + "/influx", "database": "tick", "flush_interval": "200ms",
+                     "max_backoff": "1s", "retention_period": "8760h", **VM_DEST}).start()
+    _publish(endpoint, [("obs", {"t": t, "inst": name, "v": 1.0, "note": "", "ok": True})
+                        for name, t in stamps.items()])
+    samples = quiet_ledger(bridge, ("vm",), ("obs",))
+    assert value(samples, "bridge_written_points_total", destination="vm") == 3
+    assert value(samples, "bridge_dropped_points_total", destination="vm", reason="outside_retention") == 2
+    assert sorted(s["metric"]["inst"] for s in victoria.export('{__name__="obs_v"}')) == ["old", "recent"]
+    assert sum(_ignored(victoria).values()) == 0
+    assert bridge.stop() == 0

@@ -209,7 +209,7 @@ def cmd_replay_files(args: argparse.Namespace) -> int:
           f"(see {args.dead_letter})")
     if result.dropped or result.dropped_fields:
         print(f"dropped as {destination.name}'s backend would change them (numeric_only, time_resolution): "
-              f"{dict(sorted(result.dropped.items()))} points, {result.dropped_fields} string fields")
+              f"{dict(sorted(result.dropped.items()))} points, {result.dropped_fields} fields")
     if result.damaged_records:
         print(f"{result.damaged_records} damaged journal records skipped ({result.damaged_points} points known "
               "to be in them; the log names each file and byte offset)", file=sys.stderr)

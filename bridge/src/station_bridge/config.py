@@ -231,6 +231,7 @@ class DestinationSpec:
     numeric_only: bool = False  # string fields removed and counted (backend.py: VictoriaMetrics stores them as 0)
     time_resolution: str = "ns"  # what the backend keeps of a time: ns (InfluxDB) or ms (VictoriaMetrics)
     on_collision: str = "refuse"  # time_resolution ms: points in a used millisecond refused (counted) or warn
+    retention_period: float | None = None  # seconds: older points dropped (counted outside_retention); None: no bound
 
 
 @dataclass(frozen=True)
@@ -404,7 +405,7 @@ class Config:
                 "max_points_per_second": d.max_points_per_second, "max_bytes_per_second": d.max_bytes_per_second,
                 "ca_file": d.ca_file,
                 "numeric_only": d.numeric_only, "time_resolution": d.time_resolution,
-                "on_collision": d.on_collision,
+                "on_collision": d.on_collision, "retention_period_s": d.retention_period,
                 "journal_dir": str(self.journal_dir / d.name),
                 "dead_letter_file": str(self.dead_letter_dir / f"{d.name}.jsonl"),
             } for d in self.destinations],
@@ -969,6 +970,7 @@ def _destination(r: _Reader, environ: Mapping[str, str]) -> DestinationSpec:
         numeric_only=r.get("numeric_only", bool, False),
         time_resolution=r.get("time_resolution", str, "ns", choices=("ns", "ms")),
         on_collision=r.get("on_collision", str, "refuse", choices=("refuse", "warn")),
+        retention_period=r.duration("retention_period", None),
     )
     if spec.queue_max_bytes is not None and spec.queue_max_bytes <= 0:
         raise r.fail("queue_max_bytes", "must be positive")

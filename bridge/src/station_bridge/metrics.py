@@ -54,7 +54,8 @@ HELP = {
     "bridge_recovered_points_total": "Points found on disk at start beyond what the ledger had pending.",
     "bridge_written_points_total": "Points acknowledged by InfluxDB, per destination.",
     "bridge_dropped_points_total": "Points dropped, per destination and reason.",
-    "bridge_dropped_fields_total": "Fields removed from points a destination's backend cannot keep (numeric_only).",
+    "bridge_dropped_fields_total": "Fields removed from points a destination's backend cannot keep (numeric_only), "
+                                   "or would merge with another sample (time_resolution, name_collision).",
     "bridge_pending_points": "Points not yet written nor dropped: queue, in flight and journal.",
     "bridge_journaled_points_total": "Points written to the journal, per destination.",
     "bridge_journal_damaged_records_total": "Journal or intake-log records that failed their checksum (skipped).",

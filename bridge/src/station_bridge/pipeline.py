@@ -410,9 +410,8 @@ class Pipeline:
         data, kept, dropped, fields = sink.adapter.apply(chunk.data)
         updates += [("bridge_dropped_points_total", Metrics.key(destination=sink.name, reason=reason), k)
                     for reason, k in dropped.items()]
-        if fields:
-            updates.append(("bridge_dropped_fields_total", Metrics.key(destination=sink.name, reason="non_numeric"),
-                            fields))
+        updates += [("bridge_dropped_fields_total", Metrics.key(destination=sink.name, reason=reason), k)
+                    for reason, k in fields.items()]
         return Chunk(data, kept, -1, chunk.born)
 
     @staticmethod

@@ -286,7 +286,7 @@ class DestinationResult:
     not_attempted: int = 0
     error: str = ""
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> points (backend.py: numeric_only, ms)
-    dropped_fields: int = 0  # string fields removed for a numeric_only destination
+    dropped_fields: int = 0  # fields removed for the destination's backend (backend.py)
 
 
 @dataclass
@@ -333,7 +333,7 @@ class ReplayReport:
             line = f"  destination {name}: {r.written} points written, {r.refused} refused by InfluxDB"
             if r.dropped or r.dropped_fields:
                 line += (f", dropped as its backend would change them: {dict(sorted(r.dropped.items()))} points, "
-                         f"{r.dropped_fields} string fields")
+                         f"{r.dropped_fields} fields")
             if r.error:
                 line += f"; {r.not_attempted} not attempted: {r.error}"
             out.append(line)

@@ -161,7 +161,7 @@ class Result:
     damaged_records: int = 0  # journal records that did not verify (skipped, never sent)
     damaged_points: int = 0  # their points where a record's header verified
     dropped: dict[str, int] = field(default_factory=dict)  # reason -> points (backend.py: numeric_only, ms)
-    dropped_fields: int = 0  # string fields removed for a numeric_only destination
+    dropped_fields: int = 0  # fields removed for the destination's backend (backend.py)
     error: str = ""
     dead_letter_errors: int = 0  # refused lines or rows the replay's dead-letter file could not take
     dead_letter_error: str = ""

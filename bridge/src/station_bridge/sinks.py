@@ -53,7 +53,7 @@ from collections import deque
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .backend import Adapter
+from .backend import Adapter, wire
 from .config import DestinationSpec, HealthSpec
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters, Intake, Journal
@@ -166,6 +166,8 @@ class InfluxWriter:
         """Returns (status, InfluxDB's error text); raises Retryable on transport failures. Waits
         for the destination's send budget first (max_points/bytes_per_second: the bytes sent)."""
         lines = points if points is not None else body.count(b"\n")
+        if self.spec.time_resolution == "ms":  # VictoriaMetrics reads backslashes otherwise (backend.wire)
+            body = wire(body)
         if self.spec.gzip:
             body = gzip.compress(body, compresslevel=1)
         if self.cancel is not None and self.cancel():
