@@ -56,7 +56,8 @@ def test_one_central_of_each_kind(tmp_path):
     passwords = {"ams": "ams-pw", "bcn": "bcn-pw"}
     fleet = {"fleet_station_passwords": passwords, "fleet_centrals": [
         {"name": "central", "url": "http://ix1:8086", "host": "ix1"},
-        {"name": "central_vm", "url": "http://vm1:8427/", "host": "vm1", "central_backend": "victoriametrics"}]}
+        {"name": "central_vm", "url": "http://vm1:8427/", "host": "vm1", "central_backend": "victoriametrics",
+         "retention": "2y"}]}
     (tmp_path / "fleet.json").write_text(json.dumps(fleet))  # extra vars: above the roles' defaults
     inventory = {"all": {"vars": {"ansible_python_interpreter": sys.executable}, "children": {
         "central": {"hosts": {"ix1": {}, "vm1": {}}},
@@ -76,12 +77,17 @@ def test_one_central_of_each_kind(tmp_path):
     assert vm["url"] == "http://vm1:8427/influx" and vm["retention_policy"] is None
     assert (vm["numeric_only"], vm["time_resolution"], vm["on_collision"]) == (True, "ms", "refuse")
     assert vm["username"] == "station-ams"
+    # The central's retention (its -retentionPeriod, 2y) bounds what the destination sends: older points
+    # are dropped and counted, not skipped by VictoriaMetrics with a 204.
+    assert vm["retention_period"] == "730d" and "retention_period" not in influx
+    assert got["vm1"]["self"]["retention"] == "2y"
     # The bridge takes the rendered destinations as they are.
     config = parse({"subscriptions": [{"name": "kraken", "endpoints": ["tcp://127.0.0.1:5555"], "topics": ["t"],
                                        "mapping": {"measurement": "m", "fields": {"v": "float"}}}],
                     "destinations": got["ams"]["destinations"]})
     parsed = {d.name: d for d in config.destinations}
     assert parsed["central_vm"].numeric_only and parsed["central_vm"].time_resolution == "ms"
+    assert parsed["central_vm"].retention_period == 730 * 86400 and parsed["central"].retention_period is None
     assert not parsed["central"].numeric_only and parsed["central"].time_resolution == "ns"
 
     assert got["vm1"]["self"]["backend"] == "victoriametrics" and got["ix1"]["self"]["backend"] == "influxdb"
