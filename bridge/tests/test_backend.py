@@ -274,12 +274,13 @@ def test_victoriametrics_adapter_refuses_a_line_it_cannot_carry():
     adapter = Adapter(False, True, victoria=True)
     lines = [b"m,t=a\\\nb\\ f\\=1 v=1 5", b'm,t=a s="x\nevil v=9 6",v=1 5', b"m,t=a v=2 7000000",
              b"m\\ n,__name__=x,t=b v=3 5",  # VictoriaMetrics drops a tag __name__: series would merge
+             b"m,db=fleet v=3 5",  # it labels every sample db=<database>: m,db=fleet and m would merge
              # at its default limits it drops labels beyond 30 (tags and db) and cuts values beyond 16 KiB
              b"m," + b",".join(b"t%02d=v" % i for i in range(30)) + b" v=4 5",
              b"m,t=" + b"x" * 16_385 + b" v=5 5"]
     kept = [b"m,t=a v=2 7000000", b"m," + b",".join(b"t%02d=v" % i for i in range(29)) + b" v=4 5",
             b"m,t=" + b"x" * 16_384 + b" v=5 5"]
-    assert adapter.apply_lines(lines + kept[1:]) == (kept, {"unrepresentable": 5}, {})
+    assert adapter.apply_lines(lines + kept[1:]) == (kept, {"unrepresentable": 6}, {})
 
 
 def _ignored(victoria: VictoriaMetrics) -> dict[str, int]:

@@ -70,7 +70,9 @@ class Adapter:
     a line holding a newline (in a tag, a measurement or a string kept) is dropped
     (`unrepresentable`: VictoriaMetrics ends a line at every newline and would read the rest as
     another line), so is one with a tag `__name__` (VictoriaMetrics drops that tag: two series
-    would become one), more than MAX_LABELS labels (tags and db; it drops the others) or a tag
+    would become one) or `db` (it labels every sample db=<database>: `m,db=fleet` and `m` written
+    to database fleet would be one series, `m,db=x` one written to database x), more than
+    MAX_LABELS labels (tags and db; it drops the others) or a tag
     value longer than MAX_LABEL_VALUE bytes (it cuts it), and a field whose sample name
     `<measurement>_<field>` another measurement and field already took is removed
     (`name_collision`: `m_a`.`b` and `m`.`a_b` would be one series)."""
@@ -227,7 +229,7 @@ def _unrepresentable(line: bytes) -> bool:
         return True
     cut = _SERIES_END.search(line)
     series = line if cut is None else line[:cut.start()]
-    if b",__name__=" in series:
+    if b",__name__=" in series or b",db=" in series:
         return True
     if series.count(b",") >= MAX_LABELS:  # a tag per unescaped comma, plus the label db
         tags = _MEASUREMENT_END.split(series)[1:]
