@@ -81,6 +81,11 @@ def test_one_central_of_each_kind(tmp_path):
     # are dropped and counted, not skipped by VictoriaMetrics with a 204.
     assert vm["retention_period"] == "730d" and "retention_period" not in influx
     assert got["vm1"]["self"]["retention"] == "2y"
+    # Every key of a fleet_centrals_list entry is one the bridge role's argument spec accepts in
+    # bridge_centrals (its default): a key added to one and not the other fails every station.
+    spec = yaml.safe_load((ROOT / "roles/bridge/meta/argument_specs.yml").read_text())
+    accepted = spec["argument_specs"]["main"]["options"]["bridge_centrals"]["options"]
+    assert set(got["vm1"]["self"]) <= set(accepted), set(got["vm1"]["self"]) - set(accepted)
     # The bridge takes the rendered destinations as they are.
     config = parse({"subscriptions": [{"name": "kraken", "endpoints": ["tcp://127.0.0.1:5555"], "topics": ["t"],
                                        "mapping": {"measurement": "m", "fields": {"v": "float"}}}],

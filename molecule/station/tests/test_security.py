@@ -54,6 +54,12 @@ def test_no_secret_in_check_diff_output_and_check_mode_reports_nothing(host):
     leaked = [s for s in SECRETS if s in text]
     assert not leaked, f"secrets in play output: {leaked}"
     assert not result.changed, f"--check on a converged station predicts changes: {result.changed}"
+    # The converge names the path each subscription maps on (the bridge's check-config): the lab's
+    # feed, derived tags and all, on the compiled path.
+    summary = [r["msg"] for p in result.output["plays"] for t in p["tasks"]
+               if t["task"]["name"].endswith("Summarise what was deployed") for r in t["hosts"].values()]
+    paths = [line for line in summary[0] if line.startswith("Bridge mapping paths:")]
+    assert paths and "kraken/kraken: compiled" in paths[0], summary
 
 
 def test_no_secret_in_the_log_of_a_converge_that_rewrites_every_secret(host, influx):

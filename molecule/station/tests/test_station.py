@@ -58,6 +58,10 @@ def test_published_ticks_land_in_influxdb(host, influx):
     metrics = host.check_output("python3 -c \"import urllib.request;"
                                 "print(urllib.request.urlopen('http://127.0.0.1:9108/metrics').read().decode())\"")
     assert 'bridge_written_points_total{destination="local"}' in metrics
+    # The lab's feed (derived tags) runs on the compiled path, and every message of it was mapped in C.
+    assert 'bridge_fast_path_compiled{subscription="kraken"} 1' in metrics
+    compiled = float(metrics.split('bridge_fast_path_messages{subscription="kraken"} ')[1].split()[0])
+    assert compiled >= 2000, metrics
 
 
 def test_bad_configuration_fails_the_play_and_leaves_the_bridge_running(host):
