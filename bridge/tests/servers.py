@@ -189,7 +189,7 @@ class VictoriaMetrics:
              "-retentionPeriod=1y", "-dedup.minScrapeInterval=1ms", "-search.latencyOffset=0s",
              "-search.disableCache", "-loggerLevel=WARN"],
             stdout=subprocess.DEVNULL, stderr=log)
-        if not answers_ping(self.url, context=self.context):
+        if not answers_ping(self.url):
             self.stop()
             raise RuntimeError("victoria-metrics did not answer /ping within 30 s")
         return self
