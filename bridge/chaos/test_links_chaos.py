@@ -65,7 +65,15 @@ def test_a_periodic_gzip_link_paces_a_backlog_behind_the_live_stream(tmp_path, i
             rows = influxd.query("""SELECT count("seq") FROM "ticks" WHERE "instrument" = 'BACKLOG'""", db=database)
             return bool(rows) and rows[0]["count"] == backlog
 
-        wait_for(drained, 5 * EVERY, "the backlog to drain", interval=0.1)
+        try:
+            wait_for(drained, 5 * EVERY, "the backlog to drain", interval=0.1)
+        except AssertionError as exc:  # what the bridge and the link did meanwhile, to tell a stall from a slow run
+            rows = influxd.query("""SELECT count("seq") FROM "ticks" WHERE "instrument" = 'BACKLOG'""", db=database)
+            state = {name: bridge.value(name, destination="central") for name in (
+                "bridge_written_points_total", "bridge_pending_points", "bridge_journal_points",
+                "bridge_destination_failing_seconds")}
+            raise AssertionError(f"{exc}: backlog landed {rows[0]['count'] if rows else 0} of {backlog}, {state}, "
+                                 f"link bytes per second {dict(proxy.per_second)}, health {bridge.health()}") from exc
         ended = time.time()  # the last poll: ticks published in its last 2 s are not judged
         stop.set()
         feeder.join()
