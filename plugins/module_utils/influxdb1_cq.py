@@ -36,6 +36,7 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_du
 )
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_influxql import (
     canonical_select,
+    cq_create_text,
     cq_statement,
     parse_stored_cq,
     render,
@@ -75,15 +76,7 @@ def read(client, database, name, query=None, backfill=None):
 
 def create_statement(name, database, query, every=None, for_=None):
     """The CREATE statement the module runs: the declared SELECT as written, resample durations normalised."""
-    resample = ""
-    if every or for_:
-        resample = "RESAMPLE "
-        if every:
-            resample += "EVERY %s " % format_duration(every)
-        if for_:
-            resample += "FOR %s " % format_duration(for_)
-    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (
-        quote_ident(name), quote_ident(database), resample, query)
+    return cq_create_text(quote_ident(name), quote_ident(database), query, every, for_)
 
 
 def _resample(value, option, label):

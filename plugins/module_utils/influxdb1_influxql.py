@@ -189,6 +189,12 @@ def render(tokens):
 
 def cq_statement(name, database, select_tokens, every=None, for_=None):
     """The canonical `CREATE CONTINUOUS QUERY` text (what the module runs and what its diff shows)."""
+    return cq_create_text(render_ident(name), render_ident(database), render(select_tokens), every, for_)
+
+
+def cq_create_text(name, database, select, every=None, for_=None):
+    """`CREATE CONTINUOUS QUERY` from a name and database already quoted and a SELECT's text, the
+    resample durations normalised: the one place the statement's shape is written."""
     resample = ""
     if every or for_:
         resample = "RESAMPLE "
@@ -196,8 +202,7 @@ def cq_statement(name, database, select_tokens, every=None, for_=None):
             resample += "EVERY %s " % format_duration(every)
         if for_:
             resample += "FOR %s " % format_duration(for_)
-    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (
-        render_ident(name), render_ident(database), resample, render(select_tokens))
+    return "CREATE CONTINUOUS QUERY %s ON %s %sBEGIN %s END" % (name, database, resample, select)
 
 
 def parse_stored_cq(text):
