@@ -249,10 +249,8 @@ def test_spool_cap_keeps_the_bridge_up_and_counts_every_drop(tmp_path, endpoint)
 def test_fuzzed_hostile_stream_never_crashes_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     rng = random.Random(20261125)
-    pub = zmq.Context.instance().socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
-    time.sleep(0.5)
+    pub = bound_xpub(zmq.Context.instance(), endpoint)
+    assert wait_for_subscriber(pub, b"kraken_tick", 15)  # a PUB that sleeps and hopes lost the first frames under load
     base = time.time()
     injections = ["a,b=c d", "x\ny=1", 'q"uote', "back\\slash", "eq=ual", "sp ace", "\u00e9\u00e8", "t,ab=1 f=2 3",
                   "\ud800", "tail\\", "cr\rlf"]
@@ -280,7 +278,9 @@ def test_fuzzed_hostile_stream_never_crashes_and_valid_points_land_intact(tmp_pa
         frames_sent += 1
     pub.close(linger=5000)
     wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == frames_sent, 60,
-             "every frame received")
+             f"every frame received ({frames_sent} sent)",
+             detail=lambda: f"received {bridge.value('bridge_received_messages_total', subscription='kraken')}, "
+                            f"alive {bridge.alive}")
     samples = quiet_ledger(bridge)
     rejected = {labels: int(v) for (name, labels), v in samples.items() if name == "bridge_rejected_messages_total"}
     mapped = int(value(samples, "bridge_mapped_messages_total", subscription="kraken"))

@@ -34,14 +34,17 @@ TICKS_MAPPING = {"measurement": "ticks", "tags": ["instrument"],
                  "time": {"field": "timestamp", "format": "epoch_s"}}
 
 
-def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1) -> Any:
+def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: float = 0.1,
+             detail: Callable[[], str] | None = None) -> Any:
+    """Poll `predicate` until it is truthy; on timeout, fail naming `what` and, if given, `detail()`
+    (the state that explains the timeout)."""
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline:
         result = predicate()
         if result:
             return result
         time.sleep(interval)
-    raise AssertionError(f"timed out after {timeout} s waiting for {what}")
+    raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {detail()}" if detail else ""))
 
 
 class BridgeProcess:

@@ -17,7 +17,7 @@ import zmq
 from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, ledger_problems, quiet_ledger, wait_for
 
 from station_bridge.config import parse
-from station_bridge.demo import publish
+from station_bridge.demo import publish, wait_for_subscriber
 from station_bridge.journal import Chunk, DeadLetters, Intake, Journal
 from station_bridge.ledger import read_latest
 from station_bridge.metrics import Metrics, total, value
@@ -164,10 +164,9 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
 
 def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
-    context = zmq.Context.instance()
-    pub = context.socket(zmq.PUB)
+    pub = zmq.Context.instance().socket(zmq.XPUB)
     pub.bind(endpoint)
-    time.sleep(0.5)
+    assert wait_for_subscriber(pub, b"kraken_tick", 15)
     good = {"timestamp": time.time(), "instrument": "EURUSD", "bid": 1.1, "ask": 1.2, "volume": 5, "seq": 1}
     hostile = [
         ([b"kraken_tick", b"\xc1\xc1"], "undecodable"),
