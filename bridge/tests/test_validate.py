@@ -101,7 +101,7 @@ class StationBridge:
     def __init__(self, tmp: Path, influx: Influxd, redis_server: RedisServer, feed: str, *,
                  validation: bool = True, extra_destination: dict | None = None,
                  self_measurement: str = "station_bridge", expected_interval: str | None = None,
-                 pythonpath: str | None = None) -> None:
+                 pythonpath: str | None = None, journal: dict | None = None) -> None:
         self.tmp = tmp
         self.http = f"127.0.0.1:{free_port()}"
         self.validation_endpoint = f"ipc://{tmp}/validation.sock"
@@ -127,7 +127,7 @@ class StationBridge:
         self.config = {
             "station": "tst", "subscriptions": subscriptions, "destinations": destinations,
             "cache": {"url": f"redis://127.0.0.1:{redis_server.port}/0", "username": REDIS_BRIDGE[0], "ttl": 600},
-            "journal": {"dir": str(tmp / "journal")}, "dead_letter": {"dir": str(tmp / "dead")},
+            "journal": {"dir": str(tmp / "journal"), **(journal or {})}, "dead_letter": {"dir": str(tmp / "dead")},
             "http": {"listen": self.http},
             "self_metrics": {"interval": "1s", "instance": "kraken", "measurement": self_measurement},
             "shutdown_timeout": 5,
@@ -328,6 +328,7 @@ def test_observe_names_a_failing_destination(tmp_path, station_influx, station_r
     try:
         wait_for(lambda: destination_failing(bridge, "central"), 15, "the dead destination to be noticed")
         rc, report = validate(str(bridge.path), "--window", "2")
+        declared_rc, declared = validate(str(bridge.path), "--window", "2", "--declared-down", "central")
     finally:
         bridge.stop()
         publisher.stopped.set()
@@ -336,6 +337,35 @@ def test_observe_names_a_failing_destination(tmp_path, station_influx, station_r
     problems = failed(report)
     assert set(problems) == {"destination central"}, problems
     assert "failing" in problems["destination central"] and "pending" in problems["destination central"]
+    # Declared down by the operator (a central lost during a campaign): reported, not failed, while
+    # its journal keeps the points.
+    assert (declared_rc, failed(declared)) == (0, {}), declared
+    (row,) = [d for i in declared["instances"] for d in i["destinations"] if d["destination"] == "central"]
+    assert row["state"] == "declared_down" and row["pending"] > 0, row
+    detail = {c["check"]: c["detail"] for i in declared["instances"] for c in i["checks"]}["destination central"]
+    assert detail.startswith("declared down: ") and "kept in the journal" in detail, detail
+
+
+def test_a_destination_declared_down_that_drops_points_still_fails(tmp_path, station_influx, station_redis, feed):
+    """Declaring a central down excuses its failing, never a lost point: with its journal full
+    (spool_full), validate --declared-down fails and says why."""
+    dead = {"name": "central", "url": f"http://127.0.0.1:{free_port()}", "database": "fleet",
+            "username": "station-tst", "flush_interval": 0.2, "max_backoff": 1.0, "batch_size": 10}
+    publisher = Publisher(feed)
+    publisher.start()
+    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, extra_destination=dead,
+                           journal={"max_bytes": 4096})
+    try:
+        wait_for(lambda: destination_failing(bridge, "central"), 15, "the dead destination to be noticed")
+        rc, report = validate(str(bridge.path), "--window", "2", "--declared-down", "central")
+    finally:
+        bridge.stop()
+        publisher.stopped.set()
+        publisher.join()
+    assert rc == 1
+    problems = failed(report)
+    assert set(problems) == {"destination central"}, problems
+    assert problems["destination central"].startswith("declared down, and "), problems
 
 
 def health_state(bridge: StationBridge) -> dict:

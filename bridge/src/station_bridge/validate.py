@@ -75,6 +75,9 @@ class Options:
     influx_password: str | None = None
     redis_user: str | None = None
     redis_password: str | None = None
+    # Destinations the operator declared down (a central lost during a campaign): failing or old
+    # points are reported, not failed, while their journal keeps the points (nothing dropped).
+    declared_down: tuple[str, ...] = ()
 
 
 @dataclass
@@ -415,6 +418,9 @@ class InstanceValidation:
             problem = next((p["reason"] for p in health.get("problems") or []
                             if p.get("part") in ("destination", "sink", "journal") and p.get("name") == name), None)
             ok = not is_failing and problem is None
+            if name in self.options.declared_down and not ok:
+                self._declared_down(destination, state, written, pending, failing, health)
+                continue
             if ok and state.get("pending_by_schedule"):
                 # A scheduled link outside its window: healthy, nothing sent, points journaled.
                 self.destinations.append({"destination": name, "url": destination.url, "written": written,
@@ -436,6 +442,29 @@ class InstanceValidation:
                 self.add(f"destination {name}", False,
                          f"failing{f' for {failing:.0f} s' if failing else ''}, {int(pending)} points pending"
                          + (f": {state.get('last_error')}" if state.get("last_error") else ""))
+
+    def _declared_down(self, destination: DestinationSpec, state: dict[str, Any], written: float, pending: float,
+                       failing: float | None, health: dict[str, Any]) -> None:
+        """A destination the operator declared down (--declared-down) that is failing: reported as
+        such while its journal keeps every point; a point dropped in the window, or a journal or
+        writer problem, still fails."""
+        name = destination.name
+        assert self.after is not None and self.before is not None
+        dropped = _delta(self.before, self.after, "bridge_dropped_points_total", destination=name)
+        kept = next((f"{p['part']}: {p['reason']}" for p in health.get("problems") or []
+                     if p.get("part") in ("sink", "journal") and p.get("name") == name), None)
+        row = {"destination": name, "url": destination.url, "written": written, "pending": int(pending),
+               "failing_s": failing, "last_error": state.get("last_error"), "ok": not dropped and kept is None,
+               "state": "declared_down"}
+        self.destinations.append(row)
+        if kept is not None:
+            self.add(f"destination {name}", False, f"declared down, and its points are not kept: {kept}")
+        elif dropped:
+            self.add(f"destination {name}", False, f"declared down, and {int(dropped)} points dropped in the window "
+                     f"(the journal cannot keep them): {state.get('last_error') or ''}")
+        else:
+            self.add(f"destination {name}", True, f"declared down: {int(pending)} points kept in the journal until "
+                     f"it is back" + (f" (failing for {failing:.0f} s)" if failing else ""))
 
     def _rest_of_health(self, health: dict[str, Any]) -> None:
         """Every other problem of the health document (dead letters, the ledger, the bridge
@@ -602,7 +631,8 @@ def table(report: dict[str, Any]) -> list[str]:
                          f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']} | -")
         for d in inst["destinations"]:
             lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
-                         f"{d['pending']} pending{', failing' if not d['ok'] else ''} | {d['ok']} | -")
+                         f"{d['pending']} pending{', ' + d['state'] if d.get('state') else ''}"
+                         f"{', failing' if not d['ok'] else ''} | {d['ok']} | -")
     return lines
 
 
@@ -638,7 +668,8 @@ def main(args: Any) -> int:
     options = Options(mode=args.mode, window=args.window, max_age=args.max_age, count=args.count, rate=args.rate,
                       timeout=args.timeout, max_lag=args.max_lag, influx_user=args.influx_user,
                       influx_password=secrets["influx_password"],
-                      redis_user=args.redis_user, redis_password=secrets["redis_password"])
+                      redis_user=args.redis_user, redis_password=secrets["redis_password"],
+                      declared_down=tuple(args.declared_down or ()))
     try:
         report = validate(config_files(args.configs), options)
     except (ValidateError, ConfigError) as exc:
@@ -672,5 +703,8 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--redis-user", help=f"a Redis user allowed to SCAN and HGET (password in ${REDIS_PASSWORD_ENV})")
     p.add_argument("--secrets-stdin", action="store_true",
                    help='read {"influx_password": ..., "redis_password": ...} as JSON from stdin (never argv)')
+    p.add_argument("--declared-down", action="append", metavar="DESTINATION",
+                   help="a destination the operator declared down (repeatable): failing is reported, not failed, "
+                        "while its journal keeps every point")
     p.add_argument("--json", action="store_true", help="print the report as JSON")
     p.set_defaults(func=main)

@@ -100,7 +100,7 @@ def changed_tasks(output: dict) -> list[str]:
 # Tasks whose failure a play ignores on purpose: an unreachable or hanging station is skipped (and
 # shown failed in the recap, the run's exit status following rollout_max_unreachable).
 REACH_TASKS = {"Reach the station as its sudo user", "Reach the station at its batch's start and gather its facts",
-               "Show each skipped station as failed in the recap"}
+               "Show each skipped station as failed in the recap", "Reach the central"}
 
 
 def failures(output: dict) -> list[tuple[str, str]]:
@@ -813,19 +813,31 @@ def vault_values() -> dict[str, str]:
 
 @pytest.fixture(scope="module")
 def rollout_with_cpt_down(cpt_offline, tmp_path_factory):
-    """The rollout re-run with cpt down, at -vvv with the JSON callback and a log_path, once for the
-    tests that read it."""
+    """The rollout re-run with cpt down and central2 lost (its sshd and InfluxDB stopped) and declared
+    so (fleet_centrals_down), at -vvv with the JSON callback and a log_path, once for the tests that
+    read it; before it, central.yml without the declaration (it must stop and name the way out).
+    central2 is back, and the stations' journals for it empty, before the tests run."""
     log = tmp_path_factory.mktemp("verbose") / "ansible.log"
     raw: dict = {}
-    rc, took, output = play("rollout.yml", "-vvv", raw=raw, ANSIBLE_LOG_PATH=str(log))
-    return rc, took, output, raw, log.read_text()
+    stop_sshd(CENTRAL2)
+    host(CENTRAL2).check_output("systemctl stop influxdb")
+    try:
+        refused = play("central.yml")
+        rc, took, output = play("rollout.yml", "-vvv", "-e", '{"fleet_centrals_down": ["central2"]}', raw=raw,
+                                ANSIBLE_LOG_PATH=str(log))
+    finally:
+        host(CENTRAL2).check_output("systemctl start influxdb ssh.service")
+    for code in ("ams", "bcn"):
+        wait_until(lambda c=code: (_journal_or_none(c) or {"central2": 1}).get("central2", 0) == 0 or None, 120,
+                   f"{code}'s journal for central2 to drain")
+    return rc, took, output, raw, log.read_text(), refused
 
 
 def test_a_verbose_rollout_shows_no_secret(rollout_with_cpt_down):
     """-vvv, the JSON callback (every task result, loop items included) and the log file: no vault
     value anywhere: neither the central writer passwords that central's user checks loop over, nor a
     task's `environment:` (part of the SSH command line -vvv prints)."""
-    rc, _, output, raw, log = rollout_with_cpt_down
+    rc, _, output, raw, log, _ = rollout_with_cpt_down
     secrets = vault_values()
     assert len(secrets) >= 10 and "vault_fleet_station_passwords.ams" in secrets, sorted(secrets)
     # The run was verbose and logged (a scan of nothing would pass).
@@ -840,7 +852,7 @@ def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(rol
     """Also the rollout re-run over SSH: canary first, then the rest, nothing changed on central, ams
     (sudo requires a tty for all but deploy) and bcn (sudo asks the vault's password)."""
     stopped = STATIONS["cpt"]
-    rc, took, output, _, _ = rollout_with_cpt_down
+    rc, took, output, _, _, _ = rollout_with_cpt_down
     report = [r["msg"] for p in output["plays"] for t in p["tasks"]
               if t["task"]["name"] == "List the stations skipped as unreachable" for r in t["hosts"].values()]
     print(f"rollout re-run over SSH with {stopped} down: {took:.0f} s; batches {station_batches(output)}; {report}")
@@ -870,6 +882,33 @@ def test_a_stopped_station_is_skipped_and_reported_while_the_others_roll_out(rol
     assert rc != 0
     message = "1 stations unreachable, more than rollout_max_unreachable (0 = 0)"
     assert any(message in m for _, m in failures(output)), failures(output)
+
+
+def test_a_central_declared_down_is_left_alone_while_the_stations_roll_out(rollout_with_cpt_down):
+    """Issue 24: central2 lost during a campaign (sshd and InfluxDB stopped). Undeclared, central.yml
+    stops at it and names fleet_centrals_down; declared, the rollout does not contact it, and every
+    reachable station passes its pre-check and validation with central2 reported as declared down
+    (its journal keeps the points: they drained once it was back, in the fixture)."""
+    rc, _, output, _, _, (refused_rc, _, refused) = rollout_with_cpt_down
+    said = [m for h, m in failures(refused) if h == CENTRAL2]
+    assert refused_rc != 0 and said, failures(refused)
+    assert "cannot be reached" in said[0] and '"fleet_centrals_down": ["central2"]' in said[0], said
+    assert rc == 0, failures(output)
+    ran = {t["task"]["name"] for p in output["plays"] for t in p["tasks"] if CENTRAL2 in t["hosts"]}
+    assert ran <= {"Leave a central declared down alone"}, ran
+    plan = rollout_plan(output)
+    assert "centrals declared down (not converged, journaled for): central2" in plan, plan
+    assert json.loads(Path(plan[-1].removeprefix("report: ")).read_text())["centrals_down"] == ["central2"]
+    ready = {h: r["msg"] for p in output["plays"] for t in p["tasks"]
+             if t["task"]["name"] == "Stop here when the station is not ready" for h, r in t["hosts"].items()}
+    assert set(ready) == {STATIONS["ams"], STATIONS["bcn"]}, ready
+    assert all("central2" in m and "declared down (fleet_centrals_down)" in m for m in ready.values()), ready
+    tables = {h: r["msg"] for p in output["plays"] for t in p["tasks"]
+              if t["task"]["name"] == "Show the validation table" for h, r in t["hosts"].items()}
+    assert set(tables) == {STATIONS["ams"], STATIONS["bcn"]}, tables
+    for station, table in tables.items():
+        rows = [row for row in table if "| destination central2 |" in row]
+        assert rows and all(", declared_down" in row and row.endswith("| True | -") for row in rows), (station, table)
 
 
 def test_broken_canary_halts_the_rollout_and_names_the_cause(tmp_path, cpt_offline):
