@@ -221,6 +221,62 @@ def test_central_unreachable_for_a_minute_catches_up_in_order_without_duplicates
         central.stop()
 
 
+def test_a_feed_that_rewrites_its_times_while_a_central_catches_up_ends_identical_everywhere(tmp_path, endpoint,
+                                                                                           zmq_context):
+    """Issue 24's trade-off, one such feed: a publisher re-sends the same series and times with new
+    values (corrections) while central is down, and again while it catches up. The bridge keeps
+    each repeated time as its own point (t, t+1 ns: the uniqueness window), so the journal's
+    replay cannot overwrite a correction: local, a strict central and a live-first (paced) central
+    end with the same points and values. (Only a second path writing the same series, which the
+    README names, can make two centrals differ.)"""
+    local = own_server(tmp_path / "local")
+    central = own_server(tmp_path / "central")
+    central.query('CREATE DATABASE "paced"')
+    try:
+        bridge = BridgeProcess(tmp_path, local, "tick", endpoint, destinations_extra=[
+            {"name": "central", "url": central.url, "database": "tick", "flush_interval": "200ms",
+             "max_backoff": "1s"},
+            {"name": "paced", "url": central.url, "database": "paced", "flush_interval": "200ms",
+             "max_backoff": "1s", "max_points_per_second": 50}]).start()
+        pub = bound_xpub(zmq_context, endpoint)
+        assert wait_for_subscriber(pub, b"kraken_tick", 15)
+        base = int(time.time()) - 60
+        sent = 0
+
+        def send(version: int, times: range) -> None:
+            nonlocal sent
+            for i in times:
+                pub.send_multipart([b"kraken_tick", msgpack.packb({
+                    "timestamp": base + i, "instrument": "EURUSD", "bid": version + i / 100, "ask": 9.0,
+                    "volume": version, "seq": i})])
+                sent += 1
+
+        central.stop()
+        send(1, range(100))  # the originals, journaled for both centrals
+        send(2, range(100))  # corrections of every time, while central is down
+        wait_for(lambda: bridge.value("bridge_journal_points", destination="paced") == 200, 30, "journaled")
+        central.start()
+        send(3, range(50))  # corrections while both centrals catch up (the paced one live first)
+        wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == sent, 30,
+                 "received")
+        quiet_ledger(bridge, destinations=("local", "central", "paced"), timeout=60)
+
+        def stored(server: Influxd, db: str) -> list[tuple]:
+            return [(r["time"], r["bid"], r["volume"]) for r in server.query(
+                "SELECT bid, volume FROM ticks", db=db)]
+
+        on_local, on_central, on_paced = stored(local, "tick"), stored(central, "tick"), stored(central, "paced")
+        report("a feed rewriting its times while central catches up", published=sent, local=len(on_local),
+               central=len(on_central), paced=len(on_paced), identical=on_local == on_central == on_paced)
+        assert len(on_local) == sent == 250
+        assert on_central == on_local and on_paced == on_local
+        assert sorted(v for _, _, v in on_local) == [1] * 100 + [2] * 100 + [3] * 50  # every version kept once
+        assert bridge.stop() == 0
+    finally:
+        local.stop()
+        central.stop()
+
+
 def test_spool_cap_keeps_the_bridge_up_and_counts_every_drop(tmp_path, endpoint):
     local = own_server(tmp_path / "influxd")
     try:
