@@ -299,6 +299,7 @@ def test_a_scheduled_paced_link_sends_live_first_within_the_cap_and_nothing_outs
     opens = [t0 + 9, t0 + 19, t0 + 29]  # room for a slow start, the backlog and validate before the first
     windows = [f"{clock(w)}-{clock(w + 4)}" for w in opens]  # 4 s up, 6 s down
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # a burst beyond the default 1000 is queued, not dropped before the bridge
     pub.bind(endpoint)
     bridge = scheduled_bridge(tmp_path, proxy, database, endpoint, windows)
     bridge.start()
@@ -390,6 +391,7 @@ def test_a_link_closed_for_hours_journals_everything_and_stops_at_once(tmp_path,
     proxy = LinkProxy(influxd.port)
     opens = time.time() + 3600
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # a burst beyond the default 1000 is queued, not dropped before the bridge
     pub.bind(endpoint)
     bridge = scheduled_bridge(tmp_path, proxy, database, endpoint, [f"{clock(opens)}-{clock(opens + 600)}"])
     bridge.config["health"]["destination_grace"] = "1s"
