@@ -73,8 +73,10 @@ def test_a_slow_feed_and_a_slow_destination_that_land_nothing_are_degraded(tmp_p
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint, subscriptions_extra=[conflict],
                            health={"rejection_window": "1s"}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     pub2 = zmq_context.socket(zmq.PUB)
+    pub2.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub2.bind(other)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1
              and bridge.value("bridge_subscription_connected", subscription="conflict") >= 1, 15, "connections")
@@ -205,6 +207,7 @@ def test_a_binned_feed_survives_a_message_with_an_old_time(tmp_path, influxd, da
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"]}}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
     time.sleep(0.3)
@@ -352,6 +355,7 @@ def test_a_rule_that_eats_the_feed_degrades_it_while_heartbeats_alone_do_not(tmp
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint, health={"rejection_window": "2s"},
                            subscription={"framing": "json", "topics": [""], "ignore": rules, "mapping": TICK}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
     time.sleep(0.3)

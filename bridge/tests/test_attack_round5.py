@@ -280,6 +280,7 @@ def test_a_binned_feed_counts_what_it_cannot_bin(tmp_path, influxd, database, en
                            subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"],
                                                                           "keep_raw": False, "max_series": 2}}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
     time.sleep(0.3)

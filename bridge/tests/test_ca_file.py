@@ -58,6 +58,7 @@ def test_a_private_ca_is_trusted_only_through_the_destinations_ca_file(tmp_path,
                                                                        zmq_context):
     influxd, ca = https_influxd
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     state = tmp_path / "bridge"
     state.mkdir()

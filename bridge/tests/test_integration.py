@@ -411,6 +411,7 @@ def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, 
     assert bridge.value("bridge_subscription_connected", subscription="kraken") == 0
     context = zmq_context
     pub = context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)  # the publisher comes (back)
     wait_for(bridge.healthy, 10, "/healthz 200 once connected")
     assert bridge.value("bridge_subscription_connected", subscription="kraken") == 1

@@ -221,6 +221,7 @@ def test_bad_endpoints_at_run_time_never_stall_the_good_subscriptions_and_are_na
     send_ticks(fixed, 50)
     send_ticks(late, 50)
     push = zmq_context.socket(zmq.PUB)  # the bound subscription is reachable now
+    push.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     push.setsockopt(zmq.LINGER, 0)
     push.connect(in_use)
     wait_for(lambda: bridge.health()[1]["subscriptions"]["inuse"]["connected"] == 1, 10, "a peer on inuse")

@@ -33,6 +33,7 @@ def test_a_stop_during_a_huge_binned_drain_ends_within_shutdown_timeout(tmp_path
                            destination={"queue_max_points": 5000},
                            journal={"max_bytes": "1MiB"}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
     time.sleep(0.3)
@@ -72,6 +73,7 @@ def test_a_full_journal_logs_its_dropped_batches_rate_limited(tmp_path, endpoint
     bridge = BridgeProcess(tmp_path, None, "db", endpoint, log={"rate_limit_per_s": 1}, shutdown_timeout=2,
                            destination={"queue_max_points": 500}, journal={"max_bytes": "1MiB"}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
     time.sleep(0.3)

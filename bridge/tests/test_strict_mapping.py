@@ -90,6 +90,7 @@ def test_two_points_of_one_series_at_influxdbs_last_nanosecond_land_once_and_the
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping}).start()
     pub = zmq_context.socket(zmq.PUB)
+    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
     pub.bind(endpoint)
     wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 10, "connected")
     time.sleep(0.5)
