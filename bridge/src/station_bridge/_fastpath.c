@@ -261,6 +261,7 @@ typedef struct {
     int64_t handled, handed_back;
     /* a batch between its stage and its commit (one thread: owner) */
     buf_t stage; rec_t *recs; int nrecs; int busy; unsigned long owner;
+    int64_t with_gil;  /* staged messages mapped again with the GIL (S_GIL) */
 } Plan;
 
 static PyObject *str_append;
@@ -2255,6 +2256,7 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
             if (buf_put(out, pl->stage.p + r->at, r->line_n) < 0) goto fail;
             rc = finish_line(pl, out, start, r->series_n, r->ts, r->clock, r->payload, r->payload_n, track);
         } else if (r->kind == S_GIL) {
+            pl->with_gil++;
             rc = one(pl, r->topic, r->topic_n, r->payload, r->payload_n, track);
         }
         if (rc == 0) { compiled++; continue; }
@@ -2297,7 +2299,8 @@ fail:
 static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
     (void)unused;
     Plan *pl = (Plan *)self;
-    return Py_BuildValue("{sLsL}", "handled", (long long)pl->handled, "handed_back", (long long)pl->handed_back);
+    return Py_BuildValue("{sLsLsL}", "handled", (long long)pl->handled, "handed_back", (long long)pl->handed_back,
+                         "with_gil", (long long)pl->with_gil);
 }
 
 static PyMethodDef Plan_methods[] = {
