@@ -240,14 +240,24 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     for run in runs:
         run["go"].set()
     pending = list(bridges)
+    total = share // subscriptions * subscriptions
+    receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges)
+    received_s = 0.0
     while pending:
-        pending = [bridge for bridge in pending if bridge.written() < share // subscriptions * subscriptions]
+        counts = [bridge.counts() for bridge in pending]
+        if not received_s and len(pending) == len(bridges) and all(r >= total for r, _ in counts):
+            received_s = time.perf_counter() - started  # the receive phase: every message received
+            sampler.until()
+            receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges) - receive_cpu
+        pending = [bridge for bridge, (_, written) in zip(pending, counts, strict=True) if written < total]
         if time.perf_counter() - started > 300:
             raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0].tail())
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
     overlap = sampler.stop()
     receive_cores = sampler.cores
+    if not received_s:  # all written before a poll saw them received
+        received_s = elapsed
     cpu = {name: (cpu_seconds(pid) - before[name]) / points * 1e6 for name, pid in pids.items()}
     cpu["influxd"] = net_cpu(pids["influxd"], before["influxd"], elapsed, background) / points * 1e6
     threads = {}
@@ -273,7 +283,8 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     return {"rate": points / elapsed, "bridge": bridge, "influxd": cpu["influxd"], "redis": cpu["redis"],
             "publisher": sum(v for k, v in cpu.items() if k.startswith("publisher")), "threads": threads,
             "rss": rss, "scrape_us": scrape_us, "path": path, "background": background, "overlap": overlap,
-            "receive_cores": receive_cores}
+            "receive_cores": receive_cores, "receive_rate": points / received_s,
+            "receive_cpu": receive_cpu / points * 1e6}
 
 
 class _ReceiveSampler:
@@ -281,12 +292,14 @@ class _ReceiveSampler:
     thread) and each `receive-*` thread (receivers.py; names from named_threads.py). `stop`
     returns the share of intervals in which two or more of them were each busy a fifth of it (the
     machine is shared: a thread gets its share of the cores), and `cores` their CPU over the
-    sampled time (above 1: receiving ran on more than one core at once)."""
+    sampled time (above 1: receiving ran on more than one core at once); both over the intervals
+    until `until()` was called (the receive phase: every message received)."""
 
     def __init__(self, pids: list[int], interval: float = 0.1) -> None:
         self.pids, self.interval = pids, interval
         self.both = self.intervals = 0
         self.cpu = 0.0
+        self._until = threading.Event()
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
 
@@ -304,7 +317,7 @@ class _ReceiveSampler:
 
     def _run(self) -> None:
         last = self._receivers()
-        while not self._stop.wait(self.interval):
+        while not self._stop.wait(self.interval) and not self._until.is_set():
             now = self._receivers()
             used = [cpu - last.get(key, cpu) for key, cpu in now.items()]
             busy = sum(1 for u in used if u >= self.interval / 5)
@@ -315,6 +328,9 @@ class _ReceiveSampler:
 
     def start(self) -> None:
         self._thread.start()
+
+    def until(self) -> None:
+        self._until.set()
 
     def stop(self) -> float:
         self._stop.set()
@@ -333,37 +349,50 @@ PARALLEL_CASES = {  # (instances, subscriptions each, receive_threads)
 def parallel_subscriptions(tmp: Path, influx: Influxd, redis: RedisServer, points: int, repeats: int) -> dict:
     """Issue 22: one instance with two busy subscriptions against two instances of one each (the
     same total, msgpack, compiled), and one instance with its one receive loop; the cases
-    alternate `repeats` times in this run, the median run of each (by rate) is kept."""
+    alternate `repeats` times in this run. Every run of each case, in order."""
     runs: dict[str, list[dict]] = {name: [] for name in PARALLEL_CASES}
     for r in range(repeats):
         for name, (instances, subs, threads) in PARALLEL_CASES.items():
             label = f"par{instances}{subs}{threads[:2]}{r}"
             run = end_to_end(tmp, influx, redis, label, "msgpack", points, instances=instances,
                              subscriptions=subs, receive_threads=threads)
+            run["load"] = os.getloadavg()[0]
             runs[name].append(run)
             say(f"{name}: {run['rate']:,.0f}/s, bridge {run['bridge']:.2f} us/point, influxd {run['influxd']:.2f}, "
+                f"received {run['receive_rate']:,.0f}/s (receive threads {run['receive_cpu']:.2f} us/point), "
                 f"receive threads busy at once {run['overlap']:.0%}, receiving {run['receive_cores']:.2f} cores, "
-                f"load {os.getloadavg()[0]:.1f}; by thread "
-                + ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items()))
-    return {name: sorted(found, key=lambda run: run["rate"])[len(found) // 2] for name, found in runs.items()}
+                f"load {run['load']:.1f}; by thread " + ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items()))
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
 
 
 def parallel_rows(par: dict) -> list[tuple[str, str, str]]:
+    """Each case's median run, and each ratio per repeat (the cases of one repeat ran back to back)
+    with its median: the machine's other load moves between repeats more than within one."""
     one, loop, two = (par[name] for name in PARALLEL_CASES)
     out = []
-    for name, run in par.items():
-        out.append((f"parallel: {name}", f"{run['rate']:,.0f} points/s; bridge {run['bridge']:.2f} / influxd "
-                    f"{run['influxd']:.2f} us per point",
-                    f"receive threads busy at once in {run['overlap']:.0%} of 100 ms; receiving "
-                    f"{run['receive_cores']:.2f} cores"))
-    out.append(("parallel: 1 instance with a thread per subscription / 2 instances",
-                f"throughput {one['rate'] / two['rate']:.2f}, bridge CPU per point {one['bridge'] / two['bridge']:.2f}",
-                "issue 22"))
-    out.append(("parallel: a thread per subscription / one receive loop (1 instance)",
-                f"throughput {one['rate'] / loop['rate']:.2f}, "
-                f"bridge CPU per point {one['bridge'] / loop['bridge']:.2f}",
-                "the GIL released"))
-    threads = ", ".join(f"{k} {v:.2f}" for k, v in one["threads"].items())
+    for name, runs in par.items():
+        run = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+        out.append((f"parallel: {name}",
+                    f"{run['rate']:,.0f} points/s end to end, received {run['receive_rate']:,.0f}/s; "
+                    f"bridge {run['bridge']:.2f} / influxd {run['influxd']:.2f} us per point",
+                    f"receive threads busy at once in {run['overlap']:.0%} of 100 ms until received, "
+                    f"{run['receive_cores']:.2f} cores; load {run['load']:.1f}"))
+
+    def ratio(label: str, a: list[dict], b: list[dict], note: str) -> None:
+        for key, what in (("rate", "throughput"), ("receive_rate", "receive rate"), ("bridge", "bridge CPU per point"),
+                          ("receive_cpu", "receive CPU per point")):
+            each = [x[key] / y[key] for x, y in zip(a, b, strict=True)]
+            runs = ", ".join(f"{e:.2f}" for e in each)
+            out.append((f"parallel: {label}: {what}", f"{_median(each):.2f} (runs: {runs})", note))
+
+    ratio("1 instance, a thread per subscription / 2 instances", one, two, "issue 22")
+    ratio("a thread per subscription / one receive loop (1 instance)", one, loop, "the GIL released")
+    run = sorted(one, key=lambda r: r["rate"])[len(one) // 2]
+    threads = ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items())
     out.append(("parallel: bridge CPU per point by thread, 1 instance, a thread per subscription (us)", threads, ""))
     return out
 
