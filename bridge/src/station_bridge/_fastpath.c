@@ -8,6 +8,9 @@
  * untouched, so that the Python path maps it or names its reason, and the next call goes on
  * after it. Order, counts and the uniqueness state are therefore those of the Python path.
  *
+ * The GIL: each batch is received and formatted without it, then committed with it ("Two phases",
+ * below, which also states who owns a plan and its socket meanwhile).
+ *
  * libzmq is not linked: the addresses of zmq_msg_* come from the libzmq that pyzmq loaded
  * (fastpath.py finds them), and the socket is pyzmq's own (`Socket.underlying`).
  * Built against the stable ABI (Py_LIMITED_API, Python >= 3.11): one wheel for 3.11 and later.
@@ -1923,6 +1926,14 @@ static int frames_of(PyObject *message, const char **t, Py_ssize_t *tn, const ch
     return 0;
 }
 
+/* map and drain hold the GIL throughout (the form before "Two phases", which fastpath.py uses);
+ * they refuse a plan whose batch another thread has staged. */
+static int plan_in_use(Plan *pl) {
+    if (!pl->busy && !pl->nrecs) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a batch is staged");
+    return 1;
+}
+
 /* map(messages, start, newest) -> (data, lines, next, handed, error)
  * Maps messages[start:] (lists of frames as pyzmq gives them) until the first one this path
  * hands back (handed = that message, next = its index + 1) or the end (handed = None). */
@@ -1931,6 +1942,7 @@ static PyObject *Plan_map(PyObject *self, PyObject *args) {
     PyObject *messages, *newest;
     Py_ssize_t start;
     if (!PyArg_ParseTuple(args, "OnO", &messages, &start, &newest)) return NULL;
+    if (plan_in_use(pl)) return NULL;
     if (!PyList_Check(messages)) { PyErr_SetString(PyExc_TypeError, "messages must be a list"); return NULL; }
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     Py_ssize_t total = PyList_Size(messages), lines = 0, i;
@@ -1984,6 +1996,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
     Py_ssize_t limit, max_bytes = 0;
     PyObject *newest;
     if (!PyArg_ParseTuple(args, "KnO|n", &address, &limit, &newest, &max_bytes)) return NULL;
+    if (plan_in_use(pl)) return NULL;
     if (!zmq_api.recv) { PyErr_SetString(PyExc_RuntimeError, "libzmq is not bound"); return NULL; }
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     void *socket = (void *)(uintptr_t)address;

@@ -62,6 +62,8 @@ class Receivers:
             if thread.is_alive():  # cannot happen but in a defect: its socket is then never polled again
                 log.error("receive thread did not stop", extra={"thread": thread.name})
         self._threads = [t for t in self._threads if t.is_alive()]
+        log.info("receive threads ended", extra={"subscriptions": [s.name for s in self.subs],
+                                                 "still_running": len(self._threads)})
 
     def _run(self, sub: Subscription) -> None:
         poller: zmq.Poller | None = None
