@@ -133,13 +133,17 @@ class Bridge:
     `fast_path` auto (the station's default) or off (Python only)."""
 
     def __init__(self, tmp: Path, name: str, influx: Influxd, redis: RedisServer, db: str,
-                 subs: list[dict], fast_path: str = "auto", receive_threads: str = "auto") -> None:
+                 subs: list[dict], fast_path: str = "auto", receive_threads: str = "auto",
+                 hold: bool = False) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = stages.bridge_config(self.dir, influx.url, db, redis.port, subs, self.port)
         config["fast_path"] = fast_path
         config["receive_threads"] = receive_threads
+        if hold:  # the link's window is hours away: nothing is written (to the journal instead)
+            hour = time.gmtime().tm_hour
+            config["destinations"][0]["schedule"] = [f"{(hour + 6) % 24:02d}:00-{(hour + 7) % 24:02d}:00"]
         (self.dir / "bridge.yml").write_text(yaml.safe_dump(config))
         env = dict(os.environ, STATION_BRIDGE_CACHE_PASSWORD=redis.password)
         self.log = open(self.dir / "bridge.log", "wb")  # noqa: SIM115 - lives as long as the bridge
@@ -198,12 +202,14 @@ class Bridge:
 
 def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, framing: str, points: int,
                instances: int = 1, fast_path: str = "auto", subscriptions: int = 1,
-               receive_threads: str = "auto") -> dict:
+               receive_threads: str = "auto", receive_only: bool = False) -> dict:
     """`instances` bridges of `subscriptions` subscriptions each, on disjoint topics, each
     subscription fed its share of `points` messages by its own preloaded publisher (all at once);
     points/s until InfluxDB acknowledged every point, and CPU per point. `overlap`: the share of
     100 ms intervals in which two or more receive threads (each instance's receive loop, or each
-    subscription's receive thread) were each busy at least half of it."""
+    subscription's receive thread) were each busy (_ReceiveSampler). `receive_only`: the
+    destination's link is scheduled hours away (the points go to the journal, influxd idles): the
+    run ends once every message was received, and its rate is the receive rate."""
     share = points // instances
     runs = []
     for k in range(instances):
@@ -217,7 +223,7 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
             frames = stages.messages(framing, n, topic, start_seq=k * share + j * n)
             subs.append(stages.subscription(framing, "bench" if subscriptions == 1 else f"bench{j}", endpoint, topic))
             feeds.append((endpoint, frames, topic))
-        bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path, receive_threads)
+        bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path, receive_threads, receive_only)
         for endpoint, frames, topic in feeds:
             publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
             runs.append({"db": db, "bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
@@ -249,6 +255,8 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
             received_s = time.perf_counter() - started  # the receive phase: every message received
             sampler.until()
             receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges) - receive_cpu
+            if receive_only:  # nothing is written: the run ends here
+                break
         pending = [bridge for bridge, (_, written) in zip(pending, counts, strict=True) if written < total]
         if time.perf_counter() - started > 300:
             raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0].tail())
@@ -276,7 +284,7 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     for bridge, run in zip(bridges, runs[::subscriptions], strict=True):
         bridge.stop()
         count = influx.count(run["db"], "ticks")
-        if count != share // subscriptions * subscriptions:
+        if not receive_only and count != share // subscriptions * subscriptions:
             raise RuntimeError(f"{label}: {count} of {share} points in InfluxDB")
     bridge = sum(v for k, v in cpu.items() if k.startswith("bridge")) - scrape_us
     threads["other (metrics, ledger, exited threads)"] = bridge - sum(threads.values())
@@ -346,19 +354,22 @@ PARALLEL_CASES = {  # (instances, subscriptions each, receive_threads)
 }
 
 
-def parallel_subscriptions(tmp: Path, influx: Influxd, redis: RedisServer, points: int, repeats: int) -> dict:
+def parallel_subscriptions(tmp: Path, influx: Influxd, redis: RedisServer, points: int, repeats: int,
+                           receive_only: bool = False) -> dict:
     """Issue 22: one instance with two busy subscriptions against two instances of one each (the
     same total, msgpack, compiled), and one instance with its one receive loop; the cases
     alternate `repeats` times in this run. Every run of each case, in order."""
     runs: dict[str, list[dict]] = {name: [] for name in PARALLEL_CASES}
     for r in range(repeats):
         for name, (instances, subs, threads) in PARALLEL_CASES.items():
-            label = f"par{instances}{subs}{threads[:2]}{r}"
+            label = f"par{instances}{subs}{threads[:2]}{r}{'r' if receive_only else 'e'}"
             run = end_to_end(tmp, influx, redis, label, "msgpack", points, instances=instances,
-                             subscriptions=subs, receive_threads=threads)
+                             subscriptions=subs, receive_threads=threads, receive_only=receive_only)
             run["load"] = os.getloadavg()[0]
             runs[name].append(run)
-            say(f"{name}: {run['rate']:,.0f}/s, bridge {run['bridge']:.2f} us/point, influxd {run['influxd']:.2f}, "
+            mode = "receive only" if receive_only else "end to end"
+            say(f"{mode}: {name}: {run['rate']:,.0f}/s, bridge {run['bridge']:.2f} us/point, "
+                f"influxd {run['influxd']:.2f}, "
                 f"received {run['receive_rate']:,.0f}/s (receive threads {run['receive_cpu']:.2f} us/point), "
                 f"receive threads busy at once {run['overlap']:.0%}, receiving {run['receive_cores']:.2f} cores, "
                 f"load {run['load']:.1f}; by thread " + ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items()))
@@ -369,14 +380,15 @@ def _median(values: list[float]) -> float:
     return sorted(values)[len(values) // 2]
 
 
-def parallel_rows(par: dict) -> list[tuple[str, str, str]]:
+def parallel_rows(par: dict, mode: str) -> list[tuple[str, str, str]]:
     """Each case's median run, and each ratio per repeat (the cases of one repeat ran back to back)
-    with its median: the machine's other load moves between repeats more than within one."""
+    with its median: the machine's other load moves between repeats more than within one. `mode`:
+    "receive only" (influxd idle) or "end to end"."""
     one, loop, two = (par[name] for name in PARALLEL_CASES)
     out = []
     for name, runs in par.items():
         run = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
-        out.append((f"parallel: {name}",
+        out.append((f"parallel, {mode}: {name}",
                     f"{run['rate']:,.0f} points/s end to end, received {run['receive_rate']:,.0f}/s; "
                     f"bridge {run['bridge']:.2f} / influxd {run['influxd']:.2f} us per point",
                     f"receive threads busy at once in {run['overlap']:.0%} of 100 ms until received, "
@@ -387,13 +399,14 @@ def parallel_rows(par: dict) -> list[tuple[str, str, str]]:
                           ("receive_cpu", "receive CPU per point")):
             each = [x[key] / y[key] for x, y in zip(a, b, strict=True)]
             runs = ", ".join(f"{e:.2f}" for e in each)
-            out.append((f"parallel: {label}: {what}", f"{_median(each):.2f} (runs: {runs})", note))
+            out.append((f"parallel, {mode}: {label}: {what}", f"{_median(each):.2f} (runs: {runs})", note))
 
     ratio("1 instance, a thread per subscription / 2 instances", one, two, "issue 22")
     ratio("a thread per subscription / one receive loop (1 instance)", one, loop, "the GIL released")
     run = sorted(one, key=lambda r: r["rate"])[len(one) // 2]
     threads = ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items())
-    out.append(("parallel: bridge CPU per point by thread, 1 instance, a thread per subscription (us)", threads, ""))
+    out.append((f"parallel, {mode}: bridge CPU per point by thread, 1 instance, a thread per subscription (us)",
+                threads, ""))
     return out
 
 
@@ -559,6 +572,7 @@ def main() -> None:
             influx = Influxd(Path(tmpdir) / "influxd").start()
             redis = RedisServer(Path(tmpdir) / "redis").start()
             try:
+                held = parallel_subscriptions(Path(tmpdir), influx, redis, args.points, args.parallel_repeats, True)
                 par = parallel_subscriptions(Path(tmpdir), influx, redis, args.points, args.parallel_repeats)
             finally:
                 redis.stop()
@@ -566,7 +580,7 @@ def main() -> None:
         print(f"\nstation-bridge benchmark (parallel subscriptions), {time.strftime('%Y-%m-%d %H:%M')}, "
               f"{platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
               f"{args.points:,} points per run, median of {args.parallel_repeats}\n")
-        print("\n".join(table(parallel_rows(par))))
+        print("\n".join(table(parallel_rows(held, "receive only") + parallel_rows(par, "end to end"))))
         return
     from station_bridge import fastpath
     results: dict[str, dict] = {}
@@ -598,6 +612,8 @@ def main() -> None:
             main_path = "auto" if isinstance(compiled.get("msgpack"), dict) else "off"
             scaled = end_to_end(tmp, influx, redis, "scale", "msgpack", args.points, instances=2, fast_path=main_path)
             say(f"2 instances: {scaled['rate']:,.0f}/s")
+            held = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats, True) \
+                if main_path == "auto" else None
             par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats) \
                 if main_path == "auto" else None
             stage_cost = {}
@@ -619,7 +635,8 @@ def main() -> None:
           f"Python {platform.python_version()}, {args.points:,} points per run (naive {args.naive_points:,}, "
           f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
     print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady)
-                           + (parallel_rows(par) if par else []))))
+                           + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
+                              if par and held else []))))
 
 
 def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: dict, compiled: object) -> dict:
