@@ -66,27 +66,29 @@ class Receivers:
                                                  "still_running": len(self._threads)})
 
     def _run(self, sub: Subscription) -> None:
-        poller: zmq.Poller | None = None
-        polled = None
-        next_repair = 0.0
+        state: dict = {"poller": None, "polled": None, "next_repair": 0.0}
         while not self._stop.is_set():
-            now = time.monotonic()
-            if now >= next_repair:
-                next_repair = now + POLL_MS / 1000
-                with self.lock:
-                    sub.source.repair(self.count)
-            socket = sub.source.socket
-            if socket is None:  # not set up yet (sources.Source retries it in repair)
-                self._stop.wait(POLL_MS / 1000)
-                continue
-            if socket is not polled:
-                poller, polled = zmq.Poller(), socket
-                poller.register(socket, zmq.POLLIN)
-            assert poller is not None
-            if not poller.poll(POLL_MS) or self.pipeline.expired():
-                continue
             try:
-                self.pipeline.receive_compiled(sub, self.lock)
+                self._round(sub, state)
             except Exception as exc:  # a defect, contained: counted and logged, the thread goes on
                 self.count("bridge_stage_errors_total", 1, stage="receive")
                 log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                self._stop.wait(POLL_MS / 1000)  # never a hot loop of the same error
+
+    def _round(self, sub: Subscription, state: dict) -> None:
+        """One round of a subscription's thread: its socket repaired (each POLL_MS, as the main
+        loop's housekeeping does it for the others), a poll, a burst through the compiled path."""
+        now = time.monotonic()
+        if now >= state["next_repair"]:
+            state["next_repair"] = now + POLL_MS / 1000
+            with self.lock:
+                sub.source.repair(self.count)
+        socket = sub.source.socket
+        if socket is None:  # not set up yet (sources.Source retries it in repair)
+            self._stop.wait(POLL_MS / 1000)
+            return
+        if socket is not state["polled"]:
+            state["poller"], state["polled"] = zmq.Poller(), socket
+            state["poller"].register(socket, zmq.POLLIN)
+        if state["poller"].poll(POLL_MS) and not self.pipeline.expired():
+            self.pipeline.receive_compiled(sub, self.lock)
