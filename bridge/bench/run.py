@@ -133,12 +133,17 @@ class Bridge:
     `fast_path` auto (the station's default) or off (Python only)."""
 
     def __init__(self, tmp: Path, name: str, influx: Influxd, redis: RedisServer, db: str,
-                 subs: list[dict], fast_path: str = "auto") -> None:
+                 subs: list[dict], fast_path: str = "auto", receive_threads: str = "auto",
+                 hold: bool = False) -> None:
         self.dir = tmp / name
         self.dir.mkdir(parents=True, exist_ok=True)
         self.port = free_port()
         config = stages.bridge_config(self.dir, influx.url, db, redis.port, subs, self.port)
         config["fast_path"] = fast_path
+        config["receive_threads"] = receive_threads
+        if hold:  # the link's window is hours away: nothing is written (to the journal instead)
+            hour = time.gmtime().tm_hour
+            config["destinations"][0]["schedule"] = [f"{(hour + 6) % 24:02d}:00-{(hour + 7) % 24:02d}:00"]
         (self.dir / "bridge.yml").write_text(yaml.safe_dump(config))
         env = dict(os.environ, STATION_BRIDGE_CACHE_PASSWORD=redis.password)
         self.log = open(self.dir / "bridge.log", "wb")  # noqa: SIM115 - lives as long as the bridge
@@ -196,66 +201,213 @@ class Bridge:
 
 
 def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, framing: str, points: int,
-               instances: int = 1, fast_path: str = "auto") -> dict:
-    """`instances` bridges on disjoint topics, each fed points/instances messages by its own
-    preloaded publisher; points/s until InfluxDB acknowledged every point, and CPU per point."""
+               instances: int = 1, fast_path: str = "auto", subscriptions: int = 1,
+               receive_threads: str = "auto", receive_only: bool = False) -> dict:
+    """`instances` bridges of `subscriptions` subscriptions each, on disjoint topics, each
+    subscription fed its share of `points` messages by its own preloaded publisher (all at once);
+    points/s until InfluxDB acknowledged every point, and CPU per point. `overlap`: the share of
+    100 ms intervals in which two or more receive threads (each instance's receive loop, or each
+    subscription's receive thread) were each busy (_ReceiveSampler). `receive_only`: the
+    destination's link is scheduled hours away (the points go to the journal, influxd idles): the
+    run ends once every message was received, and its rate is the receive rate."""
     share = points // instances
     runs = []
     for k in range(instances):
         db = f"e2e_{label}_{k}"
         influx.query(f'CREATE DATABASE "{db}"')
-        endpoint = f"tcp://127.0.0.1:{free_port()}"
-        topic = f"{TOPIC}_{k}"
-        frames = stages.messages(framing, share, topic, start_seq=k * share)
-        subs = [stages.subscription(framing, "bench", endpoint, topic)]
-        bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path)
-        publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
-        runs.append({"db": db, "bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
+        subs, feeds = [], []
+        for j in range(subscriptions):
+            endpoint = f"tcp://127.0.0.1:{free_port()}"
+            topic = f"{TOPIC}_{k}_{j}"
+            n = share // subscriptions
+            frames = stages.messages(framing, n, topic, start_seq=k * share + j * n)
+            subs.append(stages.subscription(framing, "bench" if subscriptions == 1 else f"bench{j}", endpoint, topic))
+            feeds.append((endpoint, frames, topic))
+        bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path, receive_threads, receive_only)
+        for endpoint, frames, topic in feeds:
+            publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
+            runs.append({"db": db, "bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
+    bridges = list({id(run["bridge"]): run["bridge"] for run in runs}.values())
     for run in runs:
         if not run["loaded"].wait(60):
             raise RuntimeError("publisher not ready: " + run["bridge"].tail())
     pids = {"influxd": influx.process.pid, "redis": redis.process.pid}
+    for k, bridge in enumerate(bridges):
+        pids[f"bridge{k}"] = bridge.process.pid
     for k, run in enumerate(runs):
-        pids[f"bridge{k}"] = run["bridge"].process.pid
         pids[f"publisher{k}"] = run["publisher"].pid
+    sampler = _ReceiveSampler([b.process.pid for b in bridges])
     background = quiesce(influx.process.pid)  # earlier phases' compactions are not this phase's cost
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
-    threads_before = [thread_groups(run["bridge"].process.pid) for run in runs]
-    scrapes_before = [run["bridge"].scrapes for run in runs]
+    threads_before = [thread_groups(bridge.process.pid) for bridge in bridges]
+    scrapes_before = [bridge.scrapes for bridge in bridges]
+    sampler.start()
     started = time.perf_counter()
     for run in runs:
         run["go"].set()
-    pending = list(runs)
+    pending = list(bridges)
+    total = share // subscriptions * subscriptions
+    receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges)
+    received_s = 0.0
     while pending:
-        pending = [run for run in pending if run["bridge"].written() < share]
+        counts = [bridge.counts() for bridge in pending]
+        if not received_s and len(pending) == len(bridges) and all(r >= total for r, _ in counts):
+            received_s = time.perf_counter() - started  # the receive phase: every message received
+            sampler.until()
+            receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges) - receive_cpu
+            if receive_only:  # nothing is written: the run ends here
+                break
+        pending = [bridge for bridge, (_, written) in zip(pending, counts, strict=True) if written < total]
         if time.perf_counter() - started > 300:
-            raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0]["bridge"].tail())
+            raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0].tail())
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
+    overlap = sampler.stop()
+    receive_cores = sampler.cores
+    if not received_s:  # all written before a poll saw them received
+        received_s = elapsed
     cpu = {name: (cpu_seconds(pid) - before[name]) / points * 1e6 for name, pid in pids.items()}
     cpu["influxd"] = net_cpu(pids["influxd"], before["influxd"], elapsed, background) / points * 1e6
     threads = {}
-    for run, tb in zip(runs, threads_before, strict=True):
-        for name, value in thread_groups(run["bridge"].process.pid).items():
+    for bridge, tb in zip(bridges, threads_before, strict=True):
+        for name, value in thread_groups(bridge.process.pid).items():
             threads[name] = threads.get(name, 0.0) + (value - tb[name]) / points * 1e6
-    rss = max(peak_rss_mib(run["bridge"].process.pid) for run in runs)
-    path = runs[0]["bridge"].paths()["bench"]
+    rss = max(peak_rss_mib(bridge.process.pid) for bridge in bridges)
+    path = sorted(set(bridges[0].paths().values()))[0]
     scrape_us = 0.0
-    for run, sb in zip(runs, scrapes_before, strict=True):
-        polls = run["bridge"].scrapes - sb
-        scrape_us += run["bridge"].scrape_cost() * polls / points * 1e6
+    for bridge, sb in zip(bridges, scrapes_before, strict=True):
+        polls = bridge.scrapes - sb
+        scrape_us += bridge.scrape_cost() * polls / points * 1e6
     for run in runs:
         run["publisher"].terminate()
         run["publisher"].join()
-        run["bridge"].stop()
+    for bridge, run in zip(bridges, runs[::subscriptions], strict=True):
+        bridge.stop()
         count = influx.count(run["db"], "ticks")
-        if count != share:
+        if not receive_only and count != share // subscriptions * subscriptions:
             raise RuntimeError(f"{label}: {count} of {share} points in InfluxDB")
     bridge = sum(v for k, v in cpu.items() if k.startswith("bridge")) - scrape_us
     threads["other (metrics, ledger, exited threads)"] = bridge - sum(threads.values())
     return {"rate": points / elapsed, "bridge": bridge, "influxd": cpu["influxd"], "redis": cpu["redis"],
             "publisher": sum(v for k, v in cpu.items() if k.startswith("publisher")), "threads": threads,
-            "rss": rss, "scrape_us": scrape_us, "path": path, "background": background}
+            "rss": rss, "scrape_us": scrape_us, "path": path, "background": background, "overlap": overlap,
+            "receive_cores": receive_cores, "receive_rate": points / received_s,
+            "receive_cpu": receive_cpu / points * 1e6}
+
+
+class _ReceiveSampler:
+    """Every 100 ms, each receive thread's CPU in the interval: a bridge's receive loop (its main
+    thread) and each `receive-*` thread (receivers.py; names from named_threads.py). `stop`
+    returns the share of intervals in which two or more of them were each busy a fifth of it (the
+    machine is shared: a thread gets its share of the cores), and `cores` their CPU over the
+    sampled time (above 1: receiving ran on more than one core at once); both over the intervals
+    until `until()` was called (the receive phase: every message received)."""
+
+    def __init__(self, pids: list[int], interval: float = 0.1) -> None:
+        self.pids, self.interval = pids, interval
+        self.both = self.intervals = 0
+        self.cpu = 0.0
+        self._until = threading.Event()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _receivers(self) -> dict[tuple[int, int], float]:
+        out = {}
+        for pid in self.pids:
+            for task in Path(f"/proc/{pid}/task").iterdir():
+                try:
+                    tid = int(task.name)
+                    if tid == pid or (task / "comm").read_text().startswith("receive-"):
+                        out[(pid, tid)] = cpu_seconds(pid, tid)
+                except (OSError, ValueError):
+                    continue
+        return out
+
+    def _run(self) -> None:
+        last = self._receivers()
+        while not self._stop.wait(self.interval) and not self._until.is_set():
+            now = self._receivers()
+            used = [cpu - last.get(key, cpu) for key, cpu in now.items()]
+            busy = sum(1 for u in used if u >= self.interval / 5)
+            self.cpu += sum(used)
+            self.intervals += 1
+            self.both += busy >= 2
+            last = now
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def until(self) -> None:
+        self._until.set()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self.cores = self.cpu / (self.intervals * self.interval) if self.intervals else 0.0
+        return self.both / self.intervals if self.intervals else 0.0
+
+
+PARALLEL_CASES = {  # (instances, subscriptions each, receive_threads)
+    "1 instance, 2 subscriptions, a receive thread each": (1, 2, "auto"),
+    "1 instance, 2 subscriptions, one receive loop (receive_threads: off)": (1, 2, "off"),
+    "2 instances, 1 subscription each": (2, 1, "auto"),
+}
+
+
+def parallel_subscriptions(tmp: Path, influx: Influxd, redis: RedisServer, points: int, repeats: int,
+                           receive_only: bool = False) -> dict:
+    """Issue 22: one instance with two busy subscriptions against two instances of one each (the
+    same total, msgpack, compiled), and one instance with its one receive loop; the cases
+    alternate `repeats` times in this run. Every run of each case, in order."""
+    runs: dict[str, list[dict]] = {name: [] for name in PARALLEL_CASES}
+    for r in range(repeats):
+        for name, (instances, subs, threads) in PARALLEL_CASES.items():
+            label = f"par{instances}{subs}{threads[:2]}{r}{'r' if receive_only else 'e'}"
+            run = end_to_end(tmp, influx, redis, label, "msgpack", points, instances=instances,
+                             subscriptions=subs, receive_threads=threads, receive_only=receive_only)
+            run["load"] = os.getloadavg()[0]
+            runs[name].append(run)
+            mode = "receive only" if receive_only else "end to end"
+            say(f"{mode}: {name}: {run['rate']:,.0f}/s, bridge {run['bridge']:.2f} us/point, "
+                f"influxd {run['influxd']:.2f}, "
+                f"received {run['receive_rate']:,.0f}/s (receive threads {run['receive_cpu']:.2f} us/point), "
+                f"receive threads busy at once {run['overlap']:.0%}, receiving {run['receive_cores']:.2f} cores, "
+                f"load {run['load']:.1f}; by thread " + ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items()))
+    return runs
+
+
+def _median(values: list[float]) -> float:
+    return sorted(values)[len(values) // 2]
+
+
+def parallel_rows(par: dict, mode: str) -> list[tuple[str, str, str]]:
+    """Each case's median run, and each ratio per repeat (the cases of one repeat ran back to back)
+    with its median: the machine's other load moves between repeats more than within one. `mode`:
+    "receive only" (influxd idle) or "end to end"."""
+    one, loop, two = (par[name] for name in PARALLEL_CASES)
+    out = []
+    for name, runs in par.items():
+        run = sorted(runs, key=lambda r: r["rate"])[len(runs) // 2]
+        out.append((f"parallel, {mode}: {name}",
+                    f"{run['rate']:,.0f} points/s end to end, received {run['receive_rate']:,.0f}/s; "
+                    f"bridge {run['bridge']:.2f} / influxd {run['influxd']:.2f} us per point",
+                    f"receive threads busy at once in {run['overlap']:.0%} of 100 ms until received, "
+                    f"{run['receive_cores']:.2f} cores; load {run['load']:.1f}"))
+
+    def ratio(label: str, a: list[dict], b: list[dict], note: str) -> None:
+        for key, what in (("rate", "throughput"), ("receive_rate", "receive rate"), ("bridge", "bridge CPU per point"),
+                          ("receive_cpu", "receive CPU per point")):
+            each = [x[key] / y[key] for x, y in zip(a, b, strict=True)]
+            runs = ", ".join(f"{e:.2f}" for e in each)
+            out.append((f"parallel, {mode}: {label}: {what}", f"{_median(each):.2f} (runs: {runs})", note))
+
+    ratio("1 instance, a thread per subscription / 2 instances", one, two, "issue 22")
+    ratio("a thread per subscription / one receive loop (1 instance)", one, loop, "the GIL released")
+    run = sorted(one, key=lambda r: r["rate"])[len(one) // 2]
+    threads = ", ".join(f"{k} {v:.2f}" for k, v in run["threads"].items())
+    out.append((f"parallel, {mode}: bridge CPU per point by thread, 1 instance, a thread per subscription (us)",
+                threads, ""))
+    return out
 
 
 def _paced_publisher(endpoint: str, count: int, rate: float, started, lag, ready) -> None:
@@ -412,7 +564,24 @@ def main() -> None:
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--sustain-seconds", type=float, default=8)
+    parser.add_argument("--parallel-repeats", type=int, default=3)
+    parser.add_argument("--only", choices=["parallel"], help="only this case (issue 22's comparison)")
     args = parser.parse_args()
+    if args.only == "parallel":
+        with tempfile.TemporaryDirectory() as tmpdir:
+            influx = Influxd(Path(tmpdir) / "influxd").start()
+            redis = RedisServer(Path(tmpdir) / "redis").start()
+            try:
+                held = parallel_subscriptions(Path(tmpdir), influx, redis, args.points, args.parallel_repeats, True)
+                par = parallel_subscriptions(Path(tmpdir), influx, redis, args.points, args.parallel_repeats)
+            finally:
+                redis.stop()
+                influx.stop()
+        print(f"\nstation-bridge benchmark (parallel subscriptions), {time.strftime('%Y-%m-%d %H:%M')}, "
+              f"{platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}, "
+              f"{args.points:,} points per run, median of {args.parallel_repeats}\n")
+        print("\n".join(table(parallel_rows(held, "receive only") + parallel_rows(par, "end to end"))))
+        return
     from station_bridge import fastpath
     results: dict[str, dict] = {}
     with tempfile.TemporaryDirectory() as tmpdir:
@@ -443,6 +612,10 @@ def main() -> None:
             main_path = "auto" if isinstance(compiled.get("msgpack"), dict) else "off"
             scaled = end_to_end(tmp, influx, redis, "scale", "msgpack", args.points, instances=2, fast_path=main_path)
             say(f"2 instances: {scaled['rate']:,.0f}/s")
+            held = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats, True) \
+                if main_path == "auto" else None
+            par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats) \
+                if main_path == "auto" else None
             stage_cost = {}
             hot = {}
             for label, framing in stages.FRAMINGS.items():
@@ -461,7 +634,9 @@ def main() -> None:
     print(f"\nstation-bridge benchmark, {time.strftime('%Y-%m-%d')}, {platform.node()}, {os.cpu_count()} cores, "
           f"Python {platform.python_version()}, {args.points:,} points per run (naive {args.naive_points:,}, "
           f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
-    print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady))))
+    print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady)
+                           + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
+                              if par and held else []))))
 
 
 def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: dict, compiled: object) -> dict:

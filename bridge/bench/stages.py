@@ -141,6 +141,8 @@ def thread_groups(pid: int) -> dict[str, float]:
             groups["sink writers"] += cpu
         elif comm == "cache":
             groups["cache worker"] += cpu
+        elif comm.startswith("receive-"):  # a compiled subscription's own receive thread (receivers.py)
+            groups["receive loop"] += cpu
     return groups
 
 

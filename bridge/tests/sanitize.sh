@@ -5,7 +5,8 @@
 # in-place extension the other tests use), beside a copy of the package, and runs the tests that
 # compare the C path with the Python path against it: the differential tests in-process (every
 # mapping form: test_fastpath.py, test_fastpath_forms.py) and the two bridge processes of
-# test_fastpath_bridge.py (they inherit PYTHONPATH and the sanitizer environment). Any report
+# test_fastpath_bridge.py, and test_receive_threads.py (two subscriptions received by two threads,
+# C's part of each batch without the GIL) (they inherit PYTHONPATH and the sanitizer environment). Any report
 # fails: UBSan halts (-fno-sanitize-recover, halt_on_error), ASan aborts; pytest captures nothing
 # (--capture=no), so a report on fd 2 reaches the log even when it ends the process, and a report
 # anywhere in the log fails the run too.
@@ -37,7 +38,7 @@ where=$("$python" -c 'import station_bridge._fastpath as f; print(f.__file__)')
 
 set +e
 (cd "$bridge" && "$python" -m pytest -q -p no:cacheprovider --capture=no \
-  tests/test_fastpath.py tests/test_fastpath_bridge.py tests/test_fastpath_forms.py "$@") 2>&1 | tee "$out/pytest.log"
+  tests/test_fastpath.py tests/test_fastpath_bridge.py tests/test_fastpath_forms.py tests/test_receive_threads.py "$@") 2>&1 | tee "$out/pytest.log"
 status=${PIPESTATUS[0]}
 set -e
 unset LD_PRELOAD

@@ -8,6 +8,9 @@
  * untouched, so that the Python path maps it or names its reason, and the next call goes on
  * after it. Order, counts and the uniqueness state are therefore those of the Python path.
  *
+ * The GIL: each batch is received and formatted without it, then committed with it ("Two phases",
+ * below, which also states who owns a plan and its socket meanwhile).
+ *
  * libzmq is not linked: the addresses of zmq_msg_* come from the libzmq that pyzmq loaded
  * (fastpath.py finds them), and the socket is pyzmq's own (`Socket.underlying`).
  * Built against the stable ABI (Py_LIMITED_API, Python >= 3.11): one wheel for 3.11 and later.
@@ -18,6 +21,8 @@
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
 #include <errno.h>
+#include <locale.h>
+#include <stdlib.h>
 #include <math.h>
 #include <stdint.h>
 #include <string.h>
@@ -47,14 +52,16 @@ static struct {
 
 /* ---- growable byte buffer ----------------------------------------------------------------- */
 
-typedef struct { char *p; Py_ssize_t len, cap; } buf_t;
+/* libc allocator (PyMem_* needs the GIL; PyMem_Raw* is not in the limited API); `quiet`: the buffer is written without
+ * the GIL (the staging buffer), so a failure sets no Python error (the message is redone with it). */
+typedef struct { char *p; Py_ssize_t len, cap; int quiet; } buf_t;
 
 static int buf_grow(buf_t *b, Py_ssize_t need) {
     if (b->len + need <= b->cap) return 0;
     Py_ssize_t cap = b->cap ? b->cap : 1 << 16;
     while (cap < b->len + need) cap *= 2;
-    char *p = PyMem_Realloc(b->p, cap);
-    if (!p) { PyErr_NoMemory(); return -1; }
+    char *p = realloc(b->p, cap);
+    if (!p) { if (!b->quiet) PyErr_NoMemory(); return -1; }
     b->p = p; b->cap = cap;
     return 0;
 }
@@ -211,6 +218,22 @@ typedef struct { uint64_t hash; Py_ssize_t n; char key[SCACHE_MAX_KEY]; PyObject
 /* Newest point per series within one call (for the latest-value cache). */
 typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap; int used; } newest_t;
 
+/* A message of a batch: staged without the GIL (Plan.stage_zmq, Plan.stage_frames), committed
+ * with it (Plan.commit). See "Two phases" below. */
+enum { S_LINE = 0, S_GIL = 1, S_BACK = 2 };
+#define STAGE_MAX 256
+typedef struct {
+    int kind;                      /* S_LINE: formatted up to its time; S_GIL: map it again with the
+                                    * GIL; S_BACK: hand it back */
+    Py_ssize_t at, series_n, line_n;  /* S_LINE: series and fields at stage.p + at */
+    int64_t ts; int clock;         /* S_LINE: its time, or draw the receive clock */
+    const char *topic, *payload; Py_ssize_t topic_n, payload_n;  /* the frames (valid until commit ends) */
+    zmsg_t m[2]; int have;         /* stage_zmq: the frames libzmq holds */
+    zmsg_t *extra; int nextra;     /* stage_zmq: frames past the second (the message goes back) */
+    PyObject *message;             /* stage_frames: the message as given (handed back as it is) */
+    PyObject *f[2];                /* stage_frames: its frames, held while the GIL is released */
+} rec_t;
+
 typedef struct {
     PyObject_HEAD
     int framing;
@@ -239,9 +262,13 @@ typedef struct {
     newest_t *newest; int newest_cap, newest_used;
     char *last_topic; Py_ssize_t last_topic_n, last_topic_cap;
     int64_t handled, handed_back;
+    /* a batch between its stage and its commit (one thread: owner) */
+    buf_t stage; rec_t *recs; int nrecs; int busy; unsigned long owner;
+    int64_t with_gil;  /* staged messages mapped again with the GIL (S_GIL) */
 } Plan;
 
 static PyObject *str_append;
+static locale_t c_locale;  /* text_float: numbers as the C locale reads them, whatever LC_NUMERIC is */
 
 /* ---- msgpack ------------------------------------------------------------------------------ */
 
@@ -401,8 +428,9 @@ static int text_float(const char *s, Py_ssize_t n, double *out) {
     memcpy(tmp, s, n);
     tmp[n] = 0;
     char *endp = NULL;
-    double d = PyOS_string_to_double(tmp, &endp, NULL);
-    if (d == -1.0 && PyErr_Occurred()) { PyErr_Clear(); return -1; }
+    /* strtod in the C locale (glibc's is correctly rounded, as Python's float() is), not
+     * PyOS_string_to_double: Python's dtoa needs the GIL, and this runs without it */
+    double d = strtod_l(tmp, &endp, c_locale);
     if (endp != tmp + n) return -1;
     *out = d;
     return 0;
@@ -555,12 +583,14 @@ static int64_t auto_unit_double(double v) {
     return a < 1e11 ? 1000000000 : a < 1e14 ? 1000000 : a < 1e17 ? 1000 : 1;
 }
 
-/* The point's time from its value; 0 ok, -1 hand back. */
-static int point_time(Plan *pl, const val_t *v, int64_t *ts) {
+/* The point's time from its value; 0 ok, -1 hand back, 2 (nogil) needs the GIL (the mapper's
+ * parser of date strings). */
+static int point_time(Plan *pl, const val_t *v, int64_t *ts, int nogil) {
     int64_t unit = pl->time_unit;  /* 0: auto */
     if (unit < 0) {  /* a date string: the mapper's own parser (anything it refuses goes back) */
         if (v->type != V_STR || !pl->time_parse) return -1;
         if (rfc3339_ns(v->s, v->n, ts) == 0) goto checks;
+        if (nogil) return 2;
         PyObject *text = PyUnicode_DecodeUTF8(v->s, v->n, "strict");
         if (!text) { PyErr_Clear(); return -1; }
         PyObject *r = PyObject_CallFunctionObjArgs(pl->time_parse, text, NULL);
@@ -672,10 +702,12 @@ static int short_repr(double d, char *out) {
     return 0;
 }
 
-static int put_repr(buf_t *b, double d) {
+/* 0 written, -1 error, 2 (nogil) needs the GIL: repr through Python's dtoa. */
+static int put_repr(buf_t *b, double d, int nogil) {
     char fast[40];
     int n = short_repr(d, fast);
     if (n) return buf_put(b, fast, n);
+    if (nogil) return 2;
     char *s = PyOS_double_to_string(d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
     if (!s) return -1;
     int rc = buf_put(b, s, (Py_ssize_t)strlen(s));
@@ -712,22 +744,22 @@ static int put_string_field(buf_t *b, const char *s, Py_ssize_t n) {
     return 0;
 }
 
-/* One field value of a declared kind; 0 written, 1 hand back, -1 error. */
-static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v) {
+/* One field value of a declared kind; 0 written, 1 hand back, -1 error, 2 (nogil) needs the GIL. */
+static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v, int nogil) {
     switch (kind) {
     case K_FLOAT:
         if (v->type == V_FLOAT) {
             if (!isfinite(v->d)) return 1;
-            return put_repr(b, v->d) < 0 ? -1 : 0;
+            return put_repr(b, v->d, nogil);
         }
         if (v->type == V_INT) {
             if (v->i > (1LL << 53) || v->i < -(1LL << 53)) return 1;
-            return put_repr(b, (double)v->i) < 0 ? -1 : 0;
+            return put_repr(b, (double)v->i, nogil);
         }
         if (v->type == V_STR) {  /* number text (JSON's grammar), in every framing, as format_field_value */
             double d;
             if (text_float(v->s, v->n, &d) < 0 || !isfinite(d)) return 1;
-            return put_repr(b, d) < 0 ? -1 : 0;
+            return put_repr(b, d, nogil);
         }
         return 1;
     case K_INTEGER: {
@@ -862,15 +894,18 @@ static int tentry_fill(tcache_t *c, tentry_t *e, const char *s, Py_ssize_t n, in
     return 0;
 }
 
-/* The entry for text s (NULL: an absent value). NULL with *rc 1 (hand back) or -1 (error). */
-static tentry_t *tcache_get(tcache_t *c, const char *s, Py_ssize_t n, int *rc) {
+/* The entry for text s (NULL: an absent value). NULL with *rc 1 (hand back) or -1 (error), or
+ * 2 (nogil: the text is not cached, the rule is Python: needs the GIL). */
+static tentry_t *tcache_get(tcache_t *c, const char *s, Py_ssize_t n, int *rc, int nogil) {
     tentry_t *e;
     if (!s) {
         e = &c->absent;
+        if (!e->used && nogil) { *rc = 2; return NULL; }
         if (!e->used && (*rc = tentry_fill(c, e, NULL, 0, 1)) != 0) return NULL;
         return e;
     }
     if (n > TCACHE_MAX_KEY || !c->table) {
+        if (nogil) { *rc = 2; return NULL; }
         if ((*rc = tentry_fill(c, &c->scratch, s, n, 0)) != 0) return NULL;
         return &c->scratch;
     }
@@ -882,6 +917,7 @@ static tentry_t *tcache_get(tcache_t *c, const char *s, Py_ssize_t n, int *rc) {
         if (e->hash == h && e->key_n == n && memcmp(e->data, s, n) == 0) return e;
         i = (i + 1) & (TCACHE_SIZE - 1);
     }
+    if (nogil) { *rc = 2; return NULL; }
     if (c->used >= TCACHE_SIZE / 2) {  /* bounded: start over */
         tcache_clear(c);
         e = &c->table[(unsigned)h & (TCACHE_SIZE - 1)];
@@ -899,13 +935,14 @@ static inline const char *tentry_part(const tentry_t *e, int g, Py_ssize_t *n) {
 
 /* The text Python's _tag_text gives a scalar (strings as they are, integers in decimal, booleans
  * true/false, finite floats as repr): 0, *s and *n set (tmp: at least 48 bytes); 1: hand back
- * (NaN, infinities, binary, anything else: the Python path refuses or decides). */
-static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n) {
+ * (NaN, infinities, binary, anything else: the Python path refuses or decides); 2 (nogil): a
+ * float repr needs the GIL. */
+static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n, int nogil) {
     switch (v->type) {
     case V_STR: *s = v->s; *n = v->n; return 0;
     case V_BOOL: *s = v->i ? "true" : "false"; *n = v->i ? 4 : 5; return 0;
     case V_INT: {
-        buf_t b = {tmp, 0, 48};
+        buf_t b = {tmp, 0, 48, 1};
         buf_put_int(&b, v->i);  /* at most 20 characters: never grows */
         *s = tmp; *n = b.len;
         return 0;
@@ -914,6 +951,7 @@ static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n) {
         if (!isfinite(v->d)) return 1;
         int k = short_repr(v->d, tmp);
         if (!k) {
+            if (nogil) return 2;  /* Python's dtoa needs the GIL */
             char *r = PyOS_double_to_string(v->d, 'r', 0, Py_DTSF_ADD_DOT_0, NULL);
             if (!r) { PyErr_Clear(); return 1; }
             size_t len = strlen(r);
@@ -1391,7 +1429,7 @@ static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
     if (!utf8_valid((const unsigned char *)t, n)) return 0;
     if (n <= 256) {
         if (pl->last_topic_cap < n) {
-            char *p = PyMem_Realloc(pl->last_topic, n ? n : 1);
+            char *p = realloc(pl->last_topic, n ? n : 1);
             if (!p) return 1;  /* valid anyway; just not remembered */
             pl->last_topic = p; pl->last_topic_cap = n;
         }
@@ -1401,19 +1439,22 @@ static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
     return 1;
 }
 
-/* 0: line appended; 1: hand back (nothing changed); -1: exception (the message is refused with
- * it when it came from claim; out is rolled back). */
-static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payload, Py_ssize_t n,
-               int track_newest) {
+/* The line of one message up to its time (series, then fields) appended to b: the part that
+ * needs no Python object, so that it runs without the GIL (nogil: the stage phase, below).
+ * 0: written, *series_n and either *ts or *clock (draw the receive clock) set; 1: hand back;
+ * 2 (nogil only): needs the GIL (a text the tag caches do not hold, a float repr or a date string
+ * only Python reads, no memory): nothing changed, the message is mapped again with the GIL;
+ * -1 (with the GIL only): an exception. b is rolled back unless 0. */
+static int format_line(Plan *pl, buf_t *b, int nogil, const char *topic, Py_ssize_t topic_n, const char *payload,
+                       Py_ssize_t n, Py_ssize_t *series_n_out, int64_t *ts_out, int *clock_out) {
     val_t vals[MAX_SLOTS];
-    buf_t *b = &pl->out;
     if (n > pl->max_frame || topic_n > pl->max_frame) return 1;
     if (!topic_ok(pl, topic, topic_n)) return 1;
     int rc;
     const tentry_t *topic_parts = NULL;
     if (pl->topic) {  /* the topic's tags, as Mapper._rows takes them (before the record) */
         rc = 0;
-        topic_parts = tcache_get(pl->topic, topic, topic_n, &rc);
+        topic_parts = tcache_get(pl->topic, topic, topic_n, &rc, nogil);
         if (!topic_parts) return rc;
         if (topic_parts->back) return 1;
     }
@@ -1424,15 +1465,15 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
         const val_t *v = &vals[pl->derived_slot[d]];
         const char *text = NULL;
         Py_ssize_t text_n = 0;
-        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) return 1;
+        if (v->type != V_ABSENT && v->type != V_NIL && (rc = tag_text(v, tmp, &text, &text_n, nogil)) != 0) return rc;
         rc = 0;
-        derived[d] = tcache_get(&pl->derived[d], text, text_n, &rc);
+        derived[d] = tcache_get(&pl->derived[d], text, text_n, &rc, nogil);
         if (!derived[d]) return rc;
         if (derived[d]->back) return 1;
     }
     Py_ssize_t start = b->len;
     /* series */
-    if (buf_put(b, pl->measurement, pl->measurement_n) < 0) return -1;
+    if (buf_put(b, pl->measurement, pl->measurement_n) < 0) goto fail;
     for (int t = 0; t < pl->ntags; t++) {
         tag_t *tag = &pl->tags[t];
         const char *part;
@@ -1453,7 +1494,10 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
         const val_t *v = &vals[tag->slot];
         const char *text = NULL;
         Py_ssize_t text_n = 0;
-        if (v->type != V_ABSENT && v->type != V_NIL && tag_text(v, tmp, &text, &text_n)) goto back;
+        if (v->type != V_ABSENT && v->type != V_NIL && (rc = tag_text(v, tmp, &text, &text_n, nogil)) != 0) {
+            if (rc == 2) goto gil;
+            goto back;
+        }
         if (text_n == 0) {  /* absent or empty: the default, or left out when optional */
             if (tag->dflt) {
                 if (buf_put(b, tag->dflt, tag->dflt_n) < 0) goto fail;
@@ -1476,18 +1520,43 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
         const val_t *v = &vals[fd->slot];
         if (v->type == V_ABSENT || v->type == V_NIL) continue;
         if (buf_put(b, fd->prefix, fd->prefix_n) < 0) goto fail;
-        rc = put_field(pl, b, fd->kind, v);
+        rc = put_field(pl, b, fd->kind, v, nogil);
         if (rc < 0) goto fail;
+        if (rc == 2) goto gil;
         if (rc > 0) goto back;
     }
     if (b->len == fields_at) goto back;  /* no field: missing_field */
     b->p[fields_at] = ' ';               /* the first field's leading comma */
     /* time */
-    int64_t ts;
+    *clock_out = 0;
     if (pl->time_slot >= 0) {
-        if (point_time(pl, &vals[pl->time_slot], &ts) < 0) goto back;
-    } else {  /* the receive time: the mapper's own clock (drawn once per message C maps) */
+        rc = point_time(pl, &vals[pl->time_slot], ts_out, nogil);
+        if (rc == 2) goto gil;
+        if (rc < 0) goto back;
+    } else {  /* the receive time: the mapper's own clock, drawn by finish_line */
         if (!pl->clock) goto back;
+        *clock_out = 1;
+    }
+    *series_n_out = series_n;
+    return 0;
+back:
+    b->len = start;
+    return 1;
+gil:
+    b->len = start;
+    return 2;
+fail:
+    b->len = start;
+    return nogil ? 2 : -1;  /* without the GIL: mapped again with it, where it raises */
+}
+
+/* The rest of a line format_line wrote at b->p + start (with the GIL): the receive clock if
+ * asked, the uniqueness claim, the newest point per series, the time. 0: line complete; 1: hand
+ * back; -1: exception (the message is refused with it when it came from claim). b is rolled
+ * back to start unless 0. */
+static int finish_line(Plan *pl, buf_t *b, Py_ssize_t start, Py_ssize_t series_n, int64_t ts, int clock,
+                       const char *payload, Py_ssize_t n, int track_newest) {
+    if (clock) {  /* drawn once per message C maps, in message order */
         PyObject *r = PyObject_CallObject(pl->clock, NULL);
         if (!r) goto fail;
         int over = 0;
@@ -1511,6 +1580,19 @@ back:
 fail:
     b->len = start;
     return -1;
+}
+
+/* One message, with the GIL, into pl->out. 0: line appended; 1: hand back (nothing changed);
+ * -1: exception (the message is refused with it when it came from claim; out is rolled back). */
+static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payload, Py_ssize_t n,
+               int track_newest) {
+    buf_t *b = &pl->out;
+    Py_ssize_t start = b->len, series_n = 0;
+    int64_t ts = 0;
+    int clock = 0;
+    int rc = format_line(pl, b, 0, topic, topic_n, payload, n, &series_n, &ts, &clock);
+    if (rc != 0) return rc;
+    return finish_line(pl, b, start, series_n, ts, clock, payload, n, track_newest);
 }
 
 /* ---- the Python type ---------------------------------------------------------------------- */
@@ -1757,6 +1839,8 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     return 0;
 }
 
+static void recs_release(Plan *pl);
+
 static void Plan_dealloc(PyObject *self) {
     Plan *pl = (Plan *)self;
     PyTypeObject *tp = Py_TYPE(self);
@@ -1772,12 +1856,15 @@ static void Plan_dealloc(PyObject *self) {
     Py_XDECREF(pl->time_parse);
     Py_XDECREF(pl->clock);
     PyMem_Free(pl->delim);
-    PyMem_Free(pl->out.p);
+    free(pl->out.p);
+    recs_release(pl);
+    free(pl->stage.p);
+    PyMem_Free(pl->recs);
     scache_clear(pl);
     PyMem_Free(pl->scache);
     for (int i = 0; i < pl->newest_cap; i++) { Py_XDECREF(pl->newest[i].series); PyMem_Free(pl->newest[i].payload); }
     PyMem_Free(pl->newest);
-    PyMem_Free(pl->last_topic);
+    free(pl->last_topic);
     freefunc tp_free = (freefunc)PyType_GetSlot(tp, Py_tp_free);
     tp_free(self);
     Py_DECREF(tp);
@@ -1791,7 +1878,7 @@ static PyObject *result(Plan *pl, Py_ssize_t lines, Py_ssize_t taken, PyObject *
         return NULL;
     }
     PyObject *data = PyBytes_FromStringAndSize(pl->out.p, pl->out.len);
-    if (pl->out.cap > (8 << 20)) { PyMem_Free(pl->out.p); pl->out.p = NULL; pl->out.cap = 0; }
+    if (pl->out.cap > (8 << 20)) { free(pl->out.p); pl->out.p = NULL; pl->out.cap = 0; }
     pl->out.len = 0;
     if (!data) { Py_XDECREF(handed); Py_XDECREF(error); return NULL; }
     pl->handled += lines;
@@ -1839,6 +1926,14 @@ static int frames_of(PyObject *message, const char **t, Py_ssize_t *tn, const ch
     return 0;
 }
 
+/* map and drain hold the GIL throughout (the form before "Two phases", which fastpath.py uses);
+ * they refuse a plan whose batch another thread has staged. */
+static int plan_in_use(Plan *pl) {
+    if (!pl->busy && !pl->nrecs) return 0;
+    PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a batch is staged");
+    return 1;
+}
+
 /* map(messages, start, newest) -> (data, lines, next, handed, error)
  * Maps messages[start:] (lists of frames as pyzmq gives them) until the first one this path
  * hands back (handed = that message, next = its index + 1) or the end (handed = None). */
@@ -1847,6 +1942,7 @@ static PyObject *Plan_map(PyObject *self, PyObject *args) {
     PyObject *messages, *newest;
     Py_ssize_t start;
     if (!PyArg_ParseTuple(args, "OnO", &messages, &start, &newest)) return NULL;
+    if (plan_in_use(pl)) return NULL;
     if (!PyList_Check(messages)) { PyErr_SetString(PyExc_TypeError, "messages must be a list"); return NULL; }
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     Py_ssize_t total = PyList_Size(messages), lines = 0, i;
@@ -1900,6 +1996,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
     Py_ssize_t limit, max_bytes = 0;
     PyObject *newest;
     if (!PyArg_ParseTuple(args, "KnO|n", &address, &limit, &newest, &max_bytes)) return NULL;
+    if (plan_in_use(pl)) return NULL;
     if (!zmq_api.recv) { PyErr_SetString(PyExc_RuntimeError, "libzmq is not bound"); return NULL; }
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     void *socket = (void *)(uintptr_t)address;
@@ -1952,16 +2049,280 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
     return out;
 }
 
+/* ---- Two phases: the stage without the GIL, the commit with it ------------------------------
+ *
+ * Plan.stage_zmq receives up to STAGE_MAX messages from libzmq and formats each one's line up to
+ * its time into the plan's staging buffer (format_line, nogil), between Py_BEGIN_ALLOW_THREADS
+ * and Py_END_ALLOW_THREADS: no Python object is touched there (no reference count, no PyMem_*,
+ * no exception: libc's allocator, strtod_l, and what needs Python is marked S_GIL instead).
+ * Plan.stage_frames does the same for messages pyzmq already received (their bytes held).
+ * Plan.commit then runs with the GIL, in message order: the receive clock, the uniqueness claim
+ * (the mapper's Python state), the newest point per series, the time; a message marked S_GIL is
+ * mapped again with the GIL (one(), as before this split), one handed back goes to `slow` (the
+ * Python path, called here at its place in the batch: the C newest points flushed first, as the
+ * caller saw them before). Nothing the commit does depends on what the stage of a later message
+ * did, and the stage depends on no Python state (only the plan's own caches, filled with the
+ * GIL): so the lines, claims and hand-backs are those of one() run message by message.
+ *
+ * Ownership: the stage touches the plan's working state (staging buffer, records, the topic,
+ * series and tag caches, the nested-path marks) and the libzmq socket without the GIL. The
+ * bridge gives each subscription its own Plan and its own socket, received by one thread (its
+ * receive thread, or the one receive loop): pipeline.Subscription, app.py. A plan is owned by
+ * the thread that staged a batch until that thread's commit ends (`busy`, `owner`: checked with
+ * the GIL held): any other call meanwhile, from another thread or re-entered from `slow`, raises
+ * RuntimeError instead of sharing the state. The socket must not be closed while a stage runs:
+ * the bridge closes a subscription's socket only after its receive thread has ended. */
+
+static void rec_release(rec_t *r) {
+    for (int k = 0; k < r->have; k++) zmq_api.close(&r->m[k]);
+    for (int k = 0; k < r->nextra; k++) zmq_api.close(&r->extra[k]);
+    free(r->extra);
+    r->extra = NULL; r->nextra = 0; r->have = 0;
+    Py_CLEAR(r->message); Py_CLEAR(r->f[0]); Py_CLEAR(r->f[1]);
+}
+
+static void recs_release(Plan *pl) {
+    for (int k = 0; k < pl->nrecs; k++) rec_release(&pl->recs[k]);
+    pl->nrecs = 0;
+    pl->stage.len = 0;
+}
+
+/* Whether a stage may start on this thread (with the GIL); sets the error if not. */
+static int stage_begin(Plan *pl) {
+    if (pl->busy || pl->nrecs) {
+        PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a batch is "
+                        "staged and not committed");
+        return -1;
+    }
+    if (!pl->recs && !(pl->recs = PyMem_Calloc(STAGE_MAX, sizeof(rec_t)))) { PyErr_NoMemory(); return -1; }
+    pl->stage.quiet = 1;
+    pl->stage.len = 0;
+    pl->busy = 1;
+    pl->owner = PyThread_get_thread_ident();
+    return 0;
+}
+
+/* Without the GIL: format a staged message's line (r->kind set). */
+static void stage_one(Plan *pl, rec_t *r, const char *topic, Py_ssize_t topic_n, const char *payload,
+                      Py_ssize_t n) {
+    r->topic = topic; r->topic_n = topic_n; r->payload = payload; r->payload_n = n;
+    r->at = pl->stage.len;
+    int rc = format_line(pl, &pl->stage, 1, topic, topic_n, payload, n, &r->series_n, &r->ts, &r->clock);
+    r->kind = rc == 0 ? S_LINE : rc == 2 ? S_GIL : S_BACK;
+    r->line_n = pl->stage.len - r->at;
+}
+
+/* Without the GIL: the rest of a message whose last frame says more (it goes back whole). */
+static void stage_extra(rec_t *r, void *socket) {
+    int more = zmq_api.more(&r->m[r->have - 1]);
+    int cap = 0;
+    while (more) {
+        zmsg_t m;
+        zmq_api.init(&m);
+        if (zmq_api.recv(&m, socket, ZMQ_DONTWAIT_) < 0) { zmq_api.close(&m); break; }
+        more = zmq_api.more(&m);
+        if (r->nextra == cap) {
+            zmsg_t *p = realloc(r->extra, sizeof(zmsg_t) * (cap ? cap * 2 : 4));
+            if (!p) { zmq_api.close(&m); continue; }  /* no memory: the frame is dropped, Python refuses the rest */
+            r->extra = p; cap = cap ? cap * 2 : 4;
+        }
+        r->extra[r->nextra++] = m;
+    }
+}
+
+/* Without the GIL: receive and stage up to `limit` messages. */
+static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_bytes, int *error_no) {
+    int k = 0;
+    while (k < limit && (max_bytes <= 0 || pl->stage.len + 21 * (Py_ssize_t)k < max_bytes)) {
+        rec_t *r = &pl->recs[k];
+        zmq_api.init(&r->m[0]);
+        if (zmq_api.recv(&r->m[0], socket, ZMQ_DONTWAIT_) < 0) {
+            *error_no = zmq_api.err();  /* EAGAIN: nothing more queued */
+            zmq_api.close(&r->m[0]);
+            break;
+        }
+        r->have = 1;
+        k++;
+        if (zmq_api.more(&r->m[0])) {
+            zmq_api.init(&r->m[1]);
+            if (zmq_api.recv(&r->m[1], socket, ZMQ_DONTWAIT_) < 0) zmq_api.close(&r->m[1]);  /* cannot happen */
+            else r->have = 2;
+        }
+        if (zmq_api.more(&r->m[r->have - 1])) stage_extra(r, socket);
+        r->kind = S_BACK;
+        if (r->nextra) continue;
+        const char *d0 = zmq_api.data(&r->m[0]);
+        Py_ssize_t n0 = (Py_ssize_t)zmq_api.size(&r->m[0]);
+        if (MULTIPART(pl->framing)) {
+            if (r->have == 2) stage_one(pl, r, d0, n0, zmq_api.data(&r->m[1]), (Py_ssize_t)zmq_api.size(&r->m[1]));
+        } else if (r->have == 1 && n0 <= pl->max_frame) {
+            const char *space = memchr(d0, ' ', n0);
+            if (space) stage_one(pl, r, d0, space - d0, space + 1, n0 - (space - d0) - 1);
+        }
+    }
+    return k;
+}
+
+/* stage_zmq(socket_address, limit, max_bytes) -> (taken, errno)
+ * Receives up to min(limit, STAGE_MAX) messages without blocking, and (max_bytes > 0) about until
+ * their lines hold max_bytes, and formats them, without the GIL; commit() must follow on this
+ * thread. errno: libzmq's error that ended the stage (EAGAIN: nothing more queued), or 0. */
+static PyObject *Plan_stage_zmq(PyObject *self, PyObject *args) {
+    Plan *pl = (Plan *)self;
+    unsigned long long address;
+    Py_ssize_t limit, max_bytes = 0;
+    if (!PyArg_ParseTuple(args, "Kn|n", &address, &limit, &max_bytes)) return NULL;
+    if (!zmq_api.recv) { PyErr_SetString(PyExc_RuntimeError, "libzmq is not bound"); return NULL; }
+    if (stage_begin(pl) < 0) return NULL;
+    if (limit > STAGE_MAX) limit = STAGE_MAX;
+    void *socket = (void *)(uintptr_t)address;
+    int error_no = 0, n = 0;
+    Py_BEGIN_ALLOW_THREADS
+    n = stage_zmq(pl, socket, limit, max_bytes, &error_no);
+    Py_END_ALLOW_THREADS
+    pl->nrecs = n;
+    pl->busy = 0;
+    return Py_BuildValue("(ii)", n, error_no);
+}
+
+/* stage_frames(messages, start) -> count
+ * Stages messages[start:start + count] (lists of frames as pyzmq gives them; count <= STAGE_MAX),
+ * formatted without the GIL (the frames held meanwhile); commit() must follow on this thread. */
+static PyObject *Plan_stage_frames(PyObject *self, PyObject *args) {
+    Plan *pl = (Plan *)self;
+    PyObject *messages;
+    Py_ssize_t start;
+    if (!PyArg_ParseTuple(args, "On", &messages, &start)) return NULL;
+    if (!PyList_Check(messages)) { PyErr_SetString(PyExc_TypeError, "messages must be a list"); return NULL; }
+    Py_ssize_t total = PyList_Size(messages);
+    if (start < 0 || start > total) { PyErr_SetString(PyExc_IndexError, "start"); return NULL; }
+    if (stage_begin(pl) < 0) return NULL;
+    int n = total - start > STAGE_MAX ? STAGE_MAX : (int)(total - start);
+    int ok[STAGE_MAX];
+    for (int k = 0; k < n; k++) {
+        rec_t *r = &pl->recs[k];
+        PyObject *message = PyList_GetItem(messages, start + k);  /* borrowed */
+        r->message = Py_NewRef(message);
+        r->kind = S_BACK;
+        ok[k] = frames_of(message, &r->topic, &r->topic_n, &r->payload, &r->payload_n, pl->framing,
+                          pl->max_frame) == 0;
+        if (ok[k]) {  /* hold the frames the pointers are into (the list may change meanwhile) */
+            for (int i = 0; i < (MULTIPART(pl->framing) ? 2 : 1); i++)
+                if (!(r->f[i] = PySequence_GetItem(message, i))) { PyErr_Clear(); ok[k] = 0; }
+        }
+    }
+    pl->nrecs = n;
+    Py_BEGIN_ALLOW_THREADS
+    for (int k = 0; k < n; k++) {
+        rec_t *r = &pl->recs[k];
+        if (ok[k]) stage_one(pl, r, r->topic, r->topic_n, r->payload, r->payload_n);
+    }
+    Py_END_ALLOW_THREADS
+    pl->busy = 0;
+    return PyLong_FromLong(n);
+}
+
+/* A handed-back message's frames, as `slow` takes them (a new reference). */
+static PyObject *rec_frames(rec_t *r) {
+    if (r->message) return Py_NewRef(r->message);
+    PyObject *list = PyList_New(0);
+    if (!list) return NULL;
+    for (int k = 0; k < r->have + r->nextra; k++) {
+        zmsg_t *m = k < r->have ? &r->m[k] : &r->extra[k - r->have];
+        PyObject *b = PyBytes_FromStringAndSize(zmq_api.data(m), (Py_ssize_t)zmq_api.size(m));
+        if (!b || PyList_Append(list, b) < 0) { Py_XDECREF(b); Py_DECREF(list); return NULL; }
+        Py_DECREF(b);
+    }
+    return list;
+}
+
+/* The C newest points of this call dropped (after an exception). */
+static void newest_drop(Plan *pl) {
+    for (int i = 0; i < pl->newest_used; i++) { Py_CLEAR(pl->newest[i].series); pl->newest[i].used = 0; }
+    pl->newest_used = 0;
+}
+
+/* commit(newest, slow) -> (data, lines, compiled)
+ * With the GIL, in message order, what the stage left: each line's clock, claim, newest point and
+ * time; S_GIL messages mapped by one(); each message handed back given to slow(frames, error)
+ * (error: the exception claim raised for it, else None), whose bytes (a line) follow in data.
+ * lines: every line in data; compiled: of them, C's. */
+static PyObject *Plan_commit(PyObject *self, PyObject *args) {
+    Plan *pl = (Plan *)self;
+    PyObject *newest, *slow;
+    if (!PyArg_ParseTuple(args, "OO", &newest, &slow)) return NULL;
+    if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
+    if (pl->busy || (pl->nrecs && pl->owner != PyThread_get_thread_ident())) {
+        PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: the batch "
+                        "belongs to another thread");
+        return NULL;
+    }
+    pl->busy = 1;
+    int track = newest != Py_None;
+    Py_ssize_t lines = 0, compiled = 0;
+    buf_t *out = &pl->out;
+    for (int k = 0; k < pl->nrecs; k++) {
+        rec_t *r = &pl->recs[k];
+        int rc = 1;
+        if (r->kind == S_LINE) {
+            Py_ssize_t start = out->len;
+            if (buf_put(out, pl->stage.p + r->at, r->line_n) < 0) goto fail;
+            rc = finish_line(pl, out, start, r->series_n, r->ts, r->clock, r->payload, r->payload_n, track);
+        } else if (r->kind == S_GIL) {
+            pl->with_gil++;
+            rc = one(pl, r->topic, r->topic_n, r->payload, r->payload_n, track);
+        }
+        if (rc == 0) { compiled++; continue; }
+        if (rc < 0 && PyErr_ExceptionMatches(PyExc_MemoryError)) goto fail;
+        PyObject *error = rc < 0 ? take_error() : Py_NewRef(Py_None);
+        PyObject *frames = rec_frames(r);
+        if (!frames || (track && newest_flush(pl, newest) < 0)) { Py_XDECREF(frames); Py_DECREF(error); goto fail; }
+        pl->handed_back++;
+        PyObject *line = PyObject_CallFunctionObjArgs(slow, frames, error, NULL);
+        Py_DECREF(frames);
+        Py_DECREF(error);
+        if (!line) goto fail;
+        if (line != Py_None) {
+            char *s; Py_ssize_t n;
+            if (PyBytes_AsStringAndSize(line, &s, &n) < 0 || buf_put(out, s, n) < 0 || buf_putc(out, '\n') < 0) {
+                Py_DECREF(line);
+                goto fail;
+            }
+            lines++;
+        }
+        Py_DECREF(line);
+    }
+    recs_release(pl);
+    pl->busy = 0;
+    if (track && newest_flush(pl, newest) < 0) { out->len = 0; return NULL; }
+    pl->handled += compiled;
+    PyObject *data = PyBytes_FromStringAndSize(out->p, out->len);
+    if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
+    out->len = 0;
+    if (!data) return NULL;
+    return Py_BuildValue("(Nnn)", data, lines + compiled, compiled);
+fail:
+    recs_release(pl);
+    newest_drop(pl);
+    out->len = 0;
+    pl->busy = 0;
+    return NULL;
+}
+
 static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
     (void)unused;
     Plan *pl = (Plan *)self;
-    return Py_BuildValue("{sLsL}", "handled", (long long)pl->handled, "handed_back", (long long)pl->handed_back);
+    return Py_BuildValue("{sLsLsL}", "handled", (long long)pl->handled, "handed_back", (long long)pl->handed_back,
+                         "with_gil", (long long)pl->with_gil);
 }
 
 static PyMethodDef Plan_methods[] = {
     {"map", Plan_map, METH_VARARGS, "map(messages, start, newest) -> (data, lines, next, handed, error)"},
     {"drain", Plan_drain, METH_VARARGS,
      "drain(socket_address, limit, newest[, max_bytes]) -> ((data, lines, taken, handed, error), errno)"},
+    {"stage_zmq", Plan_stage_zmq, METH_VARARGS, "stage_zmq(socket_address, limit[, max_bytes]) -> (taken, errno)"},
+    {"stage_frames", Plan_stage_frames, METH_VARARGS, "stage_frames(messages, start) -> count"},
+    {"commit", Plan_commit, METH_VARARGS, "commit(newest, slow) -> (data, lines, compiled)"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
     {NULL, NULL, 0, NULL},
 };
@@ -2032,10 +2393,10 @@ static PyObject *float_repr(PyObject *module, PyObject *arg) {
     (void)module;
     double d = PyFloat_AsDouble(arg);
     if (d == -1.0 && PyErr_Occurred()) return NULL;
-    buf_t b = {NULL, 0, 0};
-    if (put_repr(&b, d) < 0) { PyMem_Free(b.p); return NULL; }
+    buf_t b = {NULL, 0, 0, 0};
+    if (put_repr(&b, d, 0) < 0) { free(b.p); return NULL; }
     PyObject *r = PyUnicode_FromStringAndSize(b.p, b.len);
-    PyMem_Free(b.p);
+    free(b.p);
     return r;
 }
 
@@ -2050,6 +2411,7 @@ static PyMethodDef module_methods[] = {
 
 static int module_exec(PyObject *module) {
     if (!str_append && !(str_append = PyUnicode_InternFromString("append"))) return -1;
+    if (!c_locale && !(c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0))) { PyErr_NoMemory(); return -1; }
     PyObject *type = PyType_FromSpec(&Plan_spec);
     if (!type) return -1;
     if (PyModule_AddObject(module, "Plan", type) < 0) { Py_DECREF(type); return -1; }

@@ -48,6 +48,7 @@ from .lineproto import format_line
 from .mapping import Uniqueness
 from .metrics import Metrics, serve
 from .pipeline import Pipeline, RateLimitedLog, Subscription
+from .receivers import Receivers
 from .schedule import utc
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
@@ -112,6 +113,12 @@ class Bridge:
         # The receive path (pipeline.py): decode, map, encode, commit, hand to every destination.
         self.pipeline = Pipeline(self.sinks, self.metrics, self.cache, self.dead_input, self.dead_record_max,
                                  self.rate_log)
+        # receivers.py: with two or more compiled subscriptions, a receive thread each (C's part of
+        # a batch without the GIL); `lock` serialises the rest, the main loop holds it but in its poll.
+        self.lock = threading.RLock()
+        threaded = [s for s in self.subscriptions if s.accelerator is not None]
+        self.receivers = Receivers(threaded, self.pipeline, self.lock, self.metrics.inc) \
+            if config.receive_threads == "auto" and len(threaded) >= 2 else None
         self.notifier = SystemdNotifier()
         self.signals = Signals()  # installed by run (cli installs it before the start)
         self.reexec = False  # SIGHUP with a changed configuration: cli re-executes after the stop
@@ -418,7 +425,8 @@ class Bridge:
     def housekeeping(self, now: float) -> None:
         self.notifier.watchdog()
         for sub in self.subscriptions:
-            sub.source.repair(self.metrics.inc)
+            if self.receivers is None or not self.receivers.owns(sub):  # else its thread repairs it
+                sub.source.repair(self.metrics.inc)
         for sink in self.sinks:
             sink.ensure_alive()
             self.pipeline.count_discarded(sink.dead)
@@ -426,8 +434,13 @@ class Bridge:
 
     def _poll(self, poller: zmq.Poller, by_socket: dict, timeout_ms: int) -> int:
         """One poll round: every socket that has messages hands over up to a burst; the count."""
+        ready = poller.poll(timeout_ms)
+        with self.lock:
+            return self._received(ready, by_socket)
+
+    def _received(self, ready: list, by_socket: dict) -> int:
         got = 0
-        for socket, _ in poller.poll(timeout_ms):
+        for socket, _ in ready:
             if self.pipeline.expired():  # the stop's deadline: what is still queued stays unread
                 break
             sub = by_socket[socket]
@@ -459,7 +472,8 @@ class Bridge:
         """Polls each subscription's socket and monitor once they exist: a subscription whose
         set-up failed gets them later (sources.Source.repair, from housekeeping)."""
         for sub in self.subscriptions:
-            for socket in (sub.source.socket, sub.source.monitor):
+            owned = self.receivers is not None and self.receivers.owns(sub)  # its data socket: its thread's
+            for socket in (sub.source.monitor,) if owned else (sub.source.socket, sub.source.monitor):
                 if socket is not None and socket not in by_socket:
                     poller.register(socket, zmq.POLLIN)
                     by_socket[socket] = sub
@@ -475,6 +489,9 @@ class Bridge:
         self.signals = (signals or Signals()).install(self.request_stop)
         poller = zmq.Poller()
         by_socket: dict = {}
+        if self.receivers is not None:
+            self.receivers.start()
+            log.info("receive threads", extra={"subscriptions": [s.name for s in self.receivers.subs]})
         self._register(poller, by_socket)
         ledger_thread = threading.Thread(target=self._ledger_loop, name="ledger", daemon=True)
         ledger_thread.start()
@@ -488,12 +505,14 @@ class Bridge:
         next_tick = time.monotonic() + TICK_S
         while not self._stop.is_set():
             if self.signals.pending:
-                self.handle_signals()
+                with self.lock:
+                    self.handle_signals()
                 if self._stop.is_set():
                     break
             self._poll(poller, by_socket, int(TICK_S * 1000))
             now = time.monotonic()
             if now >= next_tick:
+                self.lock.acquire()
                 next_tick = now + TICK_S
                 try:
                     self.housekeeping(now)
@@ -504,6 +523,8 @@ class Bridge:
                 except Exception as exc:  # contained
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="housekeeping")
                     log.exception("housekeeping error (contained)", extra={"error": repr(exc)})
+                finally:
+                    self.lock.release()
         return self.shutdown(poller, by_socket)
 
     def shutdown(self, poller: zmq.Poller | None = None, by_socket: dict | None = None) -> int:
@@ -518,7 +539,10 @@ class Bridge:
         budget = self.config.shutdown_timeout
         log.info("stopping: draining subscriptions, then flushing destinations", extra={"timeout_s": budget})
         drained = 0
+        if self.receivers is not None:  # their sockets are the main loop's again: the drain polls them
+            self.receivers.stop()
         if poller is not None and by_socket is not None:
+            self._register(poller, by_socket)
             # Receive until quiet: a poll of DRAIN_QUIET_S in which no socket delivered anything.
             # Not "a round took less than a burst": a consumer faster than the link empties its
             # socket every round while the publisher still holds a backlog (the chaos test lost

@@ -308,6 +308,7 @@ class Config:
     health: HealthSpec = field(default_factory=HealthSpec)
     uniqueness: UniquenessSpec = field(default_factory=UniquenessSpec)
     fast_path: str = "auto"
+    receive_threads: str = "auto"  # auto: a receive thread per compiled subscription when two or more run compiled
     memory: MemorySpec = field(default_factory=MemorySpec)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -436,6 +437,7 @@ class Config:
             "shutdown_timeout_s": self.shutdown_timeout,
             "log": {"level": self.log_level, "rate_limit_per_s": self.log_rate_per_s},
             "fast_path": self.fast_path,
+            "receive_threads": self.receive_threads,
             "memory": {"budget_bytes": budget.total, "source": budget.source, "cgroup_limit_bytes": budget.limit,
                        "limit_fraction": self.memory.limit_fraction, "receive_bytes": budget.receive,
                        "queues_bytes": budget.queues},
@@ -1123,19 +1125,20 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
         dead_letter_max_bytes=dead_max, dead_letter_max_record_bytes=dead_record_max,
         http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},
-        fast_path=_fast_path(top), memory=memory,
+        fast_path=_auto_off(top, "fast_path"), receive_threads=_auto_off(top, "receive_threads"), memory=memory,
     )
     top.done()
     return config
 
 
-def _fast_path(top: _Reader) -> str:
-    """`fast_path: auto | off`; YAML 1.1 reads a bare off/false as False (and on/true as True)."""
-    value = top.get("fast_path", (str, bool), "auto")
+def _auto_off(top: _Reader, key: str) -> str:
+    """`fast_path` or `receive_threads`: `auto | off`; YAML 1.1 reads a bare off/false as False
+    (and on/true as True)."""
+    value = top.get(key, (str, bool), "auto")
     if isinstance(value, bool):
         return "auto" if value else "off"
     if value not in ("auto", "off"):
-        raise top.fail("fast_path", f"{value!r} is not one of auto, off")
+        raise top.fail(key, f"{value!r} is not one of auto, off")
     return value
 
 

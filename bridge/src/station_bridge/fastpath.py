@@ -14,6 +14,10 @@ it or names its reason, then C goes on after it. Order, counts, uniqueness and t
 newest-per-series are therefore those of the Python path; tests/test_fastpath.py checks that
 on generated hostile records (the same line, or handed back: never a different line).
 
+Threads: each batch is received and formatted without the GIL (`_fastpath.c`, "Two phases"), so
+several subscriptions, each received by its own thread, run in parallel; a plan belongs to one
+thread at a time (a second thread's call raises RuntimeError instead of sharing its buffers).
+
 Receiving: libzmq is not linked. The extension calls the libzmq that pyzmq has loaded (resolved
 through pyzmq's own extension module, its ABI checked: `_bind_libzmq`) on pyzmq's own socket (`Socket.underlying`):
 up to a burst of messages per call, with no Python object per message. Without the extension,
@@ -30,6 +34,7 @@ import logging
 import os
 import sys
 from collections.abc import Callable
+from contextlib import AbstractContextManager, nullcontext
 from dataclasses import dataclass
 
 from .lineproto import LineError
@@ -203,54 +208,51 @@ class Accelerator:
         return ""
 
     def receive(self, socket: object, limit: int, slow: Slow, newest: dict | None = None,
-                max_bytes: int = 0) -> Burst:
+                max_bytes: int = 0, lock: AbstractContextManager | None = None) -> Burst:
         """Up to `limit` messages from a pyzmq socket, without blocking, and (`max_bytes` > 0)
-        until the burst's lines hold at least `max_bytes` (one message's line may pass it). `newest`
-        (series -> (time, {field: value})) is updated as the Python path does it, for the cache."""
-        drain = self.plan.drain  # type: ignore[attr-defined]
+        until the burst's lines hold about `max_bytes`. `newest` (series -> (time, {field:
+        value})) is updated as the Python path does it, for the cache.
+
+        Each batch (at most 256 messages) is received and formatted in C without the GIL
+        (`stage_zmq`), then committed with it (`commit`: the uniqueness claims, the receive clock,
+        the newest points, every message handed back given to `slow` at its place): held under
+        `lock`, when given (the bridge's state shared by several receive threads)."""
+        stage, commit = self.plan.stage_zmq, self.plan.commit  # type: ignore[attr-defined]
         address = socket.underlying  # type: ignore[attr-defined]
+        held = lock if lock is not None else nullcontext()
         parts: list[bytes] = []
         lines = received = compiled = 0
         error_no = 0
         size = 0
         while received < limit and (max_bytes <= 0 or size < max_bytes):
-            (data, n, taken, handed, error), error_no = drain(
-                address, limit - received, newest, max(1, max_bytes - size) if max_bytes > 0 else 0)
+            taken, error_no = stage(address, limit - received, max(1, max_bytes - size) if max_bytes > 0 else 0)
+            with held:
+                data, n, c = commit(newest, slow)
             received += taken
             lines += n
-            compiled += n
+            compiled += c
             if data:
                 parts.append(data)
                 size += len(data)
-            if handed is None:
+            if error_no:
                 break
-            line = slow(handed, error)
-            if line is not None:
-                parts.append(line + b"\n")
-                size += len(line) + 1
-                lines += 1
         if error_no in (errno_codes.EAGAIN, errno_codes.EINTR):
             error_no = 0
         return Burst(b"".join(parts), lines, received, compiled, error_no)
 
     def map(self, messages: list[list[bytes]], slow: Slow, newest: dict | None = None) -> Burst:
-        """The same for messages already received (lists of frames)."""
-        run = self.plan.map  # type: ignore[attr-defined]
+        """The same for messages already received (lists of frames), formatted without the GIL."""
+        stage, commit = self.plan.stage_frames, self.plan.commit  # type: ignore[attr-defined]
         parts: list[bytes] = []
         lines = compiled = 0
         start = 0
         while start < len(messages):
-            data, n, start, handed, error = run(messages, start, newest)
+            start += stage(messages, start)
+            data, n, c = commit(newest, slow)
             lines += n
-            compiled += n
+            compiled += c
             if data:
                 parts.append(data)
-            if handed is None:
-                break
-            line = slow(handed, error)
-            if line is not None:
-                parts.append(line + b"\n")
-                lines += 1
         return Burst(b"".join(parts), lines, len(messages), compiled)
 
     def stats(self) -> dict[str, int]:

@@ -17,6 +17,7 @@ import contextlib
 import logging
 import os
 import time
+from contextlib import AbstractContextManager, nullcontext
 
 import zmq
 
@@ -24,7 +25,7 @@ from .binning import Binning
 from .cache import LatestCache
 from .config import Config, SubscriptionSpec
 from .decoders import DecodeError, build
-from .fastpath import Accelerator, python_reason
+from .fastpath import Accelerator, Burst, python_reason
 from .health import RecentOutcomes
 from .journal import Chunk, DeadLetters
 from .lineproto import LineError
@@ -439,12 +440,14 @@ class Pipeline:
         if newest and self.cache is not None:
             self.cache.offer(sub.mapper.field_names, newest)
 
-    def receive_compiled(self, sub: Subscription) -> int:
+    def receive_compiled(self, sub: Subscription, lock: AbstractContextManager | None = None) -> int:
         """Up to a burst from the subscription's socket through the compiled path (the
         accelerator); returns how many messages it took. What `receive` does, in the same
         order: every message handed back is decoded, mapped or rejected by the Python path at
         its place in the burst; the burst's counters are committed in one update, then the
-        chunk goes to every destination and the newest point per series to the cache."""
+        chunk goes to every destination and the newest point per series to the cache. `lock`
+        (a subscription's receive thread, receivers.py): held for all of that but C's receiving
+        and formatting of each batch, which runs without the GIL."""
         accelerator = sub.accelerator
         assert accelerator is not None
         decode, mapper = sub.decode, sub.mapper
@@ -477,7 +480,13 @@ class Pipeline:
                     newest[series] = (ts, record)
             return data
 
-        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES)
+        burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES, lock)
+        with lock if lock is not None else nullcontext():
+            return self._committed(sub, burst, rejected, newest)
+
+    def _committed(self, sub: Subscription, burst: Burst, rejected: dict[str, int], newest: dict | None) -> int:
+        """receive_compiled's burst counted and handed on; how many messages it took."""
+        mapper = sub.mapper
         if burst.errno:
             self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
             if self.rate_log.allow("receive_errno"):

@@ -1,0 +1,94 @@
+"""A receive thread per compiled subscription (issue 22, `receive_threads: auto`).
+
+With one receive loop, several busy subscriptions of one bridge share one core. The compiled path
+receives and formats each batch without the GIL (`_fastpath.c`, "Two phases"), so a thread per
+compiled subscription lets their C parts run in parallel. Everything else stays as serial as in
+the one loop: the bridge's receive state (the uniqueness window every subscription shares, the
+mappers' clocks, the Python path of messages handed back, rejections and dead letters, the
+burst's counters, the sinks' and the cache's queues, the sources' repair) is touched only under
+`lock`, an RLock the main loop holds for everything it does but wait in its poll. What runs
+outside it: the wait for messages and C's receive and format of a batch, which touch only the
+subscription's own plan and socket.
+
+Ownership: a subscription's data socket and its plan belong to its thread while the thread runs
+(the main loop polls only the monitor socket of such a subscription, and its housekeeping leaves
+the repair of the socket to the thread); `stop` joins every thread before the bridge's final
+drain (which polls every socket again from the main loop) and before any socket is closed.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+
+import zmq
+
+from .pipeline import Pipeline, Subscription
+
+log = logging.getLogger("station_bridge.receivers")
+POLL_MS = 200  # how soon a thread sees the stop and repairs its socket (as the loop's TICK_S)
+
+
+class Receivers:
+    """One thread per subscription in `subs` (each compiled), started by `start`, joined by `stop`."""
+
+    def __init__(self, subs: list[Subscription], pipeline: Pipeline, lock: threading.RLock,
+                 count: Callable[..., None]) -> None:
+        self.subs = subs
+        self.pipeline = pipeline
+        self.lock = lock
+        self.count = count  # Metrics.inc
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+
+    def owns(self, sub: Subscription) -> bool:
+        """Whether `sub`'s data socket belongs to a running receive thread."""
+        return bool(self._threads) and sub in self.subs
+
+    def start(self) -> None:
+        self._threads = [threading.Thread(target=self._run, args=(sub,), name=f"receive-{sub.name}", daemon=True)
+                         for sub in self.subs]
+        for thread in self._threads:
+            thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Ends every thread (each within a poll, POLL_MS, plus the batch it is receiving)."""
+        self._stop.set()
+        deadline = time.monotonic() + timeout
+        for thread in self._threads:
+            thread.join(max(0.0, deadline - time.monotonic()))
+            if thread.is_alive():  # cannot happen but in a defect: its socket is then never polled again
+                log.error("receive thread did not stop", extra={"thread": thread.name})
+        self._threads = [t for t in self._threads if t.is_alive()]
+        log.info("receive threads ended", extra={"subscriptions": [s.name for s in self.subs],
+                                                 "still_running": len(self._threads)})
+
+    def _run(self, sub: Subscription) -> None:
+        state: dict = {"poller": None, "polled": None, "next_repair": 0.0}
+        while not self._stop.is_set():
+            try:
+                self._round(sub, state)
+            except Exception as exc:  # a defect, contained: counted and logged, the thread goes on
+                self.count("bridge_stage_errors_total", 1, stage="receive")
+                log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                self._stop.wait(POLL_MS / 1000)  # never a hot loop of the same error
+
+    def _round(self, sub: Subscription, state: dict) -> None:
+        """One round of a subscription's thread: its socket repaired (each POLL_MS, as the main
+        loop's housekeeping does it for the others), a poll, a burst through the compiled path."""
+        now = time.monotonic()
+        if now >= state["next_repair"]:
+            state["next_repair"] = now + POLL_MS / 1000
+            with self.lock:
+                sub.source.repair(self.count)
+        socket = sub.source.socket
+        if socket is None:  # not set up yet (sources.Source retries it in repair)
+            self._stop.wait(POLL_MS / 1000)
+            return
+        if socket is not state["polled"]:
+            state["poller"], state["polled"] = zmq.Poller(), socket
+            state["poller"].register(socket, zmq.POLLIN)
+        if state["poller"].poll(POLL_MS) and not self.pipeline.expired():
+            self.pipeline.receive_compiled(sub, self.lock)
