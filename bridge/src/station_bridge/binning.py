@@ -27,6 +27,7 @@ from dataclasses import dataclass, field
 from .config import BinningSpec
 from .lineproto import LineError, escape_field_key, escape_measurement, format_float
 from .mapping import Point
+from .textcache import TextCache
 
 
 @dataclass
@@ -103,7 +104,7 @@ class Binning:
         self.spec = spec
         self.binner = TimeWeightedBinner(spec.interval_ns, spec.fields, spec.gap_ns, spec.max_series)
         self._keys = {name: escape_field_key(name) for name in spec.fields}
-        self._measurements: dict[str, tuple[int, str]] = {}  # raw -> (escaped length, binned escaped)
+        self._measurements: TextCache[tuple[int, str]] = TextCache(10_000)  # raw -> (escaped length, binned escaped)
         # reason -> count (bridge_binning_skipped_total): points without every binned field as a
         # number (`missing_field`), bins whose mean is not finite (`non_finite`: a NaN or an
         # infinity sent); they were dropped without a count (with keep_raw: false, silently lost).
@@ -114,8 +115,7 @@ class Binning:
         if found is None:
             binned = escape_measurement(self.spec.measurement or raw + "_binned")
             found = (len(escape_measurement(raw)), binned)
-            if len(self._measurements) < 10_000:
-                self._measurements[raw] = found
+            self._measurements.put(raw, found)
         return found
 
     def lines(self, point: Point) -> Iterator[str]:

@@ -38,6 +38,7 @@ from .lineproto import (
     format_field_value,
 )
 from .paths import PathError, TopicCapture
+from .textcache import TextCache
 from .timestamps import MAX_NS, MIN_NS, ReceiveClock, TimestampError, parser
 
 # Keys of a row (see Mapper._rows) for values that are not tags or fields: tuples, so that they
@@ -108,7 +109,11 @@ class Uniqueness:
         runs = self.runs.get(series)
         run_end = runs.get(ts) if runs is not None else None
         candidate = ts if run_end is None else run_end + 1
+        # A nudge beyond InfluxDB's last nanosecond is refused before the window takes it (the
+        # window is int64: a time past it once made the next repeat raise OverflowError).
         if candidate > times[-1]:
+            if candidate > MAX_TIME:
+                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             times.append(candidate)
         elif len(times) >= self.window and candidate < times[0] and run_end is None:
             self.unchecked += 1  # older than everything the window remembers
@@ -118,12 +123,12 @@ class Uniqueness:
             while i < len(times) and times[i] == candidate:
                 candidate += 1
                 i += 1
+            if candidate > MAX_TIME:
+                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             times.insert(i, candidate)
         if len(times) > self.trim:
             del times[:len(times) - self.window]
         if candidate != ts:
-            if candidate > MAX_TIME:
-                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             self.nudged += 1
             if runs is None:
                 runs = self.runs[series] = {}
@@ -289,7 +294,7 @@ class Mapper:
         self._fixed = escape_measurement(m.measurement) if m.measurement and self._from == "fixed" else None
         self._measurement_raw = m.measurement
         self._table = {topic: (name, escape_measurement(name)) for topic, name in m.measurements.items()}
-        self._names: dict[str, str] = {}  # measurement taken from data -> escaped
+        self._names: TextCache[str] = TextCache(10_000)  # measurement taken from data -> escaped
         static = dict(m.static_tags)
         if station:
             static.setdefault("station", station)
@@ -307,7 +312,7 @@ class Mapper:
         self._windowed = self.ahead_ns is not None or self.behind_ns is not None
         # What the window is measured from: now (the receive time), or a re-map's recorded one.
         self.window_now = now or time.time_ns
-        self._tag_cache: dict[str, str] = {}
+        self._tag_cache: TextCache[str] = TextCache(100_000)  # tag text -> escaped (bounded by bytes)
         self._clock = clock or ReceiveClock()
         self.timestamp_fallbacks = 0
         time_path = m.time.value_path
@@ -391,8 +396,7 @@ class Mapper:
         escaped = self._names.get(raw)
         if escaped is None:
             escaped = escape_measurement(raw)
-            if len(self._names) < 10_000:
-                self._names[raw] = escaped
+            self._names.put(raw, escaped)
         return raw, escaped
 
     def _time(self, record: dict) -> int:
@@ -484,8 +488,7 @@ class Mapper:
         cached = self._tag_cache.get(value)
         if cached is None:
             cached = escape_tag(value) if value else ""
-            if len(self._tag_cache) < 100_000:  # bounded: tag cardinality is small in practice
-                self._tag_cache[value] = cached
+            self._tag_cache.put(value, cached)
         return cached
 
     def _prepare(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, str, list, int]:

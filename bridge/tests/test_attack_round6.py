@@ -1,0 +1,145 @@
+"""Sixth attack round: the compiled hot path's new forms (derived and topic tags, tag defaults,
+paths, dates, numbers as text) against the Python path and the README's promises.
+
+- Texts the feed chooses (tag values, derived-tag sources, topics, measurements from data) were
+  cached per distinct text, bounded by count only (100,000 tag texts, 10,000 topics and
+  measurement names) whatever their size: 400 refused messages of 500 KB tags grew a bridge
+  from 41 to 480 MiB RSS, on either path, and the bounds allowed tens of GiB;
+- a source time repeated at InfluxDB's last nanosecond (`accept_ahead: null`): the uniqueness
+  nudge wrote a time beyond the range into the window before refusing it, and the next repeat
+  raised OverflowError (counted `unexpected`, which is reserved for a defect), in both paths.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import json
+import tracemalloc
+
+import msgpack
+import pytest
+from compiled import require_compiled_path
+from test_fastpath_forms import LAB, T0, differential
+from test_stages import sub
+
+from station_bridge import fastpath
+from station_bridge.decoders import build
+from station_bridge.lineproto import LineError
+from station_bridge.mapping import MapError, Mapper
+from station_bridge.timestamps import MAX_NS
+
+# --- 1. caches keyed by the feed's texts: bounded by bytes -------------------------------------------
+
+BIG = 256 * 1024  # a text much longer than any cache keeps (and far below max_frame_bytes)
+MESSAGES = 160  # x 256 KiB of distinct texts: 40 MiB of text the caches used to keep
+
+
+def _forms() -> dict[str, tuple]:
+    """name -> (spec, message maker k -> frames): each puts a distinct big text where a cache is."""
+    catch_all = r"(?s)^(?P<sym>.*)$"
+    derived = {**LAB, "tags": ["instrument", "venue"], "optional_tags": ["venue", "sym"],
+               "derived_tags": [{"source": "venue", "regex": catch_all}]}
+
+    def text(k: int) -> str:
+        return f"v{k:06d}" + "x" * BIG
+
+    def tick(**extra: object) -> dict:
+        return {"instrument": "EURUSD", "bid": 1.5, "ask": 2.5, "volume": 1, "timestamp": T0, **extra}
+    return {
+        # a configured tag (key_too_long: refused, yet its escaped text was cached)
+        "tag": (sub(framing="msgpack", mapping={**LAB, "derived_tags": [], "tags": ["instrument", "venue"],
+                                                "optional_tags": ["venue"]}),
+                lambda k: [b"t", msgpack.packb(tick(venue=text(k)))]),
+        # a derived tag's source (the C path calls the mapper's rule for texts beyond its own cache)
+        "derived": (sub(framing="msgpack", mapping=derived), lambda k: [b"t", msgpack.packb(tick(venue=text(k)))]),
+        # the topic as a tag (TopicCapture's cache and the tag cache)
+        "topic": (sub(framing="msgpack", mapping={**LAB, "derived_tags": [], "topic": {"tag": "pair"}}),
+                  lambda k: [text(k).encode(), msgpack.packb(tick())]),
+        # the measurement from the topic (Python path: the measurement cache)
+        "measurement": (sub(framing="json", mapping={**LAB, "derived_tags": [], "measurement": None,
+                                                     "measurement_from": "topic"}),
+                        lambda k: [text(k).encode(), json.dumps(tick()).encode()]),
+    }
+
+
+def _growth(run, messages: list) -> int:
+    """Bytes still allocated (tracemalloc: Python's and the extension's PyMem allocations) after
+    running every message, the messages themselves made beforehand and freed as they go."""
+    tracemalloc.start()
+    try:
+        before = tracemalloc.get_traced_memory()[0]
+        while messages:
+            run(messages.pop())
+        return tracemalloc.get_traced_memory()[0] - before
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("form", list(_forms()))
+@pytest.mark.parametrize("path", ["python", "compiled"])
+def test_the_feeds_texts_are_cached_within_a_bound_of_bytes(form, path):
+    """Before: 160 distinct 256 KiB texts left 40 to 80 MiB allocated (every cache kept them);
+    now a few MiB at most, on both paths, and the points and refusals are unchanged."""
+    spec, make = _forms()[form]
+    mapper = Mapper(spec, station="lab")
+    mapper._clock = itertools.count(T0 * 10**9, 7).__next__
+    if path == "compiled":
+        require_compiled_path()
+        accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+        if form == "measurement":
+            assert accelerator is None and "measurement comes from data" in why
+            pytest.skip("the measurement from data runs on the Python path")
+        assert accelerator is not None, why
+
+        def run(frames: list[bytes]) -> None:
+            accelerator.map([frames], lambda frames, error: None)
+    else:
+        decode = build(spec)
+
+        def run(frames: list[bytes]) -> None:
+            with contextlib.suppress(MapError, LineError):  # refused (key_too_long): the caches are measured
+                mapper.keyed_line(*decode(frames))
+    # warm up: interned names, compiled regexes, the caches' own tables
+    run(make(10**6))
+    grown = _growth(run, [make(k) for k in range(MESSAGES)])
+    assert grown < 8 << 20, f"{form} on the {path} path kept {grown / 2**20:.1f} MiB after {MESSAGES} messages"
+
+
+def test_short_texts_are_still_cached_and_big_ones_map_as_before():
+    spec, _ = _forms()["derived"]
+    mapper = Mapper(spec, station="lab")
+    for k in range(50):
+        mapper.keyed_line("t", {"instrument": "EURUSD", "venue": f"v{k % 5}", "bid": 1.0, "timestamp": T0 + k})
+    assert 5 <= len(mapper._tag_cache) <= 12  # the five venues (and the configured tags' texts)
+    big = "a,b c=d\\" + "y" * 70_000
+    line, _, _ = Mapper(spec, station="lab").keyed_line("t", {"instrument": "EURUSD", "venue": big[:20_000],
+                                                              "bid": 1.0, "timestamp": T0})
+    assert ",sym=a\\,b\\ c\\=d\\" in line and line.count("y" * (20_000 - 8)) == 2
+
+
+# --- 2. a repeated time at InfluxDB's last nanosecond ---------------------------------------------
+
+@pytest.mark.parametrize("time_format", ["auto", "epoch_us", "rfc3339"])
+def test_a_time_repeated_at_the_last_nanosecond_is_refused_bad_timestamp_on_both_paths(time_format):
+    """Before: the third repeat of 9223372036854775806 raised OverflowError (array 'q'), counted
+    `unexpected`; the refused nudge (2**63 - 1) stayed in the uniqueness window."""
+    last = {"auto": MAX_NS, "epoch_us": MAX_NS // 1000, "rfc3339": "2262-04-11T23:47:16.854775806Z"}[time_format]
+    spec = sub(framing="msgpack", mapping={**LAB, "derived_tags": [], "time": {
+        "field": "timestamp", "format": time_format, "accept_ahead": None, "accept_behind": None}})
+    mapper = Mapper(spec, station="lab")
+    outcomes = []
+    repeats = 810  # epoch_us: 9223372036854775000 reaches the last nanosecond after 806 nudges
+    for _ in range(repeats):
+        try:
+            outcomes.append(mapper.keyed_line("t", {"instrument": "EURUSD", "bid": 1.0, "timestamp": last})[2])
+        except Exception as exc:  # what is raised (OverflowError before) is the observation
+            outcomes.append(getattr(exc, "reason", type(exc).__name__))
+    first = {"auto": MAX_NS, "epoch_us": MAX_NS // 1000 * 1000, "rfc3339": MAX_NS}[time_format]
+    assert outcomes == [first + k if first + k <= MAX_NS else "bad_timestamp" for k in range(repeats)], \
+        outcomes[-6:]
+    assert all(t <= MAX_NS for times in mapper.unique.current.values() for t in times)
+    if fastpath.unavailable() == "":
+        messages = [[b"t", msgpack.packb({"instrument": "EURUSD", "bid": 1.0 + k, "timestamp": last})]
+                    for k in range(repeats)]
+        differential(spec, [messages, [list(m) for m in messages]])
