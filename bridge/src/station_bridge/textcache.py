@@ -30,32 +30,23 @@ def _size(value: object) -> int:
     return sys.getsizeof(value)
 
 
-class TextCache(Generic[V]):
-    """text -> value; `get` gives None for a text it does not hold."""
+class TextCache(dict[str, V], Generic[V]):
+    """text -> value (a dict: `get` is dict's own, as fast as before); filled through `put` only."""
 
-    __slots__ = ("_data", "bytes", "max_bytes", "max_entries")
+    __slots__ = ("bytes", "max_bytes", "max_entries")
 
     def __init__(self, max_entries: int, max_bytes: int = MAX_BYTES) -> None:
-        self._data: dict[str, V] = {}
+        super().__init__()
         self.max_entries = max_entries
         self.max_bytes = max_bytes
         self.bytes = 0  # what the entries held now take (approximately: sys.getsizeof)
-
-    def get(self, key: str) -> V | None:
-        return self._data.get(key)
 
     def put(self, key: str, value: V) -> None:
         if len(key) > MAX_KEY:
             return
         cost = sys.getsizeof(key) + _size(value) + ENTRY_BYTES
-        if len(self._data) >= self.max_entries or self.bytes + cost > self.max_bytes:
-            self._data.clear()  # start over
+        if len(self) >= self.max_entries or self.bytes + cost > self.max_bytes:
+            self.clear()  # start over
             self.bytes = 0
-        self._data[key] = value
+        self[key] = value
         self.bytes += cost
-
-    def __len__(self) -> int:
-        return len(self._data)
-
-    def __contains__(self, key: object) -> bool:
-        return key in self._data
