@@ -15,6 +15,7 @@ the point's time through `Uniqueness`, which is shared by every subscription of 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import re
 import struct
 import time
@@ -70,6 +71,18 @@ class Point:
         return self.series[len(escape_measurement(self.measurement)):]
 
 
+LONG_SERIES = 256  # characters: the uniqueness window remembers a longer series key by its digest
+
+
+def series_handle(series: str) -> str:
+    """The key the uniqueness window remembers a series by: the series key itself, or for a long
+    one (a feed's tags make keys of up to 64 KiB, and the window holds 20,000 series) `#` and a
+    128-bit digest of it: no series key starts with `#` (InfluxDB reads such a line as a comment)."""
+    if len(series) <= LONG_SERIES:
+        return series
+    return "#" + hashlib.blake2b(series.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 class Uniqueness:
     """Points of one series never share a timestamp, so InfluxDB never overwrites one silently.
 
@@ -83,7 +96,10 @@ class Uniqueness:
     counted in `evicted`). A point older than its series' whole window whose time was never
     nudged cannot be checked: it keeps its time and is counted (`unchecked`). The window
     survives restarts: `dump` is saved with every ledger write (app.py), `restore` reads it back
-    at start and `remember` adds the times of every point still on disk (see the README).
+    at start and `remember` adds the times of every point still on disk (see the README). A
+    series key longer than LONG_SERIES is kept as its digest (`series_handle`): what the window
+    holds per series does not grow with the feed's tags (the inline paths, which look the full
+    key up, then miss and call `claim`).
     """
 
     __slots__ = ("current", "evicted", "max_series", "nudged", "previous", "runs", "trim", "unchecked", "window")
@@ -101,6 +117,8 @@ class Uniqueness:
         """The time this point gets (the general path; the compiled one inlines the common case)."""
         if not MIN_TIME <= ts <= MAX_TIME:
             raise MapError("bad_timestamp", f"time {ts} is outside InfluxDB's range")
+        if len(series) > LONG_SERIES:
+            series = series_handle(series)
         times = self.current.get(series)
         if times is None:
             times = self._adopt(series, ts)
@@ -188,6 +206,8 @@ class Uniqueness:
     def remember(self, series: str, ts: int) -> None:
         """A time a point of the series already holds (stored, or pending on disk): used, never
         given again. No nudge, nothing counted."""
+        if len(series) > LONG_SERIES:
+            series = series_handle(series)
         times = self.current.get(series)
         if times is None:
             times = self._adopt(series, ts)
