@@ -183,3 +183,56 @@ def test_long_series_keys_cost_the_uniqueness_window_a_digest_not_their_size(pat
     again = Mapper(spec, station="lab")
     again.unique.restore(mapper.unique.dump())
     assert again.keyed_line(*decode(tick(7, T0 + 5)))[2] == (T0 + 5) * 10**9 + 3
+
+
+# --- 4. the latest-value cache's queue: bounded by bytes, not only by bursts ------------------------
+
+def test_a_hung_redis_holds_a_bounded_number_of_bytes_not_1000_bursts(tmp_path):
+    """Before: the queue held up to `cache.queue_max` (1,000) bursts whatever their size (a burst
+    ends at 8 MiB), and the Python path queued whole records (undeclared keys too): with
+    redis-server SIGSTOPped, 4,000 messages of 400 KB grew a bridge from 41 to 536 MiB RSS at
+    the default 2 s timeout (1,684 MiB at 20 s). Now the queue holds at most QUEUE_MAX_BYTES of
+    declared values; the rest is dropped and counted, and what was queued is sent once Redis
+    answers again."""
+    import signal
+    import time
+
+    import redis
+    from harness import wait_for
+    from servers import RedisServer
+
+    from station_bridge.cache import QUEUE_MAX_BYTES, LatestCache
+    from station_bridge.config import CacheSpec
+    from station_bridge.metrics import Metrics
+
+    server = RedisServer(tmp_path / "redis").start()
+    metrics = Metrics()
+    cache = LatestCache(CacheSpec(url=f"redis://127.0.0.1:{server.port}/0", username=None,
+                                  password=server.password, ttl=600, key_prefix="latest", timeout=1.0), metrics)
+    cache.start()
+    try:
+        cache.offer(["note"], {"m,k=first": (1, {"note": "n"})})
+        wait_for(lambda: metrics.get("bridge_cache_updates_total") == 1, 10, "the first update sent")
+        server.process.send_signal(signal.SIGSTOP)
+        time.sleep(0.2)
+
+        def burst(k: int) -> dict:  # one series, a declared 1 MB value and an undeclared one
+            return {f"m,k={k}": (k, {"note": f"{k}" + "n" * 1_000_000, "ignored": "i" * 1_000_000})}
+        offered = 150
+        grown = _growth(lambda k: cache.offer(["note"], burst(k)), list(range(offered)))  # made as offered
+        dropped = metrics.get("bridge_cache_dropped_total")
+        # the queue, the batch the worker is sending and redis-py's encoding of it
+        assert grown < 3 * QUEUE_MAX_BYTES + (4 << 20), f"the cache kept {grown / 2**20:.0f} MiB"
+        assert offered - 2 * QUEUE_MAX_BYTES // 1_000_000 - 2 <= dropped < offered
+        server.process.send_signal(signal.SIGCONT)
+        sent = offered - dropped
+        wait_for(lambda: metrics.get("bridge_cache_updates_total") >= 1 + sent, 30, "the queued updates sent",
+                 detail=lambda: str(dict(metrics.counters)))
+        client = redis.Redis(port=server.port, password=server.password)
+        stored = [k for k in range(offered) if client.exists(f"latest:m,k={k}")]
+        assert stored and all(client.hkeys(f"latest:m,k={k}") in ([b"note", b"time"], [b"time", b"note"])
+                              for k in stored)
+    finally:
+        server.process.send_signal(signal.SIGCONT)
+        cache.stop(5)
+        server.stop()
