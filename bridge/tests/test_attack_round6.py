@@ -236,3 +236,28 @@ def test_a_hung_redis_holds_a_bounded_number_of_bytes_not_1000_bursts(tmp_path):
         server.process.send_signal(signal.SIGCONT)
         cache.stop(5)
         server.stop()
+
+
+# --- 5. a VictoriaMetrics destination's memories: long names and series by their digest -------------
+
+def test_a_victoriametrics_destinations_memories_do_not_grow_with_the_feeds_names():
+    """Before: the sample names (100,000 remembered) and series (20,000) were kept whole: 1,000
+    measurements of 60 KB left 172 MiB allocated (17 GiB at the bound). Collisions and repeated
+    milliseconds of long names and series are still caught."""
+    from station_bridge.backend import Adapter
+
+    adapter = Adapter(numeric_only=False, refuse_sub_ms=True, victoria=True)
+    long = "m" * 60_000
+    tags = ",".join(f"t{i}=" + "v" * 16_000 for i in range(3))
+
+    def apply(k: int) -> None:
+        adapter.apply(f"{long}{k:06d},{tags}{k:06d} bid=1.5 1700000000000000000\n".encode())
+    apply(-1)
+    grown = _growth(apply, list(range(200)))  # 44 MiB kept before
+    assert grown < 4 << 20, f"the adapter kept {grown / 2**20:.0f} MiB"
+    data, points, dropped, fields = adapter.apply(f"{long}x,a=1 v_w=1 1\n{long}x_v,a=1 w=2 2\n".encode())
+    assert (points, dropped, fields) == (1, {"name_collision": 1}, {"name_collision": 1})
+    assert b"v_w=1" in data and b"w=2" not in data
+    data, points, dropped, _ = adapter.apply(f"{long}y,{tags} f=1 5000000\n{long}y,{tags} f=2 5000001\n".encode())
+    assert (points, dropped) == (1, {"time_resolution": 1})
+    assert b"f=1" in data and b"f=2" not in data
