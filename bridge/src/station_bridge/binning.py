@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 
 from .config import BinningSpec
 from .lineproto import LineError, escape_field_key, escape_measurement, format_float
-from .mapping import Point
+from .mapping import LONG_SERIES, Point, series_handle
 from .textcache import TextCache
 
 
@@ -57,7 +57,11 @@ class TimeWeightedBinner:
 
     def bins(self, series: str, time_ns: int, values: dict[str, float]) -> Iterator[tuple[int, dict[str, float]]]:
         """Adds a sample; yields the bins it completes as they are made (up to max_gap of them:
-        a list of them all was 172,800 bins a sample, 1.6 GiB for a burst of 20 such samples)."""
+        a list of them all was 172,800 bins a sample, 1.6 GiB for a burst of 20 such samples).
+        A series key longer than LONG_SERIES is held as its digest (20,000 series of 60 KB tags
+        held 1.2 GiB of keys)."""
+        if len(series) > LONG_SERIES:
+            series = series_handle(series)
         state = self._series.pop(series, None)  # re-inserted last: the dict's order is recency
         if state is None:
             start = time_ns - time_ns % self.interval
