@@ -60,3 +60,37 @@ def test_distinct_long_tag_texts_do_not_grow_the_bridge(tmp_path, endpoint, zmq_
     assert ledger_problems(samples, [], ["kraken"]) == []
     assert grown < 150, f"RSS grew {grown} MiB over {MESSAGES} messages of distinct {TEXT}-byte tags"
     assert bridge.stop() == 0
+
+
+def test_distinct_long_series_accepted_do_not_grow_the_bridge(tmp_path, endpoint, zmq_context):
+    """The same with 60 KB tags that are accepted (journaled: InfluxDB down, the queue at 8 MiB):
+    the tag cache kept every text and the uniqueness window every series key whole. Before: 3,000
+    messages grew the bridge by 581 MiB RSS (20,000 series would have been 3.6 GiB); now 15."""
+    messages = 3000
+    publisher = zmq_context.socket(zmq.XPUB)
+    publisher.setsockopt(zmq.SNDHWM, 0)
+    publisher.bind(endpoint)
+    mapping = {"measurement": "ticks", "tags": ["instrument", "venue"], "fields": {"bid": "float"},
+               "time": {"field": "timestamp", "format": "epoch_s"}}
+    bridge = BridgeProcess(tmp_path, None, "db", endpoint, subscription={"mapping": mapping},
+                           destination={"queue_max_bytes": "8MiB"}).start()
+    assert wait_for_subscriber(publisher, b"kraken_tick", 15)
+    received = lambda: bridge.value("bridge_received_messages_total", subscription="kraken")  # noqa: E731
+    start = rss_mib(bridge.process.pid)
+    started = time.monotonic()
+    for k in range(messages):
+        venue = f"venue{k:06d}" + "v" * 60_000
+        publisher.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "venue": venue, "bid": 1.0,
+                                                                 "timestamp": time.time()})])
+        if k % 100 == 99:
+            wait_for(lambda k=k: received() > k, 30, f"message {k} received")
+    wait_for(lambda: received() == messages, 30, "every message received")
+    grown = rss_mib(bridge.process.pid) - start
+    samples = bridge.samples()
+    mapped = samples.get(("bridge_mapped_messages_total", (("subscription", "kraken"),)))
+    report("distinct 60 KB series, accepted (InfluxDB down)", messages=messages, mapped=mapped,
+           rss_start_mib=start, rss_growth_mib=grown, seconds=round(time.monotonic() - started, 1))
+    assert mapped == messages
+    assert ledger_problems(samples, ["local"], ["kraken"]) == []
+    assert grown < 80, f"RSS grew {grown} MiB over {messages} series of 60 KB"
+    assert bridge.stop() == 0
