@@ -280,3 +280,31 @@ def test_the_binner_holds_long_series_keys_as_their_digest():
     assert binner.add(series, T0 * 10**9 + 2 * 10**9, {"bid": 3.0}) == [(T0 * 10**9, {"bid": 3.0}),
                                                                          (T0 * 10**9 + 10**9, {"bid": 3.0})]
     assert binner.add(series + "x", T0 * 10**9 + 2 * 10**9, {"bid": 3.0}) == []  # another series: a new bin
+
+
+# --- 6. the compiled path's newest point per series (for the cache): no capacity kept per slot ------
+
+def test_the_compiled_paths_newest_points_keep_no_capacity_between_bursts():
+    """Before: each slot of the burst's newest-point table (one per series of a burst) kept the
+    capacity of the largest payload it ever copied, until the subscription stopped: bursts of k
+    small ticks then one of 256 KB (a new series at slot k) kept 256 KB per slot, 300 bursts
+    75 MiB (2,000 series per burst and 1 MiB frames: 2 GiB). Now a slot keeps at most 1 KiB."""
+    require_compiled_path()
+    spec = sub(framing="msgpack", mapping={**LAB, "derived_tags": [],
+                                          "fields": {"bid": "float", "note": "string"}})
+    mapper = Mapper(spec, station="lab")
+    accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+    assert accelerator is not None, why
+
+    def tick(instrument: str, note: str) -> list[bytes]:
+        return [b"t", msgpack.packb({"instrument": instrument, "bid": 1.5, "note": note, "timestamp": T0})]
+
+    def burst(k: int) -> None:
+        messages = [tick(f"S{i}", "n") for i in range(k)] + [tick(f"BIG{k}", "x" * 256_000)]
+        newest: dict = {}
+        result = accelerator.map(messages, lambda frames, error: None, newest)
+        assert result.compiled == k + 1 and len(newest) == k + 1
+        assert newest[f"ticks,instrument=BIG{k},station=lab"][1]["note"] == "x" * 256_000
+    burst(0)
+    grown = _growth(burst, list(range(1, 300)))
+    assert grown < 8 << 20, f"the compiled plan kept {grown / 2**20:.0f} MiB after 300 bursts"
