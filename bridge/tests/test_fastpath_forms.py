@@ -276,9 +276,6 @@ def _message(draw, form: str):
     kind = draw(st.sampled_from(["ok"] * 10 + ["surrogate", "missing_source", "truncated"]))
     if kind == "missing_source":
         record.pop("instrument", None)
-    payload = _pack(record, form, kind)
-    if kind == "truncated":
-        payload = payload[:len(payload) // 2]
     if form in DATES and "timestamp" in record and draw(st.integers(0, 5)) > 0:
         record["timestamp"] = draw(_dates)
     if form == "receive_time" and draw(st.booleans()):
@@ -289,6 +286,10 @@ def _message(draw, form: str):
                 record[key] = str(record[key]) if draw(st.integers(0, 3)) else draw(_numberish)
         record["flag"] = draw(st.sampled_from([True, False, 0, 1, 2, "true", "false", "1", "0", "True", "", "yes",
                                                " 1", 1.0, None]))
+    # packed after every edit above (the dates and numbers as text reach msgpack forms too)
+    payload = _pack(record, form, kind)
+    if kind == "truncated":
+        payload = payload[:len(payload) // 2]
     topic = draw(_topics) if form.startswith("topic") or form in ("lab_json", "v20") else b"kraken_tick"
     if form in NESTED:
         return _nested_message(draw, form, record, topic)

@@ -215,7 +215,10 @@ typedef struct {
 #define SCACHE_MAX_KEY 240
 typedef struct { uint64_t hash; Py_ssize_t n; char key[SCACHE_MAX_KEY]; PyObject *str; } sentry_t;
 
-/* Newest point per series within one call (for the latest-value cache). */
+/* Newest point per series within one call (for the latest-value cache). A slot's payload
+ * buffer larger than NEWEST_KEEP is freed at the end of the call: kept, every slot held the
+ * largest payload it ever copied (2,000 series per burst and 1 MiB frames: 2 GiB). */
+#define NEWEST_KEEP 1024
 typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap; int used; } newest_t;
 
 /* A message of a batch: staged without the GIL (Plan.stage_zmq, Plan.stage_frames), committed
@@ -1109,6 +1112,11 @@ static int newest_flush(Plan *pl, PyObject *newest) {
     next:
         Py_CLEAR(e->series);
         e->used = 0;
+        if (e->cap > NEWEST_KEEP) {  /* no capacity kept between calls beyond a tick's */
+            PyMem_Free(e->payload);
+            e->payload = NULL;
+            e->cap = 0;
+        }
     }
     pl->newest_used = 0;
     return rc;

@@ -31,6 +31,7 @@ millisecond memory is its own (a collision with a point the running bridge sent 
 
 from __future__ import annotations
 
+import hashlib
 import re
 import time
 from collections import OrderedDict
@@ -46,6 +47,7 @@ MAX_NAMES = 100_000  # VictoriaMetrics sample names remembered (the oldest forgo
 MAX_LABELS = 30  # VictoriaMetrics' -maxLabelsPerTimeseries (tags and db; it drops the others)
 MAX_LABEL_VALUE = 16_384  # its -maxLabelValueLen (longer tag values are cut)
 AHEAD_NS = 2 * 86_400 * 10**9  # VictoriaMetrics skips points further ahead of its clock (with a 204)
+LONG_KEY = 256  # bytes: a longer name or series is remembered by its digest (the feed chooses them)
 MAX_FIELDSETS = 10_000  # distinct field-key sets shared between the milliseconds remembered
 
 _SERIES_END = re.compile(rb"(?<!\\) ")
@@ -60,6 +62,12 @@ class Tally(Protocol):
 
     dropped: dict[str, int]
     dropped_fields: int
+
+
+def _handle(key: bytes) -> bytes:
+    """What the memories below keep of a name or series: itself, or for a long one `#` and a
+    128-bit digest (no measurement starts with `#`): 1,000 measurements of 60 KB kept 172 MiB."""
+    return key if len(key) <= LONG_KEY else b"#" + hashlib.blake2b(key, digest_size=16).digest()
 
 
 class Adapter:
@@ -161,25 +169,27 @@ class Adapter:
             name_of = _unescape(measurement) + b"_"
             owner = measurement + b" "
             for i, key in enumerate(keys):
-                name = name_of + _unescape(key)
+                name = _handle(name_of + _unescape(key))
+                mine = _handle(owner + key)
                 had = self._names.get(name)
                 if had is None:
                     if len(self._names) >= MAX_NAMES:
                         del self._names[next(iter(self._names))]
-                    self._names[name] = owner + key
-                elif had != owner + key:
+                    self._names[name] = mine
+                elif had != mine:
                     keep[i] = False
                     counts["name_collision"] = counts.get("name_collision", 0) + 1
                     reason = "name_collision"
         if self.refuse_sub_ms and stamp is not None:
             ms = stamp // 1_000_000 if stamp >= 0 else -(-stamp // 1_000_000)  # as Go's division: toward 0
-            used = self._used.get(series)
+            remembered = _handle(series)
+            used = self._used.get(remembered)
             if used is None:
-                used = self._used[series] = {}
+                used = self._used[remembered] = {}
                 if len(self._used) > MAX_SERIES:
                     self._used.popitem(last=False)
             else:
-                self._used.move_to_end(series)
+                self._used.move_to_end(remembered)
             taken = used.get(ms, ())
             for i, key in enumerate(keys):
                 if keep[i] and key in taken:

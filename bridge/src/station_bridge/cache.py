@@ -12,6 +12,12 @@ each burst to a bounded queue (never blocking: when the queue is full, Redis is 
 and the update is dropped and counted in `bridge_cache_dropped_total`); one worker thread
 coalesces what is queued (newest time per series wins) and sends one pipeline. InfluxDB
 remains the record: a slow or dead Redis never slows the database path.
+
+The queue is bounded by bytes too: an update keeps only the declared fields' values (the Python
+path offered whole records), and updates beyond QUEUE_MAX_BYTES of them (estimated with
+sys.getsizeof) are dropped and counted like those beyond `queue_max`. Bounded by bursts alone, a
+hung Redis let 1,000 bursts of up to 8 MiB wait: 4,000 messages of 400 KB grew a bridge from 41
+to 536 MiB RSS at the default 2 s timeout.
 """
 
 from __future__ import annotations
@@ -19,6 +25,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import queue
+import sys
 import threading
 import time
 
@@ -29,7 +36,10 @@ from .metrics import Metrics
 
 log = logging.getLogger("station_bridge.cache")
 
-Update = tuple[list[str], dict[str, tuple[int, dict]]]  # field names, series -> (time, record)
+Update = tuple[list[str], dict[str, tuple[int, dict]], int]  # field names, series -> (time, record), bytes
+
+QUEUE_MAX_BYTES = 16 << 20  # declared values waiting for Redis (one update alone may pass it)
+ENTRY_BYTES = 200  # per series: its tuple, dict and the queue's share, beyond key and values
 
 
 def _text(value: object) -> str:
@@ -46,6 +56,8 @@ class LatestCache:
                                            socket_timeout=spec.timeout, socket_connect_timeout=spec.timeout)
         self._ttl_ms = spec.ttl * 1000
         self._queue: queue.Queue[Update | None] = queue.Queue(maxsize=spec.queue_max)
+        self._bytes = 0  # what the queued updates hold (QUEUE_MAX_BYTES)
+        self._bytes_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self.last_error = ""
         self._failing_logged = 0.0
@@ -59,11 +71,28 @@ class LatestCache:
         self._thread.start()
 
     def offer(self, fields: list[str], newest: dict[str, tuple[int, dict]]) -> None:
-        """From the receive thread: never blocks."""
-        try:
-            self._queue.put_nowait((fields, newest))
-        except queue.Full:
-            self.metrics.inc("bridge_cache_dropped_total", len(newest))
+        """From the receive thread: never blocks. Only the declared fields are kept."""
+        size = 0
+        update: dict[str, tuple[int, dict]] = {}
+        for series, (ts, record) in newest.items():
+            values = {k: record[k] for k in fields if record.get(k) is not None}
+            size += sys.getsizeof(series) + ENTRY_BYTES + sum(sys.getsizeof(v) for v in values.values())
+            update[series] = (ts, values)
+        with self._bytes_lock:
+            full = self._bytes > 0 and self._bytes + size > QUEUE_MAX_BYTES
+            if not full:
+                self._bytes += size
+        if not full:
+            try:
+                self._queue.put_nowait((fields, update, size))
+                return
+            except queue.Full:
+                self._taken(size)
+        self.metrics.inc("bridge_cache_dropped_total", len(newest))
+
+    def _taken(self, size: int) -> None:
+        with self._bytes_lock:
+            self._bytes -= size
 
     def stop(self, timeout: float) -> None:
         """Sends what is queued if Redis answers within `timeout`, then stops."""
@@ -81,7 +110,8 @@ class LatestCache:
             batch: dict[str, tuple[int, dict[str, str]]] = {}
             stop = False
             while True:
-                fields, newest = item
+                fields, newest, size = item
+                self._taken(size)
                 for series, (ts, record) in newest.items():
                     current = batch.get(series)
                     if current is None or ts >= current[0]:

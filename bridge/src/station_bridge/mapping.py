@@ -15,6 +15,7 @@ the point's time through `Uniqueness`, which is shared by every subscription of 
 from __future__ import annotations
 
 import bisect
+import hashlib
 import re
 import struct
 import time
@@ -38,6 +39,7 @@ from .lineproto import (
     format_field_value,
 )
 from .paths import PathError, TopicCapture
+from .textcache import TextCache
 from .timestamps import MAX_NS, MIN_NS, ReceiveClock, TimestampError, parser
 
 # Keys of a row (see Mapper._rows) for values that are not tags or fields: tuples, so that they
@@ -69,6 +71,18 @@ class Point:
         return self.series[len(escape_measurement(self.measurement)):]
 
 
+LONG_SERIES = 256  # characters: the uniqueness window remembers a longer series key by its digest
+
+
+def series_handle(series: str) -> str:
+    """The key the uniqueness window remembers a series by: the series key itself, or for a long
+    one (a feed's tags make keys of up to 64 KiB, and the window holds 20,000 series) `#` and a
+    128-bit digest of it: no series key starts with `#` (InfluxDB reads such a line as a comment)."""
+    if len(series) <= LONG_SERIES:
+        return series
+    return "#" + hashlib.blake2b(series.encode("utf-8", "surrogatepass"), digest_size=16).hexdigest()
+
+
 class Uniqueness:
     """Points of one series never share a timestamp, so InfluxDB never overwrites one silently.
 
@@ -82,7 +96,10 @@ class Uniqueness:
     counted in `evicted`). A point older than its series' whole window whose time was never
     nudged cannot be checked: it keeps its time and is counted (`unchecked`). The window
     survives restarts: `dump` is saved with every ledger write (app.py), `restore` reads it back
-    at start and `remember` adds the times of every point still on disk (see the README).
+    at start and `remember` adds the times of every point still on disk (see the README). A
+    series key longer than LONG_SERIES is kept as its digest (`series_handle`): what the window
+    holds per series does not grow with the feed's tags (the inline paths, which look the full
+    key up, then miss and call `claim`).
     """
 
     __slots__ = ("current", "evicted", "max_series", "nudged", "previous", "runs", "trim", "unchecked", "window")
@@ -100,6 +117,8 @@ class Uniqueness:
         """The time this point gets (the general path; the compiled one inlines the common case)."""
         if not MIN_TIME <= ts <= MAX_TIME:
             raise MapError("bad_timestamp", f"time {ts} is outside InfluxDB's range")
+        if len(series) > LONG_SERIES:
+            series = series_handle(series)
         times = self.current.get(series)
         if times is None:
             times = self._adopt(series, ts)
@@ -108,7 +127,11 @@ class Uniqueness:
         runs = self.runs.get(series)
         run_end = runs.get(ts) if runs is not None else None
         candidate = ts if run_end is None else run_end + 1
+        # A nudge beyond InfluxDB's last nanosecond is refused before the window takes it (the
+        # window is int64: a time past it once made the next repeat raise OverflowError).
         if candidate > times[-1]:
+            if candidate > MAX_TIME:
+                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             times.append(candidate)
         elif len(times) >= self.window and candidate < times[0] and run_end is None:
             self.unchecked += 1  # older than everything the window remembers
@@ -118,12 +141,12 @@ class Uniqueness:
             while i < len(times) and times[i] == candidate:
                 candidate += 1
                 i += 1
+            if candidate > MAX_TIME:
+                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             times.insert(i, candidate)
         if len(times) > self.trim:
             del times[:len(times) - self.window]
         if candidate != ts:
-            if candidate > MAX_TIME:
-                raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             self.nudged += 1
             if runs is None:
                 runs = self.runs[series] = {}
@@ -183,6 +206,8 @@ class Uniqueness:
     def remember(self, series: str, ts: int) -> None:
         """A time a point of the series already holds (stored, or pending on disk): used, never
         given again. No nudge, nothing counted."""
+        if len(series) > LONG_SERIES:
+            series = series_handle(series)
         times = self.current.get(series)
         if times is None:
             times = self._adopt(series, ts)
@@ -289,7 +314,7 @@ class Mapper:
         self._fixed = escape_measurement(m.measurement) if m.measurement and self._from == "fixed" else None
         self._measurement_raw = m.measurement
         self._table = {topic: (name, escape_measurement(name)) for topic, name in m.measurements.items()}
-        self._names: dict[str, str] = {}  # measurement taken from data -> escaped
+        self._names: TextCache[str] = TextCache(10_000)  # measurement taken from data -> escaped
         static = dict(m.static_tags)
         if station:
             static.setdefault("station", station)
@@ -307,7 +332,7 @@ class Mapper:
         self._windowed = self.ahead_ns is not None or self.behind_ns is not None
         # What the window is measured from: now (the receive time), or a re-map's recorded one.
         self.window_now = now or time.time_ns
-        self._tag_cache: dict[str, str] = {}
+        self._tag_cache: TextCache[str] = TextCache(100_000)  # tag text -> escaped (bounded by bytes)
         self._clock = clock or ReceiveClock()
         self.timestamp_fallbacks = 0
         time_path = m.time.value_path
@@ -391,8 +416,7 @@ class Mapper:
         escaped = self._names.get(raw)
         if escaped is None:
             escaped = escape_measurement(raw)
-            if len(self._names) < 10_000:
-                self._names[raw] = escaped
+            self._names.put(raw, escaped)
         return raw, escaped
 
     def _time(self, record: dict) -> int:
@@ -484,8 +508,7 @@ class Mapper:
         cached = self._tag_cache.get(value)
         if cached is None:
             cached = escape_tag(value) if value else ""
-            if len(self._tag_cache) < 100_000:  # bounded: tag cardinality is small in practice
-                self._tag_cache[value] = cached
+            self._tag_cache.put(value, cached)
         return cached
 
     def _prepare(self, topic: str, record: dict, values: dict | None = None) -> tuple[str, str, str, list, int]:

@@ -34,6 +34,8 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from .textcache import TextCache
+
 _BARE = re.compile(r"[A-Za-z0-9_-]+", re.ASCII)
 _INDEX = re.compile(r"-?[0-9]+", re.ASCII)
 _INDEX_LIMIT = 2**31  # an index beyond it is a typo, not a list position
@@ -532,7 +534,7 @@ class TopicCapture:
         if len(set(names)) != len(names):
             raise PathSyntaxError(f"topic tag {tag!r} is also a group of the topic regex")
         self.names: tuple[str, ...] = tuple(names)
-        self._cache: dict[str, tuple[tuple[str, str], ...]] = {}
+        self._cache: TextCache[tuple[tuple[str, str], ...]] = TextCache(10_000)
 
     def __call__(self, topic: str) -> tuple[tuple[str, str], ...]:
         found = self._cache.get(topic)
@@ -547,8 +549,7 @@ class TopicCapture:
                 raise PathError("unknown_topic", f"topic {topic!r} does not match {self.regex.pattern!r}")
             tags += [(g, v) for g, v in match.groupdict().items() if v]
         result = tuple(tags)
-        if len(self._cache) < 10_000:
-            self._cache[topic] = result
+        self._cache.put(topic, result)
         return result
 
 
