@@ -30,11 +30,11 @@ def feed(name: str, port: int | None = None) -> dict:
 
 
 def preflight(tmp_path: Path, variables: dict) -> tuple[int, dict, str]:
-    """Runs roles/bridge/tasks/preflight.yml with the role's own defaults and vars on localhost;
+    """Runs roles/bridge/tasks/preflight.yml with the role's own defaults, vars and files on localhost;
     returns the exit code, the facts it set and the output."""
     role = tmp_path / "roles" / "bridge_preflight"
     (role / "tasks").mkdir(parents=True)
-    for part in ("defaults", "vars"):
+    for part in ("defaults", "vars", "files"):
         (role / part).symlink_to(ROLE / part)
     (role / "tasks" / "main.yml").write_text(yaml.safe_dump([
         {"name": "Preflight", "ansible.builtin.include_tasks": str(ROLE / "tasks" / "preflight.yml")},
