@@ -30,11 +30,11 @@ def feed(name: str, port: int | None = None) -> dict:
 
 
 def preflight(tmp_path: Path, variables: dict) -> tuple[int, dict, str]:
-    """Runs roles/bridge/tasks/preflight.yml with the role's own defaults and vars on localhost;
+    """Runs roles/bridge/tasks/preflight.yml with the role's own defaults, vars and files on localhost;
     returns the exit code, the facts it set and the output."""
     role = tmp_path / "roles" / "bridge_preflight"
     (role / "tasks").mkdir(parents=True)
-    for part in ("defaults", "vars"):
+    for part in ("defaults", "vars", "files"):
         (role / part).symlink_to(ROLE / part)
     (role / "tasks" / "main.yml").write_text(yaml.safe_dump([
         {"name": "Preflight", "ansible.builtin.include_tasks": str(ROLE / "tasks" / "preflight.yml")},
@@ -248,3 +248,24 @@ def test_each_central_is_a_destination_of_its_own_with_its_own_password(tmp_path
                                             "bridge_feed_defaults": {"station": "ams", "destinations": [
                                                 DESTINATION, {**DESTINATION, "name": "central"}]}})
     assert rc != 0 and "bridge_centrals [central]" in out, out
+
+
+def test_one_check_names_every_failure(tmp_path):
+    """The preflight's checks are one task each side of the parser (a task costs the controller
+    about as much as the check: docs/slow-links.md): every failure is named at once, not the first."""
+    instance = {"subscriptions": [{"name": "a", "endpoints": ["tcp://127.0.0.1:5556"],
+                                   "mapping": {"measurement": "a", "fields": {"v": "float"}}}],
+                "destinations": [DESTINATION]}
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_feed_defaults": {"destinations": [DESTINATION]},
+                                      "bridge_feeds": [feed("kraken")],
+                                      "bridge_instances": {"kraken": instance, "bad name": instance}})
+    assert rc != 0
+    assert "instance name 'bad name' must use letters, digits, _ or -." in out, out
+    assert "bridge_feeds and bridge_instances both name kraken" in out, out
+    # After the parser: two bad configurations, both named.
+    bad = {**instance, "subscriptions": [{**instance["subscriptions"][0],
+                                          "mapping": {"measurement": "a", "fields": {"v": "flaot"}}}]}
+    rc, _, out = preflight(tmp_path / "two", {**source(tmp_path), "bridge_instances": {"one": bad, "two": bad}})
+    assert rc != 0
+    assert "bridge instance one: subscriptions[0].mapping.fields.v: unknown type 'flaot'" in out, out
+    assert "bridge instance two: subscriptions[0].mapping.fields.v: unknown type 'flaot'" in out, out
