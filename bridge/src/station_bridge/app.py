@@ -224,7 +224,9 @@ class Bridge:
                 extra={"started": source.started, "start_errors": source.start_errors, "rcvhwm": sub.rcvhwm,
                        "message_bytes_seen": round(sub.message_size),
                        "handshake_failures": source.handshake_failures, "endpoints": source.describe()},
-                problems=source.problems(now) + sub.memory_problems(), last_events=source.last_events(),
+                problems=source.problems(now) + sub.memory_problems()
+                + (self.receivers.problems(sub, now) if self.receivers is not None else []),
+                last_events=source.last_events(),
                 eaten_by_rules=sub.eaten_by_rules(now, self.config.health.rejection_window)))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
                  if self.cache is not None else None)
