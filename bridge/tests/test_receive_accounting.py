@@ -6,7 +6,8 @@
   `unexpected` by the pipeline), keeps the batches before it and leaves the plan usable;
 - a message whose dead-letter record cannot be made stays counted, and the rest of its batch lands;
 - a burst of which nothing maps (a feed the mapping refuses) is not a receive error;
-- a receive thread that fails every round is named in /healthz (it does not say 200 meanwhile).
+- a subscription whose every receive fails (its receive thread's, or the one loop's) is named in
+  /healthz (it does not say 200 meanwhile).
 """
 
 from __future__ import annotations
@@ -103,7 +104,8 @@ def _bridge(tmp_path, influxd, fault: str = "", **overrides) -> tuple[BridgeProc
         bridge.env["PYTHONPATH"] = os.pathsep.join([FAULTS, bridge.env.get("PYTHONPATH", "")])
         bridge.env["STATION_TEST_FAULT"] = fault
     bridge.start()
-    assert any(r.get("msg") == "receive threads" for r in bridge.log_records())
+    threaded = any(r.get("msg") == "receive threads" for r in bridge.log_records())
+    assert threaded == (overrides.get("receive_threads", "auto") == "auto")
     return bridge, db, endpoints
 
 
@@ -135,6 +137,14 @@ def _send(endpoints: dict[str, str], feeds: dict[str, list[dict]]) -> None:
     assert not errors, errors
 
 
+def _received(bridge: BridgeProcess, count: int) -> dict:
+    """Waits until every message of both feeds was received (a publisher's context ends once
+    its messages are on the wire, not when the bridge took them), then for a quiet ledger."""
+    wait_for(lambda: total(bridge.samples(), "bridge_received_messages_total") >= count * len(SUBS), 60,
+             "every message received", detail=lambda: str(total(bridge.samples(), "bridge_received_messages_total")))
+    return quiet_ledger(bridge, subscriptions=SUBS, timeout=60)
+
+
 def _ticks(count: int, **changes: object) -> list[dict]:
     return [{"instrument": "EURUSD", "bid": 1.0 + k, "seq": k, "ts": T0 * 1000 + k, **changes} for k in range(count)]
 
@@ -146,7 +156,7 @@ def test_a_feed_the_mapping_refuses_entirely_is_counted_and_no_receive_error(tmp
     bridge, db, endpoints = _bridge(tmp_path, influxd)
     count = 3000
     _send(endpoints, {"a": _ticks(count, bid=float("nan")), "b": _ticks(count)})
-    samples = quiet_ledger(bridge, subscriptions=SUBS, timeout=60)
+    samples = _received(bridge, count)
     assert value(samples, "bridge_received_messages_total", subscription="a") == count
     assert value(samples, "bridge_rejected_messages_total", subscription="a", reason="non_finite") == count
     assert value(samples, "bridge_received_messages_total", subscription="b") == count
@@ -166,7 +176,7 @@ def test_a_dead_letter_that_cannot_be_made_leaves_its_message_counted(tmp_path, 
     feed = _ticks(count)
     feed[1500]["bid"] = "boom"
     _send(endpoints, {"a": feed, "b": _ticks(count)})
-    samples = quiet_ledger(bridge, subscriptions=SUBS, timeout=60)
+    samples = _received(bridge, count)
     assert value(samples, "bridge_received_messages_total", subscription="a") == count
     assert value(samples, "bridge_mapped_messages_total", subscription="a") == count - 1
     assert value(samples, "bridge_rejected_messages_total", subscription="a", reason="wrong_type") == 1
@@ -175,15 +185,17 @@ def test_a_dead_letter_that_cannot_be_made_leaves_its_message_counted(tmp_path, 
     assert bridge.stop() == 0
 
 
-def test_a_receive_thread_failing_every_round_is_named_in_healthz(tmp_path, influxd):
-    """Subscription a's receive path raises every round (injected): /healthz turns 503 naming its
-    receive thread (it said 200 while nothing of a was read), b goes on landing."""
-    bridge, db, endpoints = _bridge(tmp_path, influxd, fault="receive_round:a")
+@pytest.mark.parametrize("threads", ["auto", "off"])
+def test_a_subscription_whose_every_receive_fails_is_named_in_healthz(tmp_path, influxd, threads):
+    """Subscription a's receive path raises every time (injected), in its receive thread or in the
+    one loop: /healthz turns 503 naming it (it said 200 while nothing of a was read), b goes on
+    landing."""
+    bridge, db, endpoints = _bridge(tmp_path, influxd, fault="receive_round:a", receive_threads=threads)
     _send(endpoints, {"a": _ticks(10), "b": _ticks(1000)})
     wait_for(lambda: bridge.health()[0] == 503, 20, "/healthz 503", detail=lambda: str(bridge.health()))
     _, doc = bridge.health()
     found = [p for p in doc["problems"] if p["part"] == "subscription"]
-    assert [p["name"] for p in found] == ["a"] and "receive thread failing" in found[0]["reason"], found
+    assert [p["name"] for p in found] == ["a"] and "receiving fails for" in found[0]["reason"], found
     wait_for(lambda: influxd.count(db, "m_b") == 1000, 30, "b landed")
     assert bridge.stop() == 0
 

@@ -37,6 +37,7 @@ from .sinks import InfluxSink
 from .sources import BURST, BURST_BYTES, Source
 
 log = logging.getLogger("station_bridge")
+RECEIVE_FAILING_S = 1.0  # a subscription whose every receive raised for this long is named in /healthz
 
 __all__ = ["BIN_FLUSH", "Pipeline", "RateLimitedLog", "Subscription"]
 
@@ -68,6 +69,9 @@ class Subscription:
         # the largest seen lately: a burst never holds much more than BURST_BYTES.
         self.burst = max(1, min(BURST, BURST_BYTES // (spec.message_bytes or spec.max_frame_bytes)))
         self.last_message = 0.0  # monotonic; 0: none yet
+        # A receive that raised (a defect, contained by its loop or thread): since when every one
+        # did (monotonic) and the last error; None: the last one worked (`receive_failed`).
+        self.failing: tuple[float, str] | None = None
         self.fallbacks_counted = 0
         self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
         self.evictions_counted = 0  # binning: series forgotten beyond max_series counted so far
@@ -103,6 +107,20 @@ class Subscription:
         self.largest = max(self.largest * 0.99, largest, mean)
         limit = max(self.message_size, self.largest, float(self.spec.message_bytes or 0))
         self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, limit))))
+
+    def receive_failed(self, error: BaseException | None) -> None:
+        """Records a receive round's outcome (None: it worked) for /healthz (`receive_problems`)."""
+        if error is None:
+            self.failing = None
+        else:
+            self.failing = (self.failing[0] if self.failing else time.monotonic(), repr(error)[:200])
+
+    def receive_problems(self, now: float) -> list[str]:
+        """Its receives have all raised for RECEIVE_FAILING_S: contained, yet nothing arrives."""
+        failing = self.failing
+        if failing is None or now - failing[0] < RECEIVE_FAILING_S:
+            return []
+        return [f"receiving fails for {now - failing[0]:.0f} s: {failing[1]}"]
 
     def memory_problems(self) -> list[str]:
         """libzmq may hold rcvhwm messages per endpoint: with the sizes seen, beyond twice the

@@ -29,7 +29,6 @@ from .pipeline import Pipeline, Subscription
 
 log = logging.getLogger("station_bridge.receivers")
 POLL_MS = 200  # how soon a thread sees the stop and repairs its socket (as the loop's TICK_S)
-FAILING_S = 1.0  # a thread whose every round failed for this long is named in /healthz
 
 
 class Receivers:
@@ -43,8 +42,6 @@ class Receivers:
         self.count = count  # Metrics.inc
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
-        # Health: per subscription, since when every round failed (monotonic) and the last error.
-        self._failing: dict[str, tuple[float, str]] = {}
 
     def owns(self, sub: Subscription) -> bool:
         """Whether `sub`'s data socket belongs to a running receive thread."""
@@ -68,19 +65,14 @@ class Receivers:
         log.info("receive threads ended", extra={"subscriptions": [s.name for s in self.subs],
                                                  "still_running": len(self._threads)})
 
-    def problems(self, sub: Subscription, now: float) -> list[str]:
+    def problems(self, sub: Subscription) -> list[str]:
         """What /healthz says of `sub`'s receive thread: ended while the bridge runs (its socket
-        is then read by nobody), or failing every round for FAILING_S (contained, yet nothing
-        arrives through it). Empty when it receives, or has no thread."""
+        is then read by nobody). A thread whose rounds all fail says so through its subscription
+        (Subscription.receive_problems). Empty when it runs, or `sub` has no thread."""
         if not self.owns(sub) or self._stop.is_set():
             return []
         thread = next((t for t in self._threads if t.name == f"receive-{sub.name}"), None)
-        if thread is None or not thread.is_alive():
-            return ["receive thread ended: nothing reads its socket"]
-        failing = self._failing.get(sub.name)
-        if failing is not None and now - failing[0] >= FAILING_S:
-            return [f"receive thread failing for {now - failing[0]:.0f} s: {failing[1]}"[:300]]
-        return []
+        return [] if thread is not None and thread.is_alive() else ["receive thread ended: nothing reads its socket"]
 
     def _run(self, sub: Subscription) -> None:
         state: dict = {"poller": None, "polled": None, "next_repair": 0.0}
@@ -88,10 +80,9 @@ class Receivers:
             while not self._stop.is_set():
                 try:
                     self._round(sub, state)
-                    self._failing.pop(sub.name, None)
+                    sub.receive_failed(None)
                 except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the thread goes on
-                    self._failing.setdefault(sub.name, (time.monotonic(), ""))
-                    self._failing[sub.name] = (self._failing[sub.name][0], repr(exc)[:200])
+                    sub.receive_failed(exc)
                     self.count("bridge_stage_errors_total", 1, stage="receive")
                     log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
                     self._stop.wait(POLL_MS / 1000)  # never a hot loop of the same error
