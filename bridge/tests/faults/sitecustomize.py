@@ -5,7 +5,9 @@ once the module is loaded, as `STATION_TEST_FAULT` says:
 - `dead_letter_record`: making the dead-letter record of a message holding b"boom" raises
   MemoryError (what a big message's copy does when memory runs out);
 - `receive_round:<subscription>`: every compiled receive of that subscription raises (a defect
-  of the receive path that repeats).
+  of the receive path that repeats);
+- `receive_stall:<subscription>`: every compiled receive of that subscription first hangs for
+  12 s (a receive blocked on a hung disk, say).
 
 Everything else runs as it is: real sockets, the real pipeline, the real InfluxDB.
 """
@@ -38,6 +40,17 @@ def _patch(pipeline: object) -> None:
                 raise RuntimeError("injected: the receive path fails")
             return real_receive(self, sub, *args)
         cls.receive_compiled = receive_compiled
+    elif FAULT.startswith("receive_stall:"):
+        import time
+        name = FAULT.split(":", 1)[1]
+        cls = pipeline.Pipeline  # type: ignore[attr-defined]
+        real_stalled = cls.receive_compiled
+
+        def stalled(self: object, sub: object, *args: object) -> int:
+            if sub.name == name:  # type: ignore[attr-defined]
+                time.sleep(12)
+            return real_stalled(self, sub, *args)
+        cls.receive_compiled = stalled
 
 
 class _After(importlib.abc.MetaPathFinder):
