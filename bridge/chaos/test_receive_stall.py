@@ -33,7 +33,8 @@ def test_a_hung_receive_thread_leaves_the_others_drained_at_a_stop(tmp_path, inf
     endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("a", "b")}
     subs = [{"name": name, "endpoints": [endpoints[name]], "topics": [f"{name}_tick"], "framing": "msgpack",
              "mapping": {"measurement": f"m_{name}", "tags": ["instrument"],
-                         "fields": {"bid": "float", "seq": "integer"}, "time": {"field": "ts", "format": "epoch_ms"}}} for name in endpoints]
+                         "fields": {"bid": "float", "seq": "integer"},
+                         "time": {"field": "ts", "format": "epoch_ms"}}} for name in endpoints]
     bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
                            destination={"batch_size": 5000, "flush_interval": "50ms"}, shutdown_timeout="30s")
     bridge.env["PYTHONPATH"] = os.pathsep.join([FAULTS, bridge.env.get("PYTHONPATH", "")])
