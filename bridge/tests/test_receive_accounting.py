@@ -7,7 +7,8 @@
 - a message whose dead-letter record cannot be made stays counted, and the rest of its batch lands;
 - a burst of which nothing maps (a feed the mapping refuses) is not a receive error;
 - a subscription whose every receive fails (its receive thread's, or the one loop's) is named in
-  /healthz (it does not say 200 meanwhile).
+  /healthz (it does not say 200 meanwhile); a receive thread that ends is named too, and the main
+  loop reads its socket.
 """
 
 from __future__ import annotations
@@ -199,6 +200,23 @@ def test_a_subscription_whose_every_receive_fails_is_named_in_healthz(tmp_path, 
     found = [p for p in doc["problems"] if p["part"] == "subscription"]
     assert [p["name"] for p in found] == ["a"] and "receiving fails for" in found[0]["reason"], found
     wait_for(lambda: influxd.count(db, "m_b") == 1000, 30, "b landed")
+    assert bridge.stop() == 0
+
+
+def test_a_receive_thread_that_ends_is_named_and_its_socket_read_by_the_main_loop(tmp_path, influxd):
+    """a's receive thread ends (SystemExit, injected, on its first receive): /healthz names it (it
+    said 200 while nobody read a's socket: every later message stayed in libzmq) and the main loop
+    takes its socket over: what a publishes still lands, counted."""
+    bridge, db, endpoints = _bridge(tmp_path, influxd, fault="receive_exit:a")
+    count = 2000
+    _send(endpoints, {"a": _ticks(count), "b": _ticks(count)})
+    wait_for(lambda: bridge.health()[0] == 503, 20, "/healthz 503", detail=lambda: str(bridge.health()))
+    _, doc = bridge.health()
+    found = [p for p in doc["problems"] if p["part"] == "subscription"]
+    assert [p["name"] for p in found] == ["a"] and "receive thread ended" in found[0]["reason"], found
+    samples = _received(bridge, count)
+    assert value(samples, "bridge_mapped_messages_total", subscription="a") == count
+    assert influxd.count(db, "m_a") == count
     assert bridge.stop() == 0
 
 

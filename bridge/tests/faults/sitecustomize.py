@@ -7,7 +7,9 @@ once the module is loaded, as `STATION_TEST_FAULT` says:
 - `receive_round:<subscription>`: every compiled receive of that subscription raises (a defect
   of the receive path that repeats);
 - `receive_stall:<subscription>`: every compiled receive of that subscription first hangs for
-  12 s (a receive blocked on a hung disk, say).
+  12 s (a receive blocked on a hung disk, say);
+- `receive_exit:<subscription>`: the first compiled receive of that subscription raises
+  SystemExit in its receive thread (what no `except Exception` contains: the thread ends).
 
 Everything else runs as it is: real sockets, the real pipeline, the real InfluxDB.
 """
@@ -40,6 +42,19 @@ def _patch(pipeline: object) -> None:
                 raise RuntimeError("injected: the receive path fails")
             return real_receive(self, sub, *args)
         cls.receive_compiled = receive_compiled
+    elif FAULT.startswith("receive_exit:"):
+        import threading
+        name = FAULT.split(":", 1)[1]
+        cls = pipeline.Pipeline  # type: ignore[attr-defined]
+        real_once = cls.receive_compiled
+        done: list[bool] = []
+
+        def once(self: object, sub: object, *args: object) -> int:
+            if sub.name == name and not done and threading.current_thread().name.startswith("receive-"):  # type: ignore[attr-defined]
+                done.append(True)
+                raise SystemExit("injected: the receive thread ends")
+            return real_once(self, sub, *args)
+        cls.receive_compiled = once
     elif FAULT.startswith("receive_stall:"):
         import time
         name = FAULT.split(":", 1)[1]
