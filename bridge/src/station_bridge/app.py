@@ -224,7 +224,9 @@ class Bridge:
                 extra={"started": source.started, "start_errors": source.start_errors, "rcvhwm": sub.rcvhwm,
                        "message_bytes_seen": round(sub.message_size),
                        "handshake_failures": source.handshake_failures, "endpoints": source.describe()},
-                problems=source.problems(now) + sub.memory_problems(), last_events=source.last_events(),
+                problems=source.problems(now) + sub.memory_problems() + sub.receive_problems(now)
+                + (self.receivers.problems(sub) if self.receivers is not None else []),
+                last_events=source.last_events(),
                 eaten_by_rules=sub.eaten_by_rules(now, self.config.health.rejection_window)))
         cache = ({"queue": self.cache.queued, "last_error": self.cache.last_error}
                  if self.cache is not None else None)
@@ -450,10 +452,14 @@ class Bridge:
             if sub.accelerator is not None:
                 try:
                     n = self.pipeline.receive_compiled(sub)
-                except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
+                except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
-                    log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                    if self.rate_log.allow("receive_error"):  # a repeating one: at poll rate
+                        log.exception("receive error (contained)", extra={"subscription": sub.name,
+                                                                          "error": repr(exc)})
+                    sub.receive_failed(exc)
                     continue
+                sub.receive_failed(None)
                 got += n
                 continue
             messages = receive(socket, BURST, BURST_BYTES)
@@ -463,9 +469,14 @@ class Bridge:
                 sub.observe_size(len(messages), sum(sizes), max(sizes))
                 try:
                     self.pipeline.receive(sub, messages)
-                except Exception as exc:  # a defect, contained: counted and logged, the loop goes on
+                except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the loop goes on
                     self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
-                    log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                    if self.rate_log.allow("receive_error"):  # a repeating one: at poll rate
+                        log.exception("receive error (contained)", extra={"subscription": sub.name,
+                                                                          "error": repr(exc)})
+                    sub.receive_failed(exc)
+                    continue
+                sub.receive_failed(None)
         return got
 
     def _register(self, poller: zmq.Poller, by_socket: dict) -> None:

@@ -176,6 +176,10 @@ class Burst:
     received: int  # messages taken off the socket (each is mapped or handed to `slow`)
     compiled: int  # of them, mapped in C
     errno: int = 0  # a libzmq error other than EAGAIN that ended the burst (0: none)
+    # Messages taken whose batch's commit raised (a defect, or no memory): neither in `data` nor
+    # settled by `slow`, so not counted anywhere else; the caller counts them (`unexpected`).
+    lost: int = 0
+    error: BaseException | None = None  # what the commit raised (the burst ends with it)
 
 
 class Accelerator:
@@ -216,7 +220,12 @@ class Accelerator:
         Each batch (at most 256 messages) is received and formatted in C without the GIL
         (`stage_zmq`), then committed with it (`commit`: the uniqueness claims, the receive clock,
         the newest points, every message handed back given to `slow` at its place): held under
-        `lock`, when given (the bridge's state shared by several receive threads)."""
+        `lock`, when given (the bridge's state shared by several receive threads).
+
+        Every message taken is accounted for: in `data`, settled by `slow` (it returned None: the
+        caller counted it rejected), or in `lost`: a commit that raises (a defect in `slow`, no
+        memory in C) discards its whole batch, lines and hand-backs, and ends the burst; the
+        batches before it are kept."""
         stage, commit = self.plan.stage_zmq, self.plan.commit  # type: ignore[attr-defined]
         address = socket.underlying  # type: ignore[attr-defined]
         held = lock if lock is not None else nullcontext()
@@ -224,10 +233,24 @@ class Accelerator:
         lines = received = compiled = 0
         error_no = 0
         size = 0
+        settled = [0]  # messages of the current batch `slow` settled (returned None: counted by the caller)
+
+        def settling(frames: list[bytes], error: BaseException | None) -> bytes | None:
+            line = slow(frames, error)
+            if line is None:
+                settled[0] += 1
+            return line
+
         while received < limit and (max_bytes <= 0 or size < max_bytes):
             taken, error_no = stage(address, limit - received, max(1, max_bytes - size) if max_bytes > 0 else 0)
-            with held:
-                data, n, c = commit(newest, slow)
+            settled[0] = 0
+            try:
+                with held:
+                    data, n, c = commit(newest, settling)
+            except Exception as exc:  # the batch is gone (C released it): its messages counted, not lost silently
+                received += taken
+                lost = taken - settled[0]
+                return Burst(b"".join(parts), lines, received, compiled, 0, lost, exc)
             received += taken
             lines += n
             compiled += c

@@ -43,7 +43,9 @@ A **subscription** is degraded when:
   the mapping maps (a few ignored messages per burst are mapped on the side to tell): a rule that
   matches data eats the feed, counted as ignored (a heartbeat the mapping refuses never trips it);
 - it declares `expected_interval` and no message arrived for 3 x that interval (since start,
-  when none ever did). Without it, an idle feed is healthy (observatories publish in campaigns).
+  when none ever did; without it, an idle feed is healthy: observatories publish in campaigns);
+- every receive of it raised for a second (a defect, contained), or its receive thread
+  (`receive_threads: auto`) has ended.
 The **bridge** is degraded when the input dead-letter file or the ledger cannot be written, a
 journal directory holds points of a destination no longer configured (renamed or removed: its
 pending points are counted dropped `orphaned`), or the stop was requested.

@@ -133,9 +133,13 @@ class Uniqueness:
             if candidate > MAX_TIME:
                 raise MapError("bad_timestamp", f"time {ts} nudged to {candidate}, beyond InfluxDB's range")
             times.append(candidate)
-        elif len(times) >= self.window and candidate < times[0] and run_end is None:
-            self.unchecked += 1  # older than everything the window remembers
-            return candidate
+        elif len(times) >= self.window and candidate < times[0]:
+            if run_end is None:
+                self.unchecked += 1  # older than everything the window remembers
+                return candidate
+            # The next of a repeated time's run that ended below the window: the run's own (runs
+            # never meet), kept out of `times`, whose first time marks what is forgotten below
+            # it (inserted there, the times forgotten between it and the window were given again).
         else:
             i = bisect.bisect_left(times, candidate)
             while i < len(times) and times[i] == candidate:

@@ -37,6 +37,7 @@ from .sinks import InfluxSink
 from .sources import BURST, BURST_BYTES, Source
 
 log = logging.getLogger("station_bridge")
+RECEIVE_FAILING_S = 1.0  # a subscription whose every receive raised for this long is named in /healthz
 
 __all__ = ["BIN_FLUSH", "Pipeline", "RateLimitedLog", "Subscription"]
 
@@ -68,6 +69,9 @@ class Subscription:
         # the largest seen lately: a burst never holds much more than BURST_BYTES.
         self.burst = max(1, min(BURST, BURST_BYTES // (spec.message_bytes or spec.max_frame_bytes)))
         self.last_message = 0.0  # monotonic; 0: none yet
+        # A receive that raised (a defect, contained by its loop or thread): since when every one
+        # did (monotonic) and the last error; None: the last one worked (`receive_failed`).
+        self.failing: tuple[float, str] | None = None
         self.fallbacks_counted = 0
         self.gaps_counted = 0  # binning: silences beyond max_gap counted so far
         self.evictions_counted = 0  # binning: series forgotten beyond max_series counted so far
@@ -103,6 +107,20 @@ class Subscription:
         self.largest = max(self.largest * 0.99, largest, mean)
         limit = max(self.message_size, self.largest, float(self.spec.message_bytes or 0))
         self.burst = max(1, min(BURST, int(BURST_BYTES // max(1.0, limit))))
+
+    def receive_failed(self, error: BaseException | None) -> None:
+        """Records a receive round's outcome (None: it worked) for /healthz (`receive_problems`)."""
+        if error is None:
+            self.failing = None
+        else:
+            self.failing = (self.failing[0] if self.failing else time.monotonic(), repr(error)[:200])
+
+    def receive_problems(self, now: float) -> list[str]:
+        """Its receives have all raised for RECEIVE_FAILING_S: contained, yet nothing arrives."""
+        failing = self.failing
+        if failing is None or now - failing[0] < RECEIVE_FAILING_S:
+            return []
+        return [f"receiving fails for {now - failing[0]:.0f} s: {failing[1]}"]
 
     def memory_problems(self) -> list[str]:
         """libzmq may hold rcvhwm messages per endpoint: with the sizes seen, beyond twice the
@@ -175,10 +193,17 @@ class Pipeline:
         sub.examples[reason] = detail[:200]
         self.rate_log.warn(reason, "message rejected", subscription=sub.name, detail=detail[:300])
         # The whole message (refused.py: the record format), so `replay --dead-letters` can map it again.
-        record, truncated = make_record(frames, time.time_ns(), self.dead_record_max, subscription=sub.name,
-                                        reason=reason, detail=detail[:500], topic=topic_of(sub.spec.framing, frames))
-        ok = self.dead_input.write(**record)
         name = self.dead_input.path.name
+        try:
+            record, truncated = make_record(frames, time.time_ns(), self.dead_record_max, subscription=sub.name,
+                                            reason=reason, detail=detail[:500],
+                                            topic=topic_of(sub.spec.framing, frames))
+        except Exception as exc:  # no memory for its copy, or a defect: counted, its record not written
+            self.metrics.inc("bridge_dead_letter_errors_total", 1, file=name)
+            self.rate_log.warn("dead_letter_record", "dead letter not written", subscription=sub.name,
+                               error=repr(exc)[:300])
+            return
+        ok = self.dead_input.write(**record)
         self.metrics.inc("bridge_dead_letters_total" if ok else "bridge_dead_letter_errors_total", 1, file=name)
         if truncated and ok:
             self.metrics.inc("bridge_dead_letters_truncated_total", 1, file=name)
@@ -399,7 +424,7 @@ class Pipeline:
             for sink in self.sinks:
                 chunks.append(chunk if sink.adapter is None else self._adapt(sink, chunk, updates))
         self.metrics.bump(updates)
-        for sink, own in zip(self.sinks, chunks, strict=True):
+        for sink, own in zip(self.sinks, chunks, strict=True) if chunks else ():  # no lines: nothing to hand on
             sink.submit(own, counted=True)
 
     @staticmethod
@@ -456,6 +481,20 @@ class Pipeline:
         rejected: dict[str, int] = {}
 
         def slow(frames: list[bytes], error: BaseException | None) -> bytes | None:
+            """`python_path` contained: whatever raises past the refusal handler (a defect, no
+            memory), the message is counted once (`unexpected`) and the batch goes on."""
+            counted = sum(rejected.values())
+            try:
+                return python_path(frames, error)
+            except Exception as exc:
+                if sum(rejected.values()) == counted:
+                    rejected["unexpected"] = rejected.get("unexpected", 0) + 1
+                if self.rate_log.allow("unexpected"):
+                    log.error("unexpected error on the Python path of a handed-back message (counted)",
+                              extra={"subscription": sub.name, "error": repr(exc)[:300]})
+                return None
+
+        def python_path(frames: list[bytes], error: BaseException | None) -> bytes | None:
             if error is not None:  # refused by the uniqueness C called (MapError: bad_timestamp)
                 self._reject(sub, getattr(error, "reason", "unexpected"), str(error), frames, rejected)
                 return None
@@ -487,6 +526,12 @@ class Pipeline:
     def _committed(self, sub: Subscription, burst: Burst, rejected: dict[str, int], newest: dict | None) -> int:
         """receive_compiled's burst counted and handed on; how many messages it took."""
         mapper = sub.mapper
+        if burst.lost:  # a batch whose commit raised: its messages counted (no frames left to dead-letter)
+            rejected["unexpected"] = rejected.get("unexpected", 0) + burst.lost
+            self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
+            if self.rate_log.allow("receive_lost"):
+                log.error("a batch of the compiled path failed: its messages are counted rejected (unexpected)",
+                          extra={"subscription": sub.name, "messages": burst.lost, "error": repr(burst.error)[:300]})
         if burst.errno:
             self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
             if self.rate_log.allow("receive_errno"):

@@ -42,14 +42,19 @@ class Receivers:
         self.count = count  # Metrics.inc
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._by_name: dict[str, threading.Thread] = {}  # subscription -> its thread (once started)
 
     def owns(self, sub: Subscription) -> bool:
-        """Whether `sub`'s data socket belongs to a running receive thread."""
-        return bool(self._threads) and sub in self.subs
+        """Whether `sub`'s data socket belongs to a running receive thread: its own thread, alive.
+        A thread that ended (a defect) or did not stop in time leaves the others' sockets to the
+        main loop all the same (the drain at a stop read none while one thread was still running)."""
+        thread = self._by_name.get(sub.name)
+        return thread is not None and thread.is_alive()
 
     def start(self) -> None:
         self._threads = [threading.Thread(target=self._run, args=(sub,), name=f"receive-{sub.name}", daemon=True)
                          for sub in self.subs]
+        self._by_name = {sub.name: thread for sub, thread in zip(self.subs, self._threads, strict=True)}
         for thread in self._threads:
             thread.start()
 
@@ -59,21 +64,37 @@ class Receivers:
         deadline = time.monotonic() + timeout
         for thread in self._threads:
             thread.join(max(0.0, deadline - time.monotonic()))
-            if thread.is_alive():  # cannot happen but in a defect: its socket is then never polled again
-                log.error("receive thread did not stop", extra={"thread": thread.name})
+            if thread.is_alive():  # a defect (a receive that hangs): its socket is not drained
+                log.error("receive thread did not stop", extra={"receive_thread": thread.name})
         self._threads = [t for t in self._threads if t.is_alive()]
         log.info("receive threads ended", extra={"subscriptions": [s.name for s in self.subs],
                                                  "still_running": len(self._threads)})
 
+    def problems(self, sub: Subscription) -> list[str]:
+        """What /healthz says of `sub`'s receive thread: ended while the bridge runs (the main
+        loop's `_register` then polls its socket, `owns`). A thread whose rounds all fail says so
+        through its subscription (Subscription.receive_problems). Empty when it runs, or `sub`
+        has no thread."""
+        thread = self._by_name.get(sub.name)
+        if thread is None or thread.is_alive() or self._stop.is_set():
+            return []
+        return ["receive thread ended (a defect): the main loop reads its socket"]
+
     def _run(self, sub: Subscription) -> None:
         state: dict = {"poller": None, "polled": None, "next_repair": 0.0}
-        while not self._stop.is_set():
-            try:
-                self._round(sub, state)
-            except Exception as exc:  # a defect, contained: counted and logged, the thread goes on
-                self.count("bridge_stage_errors_total", 1, stage="receive")
-                log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
-                self._stop.wait(POLL_MS / 1000)  # never a hot loop of the same error
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._round(sub, state)
+                    sub.receive_failed(None)
+                except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the thread goes on
+                    sub.receive_failed(exc)
+                    self.count("bridge_stage_errors_total", 1, stage="receive")
+                    log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+                    self._stop.wait(POLL_MS / 1000)  # never a hot loop of the same error
+        except BaseException as exc:  # not contained (it cannot be): the thread ends, /healthz says so
+            log.critical("receive thread ended", extra={"subscription": sub.name, "error": repr(exc)})
+            raise
 
     def _round(self, sub: Subscription, state: dict) -> None:
         """One round of a subscription's thread: its socket repaired (each POLL_MS, as the main
