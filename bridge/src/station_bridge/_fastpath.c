@@ -222,7 +222,7 @@ typedef struct { uint64_t hash; Py_ssize_t n; char key[SCACHE_MAX_KEY]; PyObject
 typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap; int used; } newest_t;
 
 /* A message of a batch: staged without the GIL (Plan.stage_zmq, Plan.stage_frames), committed
- * with it (Plan.commit). See "Two phases" below. */
+ * with it (Plan.commit). The block "Two phases" below says how. */
 enum { S_LINE = 0, S_GIL = 1, S_BACK = 2 };
 #define STAGE_MAX 256
 typedef struct {
