@@ -90,7 +90,9 @@ def test_role_preflight_uses_the_filters(tmp_path):
                            "--tags", "preflight"],
                           capture_output=True, text=True, env=env, timeout=300, check=False)
     output = json.loads(proc.stdout)
-    failures = {host: " ".join(r["msg"] for r in result.get("results", [result]) if r.get("failed"))
+    # A role's folded checks fail with a list of messages (every failure at once).
+    failures = {host: " ".join(" ".join(r["msg"]) if isinstance(r["msg"], list) else r["msg"]
+                               for r in result.get("results", [result]) if r.get("failed"))
                 for play in output["plays"] for task in play["tasks"]
                 for host, result in task["hosts"].items() if result.get("failed")}
     for case, (_database, message) in CASES.items():
