@@ -319,20 +319,28 @@ def test_observe_reports_an_idle_feed_and_fails_one_overdue_for_its_cadence(tmp_
     assert report["problems"] == [f"kraken: feed kraken: {problems['feed kraken']}"]
 
 
-def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):
+def validate_with_a_dead_central(tmp_path: Path, influx: Influxd, redis_server: RedisServer, feed: str,
+                                 *flag_sets: list[str], journal: dict | None = None,
+                                 **destination: object) -> list[tuple[int, dict]]:
+    """A live feed, a bridge whose destination `central` answers nothing; once it is failing,
+    validate (window 2 s) run once per set of flags."""
     dead = {"name": "central", "url": f"http://127.0.0.1:{free_port()}", "database": "fleet",
-            "username": "station-tst", "flush_interval": 0.2, "max_backoff": 1.0}
+            "username": "station-tst", "flush_interval": 0.2, "max_backoff": 1.0, **destination}
     publisher = Publisher(feed)
     publisher.start()
-    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, extra_destination=dead)
+    bridge = StationBridge(tmp_path, influx, redis_server, feed, extra_destination=dead, journal=journal)
     try:
         wait_for(lambda: destination_failing(bridge, "central"), 15, "the dead destination to be noticed")
-        rc, report = validate(str(bridge.path), "--window", "2")
-        declared_rc, declared = validate(str(bridge.path), "--window", "2", "--declared-down", "central")
+        return [validate(str(bridge.path), "--window", "2", *flags) for flags in flag_sets]
     finally:
         bridge.stop()
         publisher.stopped.set()
         publisher.join()
+
+
+def test_observe_names_a_failing_destination(tmp_path, station_influx, station_redis, feed):
+    (rc, report), (declared_rc, declared) = validate_with_a_dead_central(
+        tmp_path, station_influx, station_redis, feed, [], ["--declared-down", "central"])
     assert rc == 1
     problems = failed(report)
     assert set(problems) == {"destination central"}, problems
@@ -349,19 +357,9 @@ def test_observe_names_a_failing_destination(tmp_path, station_influx, station_r
 def test_a_destination_declared_down_that_drops_points_still_fails(tmp_path, station_influx, station_redis, feed):
     """Declaring a central down excuses its failing, never a lost point: with its journal full
     (spool_full), validate --declared-down fails and says why."""
-    dead = {"name": "central", "url": f"http://127.0.0.1:{free_port()}", "database": "fleet",
-            "username": "station-tst", "flush_interval": 0.2, "max_backoff": 1.0, "batch_size": 10}
-    publisher = Publisher(feed)
-    publisher.start()
-    bridge = StationBridge(tmp_path, station_influx, station_redis, feed, extra_destination=dead,
-                           journal={"max_bytes": 4096})
-    try:
-        wait_for(lambda: destination_failing(bridge, "central"), 15, "the dead destination to be noticed")
-        rc, report = validate(str(bridge.path), "--window", "2", "--declared-down", "central")
-    finally:
-        bridge.stop()
-        publisher.stopped.set()
-        publisher.join()
+    ((rc, report),) = validate_with_a_dead_central(tmp_path, station_influx, station_redis, feed,
+                                                   ["--declared-down", "central"], batch_size=10,
+                                                   journal={"max_bytes": 4096})
     assert rc == 1
     problems = failed(report)
     assert set(problems) == {"destination central"}, problems

@@ -452,12 +452,8 @@ class Bridge:
             if sub.accelerator is not None:
                 try:
                     n = self.pipeline.receive_compiled(sub)
-                except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the loop goes on
-                    self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
-                    if self.rate_log.allow("receive_error"):  # a repeating one: at poll rate
-                        log.exception("receive error (contained)", extra={"subscription": sub.name,
-                                                                          "error": repr(exc)})
-                    sub.receive_failed(exc)
+                except Exception as exc:  # a defect, contained: the loop goes on
+                    self._receive_error(sub, exc)
                     continue
                 sub.receive_failed(None)
                 got += n
@@ -469,15 +465,19 @@ class Bridge:
                 sub.observe_size(len(messages), sum(sizes), max(sizes))
                 try:
                     self.pipeline.receive(sub, messages)
-                except Exception as exc:  # a defect, contained: counted, logged, named in /healthz; the loop goes on
-                    self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
-                    if self.rate_log.allow("receive_error"):  # a repeating one: at poll rate
-                        log.exception("receive error (contained)", extra={"subscription": sub.name,
-                                                                          "error": repr(exc)})
-                    sub.receive_failed(exc)
+                except Exception as exc:  # a defect, contained: the loop goes on
+                    self._receive_error(sub, exc)
                     continue
                 sub.receive_failed(None)
         return got
+
+    def _receive_error(self, sub: Subscription, exc: Exception) -> None:
+        """A defect in a receive, contained: counted, logged (a repeating one at poll rate) and
+        named in /healthz through its subscription."""
+        self.metrics.inc("bridge_stage_errors_total", 1, stage="receive")
+        if self.rate_log.allow("receive_error"):
+            log.exception("receive error (contained)", extra={"subscription": sub.name, "error": repr(exc)})
+        sub.receive_failed(exc)
 
     def _register(self, poller: zmq.Poller, by_socket: dict) -> None:
         """Polls each subscription's socket and monitor once they exist: a subscription whose
