@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import zmq
 from conftest import report
-from harness import BridgeProcess, ledger_problems, quiet_ledger, tmpfs, wait_for
+from harness import BridgeProcess, ledger_problems, publisher, quiet_ledger, tmpfs, wait_for
 from servers import Influxd, RedisServer
 
 from station_bridge.demo import INSTRUMENTS, publish, ticks, wait_for_subscriber
@@ -43,9 +43,7 @@ def own_server(path: Path) -> Influxd:
 def bound_xpub(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """The tests' publisher: XPUB (it sees the bridge subscribe) bound at `endpoint`, SNDHWM 0 (a
     stopped subscriber makes it queue, never drop)."""
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = publisher(context, endpoint)
     return pub
 
 

@@ -10,9 +10,8 @@ import threading
 import time
 
 import test_links as links
-import zmq
 from conftest import report
-from harness import BridgeProcess, ledger_problems, quiet_ledger, wait_for
+from harness import BridgeProcess, ledger_problems, publisher, quiet_ledger, subscribed, wait_for
 
 EVERY, UP = 8, 3
 BYTES_PER_S, POINTS_PER_S = 6000, 500
@@ -25,11 +24,7 @@ def up(t: float) -> bool:
 def test_a_periodic_gzip_link_paces_a_backlog_behind_the_live_stream(tmp_path, influxd, database, endpoint,
                                                                       zmq_context):
     proxy = links.LinkProxy(influxd.port)
-    pub = zmq_context.socket(zmq.PUB)
-    # The backlog is 2000 messages in a burst: a PUB's default SNDHWM (1000) drops what the bridge
-    # has not taken yet (under load, CI saw 232 of them never reach it); 0 queues them instead.
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = BridgeProcess(tmp_path, None, database, endpoint, destination={
         "name": "central", "url": proxy.url, "batch_size": 200, "gzip": True,
         "schedule": {"every": f"{EVERY}s", "for": f"{UP}s"},
@@ -40,8 +35,7 @@ def test_a_periodic_gzip_link_paces_a_backlog_behind_the_live_stream(tmp_path, i
     published: dict[int, float] = {}
     stop = threading.Event()
     try:
-        wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken"), 10, "the subscriber")
-        time.sleep(0.3)
+        subscribed(pub)
         # The backlog: a closed phase, so that it is journaled before a window opens.
         wait_for(lambda: not up(time.time()) and (time.time() % EVERY) < EVERY - 2, EVERY + 1, "a closed phase")
         ts = time.time() - 600

@@ -22,7 +22,7 @@ import msgpack
 import pytest
 import zmq
 from conftest import report
-from harness import TICKS_MAPPING, BridgeProcess, quiet_ledger
+from harness import TICKS_MAPPING, BridgeProcess, publisher, quiet_ledger
 from servers import Influxd, free_port
 
 from station_bridge.demo import wait_for_subscriber
@@ -78,9 +78,7 @@ def _flood(endpoint: str, count: int, go: multiprocessing.Event, sent: multiproc
     """`count` messages of about 1 KiB as fast as libzmq takes them (XPUB, SNDHWM 0: it queues,
     never drops)."""
     context = zmq.Context()
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = publisher(context, endpoint)
     # One packed template; per message only the seq (uint32) and the timestamp (float64) are
     # replaced in place: the publisher outruns the bridge, as a real feed in a burst does.
     base = time.time()
@@ -169,9 +167,7 @@ def test_a_flood_under_a_memory_limit_with_influxdb_down_is_spilled_not_oom_kill
 def _large(endpoint: str, count: int, size: int, go: multiprocessing.Event, sent: multiprocessing.Event) -> None:
     """`count` valid messages of about `size` bytes each (a string field), as fast as libzmq takes them."""
     context = zmq.Context()
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = publisher(context, endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 30)
     go.set()
     base = time.time()

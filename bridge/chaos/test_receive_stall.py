@@ -13,9 +13,8 @@ import time
 from pathlib import Path
 
 import msgpack
-import zmq
 from conftest import report
-from harness import BridgeProcess, wait_for
+from harness import BridgeProcess, publisher, wait_for
 from servers import free_port
 
 from station_bridge.demo import wait_for_subscriber
@@ -42,9 +41,7 @@ def test_a_hung_receive_thread_leaves_the_others_drained_at_a_stop(tmp_path, inf
     bridge.start()
     publishers = {}
     for name, endpoint in endpoints.items():
-        socket = zmq_context.socket(zmq.XPUB)
-        socket.setsockopt(zmq.SNDHWM, 0)
-        socket.bind(endpoint)
+        socket = publisher(zmq_context, endpoint)
         assert wait_for_subscriber(socket, f"{name}_tick".encode(), 15)
         publishers[name] = socket
 

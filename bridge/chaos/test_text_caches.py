@@ -13,9 +13,8 @@ import time
 
 import msgpack
 import pytest
-import zmq
 from conftest import report
-from harness import BridgeProcess, ledger_problems, wait_for
+from harness import BridgeProcess, ledger_problems, publisher, wait_for
 
 from station_bridge.demo import wait_for_subscriber
 
@@ -33,20 +32,18 @@ def rss_mib(pid: int) -> int:
 
 @pytest.mark.parametrize("fast_path", ["auto", "off"])
 def test_distinct_long_tag_texts_do_not_grow_the_bridge(tmp_path, endpoint, zmq_context, fast_path):
-    publisher = zmq_context.socket(zmq.XPUB)
-    publisher.setsockopt(zmq.SNDHWM, 0)
-    publisher.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = BridgeProcess(tmp_path, None, "db", endpoint, subscription={"mapping": MAPPING}, fast_path=fast_path,
                            dead_letter={"dir": str(tmp_path / "dead"), "max_bytes": "8MiB",
                                         "max_record_bytes": "1MiB"}).start()
-    assert wait_for_subscriber(publisher, b"kraken_tick", 15)
+    assert wait_for_subscriber(pub, b"kraken_tick", 15)
     assert bridge.value("bridge_fast_path_compiled", subscription="kraken") == (fast_path == "auto")
     received = lambda: bridge.value("bridge_received_messages_total", subscription="kraken")  # noqa: E731
     start = rss_mib(bridge.process.pid)
     started = time.monotonic()
     for k in range(MESSAGES):  # paced: every message reaches the bridge (none dropped by libzmq)
         venue = f"venue{k:06d}" + "v" * TEXT
-        publisher.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "venue": venue, "bid": 1.0,
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "venue": venue, "bid": 1.0,
                                                                  "timestamp": time.time()})])
         if k % 25 == 24:
             wait_for(lambda k=k: received() > k, 30, f"message {k} received")
@@ -67,20 +64,18 @@ def test_distinct_long_series_accepted_do_not_grow_the_bridge(tmp_path, endpoint
     the tag cache kept every text and the uniqueness window every series key whole. Before: 3,000
     messages grew the bridge by 581 MiB RSS (20,000 series would have been 3.6 GiB); now 15."""
     messages = 3000
-    publisher = zmq_context.socket(zmq.XPUB)
-    publisher.setsockopt(zmq.SNDHWM, 0)
-    publisher.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     mapping = {"measurement": "ticks", "tags": ["instrument", "venue"], "fields": {"bid": "float"},
                "time": {"field": "timestamp", "format": "epoch_s"}}
     bridge = BridgeProcess(tmp_path, None, "db", endpoint, subscription={"mapping": mapping},
                            destination={"queue_max_bytes": "8MiB"}).start()
-    assert wait_for_subscriber(publisher, b"kraken_tick", 15)
+    assert wait_for_subscriber(pub, b"kraken_tick", 15)
     received = lambda: bridge.value("bridge_received_messages_total", subscription="kraken")  # noqa: E731
     start = rss_mib(bridge.process.pid)
     started = time.monotonic()
     for k in range(messages):
         venue = f"venue{k:06d}" + "v" * 60_000
-        publisher.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "venue": venue, "bid": 1.0,
+        pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "venue": venue, "bid": 1.0,
                                                                  "timestamp": time.time()})])
         if k % 100 == 99:
             wait_for(lambda k=k: received() > k, 30, f"message {k} received")

@@ -47,6 +47,35 @@ def wait_for(predicate: Callable[[], Any], timeout: float, what: str, interval: 
     raise AssertionError(f"timed out after {timeout} s waiting for {what}" + (f": {detail()}" if detail else ""))
 
 
+def publisher(context: zmq.Context, endpoint: str, *, bind: bool = True) -> zmq.Socket:
+    """Every test's publisher (tests/test_publishers.py holds every test to it): an XPUB, so the
+    test sees each subscriber's subscription arrive (`subscribed`) instead of sleeping and hoping
+    (under CI load a PUB's first frames went nowhere); SNDHWM 0, so a burst queues instead of
+    being dropped before the bridge (a PUB's default 1000 dropped 232 of a 2,000-message burst);
+    verbose, so a second subscriber of the same topic is seen too."""
+    socket = context.socket(zmq.XPUB)
+    socket.setsockopt(zmq.SNDHWM, 0)
+    socket.setsockopt(zmq.XPUB_VERBOSE, 1)
+    (socket.bind if bind else socket.connect)(endpoint)
+    return socket
+
+
+def subscribed(socket: zmq.Socket, topic: bytes | str | None = None, subscribers: int = 1,
+               timeout: float = 15.0) -> None:
+    """Waits until `subscribers` subscriptions (covering `topic`; None: any) reached the `publisher`
+    socket: from then on libzmq delivers what is sent to them (or queues it, SNDHWM 0)."""
+    topic = topic.encode() if isinstance(topic, str) else topic
+    seen = 0
+    deadline = time.monotonic() + timeout
+    while seen < subscribers:
+        left = deadline - time.monotonic()
+        if left <= 0 or not socket.poll(int(left * 1000) + 1, zmq.POLLIN):
+            raise AssertionError(f"{seen} of {subscribers} subscriber(s) of {topic!r} after {timeout} s")
+        message = socket.recv()
+        if message[:1] == b"\x01" and (topic is None or topic.startswith(message[1:])):
+            seen += 1
+
+
 class BridgeProcess:
     """`station-bridge run` as a child process with its own config, journal and metrics port.
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, RecordingDestination, tmpfs, wait_for
+from harness import BRIDGE, BridgeProcess, RecordingDestination, publisher, subscribed, tmpfs, wait_for
 
 from station_bridge.health import RecentOutcomes
 
@@ -64,7 +64,6 @@ def test_a_slow_feed_and_a_slow_destination_that_land_nothing_are_degraded(tmp_p
     """One message every 0.12 s with a 1 s window (8 in the window, the minimum 20): every
     message of `kraken` lacks its tag (missing_field), every point of `conflict` is refused by
     InfluxDB (a field type conflict). Before: /healthz 200 with 120 of 120 refused on both."""
-    import zmq
     other = endpoint.rsplit(":", 1)[0] + f":{int(endpoint.rsplit(':', 1)[1]) + 1}"
     now = time.time_ns()
     influxd.write(f"conflict,k=a v=1i {now - 1_000_000_000}", database)  # v is an integer in this shard
@@ -72,15 +71,10 @@ def test_a_slow_feed_and_a_slow_destination_that_land_nothing_are_degraded(tmp_p
                 "mapping": {"measurement": "conflict", "tags": ["k"], "fields": {"v": "float"}}}
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint, subscriptions_extra=[conflict],
                            health={"rejection_window": "1s"}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    pub2 = zmq_context.socket(zmq.PUB)
-    pub2.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub2.bind(other)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1
-             and bridge.value("bridge_subscription_connected", subscription="conflict") >= 1, 15, "connections")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    pub2 = publisher(zmq_context, other)
+    subscribed(pub)
+    subscribed(pub2)
     reasons: dict = {}
     for i in range(120):  # while the feeds are active (a message in the window): up to ~15 s
         pub.send_multipart([b"kraken_tick", msgpack.packb({"bid": 1.0, "ask": 2.0, "volume": 1, "seq": i,
@@ -201,16 +195,12 @@ def test_a_binned_feed_survives_a_message_with_an_old_time(tmp_path, influxd, da
     """Eight years behind is inside accept_behind: the old message lands, the next one starts
     its series afresh (counted in bridge_binning_gaps_total), a few points in all. Before:
     315 million bins for one message (15 days already took 587 MiB and 20 s)."""
-    import zmq
     mapping = {"measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "float"},
                "time": {"field": "t", "format": "epoch_ns"}}
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"]}}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     now = time.time_ns()
     for t, bid in ((now - 3_000 * 86_400 * 10**9, 1.0), (now, 2.0), (now + 2 * 10**9, 3.0)):
         pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "EURUSD", "bid": bid, "t": t})])
@@ -349,16 +339,12 @@ def test_a_rule_that_eats_the_feed_degrades_it_while_heartbeats_alone_do_not(tmp
     was counted ignored, /healthz 200, validate content. A few ignored messages per burst are now
     mapped on the side: data the mapping maps, ignored, with nothing mapped in the window, is a
     problem; a heartbeat (no fields: the mapping refuses it) never is (a quiet weekend feed)."""
-    import zmq
     rules = [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]},
              {"name": "control", "path": "kind", "in": ["tick"]}]
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint, health={"rejection_window": "2s"},
                            subscription={"framing": "json", "topics": [""], "ignore": rules, "mapping": TICK}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     for _ in range(20):  # heartbeats only: idle, healthy
         pub.send_multipart([b"hb", json.dumps({"type": "HEARTBEAT", "ts": time.time_ns()}).encode()])
         time.sleep(0.05)

@@ -21,7 +21,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-from harness import BRIDGE, BridgeProcess, RecordingDestination, wait_for
+from harness import BRIDGE, BridgeProcess, RecordingDestination, publisher, subscribed, wait_for
 
 from station_bridge import config as cfg
 from station_bridge.lineproto import LineError, format_field_value
@@ -273,17 +273,13 @@ def test_a_binned_feed_counts_what_it_cannot_bin(tmp_path, influxd, database, en
     and a value of 1e300 made an infinite sum: its bins were dropped; /metrics counted neither (the
     binner's `skipped` was never exported). Now the bins of 1e300 land, the message without the
     field is counted in bridge_binning_skipped_total{reason="missing_field"}."""
-    import zmq
     mapping = {"measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "float", "ask": "float"},
                "time": {"field": "t", "format": "epoch_ns"}}
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping, "binning": {"interval": "1s", "fields": ["bid"],
                                                                           "keep_raw": False, "max_series": 2}}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     second = 10**9
     t0 = time.time_ns() // second * second - 60 * second
     # a sample's value holds since the previous sample: 1e300 fills the bins t0 and t0+1

@@ -15,7 +15,7 @@ from collections.abc import Iterator
 import msgpack
 import pytest
 import zmq
-from harness import BRIDGE, BridgeProcess, quiet_ledger, wait_for
+from harness import BRIDGE, BridgeProcess, publisher, quiet_ledger, wait_for
 from servers import VictoriaMetrics
 
 from station_bridge.backend import Adapter
@@ -37,9 +37,7 @@ def victoria(tmp_path) -> Iterator[VictoriaMetrics]:
 
 def _publish(endpoint: str, messages: list[tuple[str, dict]]) -> None:
     context = zmq.Context()
-    socket = context.socket(zmq.XPUB)
-    socket.setsockopt(zmq.SNDHWM, 0)
-    socket.bind(endpoint)
+    socket = publisher(context, endpoint)
     # every topic covered by a subscription (wait_for_subscriber reads the others' away)
     waiting = {t.encode() for t, _ in messages}
     prefixes: set[bytes] = set()

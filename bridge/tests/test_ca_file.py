@@ -13,8 +13,7 @@ from pathlib import Path
 
 import msgpack
 import pytest
-import zmq
-from harness import BridgeProcess, wait_for
+from harness import BridgeProcess, publisher, subscribed, wait_for
 from servers import Influxd
 
 from station_bridge.metrics import total
@@ -57,16 +56,13 @@ def https_influxd(tmp_path: Path):
 def test_a_private_ca_is_trusted_only_through_the_destinations_ca_file(tmp_path, https_influxd, endpoint,
                                                                        zmq_context):
     influxd, ca = https_influxd
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     state = tmp_path / "bridge"
     state.mkdir()
     # The system's CAs only (no ca_file): the server's certificate does not verify.
     bridge = BridgeProcess(state, influxd, "central", endpoint, destination={"name": "central"}).start()
     try:
-        wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken"), 10, "the subscriber")
-        time.sleep(0.3)
+        subscribed(pub)
         t0 = time.time() - 60
         for seq in range(POINTS):
             pub.send_multipart([b"kraken_tick", msgpack.packb({

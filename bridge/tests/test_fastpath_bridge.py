@@ -13,13 +13,12 @@ those points are compared without their time.
 from __future__ import annotations
 
 import json
-import time
 
 import msgpack
 import pytest
 import zmq
 from compiled import require_compiled_path
-from harness import BridgeProcess, quiet_ledger, wait_for
+from harness import BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 from servers import free_port
 
 from station_bridge.metrics import total
@@ -168,17 +167,11 @@ def pair(tmp_path, influxd):
     context = zmq.Context()
     sockets = {}
     for name, endpoint in endpoints.items():
-        pub = context.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 0)
-        pub.bind(endpoint)
-        sockets[name] = pub
+        sockets[name] = publisher(context, endpoint)
     for bridge, _ in bridges.values():
         bridge.start()
-    for bridge, _ in bridges.values():
-        wait_for(lambda b=bridge: sum(v for (n, _), v in b.samples().items()
-                                      if n == "bridge_subscription_connected") == len(SUBS),
-                 10, "every subscription connected")
-    time.sleep(0.3)  # subscriptions propagate to the publishers
+    for pub in sockets.values():
+        subscribed(pub, subscribers=len(bridges))
     yield bridges, sockets
     for pub in sockets.values():
         pub.close(linger=0)

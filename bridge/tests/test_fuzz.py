@@ -24,7 +24,7 @@ from itertools import count
 import msgpack
 import pytest
 import zmq
-from harness import BridgeProcess, quiet_ledger, wait_for
+from harness import BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from servers import free_port
@@ -115,14 +115,9 @@ def running(tmp_path_factory, influxd):
     context = zmq.Context()
     sockets = {}
     for framing, endpoint in endpoints.items():
-        pub = context.socket(zmq.PUB)
-        pub.setsockopt(zmq.SNDHWM, 0)
-        pub.bind(endpoint)
-        sockets[framing] = pub
-    wait_for(lambda: all(v == 1 for (n, _), v in bridge.samples().items() if n == "bridge_subscription_connected")
-             and len([1 for (n, _) in bridge.samples() if n == "bridge_subscription_connected"]) == 2,
-             10, "both subscriptions connected")
-    time.sleep(0.3)  # subscriptions propagate to the publishers
+        sockets[framing] = publisher(context, endpoint)
+    for pub in sockets.values():
+        subscribed(pub)
     yield bridge, sockets, influxd
     print(f"\n[fuzz] {', '.join(f'{k}={int(v)}' for k, v in sorted(STATS.items()))}")
     for pub in sockets.values():

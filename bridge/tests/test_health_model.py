@@ -11,8 +11,7 @@ import time
 
 import msgpack
 import pytest
-import zmq
-from harness import BRIDGE, BridgeProcess, quiet_ledger, wait_for
+from harness import BRIDGE, BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 
 from station_bridge.demo import publish
 from station_bridge.health import (
@@ -197,11 +196,8 @@ def test_control_messages_are_ignored_by_rule_not_rejected_nor_dead_lettered(tmp
         "ignore": [{"name": "heartbeat", "path": "type", "in": ["HEARTBEAT"]},
                    {"name": "control", "topic": "^kraken_tick\\.control"}]},
         health={"rejection_window": "30s"}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 10, "connected")
-    time.sleep(0.5)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     now = time.time()
     for i in range(100):
         pub.send_multipart([b"kraken_tick", msgpack.packb({"type": "HEARTBEAT", "time": now})])

@@ -14,7 +14,7 @@ import msgpack
 import pytest
 import yaml
 import zmq
-from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, ledger_problems, quiet_ledger, wait_for
+from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, ledger_problems, publisher, quiet_ledger, wait_for
 
 from station_bridge.config import parse
 from station_bridge.demo import publish, wait_for_subscriber
@@ -164,8 +164,7 @@ def test_spool_cap_drops_are_counted_exactly(tmp_path, own_influxd, endpoint):
 
 def test_hostile_stream_is_counted_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
-    pub = zmq.Context.instance().socket(zmq.XPUB)
-    pub.bind(endpoint)
+    pub = publisher(zmq.Context.instance(), endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 15)
     good = {"timestamp": time.time(), "instrument": "EURUSD", "bid": 1.1, "ask": 1.2, "volume": 5, "seq": 1}
     hostile = [
@@ -410,9 +409,7 @@ def test_healthz_reports_a_subscription_without_a_connection(tmp_path, influxd, 
                                  "reason": body["problems"][0]["reason"]}]
     assert bridge.value("bridge_subscription_connected", subscription="kraken") == 0
     context = zmq_context
-    pub = context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)  # the publisher comes (back)
+    pub = publisher(context, endpoint)  # the publisher comes (back)
     wait_for(bridge.healthy, 10, "/healthz 200 once connected")
     assert bridge.value("bridge_subscription_connected", subscription="kraken") == 1
     pub.close(linger=0)

@@ -9,7 +9,7 @@ import time
 from collections.abc import Callable
 
 import zmq
-from harness import BridgeProcess, ledger_problems, quiet_ledger, wait_for
+from harness import BridgeProcess, ledger_problems, publisher, quiet_ledger, wait_for
 
 from station_bridge.metrics import total, value
 
@@ -31,13 +31,11 @@ def v20(topic: str, stamp: str, bid: str, ask: str) -> bytes:
 
 
 class Feed:
-    """A PUB socket bound to `endpoint`, publishing single-frame text messages."""
+    """A publisher bound to `endpoint`, publishing single-frame text messages."""
 
     def __init__(self, context: zmq.Context, endpoint: str) -> None:
-        self.socket = context.socket(zmq.PUB)
+        self.socket = publisher(context, endpoint)
         self.socket.setsockopt(zmq.LINGER, 2000)
-        self.socket.setsockopt(zmq.SNDHWM, 0)
-        self.socket.bind(endpoint)
 
     def send(self, *frames: bytes) -> None:
         for frame in frames:

@@ -20,8 +20,7 @@ from pathlib import Path
 import msgpack
 import pytest
 import yaml
-import zmq
-from harness import BRIDGE, BridgeProcess, ledger_problems, quiet_ledger, wait_for
+from harness import BRIDGE, BridgeProcess, ledger_problems, publisher, quiet_ledger, subscribed, wait_for
 
 from station_bridge import config as cfg
 from station_bridge.health import BridgeState, DestinationState, Thresholds, evaluate
@@ -298,17 +297,14 @@ def test_a_scheduled_paced_link_sends_live_first_within_the_cap_and_nothing_outs
     t0 = math.ceil(time.time())
     opens = [t0 + 9, t0 + 19, t0 + 29]  # room for a slow start, the backlog and validate before the first
     windows = [f"{clock(w)}-{clock(w + 4)}" for w in opens]  # 4 s up, 6 s down
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # a burst beyond the default 1000 is queued, not dropped before the bridge
-    pub.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = scheduled_bridge(tmp_path, proxy, database, endpoint, windows)
     bridge.start()
     backlog = 1000
     published: dict[int, float] = {}  # live seq -> when published
     stop = threading.Event()
     try:
-        wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken"), 10, "the subscriber")
-        time.sleep(0.3)  # the subscription reaches the publisher after the handshake
+        subscribed(pub)
         assert time.time() < opens[0] - 3, "the bridge took too long to start"
         # Down: the backlog arrives and is journaled; /healthz and validate say pending_by_schedule.
         ts = time.time() - 3600
@@ -390,16 +386,13 @@ def test_a_link_closed_for_hours_journals_everything_and_stops_at_once(tmp_path,
     for a window (nor for shutdown_timeout)."""
     proxy = LinkProxy(influxd.port)
     opens = time.time() + 3600
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # a burst beyond the default 1000 is queued, not dropped before the bridge
-    pub.bind(endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = scheduled_bridge(tmp_path, proxy, database, endpoint, [f"{clock(opens)}-{clock(opens + 600)}"])
     bridge.config["health"]["destination_grace"] = "1s"
     bridge.path.write_text(yaml.safe_dump(bridge.config))
     bridge.start()
     try:
-        wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken"), 10, "the subscriber")
-        time.sleep(0.3)
+        subscribed(pub)
         for i in range(BATCH * 3 + 7):
             pub.send_multipart(tick("CLOSED", i, time.time() - 60 + i / 1000))
         wait_for(lambda: bridge.value("bridge_journal_points", destination="central") == BATCH * 3, 5,

@@ -21,7 +21,7 @@ import msgpack
 import pytest
 import zmq
 from compiled import require_compiled_path
-from harness import BridgeProcess, quiet_ledger, wait_for
+from harness import BridgeProcess, publisher, quiet_ledger, wait_for
 from servers import free_port
 from test_fastpath import T0, python_path, spec_for
 
@@ -113,9 +113,7 @@ def _bridge(tmp_path, influxd, fault: str = "", **overrides) -> tuple[BridgeProc
 def _publish(endpoint: str, topic: bytes, records: list[dict], errors: list) -> None:
     context = zmq.Context()
     try:
-        socket = context.socket(zmq.XPUB)
-        socket.setsockopt(zmq.SNDHWM, 0)
-        socket.bind(endpoint)
+        socket = publisher(context, endpoint)
         if not wait_for_subscriber(socket, topic, 15):
             errors.append(f"{endpoint}: no subscriber")
         for record in records:

@@ -24,7 +24,7 @@ import msgpack
 import pytest
 import zmq
 from compiled import require_compiled_path
-from harness import BridgeProcess, quiet_ledger, wait_for
+from harness import BridgeProcess, publisher, quiet_ledger, wait_for
 from servers import free_port
 
 from station_bridge.demo import wait_for_subscriber
@@ -70,9 +70,7 @@ def _publish(endpoint: str, framing: str, topic: bytes, start: threading.Barrier
              count: int = N) -> None:
     context = zmq.Context()
     try:
-        socket = context.socket(zmq.XPUB)
-        socket.setsockopt(zmq.SNDHWM, 0)
-        socket.bind(endpoint)
+        socket = publisher(context, endpoint)
         if not wait_for_subscriber(socket, topic, 15):
             errors.append(f"{endpoint}: no subscriber")
         start.wait(20)  # both publishers at once
@@ -106,8 +104,8 @@ def _publishers(endpoints: dict[str, str], barrier: threading.Barrier, errors: l
     publishers = [threading.Thread(target=_publish, args=(endpoints[name], framing, f"{name}_tick".encode(),
                                                           barrier, errors, count))
                   for name, (framing, _) in SUBS.items()]
-    for publisher in publishers:
-        publisher.start()
+    for thread in publishers:
+        thread.start()
     return publishers
 
 
@@ -137,8 +135,8 @@ def _landed_exactly_once(influxd, db: str, samples: dict, count: int) -> None:
 def test_two_busy_subscriptions_land_every_line_once(tmp_path, influxd):
     bridge, db, endpoints = _bridge(tmp_path, influxd)
     errors: list = []
-    for publisher in _publishers(endpoints, threading.Barrier(len(SUBS)), errors):
-        publisher.join(60)
+    for thread in _publishers(endpoints, threading.Barrier(len(SUBS)), errors):
+        thread.join(60)
     assert not errors, errors
     wait_for(lambda: total(bridge.samples(), "bridge_received_messages_total") == N * len(SUBS), 60,
              f"{N * len(SUBS)} messages received",
@@ -165,8 +163,8 @@ def test_a_stop_ends_the_receive_threads_then_drains_what_libzmq_holds(tmp_path,
     time.sleep(0.5)  # the publishers queue what the frozen bridge cannot take
     os.kill(bridge.process.pid, signal.SIGCONT)
     code = bridge.stop(signal.SIGTERM, timeout=60)
-    for publisher in publishers:
-        publisher.join(60)
+    for thread in publishers:
+        thread.join(60)
     assert not errors, errors
     assert code == 0
     said = [r.get("msg") for r in bridge.log_records()]

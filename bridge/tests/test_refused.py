@@ -14,7 +14,7 @@ from pathlib import Path
 import msgpack
 import yaml
 import zmq
-from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, quiet_ledger, wait_for
+from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, publisher, quiet_ledger, wait_for
 
 from station_bridge.metrics import total, value
 
@@ -23,10 +23,7 @@ BASE_MS = 1_765_000_000_000
 
 def bound_publisher(context: zmq.Context, endpoint: str) -> zmq.Socket:
     """An XPUB that reports every subscription (verbose), so a test knows who listens."""
-    socket = context.socket(zmq.XPUB)
-    socket.setsockopt(zmq.XPUB_VERBOSE, 1)
-    socket.setsockopt(zmq.SNDHWM, 0)
-    socket.bind(endpoint)
+    socket = publisher(context, endpoint)
     return socket
 
 

@@ -9,7 +9,7 @@ import struct
 import msgpack
 import pytest
 import zmq
-from harness import BridgeProcess, quiet_ledger, wait_for
+from harness import BridgeProcess, publisher, quiet_ledger, wait_for
 
 from station_bridge.demo import wait_for_subscriber
 from station_bridge.metrics import total, value
@@ -18,9 +18,7 @@ T = 1_790_000_000
 
 
 def publish_same_time(context: zmq.Context, endpoint: str, seqs: range) -> None:
-    sock = context.socket(zmq.XPUB)
-    sock.setsockopt(zmq.SNDHWM, 0)
-    sock.bind(endpoint)
+    sock = publisher(context, endpoint)
     try:
         assert wait_for_subscriber(sock, b"kraken_tick", 15)
         for seq in seqs:

@@ -19,7 +19,7 @@ import msgpack
 import pytest
 import yaml
 import zmq
-from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, quiet_ledger, wait_for
+from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 from servers import free_port
 
 from station_bridge.cli import main
@@ -113,10 +113,8 @@ def subscription(name: str, endpoint: str, **extra: object) -> dict:
 
 
 def xpub(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    pub = context.socket(zmq.XPUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
+    pub = publisher(context, endpoint)
     pub.setsockopt(zmq.LINGER, 0)
-    pub.bind(endpoint)
     return pub
 
 
@@ -187,7 +185,7 @@ def test_bad_endpoints_at_run_time_never_stall_the_good_subscriptions_and_are_na
         pubs = {name: xpub(zmq_context, endpoint) for name, endpoint in good.items()}
         bridge.start()
         started = time.monotonic()
-        subscribed = good_ones_receive_at_once(bridge, pubs, influxd, database)
+        subscribed_after = good_ones_receive_at_once(bridge, pubs, influxd, database)
         assert bridge.alive
 
         named = wait_for(lambda: (lambda p: p if {"refused", "silent", "http", "inuse"} <= set(p) else None)(
@@ -220,18 +218,16 @@ def test_bad_endpoints_at_run_time_never_stall_the_good_subscriptions_and_are_na
     assert wait_for_subscriber(fixed, b"kraken_tick", 5) and wait_for_subscriber(late, b"kraken_tick", 5)
     send_ticks(fixed, 50)
     send_ticks(late, 50)
-    push = zmq_context.socket(zmq.PUB)  # the bound subscription is reachable now
-    push.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
+    push = publisher(zmq_context, in_use, bind=False)  # the bound subscription is reachable now
     push.setsockopt(zmq.LINGER, 0)
-    push.connect(in_use)
     wait_for(lambda: bridge.health()[1]["subscriptions"]["inuse"]["connected"] == 1, 10, "a peer on inuse")
-    time.sleep(0.3)  # PUB: the subscription reaches it after the handshake
+    subscribed(push)
     send_ticks(push, 50)
     for name in ("silent", "refused", "inuse"):
         wait_for(lambda n=name: influxd.count(database, n) == 50, 15, f"50 ticks of {name}")
     names = ("kraken", "good1", "good2", "refused", "silent", "http", "inuse")
     quiet_ledger(bridge, subscriptions=names)
-    print(f"good subscribed after {subscribed:.2f} s; bad named after {named_after:.2f} s")
+    print(f"good subscribed after {subscribed_after:.2f} s; bad named after {named_after:.2f} s")
     assert bridge.stop() == 0
 
 
@@ -291,7 +287,7 @@ def test_a_host_name_whose_dns_never_answers_stalls_no_other_subscription(tmp_pa
     pubs = {name: xpub(zmq_context, endpoint) for name, endpoint in good.items()}
     bridge.start()
     started = time.monotonic()
-    subscribed = good_ones_receive_at_once(bridge, pubs, influxd, database)
+    subscribed_after = good_ones_receive_at_once(bridge, pubs, influxd, database)
     named = wait_for(lambda: problems(bridge).get("dns"), 8, "the dns subscription named in /healthz")
     assert any(UNRESOLVABLE in r for r in named) and set(problems(bridge)) == {"dns"}
     assert time.monotonic() - started < 2 + 4
@@ -300,7 +296,7 @@ def test_a_host_name_whose_dns_never_answers_stalls_no_other_subscription(tmp_pa
     quiet_ledger(bridge, subscriptions=("dns", *good))
     stopping = time.monotonic()
     assert bridge.stop() == 0
-    print(f"good subscribed after {subscribed:.2f} s; stop took {time.monotonic() - stopping:.1f} s")
+    print(f"good subscribed after {subscribed_after:.2f} s; stop took {time.monotonic() - stopping:.1f} s")
 
 
 def test_a_bridge_process_runs_the_good_subscriptions_when_one_endpoint_cannot_be_bound(tmp_path, influxd, database,

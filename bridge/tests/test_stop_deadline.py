@@ -16,8 +16,7 @@ import subprocess
 import time
 
 import msgpack
-import zmq
-from harness import BridgeProcess, ledger_problems, quiet_ledger, wait_for
+from harness import BridgeProcess, ledger_problems, publisher, quiet_ledger, subscribed, wait_for
 
 MAPPING = {"measurement": "ticks", "tags": ["instrument"], "fields": {"bid": "float"},
            "time": {"field": "t", "format": "epoch_ns"}}
@@ -32,11 +31,8 @@ def test_a_stop_during_a_huge_binned_drain_ends_within_shutdown_timeout(tmp_path
                                          "binning": {"interval": "1s", "fields": ["bid"], "max_gap": "2000h"}},
                            destination={"queue_max_points": 5000},
                            journal={"max_bytes": "1MiB"}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     t0 = time.time_ns() // SECOND * SECOND - 41 * DAY
     for t in (t0, t0 + 40 * DAY):  # 20 series, then each 3,456,000 bins later: 69 million bins
         for i in range(20):
@@ -72,11 +68,8 @@ def test_a_stop_during_a_huge_binned_drain_ends_within_shutdown_timeout(tmp_path
 def test_a_full_journal_logs_its_dropped_batches_rate_limited(tmp_path, endpoint, zmq_context):
     bridge = BridgeProcess(tmp_path, None, "db", endpoint, log={"rate_limit_per_s": 1}, shutdown_timeout=2,
                            destination={"queue_max_points": 500}, journal={"max_bytes": "1MiB"}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 15, "a connection")
-    time.sleep(0.3)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     began = time.monotonic()
     t0 = time.time_ns()
     sent = 0

@@ -80,8 +80,7 @@ def test_two_points_of_one_series_at_influxdbs_last_nanosecond_land_once_and_the
         tmp_path, influxd, database, endpoint, zmq_context):
     """Issue 21: the uniqueness nudge moved the second point past InfluxDB's range: neither landed
     nor counted. Now one lands and the other is refused bad_timestamp, counted."""
-    import zmq
-    from harness import BridgeProcess, quiet_ledger, wait_for
+    from harness import BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 
     from station_bridge.lineproto import MAX_TIME
     from station_bridge.metrics import value
@@ -89,11 +88,8 @@ def test_two_points_of_one_series_at_influxdbs_last_nanosecond_land_once_and_the
                "time": {"field": "t", "format": "epoch_ns"}}
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"mapping": mapping}).start()
-    pub = zmq_context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)  # queue, never drop before the bridge
-    pub.bind(endpoint)
-    wait_for(lambda: bridge.value("bridge_subscription_connected", subscription="kraken") >= 1, 10, "connected")
-    time.sleep(0.5)
+    pub = publisher(zmq_context, endpoint)
+    subscribed(pub)
     for t in (MAX_TIME, MAX_TIME, MAX_TIME - 1):
         pub.send_multipart([b"kraken_tick", msgpack.packb({"instrument": "X", "bid": 1.5, "t": t})])
     samples = wait_for(lambda: (lambda s: s if value(s, "bridge_received_messages_total", subscription="kraken")

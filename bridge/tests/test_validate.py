@@ -26,6 +26,7 @@ import pytest
 import redis
 import yaml
 import zmq
+from harness import publisher
 from hypothesis import given, settings
 from hypothesis import strategies as st
 from servers import Influxd, RedisServer, free_port
@@ -82,8 +83,7 @@ class Publisher(threading.Thread):
     def __init__(self, endpoint: str, topic: str = "kraken_tick", rate: float = 50) -> None:
         super().__init__(daemon=True)
         self.endpoint, self.topic, self.rate = endpoint, topic.encode(), rate
-        self.socket = zmq.Context.instance().socket(zmq.PUB)
-        self.socket.bind(endpoint)  # held for the whole test: nothing else may bind it
+        self.socket = publisher(zmq.Context.instance(), endpoint)  # held for the whole test: nothing else may bind it
         self.stopped = threading.Event()
         self.sent = 0
 
