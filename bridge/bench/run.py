@@ -565,9 +565,21 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--sustain-seconds", type=float, default=8)
     parser.add_argument("--parallel-repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["parallel"], help="only this case (issue 22's comparison)")
+    parser.add_argument("--nested-points", type=int, default=100_000, help="points per nested form (nested.py)")
+    parser.add_argument("--handwritten-points", type=int, default=150_000,
+                        help="points per run of the bridge and of the hand-written alternative (handwritten.py)")
+    parser.add_argument("--handwritten-repeats", type=int, default=3)
+    parser.add_argument("--gzip-points", type=int, default=50_000, help="points of the gzip phase (gzipcost.py)")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")),
+                        help="only these phases, comma-separated: parallel (issue 22's comparison), nested, "
+                             "handwritten, gzip (nested.py, handwritten.py, gzipcost.py)")
     args = parser.parse_args()
-    if args.only == "parallel":
+    unknown = (args.only or set()) - {"parallel", "nested", "handwritten", "gzip"}
+    if unknown:
+        parser.error(f"--only: unknown phase(s) {', '.join(sorted(unknown))}")
+    if args.only and args.only - {"parallel"}:
+        return only_phases(args)
+    if args.only == {"parallel"}:
         with tempfile.TemporaryDirectory() as tmpdir:
             influx = Influxd(Path(tmpdir) / "influxd").start()
             redis = RedisServer(Path(tmpdir) / "redis").start()
@@ -616,6 +628,7 @@ def main() -> None:
                 if main_path == "auto" else None
             par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats) \
                 if main_path == "auto" else None
+            extra = issue22_phases(tmp, influx, redis, args, {"nested", "handwritten", "gzip"})
             stage_cost = {}
             hot = {}
             for label, framing in stages.FRAMINGS.items():
@@ -636,7 +649,49 @@ def main() -> None:
           f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
     print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady)
                            + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
-                              if par and held else []))))
+                              if par and held else []) + extra)))
+
+
+def issue22_phases(tmp: Path, influx: Influxd, redis: RedisServer, args: argparse.Namespace,
+                   phases: set[str]) -> list[tuple[str, str, str]]:
+    """The rows of nested.py (the nested forms end to end), handwritten.py (the minimal hand-written
+    alternative against the bridge) and gzipcost.py (gzip's cost), for the phases named."""
+    import gzipcost
+    import handwritten
+    import nested
+    out = []
+    if "nested" in phases:
+        out += nested.nested_rows(nested.nested_phase(tmp, influx, redis, args.nested_points))
+    if "handwritten" in phases:
+        out += handwritten.handwritten_rows(handwritten.handwritten_phase(
+            tmp, influx, redis, args.handwritten_points, args.handwritten_repeats))
+    if "gzip" in phases:
+        out += gzipcost.gzip_rows(gzipcost.gzip_phase(influx, args.gzip_points))
+    return out
+
+
+def only_phases(args: argparse.Namespace) -> None:
+    """`--only nested,handwritten,gzip` (any of them; with parallel too)."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        influx = Influxd(tmp / "influxd").start()
+        redis = RedisServer(tmp / "redis").start()
+        try:
+            extra = issue22_phases(tmp, influx, redis, args, args.only)
+            par = held = None
+            if "parallel" in args.only:
+                held = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats, True)
+                par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats)
+        finally:
+            redis.stop()
+            influx.stop()
+    print(f"\nstation-bridge benchmark ({', '.join(sorted(args.only))}), {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average {os.getloadavg()[0]:.1f}; points per run: nested {args.nested_points:,}, hand-written "
+          f"and its bridge {args.handwritten_points:,} ({args.handwritten_repeats} pairs), "
+          f"gzip {args.gzip_points:,}, parallel {args.points:,}\n")
+    print("\n".join(table(extra + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
+                                          if par and held else []))))
 
 
 def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: dict, compiled: object) -> dict:
