@@ -8,7 +8,8 @@ pyzmq SUB, `msgpack.unpackb` per message, the flat tick as a line of line protoc
 escaped, the time converted to nanoseconds, urllib3 POSTing 5,000 lines per request (keep-alive),
 no journal, no uniqueness, no cache, no metrics. It receives the same queued messages (the bench's
 msgpack ticks, from a preloaded publisher) into the same influxd, and writes the same points as
-the bridge's flat msgpack subscription (measurement, tags, fields, types).
+the bridge's flat msgpack subscription (measurement, tags, fields, types; each pair checks that
+both databases hold the same count and sums per series).
 
 The comparison alternates the bridge as a station runs it (run.end_to_end, msgpack, `fast_path:
 auto`: the compiled path) and the alternative, `repeats` times back to back in this run: each
@@ -123,6 +124,9 @@ def handwritten_phase(tmp: Path, influx: Influxd, redis: RedisServer, points: in
     for r in range(repeats):
         station = bench.end_to_end(tmp, influx, redis, f"hwbridge{r}", "msgpack", points)
         alt = alternative_end_to_end(influx, f"hw{r}", points)
+        same = 'SELECT count("ask"), sum("volume"), sum("seq") FROM "ticks" GROUP BY "instrument", "station"'
+        if influx.query(same, db=f"e2e_hwbridge{r}_0") != influx.query(same, db=f"alt_hw{r}"):
+            raise RuntimeError("the alternative did not store the points the bridge stored")
         pairs.append((station, alt))
         bench.say(f"hand-written alternative, pair {r + 1}: bridge ({station['path']}) {station['rate']:,.0f}/s, "
                   f"{station['bridge']:.2f} us/point; alternative {alt['rate']:,.0f}/s, {alt['cpu']:.2f} us/point; "

@@ -80,7 +80,7 @@ def lab_messages(count: int, topic: bytes) -> list[list[bytes]]:
 
 # name -> (mapping, messages(count, topic), points per message, measurement, a field to count)
 FEEDS = {
-    f"order book ({LEVELS} levels a side, each '<side:asks|bids>[<level>]')":
+    f"order book ({LEVELS} levels a side, each '<side:...>[<level>]')":
         (BOOK, book_messages, 2 * LEVELS, "book", "price"),
     f"telemetry document ({len(SENSORS)} sensors, each 'sensors.<sensor>')":
         (TELEMETRY, telemetry_messages, len(SENSORS), "telemetry", "value"),
@@ -181,11 +181,12 @@ def nested_phase(tmp: Path, influx: Influxd, redis: RedisServer, points: int) ->
 
 
 def nested_rows(results: dict[str, dict]) -> list[tuple[str, str, str]]:
+    """The table's rows (no `|` in a cell: lab/bench.py splits the table on it)."""
     out = []
     for name, r in results.items():
         out.append((f"nested, end to end: {name}",
                     f"{r['rate']:,.0f} points/s; bridge / influxd {r['bridge']:.2f} / {r['influxd']:.2f} us per point",
-                    f"{r['bridge'] / r['influxd']:.2f}, target <= 0.5; {r['path']}"))
+                    f"{r['bridge'] / r['influxd']:.2f}, target <= 0.5; {r['path'].replace('|', '/')}"))
         split = ", ".join(f"{k.split(' (')[0]} {v:.2f}" for k, v in r["threads"].items())
         out.append((f"nested, bridge CPU per point by thread (us): {name}", split,
                     f"{r['messages']:,} messages, {r['points']:,} points"))

@@ -25,6 +25,18 @@ Then, from the same run:
 - influxd's CPU per point net of its background: before each phase the benchmark waits until influxd
   is quiet (earlier phases' compactions) and subtracts what it still spends idle.
 Only ratios of figures from this run are compared: machines here are noisy.
+
+Issue 22's rows, each phase in a module of its own (run alone with `--only nested,handwritten,gzip`,
+any of them, or with `parallel`):
+- nested.py: the nested forms end to end as above (msgpack, `fast_path: auto`): an order book with
+  `each: '<side:asks|bids>[<level>]'`, a telemetry document with `each: 'sensors.<sensor>'`, the lab's
+  own feed with `derived_tags`; bridge / influxd CPU per point and the path each ran
+  (`bridge_fast_path_compiled`); `--nested-points` each;
+- handwritten.py: the minimal hand-written alternative (pyzmq, msgpack, urllib3, 5,000 lines per
+  POST, no journal) against the bridge (msgpack, compiled), `--handwritten-repeats` pairs back to
+  back of `--handwritten-points` each: CPU per point and throughput, bridge / alternative;
+- gzipcost.py: `gzip: true`'s extra CPU per point in the bridge's own writer (sinks.InfluxWriter
+  into influxd, gzip on against off) and bytes per point, and each deflate's call alone.
 """
 
 from __future__ import annotations
@@ -533,16 +545,16 @@ def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict
 
 
 def gzip_cost(lines: bytes, batch_points: int = 1000) -> dict:
-    """What `gzip: true` (level 1, as sinks.InfluxWriter sends it) does to the bridge's own lines,
-    in requests of batch_points (the fleet example's central batch): bytes per point on the wire
-    before and after, and the station's CPU per point for it (the least of 3 rounds)."""
-    import gzip as gz
+    """What `gzip: true` (sinks.gzip_body, as sinks.InfluxWriter sends it) does to the bridge's own
+    lines, in requests of batch_points (the fleet example's central batch): bytes per point on the
+    wire before and after, and the station's CPU per point for it (the least of 3 rounds)."""
+    from station_bridge.sinks import gzip_body
     split = lines.splitlines(keepends=True)
     bodies = [b"".join(split[i:i + batch_points]) for i in range(0, len(split), batch_points)]
     best = float("inf")
     for _ in range(3):
         started = time.process_time()
-        packed = sum(len(gz.compress(body, compresslevel=1)) for body in bodies)
+        packed = sum(len(gzip_body(body)) for body in bodies)
         best = min(best, time.process_time() - started)
     points = max(1, len(split))
     return {"raw_bytes": len(lines) / points, "gzip_bytes": packed / points, "us": best * 1e6 / points}
@@ -795,7 +807,7 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
                         f"{after:.2f} us", f"{after / cr['influxd']:.2f} of influxd in (b')"))
     for label in labels:
         g = hot[label]["gzip"]
-        out.append((f"gzip level 1 on the wire (gzip: true, 1000-point requests), {label}",
+        out.append((f"gzip level 1 on the wire (gzip: true, 1000-point requests, sinks.gzip_body), {label}",
                     f"{g['raw_bytes']:.0f} -> {g['gzip_bytes']:.0f} bytes per point, {g['us']:.2f} us per point",
                     f"{g['raw_bytes'] / g['gzip_bytes']:.1f}x fewer bytes"))
     path = "compiled" if station is not m else "Python"
