@@ -25,6 +25,18 @@ Then, from the same run:
 - influxd's CPU per point net of its background: before each phase the benchmark waits until influxd
   is quiet (earlier phases' compactions) and subtracts what it still spends idle.
 Only ratios of figures from this run are compared: machines here are noisy.
+
+Issue 22's rows, each phase in a module of its own (run alone with `--only nested,handwritten,gzip`,
+any of them, or with `parallel`):
+- nested.py: the nested forms end to end as above (msgpack, `fast_path: auto`): an order book with
+  `each: '<side:asks|bids>[<level>]'`, a telemetry document with `each: 'sensors.<sensor>'`, the lab's
+  own feed with `derived_tags`; bridge / influxd CPU per point and the path each ran
+  (`bridge_fast_path_compiled`); `--nested-points` each;
+- handwritten.py: the minimal hand-written alternative (pyzmq, msgpack, urllib3, 5,000 lines per
+  POST, no journal) against the bridge (msgpack, compiled), `--handwritten-repeats` pairs back to
+  back of `--handwritten-points` each: CPU per point and throughput, bridge / alternative;
+- gzipcost.py: `gzip: true`'s extra CPU per point in the bridge's own writer (sinks.InfluxWriter
+  into influxd, gzip on against off) and bytes per point, and each deflate's call alone.
 """
 
 from __future__ import annotations
@@ -533,16 +545,16 @@ def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict
 
 
 def gzip_cost(lines: bytes, batch_points: int = 1000) -> dict:
-    """What `gzip: true` (level 1, as sinks.InfluxWriter sends it) does to the bridge's own lines,
-    in requests of batch_points (the fleet example's central batch): bytes per point on the wire
-    before and after, and the station's CPU per point for it (the least of 3 rounds)."""
-    import gzip as gz
+    """What `gzip: true` (sinks.gzip_body, as sinks.InfluxWriter sends it) does to the bridge's own
+    lines, in requests of batch_points (the fleet example's central batch): bytes per point on the
+    wire before and after, and the station's CPU per point for it (the least of 3 rounds)."""
+    from station_bridge.sinks import gzip_body
     split = lines.splitlines(keepends=True)
     bodies = [b"".join(split[i:i + batch_points]) for i in range(0, len(split), batch_points)]
     best = float("inf")
     for _ in range(3):
         started = time.process_time()
-        packed = sum(len(gz.compress(body, compresslevel=1)) for body in bodies)
+        packed = sum(len(gzip_body(body)) for body in bodies)
         best = min(best, time.process_time() - started)
     points = max(1, len(split))
     return {"raw_bytes": len(lines) / points, "gzip_bytes": packed / points, "us": best * 1e6 / points}
@@ -565,9 +577,21 @@ def main() -> None:
     parser.add_argument("--latency-runs", type=int, default=3)
     parser.add_argument("--sustain-seconds", type=float, default=8)
     parser.add_argument("--parallel-repeats", type=int, default=3)
-    parser.add_argument("--only", choices=["parallel"], help="only this case (issue 22's comparison)")
+    parser.add_argument("--nested-points", type=int, default=100_000, help="points per nested form (nested.py)")
+    parser.add_argument("--handwritten-points", type=int, default=150_000,
+                        help="points per run of the bridge and of the hand-written alternative (handwritten.py)")
+    parser.add_argument("--handwritten-repeats", type=int, default=3)
+    parser.add_argument("--gzip-points", type=int, default=50_000, help="points of the gzip phase (gzipcost.py)")
+    parser.add_argument("--only", type=lambda text: set(text.split(",")),
+                        help="only these phases, comma-separated: parallel (issue 22's comparison), nested, "
+                             "handwritten, gzip (nested.py, handwritten.py, gzipcost.py)")
     args = parser.parse_args()
-    if args.only == "parallel":
+    unknown = (args.only or set()) - {"parallel", "nested", "handwritten", "gzip"}
+    if unknown:
+        parser.error(f"--only: unknown phase(s) {', '.join(sorted(unknown))}")
+    if args.only and args.only - {"parallel"}:
+        return only_phases(args)
+    if args.only == {"parallel"}:
         with tempfile.TemporaryDirectory() as tmpdir:
             influx = Influxd(Path(tmpdir) / "influxd").start()
             redis = RedisServer(Path(tmpdir) / "redis").start()
@@ -616,6 +640,7 @@ def main() -> None:
                 if main_path == "auto" else None
             par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats) \
                 if main_path == "auto" else None
+            extra = issue22_phases(tmp, influx, redis, args, {"nested", "handwritten", "gzip"})
             stage_cost = {}
             hot = {}
             for label, framing in stages.FRAMINGS.items():
@@ -636,7 +661,49 @@ def main() -> None:
           f"stages {args.stage_points:,}); compiled path: {fastpath.unavailable() or 'available'}\n")
     print("\n".join(table(rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady)
                            + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
-                              if par and held else []))))
+                              if par and held else []) + extra)))
+
+
+def issue22_phases(tmp: Path, influx: Influxd, redis: RedisServer, args: argparse.Namespace,
+                   phases: set[str]) -> list[tuple[str, str, str]]:
+    """The rows of nested.py (the nested forms end to end), handwritten.py (the minimal hand-written
+    alternative against the bridge) and gzipcost.py (gzip's cost), for the phases named."""
+    import gzipcost
+    import handwritten
+    import nested
+    out = []
+    if "nested" in phases:
+        out += nested.nested_rows(nested.nested_phase(tmp, influx, redis, args.nested_points))
+    if "handwritten" in phases:
+        out += handwritten.handwritten_rows(handwritten.handwritten_phase(
+            tmp, influx, redis, args.handwritten_points, args.handwritten_repeats))
+    if "gzip" in phases:
+        out += gzipcost.gzip_rows(gzipcost.gzip_phase(influx, args.gzip_points))
+    return out
+
+
+def only_phases(args: argparse.Namespace) -> None:
+    """`--only nested,handwritten,gzip` (any of them; with parallel too)."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        influx = Influxd(tmp / "influxd").start()
+        redis = RedisServer(tmp / "redis").start()
+        try:
+            extra = issue22_phases(tmp, influx, redis, args, args.only)
+            par = held = None
+            if "parallel" in args.only:
+                held = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats, True)
+                par = parallel_subscriptions(tmp, influx, redis, args.points, args.parallel_repeats)
+        finally:
+            redis.stop()
+            influx.stop()
+    print(f"\nstation-bridge benchmark ({', '.join(sorted(args.only))}), {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{platform.node()}, {os.cpu_count()} cores, Python {platform.python_version()}, "
+          f"load average {os.getloadavg()[0]:.1f}; points per run: nested {args.nested_points:,}, hand-written "
+          f"and its bridge {args.handwritten_points:,} ({args.handwritten_repeats} pairs), "
+          f"gzip {args.gzip_points:,}, parallel {args.points:,}\n")
+    print("\n".join(table(extra + (parallel_rows(held, "receive only") + parallel_rows(par, "end to end")
+                                          if par and held else []))))
 
 
 def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: dict, compiled: object) -> dict:
@@ -740,7 +807,7 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
                         f"{after:.2f} us", f"{after / cr['influxd']:.2f} of influxd in (b')"))
     for label in labels:
         g = hot[label]["gzip"]
-        out.append((f"gzip level 1 on the wire (gzip: true, 1000-point requests), {label}",
+        out.append((f"gzip level 1 on the wire (gzip: true, 1000-point requests, sinks.gzip_body), {label}",
                     f"{g['raw_bytes']:.0f} -> {g['gzip_bytes']:.0f} bytes per point, {g['us']:.2f} us per point",
                     f"{g['raw_bytes'] / g['gzip_bytes']:.1f}x fewer bytes"))
     path = "compiled" if station is not m else "Python"
