@@ -66,7 +66,7 @@ TEST_FIRST := lint:5
 # The machine is saturated (two cores, about 1.9 busy on average): the lanes are balanced so that
 # they end together (measured per stage in the time table): unit then the offline scenario;
 # station and redis then chaos; fleet, influxdb and victoriametrics.
-TEST_LANES := unit:25,molecule-c:25 molecule-a:40,chaos:15 molecule-b:50
+TEST_LANES := unit:35,molecule-c:25 molecule-a:40,chaos:15 molecule-b:50
 # Molecule's scenarios in the three molecule stages; every scenario in exactly one.
 MOLECULE_A := station redis
 MOLECULE_B := fleet influxdb victoriametrics
