@@ -360,7 +360,7 @@ class _ReceiveSampler:
 
 
 PARALLEL_CASES = {  # (instances, subscriptions each, receive_threads)
-    "1 instance, 2 subscriptions, a receive thread each": (1, 2, "auto"),
+    "1 instance, 2 subscriptions, a receive thread each (receive_threads: on)": (1, 2, "on"),
     "1 instance, 2 subscriptions, one receive loop (receive_threads: off)": (1, 2, "off"),
     "2 instances, 1 subscription each": (2, 1, "auto"),
 }

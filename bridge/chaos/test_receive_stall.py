@@ -35,7 +35,8 @@ def test_a_hung_receive_thread_leaves_the_others_drained_at_a_stop(tmp_path, inf
                          "fields": {"bid": "float", "seq": "integer"},
                          "time": {"field": "ts", "format": "epoch_ms"}}} for name in endpoints]
     bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
-                           destination={"batch_size": 5000, "flush_interval": "50ms"}, shutdown_timeout="30s")
+                           destination={"batch_size": 5000, "flush_interval": "50ms"}, shutdown_timeout="30s",
+                           receive_threads="on")
     bridge.env["PYTHONPATH"] = os.pathsep.join([FAULTS, bridge.env.get("PYTHONPATH", "")])
     bridge.env["STATION_TEST_FAULT"] = "receive_stall:a"
     bridge.start()

@@ -30,6 +30,7 @@ from servers import free_port
 from station_bridge.demo import wait_for_subscriber
 from station_bridge.ledger import read_latest
 from station_bridge.metrics import total
+from station_bridge.receivers import threads_wanted
 
 T0_MS = 1_700_000_000_000
 N = 12_000  # messages per subscription
@@ -92,6 +93,7 @@ def _bridge(tmp_path, influxd, **overrides) -> tuple[BridgeProcess, str, dict[st
              "mapping": {"measurement": measurement, "tags": ["instrument"], "fields": FIELDS,
                          "time": {"field": "ts", "format": "epoch_ms"}}}
             for name, (framing, measurement) in SUBS.items()]
+    overrides.setdefault("receive_threads", "on")  # `auto` takes one loop on two CPUs (test below)
     bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
                            destination={"batch_size": 5000, "flush_interval": "50ms"}, **overrides).start()
     started = [r for r in bridge.log_records() if r.get("msg") == "receive threads"]
@@ -219,3 +221,42 @@ def test_a_plan_belongs_to_one_thread_at_a_time():
 
 if __name__ == "__main__":
     pytest.main([__file__, "-q"])
+
+
+@pytest.mark.parametrize(("mode", "cpus", "threads"), [("auto", 2, False), ("auto", 3, True), ("on", 2, True),
+                                                       ("on", 1, True), ("off", 8, False)])
+def test_receive_threads_by_mode_and_cpus(mode, cpus, threads):
+    assert threads_wanted(mode, 2, cpus) is threads
+    assert threads_wanted(mode, 1, cpus) is False  # one compiled subscription: nothing to parallelise
+
+
+def test_auto_receives_in_one_loop_on_two_cpus_and_says_so(tmp_path, influxd):
+    """The bridge started on two CPUs (its affinity set) with `receive_threads: auto` and two busy
+    compiled subscriptions runs one receive loop and logs why; every line still lands once."""
+    require_compiled_path()
+    before = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, sorted(before)[:2])  # the child inherits it
+    try:
+        db = f"threads_{free_port()}"
+        influxd.query(f'CREATE DATABASE "{db}"')
+        endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in SUBS}
+        subs = [{"name": name, "endpoints": [endpoints[name]], "topics": [f"{name}_tick"], "framing": framing,
+                 "mapping": {"measurement": measurement, "tags": ["instrument"], "fields": FIELDS,
+                             "time": {"field": "ts", "format": "epoch_ms"}}}
+                for name, (framing, measurement) in SUBS.items()]
+        bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
+                               destination={"batch_size": 5000, "flush_interval": "50ms"}).start()
+    finally:
+        os.sched_setaffinity(0, before)
+    records = bridge.log_records()
+    assert not [r for r in records if r.get("msg") == "receive threads"]
+    loop = [r for r in records if r.get("msg") == "one receive loop"]
+    assert loop and loop[0]["receive_threads"] == "auto" and loop[0]["cpus"] <= 2 and loop[0]["compiled"] == 2, loop
+    errors: list = []
+    for thread in _publishers(endpoints, threading.Barrier(len(SUBS)), errors, 2000):
+        thread.join(60)
+    assert not errors, errors
+    wait_for(lambda: total(bridge.samples(), "bridge_received_messages_total") == 2000 * len(SUBS), 60,
+             "every message received")
+    _landed_exactly_once(influxd, db, quiet_ledger(bridge, subscriptions=tuple(SUBS), timeout=60), 2000)
+    assert bridge.stop() == 0

@@ -48,7 +48,7 @@ from .lineproto import format_line
 from .mapping import Uniqueness
 from .metrics import Metrics, serve
 from .pipeline import Pipeline, RateLimitedLog, Subscription
-from .receivers import Receivers
+from .receivers import Receivers, threads_wanted, usable_cpus
 from .schedule import utc
 from .signals import RELOAD, STACKS, STOP, SUMMARY, Signals
 from .signals import name as signal_name
@@ -113,12 +113,14 @@ class Bridge:
         # The receive path (pipeline.py): decode, map, encode, commit, hand to every destination.
         self.pipeline = Pipeline(self.sinks, self.metrics, self.cache, self.dead_input, self.dead_record_max,
                                  self.rate_log)
-        # receivers.py: with two or more compiled subscriptions, a receive thread each (C's part of
-        # a batch without the GIL); `lock` serialises the rest, the main loop holds it but in its poll.
+        # receivers.py: with two or more compiled subscriptions (and `auto`: more than two CPUs), a
+        # receive thread each (C's part of a batch without the GIL); `lock` serialises the rest,
+        # the main loop holds it but in its poll.
         self.lock = threading.RLock()
         threaded = [s for s in self.subscriptions if s.accelerator is not None]
+        self.cpus = usable_cpus()
         self.receivers = Receivers(threaded, self.pipeline, self.lock, self.metrics.inc) \
-            if config.receive_threads == "auto" and len(threaded) >= 2 else None
+            if threads_wanted(config.receive_threads, len(threaded), self.cpus) else None
         self.notifier = SystemdNotifier()
         self.signals = Signals()  # installed by run (cli installs it before the start)
         self.reexec = False  # SIGHUP with a changed configuration: cli re-executes after the stop
@@ -502,7 +504,11 @@ class Bridge:
         by_socket: dict = {}
         if self.receivers is not None:
             self.receivers.start()
-            log.info("receive threads", extra={"subscriptions": [s.name for s in self.receivers.subs]})
+            log.info("receive threads", extra={"subscriptions": [s.name for s in self.receivers.subs],
+                                               "receive_threads": self.config.receive_threads, "cpus": self.cpus})
+        else:
+            log.info("one receive loop", extra={"receive_threads": self.config.receive_threads, "cpus": self.cpus,
+                                                "compiled": sum(s.accelerator is not None for s in self.subscriptions)})
         self._register(poller, by_socket)
         ledger_thread = threading.Thread(target=self._ledger_loop, name="ledger", daemon=True)
         ledger_thread.start()

@@ -308,7 +308,9 @@ class Config:
     health: HealthSpec = field(default_factory=HealthSpec)
     uniqueness: UniquenessSpec = field(default_factory=UniquenessSpec)
     fast_path: str = "auto"
-    receive_threads: str = "auto"  # auto: a receive thread per compiled subscription when two or more run compiled
+    # auto: a receive thread per compiled subscription when two or more run compiled on a host with
+    # more than two CPUs; on: whatever the CPUs; off: one receive loop (receivers.threads_wanted)
+    receive_threads: str = "auto"
     memory: MemorySpec = field(default_factory=MemorySpec)
     raw: dict[str, Any] = field(repr=False, compare=False, default_factory=dict)
 
@@ -1125,20 +1127,21 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
         dead_letter_max_bytes=dead_max, dead_letter_max_record_bytes=dead_record_max,
         http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},
-        fast_path=_auto_off(top, "fast_path"), receive_threads=_auto_off(top, "receive_threads"), memory=memory,
+        fast_path=_auto_off(top, "fast_path"),
+        receive_threads=_auto_off(top, "receive_threads", ("auto", "on", "off")), memory=memory,
     )
     top.done()
     return config
 
 
-def _auto_off(top: _Reader, key: str) -> str:
-    """`fast_path` or `receive_threads`: `auto | off`; YAML 1.1 reads a bare off/false as False
-    (and on/true as True)."""
+def _auto_off(top: _Reader, key: str, choices: tuple[str, ...] = ("auto", "off")) -> str:
+    """`fast_path` (`auto | off`) or `receive_threads` (`auto | on | off`); YAML 1.1 reads a bare
+    off/false as False and on/true as True (`on` where it is a choice, else `auto`)."""
     value = top.get(key, (str, bool), "auto")
     if isinstance(value, bool):
-        return "auto" if value else "off"
-    if value not in ("auto", "off"):
-        raise top.fail(key, f"{value!r} is not one of auto, off")
+        return ("on" if "on" in choices else "auto") if value else "off"
+    if value not in choices:
+        raise top.fail(key, f"{value!r} is not one of {', '.join(choices)}")
     return value
 
 

@@ -1,4 +1,4 @@
-"""A receive thread per compiled subscription (issue 22, `receive_threads: auto`).
+"""A receive thread per compiled subscription (issue 22, `receive_threads: auto | on | off`).
 
 With one receive loop, several busy subscriptions of one bridge share one core. The compiled path
 receives and formats each batch without the GIL (`_fastpath.c`, "Two phases"), so a thread per
@@ -19,6 +19,7 @@ drain (which polls every socket again from the main loop) and before any socket 
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -29,6 +30,25 @@ from .pipeline import Pipeline, Subscription
 
 log = logging.getLogger("station_bridge.receivers")
 POLL_MS = 200  # how soon a thread sees the stop and repairs its socket (as the loop's TICK_S)
+AUTO_MIN_CPUS = 3  # `auto`: threads only where the bridge may run on more than two CPUs
+
+
+def usable_cpus() -> int:
+    """The CPUs this process may run on (its affinity set: what taskset or a cpuset allows)."""
+    return len(os.sched_getaffinity(0))
+
+
+def threads_wanted(mode: str, compiled: int, cpus: int) -> bool:
+    """Whether a bridge with `compiled` compiled subscriptions receives them by a thread each.
+
+    `on`: whenever two or more run compiled. `auto`: the same, on a host with more than two CPUs.
+    On two cores, where influxd and Redis share them with the bridge, the bench measured threads
+    costing more than they give (one instance, two busy subscriptions: a thread each against one
+    loop, throughput 0.78-0.93, CPU per point 1.11-1.27; docs/performance.md), and every station
+    has two compiled subscriptions (its feed and the validation feed). `off`: one receive loop."""
+    if compiled < 2 or mode == "off":
+        return False
+    return mode == "on" or cpus >= AUTO_MIN_CPUS
 
 
 class Receivers:
