@@ -115,21 +115,22 @@ def python_path(spec, mapper):
             return None, ("refused", getattr(error, "reason", type(error).__name__), str(error))
         try:
             topic, record = decode(frames)
-            if mapper.multi:
-                (line, series, ts, values), = mapper.keyed_lines(topic, record)
+            if mapper.multi:  # each: every point of the message (one line each, in row order)
+                points = mapper.keyed_lines(topic, record)
             else:
                 line, series, ts = mapper.keyed_line(topic, record)
-                values = record
-            data = line.encode()
+                points = [(line, series, ts, record)]
+            data = b"\n".join(p[0].encode() for p in points)
         except (DecodeError, MapError, LineError) as exc:
             return None, ("refused", exc.reason, str(exc))
         except UnicodeEncodeError:
             return None, ("refused", "invalid_utf8", "")
         if newest is not None:
-            current = newest.get(series)
-            if current is None or ts >= current[0]:
-                newest[series] = (ts, {k: values[k] for k in names if values.get(k) is not None})
-        return data, ("line", line)
+            for _, series, ts, values in points:
+                current = newest.get(series)
+                if current is None or ts >= current[0]:
+                    newest[series] = (ts, {k: values[k] for k in names if values.get(k) is not None})
+        return data, ("line", "\n".join(p[0] for p in points))
     return run
 
 
@@ -166,7 +167,7 @@ def differential(spec, bursts) -> tuple[int, int]:
         total += len(messages)
         want = b"".join(o[1].encode() + b"\n" for o in expected if o[0] == "line")
         assert burst.data == want, (messages, expected, burst.data)
-        assert burst.lines == sum(1 for o in expected if o[0] == "line")
+        assert burst.lines == sum(o[1].count("\n") + 1 for o in expected if o[0] == "line")
         index = {id(frames): i for i, frames in enumerate(messages)}
         positions = [index[id(frames)] for frames, _ in handed]
         assert positions == sorted(positions)
