@@ -6,6 +6,13 @@ does, and nothing else:
 - framings `msgpack` and `json` ([topic, flat map]), `text_json` (`topic {flat object}`) and
   `text_delimited` (`topic v1<DELIM>v2...`); JSON strings with escapes go to Python;
 - a fixed measurement, configured and static tags, declared fields, an epoch or `auto` time;
+- `each` (msgpack, json, text_json): one point per element the each path reaches, in the rows'
+  order of paths.compile_paths (`PathSet.rows`), captured keys and list indexes as tags, `$` paths
+  read once from the record, every row formatted before any time is claimed (Mapper._map_rows);
+  the each path is handed to C as steps (`_each_steps`), every other path as its steps from the
+  record or, with `(None, ...)`, from the element (`key_of` in `_plan_arguments`): one
+  description of a path for C; limits (MAX_EACH steps, MAX_CAPTURES, MAX_SLOTS) are named by
+  `not_covered` / `_plan_checks` at plan time;
 - the mapper's own uniqueness state, updated by the same rule as its compiled path;
 - one bytes chunk per burst, lines in message order.
 The first message of a burst it is not sure about (a type, an escape, a range, a framing, an
