@@ -83,7 +83,8 @@ def frames(form: str, count: int) -> list[list[bytes]]:
                 "bids": [[f"{bid - i / 1e4:.5f}", f"{i + 0.25:.3f}", t] for i in range(10)]}}}
         if form.startswith("telemetry"):
             tick = {"id": tick["seq"] % 50, "ts": tick["timestamp"],
-                    "sensors": {name: {"value": tick["bid"] * (k + 1), "unit": unit} for k, (name, unit) in enumerate(SENSORS)}}
+                    "sensors": {name: {"value": tick["bid"] * (k + 1), "unit": unit}
+                                for k, (name, unit) in enumerate(SENSORS)}}
         out.append([b"kraken_tick", msgpack.packb(tick)])
     return out
 

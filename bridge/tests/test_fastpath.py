@@ -422,7 +422,8 @@ def test_shapes_the_compiled_path_does_not_cover_are_named():
     for spec, why in [(sub(mapping={"measurement": None, "measurement_from": "topic"}),
                        "the measurement comes from data (measurement_from: topic)"),
                       # each is compiled (tests/test_fastpath_forms.py), within C's limits
-                      (sub(mapping={"each": "a.b.c.d.e.f.g.levels[*]", "fields": {"p": {"path": "[0]", "type": "float"}}}),
+                      (sub(mapping={"each": "a.b.c.d.e.f.g.levels[*]",
+                                    "fields": {"p": {"path": "[0]", "type": "float"}}}),
                        "an each path of more than 8 steps"),
                       (sub(framing="text_json", mapping={"fields": {"bid": {"path": "quote[-1]", "type": "float"}}}),
                        "negative list indexes in JSON (msgpack only)")]:

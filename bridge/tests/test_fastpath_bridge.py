@@ -254,7 +254,8 @@ def depth_messages() -> list[list[bytes]]:
     for k in range(300):
         book = {"asks": [[f"{563.4 + i / 8:.5f}", "0.750", T0 + k // 3 + i / 4] for i in range(1 + k % 3)],
                 "bids": [[f"{540.0 - i / 8:.5f}", f"{k / 7:.3f}", T0 + k // 3] for i in range(k % 4)]}
-        doc = {"error": [], "venue": ("kraken", "kr,x=1 y", "")[k % 3], "result": {("XXBTZCAD", "XETHZEUR")[k % 2]: book}}
+        doc = {"error": [], "venue": ("kraken", "kr,x=1 y", "")[k % 3],
+               "result": {("XXBTZCAD", "XETHZEUR")[k % 2]: book}}
         text = json.dumps(doc)
         if k % 10 == 5:
             text = json.dumps([
@@ -295,6 +296,7 @@ def test_an_order_book_with_each_runs_compiled_and_stores_what_python_stores(tmp
         time.sleep(0.3)
         compiled, pure = bridges["auto"][0], bridges["off"][0]
         assert compiled.health()[1]["subscriptions"]["depth"]["fast_path"] == "compiled"
+        assert pure.health()[1]["subscriptions"]["depth"]["fast_path"] == "python: fast_path: off"
         assert compiled.value("bridge_fast_path_compiled", subscription="depth") == 1
         messages = depth_messages()
         for _round in range(2):

@@ -565,7 +565,8 @@ EACH_FORMS = {
                                "fields": {"price": {"path": "[0]", "type": "float"}},
                                "time": {"path": "$.ts", "format": "epoch_s"}}, "kraken"),
     "scalars": ("text_json", {**_NONE, "measurement": "series", "each": "values[<i>]",
-                              "fields": {"v": {"path": ".", "type": "float"}}, "time": {"path": "$.ts", "format": "auto"}},
+                              "fields": {"v": {"path": ".", "type": "float"}},
+                              "time": {"path": "$.ts", "format": "auto"}},
                 "scalars"),
     "receive_time": ("msgpack", {**KRAKEN_DEPTH, "time": {"field": None}}, "kraken"),
     "nested_wild": ("msgpack", {**_NONE, "measurement": "depth", "each": "result.*.<side>[-2][<n>]",
@@ -599,9 +600,11 @@ def _each_doc(draw, kind: str) -> dict:
             return [[str(x) for x in draw(level)] for _ in range(draw(st.integers(0, 2)))]
         return {"e": "depthUpdate", "E": int(ts * 1000), "s": "BNBBTC", "b": book(), "a": book()}
     if kind == "scalars":
-        return {"ts": ts, "values": draw(st.lists(st.sampled_from([1.5, None, 2, -7.25, 1e300]), min_size=1, max_size=5))}
-    return {"ts": ts, "result": {p: {s: [[], [[draw(level)[0], draw(st.integers(-5, 5)), p + "EUR"], [3.5, 2, "GBPJPY"]], "x"]
-                                     for s in ("asks", "bids")} for p in ("EUR", "USD")}}
+        values = st.lists(st.sampled_from([1.5, None, 2, -7.25, 1e300]), min_size=1, max_size=5)
+        return {"ts": ts, "values": draw(values)}
+    levels = [[draw(level)[0], draw(st.integers(-5, 5)), p + "EUR"] for p in ("EUR", "USD")]
+    return {"ts": ts, "result": {p: {s: [[], [levels[k], [3.5, 2, "GBPJPY"]], "x"]
+                                     for s in ("asks", "bids")} for k, p in enumerate(("EUR", "USD"))}}
 
 
 def _places(node: object, at: tuple = ()) -> list[tuple]:
@@ -704,7 +707,7 @@ def _book(k: int, levels: int) -> dict:
 @pytest.mark.parametrize("form", ["kraken_depth_json", "kraken_depth_msgpack", "telemetry", "binance_depth",
                                   "uncaptured", "receive_time"])
 def test_plain_each_messages_are_mapped_in_c(form):
-    framing, mapping, kind = EACH_FORMS[form]
+    framing, _, kind = EACH_FORMS[form]
     spec = each_spec(form)
     docs = []
     for k in range(40):
@@ -752,3 +755,28 @@ def test_max_points_edges_and_what_goes_back():
     assert burst.data.startswith(b"kraken_depth,level=0,pair=XXBTZCAD,side=asks,station=lab price=563.4,volume=0.75 "
                                  b"1700000000000000000\n")
     assert differential(spec, [messages, messages]) == (4, 14)
+
+
+@pytest.mark.parametrize("framing", ["msgpack", "json", "text_json"])
+def test_rows_come_in_the_listed_order_and_maps_in_their_sent_order(framing):
+    """<side:asks|bids> gives asks first whatever the map's order; `*` and <sensor> follow the
+    map as sent; `[*]` points share a series and time (nudged t+1, t+2 in row order)."""
+    spec = sub(framing=framing, mapping={**KRAKEN_DEPTH, "time": {"path": "$.ts", "format": "epoch_s"}})
+    doc = {"ts": T0, "result": {"ZZZ": {"bids": [[1.0, 2.0]], "asks": [[3.0, 4.0], [5.0, 6.0]]},
+                                "AAA": {"asks": [[7.0, 8.0]]}}}
+    def encode(d: dict) -> list[bytes]:
+        if framing == "msgpack":
+            return [b"d", msgpack.packb(d)]
+        return [b"d", json.dumps(d).encode()] if framing == "json" else [b"d " + json.dumps(d).encode()]
+    mapper = Mapper(spec, station="lab")
+    accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+    assert accelerator is not None, why
+    burst = accelerator.map([encode(doc)], lambda frames, error: None)
+    assert burst.compiled == 1
+    assert [line.split(b" ")[0] for line in burst.data.splitlines()] == [
+        b"kraken_depth,level=0,pair=ZZZ,side=asks,station=lab", b"kraken_depth,level=1,pair=ZZZ,side=asks,station=lab",
+        b"kraken_depth,level=0,pair=ZZZ,side=bids,station=lab", b"kraken_depth,level=0,pair=AAA,side=asks,station=lab"]
+    uncaptured = sub(framing=framing, mapping={**EACH_FORMS["uncaptured"][1], "each": "result.*.<side:asks|bids>[*]"})
+    assert differential(uncaptured, [[encode(doc) for _ in range(3)]]) == (3, 3)
+    sensors = {"id": 1, "ts": T0, "sensors": {"z": {"value": 1.0}, "a": {"value": 2.0}, "m": {"value": None, "ok": 1}}}
+    assert differential(sub(framing=framing, mapping=TELEMETRY), [[encode(sensors) for _ in range(2)]]) == (2, 2)

@@ -217,7 +217,8 @@ typedef struct {
  * step. Python's reference: paths.compile_paths (PathSet.rows), mapping.Mapper._map_rows. */
 #define MAX_EACH 8       /* steps of the each path (fastpath.py checks it at plan time) */
 #define MAX_CAPTURES 8
-#define EACH_ENTRIES_MAX (1 << 20)  /* entries of one container the walk looks at; beyond: hand back */
+#define EACH_ENTRIES_MAX (1 << 16)  /* entries of one container the walk looks at; beyond: hand back */
+#define EACH_KEEP 4096              /* entries (and dup slots) kept between messages; more is freed */
 enum { E_KEY = 0, E_INDEX = 1, E_ITEMS = 2, E_KEYS = 3 };
 typedef struct {
     int kind;
@@ -1845,6 +1846,9 @@ static int format_each(Plan *pl, buf_t *b, int nogil, const char *payload, Py_ss
     const char *p = payload, *end = payload + n;
     if (x.json) p = json_ws(p, end);
     int rc = each_walk(&x, 0, p, end, 0);
+    for (int i = 0; i < pl->neach; i++)  /* a huge container's entries are not kept (libc: no GIL needed) */
+        if (pl->elists[i].cap > EACH_KEEP) { free(pl->elists[i].e); pl->elists[i].e = NULL; pl->elists[i].cap = 0; }
+    if (pl->dup_cap > 2 * EACH_KEEP) { free(pl->dup); pl->dup = NULL; pl->dup_cap = 0; }
     if (rc == 0 && x.rows == 0) rc = 1;  /* no_points */
     if (rc) { b->len = start; return rc; }
     *rows_out = x.rows;
@@ -1974,7 +1978,12 @@ static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payl
     int clock = 0;
     int rc = format_line(pl, b, 0, topic, topic_n, payload, n, &series_n, &ts, &clock, rows);
     if (rc != 0) return rc;
-    if (pl->each) return finish_rows(pl, &pl->out, pl->rows.p, *rows, track_newest);
+    if (pl->each) {
+        rc = finish_rows(pl, &pl->out, pl->rows.p, *rows, track_newest);
+        if (pl->rows.cap > (8 << 20)) { free(pl->rows.p); pl->rows.p = NULL; pl->rows.cap = 0; }
+        pl->rows.len = 0;
+        return rc;
+    }
     return finish_line(pl, b, start, series_n, ts, clock, payload, n, track_newest);
 }
 
@@ -2547,7 +2556,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
  * GIL): so the lines, claims and hand-backs are those of one() run message by message.
  *
  * Ownership: the stage touches the plan's working state (staging buffer, records, the topic,
- * series and tag caches, the nested-path marks) and the libzmq socket without the GIL. The
+ * series and tag caches, the nested-path marks, each's entry lists) and the libzmq socket without the GIL. The
  * bridge gives each subscription its own Plan and its own socket, received by one thread (its
  * receive thread, or the one receive loop): pipeline.Subscription, app.py. A plan is owned by
  * the thread that staged a batch until that thread's commit ends (`busy`, `owner`: checked with
