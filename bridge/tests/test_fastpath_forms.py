@@ -120,7 +120,7 @@ def python_path(spec, mapper):
             else:
                 line, series, ts = mapper.keyed_line(topic, record)
                 points = [(line, series, ts, record)]
-            data = b"\n".join(p[0].encode() for p in points)
+            data = [p[0].encode() for p in points]
         except (DecodeError, MapError, LineError) as exc:
             return None, ("refused", exc.reason, str(exc))
         except UnicodeEncodeError:
@@ -130,7 +130,7 @@ def python_path(spec, mapper):
                 current = newest.get(series)
                 if current is None or ts >= current[0]:
                     newest[series] = (ts, {k: values[k] for k in names if values.get(k) is not None})
-        return data, ("line", "\n".join(p[0] for p in points))
+        return (data if mapper.multi else data[0]), ("line", "\n".join(p[0] for p in points), len(points))
     return run
 
 
@@ -167,7 +167,7 @@ def differential(spec, bursts) -> tuple[int, int]:
         total += len(messages)
         want = b"".join(o[1].encode() + b"\n" for o in expected if o[0] == "line")
         assert burst.data == want, (messages, expected, burst.data)
-        assert burst.lines == sum(o[1].count("\n") + 1 for o in expected if o[0] == "line")
+        assert burst.lines == sum(o[2] for o in expected if o[0] == "line")
         index = {id(frames): i for i, frames in enumerate(messages)}
         positions = [index[id(frames)] for frames, _ in handed]
         assert positions == sorted(positions)
@@ -544,6 +544,7 @@ KRAKEN_DEPTH = {**_NONE, "measurement": "kraken_depth", "each": "result.<pair>.<
 TELEMETRY = {**_NONE, "measurement": "telemetry", "each": "sensors.<sensor>", "tags": {"unit": "unit"},
              "optional_tags": ["unit"],
              "fields": {"value": {"path": "value", "type": "float"}, "ok": {"path": "ok", "type": "boolean"},
+                        "label": {"path": "unit", "type": "string"},  # a newline in a string: one line still
                         "station_id": {"path": "$.id", "type": "integer"}},
              "time": {"path": "$.ts", "format": "epoch_s"}}
 BINANCE_DEPTH = {**_NONE, "measurement": "binance_depth", "each": "<side:b|a>[<level>]", "tags": {"symbol": "$.s"},

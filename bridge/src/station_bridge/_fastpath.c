@@ -2778,14 +2778,19 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
         Py_DECREF(frames);
         Py_DECREF(error);
         if (!line) goto fail;
-        if (line != Py_None) {
-            char *s; Py_ssize_t n;
-            if (PyBytes_AsStringAndSize(line, &s, &n) < 0 || buf_put(out, s, n) < 0 || buf_putc(out, '\n') < 0) {
-                Py_DECREF(line);
-                goto fail;
+        if (line != Py_None) {  /* a line (bytes), or each's points: a list of lines */
+            int many = PyList_Check(line);
+            Py_ssize_t count = many ? PyList_Size(line) : 1;
+            for (Py_ssize_t i = 0; i < count; i++) {
+                PyObject *one_line = many ? PyList_GetItem(line, i) : line;  /* borrowed */
+                char *s; Py_ssize_t n;
+                if (!one_line || PyBytes_AsStringAndSize(one_line, &s, &n) < 0 || buf_put(out, s, n) < 0 ||
+                    buf_putc(out, '\n') < 0) {
+                    Py_DECREF(line);
+                    goto fail;
+                }
+                lines++;
             }
-            lines++;  /* each: the Python path's lines of one message, joined by newlines */
-            for (const char *c = s; (c = memchr(c, '\n', s + n - c)) != NULL; c++) lines++;
         }
         Py_DECREF(line);
     }

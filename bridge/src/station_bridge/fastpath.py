@@ -67,8 +67,9 @@ _KINDS = {"float": 0, "integer": 1, "string": 2, "boolean": 3}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # What the Python path gets for a message handed back: (frames, error). `error` is the exception
-# the mapper's uniqueness raised for it (the message is refused with that reason), else None.
-Slow = Callable[[list[bytes], BaseException | None], bytes | None]
+# the mapper's uniqueness raised for it (the message is refused with that reason), else None. It
+# returns the message's line, or (each) a list of its lines, or None (refused, counted).
+Slow = Callable[[list[bytes], BaseException | None], bytes | list[bytes] | None]
 
 
 def extension_shipped() -> bool:
@@ -242,7 +243,7 @@ class Accelerator:
         size = 0
         settled = [0]  # messages of the current batch `slow` settled (returned None: counted by the caller)
 
-        def settling(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def settling(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             line = slow(frames, error)
             if line is None:
                 settled[0] += 1

@@ -480,7 +480,7 @@ class Pipeline:
         newest: dict | None = {} if self.cache is not None and sub.spec.cache else None
         rejected: dict[str, int] = {}
 
-        def slow(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def slow(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             """`python_path` contained: whatever raises past the refusal handler (a defect, no
             memory), the message is counted once (`unexpected`) and the batch goes on."""
             counted = sum(rejected.values())
@@ -494,7 +494,7 @@ class Pipeline:
                               extra={"subscription": sub.name, "error": repr(exc)[:300]})
                 return None
 
-        def python_path(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def python_path(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             if error is not None:  # refused by the uniqueness C called (MapError: bad_timestamp)
                 self._reject(sub, getattr(error, "reason", "unexpected"), str(error), frames, rejected)
                 return None
@@ -521,7 +521,7 @@ class Pipeline:
                     current = newest.get(series)
                     if current is None or ts >= current[0]:
                         newest[series] = (ts, values)
-            return b"\n".join(encoded)  # C counts its lines
+            return encoded if multi else encoded[0]  # each: one line per point (a string field may hold a newline)
 
         burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES, lock)
         with lock if lock is not None else nullcontext():
