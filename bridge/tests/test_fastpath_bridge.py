@@ -284,16 +284,11 @@ def test_an_order_book_with_each_runs_compiled_and_stores_what_python_stores(tmp
         bridges[mode] = (BridgeProcess(tmp_path / mode, influxd, db, "", subscription=sub,
                                        destination={"batch_size": 5000, "flush_interval": "50ms"}, fast_path=mode), db)
     context = zmq.Context()
-    pub = context.socket(zmq.PUB)
-    pub.setsockopt(zmq.SNDHWM, 0)
-    pub.bind(endpoint)
+    pub = publisher(context, endpoint)
     try:
         for bridge, _ in bridges.values():
             bridge.start()
-        for bridge, _ in bridges.values():
-            wait_for(lambda b=bridge: b.value("bridge_subscription_connected", subscription="depth") == 1, 10,
-                     "connected")
-        time.sleep(0.3)
+        subscribed(pub, subscribers=len(bridges))
         compiled, pure = bridges["auto"][0], bridges["off"][0]
         assert compiled.health()[1]["subscriptions"]["depth"]["fast_path"] == "compiled"
         assert pure.health()[1]["subscriptions"]["depth"]["fast_path"] == "python: fast_path: off"
