@@ -4,8 +4,8 @@
 # Builds _fastpath.c once with -fsanitize=address,undefined into its own directory (never the
 # in-place extension the other tests use), beside a copy of the package, and runs the tests that
 # compare the C path with the Python path against it: the differential tests in-process (every
-# mapping form: test_fastpath.py, test_fastpath_forms.py) and the two bridge processes of
-# test_fastpath_bridge.py, and test_receive_threads.py (two subscriptions received by two threads,
+# mapping form, `each` included: test_fastpath.py, test_fastpath_forms.py) and the bridge processes
+# of test_fastpath_bridge.py (an order book with `each` among them), and test_receive_threads.py (two subscriptions received by two threads,
 # C's part of each batch without the GIL) (they inherit PYTHONPATH and the sanitizer environment). Any report
 # fails: UBSan halts (-fno-sanitize-recover, halt_on_error), ASan aborts; pytest captures nothing
 # (--capture=no), so a report on fd 2 reaches the log even when it ends the process, and a report

@@ -236,3 +236,87 @@ def test_compiled_and_pure_bridges_store_the_same_points_and_counts(pair, influx
         handled = compiled.value("bridge_fast_path_messages", subscription=name)
         assert handled > 0.5 * samples["auto"][("bridge_mapped_messages_total", (("subscription", name),))]
         assert compiled.value("bridge_fast_path_handed_back", subscription=name) > 0
+
+
+# --- each: an order book on the compiled path ------------------------------------------------------
+
+DEPTH_MAPPING = {"measurement": "depth", "each": "result.<pair>.<side:asks|bids>[<level>]",
+                 "tags": {"venue": "$.venue"}, "optional_tags": ["venue"],
+                 "fields": {"price": {"path": "[0]", "type": "float"}, "volume": {"path": "[1]", "type": "float"}},
+                 "time": {"path": "[2]", "format": "epoch_s"}}
+
+
+def depth_messages() -> list[list[bytes]]:
+    """Kraken depth snapshots (text_json), every tenth one made hostile: refusals of each
+    (no_points, missing_field, wrong_type, too_many_points), keys that need escapes, a lone
+    surrogate, a key sent twice, NaN; the second round repeats every time (nudged alike)."""
+    out = []
+    for k in range(300):
+        book = {"asks": [[f"{563.4 + i / 8:.5f}", "0.750", T0 + k // 3 + i / 4] for i in range(1 + k % 3)],
+                "bids": [[f"{540.0 - i / 8:.5f}", f"{k / 7:.3f}", T0 + k // 3] for i in range(k % 4)]}
+        doc = {"error": [], "venue": ("kraken", "kr,x=1 y", "")[k % 3],
+               "result": {("XXBTZCAD", "XETHZEUR")[k % 2]: book}}
+        text = json.dumps(doc)
+        if k % 10 == 5:
+            text = json.dumps([
+                {"error": ["EQuery:Unknown asset pair"]}, {"result": {"X": {"asks": [], "bids": []}}},
+                {"result": {"X": {"asks": {}, "bids": []}}}, {"result": {"X": {"asks": [[1.5, 2, T0]] * 30}}},
+                {"result": {"a b,c=d\\": book}}, {"result": {"\ud800": book}}, {"result": {"X": [book]}},
+                {"result": {"X": {"asks": [[float("nan"), 1, T0]]}}}, {"result": {"日本": book}},
+                {"result": {"X": {"asks": [None, [1.5, None, T0], [None, None, T0]]}}}][(k // 10) % 10],
+                ensure_ascii=k % 20 == 5)
+        if k % 50 == 7:
+            text = text[:-1] + ', "result": {"Y": {"asks": [[1, 2, 3]]}}}'  # result twice
+        out.append([b"depth " + text.encode("utf-8", "surrogatepass")])
+    return out
+
+
+def test_an_order_book_with_each_runs_compiled_and_stores_what_python_stores(tmp_path, influxd):
+    require_compiled_path()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = {"name": "depth", "endpoints": [endpoint], "topics": ["depth"], "framing": "text_json",
+           "max_frame_bytes": MAX_FRAME, "mapping": {**DEPTH_MAPPING, "max_points": 20}}
+    bridges = {}
+    for mode in ("auto", "off"):
+        db = f"each_{mode}_{free_port()}"
+        influxd.query(f'CREATE DATABASE "{db}"')
+        (tmp_path / mode).mkdir()
+        bridges[mode] = (BridgeProcess(tmp_path / mode, influxd, db, "", subscription=sub,
+                                       destination={"batch_size": 5000, "flush_interval": "50ms"}, fast_path=mode), db)
+    context = zmq.Context()
+    pub = publisher(context, endpoint)
+    try:
+        for bridge, _ in bridges.values():
+            bridge.start()
+        subscribed(pub, subscribers=len(bridges))
+        compiled, pure = bridges["auto"][0], bridges["off"][0]
+        assert compiled.health()[1]["subscriptions"]["depth"]["fast_path"] == "compiled"
+        assert pure.health()[1]["subscriptions"]["depth"]["fast_path"] == "python: fast_path: off"
+        assert compiled.value("bridge_fast_path_compiled", subscription="depth") == 1
+        messages = depth_messages()
+        for _round in range(2):
+            for frames in messages:
+                pub.send_multipart(frames)
+        for bridge, _ in bridges.values():
+            wait_for(lambda b=bridge: total(b.samples(), "bridge_received_messages_total") == 2 * len(messages), 30,
+                     "every message received")
+        samples = {mode: quiet_ledger(bridge, subscriptions=("depth",)) for mode, (bridge, _) in bridges.items()}
+        assert _counters(samples["auto"]) == _counters(samples["off"])
+        rejected = {dict(labels)["reason"] for (name, labels), v in samples["auto"].items()
+                    if name == "bridge_rejected_messages_total" and v}
+        assert {"no_points", "missing_field", "wrong_type", "too_many_points", "non_finite"} <= rejected, rejected
+        stored = {}
+        for mode, (_, db) in bridges.items():
+            rows = influxd.query('SELECT * FROM "depth"', db=db)
+            stored[mode] = sorted(tuple(sorted((k, repr(v)) for k, v in row.items())) for row in rows)
+        assert len(stored["auto"]) > 500
+        assert stored["auto"] == stored["off"]
+        handled = compiled.value("bridge_fast_path_messages", subscription="depth")
+        assert handled > 0.5 * samples["auto"][("bridge_mapped_messages_total", (("subscription", "depth"),))]
+        assert compiled.value("bridge_fast_path_handed_back", subscription="depth") > 0
+    finally:
+        pub.close(linger=0)
+        context.term()
+        for bridge, _ in bridges.values():
+            if bridge.alive:
+                assert bridge.stop() == 0

@@ -115,21 +115,22 @@ def python_path(spec, mapper):
             return None, ("refused", getattr(error, "reason", type(error).__name__), str(error))
         try:
             topic, record = decode(frames)
-            if mapper.multi:
-                (line, series, ts, values), = mapper.keyed_lines(topic, record)
+            if mapper.multi:  # each: every point of the message (one line each, in row order)
+                points = mapper.keyed_lines(topic, record)
             else:
                 line, series, ts = mapper.keyed_line(topic, record)
-                values = record
-            data = line.encode()
+                points = [(line, series, ts, record)]
+            data = [p[0].encode() for p in points]
         except (DecodeError, MapError, LineError) as exc:
             return None, ("refused", exc.reason, str(exc))
         except UnicodeEncodeError:
             return None, ("refused", "invalid_utf8", "")
         if newest is not None:
-            current = newest.get(series)
-            if current is None or ts >= current[0]:
-                newest[series] = (ts, {k: values[k] for k in names if values.get(k) is not None})
-        return data, ("line", line)
+            for _, series, ts, values in points:
+                current = newest.get(series)
+                if current is None or ts >= current[0]:
+                    newest[series] = (ts, {k: values[k] for k in names if values.get(k) is not None})
+        return (data if mapper.multi else data[0]), ("line", "\n".join(p[0] for p in points), len(points))
     return run
 
 
@@ -166,7 +167,7 @@ def differential(spec, bursts) -> tuple[int, int]:
         total += len(messages)
         want = b"".join(o[1].encode() + b"\n" for o in expected if o[0] == "line")
         assert burst.data == want, (messages, expected, burst.data)
-        assert burst.lines == sum(1 for o in expected if o[0] == "line")
+        assert burst.lines == sum(o[2] for o in expected if o[0] == "line")
         index = {id(frames): i for i, frames in enumerate(messages)}
         positions = [index[id(frames)] for frames, _ in handed]
         assert positions == sorted(positions)
@@ -477,7 +478,7 @@ def test_check_config_names_the_path_and_reason_per_subscription(tmp_path, capsy
     here = "compiled" if not fastpath.unavailable() else f"python: {fastpath.unavailable()}"
     assert paths["kraken"] == {"path": "compiled", "reason": None, "here": here}
     assert paths["v20"] == {"path": "compiled", "reason": None, "here": here}
-    assert paths["depth"]["path"] == "python" and paths["depth"]["reason"].startswith("each")
+    assert paths["depth"] == {"path": "compiled", "reason": None, "here": here}  # each (issue 22)
     assert paths["nested"] == {"path": "compiled", "reason": None, "here": here}
     assert paths["last_level"]["reason"] == "negative list indexes in JSON (msgpack only)"
     assert paths["by_topic"]["reason"] == "the measurement comes from data (measurement_from: topic)"
@@ -532,3 +533,251 @@ def test_date_strings_in_c_are_the_parsers(text):
                              r"(Z|z|[+-][0-9]{2}:?[0-9]{2})", text, re.ASCII)
         assert (wants[0] is None or shape is None or not 1678 <= int(shape[1]) <= 2261
                 or len(shape[2] or "") > 9), (text, wants)
+
+
+# --- each: several points per message ------------------------------------------------------------
+
+_NONE: dict = {"tags": [], "derived_tags": [], "drop": []}
+KRAKEN_DEPTH = {**_NONE, "measurement": "kraken_depth", "each": "result.<pair>.<side:asks|bids>[<level>]",
+                "fields": {"price": {"path": "[0]", "type": "float"}, "volume": {"path": "[1]", "type": "float"}},
+                "time": {"path": "[2]", "format": "epoch_s"}}
+TELEMETRY = {**_NONE, "measurement": "telemetry", "each": "sensors.<sensor>", "tags": {"unit": "unit"},
+             "optional_tags": ["unit"],
+             "fields": {"value": {"path": "value", "type": "float"}, "ok": {"path": "ok", "type": "boolean"},
+                        "label": {"path": "unit", "type": "string"},  # a newline in a string: one line still
+                        "station_id": {"path": "$.id", "type": "integer"}},
+             "time": {"path": "$.ts", "format": "epoch_s"}}
+BINANCE_DEPTH = {**_NONE, "measurement": "binance_depth", "each": "<side:b|a>[<level>]", "tags": {"symbol": "$.s"},
+                 "fields": {"price": {"path": "[0]", "type": "float"}, "qty": {"path": "[1]", "type": "float"}},
+                 "time": {"path": "$.E", "format": "epoch_ms"}}
+# name -> (framing, mapping, document kind): the three documented forms in every framing C reads,
+# and the rest of what each can meet: uncaptured wildcards (points nudged in one series), scalar
+# elements (`.`), the receive time (the clock drawn per row), nested wildcards with a derived tag
+# from the element and the topic as a tag, a negative index on the way (msgpack), max_points edges
+EACH_FORMS = {
+    "kraken_depth_json": ("text_json", KRAKEN_DEPTH, "kraken"),
+    "kraken_depth_json_frames": ("json", KRAKEN_DEPTH, "kraken"),
+    "kraken_depth_msgpack": ("msgpack", {**KRAKEN_DEPTH, "max_points": 4}, "kraken"),
+    "telemetry": ("msgpack", TELEMETRY, "telemetry"),
+    "telemetry_json": ("text_json", TELEMETRY, "telemetry"),
+    "binance_depth": ("json", BINANCE_DEPTH, "binance"),
+    "binance_depth_msgpack": ("msgpack", {**BINANCE_DEPTH, "max_points": 3}, "binance"),
+    "uncaptured": ("msgpack", {**_NONE, "measurement": "levels", "each": "result.*.asks[*]",
+                               "fields": {"price": {"path": "[0]", "type": "float"}},
+                               "time": {"path": "$.ts", "format": "epoch_s"}}, "kraken"),
+    "scalars": ("text_json", {**_NONE, "measurement": "series", "each": "values[<i>]",
+                              "fields": {"v": {"path": ".", "type": "float"}},
+                              "time": {"path": "$.ts", "format": "auto"}},
+                "scalars"),
+    "receive_time": ("msgpack", {**KRAKEN_DEPTH, "time": {"field": None}}, "kraken"),
+    "nested_wild": ("msgpack", {**_NONE, "measurement": "depth", "each": "result.*.<side>[-2][<n>]",
+                                "topic": {"tag": "feed"}, "tags": {"pair": "[2]"}, "optional_tags": ["base", "term"],
+                                "derived_tags": [{"path": "[2]", "regex": LAB_REGEX}],
+                                "fields": {"price": {"path": "[0]", "type": "float"},
+                                           "count": {"path": "[1]", "type": "integer"}},
+                                "time": {"path": "$.ts", "format": "epoch_s"}}, "nested"),
+}
+ESCAPE_KEYS = [*ESCAPES, "\ud800", "\udfff", "x\ud800y", "K" * 5000, "level", "0", "-1", "asks", "bids", "a", "b",
+               "XXBTZCAD", "b=1", "a,b=c d", "\\", "sensor\\"]
+
+
+def _each_doc(draw, kind: str) -> dict:
+    """A good document of the form's kind (varied sizes, near T0, repeated times)."""
+    ts = draw(st.sampled_from([T0, T0 + 1, T0 + 0.5, T0 + 2]))
+    level = st.lists(st.sampled_from([1.5, 2.25, 0.1, 7.0, 1e-5, 65000.5]), min_size=2, max_size=2)
+    if kind == "kraken":
+        def side():
+            return [[*draw(level), ts + k] for k in range(draw(st.integers(0, 3)))]
+        pairs = draw(st.lists(st.sampled_from(["XXBTZCAD", "XETHZEUR", "DOTUSD"]), min_size=1, max_size=2, unique=True))
+        return {"error": [], "ts": ts, "result": {p: {"asks": side(), "bids": side()} for p in pairs}}
+    if kind == "telemetry":
+        sensors = {name: {"value": draw(st.sampled_from([21.5, -3.0, 0.0, 1e10])), "ok": draw(st.booleans()),
+                          "unit": draw(st.sampled_from(["C", "hPa", "%"]))}
+                   for name in draw(st.lists(st.sampled_from(["t1", "t2", "p", "rh"]), min_size=1, max_size=4,
+                                             unique=True))}
+        return {"id": draw(st.integers(0, 9)), "ts": ts, "sensors": sensors}
+    if kind == "binance":
+        def book():
+            return [[str(x) for x in draw(level)] for _ in range(draw(st.integers(0, 2)))]
+        return {"e": "depthUpdate", "E": int(ts * 1000), "s": "BNBBTC", "b": book(), "a": book()}
+    if kind == "scalars":
+        values = st.lists(st.sampled_from([1.5, None, 2, -7.25, 1e300]), min_size=1, max_size=5)
+        return {"ts": ts, "values": draw(values)}
+    levels = [[draw(level)[0], draw(st.integers(-5, 5)), p + "EUR"] for p in ("EUR", "USD")]
+    return {"ts": ts, "result": {p: {s: [[], [levels[k], [3.5, 2, "GBPJPY"]], "x"]
+                                     for s in ("asks", "bids")} for k, p in enumerate(("EUR", "USD"))}}
+
+
+def _places(node: object, at: tuple = ()) -> list[tuple]:
+    """Every place (path of keys and indexes) in a document."""
+    out = [at]
+    if isinstance(node, dict):
+        for k, v in node.items():
+            out += _places(v, (*at, k))
+    elif isinstance(node, list):
+        for i, v in enumerate(node):
+            out += _places(v, (*at, i))
+    return out
+
+
+def _encode(node: object, kind: str, rng, ascii_only: bool) -> bytes:
+    """msgpack or JSON of a document, a map's key sometimes sent twice (the decoded dict keeps the
+    last value at the first's place)."""
+    if isinstance(node, dict):
+        items = list(node.items())
+        if items and rng.random() < 0.05:
+            items.append((items[0][0], items[-1][1]))
+        if kind == "msgpack":
+            return (b"\xdf" + len(items).to_bytes(4, "big")
+                    + b"".join(msgpack.packb(k) + _encode(v, kind, rng, ascii_only) for k, v in items))
+        return b"{" + b", ".join(json.dumps(k, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass") + b": "
+                                 + _encode(v, kind, rng, ascii_only) for k, v in items) + b"}"
+    if isinstance(node, list):
+        if kind == "msgpack":
+            return b"\xdd" + len(node).to_bytes(4, "big") + b"".join(_encode(v, kind, rng, ascii_only) for v in node)
+        return b"[" + b", ".join(_encode(v, kind, rng, ascii_only) for v in node) + b"]"
+    if kind == "msgpack":
+        return msgpack.packb(node)
+    return json.dumps(node, ensure_ascii=ascii_only).encode("utf-8", "surrogatepass")
+
+
+@st.composite
+def _each_message(draw, form: str):
+    """A good document of the form with places made hostile: a value, a container of the other
+    kind, null, an empty or long list, a key renamed to a hostile one (every escape character, a
+    lone surrogate, empty, huge, an int key in msgpack), a key sent twice."""
+    framing, _, kind = EACH_FORMS[form]
+    doc = _each_doc(draw, kind)
+    for _ in range(draw(st.sampled_from([0, 0, 0, 1, 1, 2, 3]))):
+        places = [p for p in _places(doc) if p]
+        if not places:
+            break
+        *parent_at, last = draw(st.sampled_from(places))
+        parent: object = doc
+        for step in parent_at:
+            parent = parent[step]  # type: ignore[index]
+        what = draw(st.integers(0, 3))
+        if what == 0 and isinstance(parent, dict):  # rename the key
+            new = draw(st.one_of(st.sampled_from(ESCAPE_KEYS), st.text(max_size=3),
+                                 st.integers(-3, 3) if framing == "msgpack" else st.nothing()))
+            parent[new] = parent.pop(last)
+        else:
+            hostile = st.one_of(_scalar, st.sampled_from([None, [], {}, [[1.5, 2.5, T0]], {"asks": []},
+                                                          [None, [1.5, None, T0]], list(range(40)), DEEP]))
+            parent[last] = copy.deepcopy(draw(hostile))  # type: ignore[index]
+    rng = __import__("random").Random(draw(st.integers(0, 2**32)))
+    try:
+        payload = _encode(doc, "msgpack" if framing == "msgpack" else "json", rng, draw(st.booleans()))
+    except (OverflowError, ValueError, TypeError):
+        payload = b"{}" if framing != "msgpack" else msgpack.packb({})
+    if draw(st.integers(0, 15)) == 0:
+        payload = payload[:len(payload) // 2]
+    topic = draw(st.sampled_from([b"kr_depth", b"kr_depth", b"a,b c", b"x\\"]))
+    if framing == "text_json":
+        return [topic.replace(b" ", b"_") + b" " + payload]
+    return [topic, payload]
+
+
+def each_spec(form: str):
+    framing, mapping, _ = EACH_FORMS[form]
+    return sub(framing=framing, mapping=mapping)
+
+
+@pytest.mark.parametrize("form", list(EACH_FORMS))
+def test_each_forms_are_compiled(form):
+    spec = each_spec(form)
+    mapper = Mapper(spec, station="lab")
+    assert fastpath.not_covered(mapper, spec) == ""
+    assert fastpath.python_reason("auto", spec, mapper) == ""
+
+
+@pytest.mark.parametrize("form", list(EACH_FORMS))
+@given(data=st.data())
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large])
+def test_each_gives_the_python_paths_lines_and_refusals(form, data):
+    bursts = data.draw(st.lists(st.lists(_each_message(form), min_size=1, max_size=8), min_size=1, max_size=3))
+    differential(each_spec(form), bursts)
+
+
+def _book(k: int, levels: int) -> dict:
+    return {"error": [], "result": {"XXBTZCAD": {
+        "asks": [[f"{563.4 + i}", "0.750", T0 + k] for i in range(levels)],
+        "bids": [[f"{540.0 - i}", "0.002", T0 + k] for i in range(levels)]}}}
+
+
+@pytest.mark.parametrize("form", ["kraken_depth_json", "kraken_depth_msgpack", "telemetry", "binance_depth",
+                                  "uncaptured", "receive_time"])
+def test_plain_each_messages_are_mapped_in_c(form):
+    framing, _, kind = EACH_FORMS[form]
+    spec = each_spec(form)
+    docs = []
+    for k in range(40):
+        if kind == "kraken":
+            docs.append({**_book(k, 1 + k % 2), "ts": T0 + k // 3})
+        elif kind == "telemetry":
+            docs.append({"id": 3, "ts": T0 + k, "sensors": {"t1": {"value": 20.5 + k, "unit": "C", "ok": True},
+                                                            "": {"value": 1.0}, "rh": {"value": k, "unit": ""}}})
+        else:
+            docs.append({"E": (T0 + k) * 1000, "s": "BNBBTC", "b": [["1.5", "2"]], "a": [["1.75", "3"], ["1.8", "1"]]})
+    encode = (lambda d: msgpack.packb(d)) if framing == "msgpack" else (lambda d: json.dumps(d).encode())
+    burst = ([[b"kr_depth " + encode(d)] for d in docs] if framing == "text_json"
+             else [[b"kr_depth", encode(d)] for d in docs])
+    assert differential(spec, [burst, burst]) == (80, 80)
+
+
+def test_max_points_edges_and_what_goes_back():
+    """max_points rows map in C; one more is refused by Python (too_many_points); no row
+    (no_points), a fixed step with no value (missing_field), a container of the other kind
+    (wrong_type), an empty element (missing_field) and a key that needs a JSON escape go back."""
+    spec = sub(framing="msgpack", mapping={**KRAKEN_DEPTH, "max_points": 4})
+    messages = [[b"kr_depth", msgpack.packb(doc)] for doc in (
+        _book(0, 2),  # 4 rows: compiled
+        _book(1, 3) | {},  # 6 rows
+        {"result": {"XXBTZCAD": {"asks": [], "bids": []}}},
+        {"error": ["EQuery:Unknown asset pair"]},
+        {"result": {"XXBTZCAD": {"asks": {}, "bids": []}}},
+        {"result": {"XXBTZCAD": {"asks": [[]], "bids": []}}},
+        _book(2, 1))]
+    mapper = Mapper(spec, station="lab")
+    accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+    assert accelerator is not None, why
+    run = python_path(spec, mapper)
+    outcomes = []
+
+    def slow(frames, error):
+        line, outcome = run(frames, None, error)
+        outcomes.append(outcome)
+        return line
+
+    burst = accelerator.map(messages, slow)
+    assert burst.compiled == 2 and burst.lines == 6
+    assert [o[1] for o in outcomes] == ["too_many_points", "no_points", "missing_field", "wrong_type",
+                                        "missing_field"]
+    assert burst.data.startswith(b"kraken_depth,level=0,pair=XXBTZCAD,side=asks,station=lab price=563.4,volume=0.75 "
+                                 b"1700000000000000000\n")
+    assert differential(spec, [messages, messages]) == (4, 14)
+
+
+@pytest.mark.parametrize("framing", ["msgpack", "json", "text_json"])
+def test_rows_come_in_the_listed_order_and_maps_in_their_sent_order(framing):
+    """<side:asks|bids> gives asks first whatever the map's order; `*` and <sensor> follow the
+    map as sent; `[*]` points share a series and time (nudged t+1, t+2 in row order)."""
+    spec = sub(framing=framing, mapping={**KRAKEN_DEPTH, "time": {"path": "$.ts", "format": "epoch_s"}})
+    doc = {"ts": T0, "result": {"ZZZ": {"bids": [[1.0, 2.0]], "asks": [[3.0, 4.0], [5.0, 6.0]]},
+                                "AAA": {"asks": [[7.0, 8.0]]}}}
+    def encode(d: dict) -> list[bytes]:
+        if framing == "msgpack":
+            return [b"d", msgpack.packb(d)]
+        return [b"d", json.dumps(d).encode()] if framing == "json" else [b"d " + json.dumps(d).encode()]
+    mapper = Mapper(spec, station="lab")
+    accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
+    assert accelerator is not None, why
+    burst = accelerator.map([encode(doc)], lambda frames, error: None)
+    assert burst.compiled == 1
+    assert [line.split(b" ")[0] for line in burst.data.splitlines()] == [
+        b"kraken_depth,level=0,pair=ZZZ,side=asks,station=lab", b"kraken_depth,level=1,pair=ZZZ,side=asks,station=lab",
+        b"kraken_depth,level=0,pair=ZZZ,side=bids,station=lab", b"kraken_depth,level=0,pair=AAA,side=asks,station=lab"]
+    uncaptured = sub(framing=framing, mapping={**EACH_FORMS["uncaptured"][1], "each": "result.*.<side:asks|bids>[*]"})
+    assert differential(uncaptured, [[encode(doc) for _ in range(3)]]) == (3, 3)
+    sensors = {"id": 1, "ts": T0, "sensors": {"z": {"value": 1.0}, "a": {"value": 2.0}, "m": {"value": None, "ok": 1}}}
+    assert differential(sub(framing=framing, mapping=TELEMETRY), [[encode(sensors) for _ in range(2)]]) == (2, 2)

@@ -150,7 +150,7 @@ enum { F_MSGPACK = 0, F_DELIMITED = 1, F_JSON = 2, F_TEXT_JSON = 3 };
 enum { R_EXACT = 0, R_PRODUCT = 1 };
 enum { U_WINDOW = 0, U_LAST = 1 };
 
-enum { T_RECORD = 0, T_STATIC = 1, T_DERIVED = 2, T_TOPIC = 3 };
+enum { T_RECORD = 0, T_STATIC = 1, T_DERIVED = 2, T_TOPIC = 3, T_CAPTURE = 4 };  /* T_CAPTURE: a T_RECORD of a capture's slot */
 
 typedef struct {
     int kind;           /* T_RECORD: a record key; T_STATIC; T_DERIVED / T_TOPIC: a part the
@@ -210,6 +210,30 @@ typedef struct {
     PyObject *name;     /* the field's name (the cache's key; its record key may differ) */
 } field_t;
 
+/* `each` (several points per message): the each path's steps, walked from the record; every
+ * element it reaches is one row. Sources relative to the element are a second trie (root
+ * `eroot`), filled per element; `$`-rooted ones are the record's trie (root 0), filled once.
+ * Captures are slots holding the captured key (or the list index as decimal text) of their
+ * step. Python's reference: paths.compile_paths (PathSet.rows), mapping.Mapper._map_rows. */
+#define MAX_EACH 8       /* steps of the each path (fastpath.py checks it at plan time) */
+#define MAX_CAPTURES 8
+#define EACH_ENTRIES_MAX (1 << 16)  /* entries of one container the walk looks at; beyond: hand back */
+#define EACH_KEEP 4096              /* entries (and dup slots) kept between messages; more is freed */
+enum { E_KEY = 0, E_INDEX = 1, E_ITEMS = 2, E_KEYS = 3 };
+typedef struct {
+    int kind;
+    char *key; Py_ssize_t key_n;   /* E_KEY */
+    int64_t index;                 /* E_INDEX (negative: from the end) */
+    int capture;                   /* E_ITEMS, E_KEYS: the capture's slot, or -1 (not captured) */
+    int nonly; char **only; Py_ssize_t *only_n;  /* E_KEYS: only these keys, in this order (0: every key) */
+} estep_t;
+/* A container's entries (a map's keys with their values, a list's elements), found by the walk. */
+typedef struct { const char *k; Py_ssize_t kn; const char *v, *vend; } entry_t;
+typedef struct { entry_t *e; Py_ssize_t n, cap; } elist_t;
+/* Before each row's line in a buffer (the rows of one message follow each other): its series and
+ * line length, its time (or draw the clock), then `extra_n` bytes of its field values (newest). */
+typedef struct { Py_ssize_t series_n, line_n, extra_n; int64_t ts; int clock; } rowhdr_t;
+
 /* The series key -> str cache (the uniqueness state is keyed by str). */
 #define SCACHE_SIZE 4096
 #define SCACHE_MAX_KEY 240
@@ -228,7 +252,8 @@ enum { S_LINE = 0, S_GIL = 1, S_BACK = 2 };
 typedef struct {
     int kind;                      /* S_LINE: formatted up to its time; S_GIL: map it again with the
                                     * GIL; S_BACK: hand it back */
-    Py_ssize_t at, series_n, line_n;  /* S_LINE: series and fields at stage.p + at */
+    Py_ssize_t at, series_n, line_n;  /* S_LINE: series and fields at stage.p + at (each: the rows) */
+    Py_ssize_t rows;               /* S_LINE with each: how many rows (rowhdr_t, line, extra) */
     int64_t ts; int clock;         /* S_LINE: its time, or draw the receive clock */
     const char *topic, *payload; Py_ssize_t topic_n, payload_n;  /* the frames (valid until commit ends) */
     zmsg_t m[2]; int have;         /* stage_zmq: the frames libzmq holds */
@@ -250,6 +275,12 @@ typedef struct {
     uint32_t gen; uint32_t seen[MAX_NODES];  /* a key met in this record (duplicates go back) */
     tcache_t *topic;   /* topic tags (NULL: none) */
     int nfields; field_t fields[MAX_FIELDS];
+    /* each (0: one point per message) */
+    int each, neach, eroot; estep_t esteps[MAX_EACH]; Py_ssize_t max_points;
+    int slot_elem[MAX_SLOTS];      /* the slot is read from the element (reset per element) */
+    int ncaptures; int capture_slot[MAX_CAPTURES]; char cap_text[MAX_CAPTURES][24];
+    elist_t elists[MAX_EACH]; Py_ssize_t *dup; Py_ssize_t dup_cap;
+    buf_t rows;                    /* one(): a message's rows, before they are finished into out */
     int time_slot; int64_t time_unit; int time_rule;  /* time_unit -1: a date string (time_parse) */
     PyObject *time_parse;  /* the mapper's parser of date strings (rfc3339, naive) */
     PyObject *clock;       /* the mapper's receive clock (no time field), or NULL */
@@ -1064,6 +1095,7 @@ static int newest_note(Plan *pl, PyObject *series, int64_t ts, const char *paylo
 }
 
 static int parse_record(Plan *pl, const char *payload, Py_ssize_t n, val_t *vals);
+static int row_values(Plan *pl, const char *p, Py_ssize_t n, val_t *vals);
 
 static PyObject *value_object(const val_t *v) {
     switch (v->type) {
@@ -1091,7 +1123,8 @@ static int newest_flush(Plan *pl, PyObject *newest) {
                 if (PyErr_Occurred()) { rc = -1; goto next; }
                 if (over > 0 || (!over && e->ts < have)) goto next;  /* beyond int64: newer */
             }
-            if (parse_record(pl, e->payload, e->n, vals) != 0) goto next;  /* cannot happen */
+            if ((pl->each ? row_values(pl, e->payload, e->n, vals)
+                          : parse_record(pl, e->payload, e->n, vals)) != 0) goto next;  /* cannot happen */
             PyObject *record = PyDict_New();
             if (!record) { rc = -1; goto next; }
             for (int f = 0; f < pl->nfields && rc == 0; f++) {
@@ -1453,8 +1486,13 @@ static int topic_ok(Plan *pl, const char *t, Py_ssize_t n) {
  * 2 (nogil only): needs the GIL (a text the tag caches do not hold, a float repr or a date string
  * only Python reads, no memory): nothing changed, the message is mapped again with the GIL;
  * -1 (with the GIL only): an exception. b is rolled back unless 0. */
+static int format_vals(Plan *pl, buf_t *b, int nogil, const val_t *vals, const tentry_t *topic_parts,
+                       Py_ssize_t *series_n_out, int64_t *ts_out, int *clock_out);
+static int format_each(Plan *pl, buf_t *b, int nogil, const char *payload, Py_ssize_t n, val_t *vals,
+                       const tentry_t *topic_parts, Py_ssize_t *rows_out);
+
 static int format_line(Plan *pl, buf_t *b, int nogil, const char *topic, Py_ssize_t topic_n, const char *payload,
-                       Py_ssize_t n, Py_ssize_t *series_n_out, int64_t *ts_out, int *clock_out) {
+                       Py_ssize_t n, Py_ssize_t *series_n_out, int64_t *ts_out, int *clock_out, Py_ssize_t *rows_out) {
     val_t vals[MAX_SLOTS];
     if (n > pl->max_frame || topic_n > pl->max_frame) return 1;
     if (!topic_ok(pl, topic, topic_n)) return 1;
@@ -1467,6 +1505,15 @@ static int format_line(Plan *pl, buf_t *b, int nogil, const char *topic, Py_ssiz
         if (topic_parts->back) return 1;
     }
     if (parse_record(pl, payload, n, vals)) return 1;
+    *rows_out = 1;
+    if (pl->each) return format_each(pl, b, nogil, payload, n, vals, topic_parts, rows_out);
+    return format_vals(pl, b, nogil, vals, topic_parts, series_n_out, ts_out, clock_out);
+}
+
+/* One point's line up to its time from its values (format_line's rule and return codes). */
+static int format_vals(Plan *pl, buf_t *b, int nogil, const val_t *vals, const tentry_t *topic_parts,
+                       Py_ssize_t *series_n_out, int64_t *ts_out, int *clock_out) {
+    int rc;
     const tentry_t *derived[MAX_DERIVED];
     char tmp[48];
     for (int d = 0; d < pl->nderived; d++) {  /* each derived source's tags, by its text */
@@ -1558,6 +1605,336 @@ fail:
     return nogil ? 2 : -1;  /* without the GIL: mapped again with it, where it raises */
 }
 
+/* ---- each: one point per element the each path reaches -------------------------------------- */
+
+static int elist_reserve(elist_t *l, Py_ssize_t n) {
+    if (n <= l->cap) return 0;
+    entry_t *e = realloc(l->e, sizeof(entry_t) * n);  /* libc: runs without the GIL */
+    if (!e) return -1;
+    l->e = e; l->cap = n;
+    return 0;
+}
+
+/* The entries of the msgpack container at p (< end), values at depth + 1: 0, *is_map set; 1: hand
+ * back (not a container, truncated, a key that is not a string, too many entries, no memory). */
+static int mp_entries(elist_t *l, const unsigned char *p, const unsigned char *end, int depth, int *is_map) {
+    uint32_t count; Py_ssize_t hdr;
+    if (p >= end) return 1;
+    int kind = mp_container(p[0], p, end, is_map, &count, &hdr);
+    if (kind <= 0 || depth >= MAX_DEPTH) return 1;
+    if ((Py_ssize_t)count > end - p || count > EACH_ENTRIES_MAX) return 1;  /* every entry takes a byte */
+    if (elist_reserve(l, count ? count : 1) < 0) return 1;
+    const unsigned char *q = p + hdr;
+    l->n = 0;
+    for (uint32_t e = 0; e < count; e++) {
+        entry_t *en = &l->e[l->n++];
+        en->k = NULL; en->kn = 0;
+        if (*is_map) {
+            val_t key;
+            Py_ssize_t u = q < end ? mp_value(q, end, &key) : -1;
+            if (u < 0 || key.type != V_STR) return 1;
+            en->k = key.s; en->kn = key.n;
+            q += u;
+        }
+        Py_ssize_t u = mp_skip(q, end, depth + 1);
+        if (u < 0) return 1;
+        en->v = (const char *)q; en->vend = (const char *)q + u;
+        q += u;
+    }
+    return 0;
+}
+
+/* As mp_entries, for a JSON object or array at p (valid UTF-8 checked by the caller). */
+static int json_entries(Plan *pl, elist_t *l, const char *p, const char *end, int depth, int *is_map) {
+    if (p >= end || (*p != '{' && *p != '[') || depth >= MAX_DEPTH) return 1;
+    *is_map = *p == '{';
+    char close = *is_map ? '}' : ']';
+    l->n = 0;
+    p = json_ws(p + 1, end);
+    if (p < end && *p == close) return 0;
+    for (;;) {
+        if (l->n >= EACH_ENTRIES_MAX) return 1;
+        if (l->n == l->cap && elist_reserve(l, l->cap ? 2 * l->cap : 64) < 0) return 1;
+        entry_t *en = &l->e[l->n];
+        en->k = NULL; en->kn = 0;
+        if (*is_map) {
+            val_t key;
+            p = json_string(p, end, &key);  /* a key with escapes: hand back */
+            if (!p) return 1;
+            en->k = key.s; en->kn = key.n;
+            p = json_ws(p, end);
+            if (p >= end || *p != ':') return 1;
+            p = json_ws(p + 1, end);
+        }
+        en->v = p;
+        p = json_node(pl, -1, p, end, NULL, depth + 1);
+        if (!p) return 1;
+        en->vend = p;
+        l->n++;
+        p = json_ws(p, end);
+        if (p >= end) return 1;
+        if (*p == ',') { p = json_ws(p + 1, end); continue; }
+        if (*p == close) return 0;
+        return 1;
+    }
+}
+
+/* Whether two entries of a map have one key (the decoded dict holds one of them, at the first's
+ * place with the last's value): the Python path decides. 1 also when there is no memory. */
+static int dup_keys(Plan *pl, const elist_t *l) {
+    Py_ssize_t n = l->n;
+    if (n <= 16) {
+        for (Py_ssize_t i = 1; i < n; i++)
+            for (Py_ssize_t j = 0; j < i; j++)
+                if (l->e[i].kn == l->e[j].kn && (l->e[i].kn == 0 || memcmp(l->e[i].k, l->e[j].k, l->e[i].kn) == 0))
+                    return 1;
+        return 0;
+    }
+    Py_ssize_t size = 64;
+    while (size < 2 * n) size *= 2;
+    if (pl->dup_cap < size) {
+        Py_ssize_t *d = realloc(pl->dup, sizeof(Py_ssize_t) * size);
+        if (!d) return 1;
+        pl->dup = d; pl->dup_cap = size;
+    }
+    for (Py_ssize_t i = 0; i < size; i++) pl->dup[i] = -1;
+    for (Py_ssize_t i = 0; i < n; i++) {
+        const entry_t *e = &l->e[i];
+        Py_ssize_t h = (Py_ssize_t)(fnv1a(e->k, e->kn) & (uint64_t)(size - 1));
+        while (pl->dup[h] >= 0) {
+            const entry_t *o = &l->e[pl->dup[h]];
+            if (o->kn == e->kn && (e->kn == 0 || memcmp(o->k, e->k, e->kn) == 0)) return 1;
+            h = (h + 1) & (size - 1);
+        }
+        pl->dup[h] = i;
+    }
+    return 0;
+}
+
+typedef struct {
+    Plan *pl; buf_t *b; int nogil, json; val_t *vals; const tentry_t *topic_parts; Py_ssize_t rows;
+} ectx_t;
+
+static inline int entry_nil(const ectx_t *x, const entry_t *e) {
+    return x->json ? e->v[0] == 'n' : (unsigned char)e->v[0] == 0xc0;
+}
+
+/* A field value, as newest_flush reads it back (each: the row's values, not the record's). */
+typedef struct { int type; int64_t i; double d; Py_ssize_t n; } fval_t;
+
+/* One row (the element's and the record's values, the captures, in x->vals): rowhdr_t, its line
+ * up to the time (format_vals), its field values. 0 or format_vals' codes; 1 past max_points. */
+static int each_row(ectx_t *x) {
+    Plan *pl = x->pl;
+    if (++x->rows > pl->max_points) return 1;  /* too_many_points */
+    /* an element with none of the fields read from it would make a point of the record's alone:
+     * Python refuses it (missing_field, Mapper._map_rows) */
+    int from_element = 0, present = 0;
+    for (int f = 0; f < pl->nfields; f++) {
+        int slot = pl->fields[f].slot;
+        if (!pl->slot_elem[slot]) continue;
+        from_element = 1;
+        if (x->vals[slot].type != V_ABSENT && x->vals[slot].type != V_NIL) present = 1;
+    }
+    if (from_element && !present) return 1;
+    buf_t *b = x->b;
+    Py_ssize_t h = b->len;
+    if (buf_grow(b, sizeof(rowhdr_t)) < 0) return x->nogil ? 2 : -1;
+    b->len += sizeof(rowhdr_t);
+    rowhdr_t hdr;
+    memset(&hdr, 0, sizeof(hdr));
+    int rc = format_vals(pl, b, x->nogil, x->vals, x->topic_parts, &hdr.series_n, &hdr.ts, &hdr.clock);
+    if (rc) { b->len = h; return rc; }
+    hdr.line_n = b->len - h - (Py_ssize_t)sizeof(rowhdr_t);
+    Py_ssize_t at = b->len;
+    for (int f = 0; f < pl->nfields; f++) {
+        const val_t *v = &x->vals[pl->fields[f].slot];
+        fval_t fv = {v->type, v->i, v->d, v->type == V_STR ? v->n : 0};
+        if (buf_put(b, (const char *)&fv, sizeof(fv)) < 0 || (fv.n && buf_put(b, v->s, fv.n) < 0)) {
+            b->len = h;
+            return x->nogil ? 2 : -1;
+        }
+    }
+    hdr.extra_n = b->len - at;
+    memcpy(b->p + h, &hdr, sizeof(hdr));
+    return 0;
+}
+
+/* The each path from step si on, at the value p..end (depth: its containers above it); at its end
+ * an element: its sources filled, its row made. 0: rows made; 1: hand back (anything Python
+ * refuses or decides: a wrong kind, a fixed step that reaches no value, a key twice); 2, -1:
+ * format_vals'. The rows are in paths.compile_paths' order: entries in the decoded order (a map's
+ * as sent: a key twice goes back), alternatives <a:x|y> in their listed order, null skipped. */
+static int each_walk(ectx_t *x, int si, const char *p, const char *end, int depth) {
+    Plan *pl = x->pl;
+    if (si == pl->neach) {
+        for (int s = 0; s < pl->nslots; s++)
+            if (pl->slot_elem[s]) x->vals[s].type = V_ABSENT;
+        if (++pl->gen == 0) { memset(pl->seen, 0, sizeof(pl->seen)); pl->gen = 1; }
+        if (x->json) {
+            if (json_node(pl, pl->eroot, p, end, x->vals, depth) != end) return 1;
+        } else if (mp_node(pl, pl->eroot, (const unsigned char *)p, (const unsigned char *)end, x->vals, depth) != end - p) {
+            return 1;
+        }
+        return each_row(x);
+    }
+    const estep_t *st = &pl->esteps[si];
+    elist_t *l = &pl->elists[si];  /* this step's own: the steps below use theirs */
+    int is_map = 0;
+    int rc = x->json ? json_entries(pl, l, p, end, depth, &is_map)
+                     : mp_entries(l, (const unsigned char *)p, (const unsigned char *)end, depth, &is_map);
+    if (rc) return 1;
+    if (is_map != (st->kind == E_KEY || st->kind == E_KEYS)) return 1;  /* wrong_type */
+    if (is_map && dup_keys(pl, l)) return 1;
+    switch (st->kind) {
+    case E_KEY:
+        for (Py_ssize_t i = 0; i < l->n; i++) {
+            const entry_t *e = &l->e[i];
+            if (e->kn == st->key_n && (e->kn == 0 || memcmp(e->k, st->key, e->kn) == 0)) {
+                if (entry_nil(x, e)) return 1;  /* missing_field */
+                return each_walk(x, si + 1, e->v, e->vend, depth + 1);
+            }
+        }
+        return 1;  /* missing_field */
+    case E_INDEX: {
+        int64_t i = st->index < 0 ? st->index + (int64_t)l->n : st->index;
+        if (i < 0 || i >= (int64_t)l->n || entry_nil(x, &l->e[i])) return 1;  /* missing_field */
+        return each_walk(x, si + 1, l->e[i].v, l->e[i].vend, depth + 1);
+    }
+    case E_ITEMS:
+        for (Py_ssize_t i = 0; i < l->n; i++) {
+            const entry_t *e = &l->e[i];
+            if (entry_nil(x, e)) continue;
+            if (st->capture >= 0) {  /* str(index) */
+                buf_t t = {pl->cap_text[st->capture], 0, 24, 1};
+                buf_put_int(&t, (int64_t)i);
+                val_t *v = &x->vals[pl->capture_slot[st->capture]];
+                v->type = V_STR; v->s = pl->cap_text[st->capture]; v->n = t.len;
+            }
+            if ((rc = each_walk(x, si + 1, e->v, e->vend, depth + 1)) != 0) return rc;
+        }
+        return 0;
+    default:  /* E_KEYS */
+        for (Py_ssize_t a = 0; a < (st->nonly ? st->nonly : l->n); a++) {
+            const entry_t *e = NULL;
+            if (!st->nonly) {
+                e = &l->e[a];
+            } else {
+                for (Py_ssize_t i = 0; i < l->n && !e; i++)
+                    if (l->e[i].kn == st->only_n[a] && (!l->e[i].kn || memcmp(l->e[i].k, st->only[a], l->e[i].kn) == 0))
+                        e = &l->e[i];
+                if (!e) continue;  /* m.get(key) is None */
+            }
+            if (entry_nil(x, e)) continue;
+            if (st->capture >= 0) {
+                val_t *v = &x->vals[pl->capture_slot[st->capture]];
+                v->type = V_STR; v->s = e->k; v->n = e->kn;
+            }
+            if ((rc = each_walk(x, si + 1, e->v, e->vend, depth + 1)) != 0) return rc;
+        }
+        return 0;
+    }
+}
+
+/* Every row of a message with `each` into b (format_line's codes; *rows_out: how many). The record
+ * was read (parse_record: the whole message checked, the `$` sources filled); no row (no_points)
+ * or more than max_points go back; so does anything a row's format_vals does not take. */
+static int format_each(Plan *pl, buf_t *b, int nogil, const char *payload, Py_ssize_t n, val_t *vals,
+                       const tentry_t *topic_parts, Py_ssize_t *rows_out) {
+    ectx_t x = {pl, b, nogil, pl->framing != F_MSGPACK, vals, topic_parts, 0};
+    Py_ssize_t start = b->len;
+    const char *p = payload, *end = payload + n;
+    if (x.json) p = json_ws(p, end);
+    int rc = each_walk(&x, 0, p, end, 0);
+    for (int i = 0; i < pl->neach; i++)  /* a huge container's entries are not kept (libc: no GIL needed) */
+        if (pl->elists[i].cap > EACH_KEEP) { free(pl->elists[i].e); pl->elists[i].e = NULL; pl->elists[i].cap = 0; }
+    if (pl->dup_cap > 2 * EACH_KEEP) { free(pl->dup); pl->dup = NULL; pl->dup_cap = 0; }
+    if (rc == 0 && x.rows == 0) rc = 1;  /* no_points */
+    if (rc) { b->len = start; return rc; }
+    *rows_out = x.rows;
+    return 0;
+}
+
+static int claim_time(Plan *pl, PyObject *series, int64_t *ts);
+static int newest_note(Plan *pl, PyObject *series, int64_t ts, const char *payload, Py_ssize_t n);
+
+/* The rows format_each wrote at src, finished into b (with the GIL) as finish_line finishes one
+ * line, in Mapper._map_rows' order: every row's receive clock (rows are built before any claim),
+ * then each row's claim, then (every row claimed) the newest point per series. 0: complete; 1:
+ * hand back (nothing claimed); -1: an exception (one claim raised: the message is refused with it,
+ * the rows before it keep their claims, as in Python). b is rolled back unless 0. */
+static int finish_rows(Plan *pl, buf_t *b, char *src, Py_ssize_t rows, int track_newest) {
+    Py_ssize_t start = b->len;
+    rowhdr_t h;
+    char *q = src;
+    for (Py_ssize_t r = 0; r < rows; r++, q += sizeof(h) + h.line_n + h.extra_n) {
+        memcpy(&h, q, sizeof(h));
+        if (!h.clock) continue;
+        PyObject *t = PyObject_CallObject(pl->clock, NULL);
+        if (!t) goto fail;
+        int over = 0;
+        h.ts = PyLong_AsLongLongAndOverflow(t, &over);
+        Py_DECREF(t);
+        if (PyErr_Occurred()) goto fail;
+        if (over || h.ts < pl->tmin || h.ts > pl->tmax) goto back;
+        h.clock = 0;
+        memcpy(q, &h, sizeof(h));
+    }
+    q = src;
+    for (Py_ssize_t r = 0; r < rows; r++, q += sizeof(h) + h.line_n + h.extra_n) {
+        memcpy(&h, q, sizeof(h));
+        const char *line = q + sizeof(h);
+        if (buf_put(b, line, h.line_n) < 0) goto fail;
+        PyObject *series = series_str(pl, line, h.series_n);
+        if (!series) goto fail;
+        int claimed = claim_time(pl, series, &h.ts);
+        Py_DECREF(series);
+        if (claimed > 0) {
+            if (r == 0) goto back;
+            /* a row claimed already: handing back would claim it twice (never seen: no memory) */
+            PyErr_SetString(PyExc_RuntimeError, "the uniqueness window could not be read for a row of each");
+            goto fail;
+        }
+        if (claimed < 0) goto fail;
+        memcpy(q, &h, sizeof(h));
+        if (buf_putc(b, ' ') < 0 || buf_put_int(b, h.ts) < 0 || buf_putc(b, '\n') < 0) goto fail;
+    }
+    if (track_newest) {
+        q = src;
+        for (Py_ssize_t r = 0; r < rows; r++, q += sizeof(h) + h.line_n + h.extra_n) {
+            memcpy(&h, q, sizeof(h));
+            PyObject *series = series_str(pl, q + sizeof(h), h.series_n);
+            if (!series) goto fail;
+            int bad = newest_note(pl, series, h.ts, q + sizeof(h) + h.line_n, h.extra_n) < 0;
+            Py_DECREF(series);
+            if (bad) goto fail;
+        }
+    }
+    return 0;
+back:
+    b->len = start;
+    return 1;
+fail:
+    b->len = start;
+    return -1;
+}
+
+/* each: a row's field values (each_row wrote them) into vals, as parse_record fills them. */
+static int row_values(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
+    const char *end = p + n;
+    for (int f = 0; f < pl->nfields; f++) {
+        fval_t fv;
+        if (end - p < (Py_ssize_t)sizeof(fv)) return 1;
+        memcpy(&fv, p, sizeof(fv));
+        p += sizeof(fv);
+        if (fv.n < 0 || end - p < fv.n) return 1;
+        val_t *v = &vals[pl->fields[f].slot];
+        v->type = fv.type; v->i = fv.i; v->d = fv.d; v->s = p; v->n = fv.n;
+        p += fv.n;
+    }
+    return p == end ? 0 : 1;
+}
+
 /* The rest of a line format_line wrote at b->p + start (with the GIL): the receive clock if
  * asked, the uniqueness claim, the newest point per series, the time. 0: line complete; 1: hand
  * back; -1: exception (the message is refused with it when it came from claim). b is rolled
@@ -1590,16 +1967,23 @@ fail:
     return -1;
 }
 
-/* One message, with the GIL, into pl->out. 0: line appended; 1: hand back (nothing changed);
+/* One message, with the GIL, into pl->out. 0: line appended (each: *rows lines); 1: hand back (nothing changed);
  * -1: exception (the message is refused with it when it came from claim; out is rolled back). */
 static int one(Plan *pl, const char *topic, Py_ssize_t topic_n, const char *payload, Py_ssize_t n,
-               int track_newest) {
-    buf_t *b = &pl->out;
+               int track_newest, Py_ssize_t *rows) {
+    buf_t *b = pl->each ? &pl->rows : &pl->out;  /* each: the rows, then finished into out */
+    if (pl->each) pl->rows.len = 0;
     Py_ssize_t start = b->len, series_n = 0;
     int64_t ts = 0;
     int clock = 0;
-    int rc = format_line(pl, b, 0, topic, topic_n, payload, n, &series_n, &ts, &clock);
+    int rc = format_line(pl, b, 0, topic, topic_n, payload, n, &series_n, &ts, &clock, rows);
     if (rc != 0) return rc;
+    if (pl->each) {
+        rc = finish_rows(pl, &pl->out, pl->rows.p, *rows, track_newest);
+        if (pl->rows.cap > (8 << 20)) { free(pl->rows.p); pl->rows.p = NULL; pl->rows.cap = 0; }
+        pl->rows.len = 0;
+        return rc;
+    }
     return finish_line(pl, b, start, series_n, ts, clock, payload, n, track_newest);
 }
 
@@ -1624,13 +2008,23 @@ static int new_node(Plan *pl, int parent) {
     return c;
 }
 
-/* The slot of a path (a tuple of steps: bytes, a key; int, an index), in the trie; -2: error. */
+/* The slot of a path (a tuple of steps: bytes, a key; int, an index), in the trie; -2: error.
+ * With each, a path that starts with None is read from the element (its trie: eroot), and may
+ * have no step (`.`: the element itself). */
 static int add_path(Plan *pl, PyObject *steps) {
     if (pl->nnodes == 0 && new_node(pl, -1) < 0) return -2;
-    Py_ssize_t count = PyTuple_Size(steps);
-    if (count < 1) { PyErr_SetString(PyExc_ValueError, "an empty path"); return -2; }
+    Py_ssize_t count = PyTuple_Size(steps), first = 0;
     int ni = 0;
-    for (Py_ssize_t i = 0; i < count; i++) {
+    if (count >= 1 && PyTuple_GetItem(steps, 0) == Py_None) {
+        if (!pl->each) { PyErr_SetString(PyExc_ValueError, "a path from the element needs each"); return -2; }
+        ni = pl->eroot;
+        first = 1;
+    } else if (count < 1) {
+        PyErr_SetString(PyExc_ValueError, "an empty path");
+        return -2;
+    }
+    int element = first == 1;
+    for (Py_ssize_t i = first; i < count; i++) {
         PyObject *step = PyTuple_GetItem(steps, i);
         if (!step) return -2;
         int c = -1;
@@ -1663,6 +2057,7 @@ static int add_path(Plan *pl, PyObject *steps) {
     pl->slot_key[k] = NULL;
     pl->slot_n[k] = -1;  /* never a top-level key of the flat parsers */
     if (!(pl->slot_name[k] = PyObject_Str(steps))) return -2;
+    pl->slot_elem[k] = element;
     pl->nslots++;
     pl->nodes[ni].slot = k;
     return k;
@@ -1689,21 +2084,92 @@ static int add_slot(Plan *pl, PyObject *key) {
     return k;
 }
 
+/* each: [(kind, key or index, capture, alternatives)] (E_KEY: bytes; E_INDEX: int; E_ITEMS, E_KEYS:
+ * the capture's number or -1; E_KEYS: a tuple of bytes or None). The record's trie gets node 0,
+ * the element's its own root; each capture a slot. */
+static int init_each(Plan *pl, PyObject *each, Py_ssize_t max_points) {
+    if (!pl->nested) { PyErr_SetString(PyExc_ValueError, "each needs nested (paths)"); return -1; }
+    if (max_points < 1) { PyErr_SetString(PyExc_ValueError, "max_points"); return -1; }
+    PyObject *seq = PySequence_Fast(each, "each");
+    if (!seq) return -1;
+    Py_ssize_t n = PySequence_Size(seq);
+    int bad = n < 1 || n > MAX_EACH;
+    if (bad) PyErr_SetString(PyExc_ValueError, "each: 1 to 8 steps");
+    pl->each = 1;
+    pl->max_points = max_points;
+    if (!bad && (new_node(pl, -1) < 0 || (pl->eroot = new_node(pl, -1)) < 0)) bad = 1;
+    for (Py_ssize_t i = 0; !bad && i < n; i++) {
+        PyObject *item = PySequence_GetItem(seq, i), *arg, *only;
+        int kind, capture;
+        estep_t *st = &pl->esteps[i];
+        memset(st, 0, sizeof(*st));
+        if (!item || !PyArg_ParseTuple(item, "iOiO", &kind, &arg, &capture, &only)) { Py_XDECREF(item); bad = 1; break; }
+        st->kind = kind;
+        st->capture = -1;
+        pl->neach = (int)i + 1;
+        if (kind == E_KEY) {
+            if (!(st->key = copy_bytes(arg, &st->key_n))) bad = 1;
+        } else if (kind == E_INDEX) {
+            long long index = PyLong_AsLongLong(arg);
+            if (index == -1 && PyErr_Occurred()) bad = 1;
+            st->index = index;
+        } else if (kind == E_ITEMS || kind == E_KEYS) {
+            if (capture >= 0) {
+                if (pl->ncaptures >= MAX_CAPTURES || pl->nslots >= MAX_SLOTS) {
+                    PyErr_SetString(PyExc_ValueError, "too many captures");
+                    bad = 1;
+                } else {
+                    int k = pl->nslots;
+                    pl->slot_key[k] = NULL;
+                    pl->slot_n[k] = -1;
+                    if (!(pl->slot_name[k] = PyUnicode_FromFormat("<capture %d>", capture))) bad = 1;
+                    else { pl->nslots++; st->capture = pl->ncaptures; pl->capture_slot[pl->ncaptures++] = k; }
+                    if (!bad && capture != st->capture) { PyErr_SetString(PyExc_ValueError, "captures in order"); bad = 1; }
+                }
+            }
+            if (!bad && kind == E_KEYS && only != Py_None) {
+                PyObject *alts = PySequence_Fast(only, "alternatives");
+                Py_ssize_t na = alts ? PySequence_Size(alts) : -1;
+                if (na < 1) { if (alts) PyErr_SetString(PyExc_ValueError, "alternatives"); bad = 1; }
+                else if (!(st->only = PyMem_Calloc(na, sizeof(char *))) || !(st->only_n = PyMem_Calloc(na, sizeof(Py_ssize_t)))) {
+                    PyErr_NoMemory();
+                    bad = 1;
+                }
+                for (Py_ssize_t a = 0; !bad && a < na; a++) {
+                    PyObject *alt = PySequence_GetItem(alts, a);
+                    if (!alt || !(st->only[a] = copy_bytes(alt, &st->only_n[a]))) bad = 1;
+                    else st->nonly = (int)a + 1;
+                    Py_XDECREF(alt);
+                }
+                Py_XDECREF(alts);
+            }
+        } else {
+            PyErr_SetString(PyExc_ValueError, "unknown each step");
+            bad = 1;
+        }
+        Py_DECREF(item);
+    }
+    Py_DECREF(seq);
+    return bad ? -1 : 0;
+}
+
 static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     Plan *pl = (Plan *)self;
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
                          "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
-                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", NULL};
+                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", "each", "max_points", NULL};
     int framing, time_rule, uniq_mode, topic_groups = 0, nested = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
-    PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOp", kw, &framing, &max_frame, &measurement,
+    PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None, *each = Py_None;
+    Py_ssize_t max_points = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOpOn", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
-                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock, &nested))
+                                     &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock, &nested,
+                                     &each, &max_points))
         return -1;
     pl->ahead = ahead;
     pl->behind = behind;
@@ -1716,6 +2182,7 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     pl->framing = framing;
     pl->max_frame = max_frame;
     if (!(pl->measurement = copy_bytes(measurement, &pl->measurement_n))) return -1;
+    if (each != Py_None && init_each(pl, each, max_points) < 0) return -1;
     PyObject *seq = PySequence_Fast(tags, "tags");
     if (!seq) return -1;
     Py_ssize_t nt = PySequence_Size(seq);
@@ -1735,7 +2202,11 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
         t->src = src;
         t->group = group;
         int bad = 0;
-        if (kind == T_RECORD) {
+        if (kind == T_CAPTURE) {  /* a captured key: a record tag whose value is the capture's slot */
+            if (group < 0 || group >= pl->ncaptures) { PyErr_SetString(PyExc_ValueError, "no such capture"); bad = 1; }
+            else { t->kind = T_RECORD; t->slot = pl->capture_slot[group]; }
+            if (!bad && dflt != Py_None && !(t->dflt = copy_bytes(dflt, &t->dflt_n))) bad = 1;
+        } else if (kind == T_RECORD) {
             t->slot = add_slot(pl, key);
             if (t->slot == -2) bad = 1;
             if (!bad && dflt != Py_None && !(t->dflt = copy_bytes(dflt, &t->dflt_n))) bad = 1;
@@ -1855,6 +2326,16 @@ static void Plan_dealloc(PyObject *self) {
     PyMem_Free(pl->measurement);
     for (int i = 0; i < pl->nslots; i++) { PyMem_Free(pl->slot_key[i]); Py_XDECREF(pl->slot_name[i]); }
     for (int i = 0; i < pl->nnodes; i++) PyMem_Free(pl->nodes[i].key);
+    for (int i = 0; i < pl->neach; i++) {
+        estep_t *st = &pl->esteps[i];
+        PyMem_Free(st->key);
+        for (int a = 0; a < st->nonly; a++) PyMem_Free(st->only[a]);
+        PyMem_Free(st->only);
+        PyMem_Free(st->only_n);
+    }
+    for (int i = 0; i < MAX_EACH; i++) free(pl->elists[i].e);
+    free(pl->dup);
+    free(pl->rows.p);
     for (int i = 0; i < pl->ntags; i++) { PyMem_Free(pl->tags[i].part); PyMem_Free(pl->tags[i].dflt); }
     for (int i = 0; i < pl->nderived; i++) tcache_free(&pl->derived[i]);
     if (pl->topic) { tcache_free(pl->topic); PyMem_Free(pl->topic); }
@@ -1959,9 +2440,10 @@ static PyObject *Plan_map(PyObject *self, PyObject *args) {
         PyObject *message = PyList_GetItem(messages, i);  /* borrowed */
         const char *t, *p;
         Py_ssize_t tn, pn;
+        Py_ssize_t rows = 1;
         int rc = frames_of(message, &t, &tn, &p, &pn, pl->framing, pl->max_frame);
-        if (rc == 0) rc = one(pl, t, tn, p, pn, track);
-        if (rc == 0) { lines++; continue; }
+        if (rc == 0) rc = one(pl, t, tn, p, pn, track, &rows);
+        if (rc == 0) { lines += rows; continue; }
         if (rc > 0) return result(pl, lines, i + 1, Py_NewRef(message), NULL, newest);
         if (PyErr_ExceptionMatches(PyExc_MemoryError)) return NULL;
         return result(pl, lines, i + 1, Py_NewRef(message), take_error(), newest);
@@ -2023,6 +2505,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
         }
         taken++;
         int have = 1, rc = 1;
+        Py_ssize_t rows = 1;
         if (zmq_api.more(&m[0])) {
             zmq_api.init(&m[1]);
             if (zmq_api.recv(&m[1], socket, ZMQ_DONTWAIT_) < 0) {
@@ -2035,10 +2518,10 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
         Py_ssize_t n0 = (Py_ssize_t)zmq_api.size(&m[0]);
         if (MULTIPART(pl->framing)) {
             if (have == 2 && !zmq_api.more(&m[1]))
-                rc = one(pl, d0, n0, zmq_api.data(&m[1]), (Py_ssize_t)zmq_api.size(&m[1]), track);
+                rc = one(pl, d0, n0, zmq_api.data(&m[1]), (Py_ssize_t)zmq_api.size(&m[1]), track, &rows);
         } else if (have == 1 && n0 <= pl->max_frame) {
             const char *space = memchr(d0, ' ', n0);
-            if (space) rc = one(pl, d0, space - d0, space + 1, n0 - (space - d0) - 1, track);
+            if (space) rc = one(pl, d0, space - d0, space + 1, n0 - (space - d0) - 1, track, &rows);
         }
         if (rc < 0 && PyErr_ExceptionMatches(PyExc_MemoryError)) {
             for (int k = 0; k < have; k++) zmq_api.close(&m[k]);
@@ -2047,7 +2530,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
         if (rc < 0) error = take_error();
         if (rc != 0) handed = collect(socket, m, have);
         for (int k = 0; k < have; k++) zmq_api.close(&m[k]);
-        if (rc == 0) { lines++; continue; }
+        if (rc == 0) { lines += rows; continue; }
         if (!handed) { Py_XDECREF(error); return NULL; }
         break;
     }
@@ -2073,7 +2556,7 @@ static PyObject *Plan_drain(PyObject *self, PyObject *args) {
  * GIL): so the lines, claims and hand-backs are those of one() run message by message.
  *
  * Ownership: the stage touches the plan's working state (staging buffer, records, the topic,
- * series and tag caches, the nested-path marks) and the libzmq socket without the GIL. The
+ * series and tag caches, the nested-path marks, each's entry lists) and the libzmq socket without the GIL. The
  * bridge gives each subscription its own Plan and its own socket, received by one thread (its
  * receive thread, or the one receive loop): pipeline.Subscription, app.py. A plan is owned by
  * the thread that staged a batch until that thread's commit ends (`busy`, `owner`: checked with
@@ -2115,7 +2598,8 @@ static void stage_one(Plan *pl, rec_t *r, const char *topic, Py_ssize_t topic_n,
                       Py_ssize_t n) {
     r->topic = topic; r->topic_n = topic_n; r->payload = payload; r->payload_n = n;
     r->at = pl->stage.len;
-    int rc = format_line(pl, &pl->stage, 1, topic, topic_n, payload, n, &r->series_n, &r->ts, &r->clock);
+    r->rows = 1;
+    int rc = format_line(pl, &pl->stage, 1, topic, topic_n, payload, n, &r->series_n, &r->ts, &r->clock, &r->rows);
     r->kind = rc == 0 ? S_LINE : rc == 2 ? S_GIL : S_BACK;
     r->line_n = pl->stage.len - r->at;
 }
@@ -2250,7 +2734,7 @@ static void newest_drop(Plan *pl) {
     pl->newest_used = 0;
 }
 
-/* commit(newest, slow) -> (data, lines, compiled)
+/* commit(newest, slow) -> (data, lines, compiled)  (compiled: messages C mapped; lines: points)
  * With the GIL, in message order, what the stage left: each line's clock, claim, newest point and
  * time; S_GIL messages mapped by one(); each message handed back given to slow(frames, error)
  * (error: the exception claim raised for it, else None), whose bytes (a line) follow in data.
@@ -2267,20 +2751,24 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
     }
     pl->busy = 1;
     int track = newest != Py_None;
-    Py_ssize_t lines = 0, compiled = 0;
+    Py_ssize_t lines = 0, compiled = 0, points = 0;
     buf_t *out = &pl->out;
     for (int k = 0; k < pl->nrecs; k++) {
         rec_t *r = &pl->recs[k];
         int rc = 1;
-        if (r->kind == S_LINE) {
+        Py_ssize_t rows = 1;
+        if (r->kind == S_LINE && pl->each) {
+            rows = r->rows;
+            rc = finish_rows(pl, out, pl->stage.p + r->at, rows, track);
+        } else if (r->kind == S_LINE) {
             Py_ssize_t start = out->len;
             if (buf_put(out, pl->stage.p + r->at, r->line_n) < 0) goto fail;
             rc = finish_line(pl, out, start, r->series_n, r->ts, r->clock, r->payload, r->payload_n, track);
         } else if (r->kind == S_GIL) {
             pl->with_gil++;
-            rc = one(pl, r->topic, r->topic_n, r->payload, r->payload_n, track);
+            rc = one(pl, r->topic, r->topic_n, r->payload, r->payload_n, track, &rows);
         }
-        if (rc == 0) { compiled++; continue; }
+        if (rc == 0) { compiled++; points += rows; continue; }
         if (rc < 0 && PyErr_ExceptionMatches(PyExc_MemoryError)) goto fail;
         PyObject *error = rc < 0 ? take_error() : Py_NewRef(Py_None);
         PyObject *frames = rec_frames(r);
@@ -2290,13 +2778,19 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
         Py_DECREF(frames);
         Py_DECREF(error);
         if (!line) goto fail;
-        if (line != Py_None) {
-            char *s; Py_ssize_t n;
-            if (PyBytes_AsStringAndSize(line, &s, &n) < 0 || buf_put(out, s, n) < 0 || buf_putc(out, '\n') < 0) {
-                Py_DECREF(line);
-                goto fail;
+        if (line != Py_None) {  /* a line (bytes), or each's points: a list of lines */
+            int many = PyList_Check(line);
+            Py_ssize_t count = many ? PyList_Size(line) : 1;
+            for (Py_ssize_t i = 0; i < count; i++) {
+                PyObject *one_line = many ? PyList_GetItem(line, i) : line;  /* borrowed */
+                char *s; Py_ssize_t n;
+                if (!one_line || PyBytes_AsStringAndSize(one_line, &s, &n) < 0 || buf_put(out, s, n) < 0 ||
+                    buf_putc(out, '\n') < 0) {
+                    Py_DECREF(line);
+                    goto fail;
+                }
+                lines++;
             }
-            lines++;
         }
         Py_DECREF(line);
     }
@@ -2308,7 +2802,7 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
     if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
     out->len = 0;
     if (!data) return NULL;
-    return Py_BuildValue("(Nnn)", data, lines + compiled, compiled);
+    return Py_BuildValue("(Nnn)", data, lines + points, compiled);
 fail:
     recs_release(pl);
     newest_drop(pl);

@@ -6,6 +6,13 @@ does, and nothing else:
 - framings `msgpack` and `json` ([topic, flat map]), `text_json` (`topic {flat object}`) and
   `text_delimited` (`topic v1<DELIM>v2...`); JSON strings with escapes go to Python;
 - a fixed measurement, configured and static tags, declared fields, an epoch or `auto` time;
+- `each` (msgpack, json, text_json): one point per element the each path reaches, in the rows'
+  order of paths.compile_paths (`PathSet.rows`), captured keys and list indexes as tags, `$` paths
+  read once from the record, every row formatted before any time is claimed (Mapper._map_rows);
+  the each path is handed to C as steps (`_each_steps`), every other path as its steps from the
+  record or, with `(None, ...)`, from the element (`key_of` in `_plan_arguments`): one
+  description of a path for C; limits (MAX_EACH steps, MAX_CAPTURES, MAX_SLOTS) are named by
+  `not_covered` / `_plan_checks` at plan time;
 - the mapper's own uniqueness state, updated by the same rule as its compiled path;
 - one bytes chunk per burst, lines in message order.
 The first message of a burst it is not sure about (a type, an escape, a range, a framing, an
@@ -39,7 +46,7 @@ from dataclasses import dataclass
 
 from .lineproto import LineError
 from .mapping import MapError
-from .paths import Index, Key, PathError
+from .paths import EachItem, EachKey, Index, Key, PathError
 
 PURE_ON_PURPOSE = "STATION_BRIDGE_PURE=1 in the environment"
 if os.environ.get("STATION_BRIDGE_PURE") == "1":  # as setup.py: pure Python on purpose (tests, bisecting)
@@ -60,8 +67,9 @@ _KINDS = {"float": 0, "integer": 1, "string": 2, "boolean": 3}
 INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # What the Python path gets for a message handed back: (frames, error). `error` is the exception
-# the mapper's uniqueness raised for it (the message is refused with that reason), else None.
-Slow = Callable[[list[bytes], BaseException | None], bytes | None]
+# the mapper's uniqueness raised for it (the message is refused with that reason), else None. It
+# returns the message's line, or (each) a list of its lines, or None (refused, counted).
+Slow = Callable[[list[bytes], BaseException | None], bytes | list[bytes] | None]
 
 
 def extension_shipped() -> bool:
@@ -235,7 +243,7 @@ class Accelerator:
         size = 0
         settled = [0]  # messages of the current batch `slow` settled (returned None: counted by the caller)
 
-        def settling(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def settling(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             line = slow(frames, error)
             if line is None:
                 settled[0] += 1
@@ -321,14 +329,23 @@ def not_covered(mapper: object, spec: object) -> str:
     mapping = spec.mapping  # type: ignore[attr-defined]
     if getattr(mapper, "_fixed", None) is None:
         return f"the measurement comes from data (measurement_from: {mapping.measurement_from})"
-    if mapping.each is not None:
-        return "each (several points per message) is not on the compiled path"
     if spec.framing not in ("msgpack", "json", "text_json", "text_delimited"):  # type: ignore[attr-defined]
         return f"framing {spec.framing} is not on the compiled path"  # type: ignore[attr-defined]
+    each = mapping.each
+    if each is not None:
+        if spec.framing == "text_delimited":  # type: ignore[attr-defined]
+            return "each with framing text_delimited (its values are strings)"
+        if len(each.steps) > MAX_EACH:
+            return f"an each path of more than {MAX_EACH} steps"
+        if len(each.captures) > MAX_CAPTURES:
+            return f"an each path with more than {MAX_CAPTURES} captures"
+        if getattr(mapper, "unique", None) is None:
+            return "each needs the mapper's uniqueness window"
     nested = {source.split(".", 1)[-1]: path for source, path in mapping.sources().items() if path.flat_key is None}
     if nested and spec.framing == "text_delimited":  # type: ignore[attr-defined]
         return "paths into nested values with framing text_delimited (its values are strings)"
-    whole = [name for name, path in nested.items() if not path.steps]
+    # `.` with each is the element itself (a scalar element's value); `$` the whole record
+    whole = [name for name, path in nested.items() if not path.steps and (each is None or path.root)]
     if whole:
         return f"a path to the whole record ({', '.join(whole)})"
     if spec.framing != "msgpack" and any(  # type: ignore[attr-defined]
@@ -346,6 +363,31 @@ def not_covered(mapper: object, spec: object) -> str:
 
 
 MAX_DERIVED, MAX_GROUPS = 8, 16  # as _fastpath.c
+MAX_EACH, MAX_CAPTURES, MAX_SLOTS, MAX_NODES = 8, 8, 32, 96  # as _fastpath.c
+_E_KEY, _E_INDEX, _E_ITEMS, _E_KEYS = 0, 1, 2, 3  # each steps, as _fastpath.c
+
+
+def _each_steps(each: object) -> list[tuple]:
+    """The each path's steps as the C plan reads them: (kind, key or index, capture number or -1,
+    alternatives or None); captures numbered in path order (Path.captures' order)."""
+    out: list[tuple] = []
+    captures = 0
+    for step in each.steps:  # type: ignore[attr-defined]
+        if type(step) is Key:
+            out.append((_E_KEY, _utf8(step.key), -1, None))
+        elif type(step) is Index:
+            out.append((_E_INDEX, step.index, -1, None))
+        else:
+            capture = -1
+            if step.name is not None:
+                capture, captures = captures, captures + 1
+            if type(step) is EachItem:
+                out.append((_E_ITEMS, None, capture, None))
+            else:
+                assert type(step) is EachKey
+                only = tuple(_utf8(k) for k in step.only) if step.only is not None else None
+                out.append((_E_KEYS, None, capture, only))
+    return out
 
 
 def _tag_rule(mapper: object, key: str, ekey: str) -> bytes | None:
@@ -414,13 +456,18 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
     time_format = mapping.time.format
     sources = mapping.sources()
 
-    nested = any(p.flat_key is None for p in sources.values())
+    each = mapping.each
+    nested = each is not None or any(p.flat_key is None for p in sources.values())
+    captures = list(mapping.captures)
 
-    def key_of(source: str) -> bytes | tuple:  # the record key of a source, or its path's steps
+    def key_of(source: str) -> bytes | tuple:
+        """The record key of a source, or its path's steps; with each, (None, *steps) for a path
+        read from the element (every path but a `$` one): the one description C reads."""
         path = sources[source]
-        if path.flat_key is not None:
+        if path.flat_key is not None and each is None:
             return _utf8(path.flat_key)
-        return tuple(_utf8(step.key) if type(step) is Key else step.index for step in path.steps)  # type: ignore[union-attr]
+        steps = tuple(_utf8(step.key) if type(step) is Key else step.index for step in path.steps)  # type: ignore[union-attr]
+        return steps if each is None or path.root else (None, *steps)
 
     fields = [(key_of(f"mapping.fields.{key}"), _utf8(f",{ekey}="), _KINDS[mapping.fields[key]], key)
               for key, ekey, _ in m._fields]
@@ -436,6 +483,9 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         for key, ekey in m._tags:
             if key in topic_names:
                 named.append((key, (_TOPIC, None, b"", True, None, 0, topic_names.index(key))))
+            elif key in captures:  # a captured key, a record tag of the capture's text
+                named.append((key, (_CAPTURE, None, _utf8(f",{ekey}="), key in m.optional_tags,
+                                    _tag_rule(m, key, ekey), 0, captures.index(key))))
             else:
                 named.append((key, (_RECORD, key_of(f"mapping.tags.{key}"), _utf8(f",{ekey}="),
                                     key in m.optional_tags, _tag_rule(m, key, ekey), 0, 0)))
@@ -474,10 +524,11 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
         "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names), "nested": nested,
+        **({"each": _each_steps(each), "max_points": mapping.max_points} if each is not None else {}),
     }
 
 
-_RECORD, _STATIC, _DERIVED, _TOPIC = 0, 1, 2, 3  # tag kinds, as _fastpath.c
+_RECORD, _STATIC, _DERIVED, _TOPIC, _CAPTURE = 0, 1, 2, 3, 4  # tag kinds, as _fastpath.c
 
 
 def _plan_checks(mapper: object, spec: object) -> None:
@@ -491,18 +542,26 @@ def _plan_checks(mapper: object, spec: object) -> None:
         raise _NotCovered("epoch times from text need exact times")
     if spec.framing == "text_delimited" and spec.delimiter == "":  # type: ignore[attr-defined]
         raise _NotCovered("empty delimiter")
-    paths = {path.steps for path in mapping.sources().values()}
+    each = mapping.each
+    # the C plan's slots: one per distinct path (with each, per trie: the record's `$` paths and
+    # the element's), one per capture; its trie nodes: a root per trie, one per distinct step
+    paths = {(path.root or each is None, path.steps) for path in mapping.sources().values()}
     names = [m._fixed, *(k for k, _ in getattr(m, "_tags", ())), *mapping.fields,
-             *(step.key for steps in paths for step in steps if type(step) is Key)]
+             *(step.key for _, steps in paths for step in steps if type(step) is Key)]
+    if each is not None:
+        names += [step.key for step in each.steps if type(step) is Key]
+        names += [k for step in each.steps if type(step) is EachKey for k in step.only or ()]
     for name in names:
         _utf8(name or "")
     static = getattr(m, "_static", ())
     tags = len(getattr(m, "_tags", ())) + (len(static) if isinstance(static, list) else 1)
     tags += sum(len(d.regex.groupindex) for d in mapping.derived_tags)
-    if len(paths) > 32 or len(mapping.fields) > 32 or tags > 32:
+    slots = len(paths) + len(mapping.captures)
+    if slots > MAX_SLOTS or len(mapping.fields) > 32 or tags > 32:
         raise _NotCovered("more than 32 keys, fields or tags")
-    if sum(len(steps) for steps in paths) >= 96:  # _fastpath.c MAX_NODES
-        raise _NotCovered("more than 95 path steps")
+    roots = 2 if each is not None else 1
+    if sum(len(steps) for _, steps in paths) + roots > MAX_NODES:  # _fastpath.c MAX_NODES
+        raise _NotCovered(f"more than {MAX_NODES - roots} path steps")
 
 
 def _window_ns(ns: int | None) -> int:

@@ -480,7 +480,7 @@ class Pipeline:
         newest: dict | None = {} if self.cache is not None and sub.spec.cache else None
         rejected: dict[str, int] = {}
 
-        def slow(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def slow(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             """`python_path` contained: whatever raises past the refusal handler (a defect, no
             memory), the message is counted once (`unexpected`) and the batch goes on."""
             counted = sum(rejected.values())
@@ -494,30 +494,34 @@ class Pipeline:
                               extra={"subscription": sub.name, "error": repr(exc)[:300]})
                 return None
 
-        def python_path(frames: list[bytes], error: BaseException | None) -> bytes | None:
+        def python_path(frames: list[bytes], error: BaseException | None) -> bytes | list[bytes] | None:
             if error is not None:  # refused by the uniqueness C called (MapError: bad_timestamp)
                 self._reject(sub, getattr(error, "reason", "unexpected"), str(error), frames, rejected)
                 return None
             try:
                 topic, record = decode(frames)
-                if multi:  # one point (each is not compiled); its values keyed by field name
-                    (line, series, ts, record), = mapper.keyed_lines(topic, record)
+                if multi:  # each: every point of the message; its values keyed by field name
+                    points = mapper.keyed_lines(topic, record)
                 else:
                     line, series, ts = mapper.keyed_line(topic, record)
+                    points = [(line, series, ts, record)]
             except Exception as exc:  # hostile input must never stop the bridge
                 self._refused(sub, exc, frames, rejected)
                 return None
-            try:
-                data = line.encode("utf-8")
-            except UnicodeEncodeError:  # as _encode: the line is refused on its own
-                self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
-                             [line.encode("utf-8", "surrogatepass")], rejected)
-                return None
+            encoded = []
+            for line, *_ in points:
+                try:
+                    encoded.append(line.encode("utf-8"))
+                except UnicodeEncodeError:  # as _encode: the message is refused whole (atomic)
+                    self._reject(sub, "invalid_utf8", "line holds a lone surrogate",
+                                 [line.encode("utf-8", "surrogatepass")], rejected)
+                    return None
             if newest is not None:
-                current = newest.get(series)
-                if current is None or ts >= current[0]:
-                    newest[series] = (ts, record)
-            return data
+                for _, series, ts, values in points:
+                    current = newest.get(series)
+                    if current is None or ts >= current[0]:
+                        newest[series] = (ts, values)
+            return encoded if multi else encoded[0]  # each: one line per point (a string field may hold a newline)
 
         burst = accelerator.receive(sub.source.socket, sub.burst, slow, newest, BURST_BYTES, lock)
         with lock if lock is not None else nullcontext():
@@ -541,7 +545,10 @@ class Pipeline:
             return 0
         sub.observe_size(burst.received, len(burst.data))
         sub.last_message = time.monotonic()
-        self.commit(sub, burst.data, burst.lines, self._burst_counts(sub, burst.received, burst.lines, rejected))
+        # mapped messages: every message taken that was not rejected (with each, a message's
+        # points are several lines; lost batches are counted rejected above)
+        mapped = burst.received - sum(rejected.values())
+        self.commit(sub, burst.data, burst.lines, self._burst_counts(sub, burst.received, mapped, rejected))
         if newest and self.cache is not None:
             self.cache.offer(mapper.field_names, newest)
         return burst.received
