@@ -19,9 +19,13 @@ Then, from the same run:
 - the compiled path (station_bridge.fastpath) against the Python path: receive + decode + map +
   format of the same messages in a child process each, output compared byte for byte;
 - scaling: two bridge instances on disjoint topics against one, and what that predicts per core;
-- latency publish -> queryable and peak RSS at half of sustained capacity (each path's end-to-end
-  rate over --sustain-seconds of its (b) rate, on an influxd of its own; --latency-runs runs, the
-  median shown with every run's p99), peak RSS under the (b) burst;
+- latency publish -> queryable and peak RSS at half of sustained capacity (issue 22): each path's
+  sustained capacity is its end-to-end rate over --sustain-seconds (30) of its (b) rate, on an
+  influxd of its own; then --latency-runs (5) runs of --latency-seconds (10) at half of it, each
+  into a fresh database once influxd is quiet (`quiesce`); the table shows the WORST run's p99,
+  every run's p99 and how many met the target (p99 <= 0.25 s), the worst run's p99 by stage and the
+  bridge's own split of the mean (a batch's oldest point waiting in memory, the requests' time);
+  peak RSS under the (b) burst;
 - influxd's CPU per point net of its background: before each phase the benchmark waits until influxd
   is quiet (earlier phases' compactions) and subtracts what it still spends idle.
 Only ratios of figures from this run are compared: machines here are noisy.
@@ -458,12 +462,15 @@ def _paced_publisher(endpoint: str, count: int, rate: float, started, lag, ready
 
 
 def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds: float,
-            fast_path: str = "auto", run: int = 0) -> tuple[float, float, float, float, float, float]:
+            fast_path: str = "auto", run: int = 0) -> dict[str, float]:
     """p50/p99 publish -> queryable, from each point's scheduled send time to the first poll (every
     20 ms) at which the bridge counts it acknowledged by InfluxDB; the bridge's peak RSS; the
-    publisher's largest lag behind its schedule (included in the latencies); and the split of the
+    publisher's largest lag behind its schedule (included in the latencies); the split of the
     p99: publish -> received by the bridge, received -> acknowledged by InfluxDB (each point's
-    own p99, so the two need not add up)."""
+    own p99, so the two need not add up); and from the bridge's own counters the mean wait of a
+    batch's oldest point in memory before its request (bridge_batch_wait_seconds, nan where the
+    bridge does not count it) and the mean request time (bridge_write_seconds), with the
+    requests and points per request."""
     db = f"latency_{fast_path}_{int(rate)}_{run}"
     influx.query(f'CREATE DATABASE "{db}"')
     endpoint = f"tcp://127.0.0.1:{free_port()}"
@@ -488,6 +495,12 @@ def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds
             break
         time.sleep(0.02)
     publisher.join()
+    own = {}
+    for line in stages.scrape(bridge.port).splitlines():
+        for name in ("bridge_batch_wait_seconds_sum", "bridge_batch_wait_seconds_count", "bridge_write_seconds_sum",
+                     "bridge_write_seconds_count", "bridge_write_requests_total"):
+            if line.startswith(name + "{"):
+                own[name] = own.get(name, 0.0) + float(line.rsplit(" ", 1)[1])
     rss = peak_rss_mib(bridge.process.pid)
     bridge.stop()
     queryable = influx.count(db, "ticks")
@@ -508,7 +521,13 @@ def latency(tmp: Path, influx: Influxd, redis: RedisServer, rate: float, seconds
     delays.sort()
     to_bridge.sort()
     to_influx.sort()
-    return delays[count // 2], delays[p99], rss, lag.value, to_bridge[p99], to_influx[p99]
+    batches = own.get("bridge_batch_wait_seconds_count", 0.0)
+    requests = own.get("bridge_write_seconds_count", 0.0)
+    return {"p50": delays[count // 2], "p99": delays[p99], "rss": rss, "lag": lag.value,
+            "to_bridge": to_bridge[p99], "to_influx": to_influx[p99],
+            "wait": own["bridge_batch_wait_seconds_sum"] / batches if batches else float("nan"),
+            "request": own.get("bridge_write_seconds_sum", 0.0) / requests if requests else float("nan"),
+            "requests": own.get("bridge_write_requests_total", 0.0), "per_request": count / max(1.0, requests)}
 
 
 def hot_path(influx: Influxd, framing: str, count: int, rounds: int = 3) -> dict:
@@ -574,8 +593,8 @@ def main() -> None:
     parser.add_argument("--naive-points", type=int, default=100_000)
     parser.add_argument("--stage-points", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=10)
-    parser.add_argument("--latency-runs", type=int, default=3)
-    parser.add_argument("--sustain-seconds", type=float, default=8)
+    parser.add_argument("--latency-runs", type=int, default=5)
+    parser.add_argument("--sustain-seconds", type=float, default=30)
     parser.add_argument("--parallel-repeats", type=int, default=3)
     parser.add_argument("--nested-points", type=int, default=100_000, help="points per nested form (nested.py)")
     parser.add_argument("--handwritten-points", type=int, default=150_000,
@@ -584,11 +603,16 @@ def main() -> None:
     parser.add_argument("--gzip-points", type=int, default=50_000, help="points of the gzip phase (gzipcost.py)")
     parser.add_argument("--only", type=lambda text: set(text.split(",")),
                         help="only these phases, comma-separated: parallel (issue 22's comparison), nested, "
-                             "handwritten, gzip (nested.py, handwritten.py, gzipcost.py)")
+                             "handwritten, gzip (nested.py, handwritten.py, gzipcost.py); or latency alone")
     args = parser.parse_args()
-    unknown = (args.only or set()) - {"parallel", "nested", "handwritten", "gzip"}
+    unknown = (args.only or set()) - {"parallel", "nested", "handwritten", "gzip", "latency"}
     if unknown:
         parser.error(f"--only: unknown phase(s) {', '.join(sorted(unknown))}")
+    if args.only and "latency" in args.only:
+        if args.only != {"latency"}:
+            parser.error("--only latency runs alone")
+        only_latency(args)
+        return
     if args.only and args.only - {"parallel"}:
         return only_phases(args)
     if args.only == {"parallel"}:
@@ -706,13 +730,34 @@ def only_phases(args: argparse.Namespace) -> None:
                                           if par and held else []))))
 
 
+def only_latency(args: argparse.Namespace) -> None:
+    """`--only latency`: each path's msgpack burst (b), then the latency phase (half_load) alone."""
+    with tempfile.TemporaryDirectory() as tmpdir:
+        tmp = Path(tmpdir)
+        influx = Influxd(tmp / "influxd").start()
+        redis = RedisServer(tmp / "redis").start()
+        try:
+            python = end_to_end(tmp, influx, redis, "msgpack", "msgpack", args.points, fast_path="off")
+            compiled = end_to_end(tmp, influx, redis, "msgpackc", "msgpack", args.points)
+            say(f"bursts: Python {python['rate']:,.0f}/s, {compiled['path']} {compiled['rate']:,.0f}/s")
+            influx.stop()
+            steady = half_load(tmp, redis, args, python, compiled if compiled["path"] == "compiled" else None)
+        finally:
+            redis.stop()
+            influx.stop()
+    print(f"\nstation-bridge benchmark (latency at half load), {time.strftime('%Y-%m-%d %H:%M')}, "
+          f"{platform.node()}, {os.cpu_count()} cores, load average {os.getloadavg()[0]:.1f}\n")
+    print("\n".join(table(latency_rows(args, steady))))
+
+
 def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: dict, compiled: object) -> dict:
     """Latency at half of sustained capacity, per path, on an influxd of its own: the earlier phases'
     millions of points and their compactions are not in it. Sustained capacity is the path's end-to-end
-    rate over `--sustain-seconds` worth of its (b) burst rate (a 1-2 s burst overstates it); the
-    latency then runs `--latency-runs` times at half of it, each into a database of its own."""
+    rate over `--sustain-seconds` (30) worth of its (b) burst rate (a 1-2 s burst overstates it); the
+    latency then runs `--latency-runs` (5) times at half of it, each into a fresh database of its own
+    once influxd is quiet again (the sustained run's compactions, the previous run's)."""
     influx = Influxd(tmp / "influxd-latency").start()
-    steady: dict[str, tuple[float, float, list[tuple]]] = {}
+    steady: dict[str, tuple[float, float, list[dict]]] = {}
     try:
         for name, fast_path, burst in (("python", "off", python), ("compiled", "auto", compiled)):
             if not isinstance(burst, dict):
@@ -725,10 +770,42 @@ def half_load(tmp: Path, redis: RedisServer, args: argparse.Namespace, python: d
                 quiesce(influx.process.pid)
                 runs.append(latency(tmp, influx, redis, rate, args.latency_seconds, fast_path, run=k))
             steady[name] = (sustained["rate"], rate, runs)
-            say(f"latency {name}: sustained {sustained['rate']:,.0f}/s, at {rate:,.0f}/s: {runs}")
+            say(f"latency {name}: sustained {sustained['rate']:,.0f}/s, at {rate:,.0f}/s: "
+                + "; ".join(", ".join(f"{k} {v:.3f}" for k, v in run.items()) for run in runs))
     finally:
         influx.stop()
     return steady
+
+
+LATENCY_TARGET_S = 0.25  # issue 22: p99 publish -> queryable at half load, in every run
+
+
+def latency_rows(args: argparse.Namespace, steady: dict) -> list[tuple[str, str, str]]:
+    """Per path: sustained capacity; the worst run's p50 and p99 (the figure that counts), every
+    run's p99 and how many met the target; the worst run's p99 by stage and the bridge's own mean
+    split; peak RSS over the runs."""
+    out = []
+    for name, (sustained, rate, runs) in steady.items():
+        path = "Python" if name == "python" else "compiled"
+        worst = max(runs, key=lambda run: run["p99"])
+        spread = ", ".join(f"{run['p99']:.3f}" for run in runs)
+        met = sum(run["p99"] <= LATENCY_TARGET_S for run in runs)
+        lag = max(run["lag"] for run in runs)
+        out.append((f"sustained capacity, msgpack, {path} ({args.sustain_seconds:g} s of its burst rate)",
+                    f"{sustained:,.0f} points/s", "half of it is the latency load"))
+        out.append((f"latency publish -> queryable, half load, {path}, {rate:,.0f}/s",
+                    f"worst of {len(runs)} runs: p50 {worst['p50']:.3f} s, p99 {worst['p99']:.3f} s (p99s {spread})",
+                    f"{met} of {len(runs)} <= {LATENCY_TARGET_S} s; target {len(runs)} of {len(runs)} "
+                    f"(publisher lag <= {lag:.3f} s)"))
+        out.append((f"latency p99 by stage, half load, {path}, worst run", f"publish -> received "
+                    f"{worst['to_bridge']:.3f} s, received -> acknowledged {worst['to_influx']:.3f} s", "20 ms polls"))
+        out.append((f"inside the bridge, half load, {path}, worst run (means)",
+                    f"batch's oldest point in memory {worst['wait']:.3f} s, request {worst['request']:.3f} s",
+                    f"{worst['per_request']:,.0f} points per request (bridge_batch_wait_seconds, "
+                    "bridge_write_seconds)"))
+        out.append((f"bridge peak RSS, half load, {path}, {rate:,.0f}/s", f"{max(run['rss'] for run in runs):.0f} MiB",
+                    "target <= 100 MiB"))
+    return out
 
 
 def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady) -> list[tuple[str, str, str]]:
@@ -824,20 +901,7 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
         out.append((f"scaling: predicted, 16 cores, 8 instances, {name} (influxd on the host)",
                     f"{min(8 * one, 16e6 / per_point):,.0f} points/s",
                     f"min(8 x {one:,.0f}/s per receive loop, 16 cores / {per_point:.2f} us)"))
-    for name, (sustained, rate, runs) in steady.items():
-        path = "Python" if name == "python" else "compiled"
-        by_p99 = sorted(runs, key=lambda run: run[1])
-        p50, p99, _, lag, to_bridge, to_influx = by_p99[len(by_p99) // 2]  # the median run by p99
-        spread = ", ".join(f"{run[1]:.3f}" for run in runs)
-        out.append((f"sustained capacity, msgpack, {path} ({args.sustain_seconds:g} s of its burst rate)",
-                    f"{sustained:,.0f} points/s", "half of it is the latency load"))
-        out.append((f"latency publish -> queryable, half load, {path}, {rate:,.0f}/s",
-                    f"p50 {p50:.3f} s, p99 {p99:.3f} s (median of {len(runs)} runs; p99s {spread})",
-                    f"target p99 <= 0.5 s (publisher lag <= {lag:.3f} s)"))
-        out.append((f"latency p99 by stage, half load, {path}", f"publish -> received {to_bridge:.3f} s, "
-                    f"received -> acknowledged {to_influx:.3f} s", "20 ms polls"))
-        out.append((f"bridge peak RSS, half load, {path}, {rate:,.0f}/s", f"{max(run[2] for run in runs):.0f} MiB",
-                    "target <= 100 MiB"))
+    out += latency_rows(args, steady)
     out.append((f"bridge peak RSS, {args.points:,}-message burst, msgpack Python (b)", f"{m['rss']:.0f} MiB",
                 "rcvhwm 1,000,000 (never lowered)"))
     if isinstance(compiled.get("msgpack"), dict):

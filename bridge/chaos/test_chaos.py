@@ -696,7 +696,8 @@ def test_sigkill_at_the_worst_moments_loses_nothing_and_the_ledger_closes(tmp_pa
         published = 0
         for round_ in range(3):
             bridge = BridgeProcess(tmp_path, local, "tick", endpoint,
-                                   destination={"flush_interval": "2s", "batch_size": 3000}).start()
+                                   destination={"flush_interval": "2s", "batch_size": 3000,
+                                                "flush_points": 3000}).start()
             if round_ == 1:
                 local.stop()  # batches go to the journal in this round
             # After a SIGKILL the counters of the last ledger interval are gone (the points are not):

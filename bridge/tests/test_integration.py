@@ -85,7 +85,7 @@ def test_kill_9_delivers_everything_that_was_journaled(tmp_path, own_influxd, en
 def test_kill_9_delivers_what_was_only_in_memory(tmp_path, own_influxd, endpoint):
     """The write-ahead intake log: points received but not yet written survive SIGKILL."""
     # A long flush interval and a huge batch keep every point in memory, unwritten.
-    held = {"flush_interval": "10m", "batch_size": 100000}
+    held = {"flush_interval": "10m", "batch_size": 100000, "flush_points": 100000}
     bridge = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, destination=held).start()
     publish(endpoint, "kraken_tick", 2500, rate=0, duration=30)
     wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == 2500,
@@ -106,7 +106,7 @@ def test_kill_9_delivers_what_was_only_in_memory(tmp_path, own_influxd, endpoint
 def test_without_write_ahead_kill_9_loses_what_was_in_memory_and_counts_it(tmp_path, own_influxd, endpoint):
     """The control for the test above: it fails for the reason the log exists, and the ledger
     says so (lost_in_crash) instead of pretending."""
-    held = {"flush_interval": "10m", "batch_size": 100000}
+    held = {"flush_interval": "10m", "batch_size": 100000, "flush_points": 100000}
     bridge = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, destination=held,
                            journal={"write_ahead": False, "ledger_interval": "100ms"}).start()
     publish(endpoint, "kraken_tick", 500, rate=0, duration=30)
@@ -126,7 +126,8 @@ def test_without_write_ahead_kill_9_loses_what_was_in_memory_and_counts_it(tmp_p
 
 def test_sigterm_flushes_what_is_in_memory(tmp_path, influxd, database, endpoint):
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
-                           destination={"flush_interval": "60s", "batch_size": 100000}).start()
+                           destination={"flush_interval": "60s", "batch_size": 100000,
+                                        "flush_points": 100000}).start()
     publish(endpoint, "kraken_tick", 2000, rate=0, duration=30)
     wait_for(lambda: bridge.value("bridge_received_messages_total", subscription="kraken") == 2000,
              20, "2000 received")

@@ -130,7 +130,8 @@ def test_a_second_bridge_on_the_same_journal_dir_is_refused_before_it_touches_a_
                                                                                        endpoint):
     """Tester's fault: a second bridge renamed the first one's live intake log (and, given its own
     metrics port, ran on the same journal dir)."""
-    held = {"flush_interval": "10m", "batch_size": 100000}  # every point in memory and the intake log
+    # every point in memory and the intake log
+    held = {"flush_interval": "10m", "batch_size": 100000, "flush_points": 100000}
     first = BridgeProcess(tmp_path, own_influxd, "tick", endpoint, destination=held).start()
     sent = publish(endpoint, "kraken_tick", 2000, rate=0, duration=30)
     wait_for(lambda: first.value("bridge_accepted_points_total", destination="local") == sent, 20, "all accepted")

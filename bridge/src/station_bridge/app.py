@@ -496,9 +496,6 @@ class Bridge:
             sink.start()
         if self.cache is not None:
             self.cache.start()
-        if self.config.http_listen:
-            self.http = serve(self.metrics, self.config.http_listen, self.health,
-                              self.config.http_max_connections, self.config.http_timeout)
         self.signals = (signals or Signals()).install(self.request_stop)
         poller = zmq.Poller()
         by_socket: dict = {}
@@ -512,6 +509,11 @@ class Bridge:
         self._register(poller, by_socket)
         ledger_thread = threading.Thread(target=self._ledger_loop, name="ledger", daemon=True)
         ledger_thread.start()
+        # /metrics and /healthz answer once the receive side is set up and has said how (a test or
+        # an operator that sees /metrics answer finds `receive threads` or `one receive loop` logged).
+        if self.config.http_listen:
+            self.http = serve(self.metrics, self.config.http_listen, self.health,
+                              self.config.http_max_connections, self.config.http_timeout)
         log.info("bridge running", extra={"subscriptions": [s.name for s in self.subscriptions],
                                           "destinations": [s.name for s in self.sinks]})
         self.notifier.ready()

@@ -232,6 +232,7 @@ class DestinationSpec:
     time_resolution: str = "ns"  # what the backend keeps of a time: ns (InfluxDB) or ms (VictoriaMetrics)
     on_collision: str = "refuse"  # time_resolution ms: points in a used millisecond refused (counted) or warn
     retention_period: float | None = None  # seconds: older points dropped (counted outside_retention); None: no bound
+    flush_points: int = 500  # a partial batch this large is sent as soon as no request is in flight (sinks._collect)
 
 
 @dataclass(frozen=True)
@@ -401,7 +402,8 @@ class Config:
             "destinations": [{
                 "name": d.name, "url": d.url, "database": d.database, "retention_policy": d.retention_policy,
                 "username": d.username, "password_set": d.password is not None, "batch_size": d.batch_size,
-                "flush_interval_s": d.flush_interval, "gzip": d.gzip, "timeout_s": d.timeout,
+                "flush_interval_s": d.flush_interval, "flush_points": d.flush_points, "gzip": d.gzip,
+                "timeout_s": d.timeout,
                 "queue_max_points": d.queue_max_points,
                 "queue_max_bytes": self.queue_max_bytes(d, budget), "max_backoff_s": d.max_backoff,
                 "schedule": d.schedule.as_config() if d.schedule is not None else None,
@@ -975,6 +977,7 @@ def _destination(r: _Reader, environ: Mapping[str, str]) -> DestinationSpec:
         time_resolution=r.get("time_resolution", str, "ns", choices=("ns", "ms")),
         on_collision=r.get("on_collision", str, "refuse", choices=("refuse", "warn")),
         retention_period=r.duration("retention_period", None),
+        flush_points=r.positive("flush_points", int, 500),
     )
     if spec.queue_max_bytes is not None and spec.queue_max_bytes <= 0:
         raise r.fail("queue_max_bytes", "must be positive")

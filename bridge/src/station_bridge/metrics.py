@@ -68,6 +68,9 @@ HELP = {
     "bridge_journal_points": "Points in the journal, per destination.",
     "bridge_write_seconds_sum": "Total time of successful write requests, per destination.",
     "bridge_write_seconds_count": "Successful write requests, per destination.",
+    "bridge_batch_wait_seconds_sum": "Total time the oldest point of each batch sent live waited in memory "
+                                     "before its request, per destination.",
+    "bridge_batch_wait_seconds_count": "Batches sent live (from memory), per destination.",
     "bridge_dead_letters_total": "Records written to a dead-letter file, per file.",
     "bridge_dead_letter_errors_total": "Dead-letter records that could not be written, per file.",
     "bridge_dead_letters_discarded_total": "Dead-letter records deleted by rotation, per file.",
