@@ -134,6 +134,20 @@ def python_path(spec, mapper):
     return run
 
 
+
+def map_noting_outcomes(accelerator, spec, mapper, messages):
+    """`accelerator.map(messages)` with the Python path as its `slow`: the burst, and the outcome
+    of every message handed back, in order."""
+    run = python_path(spec, mapper)
+    outcomes = []
+
+    def slow(frames, error):
+        line, outcome = run(frames, None, error)
+        outcomes.append(outcome)
+        return line
+
+    return accelerator.map(messages, slow), outcomes
+
 def state(mapper):
     def plain(value):
         if isinstance(value, dict):
@@ -413,15 +427,7 @@ def test_a_derived_tag_whose_source_is_missing_is_refused_as_python_refuses_it(o
         {"instrument": "EURUSD", "bid": 1.0, "timestamp": T0})]
     mapper = Mapper(spec, station="lab")
     accelerator, _ = fastpath.Accelerator.for_mapper(mapper, spec)
-    run = python_path(spec, mapper)
-    outcomes = []
-
-    def slow(frames, error):
-        line, outcome = run(frames, None, error)
-        outcomes.append(outcome)
-        return line
-
-    burst = accelerator.map(messages, slow)
+    burst, outcomes = map_noting_outcomes(accelerator, spec, mapper, messages)
     assert burst.data == b"ticks,base=EUR,instrument=EURUSD,station=lab,term=USD bid=1.0 1700000000000000000\n"
     assert burst.compiled == 1
     assert [o[:2] for o in outcomes] == [("refused", "missing_field")] * 3
@@ -741,15 +747,7 @@ def test_max_points_edges_and_what_goes_back():
     mapper = Mapper(spec, station="lab")
     accelerator, why = fastpath.Accelerator.for_mapper(mapper, spec)
     assert accelerator is not None, why
-    run = python_path(spec, mapper)
-    outcomes = []
-
-    def slow(frames, error):
-        line, outcome = run(frames, None, error)
-        outcomes.append(outcome)
-        return line
-
-    burst = accelerator.map(messages, slow)
+    burst, outcomes = map_noting_outcomes(accelerator, spec, mapper, messages)
     assert burst.compiled == 2 and burst.lines == 6
     assert [o[1] for o in outcomes] == ["too_many_points", "no_points", "missing_field", "wrong_type",
                                         "missing_field"]

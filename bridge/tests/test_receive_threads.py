@@ -84,7 +84,9 @@ def _publish(endpoint: str, framing: str, topic: bytes, start: threading.Barrier
         context.term()
 
 
-def _bridge(tmp_path, influxd, **overrides) -> tuple[BridgeProcess, str, dict[str, str]]:
+def _bridge(tmp_path, influxd, threads: bool = True, **overrides) -> tuple[BridgeProcess, str, dict[str, str]]:
+    """A bridge with the two SUBS subscriptions, compiled; `threads`: it must say it started a
+    receive thread each (else that it runs one receive loop)."""
     require_compiled_path()
     db = f"threads_{free_port()}"
     influxd.query(f'CREATE DATABASE "{db}"')
@@ -97,7 +99,10 @@ def _bridge(tmp_path, influxd, **overrides) -> tuple[BridgeProcess, str, dict[st
     bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
                            destination={"batch_size": 5000, "flush_interval": "50ms"}, **overrides).start()
     started = [r for r in bridge.log_records() if r.get("msg") == "receive threads"]
-    assert started and started[0]["subscriptions"] == list(SUBS), started
+    if threads:
+        assert started and started[0]["subscriptions"] == list(SUBS), started
+    else:
+        assert not started, started
     return bridge, db, endpoints
 
 
@@ -237,20 +242,10 @@ def test_auto_receives_in_one_loop_on_two_cpus_and_says_so(tmp_path, influxd):
     before = os.sched_getaffinity(0)
     os.sched_setaffinity(0, sorted(before)[:2])  # the child inherits it
     try:
-        db = f"threads_{free_port()}"
-        influxd.query(f'CREATE DATABASE "{db}"')
-        endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in SUBS}
-        subs = [{"name": name, "endpoints": [endpoints[name]], "topics": [f"{name}_tick"], "framing": framing,
-                 "mapping": {"measurement": measurement, "tags": ["instrument"], "fields": FIELDS,
-                             "time": {"field": "ts", "format": "epoch_ms"}}}
-                for name, (framing, measurement) in SUBS.items()]
-        bridge = BridgeProcess(tmp_path, influxd, db, "", subscription=subs[0], subscriptions_extra=subs[1:],
-                               destination={"batch_size": 5000, "flush_interval": "50ms"}).start()
+        bridge, db, endpoints = _bridge(tmp_path, influxd, threads=False, receive_threads="auto")
     finally:
         os.sched_setaffinity(0, before)
-    records = bridge.log_records()
-    assert not [r for r in records if r.get("msg") == "receive threads"]
-    loop = [r for r in records if r.get("msg") == "one receive loop"]
+    loop = [r for r in bridge.log_records() if r.get("msg") == "one receive loop"]
     assert loop and loop[0]["receive_threads"] == "auto" and loop[0]["cpus"] <= 2 and loop[0]["compiled"] == 2, loop
     errors: list = []
     for thread in _publishers(endpoints, threading.Barrier(len(SUBS)), errors, 2000):
