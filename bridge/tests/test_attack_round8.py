@@ -7,14 +7,20 @@ makes were bounded by nothing but `max_points` rows.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
+
 import msgpack
+import pytest
 import zmq
-from harness import RecordingDestination
+from compiled import require_compiled_path
+from harness import BridgeProcess, RecordingDestination, publisher, quiet_ledger, subscribed, wait_for
+from servers import free_port
 
 from station_bridge.config import parse
 from station_bridge.journal import DeadLetters
 from station_bridge.mapping import Uniqueness
-from station_bridge.metrics import Metrics
+from station_bridge.metrics import Metrics, total
 from station_bridge.pipeline import Pipeline, RateLimitedLog, Subscription
 from station_bridge.sources import BURST_BYTES
 
@@ -68,3 +74,127 @@ def test_the_python_path_hands_a_burst_over_every_burst_bytes_of_points(tmp_path
         assert metrics.get("bridge_accepted_points_total", destination="d") == 12_000
     finally:
         sub.source.close()
+
+
+def test_a_message_whose_points_pass_max_bytes_is_refused_whole_before_any_claim():
+    """A 40 KB message repeating a 30 KB `$` string in each of 10,000 rows made 300 MB of lines
+    (three of them: 2 GB RSS on the compiled path). `mapping.max_bytes` (8 MiB by default) bounds
+    what one message's points hold: beyond it the message is refused whole (too_many_points),
+    counted while the rows are built, before any time is claimed."""
+    from station_bridge.mapping import MapError, Mapper
+
+    config = each_config(max_bytes="4KiB")
+    unique = Uniqueness(128, 1000)
+    mapper = Mapper(config.subscriptions[0], None, unique)
+    fits = mapper.lines("t", {"n": "y" * 1000, "t": T0_MS, "v": [1, 2, 3]})
+    assert len(fits) == 3 and sum(map(len, fits)) < 4096
+    try:
+        mapper.lines("t", {"n": "y" * 1000, "t": T0_MS, "v": [1, 2, 3, 4]})
+    except MapError as exc:
+        assert exc.reason == "too_many_points" and "mapping.max_bytes" in str(exc)
+    else:
+        raise AssertionError("a message of more than max_bytes of points was mapped")
+    # nothing of the refused message was claimed: the next one at that time takes t+3
+    assert mapper.lines("t", {"n": "", "t": T0_MS, "v": [9]})[0].endswith(f" {T0_MS * 10**6 + 3}")
+    assert each_config().subscriptions[0].mapping.max_bytes == 8 << 20
+
+
+EACH_COUNTERS = ("bridge_received_messages_total", "bridge_mapped_messages_total", "bridge_rejected_messages_total",
+                 "bridge_mapped_points_total", "bridge_accepted_points_total", "bridge_written_points_total",
+                 "bridge_dropped_points_total", "bridge_dead_letters_total", "bridge_uniqueness_nudged_total")
+
+
+def peak_rss_bytes(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) * 1024
+    raise AssertionError("no VmHWM")
+
+
+def boundary_messages() -> list[dict]:
+    """Messages whose points hold about 4 KiB (max_bytes of the `edge` subscription), with
+    multi-byte characters and characters the line protocol escapes."""
+    out = []
+    for rows in (1, 2, 3, 5, 8):
+        for size in range(0, 4200, 59):
+            if rows * (size + 60) > 9000:
+                continue
+            k = len(out)
+            out.append({"s": "é" * (1 + k % 3), "n": ('ü"\\' * size)[:size], "t": T0_MS + k,
+                        "v": [k + 0.1 * i for i in range(rows)]})
+    return out
+
+
+@pytest.mark.parametrize("framing", ["msgpack", "text_json"])
+def test_max_bytes_bounds_memory_and_both_paths_refuse_the_same_messages(tmp_path, influxd, zmq_context, framing):
+    """Both paths, side by side on one stream: three 40 KB messages that would each make 300 MB of
+    points are refused (too_many_points) without the bridge growing (before: 2 GB RSS compiled,
+    more on the Python path); messages around a 4 KiB max_bytes are mapped or refused alike (the
+    compiled path hands back what its buffers hold beyond it; Python decides); every counter and
+    stored point agrees."""
+    require_compiled_path()
+    endpoints = {name: f"tcp://127.0.0.1:{free_port()}" for name in ("big", "edge")}
+    mapping = {"measurement": "m", "each": "v[<i>]", "tags": {"s": "$.s"}, "optional_tags": ["s"],
+               "fields": {"x": {"path": ".", "type": "float"}, "note": {"path": "$.n", "type": "string"}},
+               "time": {"path": "$.t", "format": "epoch_ms"}}
+    subs = [{"name": name, "endpoints": [endpoints[name]], "topics": ["m"], "framing": framing,
+             "max_frame_bytes": 1 << 20,
+             "mapping": {**mapping, "measurement": name, **({"max_bytes": "4KiB"} if name == "edge" else {})}}
+            for name in ("big", "edge")]
+    bridges = {}
+    for mode in ("auto", "off"):
+        db = f"r8_{mode}_{free_port()}"
+        influxd.query(f'CREATE DATABASE "{db}"')
+        (tmp_path / mode).mkdir()
+        bridges[mode] = (BridgeProcess(tmp_path / mode, influxd, db, "", subscription=subs[0],
+                                       subscriptions_extra=subs[1:], fast_path=mode,
+                                       destination={"batch_size": 5000, "flush_interval": "50ms"}), db)
+    pubs = {name: publisher(zmq_context, endpoint) for name, endpoint in endpoints.items()}
+    try:
+        for bridge, _ in bridges.values():
+            bridge.start()
+        for pub in pubs.values():
+            subscribed(pub, subscribers=2)
+
+        def frames(doc: dict) -> list[bytes]:
+            if framing == "msgpack":
+                return [b"m", msgpack.packb(doc)]
+            return [b"m " + json.dumps(doc, ensure_ascii=False).encode()]
+
+        huge = {"s": "a", "n": "y" * 30_000, "t": T0_MS, "v": [0] * 10_000}  # 300 MB of points
+        big = [huge if k % 8 == 3 else {"s": "a", "n": "short", "t": T0_MS + k, "v": list(range(50))}
+               for k in range(24)]
+        for doc in big:
+            pubs["big"].send_multipart(frames(doc))
+        edge = boundary_messages()
+        for doc in edge:
+            pubs["edge"].send_multipart(frames(doc))
+        sent = len(big) + len(edge)
+        for bridge, _ in bridges.values():
+            wait_for(lambda b=bridge: total(b.samples(), "bridge_received_messages_total") == sent, 60,
+                     f"{sent} messages received")
+        samples = {mode: quiet_ledger(bridge, subscriptions=("big", "edge")) for mode, (bridge, _) in bridges.items()}
+        counters = {mode: {(n, labels): v for (n, labels), v in s.items() if n in EACH_COUNTERS and v}
+                    for mode, s in samples.items()}
+        assert counters["auto"] == counters["off"]
+        assert counters["auto"][("bridge_rejected_messages_total",
+                                 (("reason", "too_many_points"), ("subscription", "big")))] == 3
+        refused_edge = counters["auto"].get(("bridge_rejected_messages_total",
+                                             (("reason", "too_many_points"), ("subscription", "edge"))), 0)
+        assert 0 < refused_edge < len(edge)
+        for mode, (bridge, _) in bridges.items():
+            assert peak_rss_bytes(bridge.process.pid) < 400 << 20, mode  # before: 2 GB compiled
+        stored = {}
+        for mode, (_, db) in bridges.items():
+            rows = influxd.query('SELECT * FROM "big"', db=db) + influxd.query('SELECT * FROM "edge"', db=db)
+            stored[mode] = sorted(tuple(sorted((k, repr(v)) for k, v in row.items())) for row in rows)
+        assert len(stored["auto"]) == 21 * 50 + samples["auto"][("bridge_mapped_points_total",
+                                                                 (("subscription", "edge"),))]
+        assert stored["auto"] == stored["off"]
+        assert bridges["auto"][0].value("bridge_fast_path_messages", subscription="edge") > 0
+    finally:
+        for pub in pubs.values():
+            pub.close(linger=0)
+        for bridge, _ in bridges.values():
+            if bridge.alive:
+                assert bridge.stop() == 0

@@ -524,7 +524,8 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
         "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names), "nested": nested,
-        **({"each": _each_steps(each), "max_points": mapping.max_points} if each is not None else {}),
+        **({"each": _each_steps(each), "max_points": mapping.max_points, "max_bytes": mapping.max_bytes}
+           if each is not None else {}),
     }
 
 

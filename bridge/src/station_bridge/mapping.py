@@ -376,6 +376,7 @@ class Mapper:
         self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(tag_names)]
         # With `each`, the fields read from the element: an element with none of them (an empty
         # level `[]`) would make a point of the message-level fields alone, a ghost: refused.
+        self._max_bytes = m.max_bytes  # with each: the bytes one message's points may hold
         self._element_fields = [name for name, path in ((n, m.field_paths.get(n)) for n in m.fields)
                                 if path is None or not path.root] if m.each is not None else []
         # Configured tags must be present unless optional or defaulted; captured and topic tags
@@ -570,7 +571,18 @@ class Mapper:
                 if all(row.get(name) is None for name in element):
                     raise MapError("missing_field", f"element {i} of each has none of the fields read from it "
                                                     f"({', '.join(element)}): an empty element makes no point")
-        built = [(row, *self._prepare(topic, row)) for row in rows]
+        built = []
+        size, limit = 0, self._max_bytes
+        for row in rows:
+            made = (row, *self._prepare(topic, row))
+            # mapping.max_bytes, counted as the rows are built (before any claim): a row's line
+            # is its series, fields, two separators and a time (at most 20 characters). The
+            # compiled path hands back a message whose rows hold more than this in its buffers.
+            size += len(made[2]) + len(made[3]) + 22
+            if size > limit:
+                raise MapError("too_many_points", f"the points of this message hold more than {limit} bytes "
+                                                  f"(after {len(built) + 1} of {len(rows)}; mapping.max_bytes)")
+            built.append(made)
         claim = self.unique.claim
         out = []
         for row, raw, series, fields, pairs, ts in built:
