@@ -198,3 +198,49 @@ def test_max_bytes_bounds_memory_and_both_paths_refuse_the_same_messages(tmp_pat
         for bridge, _ in bridges.values():
             if bridge.alive:
                 assert bridge.stop() == 0
+
+
+def test_healthz_judges_an_each_feeds_message_sizes_as_received_on_both_paths(tmp_path, influxd, zmq_context):
+    """The compiled path told the health model the size of a burst's lines, not of its messages:
+    an order book of 2.8 KB messages (1,000 levels, 256 KB of lines each) declared with
+    `message_bytes: 16KiB` was unhealthy on /healthz ("messages of up to 255780 bytes ... 3939 MiB")
+    while the Python path said 200, and its bursts shrank to 32 messages. Both now watch what was
+    received: small messages are fine on both; messages really larger than declared are named by both."""
+    require_compiled_path()
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = {"name": "book", "endpoints": [endpoint], "topics": ["m"], "framing": "msgpack", "message_bytes": "16KiB",
+           "mapping": {"measurement": "m", "each": "v[<i>]", "tags": {"venue": "$.venue"},
+                       "fields": {"x": {"path": ".", "type": "integer"}},
+                       "time": {"path": "$.t", "format": "epoch_ms"}}}
+    bridges = {}
+    for mode in ("auto", "off"):
+        (tmp_path / mode).mkdir()
+        db = f"r8h_{mode}_{free_port()}"
+        influxd.query(f'CREATE DATABASE "{db}"')
+        bridges[mode] = BridgeProcess(tmp_path / mode, influxd, db, "", subscription=sub, fast_path=mode,
+                                      destination={"batch_size": 5000, "flush_interval": "50ms"})
+    pub = publisher(zmq_context, endpoint)
+    try:
+        for bridge in bridges.values():
+            bridge.start()
+        subscribed(pub, subscribers=2)
+        for k in range(50):
+            pub.send_multipart([b"m", msgpack.packb({"venue": "v" * 200, "t": T0_MS + k, "v": list(range(1000))})])
+        for mode, bridge in bridges.items():
+            wait_for(lambda b=bridge: total(b.samples(), "bridge_received_messages_total") == 50, 30, "received")
+            quiet_ledger(bridge, subscriptions=("book",))
+            status, body = bridge.health()
+            assert status == 200 and body["subscriptions"]["book"]["ok"], (mode, body.get("problems"))
+        big = msgpack.packb({"venue": "v", "t": T0_MS + 100, "v": [0], "pad": "p" * 100_000})
+        for _ in range(3):
+            pub.send_multipart([b"m", big])
+        for mode, bridge in bridges.items():
+            wait_for(lambda b=bridge: total(b.samples(), "bridge_received_messages_total") == 53, 30, "received")
+            status, body = bridge.health()
+            reasons = [p["reason"] for p in body["problems"] if p["part"] == "subscription"]
+            assert status == 503 and any(r.startswith("messages of up to 1000") for r in reasons), (mode, reasons)
+    finally:
+        pub.close(linger=0)
+        for bridge in bridges.values():
+            if bridge.alive:
+                assert bridge.stop() == 0

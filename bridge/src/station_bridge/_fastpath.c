@@ -278,6 +278,7 @@ typedef struct {
     /* each (0: one point per message) */
     int each, neach, eroot; estep_t esteps[MAX_EACH]; Py_ssize_t max_points;
     Py_ssize_t max_each_bytes;     /* a message's rows may hold this many bytes here (mapping.max_bytes; 0: unbounded) */
+    Py_ssize_t in_bytes, in_largest;  /* the last stage_zmq's messages: their bytes, the largest's (received_bytes) */
     int slot_elem[MAX_SLOTS];      /* the slot is read from the element (reset per element) */
     int ncaptures; int capture_slot[MAX_CAPTURES]; char cap_text[MAX_CAPTURES][24];
     elist_t elists[MAX_EACH]; Py_ssize_t *dup; Py_ssize_t dup_cap;
@@ -2633,6 +2634,7 @@ static void stage_extra(rec_t *r, void *socket) {
 /* Without the GIL: receive and stage up to `limit` messages. */
 static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_bytes, int *error_no) {
     int k = 0;
+    pl->in_bytes = pl->in_largest = 0;
     while (k < limit && (max_bytes <= 0 || pl->stage.len + 21 * (Py_ssize_t)k < max_bytes)) {
         rec_t *r = &pl->recs[k];
         zmq_api.init(&r->m[0]);
@@ -2649,6 +2651,13 @@ static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_by
             else r->have = 2;
         }
         if (zmq_api.more(&r->m[r->have - 1])) stage_extra(r, socket);
+        /* what was received (not the lines it makes: with each, far more): the message sizes
+         * pipeline.Subscription.observe_size watches, as the Python path's receive gives them */
+        Py_ssize_t got = 0;
+        for (int f = 0; f < r->have; f++) got += (Py_ssize_t)zmq_api.size(&r->m[f]);
+        for (int f = 0; f < r->nextra; f++) got += (Py_ssize_t)zmq_api.size(&r->extra[f]);
+        pl->in_bytes += got;
+        if (got > pl->in_largest) pl->in_largest = got;
         r->kind = S_BACK;
         if (r->nextra) continue;
         const char *d0 = zmq_api.data(&r->m[0]);
@@ -2819,6 +2828,13 @@ fail:
     return NULL;
 }
 
+/* received_bytes() -> (bytes, largest): the messages the last stage_zmq received, as received. */
+static PyObject *Plan_received_bytes(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Plan *pl = (Plan *)self;
+    return Py_BuildValue("(nn)", pl->in_bytes, pl->in_largest);
+}
+
 static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
     (void)unused;
     Plan *pl = (Plan *)self;
@@ -2834,6 +2850,7 @@ static PyMethodDef Plan_methods[] = {
     {"stage_frames", Plan_stage_frames, METH_VARARGS, "stage_frames(messages, start) -> count"},
     {"commit", Plan_commit, METH_VARARGS, "commit(newest, slow) -> (data, lines, compiled)"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
+    {"received_bytes", Plan_received_bytes, METH_NOARGS, "(bytes, largest) of the last stage_zmq's messages"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -565,7 +565,7 @@ class Pipeline:
                     "subscription": sub.name, "errno": burst.errno, "error": os.strerror(burst.errno)})
         if not burst.received:
             return 0
-        sub.observe_size(burst.received, len(burst.data))
+        sub.observe_size(burst.received, burst.size, burst.largest)  # as received (each: not its lines)
         sub.last_message = time.monotonic()
         # mapped messages: every message taken that was not rejected (with each, a message's
         # points are several lines; lost batches are counted rejected above)
