@@ -244,3 +244,53 @@ def test_healthz_judges_an_each_feeds_message_sizes_as_received_on_both_paths(tm
         for bridge in bridges.values():
             if bridge.alive:
                 assert bridge.stop() == 0
+
+
+def test_a_source_time_repeated_beyond_the_window_continues_its_run_after_a_restart():
+    """The saved window held times only: a source time repeated more than `window` times kept the
+    run's newest `window` times, so after a restart that time fell below them, was given back
+    unchecked and overwrote the run's first points. The runs are saved with the times now (and
+    files of the older format are still read)."""
+    import struct
+    import zlib
+
+    t = 1_764_000_000 * 10**9
+    unique = Uniqueness(window=4, max_series=8)
+    given = [unique.claim("m,s=a", t) for _ in range(10)]
+    assert given == [t + k for k in range(10)]
+    again = Uniqueness(window=4, max_series=8)
+    assert again.restore(unique.dump()) == 1
+    assert again.claim("m,s=a", t) == t + 10 and again.unchecked == 0  # before: t, unchecked (overwritten)
+    assert again.claim("m,s=a", t + 3) not in given
+    # the older format (times only) is still read
+    body = Uniqueness.MAGIC_V1 + struct.pack("<II", 5, 2) + b"m,s=b" + struct.pack("<qq", t, t + 1)
+    old = Uniqueness(window=4, max_series=8)
+    assert old.restore(body + struct.pack("<I", zlib.crc32(body))) == 1
+    assert old.claim("m,s=b", t + 1) == t + 2
+
+
+def test_an_each_feed_repeating_one_time_stores_every_point_across_restarts(tmp_path, influxd, database,
+                                                                             zmq_context):
+    """100 messages of 3 rows, one series and one time, three times with a restart between (SIGTERM):
+    900 points in InfluxDB (before: 300, the later rounds overwriting the first)."""
+    endpoint = f"tcp://127.0.0.1:{free_port()}"
+    sub = {"name": "a", "endpoints": [endpoint], "topics": ["a"], "framing": "msgpack",
+           "mapping": {"measurement": "u", "each": "lv[*]", "tags": {"sym": "$.s"},
+                       "fields": {"p": {"path": ".", "type": "float"}}, "time": {"path": "$.t", "format": "epoch_ms"}}}
+    pub = publisher(zmq_context, endpoint)
+    seq = 0
+    for _round in range(3):
+        bridge = BridgeProcess(tmp_path, influxd, database, "", subscription=sub,
+                               destination={"flush_interval": "100ms"}).start()
+        subscribed(pub)
+        for _ in range(100):
+            pub.send_multipart([b"a", msgpack.packb({"s": "X", "t": T0_MS, "lv": [seq + 0.1, seq + 0.2, seq + 0.3]})])
+            seq += 1
+        quiet_ledger(bridge, subscriptions=("a",))
+        wait_for(lambda b=bridge: b.value("bridge_uniqueness_nudged_total") >= 299, 10, "claimed")
+        assert bridge.value("bridge_uniqueness_unchecked_total") == 0
+        assert bridge.stop() == 0
+        while pub.poll(100):  # the unsubscription
+            pub.recv()
+    rows = influxd.query('SELECT count(p) FROM "u"', db=database)
+    assert rows[0]["count"] == 900

@@ -161,14 +161,23 @@ class Uniqueness:
                 del runs[next(iter(runs))]
         return candidate
 
-    MAGIC = b"SBUQ1\n"
+    MAGIC = b"SBUQ2\n"  # with each series' runs of repeated source times
+    MAGIC_V1 = b"SBUQ1\n"  # times only (read: files of older bridges)
 
     def dump(self) -> bytes:
         """The window (times per series, both generations) as bytes: magic, then per series
-        (key length, key, count, int64 times), then a CRC32 of everything before it. Called from
-        another thread than the mappers': each copy below is one C call under the GIL."""
+        (key length, count, runs, key, int64 times, then per run its source time and the last
+        time the run took, int64), then a CRC32 of everything before it. Called from another
+        thread than the mappers': each copy below is one C call under the GIL.
+
+        The runs are saved because the times alone cannot say which source time a nudged time
+        belongs to: a source time repeated more than `window` times (an each feed whose rows
+        share one time, a level re-sent unchanged with its old time) kept only the run's newest
+        `window` times, so after a restart the same source time fell below them and was given
+        back unchecked, overwriting the run's first points in InfluxDB."""
         parts = [self.MAGIC]
         seen: set[str] = set()
+        runs_by_series = self.runs
         for generation in (list(self.current.items()), list(self.previous.items())):
             for series, times in generation:
                 if series in seen:
@@ -176,27 +185,33 @@ class Uniqueness:
                 seen.add(series)
                 key = series.encode("utf-8", "surrogatepass")
                 raw = times.tobytes()
-                parts.append(struct.pack("<II", len(key), len(raw) // 8))
+                runs = runs_by_series.get(series)
+                pairs = array("q", [t for pair in list(runs.items()) for t in pair] if runs else ())
+                parts.append(struct.pack("<III", len(key), len(raw) // 8, len(pairs) // 2))
                 parts.append(key)
                 parts.append(raw)
+                parts.append(pairs.tobytes())
         body = b"".join(parts)
         return body + struct.pack("<I", zlib.crc32(body))
 
     def restore(self, blob: bytes) -> int:
         """Adds a `dump`'s window; the number of series. ValueError when it does not verify."""
-        if len(blob) < len(self.MAGIC) + 4 or not blob.startswith(self.MAGIC):
+        v1 = blob.startswith(self.MAGIC_V1)
+        if len(blob) < len(self.MAGIC) + 4 or not (v1 or blob.startswith(self.MAGIC)):
             raise ValueError("not a uniqueness window file")
         body, (crc,) = blob[:-4], struct.unpack("<I", blob[-4:])
         if zlib.crc32(body) != crc:
             raise ValueError("checksum mismatch")
+        header = 8 if v1 else 12
         pos, series = len(self.MAGIC), 0
         while pos < len(body):
-            if pos + 8 > len(body):  # a header cut short (a file that verifies but save() never wrote)
+            if pos + header > len(body):  # a header cut short (a file that verifies but save() never wrote)
                 raise ValueError(f"a series header cut short at byte {pos}")
             size, count = struct.unpack_from("<II", body, pos)
-            pos += 8
-            if pos + size + 8 * count > len(body):
-                raise ValueError(f"a series at byte {pos - 8} runs past the end of the file")
+            nruns = 0 if v1 else struct.unpack_from("<I", body, pos + 8)[0]
+            pos += header
+            if pos + size + 8 * count + 16 * nruns > len(body):
+                raise ValueError(f"a series at byte {pos - header} runs past the end of the file")
             key = body[pos:pos + size].decode("utf-8", "surrogatepass")
             pos += size
             times = array("q")
@@ -204,6 +219,17 @@ class Uniqueness:
             pos += 8 * count
             for ts in times:
                 self.remember(key, ts)
+            if nruns:
+                pairs = array("q")
+                pairs.frombytes(body[pos:pos + 16 * nruns])
+                runs = self.runs.setdefault(key, {})
+                for source, last in zip(pairs[::2], pairs[1::2], strict=True):
+                    if last > runs.get(source, last - 1):
+                        runs.pop(source, None)
+                        runs[source] = last  # the most recently used run last, as claim keeps them
+                while len(runs) > self.window:
+                    del runs[next(iter(runs))]
+            pos += 16 * nruns
             series += 1
         return series
 
