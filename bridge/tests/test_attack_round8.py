@@ -173,7 +173,8 @@ def test_max_bytes_bounds_memory_and_both_paths_refuse_the_same_messages(tmp_pat
         for bridge, _ in bridges.values():
             wait_for(lambda b=bridge: total(b.samples(), "bridge_received_messages_total") == sent, 60,
                      f"{sent} messages received")
-        samples = {mode: quiet_ledger(bridge, subscriptions=("big", "edge")) for mode, (bridge, _) in bridges.items()}
+        samples = {mode: quiet_ledger(bridge, subscriptions=("big", "edge"), timeout=90)
+                   for mode, (bridge, _) in bridges.items()}
         counters = {mode: {(n, labels): v for (n, labels), v in s.items() if n in EACH_COUNTERS and v}
                     for mode, s in samples.items()}
         assert counters["auto"] == counters["off"]
