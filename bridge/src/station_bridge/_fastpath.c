@@ -277,6 +277,8 @@ typedef struct {
     int nfields; field_t fields[MAX_FIELDS];
     /* each (0: one point per message) */
     int each, neach, eroot; estep_t esteps[MAX_EACH]; Py_ssize_t max_points;
+    Py_ssize_t max_each_bytes;     /* a message's rows may hold this many bytes here (mapping.max_bytes; 0: unbounded) */
+    Py_ssize_t in_bytes, in_largest;  /* the last stage_zmq's messages: their bytes, the largest's (received_bytes) */
     int slot_elem[MAX_SLOTS];      /* the slot is read from the element (reset per element) */
     int ncaptures; int capture_slot[MAX_CAPTURES]; char cap_text[MAX_CAPTURES][24];
     elist_t elists[MAX_EACH]; Py_ssize_t *dup; Py_ssize_t dup_cap;
@@ -1713,6 +1715,7 @@ static int dup_keys(Plan *pl, const elist_t *l) {
 
 typedef struct {
     Plan *pl; buf_t *b; int nogil, json; val_t *vals; const tentry_t *topic_parts; Py_ssize_t rows;
+    Py_ssize_t start;  /* b->len before the message's first row */
 } ectx_t;
 
 static inline int entry_nil(const ectx_t *x, const entry_t *e) {
@@ -1757,6 +1760,10 @@ static int each_row(ectx_t *x) {
     }
     hdr.extra_n = b->len - at;
     memcpy(b->p + h, &hdr, sizeof(hdr));
+    /* mapping.max_bytes: what the rows hold here (header, line, values) is at least what their
+     * lines will hold (Mapper._map_rows' measure), so Python decides every message it refuses;
+     * checked per row, a small message cannot make gigabytes before it goes back */
+    if (pl->max_each_bytes > 0 && b->len - x->start > pl->max_each_bytes) return 1;
     return 0;
 }
 
@@ -1841,7 +1848,7 @@ static int each_walk(ectx_t *x, int si, const char *p, const char *end, int dept
  * or more than max_points go back; so does anything a row's format_vals does not take. */
 static int format_each(Plan *pl, buf_t *b, int nogil, const char *payload, Py_ssize_t n, val_t *vals,
                        const tentry_t *topic_parts, Py_ssize_t *rows_out) {
-    ectx_t x = {pl, b, nogil, pl->framing != F_MSGPACK, vals, topic_parts, 0};
+    ectx_t x = {pl, b, nogil, pl->framing != F_MSGPACK, vals, topic_parts, 0, b->len};
     Py_ssize_t start = b->len;
     const char *p = payload, *end = payload + n;
     if (x.json) p = json_ws(p, end);
@@ -2158,19 +2165,21 @@ static int Plan_init(PyObject *self, PyObject *args, PyObject *kwds) {
     static char *kw[] = {"framing", "max_frame", "measurement", "tags", "fields", "time_key", "time_unit",
                          "time_rule", "key_check", "uniq_mode", "uniq_state", "uniq_claim", "tmin", "tmax",
                          "trim", "window", "field_order", "delimiter", "ahead", "behind", "derived",
-                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", "each", "max_points", NULL};
+                         "topic_rule", "topic_groups", "time_parse", "clock", "nested", "each", "max_points",
+                         "max_bytes", NULL};
     int framing, time_rule, uniq_mode, topic_groups = 0, nested = 0;
     Py_ssize_t max_frame, key_check, trim, window;
     long long time_unit, tmin, tmax, ahead = -1, behind = -1;
     PyObject *measurement, *tags, *fields, *time_key, *uniq_state, *uniq_claim, *order, *delimiter;
     PyObject *derived = Py_None, *topic_rule = Py_None, *time_parse = Py_None, *clock = Py_None, *each = Py_None;
-    Py_ssize_t max_points = 0;
-    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOpOn", kw, &framing, &max_frame, &measurement,
+    Py_ssize_t max_points = 0, max_each_bytes = 0;
+    if (!PyArg_ParseTupleAndKeywords(args, kwds, "inSOOOLiniOOLLnnOO|LLOOiOOpOnn", kw, &framing, &max_frame, &measurement,
                                      &tags, &fields, &time_key, &time_unit, &time_rule, &key_check, &uniq_mode,
                                      &uniq_state, &uniq_claim, &tmin, &tmax, &trim, &window, &order, &delimiter,
                                      &ahead, &behind, &derived, &topic_rule, &topic_groups, &time_parse, &clock, &nested,
-                                     &each, &max_points))
+                                     &each, &max_points, &max_each_bytes))
         return -1;
+    pl->max_each_bytes = max_each_bytes > 0 ? max_each_bytes : 0;
     pl->ahead = ahead;
     pl->behind = behind;
     pl->nested = nested;
@@ -2625,6 +2634,7 @@ static void stage_extra(rec_t *r, void *socket) {
 /* Without the GIL: receive and stage up to `limit` messages. */
 static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_bytes, int *error_no) {
     int k = 0;
+    pl->in_bytes = pl->in_largest = 0;
     while (k < limit && (max_bytes <= 0 || pl->stage.len + 21 * (Py_ssize_t)k < max_bytes)) {
         rec_t *r = &pl->recs[k];
         zmq_api.init(&r->m[0]);
@@ -2641,6 +2651,13 @@ static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_by
             else r->have = 2;
         }
         if (zmq_api.more(&r->m[r->have - 1])) stage_extra(r, socket);
+        /* what was received (not the lines it makes: with each, far more): the message sizes
+         * pipeline.Subscription.observe_size watches, as the Python path's receive gives them */
+        Py_ssize_t got = 0;
+        for (int f = 0; f < r->have; f++) got += (Py_ssize_t)zmq_api.size(&r->m[f]);
+        for (int f = 0; f < r->nextra; f++) got += (Py_ssize_t)zmq_api.size(&r->extra[f]);
+        pl->in_bytes += got;
+        if (got > pl->in_largest) pl->in_largest = got;
         r->kind = S_BACK;
         if (r->nextra) continue;
         const char *d0 = zmq_api.data(&r->m[0]);
@@ -2811,6 +2828,13 @@ fail:
     return NULL;
 }
 
+/* received_bytes() -> (bytes, largest): the messages the last stage_zmq received, as received. */
+static PyObject *Plan_received_bytes(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Plan *pl = (Plan *)self;
+    return Py_BuildValue("(nn)", pl->in_bytes, pl->in_largest);
+}
+
 static PyObject *Plan_stats(PyObject *self, PyObject *unused) {
     (void)unused;
     Plan *pl = (Plan *)self;
@@ -2826,6 +2850,7 @@ static PyMethodDef Plan_methods[] = {
     {"stage_frames", Plan_stage_frames, METH_VARARGS, "stage_frames(messages, start) -> count"},
     {"commit", Plan_commit, METH_VARARGS, "commit(newest, slow) -> (data, lines, compiled)"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
+    {"received_bytes", Plan_received_bytes, METH_NOARGS, "(bytes, largest) of the last stage_zmq's messages"},
     {NULL, NULL, 0, NULL},
 };
 

@@ -78,6 +78,9 @@ class TimeSpec:
         return ValuePath.key(self.field) if self.field is not None else None
 
 
+MAX_EACH_BYTES = 8 << 20  # mapping.max_bytes' default: one receive burst's bytes (sources.BURST_BYTES)
+
+
 @dataclass(frozen=True)
 class MappingSpec:
     measurement: str | None
@@ -103,6 +106,9 @@ class MappingSpec:
     # into another series) unless it is optional (left out) or has a default (written instead).
     optional_tags: tuple[str, ...] = ()
     tag_defaults: dict[str, str] = field(default_factory=dict)
+    # With `each`: the bytes one message's points may hold (their lines); more refuse it whole
+    # (too_many_points), so a small message cannot make gigabytes of points.
+    max_bytes: int = MAX_EACH_BYTES
 
     @property
     def captures(self) -> tuple[str, ...]:
@@ -391,6 +397,7 @@ class Config:
                                                 "accept_ahead_s": m.time.accept_ahead,
                                                 "accept_behind_s": m.time.accept_behind},
                 "each": str(m.each) if m.each is not None else None, "max_points": m.max_points,
+                "max_bytes": m.max_bytes,
                 "topic": None if not m.topic_tags else {
                     "tag": m.topic_tag or None, "regex": m.topic_regex.pattern if m.topic_regex else None},
                 "binning": binned, "cache": self.cache is not None and s.binning is None and s.cache,
@@ -662,6 +669,9 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
         raise r.fail("each", f"path {each} has no wildcard (*, <name>): it would make one point; "
                              "use a plain path in the tag or field instead")
     max_points = r.positive("max_points", int, 10_000)
+    max_bytes = r.size("max_bytes", MAX_EACH_BYTES)
+    if max_bytes < 1:
+        raise r.fail("max_bytes", "must be at least 1 byte")
     fields, field_paths = _fields(r)
     derived = []
     for d in r.items("derived_tags", []):
@@ -749,7 +759,8 @@ def _mapping(r: _Reader, station: str | None) -> MappingSpec:
         _writable(r, f"tag_defaults.{key}", escape_tag, value)
     spec = MappingSpec(measurement, measurement_from, measurement_field, measurements, tags,
                        static, fields, r.strings("drop", []), derived, time_spec, tag_paths, field_paths,
-                       each, max_points, topic_tag, topic_regex, measurement_path, tuple(optional), defaults)
+                       each, max_points, topic_tag, topic_regex, measurement_path, tuple(optional), defaults,
+                       max_bytes)
     try:
         spec.compile()
     except (PathSyntaxError, ValueError) as exc:

@@ -188,6 +188,10 @@ class Burst:
     # settled by `slow`, so not counted anywhere else; the caller counts them (`unexpected`).
     lost: int = 0
     error: BaseException | None = None  # what the commit raised (the burst ends with it)
+    # The messages' own bytes as received (their frames), and the largest message's: with `each`
+    # the lines (`data`) are many times more (Subscription.observe_size watches these).
+    size: int = 0
+    largest: int = 0
 
 
 class Accelerator:
@@ -235,7 +239,9 @@ class Accelerator:
         memory in C) discards its whole batch, lines and hand-backs, and ends the burst; the
         batches before it are kept."""
         stage, commit = self.plan.stage_zmq, self.plan.commit  # type: ignore[attr-defined]
+        sizes = self.plan.received_bytes  # type: ignore[attr-defined]
         address = socket.underlying  # type: ignore[attr-defined]
+        taken_bytes = largest = 0
         held = lock if lock is not None else nullcontext()
         parts: list[bytes] = []
         lines = received = compiled = 0
@@ -251,6 +257,9 @@ class Accelerator:
 
         while received < limit and (max_bytes <= 0 or size < max_bytes):
             taken, error_no = stage(address, limit - received, max(1, max_bytes - size) if max_bytes > 0 else 0)
+            got, big = sizes()
+            taken_bytes += got
+            largest = max(largest, big)
             settled[0] = 0
             try:
                 with held:
@@ -258,7 +267,7 @@ class Accelerator:
             except Exception as exc:  # the batch is gone (C released it): its messages counted, not lost silently
                 received += taken
                 lost = taken - settled[0]
-                return Burst(b"".join(parts), lines, received, compiled, 0, lost, exc)
+                return Burst(b"".join(parts), lines, received, compiled, 0, lost, exc, taken_bytes, largest)
             received += taken
             lines += n
             compiled += c
@@ -269,7 +278,7 @@ class Accelerator:
                 break
         if error_no in (errno_codes.EAGAIN, errno_codes.EINTR):
             error_no = 0
-        return Burst(b"".join(parts), lines, received, compiled, error_no)
+        return Burst(b"".join(parts), lines, received, compiled, error_no, size=taken_bytes, largest=largest)
 
     def map(self, messages: list[list[bytes]], slow: Slow, newest: dict | None = None) -> Burst:
         """The same for messages already received (lists of frames), formatted without the GIL."""
@@ -524,7 +533,8 @@ def _plan_arguments(mapper: object, spec: object) -> dict:
         # the window around the receive time (Mapper.check_window): C hands back what is outside
         "ahead": _window_ns(getattr(m, "ahead_ns", None)), "behind": _window_ns(getattr(m, "behind_ns", None)),
         "derived": derived, "topic_rule": topic_rule, "topic_groups": len(topic_names), "nested": nested,
-        **({"each": _each_steps(each), "max_points": mapping.max_points} if each is not None else {}),
+        **({"each": _each_steps(each), "max_points": mapping.max_points, "max_bytes": mapping.max_bytes}
+           if each is not None else {}),
     }
 
 

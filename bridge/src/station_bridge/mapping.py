@@ -161,14 +161,23 @@ class Uniqueness:
                 del runs[next(iter(runs))]
         return candidate
 
-    MAGIC = b"SBUQ1\n"
+    MAGIC = b"SBUQ2\n"  # with each series' runs of repeated source times
+    MAGIC_V1 = b"SBUQ1\n"  # times only (read: files of older bridges)
 
     def dump(self) -> bytes:
         """The window (times per series, both generations) as bytes: magic, then per series
-        (key length, key, count, int64 times), then a CRC32 of everything before it. Called from
-        another thread than the mappers': each copy below is one C call under the GIL."""
+        (key length, count, runs, key, int64 times, then per run its source time and the last
+        time the run took, int64), then a CRC32 of everything before it. Called from another
+        thread than the mappers': each copy below is one C call under the GIL.
+
+        The runs are saved because the times alone cannot say which source time a nudged time
+        belongs to: a source time repeated more than `window` times (an each feed whose rows
+        share one time, a level re-sent unchanged with its old time) kept only the run's newest
+        `window` times, so after a restart the same source time fell below them and was given
+        back unchecked, overwriting the run's first points in InfluxDB."""
         parts = [self.MAGIC]
         seen: set[str] = set()
+        runs_by_series = self.runs
         for generation in (list(self.current.items()), list(self.previous.items())):
             for series, times in generation:
                 if series in seen:
@@ -176,27 +185,33 @@ class Uniqueness:
                 seen.add(series)
                 key = series.encode("utf-8", "surrogatepass")
                 raw = times.tobytes()
-                parts.append(struct.pack("<II", len(key), len(raw) // 8))
+                runs = runs_by_series.get(series)
+                pairs = array("q", [t for pair in list(runs.items()) for t in pair] if runs else ())
+                parts.append(struct.pack("<III", len(key), len(raw) // 8, len(pairs) // 2))
                 parts.append(key)
                 parts.append(raw)
+                parts.append(pairs.tobytes())
         body = b"".join(parts)
         return body + struct.pack("<I", zlib.crc32(body))
 
     def restore(self, blob: bytes) -> int:
         """Adds a `dump`'s window; the number of series. ValueError when it does not verify."""
-        if len(blob) < len(self.MAGIC) + 4 or not blob.startswith(self.MAGIC):
+        v1 = blob.startswith(self.MAGIC_V1)
+        if len(blob) < len(self.MAGIC) + 4 or not (v1 or blob.startswith(self.MAGIC)):
             raise ValueError("not a uniqueness window file")
         body, (crc,) = blob[:-4], struct.unpack("<I", blob[-4:])
         if zlib.crc32(body) != crc:
             raise ValueError("checksum mismatch")
+        header = 8 if v1 else 12
         pos, series = len(self.MAGIC), 0
         while pos < len(body):
-            if pos + 8 > len(body):  # a header cut short (a file that verifies but save() never wrote)
+            if pos + header > len(body):  # a header cut short (a file that verifies but save() never wrote)
                 raise ValueError(f"a series header cut short at byte {pos}")
             size, count = struct.unpack_from("<II", body, pos)
-            pos += 8
-            if pos + size + 8 * count > len(body):
-                raise ValueError(f"a series at byte {pos - 8} runs past the end of the file")
+            nruns = 0 if v1 else struct.unpack_from("<I", body, pos + 8)[0]
+            pos += header
+            if pos + size + 8 * count + 16 * nruns > len(body):
+                raise ValueError(f"a series at byte {pos - header} runs past the end of the file")
             key = body[pos:pos + size].decode("utf-8", "surrogatepass")
             pos += size
             times = array("q")
@@ -204,6 +219,17 @@ class Uniqueness:
             pos += 8 * count
             for ts in times:
                 self.remember(key, ts)
+            if nruns:
+                pairs = array("q")
+                pairs.frombytes(body[pos:pos + 16 * nruns])
+                runs = self.runs.setdefault(key, {})
+                for source, last in zip(pairs[::2], pairs[1::2], strict=True):
+                    if last > runs.get(source, last - 1):
+                        runs.pop(source, None)
+                        runs[source] = last  # the most recently used run last, as claim keeps them
+                while len(runs) > self.window:
+                    del runs[next(iter(runs))]
+            pos += 16 * nruns
             series += 1
         return series
 
@@ -376,6 +402,7 @@ class Mapper:
         self._tags = [(key, escape_tag(key, "tag key")) for key in sorted(tag_names)]
         # With `each`, the fields read from the element: an element with none of them (an empty
         # level `[]`) would make a point of the message-level fields alone, a ghost: refused.
+        self._max_bytes = m.max_bytes  # with each: the bytes one message's points may hold
         self._element_fields = [name for name, path in ((n, m.field_paths.get(n)) for n in m.fields)
                                 if path is None or not path.root] if m.each is not None else []
         # Configured tags must be present unless optional or defaulted; captured and topic tags
@@ -570,7 +597,18 @@ class Mapper:
                 if all(row.get(name) is None for name in element):
                     raise MapError("missing_field", f"element {i} of each has none of the fields read from it "
                                                     f"({', '.join(element)}): an empty element makes no point")
-        built = [(row, *self._prepare(topic, row)) for row in rows]
+        built = []
+        size, limit = 0, self._max_bytes
+        for row in rows:
+            made = (row, *self._prepare(topic, row))
+            # mapping.max_bytes, counted as the rows are built (before any claim): a row's line
+            # is its series, fields, two separators and a time (at most 20 characters). The
+            # compiled path hands back a message whose rows hold more than this in its buffers.
+            size += len(made[2]) + len(made[3]) + 22
+            if size > limit:
+                raise MapError("too_many_points", f"the points of this message hold more than {limit} bytes "
+                                                  f"(after {len(built) + 1} of {len(rows)}; mapping.max_bytes)")
+            built.append(made)
         claim = self.unique.claim
         out = []
         for row, raw, series, fields, pairs, ts in built:

@@ -265,7 +265,18 @@ class Pipeline:
         Metrics.bump, the message of each raw line: None when each message made one line).
         A message counts once as received and once as mapped or rejected, whatever number of
         points it makes. Never raises on bad input."""
+        return self._process(sub, messages)[:5]  # type: ignore[return-value]
+
+    def _process(self, sub: Subscription, messages: list[list[bytes]], max_bytes: int = 0
+                 ) -> tuple[list[str], int, dict, list, list[int] | None, int]:
+        """`process` of the burst's first messages: with `max_bytes` > 0 and `each`, it stops
+        after the message whose lines bring them to `max_bytes` (one message's lines may pass it,
+        never two: the compiled path's bound, BURST_BYTES); the last value is how many messages
+        it took. A burst's input is bounded in bytes, its points were not: 300 messages of 10 KB
+        (10,000 rows each) were 3 million lines at once, 2.7 GB RSS on the Python path."""
         lines: list[str] = []
+        size = 0  # characters of the raw lines made so far (each: bounded by max_bytes)
+        taken = 0
         decode, mapper = sub.decode, sub.mapper
         binning = sub.binning
         newest: dict[str, tuple[int, dict]] = {}
@@ -281,6 +292,9 @@ class Pipeline:
         owners: list[int] | None = [] if multi else None  # the message (its id) of each raw line
         probes = PROBES_PER_BURST if ignore else 0
         for frames in messages:
+            if max_bytes and size >= max_bytes:
+                break
+            taken += 1
             if by_topic:
                 text = topic_of(framing, frames, None)  # the whole topic, before decoding
                 rule = next((i.name for i in by_topic if text is not None and i.topic.match(text)), None)
@@ -305,16 +319,19 @@ class Pipeline:
                     if binning is not None:
                         made = mapper.points(topic, record)
                         points += made
+                        size += sum(len(p.line) for p in made)
                     elif cached:
                         made = mapper.keyed_lines(topic, record)
                         for line, series, ts, values in made:
                             lines.append(line)
+                            size += len(line)
                             current = newest.get(series)
                             if current is None or ts >= current[0]:
                                 newest[series] = (ts, values)
                     else:
                         made = mapper.lines(topic, record)
                         lines += made
+                        size += sum(map(len, made))
                     owners += [id(frames)] * len(made)  # type: ignore[operator]
                 elif binning is not None:
                     points.append(mapper.point(topic, record))
@@ -361,8 +378,8 @@ class Pipeline:
                         log.exception("binning error (contained)", extra={"subscription": sub.name,
                                                                           "error": repr(exc)})
         # every message is mapped or rejected exactly once (_reject counted it in `rejected`)
-        mapped = len(messages) - sum(rejected.values()) - sum(ignored.values())
-        return lines, raw, newest, self._burst_counts(sub, len(messages), mapped, rejected, ignored), owners
+        mapped = taken - sum(rejected.values()) - sum(ignored.values())
+        return lines, raw, newest, self._burst_counts(sub, taken, mapped, rejected, ignored), owners, taken
 
     def _stopping_log(self, sub: Subscription, samples: int) -> None:
         if self.rate_log.allow("binning_stopping"):
@@ -459,11 +476,16 @@ class Pipeline:
         sub.recent.add(received, rejected)
 
     def receive(self, sub: Subscription, messages: list[list[bytes]]) -> None:
+        """A burst through the Python path, handed over every BURST_BYTES of lines (`each`: a
+        small message may make many large points), each part's counters with its lines."""
         sub.last_message = time.monotonic()
-        lines, raw, newest, counts, owners = self.process(sub, messages)
-        self.hand_over(sub, lines, raw, counts, owners)
-        if newest and self.cache is not None:
-            self.cache.offer(sub.mapper.field_names, newest)
+        while messages:
+            lines, raw, newest, counts, owners, taken = self._process(sub, messages, BURST_BYTES)
+            messages = messages[taken:]
+            self.hand_over(sub, lines, raw, counts, owners)
+            del lines
+            if newest and self.cache is not None:
+                self.cache.offer(sub.mapper.field_names, newest)
 
     def receive_compiled(self, sub: Subscription, lock: AbstractContextManager | None = None) -> int:
         """Up to a burst from the subscription's socket through the compiled path (the
@@ -543,7 +565,7 @@ class Pipeline:
                     "subscription": sub.name, "errno": burst.errno, "error": os.strerror(burst.errno)})
         if not burst.received:
             return 0
-        sub.observe_size(burst.received, len(burst.data))
+        sub.observe_size(burst.received, burst.size, burst.largest)  # as received (each: not its lines)
         sub.last_message = time.monotonic()
         # mapped messages: every message taken that was not rejected (with each, a message's
         # points are several lines; lost batches are counted rejected above)
