@@ -40,13 +40,6 @@ def own_server(path: Path) -> Influxd:
     return server
 
 
-def bound_xpub(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """The tests' publisher: XPUB (it sees the bridge subscribe) bound at `endpoint`, SNDHWM 0 (a
-    stopped subscriber makes it queue, never drop)."""
-    pub = publisher(context, endpoint)
-    return pub
-
-
 def publish_in_background(endpoint: str, count: int, rate: float, duration: float,
                           **kw: object) -> tuple[threading.Thread, list]:
     sent: list[int] = []
@@ -236,7 +229,7 @@ def test_a_feed_that_rewrites_its_times_while_a_central_catches_up_ends_identica
              "max_backoff": "1s"},
             {"name": "paced", "url": central.url, "database": "paced", "flush_interval": "200ms",
              "max_backoff": "1s", "max_points_per_second": 50}]).start()
-        pub = bound_xpub(zmq_context, endpoint)
+        pub = publisher(zmq_context, endpoint)
         assert wait_for_subscriber(pub, b"kraken_tick", 15)
         base = int(time.time()) - 60
         sent = 0
@@ -303,7 +296,7 @@ def test_spool_cap_keeps_the_bridge_up_and_counts_every_drop(tmp_path, endpoint)
 def test_fuzzed_hostile_stream_never_crashes_and_valid_points_land_intact(tmp_path, influxd, database, endpoint):
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     rng = random.Random(20261125)
-    pub = bound_xpub(zmq.Context.instance(), endpoint)
+    pub = publisher(zmq.Context.instance(), endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 15)  # a PUB that sleeps and hopes lost the first frames under load
     base = time.time()
     injections = ["a,b=c d", "x\ny=1", 'q"uote', "back\\slash", "eq=ual", "sp ace", "\u00e9\u00e8", "t,ab=1 f=2 3",
@@ -363,7 +356,7 @@ def test_oversized_message_drops_the_connection_which_is_reopened_and_1000_ticks
     dropped the connection for good: 0 of 100 later ticks arrived, nothing counted, /healthz 200."""
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     context = zmq_context
-    pub = bound_xpub(context, endpoint)
+    pub = publisher(context, endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 10)
     pub.send_multipart([b"kraken_tick", b"\0" * (100 << 20)])  # 100 MB, above the 16 MiB transport limit
     started = time.monotonic()
@@ -457,7 +450,7 @@ def test_disk_full_with_influxdb_down_then_recovery_and_a_restart_on_the_still_s
 def _fast_publisher(endpoint: str, count: int, go: multiprocessing.Event, sent: multiprocessing.Event) -> None:
     """Pre-packed ticks handed to libzmq as fast as it takes them; `sent` once all are queued."""
     context = zmq.Context()
-    pub = bound_xpub(context, endpoint)
+    pub = publisher(context, endpoint)
     messages = [msgpack.packb(t) for t in ticks(count, list(INSTRUMENTS))]
     wait_for_subscriber(pub, b"kraken_tick", 15)
     go.set()
@@ -512,7 +505,7 @@ def _dribbling_publisher(endpoint: str, chunks: int, per_chunk: int, gap_s: floa
     """A backlog that reaches the bridge in small pieces (what a loaded machine or a slow link
     delivers): `per_chunk` messages every `gap_s`, never a pause of DRAIN_QUIET_S."""
     context = zmq.Context()
-    pub = bound_xpub(context, endpoint)
+    pub = publisher(context, endpoint)
     messages = [msgpack.packb(t) for t in ticks(chunks * per_chunk, list(INSTRUMENTS))]
     wait_for_subscriber(pub, b"kraken_tick", 15)
     go.set()
@@ -626,7 +619,7 @@ def test_duplicate_source_times_never_overwrite(tmp_path, influxd, database, end
     patterns half the points vanished, none counted."""
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     context = zmq_context
-    pub = bound_xpub(context, endpoint)
+    pub = publisher(context, endpoint)
     assert wait_for_subscriber(pub, b"kraken_tick", 10)
     t0 = int(time.time()) - 60
     pattern = [t0, t0 + 1e-9 * 5, t0, t0 + 1e-9, t0 + 2e-9, t0]  # t, t+5, t, t+1, t+2, t (as epoch_s floats)
@@ -666,7 +659,7 @@ def test_partial_writes_through_the_bridge_few_requests_nothing_counted_twice(tm
                            destination={"batch_size": 1000, "flush_interval": "100ms"})
     bridge.start()
     context = zmq_context
-    pub = bound_xpub(context, endpoint)
+    pub = publisher(context, endpoint)
     assert wait_for_subscriber(pub, b"", 10)
     rng = random.Random(3)
     bad = 0

@@ -8,32 +8,15 @@ from __future__ import annotations
 import base64
 import json
 import subprocess
-import time
 from pathlib import Path
 
 import msgpack
 import yaml
-import zmq
-from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, publisher, quiet_ledger, wait_for
+from harness import BRIDGE, TICKS_MAPPING, BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
 
 from station_bridge.metrics import total, value
 
 BASE_MS = 1_765_000_000_000
-
-
-def bound_publisher(context: zmq.Context, endpoint: str) -> zmq.Socket:
-    """An XPUB that reports every subscription (verbose), so a test knows who listens."""
-    socket = publisher(context, endpoint)
-    return socket
-
-
-def wait_subscribers(socket: zmq.Socket, n: int, timeout: float = 15) -> None:
-    seen = 0
-    deadline = time.monotonic() + timeout
-    while seen < n:
-        assert time.monotonic() < deadline, f"{seen} of {n} subscribers"
-        if socket.poll(200) and socket.recv()[:1] == b"\x01":
-            seen += 1
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -76,11 +59,11 @@ def quote_messages(n: int) -> list[list[bytes]]:
 def test_mis_keyed_feed_is_dead_lettered_whole_and_replay_lands_it_exactly_once(
         tmp_path, influxd, database, endpoint, zmq_context):
     n = 60
-    pub = bound_publisher(zmq_context, endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
                            subscription={"name": "quotes", "topics": ["quotes"], "mapping": QUOTES}).start()
     try:
-        wait_subscribers(pub, 1)
+        subscribed(pub, subscribers=1)
         sent = quote_messages(n)
         for frames in sent:
             pub.send_multipart(frames)
@@ -163,13 +146,13 @@ def test_replay_writes_what_is_refused_again_to_its_own_file(tmp_path, influxd, 
 
 def test_rotation_and_truncation_are_counted(tmp_path, endpoint, zmq_context):
     n = 40
-    pub = bound_publisher(zmq_context, endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = BridgeProcess(tmp_path, None, "none", endpoint,
                            subscription={"name": "quotes", "topics": ["quotes"], "mapping": QUOTES},
                            dead_letter={"max_bytes": "16KiB", "max_record_bytes": 4096}).start()
     big = [b"quotes", msgpack.packb({"instrument": "B", "bid": 1.0, "pad": "x" * 20_000})]
     try:
-        wait_subscribers(pub, 1)
+        subscribed(pub, subscribers=1)
         for frames in [*quote_messages(n), big]:
             pub.send_multipart(frames)
         samples = wait_for(lambda: (s := bridge.samples()) and value(
@@ -213,14 +196,14 @@ def ticks(n: int) -> list[list[bytes]]:
 def test_capture_and_try_give_the_points_the_running_bridge_stores(tmp_path, influxd, database, endpoint,
                                                                    zmq_context):
     n = 300
-    pub = bound_publisher(zmq_context, endpoint)
+    pub = publisher(zmq_context, endpoint)
     bridge = BridgeProcess(tmp_path, influxd, database, endpoint).start()
     sample = tmp_path / "sample.jsonl"
     capture = subprocess.Popen([BRIDGE, "capture", "--endpoint", endpoint, "--topic", "kraken_tick",
                                 "--count", str(n), "--timeout", "30", "-o", str(sample)],
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        wait_subscribers(pub, 2)  # the bridge and capture listen
+        subscribed(pub, subscribers=2)  # the bridge and capture listen
         sent = ticks(n)
         for frames in sent:
             pub.send_multipart(frames)

@@ -27,7 +27,7 @@ from typing import Any
 import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
-from .memory import Budget, derived_rcvhwm
+from .memory import BURST_BYTES, Budget, derived_rcvhwm
 from .memory import budget as memory_budget
 from .paths import Path as ValuePath
 from .paths import PathError, PathSet, PathSyntaxError, compile_paths
@@ -78,7 +78,7 @@ class TimeSpec:
         return ValuePath.key(self.field) if self.field is not None else None
 
 
-MAX_EACH_BYTES = 8 << 20  # mapping.max_bytes' default: one receive burst's bytes (sources.BURST_BYTES)
+MAX_EACH_BYTES = BURST_BYTES  # mapping.max_bytes' default: one receive burst's bytes
 
 
 @dataclass(frozen=True)

@@ -29,6 +29,7 @@ MIN_BUDGET = 8 << 20
 RECEIVE_SHARE = 0.5  # of the budget, for libzmq's receive queues; the rest for the destinations' queues
 ZMQ_OVERHEAD = 256  # bytes libzmq holds per queued message beyond its payload (measured: ~200)
 MIN_RCVHWM = 100
+BURST_BYTES = 8 << 20  # a receive burst's bytes (and, by default, one each message's points)
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)
 
 

@@ -47,7 +47,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import SubscriptionSpec
-from .memory import MIN_RCVHWM
+from .memory import BURST_BYTES, MIN_RCVHWM
 
 log = logging.getLogger("station_bridge.source")
 
@@ -55,7 +55,7 @@ log = logging.getLogger("station_bridge.source")
 # and counted by the decoder; larger ones are cut off by ZMQ before they use memory.
 TRANSPORT_LIMIT_FACTOR = 16
 BURST = 2000  # messages taken from one socket before the others get a turn
-BURST_BYTES = 8 << 20  # ... or this many bytes: large messages never make a burst of gigabytes
+# ... or BURST_BYTES (memory.py): large messages never make a burst of gigabytes
 REOPEN_AFTER_S = 0.5  # libzmq retries a normal disconnect within its reconnect interval (100 ms)
 SETUP_FIRST_S = 0.5  # the first retry of a failed set-up; doubles up to SETUP_MAX_S
 SETUP_MAX_S = 30.0
