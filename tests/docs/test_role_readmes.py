@@ -83,3 +83,15 @@ def test_every_default_is_in_the_argument_spec_with_a_description(role):
     options = spec_options(role)
     assert defaults <= set(options), f"defaults without an argument spec: {sorted(defaults - set(options))}"
     assert not [name for name, o in options.items() if not o.get("description")], "options without a description"
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_declared_variable_is_named_in_a_readme_table(role):
+    """The other direction: each default and argument-spec option is in a table of the README (its
+    own, or the one tests/docs/generate.py writes from the argument spec between its markers)."""
+    text = (role / "README.md").read_text(encoding="utf-8")
+    first_cells = re.findall(r"(?m)^\| ([^|]*`[a-z][a-z0-9_]+`[^|]*) \|", text)
+    named = {m for cell in first_cells for m in re.findall(r"`([a-z][a-z0-9_]+)`", cell)}
+    missing = (role_defaults(role) | set(spec_options(role))) - named
+    assert not missing, (f"declared but in no table of {role.name}/README.md: {sorted(missing)} "
+                         "(add them to its table, or add the generated table's markers and run `make docs`)")
