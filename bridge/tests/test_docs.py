@@ -143,3 +143,66 @@ def test_every_metric_a_running_bridge_serves_is_documented_and_every_documented
     assert listed - served - ONLY_AFTER_AN_EVENT == set(), "listed, emitted by no running bridge here"
     assert served & ONLY_AFTER_AN_EVENT == set(), "served without its event: drop it from ONLY_AFTER_AN_EVENT"
     assert bridge.stop() == 0
+
+
+def _commands() -> list[tuple[str, str]]:
+    """(file, command line) of every `station-bridge ...` the docs give as a command: a code span
+    that starts with it, or a code block's line (its comment cut off)."""
+    files = [ROOT / "README.md", ROOT.parent / "README.md", *sorted((ROOT.parent / "docs").glob("*.md")),
+             *sorted((ROOT.parent / "roles").glob("*/README.md"))]
+    out = []
+    for path in files:
+        text = path.read_text(encoding="utf-8")
+        blocks = re.findall(r"```[a-z]*\n(.*?)```", text, flags=re.S)
+        lines = [re.sub(r"(^|\s)#.*", "", line) for block in blocks for line in block.splitlines()]
+        spans = re.findall(r"`(station-bridge [^`]+)`", re.sub(r"```.*?```", "", text, flags=re.S))
+        for line in [*lines, *spans]:
+            for m in re.finditer(r"(?:^|[\s;|&(])station-bridge( [^|&;]*)", line):
+                out.append((path.name, "station-bridge" + m.group(1).rstrip()))
+    return out
+
+
+def test_every_station_bridge_command_the_docs_give_parses():
+    """Each documented subcommand exists and takes each `--option` the docs give it."""
+    import argparse
+
+    from station_bridge.cli import parser
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    commands = _commands()
+    assert len(commands) > 15
+    wrong = []
+    for name, line in commands:
+        words = line.split()
+        if len(words) < 2 or words[1].startswith("<"):
+            continue
+        subcommand = sub.choices.get(words[1])
+        if subcommand is None:
+            wrong.append(f"{name}: {line}: no subcommand {words[1]!r}")
+            continue
+        options = {o for a in subcommand._actions for o in a.option_strings}
+        wrong += [f"{name}: {line}: {words[1]} has no {w.split('=')[0]}" for w in words[2:]
+                  if w.startswith("--") and w.split("=")[0] not in options]
+    assert not wrong, "\n".join(wrong)
+
+
+CGROUP_FILES = {"memory.max", "memory.limit_in_bytes"}  # the kernel's, not configuration keys
+
+
+def test_every_dotted_configuration_key_the_docs_name_is_in_the_reference():
+    """`journal.max_bytes`, `cache.queue_max`, `health.handshake_grace`: a section of
+    default-config.yml and a key of it (a commented example key of a section that is null by
+    default counts: `cache` is off unless configured)."""
+    reference = (ROOT / "src" / "station_bridge" / "default-config.yml").read_text(encoding="utf-8")
+    chunks = dict(re.findall(r"(?ms)^([a-z_]+):(.*?)(?=^[a-z_]+:|\Z)", reference))
+    files = [ROOT / "README.md", ROOT.parent / "README.md", *sorted((ROOT.parent / "docs").glob("*.md"))]
+    wrong, seen = [], 0
+    for path in files:
+        for name, _ in re.findall(rf"`(({'|'.join(chunks)})\.[a-z_.]+)`", path.read_text(encoding="utf-8")):
+            if name in CGROUP_FILES or re.search(r"\.(py|yml|bin|target|json)$", name):
+                continue
+            seen += 1
+            section, *keys = name.split(".")
+            if not all(re.search(rf"(?m)^[\s#]*-?\s*{key}:", chunks[section]) for key in keys):
+                wrong.append(f"{path.name}: {name}")
+    assert seen > 10
+    assert not wrong, "dotted keys the docs name that default-config.yml does not have:\n" + "\n".join(wrong)
