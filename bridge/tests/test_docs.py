@@ -149,7 +149,7 @@ def _commands() -> list[tuple[str, str]]:
     """(file, command line) of every `station-bridge ...` the docs give as a command: a code span
     that starts with it, or a code block's line (its comment cut off)."""
     files = [ROOT / "README.md", ROOT.parent / "README.md", *sorted((ROOT.parent / "docs").glob("*.md")),
-             *sorted((ROOT.parent / "roles").glob("*/README.md"))]
+             *sorted((ROOT / "docs").glob("*.md")), *sorted((ROOT.parent / "roles").glob("*/README.md"))]
     out = []
     for path in files:
         text = path.read_text(encoding="utf-8")
@@ -194,7 +194,8 @@ def test_every_dotted_configuration_key_the_docs_name_is_in_the_reference():
     default counts: `cache` is off unless configured)."""
     reference = (ROOT / "src" / "station_bridge" / "default-config.yml").read_text(encoding="utf-8")
     chunks = dict(re.findall(r"(?ms)^([a-z_]+):(.*?)(?=^[a-z_]+:|\Z)", reference))
-    files = [ROOT / "README.md", ROOT.parent / "README.md", *sorted((ROOT.parent / "docs").glob("*.md"))]
+    files = [ROOT / "README.md", ROOT.parent / "README.md", *sorted((ROOT.parent / "docs").glob("*.md")),
+             *sorted((ROOT / "docs").glob("*.md"))]
     wrong, seen = [], 0
     for path in files:
         for name, _ in re.findall(rf"`(({'|'.join(chunks)})\.[a-z_.]+)`", path.read_text(encoding="utf-8")):

@@ -16,7 +16,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CODE = ["roles/**/*.yml", "roles/**/*.j2", "playbooks/**/*.yml", "inventories/**/*.yml", "molecule/**/*.yml",
         "molecule/**/*.py", "plugins/**/*.py", "bridge/src/**/*.py", "lab/**/*.yml", "Makefile"]
 DOCS = [ROOT / "README.md", ROOT / "bridge" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-        *sorted((ROOT / "roles").glob("*/README.md"))]
+        *sorted((ROOT / "bridge" / "docs").glob("*.md")), *sorted((ROOT / "roles").glob("*/README.md"))]
 
 
 def test_every_prefixed_name_the_docs_give_exists_in_the_code():

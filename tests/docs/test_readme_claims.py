@@ -17,7 +17,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[2]
 README = (ROOT / "README.md").read_text(encoding="utf-8")
 DOCS = [ROOT / "README.md", ROOT / "bridge" / "README.md", *sorted((ROOT / "docs").glob("*.md")),
-        *sorted((ROOT / "roles").glob("*/README.md"))]
+        *sorted((ROOT / "bridge" / "docs").glob("*.md")), *sorted((ROOT / "roles").glob("*/README.md"))]
 
 
 def ansible_playbook() -> str:
@@ -103,6 +103,7 @@ def test_every_playbook_and_repository_path_the_docs_name_exists():
         for path in re.findall(rf"`((?:{tops})/[A-Za-z0-9_./@-]*)`", text):
             if "<" in path or "*" in path:
                 continue
-            if not (ROOT / path).exists() and not (doc.parent / path).exists():
+            bases = [ROOT, doc.parent] + ([ROOT / "bridge"] if "bridge" in doc.relative_to(ROOT).parts else [])
+            if not any((base / path).exists() for base in bases):
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, "paths the docs name that do not exist:\n" + "\n".join(missing)
