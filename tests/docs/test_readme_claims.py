@@ -107,3 +107,22 @@ def test_every_playbook_and_repository_path_the_docs_name_exists():
             if not any((base / path).exists() for base in bases):
                 missing.append(f"{doc.relative_to(ROOT)}: {path}")
     assert not missing, "paths the docs name that do not exist:\n" + "\n".join(missing)
+
+
+def test_every_file_name_the_docs_give_exists_or_is_made_by_the_code():
+    """A backticked file name (`test_links.py`, `override.conf.j2`, `fleet-overview-vm.json`) is a
+    file of the checkout, or one the code writes (its name appears in a file that is not a doc)."""
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    paths = [p for p in tracked.split("\0") if p]
+    names = {Path(p).name for p in paths}
+    code = "\n".join((ROOT / p).read_text(encoding="utf-8", errors="replace") for p in paths
+                     if not p.endswith(".md") and (ROOT / p).is_file()
+                     and Path(p).suffix not in (".png", ".gz", ".whl", ".deb", ".so"))
+    missing = []
+    for doc in DOCS:
+        text = doc.read_text(encoding="utf-8")
+        for name in sorted(set(re.findall(r"`([A-Za-z0-9_./@-]+\.(?:py|yml|yaml|j2|sh|c|json|toml|cfg|txt))`", text))):
+            base = Path(name).name
+            if base not in names and not any(p.endswith(name) for p in paths) and base not in code:
+                missing.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert not missing, "file names the docs give that nothing has:\n" + "\n".join(missing)
