@@ -207,3 +207,17 @@ def test_every_dotted_configuration_key_the_docs_name_is_in_the_reference():
                 wrong.append(f"{path.name}: {name}")
     assert seen > 10
     assert not wrong, "dotted keys the docs name that default-config.yml does not have:\n" + "\n".join(wrong)
+
+
+def test_the_validation_sections_option_defaults_are_the_parsers():
+    """"(`--window`, 10 s)" in "Validation" is `station-bridge validate`'s default."""
+    import argparse
+
+    from station_bridge.cli import parser
+    sub = next(a for a in parser()._actions if isinstance(a, argparse._SubParsersAction))
+    defaults = {o: a.default for a in sub.choices["validate"]._actions for o in a.option_strings}
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("## Validation"):text.index("\n## ", text.index("## Validation") + 3)]
+    stated = re.findall(r"`(--[a-z-]+)`(?:, | \()(\d+(?:\.\d+)?) s\b", section)
+    assert len(stated) >= 4
+    assert [(o, float(n)) for o, n in stated] == [(o, defaults.get(o)) for o, _ in stated]
