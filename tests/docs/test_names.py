@@ -28,7 +28,9 @@ def test_every_prefixed_name_the_docs_give_exists_in_the_code():
     words |= set(re.findall(r"[a-z0-9_]+", routing.read_text(encoding="utf-8")))
     prefixes = {p.name for p in (ROOT / "roles").iterdir() if p.is_dir()}
     prefixes |= {p.stem for p in (ROOT / "playbooks").glob("*.yml")} | {"vault", "backup", "restore"}
-    pattern = re.compile(r"`((?:%s)_[a-z0-9_]+)" % "|".join(sorted(prefixes, key=len, reverse=True)))
+    # In a code span, or passed as an extra variable (`-e backfill_window=2d`, `-e '{"rollout_serial": ...}'`).
+    names = "|".join(sorted(prefixes, key=len, reverse=True))
+    pattern = re.compile(r"(?:`|-e |-e '\{\"|\{\")((?:%s)_[a-z0-9_]+)" % names)
     missing, seen = [], 0
     for doc in DOCS:
         for name in sorted(set(pattern.findall(doc.read_text(encoding="utf-8")))):
