@@ -80,6 +80,15 @@ def test_every_path_the_layout_table_names_exists():
     assert not missing, f"in the Layout table, no such path: {missing}"
 
 
+def test_the_layout_table_lists_every_role_and_playbook():
+    layout = README[README.index("## Layout"):README.index("\n## ", README.index("## Layout") + 3)]
+    missing = [f"roles/{p.name}/" for p in sorted((ROOT / "roles").iterdir())
+               if p.is_dir() and f"`roles/{p.name}/`" not in layout]
+    missing += [f"playbooks/{p.name}" for p in sorted((ROOT / "playbooks").glob("*.yml"))
+                if f"`playbooks/{p.name}`" not in layout and f"`{p.name}`" not in layout]
+    assert not missing, f"not in the README's Layout table: {missing}"
+
+
 def test_every_make_target_the_docs_name_exists():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"(?m)^([a-z][a-z0-9_-]*)(?: [a-z][a-z0-9_ -]*)?:", makefile))
