@@ -89,6 +89,16 @@ def test_the_layout_table_lists_every_role_and_playbook():
     assert not missing, f"not in the README's Layout table: {missing}"
 
 
+def test_the_layout_table_names_every_module_filter_and_callback():
+    """`influxdb1_*` covers the InfluxDB modules; every other plugin is named."""
+    row = re.search(r"(?m)^\| `galaxy.yml`, `meta/runtime.yml`, `plugins/` \| (.*) \|$", README).group(1)
+    named = re.findall(r"`([a-z0-9_]+\*?)`", row)
+    plugins = [p.stem for kind in ("modules", "callback", "action") for p in (ROOT / "plugins" / kind).glob("*.py")]
+    plugins += [p.stem for p in (ROOT / "plugins" / "filter").glob("*.yml") if not p.stem.endswith("_error")]
+    missing = [p for p in plugins if not any(p == n or (n.endswith("*") and p.startswith(n[:-1])) for n in named)]
+    assert not missing, f"plugins the README's Layout table does not name: {missing}"
+
+
 def test_every_make_target_the_docs_name_exists():
     makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
     targets = set(re.findall(r"(?m)^([a-z][a-z0-9_-]*)(?: [a-z][a-z0-9_ -]*)?:", makefile))
