@@ -95,3 +95,23 @@ def test_every_declared_variable_is_named_in_a_readme_table(role):
     missing = (role_defaults(role) | set(spec_options(role))) - named
     assert not missing, (f"declared but in no table of {role.name}/README.md: {sorted(missing)} "
                          "(add them to its table, or add the generated table's markers and run `make docs`)")
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_the_default_a_readme_table_gives_is_the_roles(role):
+    """A hand-written row `| `var` | `value` |` states var's default: it is defaults/main.yml's
+    (compared as YAML; a default computed by Jinja is described in words, not compared)."""
+    path = role / "defaults" / "main.yml"
+    defaults = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    text = re.sub(r"<!-- BEGIN .*?<!-- END [^>]*-->", "", (role / "README.md").read_text(encoding="utf-8"), flags=re.S)
+    wrong = []
+    for name, cell in re.findall(r"(?m)^\| `([a-z][a-z0-9_]+)` \| `([^`|]*)` \|", text):
+        if name not in defaults or "{{" in str(defaults[name]):
+            continue
+        try:
+            stated = yaml.safe_load(cell)
+        except yaml.YAMLError:
+            stated = cell
+        if stated != defaults[name]:
+            wrong.append(f"{name}: README `{cell}`, defaults/main.yml {defaults[name]!r}")
+    assert not wrong, "\n".join(wrong)
