@@ -115,3 +115,16 @@ def test_the_default_a_readme_table_gives_is_the_roles(role):
         if stated != defaults[name]:
             wrong.append(f"{name}: README `{cell}`, defaults/main.yml {defaults[name]!r}")
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_the_argument_specs_defaults_are_the_defaults_files(role):
+    """An option's `default` in meta/argument_specs.yml (what ansible-doc and the generated README
+    table show) is defaults/main.yml's value, unless that one is computed by Jinja."""
+    path = role / "defaults" / "main.yml"
+    defaults = (yaml.safe_load(path.read_text(encoding="utf-8")) or {}) if path.is_file() else {}
+    wrong = [f"{name}: spec {o['default']!r}, defaults/main.yml {defaults[name]!r}"
+             for name, o in spec_options(role).items()
+             if "default" in o and name in defaults and "{{" not in str(defaults[name])
+             and o["default"] != defaults[name]]
+    assert not wrong, "\n".join(wrong)
