@@ -32,7 +32,6 @@ import logging
 from collections.abc import Callable
 
 from .config import Config
-from .health import BridgeState
 from .loop import ReceiveLoop
 from .metrics import Metrics, serve
 from .reload import reload
@@ -60,12 +59,6 @@ class Bridge:
     def health(self, max_age: float = 0.0) -> dict:
         """/healthz's document (selfreport.py); `max_age` lets the gauges of one /metrics render share one."""
         return self.report.health(max_age)
-
-    def snapshot(self) -> BridgeState:
-        return self.report.snapshot()
-
-    def request_stop(self, *_: object) -> None:
-        self.stop.request()
 
     def run(self, ready: Callable[[], None] | None = None, signals: Signals | None = None) -> int:
         self.signals = (signals or Signals()).install(self.stop.request)
