@@ -420,7 +420,7 @@ def unreachable_for(config: cfg.Config) -> list[str]:
 
 
 def bridge_for(tmp_path, mapping: dict, **extra: Any):
-    from station_bridge.app import Bridge
+    from station_bridge.wiring import Parts
     config = cfg.parse({
         "subscriptions": [{"name": "kr", "endpoints": ["tcp://127.0.0.1:9"], "framing": "text_json",
                            "mapping": mapping, **extra}],
@@ -428,7 +428,7 @@ def bridge_for(tmp_path, mapping: dict, **extra: Any):
         "journal": {"dir": str(tmp_path / "journal"), "min_free_bytes": 0},
         "dead_letter": {"dir": str(tmp_path / "dead")},
         "cache": {"url": "redis://127.0.0.1:9/0"}}, "test.yml")  # never started: process() only
-    return Bridge(config)
+    return Parts(config)
 
 
 def close(bridge) -> None:

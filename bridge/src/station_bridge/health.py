@@ -1,7 +1,7 @@
 """Health: one model derived from the ledger, and systemd's notify protocol.
 
 The components publish plain snapshots (`DestinationState`, `SubscriptionState`,
-`BridgeState`: app.py builds them); `evaluate` turns a snapshot into the one health document.
+`BridgeState`: selfreport.py builds them); `evaluate` turns a snapshot into the one health document.
 /healthz serves it, the `bridge_*_healthy` gauges and the self-metrics are read from it, and
 `station-bridge validate` reads the same document: they cannot disagree. This module imports
 nothing of the components.

@@ -29,7 +29,7 @@ by a socket monitor.
   `REOPEN_AFTER_S` is disconnected and connected again on the same socket (messages already
   queued are kept), counted in `bridge_subscription_reconnects_total`; an endpoint that drops
   again without a handshake waits twice as long each time (up to SETUP_MAX_S).
-- A graceful stop drains with `receive` until no socket delivered anything for 200 ms (app.py); it does not
+- A graceful stop drains with `receive` until no socket delivered anything for 200 ms (stop.py); it does not
   unsubscribe first: a SUB socket filters at receive time and would discard its queue.
 """
 
