@@ -44,6 +44,13 @@ def test_the_tag_list_is_what_ansible_playbook_lists():
     assert {t for t in re.findall(r"`([a-z_]+)`", roles_part)} <= {p.name for p in (ROOT / "roles").iterdir()}
 
 
+def test_the_roles_said_to_have_a_preflight_have_one_and_no_other():
+    stated = re.search(r"the roles whose values need more than a type\s+check \(([^)]*)\)", README)
+    assert stated, "the README no longer lists the roles with a tasks/preflight.yml (update this test)"
+    named = set(re.findall(r"`([a-z_]+)`", stated.group(1)))
+    assert named == {p.name for p in (ROOT / "roles").iterdir() if (p / "tasks" / "preflight.yml").is_file()}
+
+
 def test_the_order_of_roles_station_is_its_meta_list():
     stated = re.search(r"`roles/station` runs ((?:`[a-z_]+`,?\s+(?:and\s+)?)+)in that order", README)
     assert stated, "the README no longer states roles/station's order (update this test)"
