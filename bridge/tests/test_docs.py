@@ -110,7 +110,8 @@ def test_every_metric_a_running_bridge_serves_is_documented_and_every_documented
     """Both directions on a real bridge: after the demo's ticks and a few events provoked here (a
     heartbeat ignored, a message refused and dead-lettered, one without its time field, the
     publisher gone and back, self-metrics, a SIGHUP), every served metric is listed and every
-    listed one is served, but for ONLY_AFTER_AN_EVENT."""
+    listed one is served, but for ONLY_AFTER_AN_EVENT; the self-metrics points it writes carry
+    exactly the tags and fields "Self-metrics" lists."""
     import signal
 
     import msgpack
@@ -142,6 +143,19 @@ def test_every_metric_a_running_bridge_serves_is_documented_and_every_documented
     assert served - listed == set(), "served but not in the README's metrics list"
     assert listed - served - ONLY_AFTER_AN_EVENT == set(), "listed, emitted by no running bridge here"
     assert served & ONLY_AFTER_AN_EVENT == set(), "served without its event: drop it from ONLY_AFTER_AN_EVENT"
+    # "Self-metrics": each measurement's tags and fields as the README lists them, both ways.
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    section = text[text.index("### Self-metrics"):text.index("\n## ", text.index("### Self-metrics"))]
+    bullets = dict(re.findall(r"(?ms)^- `(station_bridge(?:_feed)?)`(.*?)(?=^- |\Z)", section))
+    assert set(bullets) == {"station_bridge", "station_bridge_feed"}
+    for documented, written in (("station_bridge", "doc_test_bridge"), ("station_bridge_feed", "doc_test_bridge_feed")):
+        keys: set[str] = set()
+        wait_for(lambda w=written, k=keys: k.update(
+            r["fieldKey"] for r in influxd.query(f"SHOW FIELD KEYS FROM {w}", db=database)) or k, 15, written)
+        keys |= {r["tagKey"] for r in influxd.query(f"SHOW TAG KEYS FROM {written}", db=database)}
+        named = set(re.findall(r"`([a-z_]+)`", bullets[documented]))
+        assert named == keys, f"{documented}: listed, not written {sorted(named - keys)}; written, not listed " \
+                              f"{sorted(keys - named)}"
     assert bridge.stop() == 0
 
 
