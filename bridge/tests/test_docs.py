@@ -235,3 +235,14 @@ def test_the_validation_sections_option_defaults_are_the_parsers():
     stated = re.findall(r"`(--[a-z-]+)`(?:, | \()(\d+(?:\.\d+)?) s\b", section)
     assert len(stated) >= 4
     assert [(o, float(n)) for o, n in stated] == [(o, defaults.get(o)) for o, _ in stated]
+
+
+def test_the_readmes_configuration_reference_is_what_print_config_prints(capsys):
+    """The block tests/docs/generate.py embeds is `station-bridge print-config`'s output, verbatim."""
+    from station_bridge.cli import main
+    main(["print-config"])
+    printed = capsys.readouterr().out
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    begin = text.index("<!-- BEGIN configuration reference")
+    block = text[text.index("```yaml\n", begin) + len("```yaml\n"):text.index("```\n<!-- END configuration reference")]
+    assert block == printed
