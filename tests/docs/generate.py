@@ -35,7 +35,7 @@ def _default(name: str, option: dict, defaults: dict) -> str:
     else:
         return "required" if option.get("required") else "unset"
     text = json.dumps(value, ensure_ascii=False)
-    return "see `defaults/main.yml`" if len(text) > 40 else f"`{text}`"
+    return "see `defaults/main.yml`" if len(text) > 40 else f"`{_cell(text)}`"
 
 
 def _cell(text: str) -> str:
