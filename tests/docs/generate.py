@@ -52,7 +52,9 @@ def variables_table(role: Path) -> str:
             description = option.get("description", "")
             description = " ".join(description) if isinstance(description, list) else description
             where = "" if entry == "main" else f" (entry point `{entry}`)"
-            rows.append(f"| `{name}` | {_default(name, option, defaults)} | {_cell(description)}{where} |")
+            # `<name>` in prose would be an HTML tag to GitHub.
+            text = _cell(description).replace("<", "&lt;")
+            rows.append(f"| `{name}` | {_default(name, option, defaults)} | {text}{where} |")
     return "\n".join(rows)
 
 
