@@ -40,3 +40,24 @@ def test_every_prefixed_name_the_docs_give_exists_in_the_code():
                 missing.append(f"{doc.relative_to(ROOT)}: {name}")
     assert seen > 300
     assert not missing, "names the docs give that no code has:\n" + "\n".join(missing)
+
+
+def test_every_environment_variable_the_docs_name_is_read_somewhere():
+    """`STATION_BRIDGE_PURE`, `STATION_LAB_IMAGE`, `STATION_VALIDATE_INFLUX_PASSWORD`: each appears in
+    a file of the checkout that is not a doc (a name with a placeholder, `..._<NAME>_...`, aside)."""
+    import subprocess
+    tracked = subprocess.run(["git", "ls-files", "-z"], cwd=ROOT, capture_output=True, check=True).stdout.decode()
+    words: set[str] = set()
+    for name in tracked.split("\0"):
+        path = ROOT / name
+        if name and not name.endswith(".md") and path.is_file() and path.suffix not in (".png", ".gz", ".whl", ".deb"):
+            words |= set(re.findall(r"[A-Z0-9_]+", path.read_text(encoding="utf-8", errors="replace")))
+    missing, seen = [], 0
+    for doc in DOCS:
+        for name in sorted(set(re.findall(r"\b((?:STATION|MOLECULE)_[A-Z0-9_]+)\b(?!<)",
+                                          doc.read_text(encoding="utf-8")))):
+            seen += 1
+            if name not in words:
+                missing.append(f"{doc.relative_to(ROOT)}: {name}")
+    assert seen > 5
+    assert not missing, "environment variables the docs name that nothing reads:\n" + "\n".join(missing)
