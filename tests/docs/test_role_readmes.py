@@ -128,3 +128,22 @@ def test_the_argument_specs_defaults_are_the_defaults_files(role):
              if "default" in o and name in defaults and "{{" not in str(defaults[name])
              and o["default"] != defaults[name]]
     assert not wrong, "\n".join(wrong)
+
+
+@pytest.mark.parametrize("role", ROLES, ids=lambda p: p.name)
+def test_every_default_is_commented(role):
+    """Each variable of defaults/main.yml sits under a comment: its own line's, or the one that opens
+    its block (a comment covers the variables after it up to the next blank line)."""
+    path = role / "defaults" / "main.yml"
+    lines = path.read_text(encoding="utf-8").splitlines() if path.is_file() else []
+    bare = []
+    for i, line in enumerate(lines):
+        name = re.match(r"^([a-z][a-z0-9_]*):", line)
+        if not name or "#" in line:
+            continue
+        j = i - 1
+        while j >= 0 and lines[j].strip() not in ("", "---") and not lines[j].startswith("#"):
+            j -= 1
+        if j < 0 or not lines[j].startswith("#"):
+            bare.append(name.group(1))
+    assert not bare, f"defaults without a comment: {bare}"
