@@ -152,3 +152,14 @@ def test_every_file_name_the_docs_give_exists_or_is_made_by_the_code():
             if base not in names and not any(p.endswith(name) for p in paths) and base not in code:
                 missing.append(f"{doc.relative_to(ROOT)}: {name}")
     assert not missing, "file names the docs give that nothing has:\n" + "\n".join(missing)
+
+
+def test_docs_testing_gives_each_molecule_stage_the_makefiles_scenarios():
+    """"`molecule-a` (scenarios `station`, `redis`)" is the Makefile's MOLECULE_A."""
+    makefile = (ROOT / "Makefile").read_text(encoding="utf-8")
+    lanes = {f"molecule-{m.group(1).lower()}": m.group(2).split()
+             for m in re.finditer(r"(?m)^MOLECULE_([A-Z]) := (.*)$", makefile)}
+    text = (ROOT / "docs" / "testing.md").read_text(encoding="utf-8")
+    stated = {stage: re.findall(r"`([a-z_]+)`", names)
+              for stage, names in re.findall(r"`(molecule-[a-z])`\s+\(scenarios?\s+([^)]*)\)", text)}
+    assert stated == lanes
