@@ -13,7 +13,7 @@ export PY_COLORS := 0
 # Prints the lab image reference, building it only when its recipe changed.
 LAB_IMAGE = $$(lab/image/build.sh)
 
-.PHONY: help bootstrap station station-service station-down artifacts test lint unit chaos bench molecule molecule-a molecule-b molecule-c \
+.PHONY: docs help bootstrap station station-service station-down artifacts test lint unit chaos bench molecule molecule-a molecule-b molecule-c \
   molecule-lanes-check image clean
 
 help:
@@ -25,6 +25,7 @@ help:
 	@echo "make chaos         the fault suite alone (bounded, about 5 minutes)"
 	@echo "make bench         bridge, converge and fleet benchmarks, one table, written to docs/benchmarks.md"
 	@echo "make artifacts     fill .cache/artifacts for offline stations (Debian .debs, Grafana, bridge wheels)"
+	@echo "make docs          rewrite the READMEs' generated blocks (role variables, the bridge's configuration reference)"
 
 bootstrap:
 	@lab/bootstrap-host.sh
@@ -78,6 +79,10 @@ test: image molecule-lanes-check
 	    -- $(MAKE) --no-print-directory $(firstword $(subst :, ,$(TEST_FIRST))) \
 	  && python lab/timing.py lanes --log-dir .cache/logs $(TEST_LANES) -- $(MAKE) --no-print-directory \
 	  || status=$$?; python lab/timing.py report; exit $$status
+
+# The READMEs' generated blocks (tests/docs/test_generated.py fails when one is stale).
+docs: bootstrap
+	python tests/docs/generate.py
 
 lint: bootstrap
 	yamllint --strict .

@@ -1,6 +1,6 @@
 """Redis latest-value cache: per series, a hash of the newest fields and their time.
 
-Key: `<key_prefix>:<series>` where series is the point's series key (lineproto.series_key:
+Key: `<key_prefix>:<series>` where series is the point's series key (as lineproto.series_key builds it:
 escaped measurement and tags sorted by key, as InfluxDB keys it:
 `ticks,instrument=EURUSD,venue=kraken`), so that a reader can build the key from the tags
 without knowing the bridge's configuration. Hash fields: the point's fields as text plus `time`

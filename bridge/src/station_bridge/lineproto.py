@@ -1,4 +1,4 @@
-"""InfluxDB 1.x line protocol: what it can carry, how to escape it, and the one series key.
+"""InfluxDB 1.x line protocol: what it can carry, how to escape it, and the reference series key.
 
 The rules below were measured against influxd 1.6.7 by writing every combination of up to three
 hostile characters and reading it back (tests/test_lineproto_roundtrip.py keeps checking them
@@ -21,8 +21,9 @@ with hypothesis against a real influxd, and tests/test_fuzz.py through the runni
   65,535 bytes (`max key length exceeded`); timestamps must lie within +-9223372036854775806.
 
 `series_key` builds the escaped series `measurement,tag=value,...` with the tags sorted by key,
-the way InfluxDB keys a series. Mapping, uniqueness, binning, the Redis cache and the sinks all
-use that one string.
+the way InfluxDB keys a series: the reference the mapping's paths (general, generated, C) build
+the same string by (tests/test_mapping.py, the fastpath tests); uniqueness, binning, the Redis
+cache and the sinks all use that string.
 
 Lines are joined with newlines, but a string field may itself hold a newline: `line_ends` finds
 the real line boundaries (`split_lines`, `count_lines`) and is the only place that knows how.
@@ -162,7 +163,8 @@ def escape_key(key: str, what: str = "tag") -> str:
 
 
 def series_key(measurement: str, tags: Iterable[tuple[str, str]]) -> str:
-    """The one series key: escaped measurement, then `,key=value` per tag sorted by raw key.
+    """The series key (the reference the mapping's paths agree with): escaped measurement, then
+    `,key=value` per tag sorted by raw key.
 
     `tags` are raw (unescaped) key/value pairs; empty values are left out (InfluxDB has no
     empty tag values).

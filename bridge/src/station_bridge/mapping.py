@@ -1,6 +1,6 @@
 """Mapping: a decoded record -> one line of line protocol, compiled once per subscription.
 
-Two paths that must agree (tests/test_stages.py checks them against each other on hostile
+Two paths that must agree (tests/test_mapping.py checks them against each other on generated
 records):
 - the general path (`Mapper._map`) handles every configuration and names the reason of every
   refusal (MapError/LineError with a counter reason);
@@ -8,8 +8,10 @@ records):
   and static tags, declared fields, epoch or receive time) as one generated straight-line
   function per subscription; anything unusual in a record falls back to the general path.
 
-Both build the series with `lineproto` rules (tags sorted by key, the one series key) and take
-the point's time through `Uniqueness`, which is shared by every subscription of a bridge.
+Both build the series key themselves by `lineproto`'s rules (escaped, tags sorted by key), as does
+the C path (_fastpath.c): tests/test_mapping.py holds both to `lineproto.series_key`, the
+fastpath tests the C path's lines to theirs. Both take the point's time through `Uniqueness`,
+which is shared by every subscription of a bridge.
 """
 
 from __future__ import annotations
