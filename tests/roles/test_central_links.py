@@ -1,11 +1,11 @@
 """Issue 24: a scheduled, paced link to a central, set through Ansible. A fleet inventory (a central
-host, two stations) run by ansible-playbook on this machine through the fleet role's checks and the
+host, three stations) run by ansible-playbook on this machine through the fleet role's checks and the
 bridge role's preflight (its vars and files: the station's configurations read with the bridge's own
 parser, `check-config --json`; nothing is installed): the central's `schedule`,
 `max_points_per_second` and `max_bytes_per_second` (fleet_centrals) reach every station's destination
 for it, a station's bridge_central_links overrides them (its own satellite window, or `schedule: null`
 for a permanent link), and a bad schedule stops the preflight with the bridge's message, naming the
-central. About 25 seconds."""
+central; a feed's idle_ok reaches the bridge. About 40 seconds."""
 
 from __future__ import annotations
 
@@ -119,3 +119,18 @@ def test_a_bad_schedule_or_link_stops_the_preflight_naming_it(tmp_path):
     assert "bridge_central_links [centrl]: names a central (central)" in out, out[-4000:]
     assert "bridge_central_links [central]: names a central (central) and sets any of schedule" in out
     assert "(it has: window)" in out, out[-4000:]
+
+
+def test_a_feeds_idle_ok_reaches_the_bridge(tmp_path):
+    """The feed shorthand carries `idle_ok` (issue 24: a feed declares its cadence or that idle is ok):
+    with expected_interval too, the bridge's parser refuses the station's configuration."""
+    sys.path.insert(0, str(Path(__file__).parent))
+    from test_bridge_preflight import preflight, source
+
+    destination = {"name": "local", "url": "http://127.0.0.1:8086", "database": "tick"}
+    both = {**FEED, "name": "seismic", "idle_ok": True, "expected_interval": "5s"}
+    rc, _, out = preflight(tmp_path, {**source(tmp_path), "bridge_feed_defaults": {"destinations": [destination]},
+                                      "bridge_feeds": [{**FEED, "idle_ok": True}, both]})
+    assert rc != 0
+    assert "bridge instance seismic: subscriptions[0].idle_ok: true contradicts expected_interval" in out, out[-3000:]
+    assert "bridge instance kraken" not in out, out[-3000:]
