@@ -385,7 +385,7 @@ class Config:
                 "rcvhwm": self.rcvhwm(s, budget), "rcvhwm_derived": s.rcvhwm is None,
                 "message_bytes": s.message_bytes or s.max_frame_bytes, "max_frame_bytes": s.max_frame_bytes,
                 "require_connection": s.require_connection,
-                "expected_interval_s": s.expected_interval,
+                "expected_interval_s": s.expected_interval, "idle_ok": s.expected_interval is None,
                 "ignore": [{"name": i.name, "path": str(i.path) if i.path is not None else None, "in": list(i.values),
                             "topic": i.topic.pattern if i.topic is not None else None} for i in s.ignore],
                 "measurement_from": m.measurement_from, "measurements": measurements,
@@ -849,6 +849,14 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         expected_interval=r.duration("expected_interval", None),
         ignore=tuple(_ignore(i) for i in r.items("ignore", [])),
     )
+    # A feed's cadence, declared either way: `expected_interval`, or `idle_ok: true` (the explicit
+    # form of leaving it unset: a campaign feed, idle for days, is healthy). Both at once contradict.
+    idle_ok = r.get("idle_ok", bool, None)
+    if idle_ok is True and spec.expected_interval is not None:
+        raise r.fail("idle_ok", f"true contradicts expected_interval ({spec.expected_interval:g} s: idle for 3 "
+                     "intervals is unhealthy): keep one")
+    if idle_ok is False and spec.expected_interval is None:
+        raise r.fail("idle_ok", "false needs expected_interval, the cadence an idle feed is judged by")
     rules = [i.name for i in spec.ignore]
     if len(set(rules)) != len(rules):
         raise r.fail("ignore", f"rule names must be unique, got {rules}")

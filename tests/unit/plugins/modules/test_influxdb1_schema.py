@@ -207,3 +207,33 @@ def test_planning_asks_each_show_statement_once(run, server, monkeypatch):
     assert {s for s in asked if asked.count(s) > 1} == {"SHOW DATABASES"}, asked
     assert asked.count("SHOW DATABASES") == 2 + len(args["users"]), asked
     assert len(asked) == 9, asked  # without the planning cache: 22
+
+
+def test_a_default_switch_away_from_a_default_holding_data_is_refused_unless_allowed(run, server):
+    """The guard the role's influxdb_allow_default_rp_switch sets, as the role calls it (this module,
+    its allow_default_switch): a declared default policy would replace autogen, which holds data
+    written before the schema: refused before any change, in check mode too; allowed, it switches.
+    A database this call creates holds nothing: its default is set without the flag."""
+    run("influxdb1_database", server.login(name="sch_guard"))  # autogen is its default
+    status, body = server.http("/write", {"db": "sch_guard", "rp": "autogen", "precision": "s"},
+                               body=b"m1 v=1 1700000000\nm1 v=2 1700000001\nm2 x=1 1700000000")
+    assert status == 204, body
+    args = server.login(**schema("sch_guard"))
+    args["databases"].append(schema("sch_guard_new")["databases"][0])
+    args.pop("users")
+    for check in (True, False):
+        refused = run("influxdb1_schema", args, check=check)
+        assert refused["failed"], refused
+        assert "retention policy sch_guard.standard" in refused["msg"], refused["msg"]
+        assert "current default 'autogen' holds 3 points (in 2 measurements)" in refused["msg"], refused["msg"]
+        assert "influxdb_allow_default_rp_switch" in refused["msg"]
+    assert policies(server, "sch_guard") == {"autogen": ("0s", True)}  # nothing changed, not even the other policy
+    assert "sch_guard_new" not in [r["name"] for r in server.query("SHOW DATABASES")]
+    allowed = run("influxdb1_schema", dict(args, allow_default_switch=True))
+    assert allowed["changed"] and "failed" not in allowed, allowed
+    assert policies(server, "sch_guard") == {"autogen": ("0s", False), "standard": ("720h0m0s", True),
+                                             "long_term": ("8760h0m0s", False)}
+    assert policies(server, "sch_guard_new")["standard"] == ("720h0m0s", True)
+    # Already the default: the guard has nothing to refuse.
+    again = run("influxdb1_schema", args)
+    assert again["changed"] is False and "failed" not in again, again
