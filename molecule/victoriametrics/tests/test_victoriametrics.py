@@ -302,8 +302,10 @@ def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
 def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url, tmp_path):
     """playbooks/migrate-to-victoriametrics.yml against a real central InfluxDB (influxd with auth
     on the controller, on the lab network's side): every numeric and boolean field copied with
-    equal counts per measurement and field, the string field counted and not copied; then two
-    points of one series 5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it."""
+    equal counts per measurement and field, the string field counted and not copied, from the fleet's
+    retention policy (long_term: the database has no autogen) by default; then two points of one series
+    5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it; and a source with no point
+    fails unless migrate_allow_empty is set."""
     gateway = host.check_output("ip -4 route show default").split()[2]
     central = Influxd(tmp_path / "influxd", auth=True)
     config = central.workdir / "influxdb.conf"
@@ -312,7 +314,8 @@ def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url
     central.start()
     try:
         database = f"history_{int(time.time())}"  # a rerun's copy apart from an earlier one's
-        central.query(f"CREATE DATABASE {database}")
+        # Like the fleet's central database: long_term (fleet_retention_policy) its only retention policy.
+        central.query(f"CREATE DATABASE {database} WITH DURATION 260w NAME long_term")
         t = time.time_ns() // 1_000_000 * 1_000_000 - 6 * 3600 * 10**9
         lines = "\n".join(f"history,station={('ams', 'bcn')[i % 2]},inst=I{i % 5} v={i / 3},n={i}i,"
                           f"ok={str(i % 4 == 0).lower()},note=\"n{i}\" {t + i * 7_000_000}" for i in range(3000))
@@ -334,6 +337,16 @@ def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url
         differs = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
         assert differs.rc != 0
         assert '"field": "v"' in json.dumps(differs.output) and "Counts differ" in json.dumps(differs.output)
+
+        # An empty source (here an empty database; as well a wrong retention policy or window) copies nothing
+        # and compares equal: refused, unless the operator says it is expected.
+        central.query(f"CREATE DATABASE {database}_empty WITH DURATION 260w NAME long_term")
+        empty = tuple(f"migrate_database={database}_empty" if x == f"migrate_database={database}" else x for x in extra)
+        refused = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *empty)
+        assert refused.rc != 0 and "holds no point" in json.dumps(refused.output), refused.output
+        allowed = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *empty,
+                               "-e", "migrate_allow_empty=true")
+        assert allowed.rc == 0, allowed.output
     finally:
         central.stop()
 
