@@ -41,12 +41,13 @@ def run_cases(tmp_path: Path) -> dict[str, str]:
     for name, variables in CASES.items():
         tasks.append({"name": f"Case {name}", "vars": variables, "block": [
             {"name": "Preflight", "ansible.builtin.include_tasks": str(ROLE / "tasks" / "preflight.yml")},
-            {"name": "Passed", "ansible.builtin.set_fact": {"outcome": "{{ outcome | combine({'" + name + "': ''}) }}"}},
+            {"name": "Passed",
+             "ansible.builtin.set_fact": {"outcome": "{{ outcome | combine({'" + name + "': ''}) }}"}},
         ], "rescue": [
             {"name": "Failed", "ansible.builtin.set_fact": {
                 "outcome": "{{ outcome | combine({'" + name + "': (ansible_failed_result.results | default([])"
-                           " | selectattr('failed', 'defined') | selectattr('failed') | map(attribute='msg') | join(' '))"
-                           " or ansible_failed_result.msg | string}) }}"}},
+                           " | selectattr('failed', 'defined') | selectattr('failed') | map(attribute='msg')"
+                           " | join(' ')) or ansible_failed_result.msg | string}) }}"}},
         ]})
     tasks.append({"name": "Write", "ansible.builtin.copy": {"content": "{{ outcome | to_json }}",
                                                             "dest": str(tmp_path / "outcome.json"), "mode": "0600"}})
