@@ -115,6 +115,26 @@ def test_services_and_flags(host):
     assert host.file("/etc/victoria-metrics/vmauth.yml").mode == 0o640
 
 
+def test_the_operators_playbook_converges_it_the_same(host, tmp_path):
+    """playbooks/central.yml (what site.yml and rollout.yml run on a central), with the fleet's variables
+    an operator writes (central.yml next to this file: the entry with central_backend: victoriametrics, its
+    retention, the stations' writer passwords) and the host in group `central` beside two stations (never
+    contacted): nothing to change on the host the role converged (the idempotence step's check, on the
+    rollout's path). vmauth's listen address comes from the entry's url, its users from the stations'
+    passwords, the retention from the entry. One idempotent pass of the role: about 20 s."""
+    (tmp_path / "fleet.yml").write_text(json.dumps({"all": {"children": {
+        "central": {"hosts": {"station-stack-victoriametrics": {}}},
+        "stations": {"hosts": {"ams": {"station_code": "ams"}, "bcn": {"station_code": "bcn"}}}}}}))
+    run = run_playbook(ROOT / "playbooks" / "central.yml", "central.yml", "-i", str(tmp_path / "fleet.yml"),
+                       "-e", json.dumps({"fleet_station_passwords": {"ams": AMS[1], "bcn": BCN[1]},
+                                         "influxdb_reader_password": READER[1]}))
+    assert run.rc == 0, json.dumps(run.output)[-3000:]
+    assert run.changed == set(), run.changed
+    ran = {t["task"]["name"] for play in run.output["plays"] for t in play["tasks"]
+           if any(not r.get("skipped") for r in t["hosts"].values())}
+    assert {"Render vmauth's users (one per station)", "Wait until vmauth refuses an unauthenticated write"} <= ran, ran
+
+
 def test_storage_on_loopback_only_and_vmauth_open(host):
     listening = host.check_output("ss -Hltn 'sport = :8428'")
     assert {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()} == {"127.0.0.1"}, listening
