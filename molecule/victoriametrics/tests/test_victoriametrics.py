@@ -132,7 +132,8 @@ def test_the_operators_playbook_converges_it_the_same(host, tmp_path):
     assert run.changed == set(), run.changed
     ran = {t["task"]["name"] for play in run.output["plays"] for t in play["tasks"]
            if any(not r.get("skipped") for r in t["hosts"].values())}
-    assert {"Render vmauth's users (one per station)", "Wait until vmauth refuses an unauthenticated write"} <= ran, ran
+    assert {"victoriametrics : Render vmauth's users (one per station)",
+            "victoriametrics : Wait until vmauth refuses an unauthenticated write"} <= ran, ran
 
 
 def test_storage_on_loopback_only_and_vmauth_open(host):
