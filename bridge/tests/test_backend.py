@@ -6,9 +6,12 @@ so that the day a version behaves otherwise, the documentation's table is seen t
 
 from __future__ import annotations
 
+import http.server
 import json
 import subprocess
+import threading
 import time
+import urllib.error
 import urllib.request
 from collections.abc import Iterator
 
@@ -133,11 +136,68 @@ def test_numeric_only_and_milliseconds_against_victoriametrics(tmp_path, own_inf
     assert bridge.stop() == 0
 
 
+class HoldingProxy:
+    """HTTP in front of VictoriaMetrics: forwards every request and passes its answer back, except
+    the answer to request number `hold_at` (of /influx/write), which it keeps until `release` is set:
+    that batch is stored by the server and never acknowledged to the bridge, which is then certainly
+    waiting for it when the test kills it."""
+
+    def __init__(self, target: str, hold_at: int) -> None:
+        self.target, self.hold_at = target, hold_at
+        self.writes = 0
+        self.held, self.release = threading.Event(), threading.Event()
+        proxy = self
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            protocol_version = "HTTP/1.1"
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+            def _forward(self) -> None:
+                body = self.rfile.read(int(self.headers.get("Content-Length") or 0)) if self.command == "POST" else None
+                request = urllib.request.Request(proxy.target + self.path, data=body, method=self.command)
+                for name in ("Content-Type", "Content-Encoding", "Authorization"):
+                    if self.headers.get(name):
+                        request.add_header(name, self.headers[name])
+                try:
+                    with urllib.request.urlopen(request, timeout=30) as response:
+                        status, answer = response.status, response.read()
+                except urllib.error.HTTPError as exc:
+                    status, answer = exc.code, exc.read()
+                if self.path.startswith("/influx/write"):
+                    with lock:
+                        proxy.writes += 1
+                        hold = proxy.writes == proxy.hold_at
+                    if hold:
+                        proxy.held.set()
+                        proxy.release.wait(60)
+                self.send_response(status)
+                self.send_header("Content-Length", str(len(answer)))
+                self.end_headers()
+                self.wfile.write(answer)
+
+            do_GET = do_POST = _forward
+
+        lock = threading.Lock()
+        self.server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.server.daemon_threads = True
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}"
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+
+    def close(self) -> None:
+        self.release.set()
+        self.server.shutdown()
+        self.server.server_close()
+
+
 def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path, victoria, endpoint):
     """Points logged while VictoriaMetrics was unreachable; the bridge is killed (SIGKILL) while
-    it replays them (a few hundred of them acknowledged), then restarted: it sends those again
-    (identical times) and the server's deduplication (-dedup.minScrapeInterval=1ms, as the role
-    runs it) keeps one sample each. Without that flag this test fails (duplicates in the export)."""
+    it replays them, with a batch certainly stored by the server and not yet acknowledged (a proxy
+    holds the server's answer to the 10th request until the kill), then restarted: it sends that
+    batch again (identical times) and the server's deduplication (-dedup.minScrapeInterval=1ms,
+    as the role runs it) keeps one sample each. Without that flag this test fails, every run
+    (duplicates in the export)."""
     n = 3000
     base = time.time_ns() // 1_000_000 * 1_000_000 - 60_000_000_000
     messages = [("obs", {"t": base + i * 1_000_000, "inst": "A\\\\B", "v": float(i), "note": "x", "ok": True})
@@ -148,16 +208,23 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     _publish(endpoint, messages)
     wait_for(lambda: value(bridge.samples(), "bridge_pending_points", destination="vm") == n, 20, "points logged")
     bridge.kill()  # the points stay in one intake-log file, adopted whole as one journal segment
-    bridge.config["destinations"][0].update(url=victoria.url + "/influx", max_points_per_second=1000)
-    bridge.path.write_text(json.dumps(bridge.config))
-    bridge.start()
-    # The bridge counts a journal segment's points and requests once all of it is written: the
-    # server's own count of requests shows the replay under way (10 of 60 requests answered).
-    wait_for(lambda: victoria.requests() >= 10, 20, "the replay under way", interval=0.02)
-    assert value(bridge.samples(), "bridge_written_points_total", destination="vm") < n
-    bridge.kill()
-    bridge.start()
-    quiet_ledger(bridge, ("vm",), ("obs",), timeout=60)
+    proxy = HoldingProxy(victoria.url, hold_at=10)
+    try:
+        bridge.config["destinations"][0].update(url=proxy.url + "/influx")
+        bridge.path.write_text(json.dumps(bridge.config))
+        bridge.start()
+        # The 10th batch is stored and its answer held: the bridge waits for it, 50 points in flight.
+        assert proxy.held.wait(30), "the replay did not reach its 10th request"
+        assert victoria.requests() >= 10
+        assert value(bridge.samples(), "bridge_written_points_total", destination="vm") < n
+        bridge.kill()
+        proxy.release.set()
+        bridge.start()
+        quiet_ledger(bridge, ("vm",), ("obs",), timeout=60)
+    finally:
+        proxy.close()
+    # The held batch was sent again (the server answered more requests than there are batches).
+    assert victoria.requests() > n // 50
     exported = victoria.export('{__name__="obs_v"}')
     assert len(exported) == 1 and exported[0]["metric"]["inst"] == "A\\\\B"
     stamps = exported[0]["timestamps"]

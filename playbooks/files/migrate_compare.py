@@ -87,7 +87,10 @@ def main() -> None:
                 in_vm = vm_count(conf, f"{m}_{field}", start_ms, end_ms)
                 row.update(victoriametrics=in_vm, differs=in_vm != in_influx)
             out.append(row)
+    # The source's field values in the window: 0 is an empty source, which the playbook refuses unless
+    # told (a wrong database, retention policy or window copies nothing and compares equal).
     json.dump({"fields": out, "differences": [r for r in out if r["differs"]],
+               "values": sum(r["influxdb"] for r in out),
                "strings_not_copied": sum(r["influxdb"] for r in out if r["type"] == "string")}, sys.stdout)
 
 

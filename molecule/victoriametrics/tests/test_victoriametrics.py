@@ -115,6 +115,27 @@ def test_services_and_flags(host):
     assert host.file("/etc/victoria-metrics/vmauth.yml").mode == 0o640
 
 
+def test_the_operators_playbook_converges_it_the_same(host, tmp_path):
+    """playbooks/central.yml (what site.yml and rollout.yml run on a central), with the fleet's variables
+    an operator writes (central.yml next to this file: the entry with central_backend: victoriametrics, its
+    retention, the stations' writer passwords) and the host in group `central` beside two stations (never
+    contacted): nothing to change on the host the role converged (the idempotence step's check, on the
+    rollout's path). vmauth's listen address comes from the entry's url, its users from the stations'
+    passwords, the retention from the entry. One idempotent pass of the role: about 20 s."""
+    (tmp_path / "fleet.yml").write_text(json.dumps({"all": {"children": {
+        "central": {"hosts": {"station-stack-victoriametrics": {}}},
+        "stations": {"hosts": {"ams": {"station_code": "ams"}, "bcn": {"station_code": "bcn"}}}}}}))
+    run = run_playbook(ROOT / "playbooks" / "central.yml", "central.yml", "-i", str(tmp_path / "fleet.yml"),
+                       "-e", json.dumps({"fleet_station_passwords": {"ams": AMS[1], "bcn": BCN[1]},
+                                         "influxdb_reader_password": READER[1]}))
+    assert run.rc == 0, json.dumps(run.output)[-3000:]
+    assert run.changed == set(), run.changed
+    ran = {t["task"]["name"] for play in run.output["plays"] for t in play["tasks"]
+           if any(not r.get("skipped") for r in t["hosts"].values())}
+    assert {"victoriametrics : Render vmauth's users (one per station)",
+            "victoriametrics : Wait until vmauth refuses an unauthenticated write"} <= ran, ran
+
+
 def test_storage_on_loopback_only_and_vmauth_open(host):
     listening = host.check_output("ss -Hltn 'sport = :8428'")
     assert {line.split()[3].rsplit(":", 1)[0] for line in listening.splitlines()} == {"127.0.0.1"}, listening
@@ -302,8 +323,10 @@ def test_a_bridge_killed_mid_replay_leaves_no_duplicate_timestamp(host, bridge):
 def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url, tmp_path):
     """playbooks/migrate-to-victoriametrics.yml against a real central InfluxDB (influxd with auth
     on the controller, on the lab network's side): every numeric and boolean field copied with
-    equal counts per measurement and field, the string field counted and not copied; then two
-    points of one series 5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it."""
+    equal counts per measurement and field, the string field counted and not copied, from the fleet's
+    retention policy (long_term: the database has no autogen) by default; then two points of one series
+    5 ns apart (one in VictoriaMetrics) make the playbook fail, naming it; and a source with no point
+    fails unless migrate_allow_empty is set."""
     gateway = host.check_output("ip -4 route show default").split()[2]
     central = Influxd(tmp_path / "influxd", auth=True)
     config = central.workdir / "influxdb.conf"
@@ -312,7 +335,8 @@ def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url
     central.start()
     try:
         database = f"history_{int(time.time())}"  # a rerun's copy apart from an earlier one's
-        central.query(f"CREATE DATABASE {database}")
+        # Like the fleet's central database: long_term (fleet_retention_policy) its only retention policy.
+        central.query(f"CREATE DATABASE {database} WITH DURATION 260w NAME long_term")
         t = time.time_ns() // 1_000_000 * 1_000_000 - 6 * 3600 * 10**9
         lines = "\n".join(f"history,station={('ams', 'bcn')[i % 2]},inst=I{i % 5} v={i / 3},n={i}i,"
                           f"ok={str(i % 4 == 0).lower()},note=\"n{i}\" {t + i * 7_000_000}" for i in range(3000))
@@ -334,6 +358,16 @@ def test_migrate_a_central_influxdbs_history_and_compare_counts(host, vmauth_url
         differs = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *extra)
         assert differs.rc != 0
         assert '"field": "v"' in json.dumps(differs.output) and "Counts differ" in json.dumps(differs.output)
+
+        # An empty source (here an empty database; as well a wrong retention policy or window) copies nothing
+        # and compares equal: refused, unless the operator says it is expected.
+        central.query(f"CREATE DATABASE {database}_empty WITH DURATION 260w NAME long_term")
+        empty = tuple(f"migrate_database={database}_empty" if x == f"migrate_database={database}" else x for x in extra)
+        refused = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *empty)
+        assert refused.rc != 0 and "holds no point" in json.dumps(refused.output), refused.output
+        allowed = run_playbook(ROOT / "playbooks" / "migrate-to-victoriametrics.yml", "central.yml", *empty,
+                               "-e", "migrate_allow_empty=true")
+        assert allowed.rc == 0, allowed.output
     finally:
         central.stop()
 
