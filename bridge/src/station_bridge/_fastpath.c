@@ -80,13 +80,34 @@ static inline int buf_putc(buf_t *b, char c) {
     return 0;
 }
 
+static const char DIGITS2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* u in decimal, ending just before `end`, two digits a step; returns its first character. */
+static char *put_u64_rev(char *end, uint64_t u) {
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * r, 2);
+    }
+    if (u >= 10) {
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * u, 2);
+    } else {
+        *--end = (char)('0' + u);
+    }
+    return end;
+}
+
 static int buf_put_int(buf_t *b, int64_t v) {
     char tmp[24];
-    int i = 24;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do { tmp[--i] = (char)('0' + u % 10); u /= 10; } while (u);
-    if (v < 0) tmp[--i] = '-';
-    return buf_put(b, tmp + i, 24 - i);
+    char *p = put_u64_rev(tmp + 24, u);
+    if (v < 0) *--p = '-';
+    return buf_put(b, p, tmp + 24 - p);
 }
 
 /* ---- UTF-8, strictly as Python decodes it (no surrogates, no overlongs, <= U+10FFFF) ------ */
@@ -709,31 +730,36 @@ static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e
  * per k can read back (the decimals are 10^-k apart, d's rounding interval is narrower), and
  * it lies within 1 of the rounded product d * 10^k: so M is the digits repr picks, which are
  * the shortest that read back, and repr writes them without exponent in this range.
- * Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
+ * Only an integer within m.2^-52 of the product can read back (10^k is exact for k <= 15, the
+ * division and the product each round once, m < 2^50): never r - 1 or r + 1, which are 0.5 or
+ * more away, and r only within p.2^-50 (a margin of 4), so most k cost no division. r is
+ * nearbyint(p) in the default rounding mode without a libm call (p + 2^52 rounds to an integer,
+ * ties to even, for 0 <= p < 2^50). Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
 static int short_repr(double d, char *out) {
     double a = fabs(d);
     if (!(a >= 1e-4 && a < TWO50)) return 0;
     for (int k = 0; k < 16; k++) {
         double p = a * POW10[k];
         if (p >= TWO50) return 0;
-        double r = nearbyint(p);
-        for (int delta = 0; delta < 3; delta++) {
-            double m = delta == 0 ? r : delta == 1 ? r - 1 : r + 1;
-            if (m < 0 || m / POW10[k] != a) continue;
-            /* digits of m, with the point k from the right */
-            char digits[24];
-            int n = 0;
-            uint64_t u = (uint64_t)m;
-            do { digits[n++] = (char)('0' + u % 10); u /= 10; } while (u);
-            while (n <= k) digits[n++] = '0';  /* at least one digit before the point */
-            int o = 0;
-            if (signbit(d)) out[o++] = '-';
-            for (int i = n - 1; i >= k; i--) out[o++] = digits[i];
-            out[o++] = '.';
-            if (k == 0) out[o++] = '0';
-            for (int i = k - 1; i >= 0; i--) out[o++] = digits[i];
-            return o;
+        double r = (p + 0x1p52) - 0x1p52;
+        if (fabs(p - r) > p * 0x1p-50 || r / POW10[k] != a) continue;
+        /* the digits of r, with the point k from the right and one digit at least before it */
+        char digits[40];
+        char *first = put_u64_rev(digits + sizeof digits, (uint64_t)r);
+        while (digits + sizeof digits - first <= k) *--first = '0';
+        int n = (int)(digits + sizeof digits - first);
+        int o = 0;
+        if (signbit(d)) out[o++] = '-';
+        memcpy(out + o, first, n - k);
+        o += n - k;
+        out[o++] = '.';
+        if (k == 0) {
+            out[o++] = '0';
+        } else {
+            memcpy(out + o, digits + sizeof digits - k, k);
+            o += k;
         }
+        return o;
     }
     return 0;
 }
