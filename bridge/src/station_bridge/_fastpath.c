@@ -269,6 +269,21 @@ typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap;
 /* A message of a batch: staged without the GIL (Plan.stage_zmq, Plan.stage_frames), committed
  * with it (Plan.commit). The block "Two phases" below says how. */
 enum { S_LINE = 0, S_GIL = 1, S_BACK = 2 };
+
+/* The uniqueness window's common case, claimed in C (claim_time): per series met in this call,
+ * its window array (Uniqueness.current[series], an array('q')), the array's length when read,
+ * the length and last time it has once the times claimed since are in, and those times. They
+ * go into the array (uniq_settle: one frombytes and at most one del per series) before anything
+ * that may claim runs in Python (Uniqueness.claim, the Python path of a message handed back) and
+ * before the call returns: Python never sees the window without them. */
+#define UPEND_MAX 256
+#define UPEND_SLOTS 512  /* the index by the series' address: open addressing, at most half full */
+typedef struct {
+    PyObject *series, *times;  /* strong references while pending */
+    Py_ssize_t len0, len;      /* the array's length when read; with the pending times, trimmed */
+    int64_t last;              /* the window's last time, pending ones included */
+    int64_t *add; Py_ssize_t nadd, cap;  /* the times claimed since, in order */
+} upend_t;
 #define STAGE_MAX 256
 typedef struct {
     int kind;                      /* S_LINE: formatted up to its time; S_GIL: map it again with the
@@ -310,6 +325,7 @@ typedef struct {
     Py_ssize_t key_check;
     int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
     int64_t tmin, tmax; Py_ssize_t trim, window;
+    upend_t *upend; int upend_used; uint16_t upend_index[UPEND_SLOTS];  /* entry + 1; 0: free */
     int64_t ahead, behind;  /* the window around the receive time (ns); -1: unbounded */
     int norder; int order_slot[MAX_ORDER];
     char *delim; Py_ssize_t delim_n;
@@ -324,7 +340,7 @@ typedef struct {
     int64_t with_gil;  /* staged messages mapped again with the GIL (S_GIL) */
 } Plan;
 
-static PyObject *str_append;
+static PyObject *str_append, *str_frombytes;
 static locale_t c_locale;  /* text_float: numbers as the C locale reads them, whatever LC_NUMERIC is */
 
 /* ---- msgpack ------------------------------------------------------------------------------ */
@@ -1033,8 +1049,133 @@ static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n, in
 
 /* 0: *ts claimed; 1: hand the message back (nothing changed); -1: an exception, which the
  * mapper's `claim` raised for this point (the message is refused with it) or a failure. */
+/* times.append(v) and the trim, as the window's claim does them: 0, 1 (not appended: hand back), -1. */
+static int window_append(Plan *pl, PyObject *times, Py_ssize_t len, int64_t v) {
+    PyObject *value = PyLong_FromLongLong(v);
+    if (!value) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(times, str_append, value, NULL);
+    Py_DECREF(value);
+    if (!r) { PyErr_Clear(); return 1; }
+    Py_DECREF(r);
+    if (len + 1 > pl->trim && PySequence_DelSlice(times, 0, len + 1 - pl->window) < 0) return -1;
+    return 0;
+}
+
+/* An entry's pending times into its array: the array then holds what appending each and trimming
+ * as claim_time did would have left (a trim only ever drops the oldest times: the last `len` of
+ * the array's times and the pending ones). */
+static int upend_apply(Plan *pl, upend_t *e) {
+    Py_ssize_t have = PyObject_Size(e->times);
+    if (have < 0) return -1;
+    if (have != e->len0) {  /* changed meanwhile (nothing that claims ran: never): one by one */
+        for (Py_ssize_t i = 0; i < e->nadd; i++) {
+            Py_ssize_t n = PyObject_Size(e->times);
+            if (n < 0 || window_append(pl, e->times, n, e->add[i]) < 0) return -1;
+        }
+        return 0;
+    }
+    Py_ssize_t keep = e->len, from = keep <= e->nadd ? e->nadd - keep : 0;
+    if (keep <= e->nadd && PySequence_DelSlice(e->times, 0, have) < 0) return -1;
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)(e->add + from), (e->nadd - from) * 8);
+    if (!raw) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(e->times, str_frombytes, raw, NULL);
+    Py_DECREF(raw);
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (keep > e->nadd && have + e->nadd > keep && PySequence_DelSlice(e->times, 0, have + e->nadd - keep) < 0)
+        return -1;
+    return 0;
+}
+
+/* Every pending time into the window (see upend_t); the entries released. 0, or -1 with the
+ * first error (the others' times are still applied). */
+static int uniq_settle(Plan *pl) {
+    int rc = 0;
+    for (int i = 0; i < pl->upend_used; i++) {
+        upend_t *e = &pl->upend[i];
+        if (rc == 0 && e->nadd && upend_apply(pl, e) < 0) rc = -1;
+        e->nadd = 0;
+        Py_CLEAR(e->series);
+        Py_CLEAR(e->times);
+        if (e->cap > 4096) { PyMem_Free(e->add); e->add = NULL; e->cap = 0; }
+    }
+    if (pl->upend_used) memset(pl->upend_index, 0, sizeof pl->upend_index);
+    pl->upend_used = 0;
+    return rc;
+}
+
+/* uniq_settle at the end of a call that may have claimed, keeping the call's own exception
+ * (if it raised) or raising the settle's (a new reference to r, or NULL). */
+static PyObject *uniq_settled(Plan *pl, PyObject *r) {
+    if (!pl->upend_used) return r;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (uniq_settle(pl) < 0) {
+        if (!type) { Py_XDECREF(r); return NULL; }
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, value, tb);
+    return r;
+}
+
+/* The pending entry of `series`, found or made (*out; NULL when the series has no window array
+ * yet: the general rule). 0, 1: hand the message back (the window could not be read), -1. */
+static int upend_find(Plan *pl, PyObject *series, upend_t **out) {
+    *out = NULL;
+    if (!pl->upend && !(pl->upend = PyMem_Calloc(UPEND_MAX, sizeof(upend_t)))) { PyErr_NoMemory(); return -1; }
+    unsigned h = (unsigned)(((uint64_t)(uintptr_t)series * 0x9E3779B97F4A7C15ULL) >> 55) & (UPEND_SLOTS - 1);
+    for (uint16_t k; (k = pl->upend_index[h]) != 0; h = (h + 1) & (UPEND_SLOTS - 1))
+        if (pl->upend[k - 1].series == series) { *out = &pl->upend[k - 1]; return 0; }
+    PyObject *times = PyDict_GetItemWithError(pl->uniq_state, series);  /* borrowed */
+    if (!times && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+    if (!times) return 0;
+    int full = pl->upend_used == UPEND_MAX;
+    for (int i = 0; i < pl->upend_used && !full; i++)
+        full = pl->upend[i].times == times;  /* the same series under another str: start over */
+    if (full) {
+        Py_INCREF(times);
+        int rc = uniq_settle(pl);
+        Py_DECREF(times);  /* still the dict's */
+        if (rc < 0) return -1;
+        h = (unsigned)(((uint64_t)(uintptr_t)series * 0x9E3779B97F4A7C15ULL) >> 55) & (UPEND_SLOTS - 1);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(times, &view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 1; }
+    Py_ssize_t len = view.len / 8;
+    int64_t last = len ? ((int64_t *)view.buf)[len - 1] : 0;
+    PyBuffer_Release(&view);
+    upend_t *e = &pl->upend[pl->upend_used];
+    e->series = Py_NewRef(series);
+    e->times = Py_NewRef(times);
+    e->len0 = e->len = len;
+    e->last = last;
+    e->nadd = 0;
+    pl->upend_index[h] = (uint16_t)(++pl->upend_used);
+    *out = e;
+    return 0;
+}
+
 static int claim_time(Plan *pl, PyObject *series, int64_t *ts) {
     if (pl->uniq_mode == U_WINDOW) {
+        /* the common case: times[-1] < ts <= TMAX, appended (pending, upend_t) */
+        upend_t *e;
+        int found = upend_find(pl, series, &e);
+        if (found != 0) return found;
+        if (e && e->len && e->last < *ts && *ts <= pl->tmax) {
+            if (e->nadd == e->cap) {
+                Py_ssize_t cap = e->cap ? 2 * e->cap : 64;
+                int64_t *p = PyMem_Realloc(e->add, cap * sizeof(int64_t));
+                if (!p) { PyErr_NoMemory(); return -1; }
+                e->add = p;
+                e->cap = cap;
+            }
+            e->add[e->nadd++] = *ts;
+            e->last = *ts;
+            if (++e->len > pl->trim) e->len = pl->window;
+            return 0;
+        }
+        /* anything else: Python's rule, on the window with every pending time in */
+        if (uniq_settle(pl) < 0) return -1;
         /* times = CUR.get(series); if times is not None and times[-1] < ts <= TMAX: append */
         PyObject *times = PyDict_GetItemWithError(pl->uniq_state, series);  /* borrowed */
         if (!times && PyErr_Occurred()) { PyErr_Clear(); return 1; }
@@ -1044,16 +1185,7 @@ static int claim_time(Plan *pl, PyObject *series, int64_t *ts) {
             Py_ssize_t len = view.len / 8;
             int64_t last = len ? ((int64_t *)view.buf)[len - 1] : 0;
             PyBuffer_Release(&view);
-            if (len && last < *ts && *ts <= pl->tmax) {
-                PyObject *value = PyLong_FromLongLong(*ts);
-                if (!value) return -1;
-                PyObject *r = PyObject_CallMethodObjArgs(times, str_append, value, NULL);
-                Py_DECREF(value);
-                if (!r) { PyErr_Clear(); return 1; }
-                Py_DECREF(r);
-                if (len + 1 > pl->trim && PySequence_DelSlice(times, 0, len + 1 - pl->window) < 0) return -1;
-                return 0;
-            }
+            if (len && last < *ts && *ts <= pl->tmax) return window_append(pl, times, len, *ts);
         }
         PyObject *value = PyLong_FromLongLong(*ts);
         if (!value) return -1;
@@ -2377,6 +2509,14 @@ static void Plan_dealloc(PyObject *self) {
     for (int i = 0; i < pl->nfields; i++) { PyMem_Free(pl->fields[i].prefix); Py_XDECREF(pl->fields[i].name); }
     Py_XDECREF(pl->uniq_state);
     Py_XDECREF(pl->uniq_claim);
+    if (pl->upend) {  /* empty between calls (uniq_settled): the buffers only */
+        for (int i = 0; i < UPEND_MAX; i++) {
+            Py_XDECREF(pl->upend[i].series);
+            Py_XDECREF(pl->upend[i].times);
+            PyMem_Free(pl->upend[i].add);
+        }
+        PyMem_Free(pl->upend);
+    }
     Py_XDECREF(pl->time_parse);
     Py_XDECREF(pl->clock);
     PyMem_Free(pl->delim);
@@ -2461,7 +2601,13 @@ static int plan_in_use(Plan *pl) {
 /* map(messages, start, newest) -> (data, lines, next, handed, error)
  * Maps messages[start:] (lists of frames as pyzmq gives them) until the first one this path
  * hands back (handed = that message, next = its index + 1) or the end (handed = None). */
+static PyObject *Plan_map_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_map(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_map_(self, args));
+}
+
+static PyObject *Plan_map_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     PyObject *messages, *newest;
     Py_ssize_t start;
@@ -2515,7 +2661,13 @@ static PyObject *collect(void *socket, zmsg_t *msgs, int have) {
  * the first one this path hands back (handed: its frames; taken counts it), and until the output
  * holds at least `max_bytes` (0: unbounded; one message's line may pass it, never two). errno is
  * 0, or libzmq's error other than EAGAIN (the caller raises it as pyzmq would). */
+static PyObject *Plan_drain_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_drain(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_drain_(self, args));
+}
+
+static PyObject *Plan_drain_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     unsigned long long address;
     Py_ssize_t limit, max_bytes = 0;
@@ -2782,7 +2934,13 @@ static void newest_drop(Plan *pl) {
  * time; S_GIL messages mapped by one(); each message handed back given to slow(frames, error)
  * (error: the exception claim raised for it, else None), whose bytes (a line) follow in data.
  * lines: every line in data; compiled: of them, C's. */
+static PyObject *Plan_commit_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_commit(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_commit_(self, args));
+}
+
+static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     PyObject *newest, *slow;
     if (!PyArg_ParseTuple(args, "OO", &newest, &slow)) return NULL;
@@ -2817,6 +2975,7 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
         PyObject *frames = rec_frames(r);
         if (!frames || (track && newest_flush(pl, newest) < 0)) { Py_XDECREF(frames); Py_DECREF(error); goto fail; }
         pl->handed_back++;
+        if (uniq_settle(pl) < 0) { Py_DECREF(frames); Py_DECREF(error); goto fail; }
         PyObject *line = PyObject_CallFunctionObjArgs(slow, frames, error, NULL);
         Py_DECREF(frames);
         Py_DECREF(error);
@@ -2964,6 +3123,7 @@ static PyMethodDef module_methods[] = {
 
 static int module_exec(PyObject *module) {
     if (!str_append && !(str_append = PyUnicode_InternFromString("append"))) return -1;
+    if (!str_frombytes && !(str_frombytes = PyUnicode_InternFromString("frombytes"))) return -1;
     if (!c_locale && !(c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0))) { PyErr_NoMemory(); return -1; }
     PyObject *type = PyType_FromSpec(&Plan_spec);
     if (!type) return -1;
