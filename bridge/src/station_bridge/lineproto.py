@@ -334,10 +334,8 @@ def nth_line_end(data: bytes, n: int, lines: int) -> int:
     lo, lo_n, hi, hi_n = 0, 0, len(data), lines  # data[:lo] holds lo_n < n newlines, data[:hi] hi_n >= n
     step = 0
     while hi_n - lo_n > 16 and hi - lo > 2:
-        if step & 1:
-            guess = (lo + hi) // 2
-        else:
-            guess = min(max(lo + (hi - lo) * (n - lo_n) // (hi_n - lo_n), lo + 1), hi - 1)
+        interpolated = min(max(lo + (hi - lo) * (n - lo_n) // (hi_n - lo_n), lo + 1), hi - 1)
+        guess = (lo + hi) // 2 if step & 1 else interpolated
         step += 1
         below = lo_n + data.count(b"\n", lo, guess)
         if below >= n:
