@@ -418,7 +418,7 @@ def test_every_duration_key_accepts_units():
                                "mapping": {"measurement": "m", "fields": {"v": "float"}}}],
             "destinations": [{"name": "d", "url": "http://x", "database": "db", "flush_interval": "250ms",
                               "timeout": "3s", "max_backoff": "1m"}],
-            "cache": {"url": "redis://x", "ttl": "2h", "timeout": "1500ms"},
+            "cache": {"url": "redis://x", "ttl": "2h", "timeout": "1500ms", "min_interval": "20ms"},
             "journal": {"ledger_interval": "2s"}, "http": {"timeout": "1s"},
             "health": {"destination_grace": "15s", "subscription_grace": "1m", "probe_interval": "5s"},
             "self_metrics": {"interval": "30s"}, "shutdown_timeout": "45s"}
@@ -427,6 +427,11 @@ def test_every_duration_key_accepts_units():
     assert (d.flush_interval, d.timeout, d.max_backoff) == (0.25, 3.0, 60.0)
     assert (c.cache.ttl, c.cache.timeout, c.ledger_interval, c.http_timeout, c.shutdown_timeout) == \
         (7200, 1.5, 2.0, 1.0, 45.0)
+    assert c.cache.min_interval == 0.02 and c.effective()["cache"]["min_interval_s"] == 0.02
+    assert cfg.parse({**data, "cache": {"url": "redis://x"}}).cache.min_interval == 0.05  # the default
+    assert cfg.parse({**data, "cache": {"url": "redis://x", "min_interval": 0}}).cache.min_interval == 0
+    with pytest.raises(cfg.ConfigError, match=r"cache\.min_interval: must not be negative"):
+        cfg.parse({**data, "cache": {"url": "redis://x", "min_interval": -1}})
     assert (c.health.destination_grace, c.health.subscription_grace, c.health.probe_interval) == (15, 60, 5)
     assert c.subscriptions[0].binning.interval_ns == 500_000_000 and c.self_metrics.interval_ns == 30 * 10**9
     with pytest.raises(cfg.ConfigError, match="invalid duration"):
