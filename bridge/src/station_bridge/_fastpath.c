@@ -866,9 +866,28 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v, int nogil) {
 
 /* ---- series key -> str -------------------------------------------------------------------- */
 
+/* The hash of the plan's in-memory tables (series, texts, keys): 8 bytes a step, each mixed by
+ * a multiply and a shift, then murmur3's finaliser (a series key of 40 bytes: 5 steps where a byte
+ * a step took 40 dependent multiplies). */
 static uint64_t fnv1a(const char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 1099511628211ULL; }
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
     return h;
 }
 
@@ -2933,7 +2952,10 @@ static void newest_drop(Plan *pl) {
  * With the GIL, in message order, what the stage left: each line's clock, claim, newest point and
  * time; S_GIL messages mapped by one(); each message handed back given to slow(frames, error)
  * (error: the exception claim raised for it, else None), whose bytes (a line) follow in data.
- * lines: every line in data; compiled: of them, C's. */
+ * lines: every line in data; compiled: of them, C's. keep: data stays in the plan's output after
+ * what the commits with keep before left there (a burst's batches, without a bytes object each
+ * and their join), its size returned instead, until take(); a commit that fails drops its own
+ * batch only. */
 static PyObject *Plan_commit_(PyObject *self, PyObject *args);
 
 static PyObject *Plan_commit(PyObject *self, PyObject *args) {
@@ -2943,7 +2965,8 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
 static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     PyObject *newest, *slow;
-    if (!PyArg_ParseTuple(args, "OO", &newest, &slow)) return NULL;
+    int keep = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &newest, &slow, &keep)) return NULL;
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     if (pl->busy || (pl->nrecs && pl->owner != PyThread_get_thread_ident())) {
         PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: the batch "
@@ -2954,6 +2977,7 @@ static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
     int track = newest != Py_None;
     Py_ssize_t lines = 0, compiled = 0, points = 0;
     buf_t *out = &pl->out;
+    Py_ssize_t kept = keep ? out->len : 0;  /* keep: the batches before this one stay (take) */
     for (int k = 0; k < pl->nrecs; k++) {
         rec_t *r = &pl->recs[k];
         int rc = 1;
@@ -2998,8 +3022,9 @@ static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
     }
     recs_release(pl);
     pl->busy = 0;
-    if (track && newest_flush(pl, newest) < 0) { out->len = 0; return NULL; }
+    if (track && newest_flush(pl, newest) < 0) { out->len = kept; return NULL; }
     pl->handled += compiled;
+    if (keep) return Py_BuildValue("(nnn)", out->len, lines + points, compiled);
     PyObject *data = PyBytes_FromStringAndSize(out->p, out->len);
     if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
     out->len = 0;
@@ -3008,9 +3033,26 @@ static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
 fail:
     recs_release(pl);
     newest_drop(pl);
-    out->len = 0;
+    out->len = kept;
     pl->busy = 0;
     return NULL;
+}
+
+/* take() -> bytes: what the commits with keep left in the output (the burst's lines), which is
+ * then empty. */
+static PyObject *Plan_take(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Plan *pl = (Plan *)self;
+    if (pl->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a commit runs");
+        return NULL;
+    }
+    buf_t *out = &pl->out;
+    PyObject *data = PyBytes_FromStringAndSize(out->p, out->len);
+    if (!data) return NULL;
+    if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
+    out->len = 0;
+    return data;
 }
 
 /* received_bytes() -> (bytes, largest): the messages the last stage_zmq received, as received. */
@@ -3033,7 +3075,9 @@ static PyMethodDef Plan_methods[] = {
      "drain(socket_address, limit, newest[, max_bytes]) -> ((data, lines, taken, handed, error), errno)"},
     {"stage_zmq", Plan_stage_zmq, METH_VARARGS, "stage_zmq(socket_address, limit[, max_bytes]) -> (taken, errno)"},
     {"stage_frames", Plan_stage_frames, METH_VARARGS, "stage_frames(messages, start) -> count"},
-    {"commit", Plan_commit, METH_VARARGS, "commit(newest, slow) -> (data, lines, compiled)"},
+    {"commit", Plan_commit, METH_VARARGS,
+     "commit(newest, slow[, keep]) -> (data, lines, compiled); keep: (bytes kept in all, lines, compiled)"},
+    {"take", Plan_take, METH_NOARGS, "take() -> bytes: the output the commits with keep left"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
     {"received_bytes", Plan_received_bytes, METH_NOARGS, "(bytes, largest) of the last stage_zmq's messages"},
     {NULL, NULL, 0, NULL},
