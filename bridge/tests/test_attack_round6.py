@@ -315,3 +315,46 @@ def test_the_compiled_paths_newest_points_keep_no_capacity_between_bursts():
     burst(0)
     grown = _growth(burst, list(range(1, 300)))
     assert grown < 8 << 20, f"the compiled plan kept {grown / 2**20:.0f} MiB after 300 bursts"
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.4])
+def test_the_cache_sends_at_most_one_pipeline_per_min_interval(tmp_path, interval):
+    # Real Redis. Bursts offered every 10 ms for a second: with min_interval 0.4 s they coalesce
+    # into a pipeline per 0.4 s (each of its one series: bridge_cache_updates_total counts the
+    # series per pipeline), the newest point of each series wins; with 0, one per batch of bursts.
+    # A stop sends what is queued at once (it does not wait out the interval).
+    import time
+
+    import redis
+    from harness import wait_for
+    from servers import RedisServer
+
+    from station_bridge.cache import LatestCache
+    from station_bridge.config import CacheSpec
+    from station_bridge.metrics import Metrics
+
+    server = RedisServer(tmp_path / "redis").start()
+    metrics = Metrics()
+    cache = LatestCache(CacheSpec(url=f"redis://127.0.0.1:{server.port}/0", username=None, password=server.password,
+                                  ttl=600, key_prefix="latest", timeout=1.0, min_interval=interval), metrics)
+    cache.start()
+    try:
+        for k in range(100):
+            cache.offer(["v"], {"m,k=a": (k, {"v": k})})
+            time.sleep(0.01)
+        client = redis.Redis(port=server.port, password=server.password, decode_responses=True)
+        wait_for(lambda: client.hget("latest:m,k=a", "v") == "99", 5, "the newest point cached",
+                 detail=lambda: str(client.hgetall("latest:m,k=a")))
+        sends = metrics.get("bridge_cache_updates_total")
+        if interval:
+            assert 2 <= sends <= 5, sends  # about 1.0-1.5 s of offers / 0.4 s, plus the first at once
+        else:
+            assert sends >= 20, sends  # every batch of bursts the worker found queued
+        cache.offer(["v"], {"m,k=a": (100, {"v": "last"})})
+        started = time.monotonic()
+        cache.stop(5)
+        assert time.monotonic() - started < 0.3
+        assert client.hget("latest:m,k=a", "v") == "last"
+    finally:
+        cache.stop(1)
+        server.stop()

@@ -258,6 +258,30 @@ def test_a_new_series_and_big_bursts():
     assert differential(spec_for(), [burst]) == 5000
 
 
+def test_the_window_claimed_in_c_is_pythons_after_every_batch():
+    # C keeps a batch's claims of the common case and puts them into the window's arrays at once
+    # (_fastpath.c upend_t): the arrays must be those of claiming one by one, trims included (a
+    # series claimed more than the trim's 64 past the window in one batch, several times), with
+    # Python's rule in between (a repeated time: the mapper's claim; a message handed back: the
+    # Python path), and more series in one batch than C keeps pending (256: settled midway).
+    def tick(instrument, t, **more):
+        return [b"kraken_tick", msgpack.packb({"instrument": instrument, "bid": 1.5, "timestamp": t, **more})]
+
+    burst = []
+    for k in range(1500):
+        burst.append(tick("EURUSD", T0 + k * 1e-3))
+        if k % 97 == 0:
+            burst.append(tick("EURUSD", T0 + k * 1e-3))  # the same time again: nudged by Python's claim
+        if k % 151 == 0:  # handed back (19 digits), mapped and claimed by the Python path
+            burst.append(tick("EURUSD", T0 + k * 1e-3 + 1e-4, volume=2**60))
+        if k % 163 == 0:
+            burst.append(tick("EURUSD", T0 + k * 1e-3 + 2e-4, bid="x"))  # handed back, refused
+        if k % 5 == 0:
+            burst.append(tick("GBPUSD", T0 + k * 1e-3))
+    many = [tick(f"I{k % 400}", T0 + k * 1e-3) for k in range(1200)]
+    assert differential(spec_for(), [burst, many, burst[:300], many]) > 4000
+
+
 # --- delimited text -----------------------------------------------------------------------------
 
 _numberish = st.one_of(st.sampled_from(

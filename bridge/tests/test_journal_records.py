@@ -66,6 +66,28 @@ def expected(original: bytes, damaged: bytes, cs: list[Chunk], spans: list[tuple
     return [i for i, (a, b) in enumerate(spans) if damaged[a:b] == original[a:b]]
 
 
+def test_the_intake_log_writes_each_chunk_as_the_format_defines_its_record(tmp_path: Path):
+    # The format pinned independently of records.py's own code: magic, length, count, zlib's
+    # CRC-32 of those, zlib's CRC-32 of the 16 header bytes and the payload, the payload (the
+    # checksum is computed by ISA-L where it is installed, written header and chunk in one writev).
+    import struct
+    import zlib
+    cs = chunks(7, 5, 40)
+    log = Intake(tmp_path / "wal")
+    for c in cs:
+        assert log.append(c)
+    log.close()
+    want = b""
+    for c in cs:
+        head = b"\xffSBJ" + struct.pack("<II", len(c.data), c.count)
+        head += struct.pack("<I", zlib.crc32(head))
+        want += head + struct.pack("<I", zlib.crc32(head + c.data)) + c.data
+    files = sorted((tmp_path / "wal").glob("*.wal"))
+    assert len(files) == 1
+    assert files[0].read_bytes() == want
+    assert [r.payload for r in scan(want).records] == [c.data for c in cs]
+
+
 def test_a_record_cut_at_every_byte_offset_reads_back_every_whole_record_and_nothing_else():
     cs = chunks(1, 3, 4)
     data, spans = framed(cs)

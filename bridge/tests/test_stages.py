@@ -180,6 +180,41 @@ def test_chunks_split_and_join_by_lines_even_with_newlines_inside_strings():
     assert plain.split(4)[1].lines()[0] == b"m v=4 4"
 
 
+_line_text = st.one_of(
+    st.integers(0, 10**6).map(lambda i: f"m v={i} {i}"),  # plain, short
+    st.text("ab ,=", max_size=300).map(lambda t: "m,k=" + t.replace(" ", "\\ ").replace(",", "\\,").replace("=", "\\=")
+                                        + "x v=1 1"),  # escapes, any length
+    st.text("ab\n\"\\", max_size=40).map(lambda t: 'm s="' + t.replace("\\", "\\\\").replace('"', '\\"') + '" 1'),
+    st.just("m\\\nname v=1 4"))
+
+
+@given(lines=st.lists(_line_text, min_size=1, max_size=120), data=st.data())
+@settings(max_examples=300, deadline=None)
+def test_a_chunk_splits_at_every_count_where_its_lines_end(lines, data):
+    # Chunk.split finds the count-th line's end by counting newlines where every newline ends a
+    # line (no quote, no backslash-newline), and by parsing where one may not: the same lines.
+    chunk = Chunk.of(lines, seq=7)
+    count = data.draw(st.integers(1, max(1, len(lines) - 1)))
+    if count >= len(lines):
+        return
+    head, rest = chunk.split(count)
+    assert (head.data, rest.data) == (("\n".join(lines[:count]) + "\n").encode(),
+                                       ("\n".join(lines[count:]) + "\n").encode())
+    assert (head.count, head.seq, rest.count, rest.seq) == (count, 7, len(lines) - count, 7 + count)
+
+
+def test_the_nth_line_end_of_uneven_lines():
+    # Lines of very different lengths (the interpolation's guesses land far off; the bisection
+    # steps bound the search): every n, against the offsets of the newlines themselves.
+    from station_bridge.lineproto import nth_line_end
+    lines = [("x" * (1 if i % 7 else 5000)) + f" v={i} {i}" for i in range(400)]
+    data = ("\n".join(lines) + "\n").encode()
+    ends = [i + 1 for i, c in enumerate(data) if c == 10]
+    assert [nth_line_end(data, n, len(lines)) for n in range(1, len(lines) + 1)] == ends
+    with pytest.raises(ValueError):
+        nth_line_end(data[:ends[9]], 11, 400)  # fewer newlines than said: never another line's end
+
+
 def test_journal_segments_survive_restart_in_order_respect_the_cap_and_record_progress(tmp_path: Path):
     journal = Journal(tmp_path, max_bytes=200)
     assert journal.append(Chunk.of(["a v=1 1", 'b s="x\ny" 2'])) is None
@@ -383,7 +418,7 @@ def test_every_duration_key_accepts_units():
                                "mapping": {"measurement": "m", "fields": {"v": "float"}}}],
             "destinations": [{"name": "d", "url": "http://x", "database": "db", "flush_interval": "250ms",
                               "timeout": "3s", "max_backoff": "1m"}],
-            "cache": {"url": "redis://x", "ttl": "2h", "timeout": "1500ms"},
+            "cache": {"url": "redis://x", "ttl": "2h", "timeout": "1500ms", "min_interval": "20ms"},
             "journal": {"ledger_interval": "2s"}, "http": {"timeout": "1s"},
             "health": {"destination_grace": "15s", "subscription_grace": "1m", "probe_interval": "5s"},
             "self_metrics": {"interval": "30s"}, "shutdown_timeout": "45s"}
@@ -392,6 +427,11 @@ def test_every_duration_key_accepts_units():
     assert (d.flush_interval, d.timeout, d.max_backoff) == (0.25, 3.0, 60.0)
     assert (c.cache.ttl, c.cache.timeout, c.ledger_interval, c.http_timeout, c.shutdown_timeout) == \
         (7200, 1.5, 2.0, 1.0, 45.0)
+    assert c.cache.min_interval == 0.02 and c.effective()["cache"]["min_interval_s"] == 0.02
+    assert cfg.parse({**data, "cache": {"url": "redis://x"}}).cache.min_interval == 0.05  # the default
+    assert cfg.parse({**data, "cache": {"url": "redis://x", "min_interval": 0}}).cache.min_interval == 0
+    with pytest.raises(cfg.ConfigError, match=r"cache\.min_interval: must not be negative"):
+        cfg.parse({**data, "cache": {"url": "redis://x", "min_interval": -1}})
     assert (c.health.destination_grace, c.health.subscription_grace, c.health.probe_interval) == (15, 60, 5)
     assert c.subscriptions[0].binning.interval_ns == 500_000_000 and c.self_metrics.interval_ns == 30 * 10**9
     with pytest.raises(cfg.ConfigError, match="invalid duration"):

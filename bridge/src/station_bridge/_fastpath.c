@@ -80,13 +80,34 @@ static inline int buf_putc(buf_t *b, char c) {
     return 0;
 }
 
+static const char DIGITS2[201] =
+    "00010203040506070809101112131415161718192021222324252627282930313233343536373839"
+    "40414243444546474849505152535455565758596061626364656667686970717273747576777879"
+    "8081828384858687888990919293949596979899";
+
+/* u in decimal, ending just before `end`, two digits a step; returns its first character. */
+static char *put_u64_rev(char *end, uint64_t u) {
+    while (u >= 100) {
+        unsigned r = (unsigned)(u % 100);
+        u /= 100;
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * r, 2);
+    }
+    if (u >= 10) {
+        end -= 2;
+        memcpy(end, DIGITS2 + 2 * u, 2);
+    } else {
+        *--end = (char)('0' + u);
+    }
+    return end;
+}
+
 static int buf_put_int(buf_t *b, int64_t v) {
     char tmp[24];
-    int i = 24;
     uint64_t u = v < 0 ? (uint64_t)0 - (uint64_t)v : (uint64_t)v;
-    do { tmp[--i] = (char)('0' + u % 10); u /= 10; } while (u);
-    if (v < 0) tmp[--i] = '-';
-    return buf_put(b, tmp + i, 24 - i);
+    char *p = put_u64_rev(tmp + 24, u);
+    if (v < 0) *--p = '-';
+    return buf_put(b, p, tmp + 24 - p);
 }
 
 /* ---- UTF-8, strictly as Python decodes it (no surrogates, no overlongs, <= U+10FFFF) ------ */
@@ -248,6 +269,21 @@ typedef struct { PyObject *series; int64_t ts; char *payload; Py_ssize_t n, cap;
 /* A message of a batch: staged without the GIL (Plan.stage_zmq, Plan.stage_frames), committed
  * with it (Plan.commit). The block "Two phases" below says how. */
 enum { S_LINE = 0, S_GIL = 1, S_BACK = 2 };
+
+/* The uniqueness window's common case, claimed in C (claim_time): per series met in this call,
+ * its window array (Uniqueness.current[series], an array('q')), the array's length when read,
+ * the length and last time it has once the times claimed since are in, and those times. They
+ * go into the array (uniq_settle: one frombytes and at most one del per series) before anything
+ * that may claim runs in Python (Uniqueness.claim, the Python path of a message handed back) and
+ * before the call returns: Python never sees the window without them. */
+#define UPEND_MAX 256
+#define UPEND_SLOTS 512  /* the index by the series' address: open addressing, at most half full */
+typedef struct {
+    PyObject *series, *times;  /* strong references while pending */
+    Py_ssize_t len0, len;      /* the array's length when read; with the pending times, trimmed */
+    int64_t last;              /* the window's last time, pending ones included */
+    int64_t *add; Py_ssize_t nadd, cap;  /* the times claimed since, in order */
+} upend_t;
 #define STAGE_MAX 256
 typedef struct {
     int kind;                      /* S_LINE: formatted up to its time; S_GIL: map it again with the
@@ -289,6 +325,7 @@ typedef struct {
     Py_ssize_t key_check;
     int uniq_mode; PyObject *uniq_state; PyObject *uniq_claim;
     int64_t tmin, tmax; Py_ssize_t trim, window;
+    upend_t *upend; int upend_used; uint16_t upend_index[UPEND_SLOTS];  /* entry + 1; 0: free */
     int64_t ahead, behind;  /* the window around the receive time (ns); -1: unbounded */
     int norder; int order_slot[MAX_ORDER];
     char *delim; Py_ssize_t delim_n;
@@ -303,7 +340,7 @@ typedef struct {
     int64_t with_gil;  /* staged messages mapped again with the GIL (S_GIL) */
 } Plan;
 
-static PyObject *str_append;
+static PyObject *str_append, *str_frombytes;
 static locale_t c_locale;  /* text_float: numbers as the C locale reads them, whatever LC_NUMERIC is */
 
 /* ---- msgpack ------------------------------------------------------------------------------ */
@@ -709,31 +746,36 @@ static const double POW10[16] = {1e0, 1e1, 1e2, 1e3, 1e4, 1e5, 1e6, 1e7, 1e8, 1e
  * per k can read back (the decimals are 10^-k apart, d's rounding interval is narrower), and
  * it lies within 1 of the rounded product d * 10^k: so M is the digits repr picks, which are
  * the shortest that read back, and repr writes them without exponent in this range.
- * Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
+ * Only an integer within m.2^-52 of the product can read back (10^k is exact for k <= 15, the
+ * division and the product each round once, m < 2^50): never r - 1 or r + 1, which are 0.5 or
+ * more away, and r only within p.2^-50 (a margin of 4), so most k cost no division. r is
+ * nearbyint(p) in the default rounding mode without a libm call (p + 2^52 rounds to an integer,
+ * ties to even, for 0 <= p < 2^50). Returns the length written to out (>= 32 bytes), or 0: use dtoa. */
 static int short_repr(double d, char *out) {
     double a = fabs(d);
     if (!(a >= 1e-4 && a < TWO50)) return 0;
     for (int k = 0; k < 16; k++) {
         double p = a * POW10[k];
         if (p >= TWO50) return 0;
-        double r = nearbyint(p);
-        for (int delta = 0; delta < 3; delta++) {
-            double m = delta == 0 ? r : delta == 1 ? r - 1 : r + 1;
-            if (m < 0 || m / POW10[k] != a) continue;
-            /* digits of m, with the point k from the right */
-            char digits[24];
-            int n = 0;
-            uint64_t u = (uint64_t)m;
-            do { digits[n++] = (char)('0' + u % 10); u /= 10; } while (u);
-            while (n <= k) digits[n++] = '0';  /* at least one digit before the point */
-            int o = 0;
-            if (signbit(d)) out[o++] = '-';
-            for (int i = n - 1; i >= k; i--) out[o++] = digits[i];
-            out[o++] = '.';
-            if (k == 0) out[o++] = '0';
-            for (int i = k - 1; i >= 0; i--) out[o++] = digits[i];
-            return o;
+        double r = (p + 0x1p52) - 0x1p52;
+        if (fabs(p - r) > p * 0x1p-50 || r / POW10[k] != a) continue;
+        /* the digits of r, with the point k from the right and one digit at least before it */
+        char digits[40];
+        char *first = put_u64_rev(digits + sizeof digits, (uint64_t)r);
+        while (digits + sizeof digits - first <= k) *--first = '0';
+        int n = (int)(digits + sizeof digits - first);
+        int o = 0;
+        if (signbit(d)) out[o++] = '-';
+        memcpy(out + o, first, n - k);
+        o += n - k;
+        out[o++] = '.';
+        if (k == 0) {
+            out[o++] = '0';
+        } else {
+            memcpy(out + o, digits + sizeof digits - k, k);
+            o += k;
         }
+        return o;
     }
     return 0;
 }
@@ -824,9 +866,28 @@ static int put_field(Plan *pl, buf_t *b, int kind, const val_t *v, int nogil) {
 
 /* ---- series key -> str -------------------------------------------------------------------- */
 
+/* The hash of the plan's in-memory tables (series, texts, keys): 8 bytes a step, each mixed by
+ * a multiply and a shift, then murmur3's finaliser (a series key of 40 bytes: 5 steps where a byte
+ * a step took 40 dependent multiplies). */
 static uint64_t fnv1a(const char *s, Py_ssize_t n) {
-    uint64_t h = 1469598103934665603ULL;
-    for (Py_ssize_t i = 0; i < n; i++) { h ^= (unsigned char)s[i]; h *= 1099511628211ULL; }
+    uint64_t h = 0x9E3779B97F4A7C15ULL ^ (uint64_t)n;
+    while (n >= 8) {
+        uint64_t w;
+        memcpy(&w, s, 8);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+        s += 8;
+        n -= 8;
+    }
+    if (n > 0) {
+        uint64_t w = 0;
+        memcpy(&w, s, (size_t)n);
+        h = (h ^ w) * 0xff51afd7ed558ccdULL;
+        h ^= h >> 32;
+    }
+    h ^= h >> 33;
+    h *= 0xc4ceb9fe1a85ec53ULL;
+    h ^= h >> 33;
     return h;
 }
 
@@ -1007,8 +1068,133 @@ static int tag_text(const val_t *v, char *tmp, const char **s, Py_ssize_t *n, in
 
 /* 0: *ts claimed; 1: hand the message back (nothing changed); -1: an exception, which the
  * mapper's `claim` raised for this point (the message is refused with it) or a failure. */
+/* times.append(v) and the trim, as the window's claim does them: 0, 1 (not appended: hand back), -1. */
+static int window_append(Plan *pl, PyObject *times, Py_ssize_t len, int64_t v) {
+    PyObject *value = PyLong_FromLongLong(v);
+    if (!value) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(times, str_append, value, NULL);
+    Py_DECREF(value);
+    if (!r) { PyErr_Clear(); return 1; }
+    Py_DECREF(r);
+    if (len + 1 > pl->trim && PySequence_DelSlice(times, 0, len + 1 - pl->window) < 0) return -1;
+    return 0;
+}
+
+/* An entry's pending times into its array: the array then holds what appending each and trimming
+ * as claim_time did would have left (a trim only ever drops the oldest times: the last `len` of
+ * the array's times and the pending ones). */
+static int upend_apply(Plan *pl, upend_t *e) {
+    Py_ssize_t have = PyObject_Size(e->times);
+    if (have < 0) return -1;
+    if (have != e->len0) {  /* changed meanwhile (nothing that claims ran: never): one by one */
+        for (Py_ssize_t i = 0; i < e->nadd; i++) {
+            Py_ssize_t n = PyObject_Size(e->times);
+            if (n < 0 || window_append(pl, e->times, n, e->add[i]) < 0) return -1;
+        }
+        return 0;
+    }
+    Py_ssize_t keep = e->len, from = keep <= e->nadd ? e->nadd - keep : 0;
+    if (keep <= e->nadd && PySequence_DelSlice(e->times, 0, have) < 0) return -1;
+    PyObject *raw = PyBytes_FromStringAndSize((const char *)(e->add + from), (e->nadd - from) * 8);
+    if (!raw) return -1;
+    PyObject *r = PyObject_CallMethodObjArgs(e->times, str_frombytes, raw, NULL);
+    Py_DECREF(raw);
+    if (!r) return -1;
+    Py_DECREF(r);
+    if (keep > e->nadd && have + e->nadd > keep && PySequence_DelSlice(e->times, 0, have + e->nadd - keep) < 0)
+        return -1;
+    return 0;
+}
+
+/* Every pending time into the window (see upend_t); the entries released. 0, or -1 with the
+ * first error (the others' times are still applied). */
+static int uniq_settle(Plan *pl) {
+    int rc = 0;
+    for (int i = 0; i < pl->upend_used; i++) {
+        upend_t *e = &pl->upend[i];
+        if (rc == 0 && e->nadd && upend_apply(pl, e) < 0) rc = -1;
+        e->nadd = 0;
+        Py_CLEAR(e->series);
+        Py_CLEAR(e->times);
+        if (e->cap > 4096) { PyMem_Free(e->add); e->add = NULL; e->cap = 0; }
+    }
+    if (pl->upend_used) memset(pl->upend_index, 0, sizeof pl->upend_index);
+    pl->upend_used = 0;
+    return rc;
+}
+
+/* uniq_settle at the end of a call that may have claimed, keeping the call's own exception
+ * (if it raised) or raising the settle's (a new reference to r, or NULL). */
+static PyObject *uniq_settled(Plan *pl, PyObject *r) {
+    if (!pl->upend_used) return r;
+    PyObject *type, *value, *tb;
+    PyErr_Fetch(&type, &value, &tb);
+    if (uniq_settle(pl) < 0) {
+        if (!type) { Py_XDECREF(r); return NULL; }
+        PyErr_Clear();
+    }
+    PyErr_Restore(type, value, tb);
+    return r;
+}
+
+/* The pending entry of `series`, found or made (*out; NULL when the series has no window array
+ * yet: the general rule). 0, 1: hand the message back (the window could not be read), -1. */
+static int upend_find(Plan *pl, PyObject *series, upend_t **out) {
+    *out = NULL;
+    if (!pl->upend && !(pl->upend = PyMem_Calloc(UPEND_MAX, sizeof(upend_t)))) { PyErr_NoMemory(); return -1; }
+    unsigned h = (unsigned)(((uint64_t)(uintptr_t)series * 0x9E3779B97F4A7C15ULL) >> 55) & (UPEND_SLOTS - 1);
+    for (uint16_t k; (k = pl->upend_index[h]) != 0; h = (h + 1) & (UPEND_SLOTS - 1))
+        if (pl->upend[k - 1].series == series) { *out = &pl->upend[k - 1]; return 0; }
+    PyObject *times = PyDict_GetItemWithError(pl->uniq_state, series);  /* borrowed */
+    if (!times && PyErr_Occurred()) { PyErr_Clear(); return 1; }
+    if (!times) return 0;
+    int full = pl->upend_used == UPEND_MAX;
+    for (int i = 0; i < pl->upend_used && !full; i++)
+        full = pl->upend[i].times == times;  /* the same series under another str: start over */
+    if (full) {
+        Py_INCREF(times);
+        int rc = uniq_settle(pl);
+        Py_DECREF(times);  /* still the dict's */
+        if (rc < 0) return -1;
+        h = (unsigned)(((uint64_t)(uintptr_t)series * 0x9E3779B97F4A7C15ULL) >> 55) & (UPEND_SLOTS - 1);
+    }
+    Py_buffer view;
+    if (PyObject_GetBuffer(times, &view, PyBUF_SIMPLE) < 0) { PyErr_Clear(); return 1; }
+    Py_ssize_t len = view.len / 8;
+    int64_t last = len ? ((int64_t *)view.buf)[len - 1] : 0;
+    PyBuffer_Release(&view);
+    upend_t *e = &pl->upend[pl->upend_used];
+    e->series = Py_NewRef(series);
+    e->times = Py_NewRef(times);
+    e->len0 = e->len = len;
+    e->last = last;
+    e->nadd = 0;
+    pl->upend_index[h] = (uint16_t)(++pl->upend_used);
+    *out = e;
+    return 0;
+}
+
 static int claim_time(Plan *pl, PyObject *series, int64_t *ts) {
     if (pl->uniq_mode == U_WINDOW) {
+        /* the common case: times[-1] < ts <= TMAX, appended (pending, upend_t) */
+        upend_t *e;
+        int found = upend_find(pl, series, &e);
+        if (found != 0) return found;
+        if (e && e->len && e->last < *ts && *ts <= pl->tmax) {
+            if (e->nadd == e->cap) {
+                Py_ssize_t cap = e->cap ? 2 * e->cap : 64;
+                int64_t *p = PyMem_Realloc(e->add, cap * sizeof(int64_t));
+                if (!p) { PyErr_NoMemory(); return -1; }
+                e->add = p;
+                e->cap = cap;
+            }
+            e->add[e->nadd++] = *ts;
+            e->last = *ts;
+            if (++e->len > pl->trim) e->len = pl->window;
+            return 0;
+        }
+        /* anything else: Python's rule, on the window with every pending time in */
+        if (uniq_settle(pl) < 0) return -1;
         /* times = CUR.get(series); if times is not None and times[-1] < ts <= TMAX: append */
         PyObject *times = PyDict_GetItemWithError(pl->uniq_state, series);  /* borrowed */
         if (!times && PyErr_Occurred()) { PyErr_Clear(); return 1; }
@@ -1018,16 +1204,7 @@ static int claim_time(Plan *pl, PyObject *series, int64_t *ts) {
             Py_ssize_t len = view.len / 8;
             int64_t last = len ? ((int64_t *)view.buf)[len - 1] : 0;
             PyBuffer_Release(&view);
-            if (len && last < *ts && *ts <= pl->tmax) {
-                PyObject *value = PyLong_FromLongLong(*ts);
-                if (!value) return -1;
-                PyObject *r = PyObject_CallMethodObjArgs(times, str_append, value, NULL);
-                Py_DECREF(value);
-                if (!r) { PyErr_Clear(); return 1; }
-                Py_DECREF(r);
-                if (len + 1 > pl->trim && PySequence_DelSlice(times, 0, len + 1 - pl->window) < 0) return -1;
-                return 0;
-            }
+            if (len && last < *ts && *ts <= pl->tmax) return window_append(pl, times, len, *ts);
         }
         PyObject *value = PyLong_FromLongLong(*ts);
         if (!value) return -1;
@@ -2351,6 +2528,14 @@ static void Plan_dealloc(PyObject *self) {
     for (int i = 0; i < pl->nfields; i++) { PyMem_Free(pl->fields[i].prefix); Py_XDECREF(pl->fields[i].name); }
     Py_XDECREF(pl->uniq_state);
     Py_XDECREF(pl->uniq_claim);
+    if (pl->upend) {  /* empty between calls (uniq_settled): the buffers only */
+        for (int i = 0; i < UPEND_MAX; i++) {
+            Py_XDECREF(pl->upend[i].series);
+            Py_XDECREF(pl->upend[i].times);
+            PyMem_Free(pl->upend[i].add);
+        }
+        PyMem_Free(pl->upend);
+    }
     Py_XDECREF(pl->time_parse);
     Py_XDECREF(pl->clock);
     PyMem_Free(pl->delim);
@@ -2435,7 +2620,13 @@ static int plan_in_use(Plan *pl) {
 /* map(messages, start, newest) -> (data, lines, next, handed, error)
  * Maps messages[start:] (lists of frames as pyzmq gives them) until the first one this path
  * hands back (handed = that message, next = its index + 1) or the end (handed = None). */
+static PyObject *Plan_map_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_map(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_map_(self, args));
+}
+
+static PyObject *Plan_map_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     PyObject *messages, *newest;
     Py_ssize_t start;
@@ -2489,7 +2680,13 @@ static PyObject *collect(void *socket, zmsg_t *msgs, int have) {
  * the first one this path hands back (handed: its frames; taken counts it), and until the output
  * holds at least `max_bytes` (0: unbounded; one message's line may pass it, never two). errno is
  * 0, or libzmq's error other than EAGAIN (the caller raises it as pyzmq would). */
+static PyObject *Plan_drain_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_drain(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_drain_(self, args));
+}
+
+static PyObject *Plan_drain_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     unsigned long long address;
     Py_ssize_t limit, max_bytes = 0;
@@ -2755,11 +2952,21 @@ static void newest_drop(Plan *pl) {
  * With the GIL, in message order, what the stage left: each line's clock, claim, newest point and
  * time; S_GIL messages mapped by one(); each message handed back given to slow(frames, error)
  * (error: the exception claim raised for it, else None), whose bytes (a line) follow in data.
- * lines: every line in data; compiled: of them, C's. */
+ * lines: every line in data; compiled: of them, C's. keep: data stays in the plan's output after
+ * what the commits with keep before left there (a burst's batches, without a bytes object each
+ * and their join), its size returned instead, until take(); a commit that fails drops its own
+ * batch only. */
+static PyObject *Plan_commit_(PyObject *self, PyObject *args);
+
 static PyObject *Plan_commit(PyObject *self, PyObject *args) {
+    return uniq_settled((Plan *)self, Plan_commit_(self, args));
+}
+
+static PyObject *Plan_commit_(PyObject *self, PyObject *args) {
     Plan *pl = (Plan *)self;
     PyObject *newest, *slow;
-    if (!PyArg_ParseTuple(args, "OO", &newest, &slow)) return NULL;
+    int keep = 0;
+    if (!PyArg_ParseTuple(args, "OO|p", &newest, &slow, &keep)) return NULL;
     if (newest != Py_None && !PyDict_Check(newest)) { PyErr_SetString(PyExc_TypeError, "newest: dict or None"); return NULL; }
     if (pl->busy || (pl->nrecs && pl->owner != PyThread_get_thread_ident())) {
         PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: the batch "
@@ -2770,6 +2977,7 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
     int track = newest != Py_None;
     Py_ssize_t lines = 0, compiled = 0, points = 0;
     buf_t *out = &pl->out;
+    Py_ssize_t kept = keep ? out->len : 0;  /* keep: the batches before this one stay (take) */
     for (int k = 0; k < pl->nrecs; k++) {
         rec_t *r = &pl->recs[k];
         int rc = 1;
@@ -2791,6 +2999,7 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
         PyObject *frames = rec_frames(r);
         if (!frames || (track && newest_flush(pl, newest) < 0)) { Py_XDECREF(frames); Py_DECREF(error); goto fail; }
         pl->handed_back++;
+        if (uniq_settle(pl) < 0) { Py_DECREF(frames); Py_DECREF(error); goto fail; }
         PyObject *line = PyObject_CallFunctionObjArgs(slow, frames, error, NULL);
         Py_DECREF(frames);
         Py_DECREF(error);
@@ -2813,8 +3022,9 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
     }
     recs_release(pl);
     pl->busy = 0;
-    if (track && newest_flush(pl, newest) < 0) { out->len = 0; return NULL; }
+    if (track && newest_flush(pl, newest) < 0) { out->len = kept; return NULL; }
     pl->handled += compiled;
+    if (keep) return Py_BuildValue("(nnn)", out->len, lines + points, compiled);
     PyObject *data = PyBytes_FromStringAndSize(out->p, out->len);
     if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
     out->len = 0;
@@ -2823,9 +3033,26 @@ static PyObject *Plan_commit(PyObject *self, PyObject *args) {
 fail:
     recs_release(pl);
     newest_drop(pl);
-    out->len = 0;
+    out->len = kept;
     pl->busy = 0;
     return NULL;
+}
+
+/* take() -> bytes: what the commits with keep left in the output (the burst's lines), which is
+ * then empty. */
+static PyObject *Plan_take(PyObject *self, PyObject *unused) {
+    (void)unused;
+    Plan *pl = (Plan *)self;
+    if (pl->busy) {
+        PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a commit runs");
+        return NULL;
+    }
+    buf_t *out = &pl->out;
+    PyObject *data = PyBytes_FromStringAndSize(out->p, out->len);
+    if (!data) return NULL;
+    if (out->cap > (8 << 20)) { free(out->p); out->p = NULL; out->cap = 0; }
+    out->len = 0;
+    return data;
 }
 
 /* received_bytes() -> (bytes, largest): the messages the last stage_zmq received, as received. */
@@ -2848,7 +3075,9 @@ static PyMethodDef Plan_methods[] = {
      "drain(socket_address, limit, newest[, max_bytes]) -> ((data, lines, taken, handed, error), errno)"},
     {"stage_zmq", Plan_stage_zmq, METH_VARARGS, "stage_zmq(socket_address, limit[, max_bytes]) -> (taken, errno)"},
     {"stage_frames", Plan_stage_frames, METH_VARARGS, "stage_frames(messages, start) -> count"},
-    {"commit", Plan_commit, METH_VARARGS, "commit(newest, slow) -> (data, lines, compiled)"},
+    {"commit", Plan_commit, METH_VARARGS,
+     "commit(newest, slow[, keep]) -> (data, lines, compiled); keep: (bytes kept in all, lines, compiled)"},
+    {"take", Plan_take, METH_NOARGS, "take() -> bytes: the output the commits with keep left"},
     {"stats", Plan_stats, METH_NOARGS, "counts of messages handled and handed back"},
     {"received_bytes", Plan_received_bytes, METH_NOARGS, "(bytes, largest) of the last stage_zmq's messages"},
     {NULL, NULL, 0, NULL},
@@ -2938,6 +3167,7 @@ static PyMethodDef module_methods[] = {
 
 static int module_exec(PyObject *module) {
     if (!str_append && !(str_append = PyUnicode_InternFromString("append"))) return -1;
+    if (!str_frombytes && !(str_frombytes = PyUnicode_InternFromString("frombytes"))) return -1;
     if (!c_locale && !(c_locale = newlocale(LC_ALL_MASK, "C", (locale_t)0))) { PyErr_NoMemory(); return -1; }
     PyObject *type = PyType_FromSpec(&Plan_spec);
     if (!type) return -1;

@@ -59,6 +59,7 @@ class LatestCache:
         self._bytes = 0  # what the queued updates hold (QUEUE_MAX_BYTES)
         self._bytes_lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._stopping = threading.Event()
         self.last_error = ""
         self._failing_logged = 0.0
 
@@ -98,15 +99,25 @@ class LatestCache:
         """Sends what is queued if Redis answers within `timeout`, then stops."""
         if self._thread is None:
             return
+        self._stopping.set()
         with contextlib.suppress(queue.Full):
             self._queue.put(None, timeout=timeout)
         self._thread.join(timeout)
 
     def _run(self) -> None:
+        next_send = 0.0  # monotonic: spec.min_interval after the last pipeline started
         while True:
             item = self._queue.get()
             if item is None:
                 return
+            # At most one pipeline per min_interval: what arrives meanwhile joins this batch. Each
+            # pipeline costs the worker about as much CPU as its commands (redis-py packs and parses
+            # each), so at high rates, with a burst every few milliseconds, a pipeline per burst was
+            # a tenth of the bridge's CPU per point (bench/run.py, docs/performance.md).
+            wait = next_send - time.monotonic()
+            if wait > 0:
+                self._stopping.wait(wait)  # stop: what is queued goes at once
+            next_send = time.monotonic() + self.spec.min_interval
             batch: dict[str, tuple[int, dict[str, str]]] = {}
             stop = False
             while True:

@@ -250,6 +250,7 @@ class CacheSpec:
     key_prefix: str
     queue_max: int = 1000
     timeout: float = 2.0
+    min_interval: float = 0.05  # seconds between two pipelines at least (0: one per batch of bursts)
 
 
 @dataclass(frozen=True)
@@ -425,7 +426,7 @@ class Config:
                 "url": _without_password(self.cache.url), "username": self.cache.username,
                 "password_set": self.cache.password is not None, "ttl_s": self.cache.ttl,
                 "key_prefix": self.cache.key_prefix, "queue_max": self.cache.queue_max,
-                "timeout_s": self.cache.timeout},
+                "timeout_s": self.cache.timeout, "min_interval_s": self.cache.min_interval},
             "journal": {"dir": str(self.journal_dir), "max_bytes": self.journal_max_bytes,
                         "write_ahead": self.journal_write_ahead, "min_free_bytes": self.journal_min_free_bytes,
                         "ledger_interval_s": self.ledger_interval},
@@ -1080,7 +1081,9 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
         cache = CacheSpec(c.get("url", str), c.get("username", str, None),
                           _secret(c, "STATION_BRIDGE_CACHE_PASSWORD", environ), max(1, round(c.duration("ttl", 3600))),
                           c.get("key_prefix", str, "latest"), c.positive("queue_max", int, 1000),
-                          c.duration("timeout", 2.0))
+                          c.duration("timeout", 2.0), c.duration("min_interval", 0.05, positive=False))
+        if cache.min_interval < 0:
+            raise c.fail("min_interval", f"must not be negative, got {cache.min_interval!r}")
         c.done()
     j = top.child("journal", {}) or _Reader({}, "journal", source)
     journal_dir = Path(j.get("dir", str, "/var/lib/station-bridge/journal"))

@@ -34,6 +34,7 @@ or without a usable libzmq, or with STATION_BRIDGE_PURE=1 in the environment,
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import errno as errno_codes
 import importlib.machinery
@@ -232,18 +233,19 @@ class Accelerator:
         Each batch (at most 256 messages) is received and formatted in C without the GIL
         (`stage_zmq`), then committed with it (`commit`: the uniqueness claims, the receive clock,
         the newest points, every message handed back given to `slow` at its place): held under
-        `lock`, when given (the bridge's state shared by several receive threads).
+        `lock`, when given (the bridge's state shared by several receive threads). The batches'
+        lines stay in the plan's output one after the other (`commit(..., keep=True)`) and are
+        taken as one bytes object at the end (`take`).
 
         Every message taken is accounted for: in `data`, settled by `slow` (it returned None: the
         caller counted it rejected), or in `lost`: a commit that raises (a defect in `slow`, no
         memory in C) discards its whole batch, lines and hand-backs, and ends the burst; the
         batches before it are kept."""
-        stage, commit = self.plan.stage_zmq, self.plan.commit  # type: ignore[attr-defined]
+        stage, commit, take = self.plan.stage_zmq, self.plan.commit, self.plan.take  # type: ignore[attr-defined]
         sizes = self.plan.received_bytes  # type: ignore[attr-defined]
         address = socket.underlying  # type: ignore[attr-defined]
         taken_bytes = largest = 0
         held = lock if lock is not None else nullcontext()
-        parts: list[bytes] = []
         lines = received = compiled = 0
         error_no = 0
         size = 0
@@ -255,30 +257,32 @@ class Accelerator:
                 settled[0] += 1
             return line
 
-        while received < limit and (max_bytes <= 0 or size < max_bytes):
-            taken, error_no = stage(address, limit - received, max(1, max_bytes - size) if max_bytes > 0 else 0)
-            got, big = sizes()
-            taken_bytes += got
-            largest = max(largest, big)
-            settled[0] = 0
-            try:
-                with held:
-                    data, n, c = commit(newest, settling)
-            except Exception as exc:  # the batch is gone (C released it): its messages counted, not lost silently
+        try:
+            while received < limit and (max_bytes <= 0 or size < max_bytes):
+                taken, error_no = stage(address, limit - received, max(1, max_bytes - size) if max_bytes > 0 else 0)
+                got, big = sizes()
+                taken_bytes += got
+                largest = max(largest, big)
+                settled[0] = 0
+                try:
+                    with held:  # the batch's lines stay in the plan after the batches before (take)
+                        size, n, c = commit(newest, settling, True)
+                except Exception as exc:  # the batch is gone (C released it): its messages counted, not lost silently
+                    received += taken
+                    lost = taken - settled[0]
+                    return Burst(take(), lines, received, compiled, 0, lost, exc, taken_bytes, largest)
                 received += taken
-                lost = taken - settled[0]
-                return Burst(b"".join(parts), lines, received, compiled, 0, lost, exc, taken_bytes, largest)
-            received += taken
-            lines += n
-            compiled += c
-            if data:
-                parts.append(data)
-                size += len(data)
-            if error_no:
-                break
+                lines += n
+                compiled += c
+                if error_no:
+                    break
+        except BaseException:  # what escapes (a stage's error, an exit): the lines kept go with it, as before
+            with contextlib.suppress(Exception):
+                take()
+            raise
         if error_no in (errno_codes.EAGAIN, errno_codes.EINTR):
             error_no = 0
-        return Burst(b"".join(parts), lines, received, compiled, error_no, size=taken_bytes, largest=largest)
+        return Burst(take(), lines, received, compiled, error_no, size=taken_bytes, largest=largest)
 
     def map(self, messages: list[list[bytes]], slow: Slow, newest: dict | None = None) -> Burst:
         """The same for messages already received (lists of frames), formatted without the GIL."""

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass, field
 
-from ..lineproto import line_ends
+from ..lineproto import _simple as simple_lines
+from ..lineproto import line_ends, nth_line_end
 
 
 @dataclass(slots=True)
@@ -45,7 +47,14 @@ class Chunk:
 
     def split(self, count: int) -> tuple[Chunk, Chunk]:
         """The first `count` lines, and the rest."""
-        if self.data.count(b"\n") == self.count:
+        cut = 0
+        if 0 < count < self.count and simple_lines(self.data):
+            # every newline ends a line: the count-th one, found without an object per line
+            with contextlib.suppress(ValueError):  # fewer newlines than lines: cannot be (as below then)
+                cut = nth_line_end(self.data, count, self.count)
+        if cut:
+            head, rest = self.data[:cut], self.data[cut:]
+        elif self.data.count(b"\n") == self.count:
             parts = self.data.split(b"\n", count)
             head = b"\n".join(parts[:count]) + b"\n"
             rest = parts[count]

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import logging
+import os
 import threading
 import time
 from collections import deque
@@ -53,8 +54,9 @@ class Intake:
             if not chunk.count:
                 return True
             try:
-                data = records.frame(chunk.data, chunk.count)  # one chunk, one record, one write(2)
-                if self.guard is not None and not self.guard.room(len(data)):
+                head = records.header(chunk.data, chunk.count)  # one chunk, one record, one writev(2)
+                size = len(head) + len(chunk.data)
+                if self.guard is not None and not self.guard.room(size):
                     raise OSError(errno.ENOSPC, f"free space below the reserve of {self.guard.reserve} bytes")
                 if self._handle is None:
                     self._count += 1
@@ -62,9 +64,11 @@ class Intake:
                     self._handle = open(path, "ab", buffering=0)  # noqa: SIM115 - open until rotated
                     self._segments.append([path, chunk.seq, 0])
                     fsync_dir(self.dir)
-                written = self._handle.write(data)  # unbuffered: in the kernel when this returns
-                if written != len(data):
-                    raise OSError(errno.ENOSPC, f"short write ({written} of {len(data)} bytes)")
+                # unbuffered: in the kernel when this returns; the header and the chunk's bytes as
+                # they are (no copy of the chunk to put the header before it)
+                written = os.writev(self._handle.fileno(), (head, chunk.data))
+                if written != size:
+                    raise OSError(errno.ENOSPC, f"short write ({written} of {size} bytes)")
             except OSError as exc:
                 # A partial write leaves a torn record: start a new segment for what follows
                 # (the reader skips the torn one). The chunk lives in memory only.
@@ -79,7 +83,7 @@ class Intake:
                 return False
             active = self._segments[-1]
             active[1] = self._next
-            active[2] += len(data)
+            active[2] += size
             if active[2] >= self.segment_bytes:
                 self._handle.close()
                 self._handle = None
