@@ -97,7 +97,7 @@ class Uniqueness:
     series (two generations: a series not seen for `max_series / 2` new series is forgotten,
     counted in `evicted`). A point older than its series' whole window whose time was never
     nudged cannot be checked: it keeps its time and is counted (`unchecked`). The window
-    survives restarts: `dump` is saved with every ledger write (app.py), `restore` reads it back
+    survives restarts: `dump` is saved with every ledger write (window.py), `restore` reads it back
     at start and `remember` adds the times of every point still on disk (see the README). A
     series key longer than LONG_SERIES is kept as its digest (`series_handle`): what the window
     holds per series does not grow with the feed's tags (the inline paths, which look the full

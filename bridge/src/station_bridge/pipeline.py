@@ -174,7 +174,7 @@ class Pipeline:
         self.dead_record_max = dead_record_max
         self.rate_log = rate_log
         self._discarded: dict[str, int] = {}  # per dead-letter file: rotation's deletions already counted
-        # The stop's deadline for the receive side (monotonic; app.Bridge sets it when a stop is
+        # The stop's deadline for the receive side (monotonic; stop.Stop sets it when a stop is
         # requested): every stage that could run on (the poll round, a binned hand-over) consults
         # `expired` and leaves the rest, counted, so a stop ends within shutdown_timeout.
         self.deadline = float("inf")

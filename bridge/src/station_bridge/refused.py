@@ -2,7 +2,7 @@
 and `replay --dead-letters`.
 
 One record format (JSONL, one object per message) for the bridge's input dead letters
-(`dead_letter.dir/input.jsonl`, written by `Bridge._reject`) and for `station-bridge capture`:
+(`dead_letter.dir/input.jsonl`, written by `Pipeline._reject`) and for `station-bridge capture`:
 
     {"time": <receive time, ns since the epoch>, "subscription": ..., "reason": ..., "detail": ...,
      "topic": ..., "encoding": "base64", "frames": [<each frame, whole, base64>], "bytes": <sum of
