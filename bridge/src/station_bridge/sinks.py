@@ -875,10 +875,16 @@ class InfluxSink:
                 if self._queued >= self.spec.batch_size:
                     break
                 if not self.link_open():
-                    # Outside the window: nothing is sent (no request, no probe); full batches go
-                    # to the journal, a partial one waits in memory (and the intake log).
+                    # Outside the window: nothing is sent (no request, no probe); full batches, and
+                    # a partial one once flush_interval is over, go to the journal (_step), so
+                    # that what waits in memory when the window opens is fresh: those points go
+                    # first (live), and old ones there would hold the live stream behind them.
+                    flush_at = self._flush_at(now)
+                    if flush_at is not None and now >= flush_at:
+                        break
                     until = self.next_window() or time.time()
-                    self._cond.wait(max(0.005, min(1.0, until - time.time())))
+                    waits = [1.0, until - time.time()] + ([flush_at - now] if flush_at is not None else [])
+                    self._cond.wait(max(0.005, min(waits)))
                     continue
                 flush_at = self._flush_at(now)
                 if flush_at is not None and now >= flush_at:
