@@ -4,11 +4,6 @@
 
 from __future__ import annotations
 
-import os
-
-from ansible.errors import AnsibleLookupError
-from ansible.plugins.lookup import LookupBase
-
 DOCUMENTATION = r"""
 name: collection_path
 author: station-stack contributors (@station-stack)
@@ -40,6 +35,12 @@ _raw:
   type: list
   elements: path
 """
+
+# Imports below the documentation, as ansible-test's validate-modules wants for plugins.
+import os  # noqa: E402
+
+from ansible.errors import AnsibleLookupError  # noqa: E402
+from ansible.plugins.lookup import LookupBase  # noqa: E402
 
 # plugins/lookup/collection_path.py -> the collection's root, three levels up.
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.realpath(__file__))))
