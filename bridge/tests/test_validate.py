@@ -111,15 +111,6 @@ class StationBridge:
             "mapping": {"measurement": "ticks", "tags": ["instrument"],
                         "fields": {"bid": "float", "ask": "float", "volume": "integer"},
                         "time": {"field": "timestamp", "format": "epoch_s"}}}]
-        if validation:
-            # roles/bridge's validation subscription (bridge_validation).
-            subscriptions.append({
-                "name": "validation", "endpoints": [self.validation_endpoint], "bind": True,
-                "topics": ["validation"], "framing": "msgpack", "cache": False,
-                "mapping": {"measurement": "station_validation", "tags": ["instrument"],
-                            "static_tags": {"validation": "demo"},
-                            "fields": {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"},
-                            "time": {"field": "timestamp", "format": "epoch_s"}}})
         destinations = [{"name": "local", "url": influx.url, "database": "tick", "retention_policy": "standard",
                          "username": WRITER[0], "flush_interval": 0.2}]
         if extra_destination:
@@ -131,6 +122,8 @@ class StationBridge:
             "http": {"listen": self.http},
             "self_metrics": {"interval": "1s", "instance": "kraken", "measurement": self_measurement},
             "shutdown_timeout": 5,
+            # The bridge's own validation subscription, as roles/bridge sets it (bridge_validation).
+            **({"validation": {"endpoint": self.validation_endpoint}} if validation else {}),
         }
         self.path = tmp / "kraken.yml"
         self.path.write_text(yaml.safe_dump(self.config))
@@ -394,7 +387,10 @@ def test_publish_writes_only_the_validation_measurement_never_a_feeds_endpoint_n
     assert local["written"] >= 250 and local["ok"], local
     rows = station_influx.query('SELECT * FROM "standard"."station_validation"', db="tick")
     assert len(rows) == 250
-    assert {(r["validation"], r["station"], r["instrument"]) for r in rows} == {("demo", "tst", "VALIDATION")}
+    assert {(r["validation"], r["station"], r["instrument"], r["instance"]) for r in rows} == {
+        ("demo", "tst", "VALIDATION", "kraken")}
+    # What central must hold, from the bridge's one definition (the playbook's query reads it).
+    assert report["validation"] == {"measurement": "station_validation", "field": "bid", "tags": {"validation": "demo"}}
     assert demo_points(station_influx) == 0  # nothing in ticks or any other measurement
     after_redis = snapshot(station_influx, station_redis)["redis"]
     assert not [k for k in after_redis if "station_validation" in k or "VALIDATION" in k]
@@ -509,3 +505,45 @@ def test_observe_fails_when_what_the_feed_mapped_is_not_queryable(tmp_path, stat
         publisher.stopped.set()
         publisher.join()
         front.server.shutdown()
+
+
+def test_the_validation_key_adds_the_bridges_own_validation_subscription_and_check_config_publishes_it(tmp_path):
+    """Issue 23: the validation subscription is defined once, in the bridge; a configuration says
+    only whether and where (`validation: {endpoint}`). check-config --json publishes it."""
+    feed = {"name": "kraken", "endpoints": ["tcp://127.0.0.1:1"],
+            "mapping": {"measurement": "ticks", "fields": {"bid": "float"}}}
+    data = {"station": "tst", "subscriptions": [feed],
+            "destinations": [{"name": "local", "url": "http://127.0.0.1:1", "database": "tick"}],
+            "self_metrics": {"instance": "kraken"}, "validation": {"endpoint": f"ipc://{tmp_path}/v.sock"}}
+
+    def check(config: dict) -> tuple[int, str]:
+        path = tmp_path / "b.yml"
+        path.write_text(yaml.safe_dump(config))
+        proc = subprocess.run([BRIDGE, "check-config", "--json", str(path)], capture_output=True, text=True)
+        return proc.returncode, proc.stdout + proc.stderr
+
+    rc, out = check(data)
+    assert rc == 0, out
+    effective = json.loads(out)
+    assert effective["validation"] == {"endpoint": f"ipc://{tmp_path}/v.sock", "subscription": "validation",
+                                       "topic": "validation", "measurement": "station_validation", "field": "bid",
+                                       "tags": {"validation": "demo"}}
+    feed_sub, sub = effective["subscriptions"]
+    assert feed_sub["name"] == "kraken" and sub["name"] == "validation"
+    assert sub["endpoints"] == [f"ipc://{tmp_path}/v.sock"] and sub["bind"] and sub["topics"] == ["validation"]
+    assert sub["measurements"] == ["station_validation"] and not sub["cache"]
+    assert sub["static_tags"] == {"validation": "demo", "instance": "kraken", "station": "tst"}
+    assert "bid" in sub["fields"]
+    # Without the key: no validation subscription, nothing bound.
+    rc, out = check({k: v for k, v in data.items() if k != "validation"})
+    assert rc == 0 and json.loads(out)["validation"] is None
+    assert [s["name"] for s in json.loads(out)["subscriptions"]] == ["kraken"]
+    # A feed named `validation`, a wildcard endpoint, a feed's endpoint: refused, named.
+    rc, out = check({**data, "subscriptions": [{**feed, "name": "validation"}]})
+    assert rc != 0 and "belongs to the bridge's validation subscription" in out, out
+    rc, out = check({**data, "validation": {"endpoint": "tcp://127.0.0.1:*"}})
+    assert rc != 0 and "validation.endpoint" in out, out
+    rc, out = check({**data, "validation": {"endpoint": "tcp://127.0.0.1:1"}})
+    assert rc != 0 and "never shares a feed's endpoint" in out, out
+    rc, out = check({**data, "validation": {"endpoint": f"ipc://{tmp_path}/v.sock", "measurement": "x"}})
+    assert rc != 0 and "validation.measurement: unknown key" in out, out

@@ -82,12 +82,15 @@ def test_feed_ports_follow_the_feed_name_not_its_position(tmp_path):
     # Each feed is an instance of its own, on top of the shared defaults, as the bridge reads it.
     kraken = second["effective"]["kraken"]
     assert kraken["station"] == "ams" and kraken["destinations"][0]["batch_size"] == 5000
-    # The feed's subscription, then the role's validation subscription (bridge_validation).
+    # The feed's subscription, then the bridge's validation subscription at the endpoint the role
+    # gives (bridge_validation: where, never what).
+    assert kraken["validation"]["endpoint"] == "ipc:///var/lib/station-bridge/kraken/validation.sock"
     assert [s["measurements"] for s in kraken["subscriptions"]] == [["kraken"], ["station_validation"]]
     assert kraken["subscriptions"][1]["static_tags"]["validation"] == "demo" and not kraken["subscriptions"][1]["cache"]
     assert kraken["subscriptions"][0]["tags"] == ["instrument", "station"]
     # By default (observe, production) no instance binds a validation socket.
     assert [s["measurements"] for s in first["effective"]["kraken"]["subscriptions"]] == [["kraken"]]
+    assert first["effective"]["kraken"]["validation"] is None
 
 
 def test_two_feeds_on_one_port_fail_naming_both(tmp_path):

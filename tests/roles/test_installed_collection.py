@@ -1,14 +1,18 @@
 """The collection where users install it (issue 23): built with `ansible-galaxy collection build`,
-installed outside the checkout, and run from a playbook outside the checkout by full names, with
-HOME elsewhere. What the roles and playbooks make on the controller (the bridge's wheels, rollout
-reports) lands in the user's cache directory, and not one file of the installed collection is
-added, removed or changed (a user may not own it, and the next install replaces it)."""
+installed outside the checkout, made read-only (a user may not own it), and run from a playbook
+outside the checkout by full names, with HOME elsewhere, on this machine and under --check (the
+converge of a real station from the installed collection, importing `site`, is the station
+scenario's molecule/station/tests/test_installed_collection.py). What the roles and playbooks
+make on the controller (the bridge's wheels, rollout reports) lands in the user's cache directory,
+and not one file of the installed collection is added, removed or changed (a user may not own
+it, and the next install replaces it)."""
 
 from __future__ import annotations
 
 import json
 import os
 import shutil
+import stat
 import subprocess
 import sys
 from pathlib import Path
@@ -48,7 +52,15 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> dict:
     tree = collections / "ansible_collections" / "station_stack" / "station"
     assert installing.returncode == 0 and (tree / "MANIFEST.json").is_file(), installing.stdout + installing.stderr
     assert not list(tree.rglob("*.so")), "the checkout's in-place build output was packed into the collection"
+    writable(tree, False)
     return {"tmp": tmp, "tree": tree, "home": home, "env": env}
+
+
+def writable(tree: Path, on: bool) -> None:
+    for path in [tree, *tree.rglob("*")]:
+        if not path.is_symlink():
+            mode = stat.S_IMODE(path.stat().st_mode)
+            path.chmod(mode | 0o200 if on else mode & ~0o222)
 
 
 def play(installed: dict, name: str, playbook: str | list, inventory: dict, *flags: str) -> subprocess.CompletedProcess:
@@ -102,4 +114,5 @@ def test_a_rollout_reports_into_the_users_cache(installed):
 @pytest.fixture(autouse=True, scope="module")
 def _cleanup(installed):
     yield
+    writable(installed["tree"], True)
     shutil.rmtree(installed["tmp"], ignore_errors=True)

@@ -263,6 +263,44 @@ class SelfMetricsSpec:
     feed_measurement: str = "station_bridge_feed"
 
 
+# The validation subscription, defined here alone (issue 23): `validation: {endpoint: ...}` makes
+# the bridge bind it for `station-bridge validate --mode publish`; `check-config --json` publishes
+# it (`validation` and the subscription itself) and validate's report tells the playbooks what
+# central must hold. Demo ticks land in this measurement only, tagged `validation=demo` (and the
+# instance), never cached in Redis; no configuration may name a subscription `validation` besides.
+VALIDATION_SUBSCRIPTION = "validation"
+VALIDATION_TOPIC = "validation"
+VALIDATION_MEASUREMENT = "station_validation"
+VALIDATION_FIELD = "bid"  # the field central counts
+VALIDATION_TAGS = {"validation": "demo"}
+VALIDATION_FIELDS = {"bid": "float", "ask": "float", "volume": "integer", "seq": "integer"}
+
+
+@dataclass(frozen=True)
+class ValidationSpec:
+    """`validation`: where the bridge binds its validation subscription, and what it writes."""
+
+    endpoint: str
+    subscription: str = VALIDATION_SUBSCRIPTION
+    topic: str = VALIDATION_TOPIC
+    measurement: str = VALIDATION_MEASUREMENT
+    field: str = VALIDATION_FIELD
+    tags: tuple[tuple[str, str], ...] = tuple(VALIDATION_TAGS.items())
+
+    def subscription_config(self, instance: str | None) -> dict[str, Any]:
+        """The subscription as configuration data (parsed like any other)."""
+        static = dict(self.tags) | ({"instance": instance} if instance else {})
+        return {"name": self.subscription, "endpoints": [self.endpoint], "bind": True, "topics": [self.topic],
+                "framing": "msgpack", "cache": False,
+                "mapping": {"measurement": self.measurement, "tags": ["instrument"], "static_tags": static,
+                            "fields": dict(VALIDATION_FIELDS), "time": {"field": "timestamp", "format": "epoch_s"}}}
+
+    def contract(self) -> dict[str, Any]:
+        """What the validation ticks are, for other tools (check-config --json, validate's report)."""
+        return {"endpoint": self.endpoint, "subscription": self.subscription, "topic": self.topic,
+                "measurement": self.measurement, "field": self.field, "tags": dict(self.tags)}
+
+
 @dataclass(frozen=True)
 class HealthSpec:
     """When /healthz says not ok (see health.py)."""
@@ -307,6 +345,7 @@ class Config:
     log_level: str
     log_rate_per_s: float
     self_metrics: SelfMetricsSpec | None = None
+    validation: ValidationSpec | None = None
     journal_min_free_bytes: int = 64 << 20
     ledger_interval: float = 1.0
     dead_letter_max_bytes: int = 64 << 20
@@ -446,6 +485,7 @@ class Config:
             "self_metrics": None if self.self_metrics is None else {
                 "interval_s": self.self_metrics.interval_ns / 1e9, "measurement": self.self_metrics.measurement,
                 "feed_measurement": self.self_metrics.feed_measurement, "instance": self.self_metrics.instance},
+            "validation": None if self.validation is None else self.validation.contract(),
             "shutdown_timeout_s": self.shutdown_timeout,
             "log": {"level": self.log_level, "rate_limit_per_s": self.log_rate_per_s},
             "fast_path": self.fast_path,
@@ -1133,6 +1173,26 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
             _writable(sm, key, check_measurement, getattr(self_metrics, key))
         _writable(sm, "instance", escape_tag, self_metrics.instance)
         sm.done()
+    validation = None
+    v = top.child("validation", None)
+    if v is not None:
+        validation = ValidationSpec(v.get("endpoint", str))
+        why = endpoint_error(validation.endpoint, True)
+        if not why and validation.endpoint.endswith("*"):
+            why = "needs a fixed address (the validation publisher connects to it)"
+        if why:
+            raise v.fail("endpoint", f"{validation.endpoint!r}: {why}")
+        v.done()
+        if validation.subscription in names:
+            raise ConfigError(f"{source}: subscriptions: the name {validation.subscription!r} belongs to the bridge's "
+                              f"validation subscription (`validation`): rename yours, or drop `validation`")
+        taken = [s.name for s in subscriptions if validation.endpoint in s.endpoints]
+        if taken:
+            raise v.fail("endpoint", f"{validation.endpoint!r} is an endpoint of subscription {taken[0]!r} too: "
+                         "validation never shares a feed's endpoint")
+        subscriptions.append(_subscription(
+            _Reader(validation.subscription_config(self_metrics.instance if self_metrics else None),
+                    "validation", source), station))
     mem = top.child("memory", {}) or _Reader({}, "memory", source)
     budget_given = mem.get("budget_bytes", (str, int), None)
     memory = MemorySpec(None if budget_given is None else mem.size("budget_bytes", 0),
@@ -1148,7 +1208,8 @@ def parse(data: Any, source: str = "<config>", environ: Mapping[str, str] | None
         journal_write_ahead=write_ahead,
         dead_letter_dir=dead_dir, http_listen=listen or None,
         shutdown_timeout=top.duration("shutdown_timeout", 20.0), log_level=level, log_rate_per_s=rate,
-        self_metrics=self_metrics, journal_min_free_bytes=min_free, ledger_interval=ledger_interval,
+        self_metrics=self_metrics, validation=validation, journal_min_free_bytes=min_free,
+        ledger_interval=ledger_interval,
         dead_letter_max_bytes=dead_max, dead_letter_max_record_bytes=dead_record_max,
         http_max_connections=max_connections, http_timeout=http_timeout,
         health=health, uniqueness=uniqueness, raw=data or {},

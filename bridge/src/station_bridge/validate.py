@@ -14,14 +14,16 @@ observe (the default; writes nothing anywhere)
 
 publish (lab and `make station` only)
     Additionally publishes `count` demo ticks to the instance's validation subscription: the
-    endpoint the bridge binds for validation alone (its name is `validation`, its measurement
+    endpoint the bridge binds for validation alone when its configuration sets `validation`
+    (config.ValidationSpec defines it: subscription `validation`, measurement
     `station_validation`, tagged validation=demo, never cached). Never a feed's endpoint,
-    never a production measurement, never Redis: an instance without a validation
-    subscription is refused. Checks the bridge received every tick and every one landed.
+    never a production measurement, never Redis: an instance without `validation` is refused.
+    Checks the bridge received every tick and every one landed.
 
 The central database is not queried from the station (the station's central user may only
 write): the bridge's acknowledgements from central are reported per destination, and the
-playbook asks central itself for the station's `station_bridge` points.
+playbook asks central itself for what the report's `self_metrics` and (publish) `validation`
+name: the measurements, field and tags central must hold.
 
 Output: a JSON report (`--json`) or a table; exit status 0 when every check passed, 1 otherwise,
 2 for a configuration error.
@@ -41,16 +43,10 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
-from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, load
+from .config import Config, ConfigError, DestinationSpec, SubscriptionSpec, ValidationSpec, load
 from .lineproto import escape_measurement
 from .metrics import Sample, parse
 from .sinks import InfluxWriter
-
-VALIDATION_SUBSCRIPTION = "validation"
-VALIDATION_MEASUREMENT = "station_validation"
-VALIDATION_TOPIC = "validation"
-VALIDATION_TAG = ("validation", "demo")
-SELF_MEASUREMENT = "station_bridge"
 
 # Credentials of a reader for InfluxDB and of a Redis user that may SCAN/HGET: from the
 # environment or, with --secrets-stdin, as JSON on stdin (never argv, where `ps` shows them).
@@ -154,12 +150,16 @@ def _redis_match(value: str) -> str:
 
 
 def feed_subscriptions(config: Config) -> list[SubscriptionSpec]:
-    return [s for s in config.subscriptions if s.name != VALIDATION_SUBSCRIPTION]
+    validation = config.validation.subscription if config.validation else None
+    return [s for s in config.subscriptions if s.name != validation]
 
 
 def validation_subscription(config: Config) -> SubscriptionSpec | None:
+    """The subscription the bridge adds for `validation` (config.ValidationSpec), if set."""
+    if config.validation is None:
+        return None
     for sub in config.subscriptions:
-        if sub.name == VALIDATION_SUBSCRIPTION:
+        if sub.name == config.validation.subscription:
             return sub
     return None
 
@@ -258,12 +258,12 @@ class InstanceValidation:
     def _publish(self) -> None:
         from .demo import publish
         sub = validation_subscription(self.config)
-        if sub is None:
+        if sub is None or self.config.validation is None:
             raise ValidateError(
-                f"{self.path}: no `{VALIDATION_SUBSCRIPTION}` subscription: publish mode writes only to the "
-                f"instance's own validation endpoint (the bridge role adds it with bridge_validation), never "
-                f"to a feed's")
-        self.published = publish(sub.endpoints[0], VALIDATION_TOPIC, self.options.count, self.options.rate,
+                f"{self.path}: no `validation` subscription (the configuration sets no `validation: {{endpoint}}`): "
+                f"publish mode writes only to the instance's own validation endpoint (the bridge role sets it "
+                f"with bridge_validation), never to a feed's")
+        self.published = publish(sub.endpoints[0], self.config.validation.topic, self.options.count, self.options.rate,
                                  duration=max(30.0, self.options.count / max(self.options.rate, 1.0) * 2),
                                  bind=False, instruments=["VALIDATION"])
 
@@ -508,13 +508,13 @@ class InstanceValidation:
     def _validation_landed(self, started_ns: int) -> None:
         assert self.before is not None
         sub = validation_subscription(self.config)
-        assert sub is not None
-        tag, value = VALIDATION_TAG
+        spec = self.config.validation
+        assert sub is not None and spec is not None
         # This instance's ticks only: every instance of a station writes the same measurement
         # (its validation subscription's static tags tell them apart, e.g. `instance`).
-        tags = {**sub.mapping.static_tags, tag: value}
+        tags = {**sub.mapping.static_tags, **dict(spec.tags)}
         where = " AND ".join(f"{_quote_ident(k)} = {_quote_string(v)}" for k, v in sorted(tags.items()))
-        query = (f"SELECT count(*) FROM {_source(self.local, VALIDATION_MEASUREMENT)} "
+        query = (f"SELECT count(*) FROM {_source(self.local, spec.measurement)} "
                  f"WHERE {where} AND time >= {started_ns}")
         deadline = time.monotonic() + self.options.timeout
         landed = received = 0
@@ -532,7 +532,7 @@ class InstanceValidation:
             (landed == self.published or not self.options.influx_user)
         self.add("validation ticks", ok,
                  f"published {self.published} to {sub.endpoints[0]}, the bridge received {received}"
-                 + (f", {landed} landed in {self.local.database}.{VALIDATION_MEASUREMENT}"
+                 + (f", {landed} landed in {self.local.database}.{spec.measurement}"
                     if self.options.influx_user else ""),
                  published=self.published, received=received, landed=landed)
 
@@ -560,7 +560,9 @@ class InstanceValidation:
                             stamp = client.hget(key, "time")
                             newest = max(newest, int(stamp or 0))
                     row["cached_series"], row["cached_newest_ns"] = keys, newest
-                leaked = list(client.scan_iter(match=f"{_redis_match(prefix)}:{VALIDATION_MEASUREMENT}*", count=1000))
+                measurement = (self.config.validation or ValidationSpec("")).measurement
+                leaked = list(client.scan_iter(match=f"{_redis_match(prefix)}:{_redis_match(measurement)}*",
+                                               count=1000))
             except Exception as exc:  # redis.RedisError and connection errors alike: report, do not crash
                 problems.append(f"cannot read Redis as {self.options.redis_user}: {exc}")
                 leaked = []
@@ -574,6 +576,8 @@ class InstanceValidation:
             "instance": self.name, "config": str(self.path), "station": self.config.station,
             # where this instance's own metrics land (central is asked for this measurement)
             "self_measurement": self.config.self_metrics.measurement if self.config.self_metrics else None,
+            # what its validation ticks are (config.ValidationSpec; publish mode writes them)
+            "validation": self.config.validation.contract() if self.config.validation else None,
             "ok": all(c.ok for c in self.checks),
             "checks": [{"check": c.name, "ok": c.ok, "detail": c.detail, **c.data} for c in self.checks],
             "feeds": self.feeds, "destinations": self.destinations,
@@ -601,9 +605,17 @@ def validate(paths: list[Path], options: Options) -> dict[str, Any]:
     # measurement (the playbook asks central for exactly these; it never re-derives them).
     at_central = sorted({(r["station"], r["self_measurement"]) for r in reports
                          if r["station"] and r["self_measurement"]})
+    # In publish mode also the validation ticks: measurement, counted field and tags (one
+    # definition, config.ValidationSpec; every instance's the same), per station.
+    ticks = None
+    if options.mode == "publish":
+        contracts = [r["validation"] for r in reports if r["validation"]]
+        if contracts:
+            ticks = {k: contracts[0][k] for k in ("measurement", "field", "tags")}
     return {"mode": options.mode, "started_ns": started_ns, "window_s": round(time.monotonic() - opened, 3),
             "ok": all(r["ok"] for r in reports), "instances": reports,
-            "self_metrics": [{"station": s, "measurement": m} for s, m in at_central]}
+            "self_metrics": [{"station": s, "measurement": m} for s, m in at_central],
+            "validation": ticks}
 
 
 def problems(report: dict[str, Any]) -> list[str]:
@@ -628,7 +640,7 @@ def table(report: dict[str, Any]) -> list[str]:
         if "validation ticks" in checks:
             v = checks["validation ticks"]
             lines.append(f"{inst['instance']} | validation | published {v['published']}, received {v['received']} | "
-                         f"{v['landed']} | {VALIDATION_MEASUREMENT} | {v['ok']} | -")
+                         f"{v['landed']} | {(inst['validation'] or {}).get('measurement')} | {v['ok']} | -")
         for d in inst["destinations"]:
             lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
                          f"{d['pending']} pending{', ' + d['state'] if d.get('state') else ''}"
