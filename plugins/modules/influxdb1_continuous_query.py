@@ -101,7 +101,7 @@ options:
             for an operator's request after an outage (C(playbooks/backfill.yml)), not for a
             converge.
           - V(repair) backfills like V(on_change) when the CQ is created or changed. When it is
-            unchanged, each chunk of the window is compared first: the CQ's SELECT without its
+            unchanged, each chunk of the window is compared first, the CQ's SELECT without its
             C(INTO) (read-only) against what the target measurement holds for that chunk (same
             measurement, tags, times and field values; null fields and C(fill(null)) rows are not
             written by C(INTO), so not expected), and only the chunks that differ are rewritten with
@@ -109,10 +109,10 @@ options:
             reports C(changed=false); check mode and diff list the chunks that differ. Two reads per
             chunk of the window on every run (the cost of a converge that repairs).
           - A repair leaves out the buckets the live CQ still recomputes on its next runs (the last
-            O(resample_for), else the last C(GROUP BY time) interval): their raw points may still be
-            arriving, and the CQ writes them itself.
+            O(resample_for), else the last C(GROUP BY time) interval), whose raw points may still be
+            arriving and which the CQ writes itself.
           - What the target holds beyond what the CQ computes (fields or series an older definition
-            wrote, intervals whose raw points expired) is not a difference: C(SELECT ... INTO) cannot
+            wrote, intervals whose raw points expired) is not a difference, as C(SELECT ... INTO) cannot
             remove it.
         type: str
         choices: [on_change, always, repair]
