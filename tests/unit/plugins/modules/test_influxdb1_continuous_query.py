@@ -389,8 +389,8 @@ def test_repair_rewrites_exactly_the_chunks_whose_raw_points_arrived_late(run, s
     assert done["changed"] and done["queries"] == [] and done["backfill"]["chunks"] == 2, done
     assert done["backfill"]["written"] == 4  # each rewritten hour: hosts a and b
     after = target_late(server, "bf_repair", current)
-    assert {key for key in after if after[key] != before.get(key)} == {("a", current - 7 * HOUR),
-                                                                        ("a", current - 4 * HOUR)}
+    rewritten = {key for key in after if after[key] != before.get(key)}
+    assert rewritten == {("a", current - 7 * HOUR), ("a", current - 4 * HOUR)}, rewritten
     window = (current - 11 * HOUR, current - HOUR)
     fresh = computed_now(server, "bfdb.raw.late", *window)
     assert after == fresh and len(fresh) == 18, (after, fresh)  # hours -10 .. -2, hosts a and b
