@@ -45,6 +45,9 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_in
     render,
 )
 
+# Chunks whose reads a repair sends per request (two requests per batch).
+REPAIR_BATCH = 50
+
 # The scratch name a changed CQ is validated under before the old one is dropped.
 PROBE_SUFFIX = "__station_stack_probe"
 
@@ -91,24 +94,29 @@ def read_repair(client, database, name, have, spec):
         target = into_target(tokens)
     except (PlanError, BackfillError, ValueError, KeyError):
         return None
+    # Both reads of every chunk in two requests per batch of chunks (a round trip per statement
+    # cost most of a repair's time), each statement still bounded to its chunk.
     out = {}
-    for start, end in chunks:
-        statement = render(without_into(with_time_range(tokens, start, end)))
+    for first in range(0, len(chunks), REPAIR_BATCH):
+        batch = chunks[first:first + REPAIR_BATCH]
+        statements = [render(without_into(with_time_range(tokens, start, end))) for start, end in batch]
         try:
-            computed = _points(client.query(statement, database=database), target[2])
+            computed = [_points(result, target[2]) for result in client.query_many(statements, database)]
+            reads = []
+            for (start, end), points in zip(batch, computed, strict=True):
+                measurements = sorted({key[0] for key in points})
+                fields = sorted({field for values in points.values() for field in values})
+                if measurements and fields:
+                    reads.append("SELECT %s FROM %s WHERE time >= '%s' AND time < '%s' GROUP BY *" % (
+                        ", ".join(quote_ident(f) for f in fields),
+                        ", ".join("%s.%s.%s" % (quote_ident(target[0]), quote_ident(target[1]), quote_ident(m))
+                                  for m in measurements), format_time(start), format_time(end)))
+            held = iter(client.query_many(reads, target[0]))
         except InfluxDBError as exc:
-            raise InfluxDBError("%s: repair cannot compute [%s, %s): InfluxDB refused `%s`: %s" % (
-                label, format_time(start), format_time(end), statement, exc.message), exc.status) from exc
-        held = {}
-        measurements = sorted({key[0] for key in computed})
-        fields = sorted({field for values in computed.values() for field in values})
-        if measurements and fields:
-            statement = "SELECT %s FROM %s WHERE time >= '%s' AND time < '%s' GROUP BY *" % (
-                ", ".join(quote_ident(f) for f in fields),
-                ", ".join("%s.%s.%s" % (quote_ident(target[0]), quote_ident(target[1]), quote_ident(m))
-                          for m in measurements), format_time(start), format_time(end))
-            held = _points(client.query(statement, database=target[0]), None)
-        out[(start, end)] = (computed, held)
+            raise InfluxDBError("%s: repair cannot compare [%s, %s): %s" % (
+                label, format_time(batch[0][0]), format_time(batch[-1][1]), exc.message), exc.status) from exc
+        for chunk, points in zip(batch, computed, strict=True):
+            out[chunk] = (points, _points(next(held), None) if points else {})
     return out
 
 

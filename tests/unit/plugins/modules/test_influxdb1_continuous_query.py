@@ -425,3 +425,18 @@ def test_repair_of_an_unchanged_cq_is_idempotent_with_fill_and_backreference(run
     if name == "fill0_backref":
         zeros = rows(server, "SELECT n FROM bfdb.agg.gappy WHERE n = 0")
         assert len(zeros) >= 3, zeros
+
+
+def test_repair_compares_more_chunks_than_one_request_holds(run, server, raw):
+    """More than REPAIR_BATCH chunks (3 days of hours): read in several requests, each chunk paired
+    with its own reads (a late point in the first batch and one in the last found, nothing else)."""
+    args = backfilled(server, "bf_wide", LATE.format(target="bf_wide"), {"window": "3d", "run": "repair"})
+    run("influxdb1_continuous_query", args)
+    current = raw["current"]
+    late = [current - 60 * HOUR + 60 * SECOND, current - 5 * HOUR + 60 * SECOND]
+    write(server, "bfdb", "raw", [f"late,host=c v=1.5,q=2i {ns}" for ns in late])
+    result = run("influxdb1_continuous_query", args)
+    summary = result["backfill"]
+    assert summary["compared"] > 60 and result["changed"], summary
+    assert [parse(c["start"]) for c in summary["differing"]] == [current - 60 * HOUR, current - 5 * HOUR], summary
+    assert run("influxdb1_continuous_query", args)["changed"] is False
