@@ -709,8 +709,7 @@ def test_a_central_down_while_stations_publish_ends_identical_to_the_other(centr
     repair = "influxdb : Repair the continuous queries whose intervals got raw points late"
     rc, took, output = play("central.yml")
     assert rc == 0, failures(output)
-    assert sorted(changed_tasks(output)) == [f"{c}: {repair}" for c in sorted(CENTRALS.values())], \
-        changed_tasks(output)
+    assert set(changed_tasks(output)) == {f"{c}: {repair}" for c in CENTRALS.values()}, changed_tasks(output)
     now_s = int(host(CENTRAL).check_output("date +%s"))
     since_s = (start // 10**9 - OUTAGE_SHIFT_S) // 3600 * 3600 - 3600
     closed = f"time >= {since_s * 10**9} AND time < {(now_s - 2 * 3600) // 3600 * 3600 * 10**9}"
