@@ -71,6 +71,31 @@ class InfluxDBClient:
 
     def query(self, statement, database=None, credentials=True):
         """Runs one statement; returns its result dict. Raises InfluxDBError."""
+        payload, status = self._request(statement, database, credentials)
+        result = (payload.get("results") or [{}])[0]
+        if "error" in result:
+            raise InfluxDBError(result["error"], status)
+        return result
+
+    def query_many(self, statements, database=None):
+        """Runs several statements in one request (one round trip); returns their result dicts in
+        order. Raises InfluxDBError naming the first statement refused."""
+        if not statements:
+            return []
+        payload, status = self._request(";\n".join(statements), database, True)
+        results = sorted(payload.get("results") or [], key=lambda r: r.get("statement_id", 0))
+        for result in results:
+            if "error" in result:
+                index = result.get("statement_id", 0)
+                shown = statements[index] if 0 <= index < len(statements) else "?"
+                raise InfluxDBError("%s (in `%s`)" % (result["error"], shown), status)
+        if len(results) != len(statements):
+            raise InfluxDBError("InfluxDB at %s answered %d results for %d statements"
+                                % (self.base_url, len(results), len(statements)), status)
+        return results
+
+    def _request(self, statement, database, credentials):
+        """POST /query; returns (payload, HTTP status) after the request-level errors."""
         fields = {"q": statement}
         if database:
             fields["db"] = database
@@ -104,10 +129,7 @@ class InfluxDBClient:
             raise InfluxDBError(payload["error"], status)
         if status >= 300:
             raise InfluxDBError("InfluxDB at %s answered HTTP %d" % (self.base_url, status), status)
-        result = (payload.get("results") or [{}])[0]
-        if "error" in result:
-            raise InfluxDBError(result["error"], status)
-        return result
+        return payload, status
 
     def rows(self, statement, database=None):
         """Runs a SHOW statement; returns rows as dicts, with the series name as `_series`."""

@@ -231,6 +231,32 @@ def with_time_range(tokens, start, end):
             + [("op", ")")] + tokens[group:])
 
 
+def without_into(tokens):
+    """The canonical SELECT tokens without their INTO clause: the read-only query a repair compares."""
+    out, skipping = [], False
+    for _i, tok, depth in _depth_scan(tokens):
+        if depth == 0 and tok == ("kw", "INTO"):
+            skipping = True
+            continue
+        if depth == 0 and tok[0] == "kw" and tok[1] != "INTO":
+            skipping = False
+        if not skipping:
+            out.append(tok)
+    return out
+
+
+def into_target(tokens):
+    """(database, retention policy, measurement) of the canonical SELECT's INTO clause; the
+    measurement is ":MEASUREMENT" for a backreference (each source measurement's own name)."""
+    for i, tok, depth in _depth_scan(tokens):
+        if depth == 0 and tok == ("kw", "INTO"):
+            parts = tokens[i + 1:i + 6]
+            if len(parts) == 5 and parts[1] == ("op", ".") and parts[3] == ("op", "."):
+                return parts[0][1], parts[2][1], parts[4][1]
+            break
+    raise BackfillError("the query has no INTO db.rp.measurement target to compare with")
+
+
 def chunk_duration(value, interval, resample_for):
     """The chunk length in ns: declared, or what one run of the CQ covers (RESAMPLE FOR, else the
     GROUP BY interval)."""

@@ -6,6 +6,7 @@ influxdb1_continuous_query (one CQ per call) and influxdb1_schema (a whole schem
 
 from __future__ import annotations
 
+import math
 import re
 import time
 
@@ -23,11 +24,13 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_ba
     format_time,
     from_sources,
     group_by_time,
+    into_target,
     load_zone,
     next_bucket,
     parse_time,
     windows,
     with_time_range,
+    without_into,
 )
 from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_duration import (
     DurationError,
@@ -41,6 +44,9 @@ from ansible_collections.station_stack.station.plugins.module_utils.influxdb1_in
     parse_stored_cq,
     render,
 )
+
+# Chunks whose reads a repair sends per request (two requests per batch).
+REPAIR_BATCH = 50
 
 # The scratch name a changed CQ is validated under before the old one is dropped.
 PROBE_SUFFIX = "__station_stack_probe"
@@ -71,7 +77,84 @@ def read(client, database, name, query=None, backfill=None):
         for source_db in sorted({db for db, _rp in sources if db in existing}):
             for row in client.rows("SHOW RETENTION POLICIES ON %s" % quote_ident(source_db)):
                 have["retention"][(source_db, row["name"])] = parse_duration(row["duration"])
+        if backfill.get("run") == "repair" and have["stored"]:
+            have["repair"] = read_repair(client, database, name, have, backfill)
     return have
+
+
+def read_repair(client, database, name, have, spec):
+    """Per chunk of a repair's window, what the stored CQ's SELECT computes now (read-only, without
+    INTO) and what its target holds: {(start, end): (computed, held)}. None when the window cannot
+    be planned (the plan names why)."""
+    label = "continuous query %s.%s" % (database, name)
+    try:
+        _every, for_, select = parse_stored_cq(have["stored"])
+        tokens = canonical_select(select, database, have["default_rp"])
+        chunks = backfill_plan(spec, have, label, tokens, for_, "repair")["windows"]
+        target = into_target(tokens)
+    except (PlanError, BackfillError, ValueError, KeyError):
+        return None
+    # Both reads of every chunk in two requests per batch of chunks (a round trip per statement
+    # cost most of a repair's time), each statement still bounded to its chunk.
+    out = {}
+    for first in range(0, len(chunks), REPAIR_BATCH):
+        batch = chunks[first:first + REPAIR_BATCH]
+        statements = [render(without_into(with_time_range(tokens, start, end))) for start, end in batch]
+        try:
+            computed = [_points(result, target[2]) for result in client.query_many(statements, database)]
+            reads = []
+            for (start, end), points in zip(batch, computed, strict=True):
+                measurements = sorted({key[0] for key in points})
+                fields = sorted({field for values in points.values() for field in values})
+                if measurements and fields:
+                    reads.append("SELECT %s FROM %s WHERE time >= '%s' AND time < '%s' GROUP BY *" % (
+                        ", ".join(quote_ident(f) for f in fields),
+                        ", ".join("%s.%s.%s" % (quote_ident(target[0]), quote_ident(target[1]), quote_ident(m))
+                                  for m in measurements), format_time(start), format_time(end)))
+            held = iter(client.query_many(reads, target[0]))
+        except InfluxDBError as exc:
+            raise InfluxDBError("%s: repair cannot compare [%s, %s): %s" % (
+                label, format_time(batch[0][0]), format_time(batch[-1][1]), exc.message), exc.status) from exc
+        for chunk, points in zip(batch, computed, strict=True):
+            out[chunk] = (points, _points(next(held), None) if points else {})
+    return out
+
+
+def _points(result, measurement):
+    """{(measurement, tags, time): {field: value}} of a query's series, as SELECT ... INTO writes
+    them: null fields left out, rows of nulls only (fill(null)) not written, empty tags dropped, a
+    later series' value for the same point winning (several sources into one measurement)."""
+    out = {}
+    for series in result.get("series") or []:
+        tags = tuple(sorted((k, v) for k, v in (series.get("tags") or {}).items() if v not in (None, "")))
+        name = series.get("name") if measurement in (None, ":MEASUREMENT") else measurement
+        columns = series.get("columns") or []
+        for values in series.get("values") or []:
+            row = dict(zip(columns, values, strict=True))
+            stamp = row.pop("time", None)
+            fields = {k: v for k, v in row.items() if v is not None}
+            if fields:
+                out.setdefault((name, tags, stamp), {}).update(fields)
+    return out
+
+
+def _same(a, b):
+    if isinstance(a, bool) or isinstance(b, bool) or not isinstance(a, (int, float)) or not isinstance(b, (int, float)):
+        return a == b
+    # The same float64 read back; a relative 1e-12 absorbs a mean summed in another order.
+    return a == b or math.isclose(a, b, rel_tol=1e-12, abs_tol=0.0)
+
+
+def differences(computed, held):
+    """Pure: the points (measurement, tags, time) whose computed value the target lacks or holds
+    otherwise. What the target holds beyond the computation (fields or series of an older
+    definition, intervals whose raw points expired) is no difference: SELECT ... INTO cannot remove it."""
+    out = []
+    for key, fields in computed.items():
+        have = held.get(key, {})
+        if any(field not in have or not _same(value, have[field]) for field, value in fields.items()):
+            out.append(key)
+    return out
 
 
 def create_statement(name, database, query, every=None, for_=None):
@@ -133,7 +216,10 @@ def backfill_plan(spec, have, label, select_tokens, resample_for, reason):
                     "one" % (label, format_time(first), format_time(since), source_db, source_rp,
                              format_duration(duration)))
                 since = first
-        chunks = windows(since, now, interval, offset, zone, chunk)
+        # A repair leaves the buckets the live CQ still recomputes on its next runs (the last
+        # RESAMPLE FOR, else the last interval) to the CQ: their raw points may still be arriving.
+        until = now - max(resample_for or interval, interval) if reason == "repair" else now
+        chunks = windows(since, until, interval, offset, zone, chunk)
     except (BackfillError, DurationError) as exc:
         raise PlanError("%s: backfill %s" % (label, exc)) from exc
     return dict(reason=reason, windows=chunks, chunk=chunk, interval=interval, offset=offset, zone=zone,
@@ -144,6 +230,9 @@ def backfill_summary(backfill):
     """The backfill as the module returns it (and shows in the diff)."""
     chunks = backfill["windows"]
     out = dict(reason=backfill["reason"], chunks=len(chunks), chunk=format_duration(backfill["chunk"]))
+    if backfill["reason"] == "repair":
+        out.update(compared=backfill["compared"], differing_points=backfill["differing_points"],
+                   differing=[dict(start=format_time(a), end=format_time(b)) for a, b in chunks])
     if chunks:
         out.update(start=format_time(chunks[0][0]), end=format_time(chunks[-1][1]),
                    first=dict(start=format_time(chunks[0][0]), end=format_time(chunks[0][1])),
@@ -156,6 +245,10 @@ def backfill_summary(backfill):
 def _diff_lines(summary):
     if not summary["chunks"]:
         return ""
+    if summary["reason"] == "repair":
+        return "".join("-- repair: [%s, %s) differs from what the CQ computes: rewritten\n" % (c["start"], c["end"])
+                       for c in summary["differing"]) + "-- %d of %d chunk(s), %d point(s) differing\n" % (
+            summary["chunks"], summary["compared"], summary["differing_points"])
     return ("-- backfill (%s): %d chunk(s) of up to %s, %s .. %s\n-- first: %s\n-- last: %s\n" % (
         summary["reason"], summary["chunks"], summary["chunk"], summary["start"], summary["end"],
         summary["first_query"], summary["last_query"]))
@@ -213,8 +306,11 @@ def plan(want, have):
         result.add(create_statement(name, database, query, every, for_))
     if spec:
         reason = ("changed" if stored else "created") if changed else (
-            "requested" if spec.get("run") == "always" else "none")
-        if reason == "none":
+            {"always": "requested", "repair": "repair"}.get(spec.get("run"), "none"))
+        if reason == "repair":
+            result.backfill = repair_plan(spec, have, label, stored_tokens, for_)
+            result.warnings.extend(result.backfill["warnings"])
+        elif reason == "none":
             result.backfill = dict(reason=reason, windows=[], chunk=0, select=tokens)
             result.backfill["chunk"] = chunk_duration(spec.get("chunk"), _interval(tokens, label), for_)
         else:
@@ -226,6 +322,28 @@ def plan(want, have):
         result.result["backfill"] = summary
         result.after = result.after + _diff_lines(summary)
     return result
+
+
+def repair_plan(spec, have, label, select_tokens, resample_for):
+    """Pure: the repair's chunks (those whose target differs from what the CQ computes now, as
+    read by read_repair) out of the window's chunks."""
+    backfill = backfill_plan(spec, have, label, select_tokens, resample_for, "repair")
+    compared = have.get("repair")
+    if compared is None:
+        raise PlanError("%s: repair needs the CQ's INTO target as db.rp.measurement and a window it can read"
+                        % label)
+    differing, points = [], 0
+    for chunk in backfill["windows"]:
+        computed, held = compared.get(chunk, (None, None))
+        if computed is None:
+            raise PlanError("%s: repair read no comparison for chunk [%s, %s)" % (
+                label, format_time(chunk[0]), format_time(chunk[1])))
+        missing = differences(computed, held)
+        if missing:
+            differing.append(chunk)
+            points += len(missing)
+    backfill.update(compared=len(backfill["windows"]), windows=differing, differing_points=points)
+    return backfill
 
 
 def _interval(tokens, label):
@@ -288,7 +406,9 @@ def apply_plan(client, result, params, have):
         note = ("The continuous query was not created%s: a rerun backfills again and creates it." % (
             " (its old definition was dropped)" if have["stored"] else ""))
     else:
-        note = "The continuous query is unchanged; rerun the request to recompute the window."
+        note = "The continuous query is unchanged; %s." % (
+            "a rerun compares again and rewrites the chunks that still differ" if backfill["reason"] == "repair"
+            else "rerun the request to recompute the window")
     written = run_chunks(client, database, label, select, backfill["windows"], note)
     catch_up = []
     if result.changes:

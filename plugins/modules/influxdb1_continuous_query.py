@@ -100,8 +100,22 @@ options:
           - V(always) backfills on every run and reports C(changed=true) whenever a chunk ran,
             for an operator's request after an outage (C(playbooks/backfill.yml)), not for a
             converge.
+          - V(repair) backfills like V(on_change) when the CQ is created or changed. When it is
+            unchanged, each chunk of the window is compared first, the CQ's SELECT without its
+            C(INTO) (read-only) against what the target measurement holds for that chunk (same
+            measurement, tags, times and field values; null fields and C(fill(null)) rows are not
+            written by C(INTO), so not expected), and only the chunks that differ are rewritten with
+            the C(SELECT ... INTO). C(changed) only when a chunk was rewritten, so a rerun right after
+            reports C(changed=false); check mode and diff list the chunks that differ. Two reads per
+            chunk of the window on every run (the cost of a converge that repairs).
+          - A repair leaves out the buckets the live CQ still recomputes on its next runs (the last
+            O(resample_for), else the last C(GROUP BY time) interval), whose raw points may still be
+            arriving and which the CQ writes itself.
+          - What the target holds beyond what the CQ computes (fields or series an older definition
+            wrote, intervals whose raw points expired) is not a difference, as C(SELECT ... INTO) cannot
+            remove it.
         type: str
-        choices: [on_change, always]
+        choices: [on_change, always, repair]
         default: on_change
 extends_documentation_fragment:
   - station_stack.station.influxdb1
@@ -157,6 +171,21 @@ EXAMPLES = r"""
       run: always
     login_username: admin
     login_password: "{{ influxdb_admin_password }}"
+
+- name: On every converge, rewrite the intervals of the past week whose raw points arrived late
+  station_stack.station.influxdb1_continuous_query:
+    database: tick
+    name: ticks_ohlc_1h
+    query: >-
+      SELECT first(bid) AS open, max(bid) AS high, min(bid) AS low, last(bid) AS close
+      INTO long_term.ticks_ohlc_1h FROM standard.ticks GROUP BY time(1h), *
+    resample_every: 10m
+    resample_for: 2h
+    backfill:
+      window: 7d
+      run: repair
+    login_username: admin
+    login_password: "{{ influxdb_admin_password }}"
 """
 
 RETURN = r"""
@@ -172,7 +201,11 @@ server_query:
 backfill:
   description:
     - The backfill run (that would run, in check mode); C(chunks) is 0 when none was needed.
-    - C(reason) is V(created), V(changed), V(requested) (O(backfill.run=always)) or V(none).
+    - C(reason) is V(created), V(changed), V(requested) (O(backfill.run=always)), V(repair)
+      (O(backfill.run=repair), the CQ unchanged) or V(none).
+    - With V(repair), C(compared) is the number of chunks compared, C(chunks) and C(differing)
+      those that differed (rewritten, or that would be in check mode), C(differing_points) the
+      points the target lacked or held otherwise.
     - C(first_query) and C(last_query) are the statements of the first and last chunk;
       C(written) the points InfluxDB reported written, C(catch_up_chunks) the buckets that
       completed while the backfill ran (both after a real run only).
@@ -217,7 +250,7 @@ def main():
                 window=dict(type="str"),
                 since=dict(type="str"),
                 chunk=dict(type="str"),
-                run=dict(type="str", default="on_change", choices=["on_change", "always"]),
+                run=dict(type="str", default="on_change", choices=["on_change", "always", "repair"]),
             ), mutually_exclusive=[("window", "since")], required_one_of=[("window", "since")]),
         ),
         required_if=[("state", "present", ["query"])],

@@ -106,9 +106,11 @@ options:
                 description: Longest time range of one statement.
                 type: str
               run:
-                description: V(on_change) (a converge) or V(always) (an operator's request).
+                description:
+                  - V(on_change) (a converge), V(always) (an operator's request) or V(repair) (a
+                    converge that rewrites only the chunks whose target differs from what the CQ computes).
                 type: str
-                choices: [on_change, always]
+                choices: [on_change, always, repair]
                 default: on_change
   users:
     description:
@@ -496,7 +498,7 @@ def main():
         window=dict(type="str"),
         since=dict(type="str"),
         chunk=dict(type="str"),
-        run=dict(type="str", default="on_change", choices=["on_change", "always"]),
+        run=dict(type="str", default="on_change", choices=["on_change", "always", "repair"]),
     )
     module = AnsibleModule(
         argument_spec=connection_spec(

@@ -294,14 +294,15 @@ def test_fleet_overview_panels_return_rows_from_every_station(central):
 # that need no central2 (SSH and sudo, host keys, service.yml restarting bcn's bridges, backup and
 # restore) run meanwhile instead of a test waiting idle (fixture central2_down).
 OUTAGE_S = 120
-# A counted feed on each of these stations during the outage, two hours in the past (its own
-# instruments, never a production series of the lab's feeds): its hours are closed, so the backfill
-# (whole hours only) recomputes them and the downsampled series can be compared on both centrals.
+# A counted feed on each of these stations during the outage, four hours in the past (its own
+# instruments, never a production series of the lab's feeds): hours the live CQ (RESAMPLE FOR 2h)
+# no longer recomputes, so only the centrals' repair (influxdb_cq_repair_window) computes them, and
+# the downsampled series can be compared on both centrals.
 # Not bcn: service.yml restarts its station.target (and so its lab feed) during the outage.
 OUTAGE_STATIONS = ("ams", "cpt")
 OUTAGE_COUNT = 2000
 OUTAGE_INSTRUMENTS = "USDNOK|EURNOK"
-OUTAGE_SHIFT_S = 2 * 3600
+OUTAGE_SHIFT_S = 4 * 3600
 
 # Runs on a station with the bridge's own Python (PyYAML, pyzmq, msgpack).
 _PAST_PUBLISHER = r"""
@@ -661,8 +662,9 @@ def test_a_central_down_while_stations_publish_ends_identical_to_the_other(centr
     """central2's InfluxDB stopped for OUTAGE_S while every station publishes (the lab feeds, and on
     ams and cpt a counted feed; bcn's bridges restarted meanwhile by service.yml): central keeps
     receiving, every station journals for central2; once it is back, both centrals hold the same
-    counts per station and measurement, raw and (after playbooks/backfill.yml) downsampled, the
-    journals are empty and nothing is a dead letter."""
+    counts per station and measurement, raw and (after central.yml's repair of the continuous
+    queries, no window given) downsampled, the journals are empty and nothing is a dead letter; a
+    rerun of central.yml with both centrals up changes nothing."""
     outage = central2_down
     outage.join(OUTAGE_S + 200)
     assert not outage.is_alive(), "the outage did not end"
@@ -700,15 +702,17 @@ def test_a_central_down_while_stations_publish_ends_identical_to_the_other(centr
         assert host(STATIONS[code]).check_output(
             "find /var/lib/station-bridge -path '*dead-letter*' -type f -size +0c") == "", code
 
-    # The downsampled series: recomputed on both centrals from the hour before the counted feeds
-    # (the README's step after an outage), then identical per station over every closed hour of
-    # that window (the counted feeds' hours, and the lab feeds' before this one).
+    # The downsampled series: the README's step after an outage, central.yml (its converge repairs
+    # each CQ over influxdb_cq_repair_window: the hours whose raw points arrived late rewritten, on
+    # both centrals: neither CQ ever computed the counted feeds' hours), then identical per station
+    # over every hour the live CQ no longer recomputes (older than its RESAMPLE FOR, 2h).
+    repair = "influxdb : Repair the continuous queries whose intervals got raw points late"
+    rc, took, output = play("central.yml")
+    assert rc == 0, failures(output)
+    assert set(changed_tasks(output)) == {f"{c}: {repair}" for c in CENTRALS.values()}, changed_tasks(output)
     now_s = int(host(CENTRAL).check_output("date +%s"))
     since_s = (start // 10**9 - OUTAGE_SHIFT_S) // 3600 * 3600 - 3600
-    closed = f"time >= {since_s * 10**9} AND time < {now_s // 3600 * 3600 * 10**9}"
-    since = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime(since_s))
-    rc, _, output = play("backfill.yml", "-e", f"backfill_since={since}")
-    assert rc == 0, failures(output)
+    closed = f"time >= {since_s * 10**9} AND time < {(now_s - 2 * 3600) // 3600 * 3600 * 10**9}"
     hourly = {c: central_query(f"SELECT * FROM long_term.ticks_1h WHERE {closed} GROUP BY station", central=c)
               for c in CENTRALS.values()}
     assert hourly[CENTRAL] and hourly[CENTRAL] == hourly[CENTRAL2], hourly
@@ -716,8 +720,13 @@ def test_a_central_down_while_stations_publish_ends_identical_to_the_other(centr
         volume = sum(r["volume"] for r in hourly[CENTRAL] if r["station"] == code and re.match(
             f"^({OUTAGE_INSTRUMENTS})$", r["instrument"]))
         assert volume == sum(range(OUTAGE_COUNT)), (code, volume)
-    print("hourly rows per station, identical on both:",
+    print(f"central.yml repaired both in {took:.0f} s; hourly rows per station, identical on both:",
           {code: sum(r["station"] == code for r in hourly[CENTRAL]) for code in STATIONS})
+    # The full converge of both centrals again, both up: the repair compares and finds nothing.
+    rc, took, output = play("central.yml")
+    assert rc == 0, failures(output)
+    assert changed_tasks(output) == [], changed_tasks(output)
+    print(f"central.yml rerun with both centrals up: changed=0 in {took:.0f} s")
 
 
 # --- faults -------------------------------------------------------------------------------------

@@ -341,3 +341,102 @@ def test_backfill_aligns_chunks_to_time_zone_days(run, server, raw):
     assert len(plain) >= 3 and set(got) == set(plain)
     for key, row in plain.items():
         assert got[key]["n"] == row["n"] and got[key]["v"] == pytest.approx(row["v"])
+
+
+# --- repair (backfill.run=repair): compare each chunk, rewrite only those that differ ---------------
+
+LATE = "SELECT mean(v) AS v, count(v) AS n, sum(q) AS q INTO agg.{target} FROM raw.late GROUP BY time(1h), *"
+
+
+def computed_now(server, query_from, start, end, tail="GROUP BY time(1h), * fill(none)"):
+    """What the CQ's SELECT computes now over [start, end), by InfluxDB itself (no INTO)."""
+    return rows(server, "SELECT mean(v) AS v, count(v) AS n, sum(q) AS q FROM %s WHERE time >= %d AND time < %d %s"
+                % (query_from, start, end, tail))
+
+
+def test_repair_rewrites_exactly_the_chunks_whose_raw_points_arrived_late(run, server, raw):
+    current = raw["current"]
+    # Its own raw measurement (other tests add points to raw.m): 10 h of floats and integers, two hosts.
+    write(server, "bfdb", "raw", [f"late,host={h},site=x v={k * 0.1 + (3 if h == 'b' else 0)},q={k}i "
+                                  f"{current - hour * HOUR + k * 7 * 60 * SECOND}"
+                                  for hour in range(1, 11) for k in range(8) for h in ("a", "b")])
+    args = backfilled(server, "bf_repair", LATE.format(target="bf_repair"), {"window": "12h", "run": "repair"})
+    created = run("influxdb1_continuous_query", args)
+    assert created["changed"] and created["backfill"]["reason"] == "created", created
+    # Unchanged: every chunk compared, none differs, nothing written.
+    again = run("influxdb1_continuous_query", args)
+    summary = again["backfill"]
+    assert again["changed"] is False and again["queries"] == [], again
+    assert summary["reason"] == "repair" and summary["chunks"] == 0 and summary["compared"] >= 10, summary
+    # An outage's backlog: late raw points in two of the hours (4 h and 7 h ago), delivered now,
+    # and one in the hour that just ended, which the live CQ still recomputes (no RESAMPLE FOR: its
+    # next run covers the last interval): left to it.
+    now = time.time_ns()
+    late = [current - 4 * HOUR + 30 * 60 * SECOND, current - 7 * HOUR + 5 * SECOND]
+    write(server, "bfdb", "raw", [f"late,host=a,site=x v=50.5,q=1000i {ns}"
+                                  for ns in [*late, now - now % HOUR - HOUR + 10 * 60 * SECOND]])
+    before = target_late(server, "bf_repair", current)
+    checked = run("influxdb1_continuous_query", args, check=True, diff=True)
+    summary = checked["backfill"]
+    assert checked["changed"] and checked["queries"] == [], checked
+    differing = [(parse(c["start"]), parse(c["end"])) for c in summary["differing"]]
+    assert differing == [(current - 7 * HOUR, current - 6 * HOUR), (current - 4 * HOUR, current - 3 * HOUR)], summary
+    assert summary["chunks"] == 2 and summary["differing_points"] == 2
+    assert "-- repair: [%s, %s)" % (time_text(current - 7 * HOUR), time_text(current - 6 * HOUR)) \
+        in checked["diff"]["after"]
+    assert target_late(server, "bf_repair", current) == before  # check mode wrote nothing
+    done = run("influxdb1_continuous_query", args)
+    assert done["changed"] and done["queries"] == [] and done["backfill"]["chunks"] == 2, done
+    assert done["backfill"]["written"] == 4  # each rewritten hour: hosts a and b
+    after = target_late(server, "bf_repair", current)
+    rewritten = {key for key in after if after[key] != before.get(key)}
+    assert rewritten == {("a", current - 7 * HOUR), ("a", current - 4 * HOUR)}, rewritten
+    window = (current - 11 * HOUR, current - HOUR)
+    fresh = computed_now(server, "bfdb.raw.late", *window)
+    assert after == fresh and len(fresh) == 18, (after, fresh)  # hours -10 .. -2, hosts a and b
+    assert after[("a", current - 4 * HOUR)]["n"] == 9 and after[("a", current - 4 * HOUR)]["q"] == 1028
+    # A rerun right after changes nothing.
+    rerun = run("influxdb1_continuous_query", args)
+    assert rerun["changed"] is False and rerun["backfill"]["chunks"] == 0, rerun
+
+
+def target_late(server, name, current):
+    return rows(server, "SELECT v, n, q FROM bfdb.agg.%s WHERE time >= %d AND time < %d GROUP BY host"
+                % (name, current - 11 * HOUR, current - HOUR))
+
+
+@pytest.mark.parametrize("name, query", [
+    ("fill0_backref", "SELECT count(v) AS n INTO agg.:MEASUREMENT FROM raw.gappy GROUP BY time(1h), * fill(0)"),
+    ("null_fill_float", "SELECT mean(v) AS v, max(v) AS top INTO agg.bf_nullfill FROM raw.gappy GROUP BY time(30m)"),
+])
+def test_repair_of_an_unchanged_cq_is_idempotent_with_fill_and_backreference(run, server, raw, name, query):
+    """fill(0) writes zeros for empty buckets, fill(null) writes nothing for them, floats from
+    means: none of them may read as a difference once computed."""
+    # Hours with gaps (empty buckets), floats that are not exact in binary.
+    write(server, "bfdb", "raw", [f"gappy,host=g v={k / 3} {raw['current'] - hour * HOUR + k * SECOND}"
+                                  for hour in (2, 3, 6, 9) for k in range(1, 4)])
+    # Chunks of 4 h: fill(0) then writes zeros for the empty hours within a chunk.
+    args = backfilled(server, "bf_" + name, query, {"window": "12h", "run": "repair", "chunk": "4h"})
+    assert run("influxdb1_continuous_query", args)["backfill"]["reason"] == "created"
+    again = run("influxdb1_continuous_query", args)
+    assert again["changed"] is False and again["backfill"]["compared"] >= 3, again
+    assert again["backfill"]["chunks"] == 0, again["backfill"]
+    # The first one's target really holds zeros for the empty hours (so they were compared).
+    if name == "fill0_backref":
+        zeros = rows(server, "SELECT n FROM bfdb.agg.gappy WHERE n = 0")
+        assert len(zeros) >= 3, zeros
+
+
+def test_repair_compares_more_chunks_than_one_request_holds(run, server, raw):
+    """More than REPAIR_BATCH chunks (3 days of hours): read in several requests, each chunk paired
+    with its own reads (a late point in the first batch and one in the last found, nothing else)."""
+    args = backfilled(server, "bf_wide", LATE.format(target="bf_wide"), {"window": "3d", "run": "repair"})
+    run("influxdb1_continuous_query", args)
+    current = raw["current"]
+    late = [current - 60 * HOUR + 60 * SECOND, current - 5 * HOUR + 60 * SECOND]
+    write(server, "bfdb", "raw", [f"late,host=c v=1.5,q=2i {ns}" for ns in late])
+    result = run("influxdb1_continuous_query", args)
+    summary = result["backfill"]
+    assert summary["compared"] > 60 and result["changed"], summary
+    assert [parse(c["start"]) for c in summary["differing"]] == [current - 60 * HOUR, current - 5 * HOUR], summary
+    assert run("influxdb1_continuous_query", args)["changed"] is False
