@@ -458,6 +458,8 @@ def doc_blocks(language):
     import re
     from pathlib import Path as FilePath
     text = (FilePath(__file__).parents[1] / "README.md").read_text(encoding="utf-8")  # the mapping section
+    # (the embedded default-config.yml is the configuration reference, tested against the code elsewhere)
+    text = re.sub(r"<!-- BEGIN configuration reference.*?<!-- END configuration reference -->", "", text, flags=re.S)
     return re.findall(rf"```{language}\n(.*?)```", text, re.S)
 
 
