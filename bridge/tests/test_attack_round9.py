@@ -87,3 +87,49 @@ def test_a_hostile_tag_with_a_newline_in_a_string_field_is_stored_or_refused_nev
     finally:
         pub.close()
         bridge.stop()
+
+
+@pytest.mark.parametrize("interval", [0.0, 0.05])
+def test_the_cache_never_puts_an_older_point_after_a_newer_one(tmp_path, interval):
+    """Real Redis. Coalescing keeps the newest point per series within one pipeline; a point of an
+    older time offered after that pipeline went (an out-of-order feed, a replay, a second feed of
+    the series) overwrote the newer one: the cache held t=5 after t=10 had been cached."""
+    import time
+
+    import redis
+    from servers import RedisServer
+
+    from station_bridge.cache import LatestCache
+    from station_bridge.config import CacheSpec
+    from station_bridge.metrics import Metrics
+
+    server = RedisServer(tmp_path / "redis").start()
+    metrics = Metrics()
+    cache = LatestCache(CacheSpec(url=f"redis://127.0.0.1:{server.port}/0", username=None, password=server.password,
+                                  ttl=600, key_prefix="latest", timeout=1.0, min_interval=interval), metrics)
+    cache.start()
+    client = redis.Redis(port=server.port, password=server.password, decode_responses=True)
+    try:
+        t0 = T0 * 10**9
+        cache.offer(["v", "w"], {"m,k=a": (t0 + 10, {"v": "new", "w": 1}), "m,k=b": (-5, {"v": "neg"})})
+        wait_for(lambda: client.hget("latest:m,k=a", "v") == "new", 5, "the newest point cached")
+        wait_for(lambda: metrics.get("bridge_cache_updates_total") == 2, 5, "both series sent")
+        time.sleep(interval + 0.05)  # the next offer is another pipeline
+        cache.offer(["v"], {"m,k=a": (t0 + 5, {"v": "old"}), "m,k=b": (-6, {"v": "older"}),
+                            "m,k=c": (1, {"v": "c"})})
+        cache.offer(["v"], {"m,k=a": (t0 + 9, {"v": "old too"})})
+        cache.stop(5)
+        assert client.hgetall("latest:m,k=a") == {"v": "new", "w": "1", "time": str(t0 + 10)}
+        assert client.hgetall("latest:m,k=b") == {"v": "neg", "time": "-5"}
+        assert client.hget("latest:m,k=c", "v") == "c"
+        assert 0 < client.pttl("latest:m,k=a") <= 600_000
+        # the same time again is the newer arrival (as within one pipeline), a later one wins
+        cache2 = LatestCache(cache.spec, metrics)
+        cache2.start()
+        cache2.offer(["v"], {"m,k=a": (t0 + 10, {"v": "again"}), "m,k=b": (10**18, {"v": "later"})})
+        cache2.stop(5)
+        assert client.hget("latest:m,k=a", "v") == "again"
+        assert client.hgetall("latest:m,k=b") == {"v": "later", "time": str(10**18)}
+    finally:
+        cache.stop(1)
+        server.stop()
