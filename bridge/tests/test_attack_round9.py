@@ -133,3 +133,42 @@ def test_the_cache_never_puts_an_older_point_after_a_newer_one(tmp_path, interva
     finally:
         cache.stop(1)
         server.stop()
+
+
+def test_a_closed_window_journals_partial_batches_and_the_backlog_is_sent_in_full_batches(
+        tmp_path, influxd: Influxd, database: str, endpoint: str, zmq_context: zmq.Context):
+    """Outside its window a destination journals a partial batch once its flush_interval is over
+    (so what waits in memory at the opening is fresh): a slow feed through a closed window made a
+    segment per flush_interval, and each segment was one request when the window opened (a day of
+    1 s segments: 86,400 requests where 18 batches of 5,000 did). Here 40 segments of 10 points
+    were 40 requests; the backlog now goes in requests of up to batch_size points."""
+    import math
+    import time
+
+    from test_links import clock, tick
+
+    t0 = math.ceil(time.time())
+    bridge = BridgeProcess(tmp_path, influxd, database, endpoint,
+                           destination={"batch_size": 500, "flush_interval": "100ms",
+                                        "schedule": [f"{clock(t0 + 7)}-{clock(t0 + 120)}"]}).start()
+    pub = publisher(zmq_context, endpoint)
+    try:
+        subscribed(pub, "kraken_tick")
+        for i in range(400):
+            pub.send_multipart(tick("SLOW", i, time.time()))
+            time.sleep(0.008)
+        wait_for(lambda: bridge.value("bridge_journal_points", destination="local") == 400, 10,
+                 "every point journaled while the window is closed")
+        segments = len(list((tmp_path / "journal" / "local").glob("*.lp")))
+        assert segments >= 10, segments  # partial batches, journaled once flush_interval is over
+        assert bridge.value("bridge_write_seconds_count", destination="local") == 0
+        wait_for(lambda: time.time() > t0 + 7, 15, "the window to open")
+        samples = quiet_ledger(bridge)
+        assert value(samples, "bridge_written_points_total", destination="local") == 400
+        assert influxd.count(database, "ticks") == 400
+        requests = value(samples, "bridge_write_seconds_count", destination="local")
+        assert requests <= 2, f"{segments} segments of the backlog took {requests:.0f} requests"
+        assert not list((tmp_path / "journal" / "local").glob("*.lp"))
+    finally:
+        pub.close()
+        bridge.stop()
