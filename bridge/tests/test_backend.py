@@ -224,7 +224,8 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
     finally:
         proxy.close()
     # The held batch was sent again (the server answered more requests than there are batches).
-    assert victoria.requests() > n // 50
+    # (VictoriaMetrics' /metrics lags its requests: read 10 right after the ledger closed, 107 3 s later)
+    wait_for(lambda: victoria.requests() > n // 50, 15, "the held batch sent again", detail=lambda: str(victoria.requests()))
     exported = victoria.export('{__name__="obs_v"}')
     assert len(exported) == 1 and exported[0]["metric"]["inst"] == "A\\\\B"
     stamps = exported[0]["timestamps"]
@@ -294,7 +295,9 @@ def test_replay_to_victoriametrics_filters_and_counts_like_the_running_bridge(tm
 # Tag values InfluxDB stores as they are but VictoriaMetrics' parser reads otherwise: it reads
 # `\\` as one backslash and a backslash before `,`, space or `=` as an escape, so these came out
 # changed (`a\\b` as `a\b`, merging two series) or the line was skipped whole (answer 204).
-BACKSLASHED = ["a\\b", "a\\\\b", "\\\\x", "x\\,y", "x\\ y", "x\\=y", "\\\\,", "\\\"q", "p\\é", "\\#", "c, d=e"]
+# (no backslash before a space: refused unrepresentable since round 9, for every destination: influxd's
+# line scanner ends the tag set there; test_attack_round9)
+BACKSLASHED = ["a\\b", "a\\\\b", "\\\\x", "x\\,y", "x\\\\ y", "x\\=y", "\\\\,", "\\\"q", "p\\é", "\\#", "c, d=e"]
 BY_FIELD = {"measurement_from": "field", "measurement_field": "m", "tags": ["inst"],
             "fields": {"v": "float", "w": "float", "v_w": "float"}, "time": {"field": "t", "format": "epoch_ns"}}
 
