@@ -225,7 +225,8 @@ def test_a_replay_killed_midway_leaves_no_duplicate_in_victoriametrics(tmp_path,
         proxy.close()
     # The held batch was sent again (the server answered more requests than there are batches).
     # (VictoriaMetrics' /metrics lags its requests: read 10 right after the ledger closed, 107 3 s later)
-    wait_for(lambda: victoria.requests() > n // 50, 15, "the held batch sent again", detail=lambda: str(victoria.requests()))
+    wait_for(lambda: victoria.requests() > n // 50, 15, "the held batch sent again",
+             detail=lambda: str(victoria.requests()))
     exported = victoria.export('{__name__="obs_v"}')
     assert len(exported) == 1 and exported[0]["metric"]["inst"] == "A\\\\B"
     stamps = exported[0]["timestamps"]
