@@ -297,7 +297,9 @@ def test_replay_to_victoriametrics_filters_and_counts_like_the_running_bridge(tm
 # Tag values InfluxDB stores as they are but VictoriaMetrics' parser reads otherwise: it reads
 # `\\` as one backslash and a backslash before `,`, space or `=` as an escape, so these came out
 # changed (`a\\b` as `a\b`, merging two series) or the line was skipped whole (answer 204).
-BACKSLASHED = ["a\\b", "a\\\\b", "\\\\x", "x\\,y", "x\\ y", "x\\=y", "\\\\,", "\\\"q", "p\\é", "\\#", "c, d=e"]
+# (no backslash before a space: refused unrepresentable since round 9, for every destination: influxd's
+# line scanner ends the tag set there; test_attack_round9)
+BACKSLASHED = ["a\\b", "a\\\\b", "\\\\x", "x\\,y", "x\\\\ y", "x\\=y", "\\\\,", "\\\"q", "p\\é", "\\#", "c, d=e"]
 BY_FIELD = {"measurement_from": "field", "measurement_field": "m", "tags": ["inst"],
             "fields": {"v": "float", "w": "float", "v_w": "float"}, "time": {"field": "t", "format": "epoch_ns"}}
 

@@ -10,7 +10,8 @@ A dashboard reads the newest tick with one `HGETALL latest:ticks,instrument=EURU
 The cache runs off the receive thread: the receive loop offers the newest record per series of
 each burst to a bounded queue (never blocking: when the queue is full, Redis is slow or hung,
 and the update is dropped and counted in `bridge_cache_dropped_total`); one worker thread
-coalesces what is queued (newest time per series wins) and sends one pipeline. InfluxDB
+coalesces what is queued (newest time per series wins, and a point older than the one its series
+last sent is left out: SENT_SERIES) and sends one pipeline. InfluxDB
 remains the record: a slow or dead Redis never slows the database path.
 
 The queue is bounded by bytes too: an update keeps only the declared fields' values (the Python
@@ -40,6 +41,13 @@ Update = tuple[list[str], dict[str, tuple[int, dict]], int]  # field names, seri
 
 QUEUE_MAX_BYTES = 16 << 20  # declared values waiting for Redis (one update alone may pass it)
 ENTRY_BYTES = 200  # per series: its tuple, dict and the queue's share, beyond key and values
+# Series whose newest time sent is remembered (two generations: a series not sent for this many
+# other series' sends is forgotten; about 3 MiB). Coalescing keeps the newest point within one
+# pipeline, but a point of an older time arriving after its series' newer one was sent (an
+# out-of-order feed, two subscriptions writing one series, a receive burst behind another)
+# overwrote the newer hash. Without new Redis commands (the bridge's ACL user has ping, hset and
+# pexpire): a forgotten series, or one sent by another process or before a restart, is unchecked.
+SENT_SERIES = 20_000
 
 
 def _text(value: object) -> str:
@@ -60,6 +68,8 @@ class LatestCache:
         self._bytes_lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
+        self._sent: dict[str, int] = {}  # series -> newest time sent (the worker's own)
+        self._sent_before: dict[str, int] = {}  # the previous generation
         self.last_error = ""
         self._failing_logged = 0.0
 
@@ -125,6 +135,8 @@ class LatestCache:
                 self._taken(size)
                 for series, (ts, record) in newest.items():
                     current = batch.get(series)
+                    if current is None and ts < self._sent_time(series, ts):
+                        continue  # older than what the hash holds already
                     if current is None or ts >= current[0]:
                         batch[series] = (ts, {k: _text(record[k]) for k in fields if record.get(k) is not None})
                 try:
@@ -142,6 +154,23 @@ class LatestCache:
             if stop:
                 return
 
+    def _sent_time(self, series: str, default: int) -> int:
+        sent = self._sent.get(series)
+        if sent is None:
+            sent = self._sent_before.get(series)
+        return default if sent is None else sent
+
+    def _remember(self, batch: dict[str, tuple[int, dict[str, str]]]) -> None:
+        sent = self._sent
+        for series, (ts, _) in batch.items():
+            if series not in sent and len(sent) >= SENT_SERIES:
+                self._sent_before, sent = sent, {}
+                self._sent = sent
+            previous = sent.get(series)
+            if previous is None:
+                previous = self._sent_before.pop(series, None)
+            sent[series] = ts if previous is None or ts > previous else previous
+
     def _send(self, batch: dict[str, tuple[int, dict[str, str]]]) -> None:
         if not batch:
             return
@@ -152,6 +181,7 @@ class LatestCache:
                 pipe.hset(key, mapping={**mapping, "time": str(ts)})
                 pipe.pexpire(key, self._ttl_ms)
             pipe.execute()
+            self._remember(batch)
             self.metrics.inc("bridge_cache_updates_total", len(batch))
             self.last_error = ""
         except (redis.RedisError, OSError) as exc:

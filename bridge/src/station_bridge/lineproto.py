@@ -46,6 +46,16 @@ INT64_MIN, INT64_MAX = -(2**63), 2**63 - 1
 
 # A backslash followed by one of these cannot be written in a measurement name.
 _BAD_MEASUREMENT_ESCAPE = re.compile(r'\\[, ="]')
+# A tag key or value with an odd run of backslashes right before a space: the escape adds one
+# more, and the run becomes pairs followed by a bare space. influxd's tag reader (a space after a
+# backslash is data) stores the value, but its line scanner (and `_line_end`, which finds line
+# ends as it does: backslash pairs skipped left to right) takes that space for the end of the tag
+# set and counts the series' later `=` and `,` as the fields' (an odd run before `,` or `=` is a
+# bare one then): a string field's quotes then toggle at the wrong place, so a newline inside the
+# string ends the line, or the line's own newline does not. One point became two unparseable
+# lines (a 400, the ledger off by one), or swallowed the next line. Without that bare space, the
+# scanner ignores `,`, `=` and quotes in the tag set: every other backslash is harmless.
+_BAD_TAG_ESCAPE = re.compile(r'(?<!\\)(?:\\\\)*\\ ')
 # Numbers given as text (a string in JSON or msgpack, every value of text_delimited) follow JSON's
 # number grammar in ASCII: no sign but a leading minus, no leading zeros, no padding, no
 # underscores, no other scripts' digits, no `nan`/`inf` (float() accepts all of these).
@@ -133,6 +143,9 @@ def escape_tag(text: str, what: str = "tag value") -> str:
     _utf8(text, what)
     if text[-1] == "\\":
         raise LineError("unrepresentable", f"{what} {text[:80]!r} ends in a backslash")
+    if "\\" in text and _BAD_TAG_ESCAPE.search(text):
+        raise LineError("unrepresentable", f"{what} {text[:80]!r} has a backslash before a space (influxd's "
+                                           "line scanner would end the tag set there)")
     escaped = text.translate(_KEY)
     if "\n" in text and not _newlines_escaped(escaped):
         raise LineError("unrepresentable", f"{what} {text[:80]!r} holds a newline that is not after a backslash")

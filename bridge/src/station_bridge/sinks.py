@@ -994,17 +994,38 @@ class InfluxSink:
             if oldest is None:
                 return
             segment, chunk = oldest
+            # Small segments that follow go in the same request, up to batch_size points (a closed
+            # window journals a partial batch per flush_interval: a day of them was a day of
+            # requests, one per segment, when the window opened).
+            parts = [(segment, chunk)]
+            if chunk.count < self.spec.batch_size:
+                parts += self.journal.following(segment, self.spec.batch_size - chunk.count,
+                                                TAKE_MAX_BYTES - len(chunk.data))
+                if len(parts) > 1:
+                    chunk = Chunk.join([part for _, part in parts])
             out = self._deliver(chunk, pause)
             done = chunk.count - (out.retry.count if out.retry is not None else 0)
             if out.retry is None:
                 self.before_delete()  # the ledger records the written points before the file goes
-                self.journal.ack(segment)
+                for delivered, _ in parts:
+                    self.journal.ack(delivered)
                 log.info("replayed journal segment", extra={**self._labels, "segment": segment.path.name,
-                                                             "points": chunk.count,
+                                                             "segments": len(parts), "points": chunk.count,
                                                              "journal_points": self.journal.points})
             else:
-                if done:
-                    self.journal.progress(segment, done)
+                # What was done is a prefix: the segments it covers whole go, the next records its progress
+                deleting = True
+                for delivered, part in parts:
+                    if done >= part.count:
+                        if deleting:
+                            self.before_delete()
+                            deleting = False
+                        self.journal.ack(delivered)
+                        done -= part.count
+                    else:
+                        if done:
+                            self.journal.progress(delivered, done)
+                        break
                 return
 
     def _journal_loss(self, points: int, reason: str, damaged_records: int) -> None:

@@ -262,6 +262,37 @@ class Journal:
             chunk = Chunk(b"".join(payloads), segment.count, -1, (self.oldest_time() or time.time()))
             return segment, chunk.skip(segment.done)
 
+    def following(self, segment: Segment, points: int, max_bytes: int) -> list[tuple[Segment, Chunk]]:
+        """The whole segments right after `segment` (none delivered in part), verified, holding at
+        most `points` points and `max_bytes` bytes in all, with their chunks: the backlog's small
+        segments (a closed window journals a partial batch per flush_interval) joined into one
+        request instead of one request each. Stops at one that cannot be read or no longer
+        verifies: oldest() sets it aside when its turn comes."""
+        with self._lock:
+            queued = list(self._segments)
+        try:
+            start = queued.index(segment) + 1
+        except ValueError:
+            return []
+        out: list[tuple[Segment, Chunk]] = []
+        for nxt in queued[start:]:
+            if nxt.done or nxt.count > points or nxt.size > max_bytes:
+                break
+            try:
+                data = nxt.path.read_bytes()
+            except OSError:
+                break
+            payloads = []
+            for offset, count in nxt.records:
+                record = records.verify(data, offset, count)
+                if record is None:
+                    return out
+                payloads.append(record.payload)
+            out.append((nxt, Chunk(b"".join(payloads), nxt.count)))
+            points -= nxt.count
+            max_bytes -= nxt.size
+        return out
+
     def _set_aside(self, segment: Segment, reason: str, damaged: int, error: str) -> None:
         """Out of the queue, its remaining points reported lost, the file renamed `*.damaged`."""
         with self._lock:
