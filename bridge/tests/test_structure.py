@@ -1,14 +1,12 @@
 """The package's structure, read from its source (no server, no import of the code under test):
 health.py reads only the snapshot the components publish, the modules import each other without
-a cycle, and `station-bridge validate` loads an instance without rewriting the process environment."""
+a cycle (that `station-bridge validate` loads an instance without rewriting the process
+environment is test_stages.py's)."""
 
 from __future__ import annotations
 
 import ast
-import os
 from pathlib import Path
-
-import yaml
 
 PACKAGE = Path(__file__).resolve().parents[1] / "src" / "station_bridge"
 
@@ -122,15 +120,3 @@ def test_health_imports_no_module_of_the_package():
 def test_the_package_has_no_import_cycle():
     """Module-level imports only (a function's late import is the way out of a cycle)."""
     assert _cycles(_graph()) == []
-
-
-def test_loading_an_instance_leaves_the_process_environment_unchanged(tmp_path):
-    """validate.load_instance reads <instance>.env into that instance's configuration only."""
-    from station_bridge.validate import load_instance
-    config = tmp_path / "structure.yml"
-    config.write_text(yaml.safe_dump({"subscriptions": [], "destinations": [
-        {"name": "central", "url": "http://x", "database": "db", "password_env": "STRUCTURE_TEST_PW"}]}))
-    (tmp_path / "structure.env").write_text("STRUCTURE_TEST_PW=from-file\nSTATION_BRIDGE_STRUCTURE_X=1\n")
-    before = dict(os.environ)
-    assert load_instance(config).destinations[0].password == "from-file"
-    assert dict(os.environ) == before
