@@ -24,6 +24,10 @@ FEED = {"name": "kraken", "endpoint": "tcp://127.0.0.1:5556", "topic": "kraken",
         "tags": ["instrument"], "fields": {"bid": "float"}}
 
 
+# The bridge's inputs from the fleet role, as roles/station composes them (the bridge reads no fleet_* itself).
+STATION_DEPENDENCIES = yaml.safe_load((ROOT / "roles" / "station" / "meta" / "main.yml").read_text())["dependencies"]
+BRIDGE_INPUTS = next(d["vars"] for d in STATION_DEPENDENCIES if isinstance(d, dict) and d.get("role") == "bridge")
+
 def run(tmp_path: Path, centrals: list[dict], hostvars: dict[str, dict] | None = None) -> tuple[int, dict, str]:
     """The fleet's checks and the bridge's preflight on each station; returns the exit code, each station's
     effective configuration of its feed instance (kraken) as the bridge read it, and the output."""
@@ -47,6 +51,8 @@ def run(tmp_path: Path, centrals: list[dict], hostvars: dict[str, dict] | None =
         "name": "Stations", "hosts": "stations", "gather_facts": False, "connection": "local",
         "vars_files": [str(ROOT / "roles" / "fleet" / "defaults" / "main.yml"),
                        str(ROOT / "roles" / "fleet" / "vars" / "main.yml")],
+        # the bridge's inputs from the fleet role, composed as roles/station composes them
+        "vars": BRIDGE_INPUTS,
         "roles": ["bridge_preflight"]}]))
     stations = {code: {"station_code": code} for code in ("ams", "bcn", "lis")}
     for host, extra in (hostvars or {}).items():
