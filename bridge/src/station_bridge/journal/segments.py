@@ -235,6 +235,20 @@ class Journal:
             self._lines += chunk.count
         return None
 
+    @staticmethod
+    def _verified(segment: Segment) -> tuple[list[bytes], list[int]]:
+        """A segment's records read from disk and verified again: the payloads of those that
+        verify, and the offsets of those that do not (OSError when the file cannot be read)."""
+        data = segment.path.read_bytes()
+        payloads, bad = [], []
+        for offset, count in segment.records:
+            record = records.verify(data, offset, count)
+            if record is None:
+                bad.append(offset)
+            else:
+                payloads.append(record.payload)
+        return payloads, bad
+
     def oldest(self) -> tuple[Segment, Chunk] | None:
         """The oldest segment and what of it is still to deliver (verified again). A segment that
         cannot be read or no longer verifies is set aside (`_set_aside`) and the next one taken."""
@@ -244,17 +258,10 @@ class Journal:
                     return None
                 segment = self._segments[0]
             try:
-                data = segment.path.read_bytes()
+                payloads, bad = self._verified(segment)
             except OSError as exc:
                 self._set_aside(segment, "journal_error", 0, f"{type(exc).__name__}: {exc}")
                 continue
-            payloads, bad = [], []
-            for offset, count in segment.records:
-                record = records.verify(data, offset, count)
-                if record is None:
-                    bad.append(offset)
-                else:
-                    payloads.append(record.payload)
             if bad:
                 self._set_aside(segment, "damaged", len(bad),
                                 f"{len(bad)} record(s) no longer verify, the first at byte offset {bad[0]}")
@@ -279,15 +286,11 @@ class Journal:
             if nxt.done or nxt.count > points or nxt.size > max_bytes:
                 break
             try:
-                data = nxt.path.read_bytes()
+                payloads, bad = self._verified(nxt)
             except OSError:
                 break
-            payloads = []
-            for offset, count in nxt.records:
-                record = records.verify(data, offset, count)
-                if record is None:
-                    return out
-                payloads.append(record.payload)
+            if bad:
+                break
             out.append((nxt, Chunk(b"".join(payloads), nxt.count)))
             points -= nxt.count
             max_bytes -= nxt.size
