@@ -191,6 +191,15 @@ def base(**destination) -> dict:
     ({"schedule": {"every": "10m"}}, "schedule.for: is required"),
     ({"schedule": {"every": "10m", "for": "1m", "at": "02:00"}}, "schedule.at: unknown key"),
     ({"schedule": "always"}, "expected list or dict"),
+    # Attack round 10: non-finite and huge durations passed, then /healthz answered 500 and the
+    # writer thread failed in a loop (every duration of the configuration is bounded at load).
+    ({"schedule": {"every": float("inf"), "for": 1}}, "schedule.every: must be a finite number"),
+    ({"schedule": {"every": "nan", "for": 1}}, "schedule.every: invalid duration 'nan'"),
+    ({"schedule": {"every": "99999999999999999999h", "for": "1m"}}, "at most 3650 days"),
+    ({"schedule": {"every": "1000000000h", "for": "1m"}}, "at most 3650 days"),
+    ({"schedule": {"every": "10m", "for": float("nan")}}, "schedule.for: must be a finite number"),
+    ({"flush_interval": "inf"}, "flush_interval: invalid duration 'inf'"),
+    ({"max_points_per_second": float("inf")}, "max_points_per_second: must be a finite number"),
     ({"max_bytes_per_second": 0}, "must be positive"),
     ({"max_points_per_second": -5}, "must be positive"),
     ({"max_bytes_per_second": "lots"}, "invalid size"),

@@ -15,6 +15,7 @@ configuration (`Config.effective`), which other tools read instead of re-derivin
 from __future__ import annotations
 
 import ipaddress
+import math
 import os
 import re
 import ssl
@@ -39,6 +40,7 @@ from .timestamps import FORMATS
 FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
 FIELD_TYPES = ("float", "integer", "boolean", "string")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+MAX_DURATION_S = 3650 * 86400.0  # ten years: any longer duration is a mistake (and overflows dates)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d|w)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
           "w": 604800.0}
@@ -524,6 +526,8 @@ class _Reader:
         value = self.data[name]
         if kind is float and isinstance(value, int) and not isinstance(value, bool):
             value = float(value)
+        if isinstance(value, float) and not math.isfinite(value):
+            raise self.fail(name, f"must be a finite number, got {value!r}")
         if not isinstance(value, kind) or (kind is int and isinstance(value, bool)):
             names = kind.__name__ if isinstance(kind, type) else " or ".join(k.__name__ for k in kind)
             raise self.fail(name, f"expected {names}, got {value!r}")
@@ -595,10 +599,10 @@ def parse_duration(value: str | int | float, where: str) -> float:
     if isinstance(value, bool):
         raise ConfigError(f"{where}: invalid duration {value!r}")
     if isinstance(value, int | float):
-        return float(value)
+        return _bounded(float(value), value, where)
     text = value.strip()
     try:
-        return float(text)
+        return _bounded(float(text), value, where)
     except ValueError:
         pass
     pos, total = 0, 0.0
@@ -610,7 +614,16 @@ def parse_duration(value: str | int | float, where: str) -> float:
         pos = match.end()
     if not text:
         raise ConfigError(f"{where}: empty duration")
-    return total
+    return _bounded(total, value, where)
+
+
+def _bounded(seconds: float, value: object, where: str) -> float:
+    """Every duration is a finite number of seconds within MAX_DURATION_S either way: they go into
+    clocks, sleeps and dates (an `every: .inf` schedule made /healthz answer 500 and the writer
+    thread fail in a loop)."""
+    if not math.isfinite(seconds) or abs(seconds) > MAX_DURATION_S:
+        raise ConfigError(f"{where}: invalid duration {value!r} (finite, at most {MAX_DURATION_S // 86400:.0f} days)")
+    return seconds
 
 
 def parse_interval_ns(text: str | int | float, where: str) -> int:
