@@ -62,6 +62,17 @@ class Front:
                 elif mode == "slow":
                     time.sleep(0.3)
                     self._forward("POST", body)
+                elif mode == "silent_partial" and b"POISON" in body:
+                    # A server or intermediary that stores the other lines and answers a partial
+                    # write without saying how many it dropped (no `dropped=N`).
+                    kept = b"".join(line + b"\n" for line in body.splitlines() if b"POISON" not in line)
+                    if kept:
+                        host, port = front.upstream.split("//")[1].split(":")
+                        conn = http.client.HTTPConnection(host, int(port), timeout=30)
+                        conn.request("POST", self.path, body=kept)
+                        conn.getresponse().read()
+                        conn.close()
+                    self._send(400, b'{"error":"partial write: unable to parse \'zzz\': missing fields"}')
                 elif mode == "poison" and b"POISON" in body:
                     self._send(500, b'{"error":"internal error"}')
                 else:

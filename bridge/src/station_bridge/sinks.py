@@ -249,6 +249,16 @@ class Outcome:
 
 
 _DROPPED = re.compile(r" dropped=(\d+)\s*$")
+
+
+def _told_dropped(message: str, parsed: set[int]) -> int | None:
+    """How many lines a `partial write` answer says InfluxDB dropped besides those it could not
+    parse (its `dropped=N` leaves those out), or None when it does not say: no `dropped=N`, or a
+    line it could not parse that is not one of the lines sent (`parsed` holds those it named)."""
+    found = _DROPPED.search(message)
+    if found is None or message.count(_PARSE_PREFIX) > len(parsed):
+        return None
+    return int(found.group(1))
 # InfluxDB's refusals for a limit of the database, told apart (their points are dropped with this reason).
 _LIMITS = (("max-series-per-database limit exceeded", "max_series"),
            ("max-values-per-tag limit exceeded", "max_values_per_tag"))
@@ -464,10 +474,26 @@ class Delivery:
             elif not refused:
                 self._halves(chunk, out)
             return
-        found = _DROPPED.search(message)
-        dropped = int(found.group(1)) if found else len(named)
+        dropped = _told_dropped(message, parsed)
         refused = parsed | named
         unknown = 0
+        if dropped is None:
+            # A partial write that does not say how many it dropped, or names lines that are not
+            # these (attack round 10: a 400 `partial write: ...` without `dropped=N` was counted
+            # written whole): the refused lines are found by re-sending the rest.
+            rest = [i for i in range(len(lines)) if i not in refused]
+            more, complete = self._find_all([lines[i] for i in rest])
+            refused |= {rest[i] for i in more}
+            for i in sorted(refused):
+                out.rejected.append((lines[i], status, message, refusal_reason(message)))
+            if not complete:
+                # Cut short (the destination stopped answering): the lines not told apart are sent
+                # again later; those InfluxDB already holds are rewritten (the same points), counted once.
+                left = [lines[i] for i in range(len(lines)) if i not in refused]
+                raise Retryable(f"HTTP {status}: {message[:500]} (refused lines not all found)", "http_400",
+                                Chunk.of_bytes(left))
+            out.written += len(lines) - len(refused)
+            return
         if len(named) < dropped:
             rest = [i for i in range(len(lines)) if i not in refused]
             more, unknown = self._probe([lines[i] for i in rest], dropped - len(named))
@@ -537,6 +563,12 @@ class Delivery:
         found, complete = self._split_find(lines)
         return found, 0 if complete else max(0, expected - len(found))
 
+    def _find_all(self, lines: list[bytes]) -> tuple[set[int], bool]:
+        """Every line of `lines` InfluxDB refuses, however many: (indexes, whether complete)."""
+        if not lines:
+            return set(), True
+        return self._find(lines) if len(lines) == 1 else self._split_find(lines)
+
     def _split_find(self, lines: list[bytes]) -> tuple[set[int], bool]:
         found: set[int] = set()
         middle = len(lines) // 2
@@ -560,8 +592,14 @@ class Delivery:
         parsed, named = self._identify(part, message)
         here = parsed | named
         if message.startswith("partial write"):
-            match = _DROPPED.search(message)
-            dropped = len(parsed) + (int(match.group(1)) if match else len(named))
+            told = _told_dropped(message, parsed)
+            if told is None:
+                if len(part) == 1:
+                    return {0}, True  # a line sent alone and not stored whole: refused
+                rest = [i for i in range(len(part)) if i not in here]
+                more, complete = self._find_all([part[i] for i in rest])
+                return here | {rest[i] for i in more}, complete
+            dropped = len(parsed) + told
         elif here:
             dropped = len(here)
         elif len(part) == 1:
@@ -638,6 +676,13 @@ class InfluxSink:
         self.last_error = ""
         self._last_kind = ""  # of the last failure (a run of 5xx starts the poison isolation)
         self._poison_at = -float("inf")  # monotonic time poison lines were last found
+        # The backlog's head (the journal's oldest request) and its failures in a row: on a live-first
+        # link live batches succeed between its attempts, so the destination's run of failures never
+        # grows (attack round 10: poison in the backlog was retried 112 times, never isolated, while
+        # /healthz said ok). Isolation and the failing time also follow the head.
+        self._head: bytes | None = None
+        self._head_5xx = 0
+        self._head_failing_since: float | None = None
         self._journal_refused_at = -float("inf")  # monotonic time the journal last refused a batch
         self._journal_refused_reason = ""  # ... and why (journal.append's reason)
         self._labels = {"destination": spec.name}
@@ -785,8 +830,9 @@ class InfluxSink:
         return idle
 
     def failing_seconds(self) -> float:
-        """Seconds failing; with a schedule counted from the window's start, 0 while it is closed."""
-        since = self.failing_since
+        """Seconds failing (the destination, or the backlog's head while live batches succeed);
+        with a schedule counted from the window's start, 0 while it is closed."""
+        since = min((t for t in (self.failing_since, self._head_failing_since) if t is not None), default=None)
         if since is None:
             return 0.0
         failing = time.monotonic() - since
@@ -1003,7 +1049,9 @@ class InfluxSink:
                                                 TAKE_MAX_BYTES - len(chunk.data))
                 if len(parts) > 1:
                     chunk = Chunk.join([part for _, part in parts])
-            out = self._deliver(chunk, pause)
+            head = chunk.data[:chunk.data.find(b"\n") + 1]
+            out = self._deliver(chunk, pause, stuck=head == self._head and self._head_5xx >= POISON_AFTER)
+            self._head_outcome(head, out)
             done = chunk.count - (out.retry.count if out.retry is not None else 0)
             if out.retry is None:
                 self.before_delete()  # the ledger records the written points before the file goes
@@ -1081,14 +1129,25 @@ class InfluxSink:
                                 error=self.journal.last_error)
         self._settle(original)
 
-    def _deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None) -> Outcome:
-        """Delivers a chunk and counts what happened; `retry` is what is left to do later."""
+    def _head_outcome(self, head: bytes, out: Outcome) -> None:
+        """Follows the backlog's head: failures in a row of the same head, from when."""
+        if out.retry is None or out.kind == "paused" or out.written or head != self._head:
+            self._head, self._head_5xx, self._head_failing_since = None, 0, None
+        if out.retry is not None and out.kind != "paused" and not out.written:
+            if self._head is None:
+                self._head, self._head_failing_since = head, time.monotonic()
+            if out.kind.startswith("http_5"):
+                self._head_5xx += 1
+
+    def _deliver(self, chunk: Chunk, pause: Callable[[], bool] | None = None, stuck: bool = False) -> Outcome:
+        """Delivers a chunk and counts what happened; `retry` is what is left to do later.
+        `stuck`: the backlog's head failed POISON_AFTER times in a row with 5xx: isolate now."""
         started = time.monotonic()
         self._last_attempt = started
         before = self.writer.requests
         # Isolation after a run of 5xx, and at the first 5xx while poison was found lately (a feed
         # that keeps sending poison would otherwise wait out POISON_AFTER backoffs per batch).
-        isolate = ((self.backoff.failures >= POISON_AFTER and self._last_kind.startswith("http_5"))
+        isolate = ((self.backoff.failures >= POISON_AFTER and self._last_kind.startswith("http_5")) or stuck
                    or time.monotonic() - self._poison_at < POISON_STICKY_S)
         out = self.delivery.deliver(chunk, pause, isolate=isolate)
         if any(reason == "poison" for *_, reason in out.rejected):
