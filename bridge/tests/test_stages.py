@@ -218,7 +218,8 @@ def test_the_nth_line_end_of_uneven_lines():
 def test_the_nth_line_end_of_lines_of_about_one_length():
     # The interpolation lands a few lines before or past the n-th: walked to from the guess
     from station_bridge.lineproto import nth_line_end
-    lines = [f"ticks,instrument=I{i % 8} bid={1 + i / 1e6!r},seq={i}i {1700000000000000000 + i * 997}" for i in range(2000)]
+    lines = [f"ticks,instrument=I{i % 8} bid={1 + i / 1e6!r},seq={i}i {1700000000000000000 + i * 997}"
+             for i in range(2000)]
     data = ("\n".join(lines) + "\n").encode()
     ends = [i + 1 for i, c in enumerate(data) if c == 10]
     assert [nth_line_end(data, n, len(lines)) for n in range(1, len(lines) + 1)] == ends
