@@ -114,3 +114,64 @@ def test_a_steady_feed_waits_in_memory_well_under_a_batch_and_a_slow_one_is_sent
     assert influxd.count(database, "ticks") == 6160
     pub.close(linger=0)
     assert bridge.stop() == 0
+
+
+def _old_take(queue, limit: int, max_bytes: int):
+    """The batches InfluxSink._take took before it cut parts of the head in place (Chunk.split)."""
+    taken, room, size = [], limit, 0
+    while queue and room > 0:
+        head = queue[0]
+        if taken and size + len(head.data) > max_bytes:
+            break
+        size += len(head.data)
+        if head.count <= room:
+            taken.append(queue.popleft())
+            room -= head.count
+        else:
+            first, rest = head.split(room)
+            taken.append(first)
+            queue[0] = rest
+            room = 0
+    return Chunk.join(taken) if taken else None
+
+
+def test_batches_taken_from_a_large_chunk_a_part_at_a_time_are_chunk_splits(tmp_path, monkeypatch):
+    # _take cuts a chunk larger than a batch in place (one copy of it, not one of its rest per
+    # batch): the same batches, sequence numbers and counts as splitting it; the head given back
+    # whole before an inflight batch or a held one goes in front of it, or the queue spills.
+    from collections import deque
+
+    from station_bridge import sinks
+    monkeypatch.setattr(sinks, "TAKE_MAX_BYTES", 60_000)
+    quoted = Chunk.of([f'm,t=a s="x\\ny {i}" {i}' for i in range(700)])  # not simple: a newline in a string
+    sizes = [12_345, 3, 4_999, 5_000, 5_001, 1, 700, 20_000, 2]
+    chunks = []
+    for k, n in enumerate(sizes):
+        chunks.append(quoted if n == 700 else Chunk.of(lines(n, start=k * 100_000)))
+    for limit in (5000, 1000, 777):
+        spec = parse({"subscriptions": [], "destinations": [{"name": "d", "url": "http://127.0.0.1:9",
+                                                             "database": "db", "batch_size": limit}]})
+        sink = InfluxSink(spec.destinations[0], Journal(tmp_path / f"j{limit}", 10**8),
+                          DeadLetters(tmp_path / "dead.jsonl"), Metrics(), Intake(tmp_path / f"j{limit}"))
+        reference = deque()
+        for chunk in chunks:
+            sink.submit(chunk)
+            reference.append(Chunk(chunk.data, chunk.count, sink._queue[-1].seq, chunk.born))
+        got, want = [], []
+        with sink._cond:
+            for step in range(400):
+                batch = sink._take(limit)
+                expected = _old_take(reference, limit, 60_000)
+                if batch is None:
+                    assert expected is None
+                    break
+                assert (batch.data, batch.count, batch.seq) == (expected.data, expected.count, expected.seq)
+                assert sink.queued == sum(c.count for c in reference)
+                assert sink.queued_bytes == sum(len(c.data) for c in reference)
+                got.append(batch)
+                want.append(expected)
+                if step % 7 == 3:  # given back (held, or recovered in flight): taken again first
+                    assert sink._hold(batch)
+                    reference.appendleft(batch)
+        assert b"".join(b.data for b in got) == b"".join(b.data for b in want)
+        assert not sink._queue and not sink.queued and not sink.queued_bytes

@@ -244,6 +244,27 @@ def test_the_compiled_path_is_used_for_plain_ticks():
     assert differential(spec_for(), bursts) == 80
 
 
+@pytest.mark.parametrize("framing", ["msgpack", "json"])
+def test_keys_in_a_changing_order_find_their_fields(framing):
+    # C tries first the field the key at the same position had in the last record: records whose
+    # keys move, come and go, repeat (a duplicate goes back) or are undeclared get the same lines
+    orders = [["instrument", "bid", "ask", "volume", "timestamp"], ["timestamp", "volume", "ask", "bid", "instrument"],
+              ["instrument", "extra", "bid", "ask", "volume", "timestamp"], ["bid", "instrument", "timestamp"],
+              ["instrument", "bid", "bid", "timestamp"], ["instrument", "ask", "volume", "timestamp", "bid"]]
+    values = {"instrument": "EURUSD", "bid": 1.5, "ask": 2.5, "volume": 7, "timestamp": T0, "extra": "x"}
+    burst = []
+    for k in range(60):
+        keys = orders[(k * 7) % len(orders)]
+        items = [(key, values[key] + k if key == "timestamp" else values[key]) for key in keys]
+        if framing == "msgpack":
+            packer = msgpack.Packer()
+            payload = packer.pack_map_header(len(items)) + b"".join(packer.pack(x) for kv in items for x in kv)
+        else:
+            payload = ("{" + ", ".join(f"{json.dumps(key)}: {json.dumps(v)}" for key, v in items) + "}").encode()
+        burst.append([b"kraken_tick", payload])
+    assert differential(spec_for(framing), [burst, burst[::-1]]) > 0
+
+
 def test_repeated_times_are_nudged_like_the_python_path():
     # A run of one time, then the nudged times themselves, then out of order: the C path takes the
     # common case itself and leaves every other one to the mapper's own uniqueness.

@@ -215,6 +215,18 @@ def test_the_nth_line_end_of_uneven_lines():
         nth_line_end(data[:ends[9]], 11, 400)  # fewer newlines than said: never another line's end
 
 
+def test_the_nth_line_end_of_lines_of_about_one_length():
+    # The interpolation lands a few lines before or past the n-th: walked to from the guess
+    from station_bridge.lineproto import nth_line_end
+    lines = [f"ticks,instrument=I{i % 8} bid={1 + i / 1e6!r},seq={i}i {1700000000000000000 + i * 997}"
+             for i in range(2000)]
+    data = ("\n".join(lines) + "\n").encode()
+    ends = [i + 1 for i, c in enumerate(data) if c == 10]
+    assert [nth_line_end(data, n, len(lines)) for n in range(1, len(lines) + 1)] == ends
+    with pytest.raises(ValueError):
+        nth_line_end(data[:ends[999]], 1005, 1010)  # fewer newlines than said: never another line's end
+
+
 def test_journal_segments_survive_restart_in_order_respect_the_cap_and_record_progress(tmp_path: Path):
     journal = Journal(tmp_path, max_bytes=200)
     assert journal.append(Chunk.of(["a v=1 1", 'b s="x\ny" 2'])) is None

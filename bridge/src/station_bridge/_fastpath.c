@@ -68,7 +68,7 @@ static int buf_grow(buf_t *b, Py_ssize_t need) {
 
 static inline int buf_put(buf_t *b, const char *s, Py_ssize_t n) {
     if (n <= 0) return 0;  /* memcpy(NULL, ..., 0) is undefined: an empty buffer has no p yet */
-    if (buf_grow(b, n) < 0) return -1;
+    if (b->len + n > b->cap && buf_grow(b, n) < 0) return -1;  /* the call only when it grows */
     memcpy(b->p + b->len, s, n);
     b->len += n;
     return 0;
@@ -161,6 +161,7 @@ typedef struct {
 } val_t;
 
 #define MAX_SLOTS 32
+#define SLOT_HINTS 64  /* key positions of a flat record whose slot is remembered (slot_hint) */
 #define MAX_TAGS 32
 #define MAX_FIELDS 32
 #define MAX_ORDER 64
@@ -305,6 +306,9 @@ typedef struct {
     char *measurement; Py_ssize_t measurement_n;
     int nslots; char *slot_key[MAX_SLOTS]; Py_ssize_t slot_n[MAX_SLOTS];
     PyObject *slot_name[MAX_SLOTS];
+    /* the slot (+1; 0: none known) the key at each position of the last flat record had: a feed's
+     * records keep their keys' order, so the first comparison usually finds it (find_slot_at) */
+    signed char slot_hint[SLOT_HINTS];
     int ntags; tag_t tags[MAX_TAGS];
     int nderived; int derived_slot[MAX_DERIVED]; tcache_t derived[MAX_DERIVED];
     int nested; int nnodes; node_t nodes[MAX_NODES];
@@ -422,6 +426,18 @@ static inline int find_slot(Plan *pl, const char *k, Py_ssize_t n) {
     return -1;
 }
 
+/* find_slot for the key at position `at` of a flat record: the slot that position's key had in
+ * the last record is tried first (slot keys are distinct: the same answer as find_slot). */
+static inline int find_slot_at(Plan *pl, const char *k, Py_ssize_t n, uint32_t at) {
+    if (at < SLOT_HINTS) {
+        int h = pl->slot_hint[at] - 1;
+        if (h >= 0 && pl->slot_n[h] == n && memcmp(pl->slot_key[h], k, n) == 0) return h;
+    }
+    int s = find_slot(pl, k, n);
+    if (at < SLOT_HINTS) pl->slot_hint[at] = (signed char)(s + 1);
+    return s;
+}
+
 /* 0: record read into vals; 1: hand back. */
 static int mp_record(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals) {
     const unsigned char *end = p + n;
@@ -440,7 +456,7 @@ static int mp_record(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals
         if (used < 0 || key.type != V_STR) return 1;  /* only str keys on this path */
         p += used;
         if (p >= end) return 1;
-        int s = find_slot(pl, key.s, key.n);
+        int s = find_slot_at(pl, key.s, key.n, e);
         if (s >= 0) {
             if (vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
             used = mp_value(p, end, &vals[s]);
@@ -1412,13 +1428,13 @@ static int json_record(Plan *pl, const char *p, Py_ssize_t n, val_t *vals) {
     p = json_ws(p + 1, end);
     if (p < end && *p == '}') return json_ws(p + 1, end) == end ? 0 : 1;
     val_t key, tmp;
-    for (;;) {
+    for (uint32_t at = 0;; at++) {
         p = json_string(p, end, &key);
         if (!p) return 1;
         p = json_ws(p, end);
         if (p >= end || *p != ':') return 1;
         p = json_ws(p + 1, end);
-        int s = find_slot(pl, key.s, key.n);
+        int s = find_slot_at(pl, key.s, key.n, at);
         if (s >= 0 && vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
         p = json_value(p, end, s >= 0 ? &vals[s] : &tmp);
         if (!p) return 1;

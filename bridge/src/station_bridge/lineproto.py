@@ -341,12 +341,15 @@ def _simple(data: bytes) -> bool:
     return b'"' not in data and (b"\\" not in data or b"\\\n" not in data)
 
 
-def nth_line_end(data: bytes, n: int, lines: int) -> int:
-    """The offset just past the `n`-th line of `data` (1 <= n <= lines), whose `lines` lines are
-    simple (`_simple`: each newline ends one): without an object per line. Each step counts the
+def nth_line_end(data: bytes, n: int, lines: int, start: int = 0) -> int:
+    """The offset just past the `n`-th line of `data` from `start` on (1 <= n <= lines), whose
+    `lines` lines there are simple (`_simple`: each newline ends one) (`start`: 0 or just past a
+    newline, where a line starts): without an object per line (or a copy). Each step counts the
     newlines below a guess (interpolated, every other one halving) until few are left between
-    the bounds, then walks them; ValueError when `data` holds fewer newlines than that."""
-    lo, lo_n, hi, hi_n = 0, 0, len(data), lines  # data[:lo] holds lo_n < n newlines, data[:hi] hi_n >= n
+    the bounds, then walks them; ValueError when `data` holds fewer newlines than that. A guess
+    a few lines from the n-th (the interpolation on lines of about one length) walks to it at
+    once: halving from there counted up to twice more bytes than the guess did."""
+    lo, lo_n, hi, hi_n = start, 0, len(data), lines  # data[start:lo] holds lo_n < n newlines, data[start:hi] hi_n >= n
     step = 0
     while hi_n - lo_n > 16 and hi - lo > 2:
         interpolated = min(max(lo + (hi - lo) * (n - lo_n) // (hi_n - lo_n), lo + 1), hi - 1)
@@ -354,7 +357,17 @@ def nth_line_end(data: bytes, n: int, lines: int) -> int:
         step += 1
         below = lo_n + data.count(b"\n", lo, guess)
         if below >= n:
+            if below - n < 16:  # the n-th is the (below - n + 1)-th newline back from the guess
+                pos = guess
+                for _ in range(below - n + 1):
+                    pos = data.rfind(b"\n", lo, pos)
+                return pos + 1
             hi, hi_n = guess, below
+        elif n - below <= 16:  # a few lines short: the n-th is the (n - below)-th from the guess on
+            pos = guess - 1
+            for _ in range(n - below):
+                pos = data.index(b"\n", pos + 1)
+            return pos + 1
         else:
             lo, lo_n = guess, below
     pos = lo - 1
