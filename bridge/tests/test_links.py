@@ -27,6 +27,7 @@ from station_bridge.health import BridgeState, DestinationState, Thresholds, eva
 from station_bridge.journal import Chunk
 from station_bridge.schedule import DAY, Pacer, Schedule
 from station_bridge.sinks import Delivery, InfluxWriter, Retryable
+from station_bridge.validate import table
 
 # --- a TCP proxy that measures the link ---------------------------------------------------------
 
@@ -331,6 +332,9 @@ def test_a_scheduled_paced_link_sends_live_first_within_the_cap_and_nothing_outs
         checks = {c["check"]: c for i in json.loads(proc.stdout)["instances"] for c in i["checks"]}
         assert checks["destination central"]["ok"], checks["destination central"]
         assert "central: pending_by_schedule, next window at" in checks["destination central"]["detail"]
+        # ... and its table's row too (the attack of round 10 read "N pending, pending_by_schedule" alone)
+        row = next(line for line in table(json.loads(proc.stdout)) if "destination central" in line)
+        assert "pending_by_schedule, next window at " + central["next_window"] in row, row
         assert time.time() < opens[0] - 0.2, "the checks of the closed link ran into its window"
         assert proxy.total() == 0, dict(proxy.per_second)  # nothing at all on the link while it was down
 

@@ -644,6 +644,7 @@ def table(report: dict[str, Any]) -> list[str]:
         for d in inst["destinations"]:
             lines.append(f"{inst['instance']} | destination {d['destination']} | written {d['written']} | - | "
                          f"{d['pending']} pending{', ' + d['state'] if d.get('state') else ''}"
+                         f"{', next window at ' + str(d['next_window']) if d.get('next_window') else ''}"
                          f"{', failing' if not d['ok'] else ''} | {d['ok']} | -")
     return lines
 
