@@ -62,7 +62,7 @@ class Front:
                 elif mode == "slow":
                     time.sleep(0.3)
                     self._forward("POST", body)
-                elif mode == "silent_partial" and b"POISON" in body:
+                elif mode in ("silent_partial", "zero_partial") and b"POISON" in body:
                     # A server or intermediary that stores the other lines and answers a partial
                     # write without saying how many it dropped (no `dropped=N`).
                     kept = b"".join(line + b"\n" for line in body.splitlines() if b"POISON" not in line)
@@ -72,7 +72,9 @@ class Front:
                         conn.request("POST", self.path, body=kept)
                         conn.getresponse().read()
                         conn.close()
-                    self._send(400, b'{"error":"partial write: unable to parse \'zzz\': missing fields"}')
+                    self._send(400, b'{"error":"partial write: unable to parse \'zzz\': missing fields"}'
+                               if mode == "silent_partial" else
+                               b'{"error":"partial write: points beyond retention policy dropped=0"}')
                 elif mode == "poison" and b"POISON" in body:
                     self._send(500, b'{"error":"internal error"}')
                 else:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 
 import msgpack
+import pytest
 import zmq
 from front import Front
 from harness import BridgeProcess, publisher, quiet_ledger, subscribed, wait_for
@@ -23,9 +24,11 @@ def _delivery(url: str, db: str) -> Delivery:
     return Delivery(InfluxWriter(spec.destinations[0]), 5000)
 
 
-def test_a_partial_write_without_its_count_is_resolved_by_resending(influxd: Influxd, database: str):
+@pytest.mark.parametrize("mode", ["silent_partial", "zero_partial"])
+def test_a_partial_write_without_its_count_is_resolved_by_resending(influxd: Influxd, database: str, mode: str):
     """Before: a 400 `partial write: ...` with no `dropped=N` was counted as written whole (the
-    attack lost 1,520 of 6,000 points that way, counted written). Now the refused lines are found
+    attack lost 1,520 of 6,000 points that way, counted written; the second attack, `dropped=0`
+    where 31 were dropped). Now the refused lines are found
     by re-sending (what InfluxDB holds is rewritten, the same points), each point counted once."""
     t = (time.time_ns() // 1_000_000_000 - 600) * 1_000_000_000
     lines = [f"ticks,instrument=A bid={i}.5 {t + i}" for i in range(40)]
@@ -33,7 +36,7 @@ def test_a_partial_write_without_its_count_is_resolved_by_resending(influxd: Inf
     for i, line in bad.items():
         lines[i] = line
     front = Front(influxd.url)
-    front.mode = "silent_partial"
+    front.mode = mode
     try:
         out = _delivery(front.url, database).deliver(Chunk.of(lines))
     finally:
@@ -89,5 +92,51 @@ def test_poison_in_the_backlog_of_a_live_first_link_is_isolated_while_live_point
     finally:
         pub.close()
         bridge.stop()
+        front.server.shutdown()
+        front.server.server_close()
+
+
+def test_an_isolation_cut_short_in_the_backlog_loses_no_line(tmp_path, influxd: Influxd):
+    """Attack round 10b: a window closed while poison in the backlog was being isolated; what the
+    isolation left (the suspect, parts not yet sent) is not the chunk's tail, but the journal took
+    it for one (`progress` by count): the suspect line was counted written and never landed. Cut
+    after every number of requests in turn: every other line lands once, the poison is dropped
+    once, and the ledger closes."""
+    from station_bridge.journal import DeadLetters, Intake, Journal
+    from station_bridge.metrics import Metrics
+    from station_bridge.sinks import InfluxSink
+
+    front = Front(influxd.url)
+    front.mode = "poison"
+    base = (time.time_ns() // 10**9 - 60) * 10**9
+    try:
+        for cut in range(1, 16):
+            db = f"cut{cut}"
+            influxd.query(f'CREATE DATABASE "{db}"')
+            lines = [f"ticks,instrument=A bid={i}.5 {base + i}" for i in range(40)]
+            lines[3] = f"ticks,instrument=POISON bid=1.0 {base + 3}"
+            spec = parse({"subscriptions": [], "destinations": [{"name": "d", "url": front.url, "database": db}]})
+            metrics = Metrics()
+            sink = InfluxSink(spec.destinations[0], Journal(tmp_path / db, 10**8),
+                              DeadLetters(tmp_path / f"{db}.jsonl"), metrics, Intake(tmp_path / db))
+            assert sink.journal.append(Chunk.of(lines)) is None
+            start = front.posts
+            sink.writer.cancel = lambda start=start, cut=cut: front.posts - start >= cut
+            for _ in range(3):  # the backlog's head failing: isolation at the next attempt
+                sink._head, sink._head_5xx = (lines[0] + "\n").encode(), 5
+                sink.backoff.reset()
+                sink._drain_journal()
+            sink.writer.cancel = None
+            for _ in range(20):
+                if not len(sink.journal):
+                    break
+                sink._head, sink._head_5xx = sink._head or None, max(sink._head_5xx, 5)
+                sink.backoff.reset()
+                sink._drain_journal()
+            written = metrics.get("bridge_written_points_total", destination="d")
+            poison = metrics.get("bridge_dropped_points_total", destination="d", reason="poison")
+            assert (len(sink.journal), influxd.count(db, "ticks"), poison) == (0, 39, 1), cut
+            assert written == 39, (cut, written)
+    finally:
         front.server.shutdown()
         front.server.server_close()

@@ -201,6 +201,8 @@ def base(**destination) -> dict:
     ({"schedule": {"every": "10m", "for": float("nan")}}, "schedule.for: must be a finite number"),
     ({"flush_interval": "inf"}, "flush_interval: invalid duration 'inf'"),
     ({"max_points_per_second": float("inf")}, "max_points_per_second: must be a finite number"),
+    ({"schedule": {"every": "10m", "for": 1e-300}}, "schedule.for: must be at least 1ms"),
+    ({"timeout": "100us"}, "timeout: must be at least 1ms"),
     ({"max_bytes_per_second": 0}, "must be positive"),
     ({"max_points_per_second": -5}, "must be positive"),
     ({"max_bytes_per_second": "lots"}, "invalid size"),

@@ -40,6 +40,7 @@ from .timestamps import FORMATS
 FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
 FIELD_TYPES = ("float", "integer", "boolean", "string")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
+MIN_DURATION_S = 0.001  # a positive duration below a millisecond is a mistake here
 MAX_DURATION_S = 3650 * 86400.0  # ten years: any longer duration is a mistake (and overflows dates)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d|w)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
@@ -549,6 +550,10 @@ class _Reader:
         seconds = parse_duration(value, f"{self.source}: {self.key(name)}")
         if positive and seconds <= 0:
             raise self.fail(name, f"must be positive, got {value!r}")
+        if positive and seconds < MIN_DURATION_S:
+            # 1e-300 s passed as positive: a binning interval of 0 ns, an HTTP timeout nothing answers
+            # within, a window that never opens (attack round 10)
+            raise self.fail(name, f"must be at least 1ms, got {value!r}")
         return seconds
 
     def size(self, name: str, default: Any = ...) -> int:

@@ -78,6 +78,7 @@ REFUSAL_STATUS = {400, 413}
 # A batch that keeps getting 5xx (POISON_AFTER failed attempts in a row) is split to find lines the
 # server fails alone while it stores the rest (InfluxSink, Delivery._isolate).
 POISON_AFTER = 5
+CONTROL_MAX_AGE_S = 300.0  # a line stored this recently may be an isolation's control (sent again)
 POISON_CONFIRM = 3  # a suspect line is sent alone this many more times before it is refused `poison`
 ISOLATE_BUDGET = 12  # requests without anything stored: the server fails everything, not a line
 POISON_STICKY_S = 60.0  # after poison was found, a 5xx isolates at once for this long
@@ -254,12 +255,17 @@ _DROPPED = re.compile(r" dropped=(\d+)\s*$")
 
 def _told_dropped(message: str, parsed: set[int]) -> int | None:
     """How many lines a `partial write` answer says InfluxDB dropped besides those it could not
-    parse (its `dropped=N` leaves those out), or None when it does not say: no `dropped=N`, or a
-    line it could not parse that is not one of the lines sent (`parsed` holds those it named)."""
+    parse (its `dropped=N` leaves those out), or None when it does not say: no `dropped=N`,
+    `dropped=0` and no line it could not parse (a partial write that dropped nothing), or a line it
+    could not parse that is not one of the lines sent (`parsed` holds those it named)."""
     found = _DROPPED.search(message)
     if found is None or message.count(_PARSE_PREFIX) > len(parsed):
         return None
+    if int(found.group(1)) == 0 and not parsed:
+        return None  # a partial write that dropped nothing: it does not say what it dropped
     return int(found.group(1))
+
+
 # InfluxDB's refusals for a limit of the database, told apart (their points are dropped with this reason).
 _LIMITS = (("max-series-per-database limit exceeded", "max_series"),
            ("max-values-per-tag limit exceeded", "max_values_per_tag"))
@@ -291,6 +297,10 @@ class Delivery:
     def __init__(self, writer: InfluxWriter, batch_size: int) -> None:
         self.writer = writer
         self.batch_size = batch_size
+        # A line the destination stored lately (the first of the last request it acknowledged): the
+        # control of an isolation that stores nothing itself (a suspect alone at the backlog's head).
+        self.stored: bytes | None = None
+        self.stored_at = -float("inf")
 
     def _piece_size(self, chunk: Chunk) -> int:
         """Points per request: batch_size, and with a send budget at most one second of it (so
@@ -340,6 +350,7 @@ class Delivery:
         status, message = self.writer.post(chunk.data, chunk.count)
         if status == 204:
             out.written += chunk.count
+            self.stored, self.stored_at = chunk.data[:chunk.data.find(b"\n")], time.monotonic()
             return
         if status not in REFUSAL_STATUS:
             # Not an answer of InfluxDB's /write about these points (5xx, auth, a redirect, a 200
@@ -385,6 +396,7 @@ class Delivery:
             if status == 204:
                 out.written += len(part)
                 control = part[0]
+                self.stored, self.stored_at = control, time.monotonic()
                 pending.pop(0)
             elif status == 500 and not _transient(message):
                 pending.pop(0)
@@ -403,7 +415,11 @@ class Delivery:
                 except Retryable as exc:
                     exc.remaining = Chunk.join([exc.remaining or Chunk.of_bytes(part), rest()])
                     raise
-        if suspects and (out.written == written_before or control is None):
+        if suspects and control is None and time.monotonic() - self.stored_at < CONTROL_MAX_AGE_S:
+            # Nothing stored in this isolation (a suspect alone: what an isolation cut short left
+            # at the backlog's head): a line stored lately is the control.
+            control = self.stored
+        if suspects and control is None:
             raise Retryable(error, "http_5xx", Chunk.of_bytes(suspects))
         message = error
         for attempt in range(POISON_CONFIRM):
@@ -1097,6 +1113,22 @@ class InfluxSink:
                 log.info("replayed journal segment", extra={**self._labels, "segment": segment.path.name,
                                                              "segments": len(parts), "points": chunk.count,
                                                              "journal_points": self.journal.points})
+            elif not chunk.data.endswith(out.retry.data):
+                # What is left is not the chunk's tail (an isolation or a partial write cut short:
+                # lines stored here and there, attack round 10 lost a suspect line counted as
+                # written when this was taken for a prefix): it is journaled anew, then the
+                # segments go. A journal that refuses it counts it dropped with its reason.
+                reason = self.journal.append(out.retry)
+                if reason is None:
+                    self.metrics.inc("bridge_journaled_points_total", out.retry.count, **self._labels)
+                else:
+                    self.metrics.inc("bridge_dropped_points_total", out.retry.count, **self._labels, reason=reason)
+                    log.error("journal write refused: points dropped", extra={
+                        **self._labels, "dropped": out.retry.count, "reason": reason})
+                self.before_delete()
+                for delivered, _ in parts:
+                    self.journal.ack(delivered)
+                return
             else:
                 # What was done is a prefix: the segments it covers whole go, the next records its progress
                 deleting = True
