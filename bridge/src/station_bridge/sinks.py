@@ -1200,8 +1200,12 @@ class InfluxSink:
         self._settle(original)
 
     def _head_outcome(self, head: bytes, out: Outcome) -> None:
-        """Follows the backlog's head: failures in a row of the same head, from when."""
-        if out.retry is None or out.kind == "paused" or out.written or head != self._head:
+        """Follows the backlog's head: failures in a row of the same head, from when. A pause (the
+        window closed, live points due) is neither: a head that fails twice in each short window
+        reaches the isolation over several windows."""
+        if out.kind == "paused" and not out.written and head == self._head:
+            return
+        if out.retry is None or out.written or head != self._head:
             self._head, self._head_5xx, self._head_failing_since = None, 0, None
         if out.retry is not None and out.kind != "paused" and not out.written:
             if self._head is None:
