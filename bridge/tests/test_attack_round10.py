@@ -140,3 +140,24 @@ def test_an_isolation_cut_short_in_the_backlog_loses_no_line(tmp_path, influxd: 
     finally:
         front.server.shutdown()
         front.server.server_close()
+
+
+def test_the_backlog_heads_run_of_failures_survives_pauses_and_ends_with_progress(tmp_path, influxd: Influxd):
+    """Attack round 10b: a 2 s window every 10 s gave the backlog's head two 500s per window and
+    the isolation never started. A pause (the window closed, live points due) neither fails nor
+    delivers the head: its run of failures goes on into the next window; a delivery ends it."""
+    from station_bridge.journal import DeadLetters, Intake, Journal
+    from station_bridge.metrics import Metrics
+    from station_bridge.sinks import POISON_AFTER, InfluxSink, Outcome
+
+    spec = parse({"subscriptions": [], "destinations": [{"name": "d", "url": influxd.url, "database": "x"}]})
+    sink = InfluxSink(spec.destinations[0], Journal(tmp_path / "j", 10**8), DeadLetters(tmp_path / "d.jsonl"),
+                      Metrics(), Intake(tmp_path / "j"))
+    head, rest = b"m a=1 1\n", Chunk.of(["m a=1 1", "m a=2 2"])
+    for window in range(POISON_AFTER):
+        sink._head_outcome(head, Outcome(retry=rest, kind="http_500"))
+        sink._head_outcome(head, Outcome(retry=rest, kind="paused"))  # the window closed
+        assert sink._head_5xx == window + 1
+    assert sink.failing_seconds() > 0
+    sink._head_outcome(head, Outcome(written=2))
+    assert sink._head_5xx == 0 and sink._head is None and sink.failing_seconds() == 0
