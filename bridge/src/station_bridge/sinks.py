@@ -1118,13 +1118,7 @@ class InfluxSink:
                 # lines stored here and there, attack round 10 lost a suspect line counted as
                 # written when this was taken for a prefix): it is journaled anew, then the
                 # segments go. A journal that refuses it counts it dropped with its reason.
-                reason = self.journal.append(out.retry)
-                if reason is None:
-                    self.metrics.inc("bridge_journaled_points_total", out.retry.count, **self._labels)
-                else:
-                    self.metrics.inc("bridge_dropped_points_total", out.retry.count, **self._labels, reason=reason)
-                    log.error("journal write refused: points dropped", extra={
-                        **self._labels, "dropped": out.retry.count, "reason": reason})
+                self._journaled(out.retry, self.journal.append(out.retry))
                 self.before_delete()
                 for delivered, _ in parts:
                     self.journal.ack(delivered)
@@ -1186,6 +1180,11 @@ class InfluxSink:
             if (reason == "journal_error" and threading.current_thread() is self._thread and not self._stopping
                     and self._hold(chunk)):
                 chunk, reason = Chunk(b"", 0), None  # held in memory (its bound) until the backoff ends
+        self._journaled(chunk, reason)
+        self._settle(original)
+
+    def _journaled(self, chunk: Chunk, reason: str | None) -> None:
+        """Counts a journal write: the points journaled, or dropped with the journal's reason."""
         if reason is None:
             if chunk.count:
                 self.metrics.inc("bridge_journaled_points_total", chunk.count, **self._labels)
@@ -1197,7 +1196,6 @@ class InfluxSink:
                                 logger=log, destination=self.name, dropped=chunk.count,
                                 journal_bytes=self.journal.bytes, max_bytes=self.journal.max_bytes,
                                 error=self.journal.last_error)
-        self._settle(original)
 
     def _head_outcome(self, head: bytes, out: Outcome) -> None:
         """Follows the backlog's head: failures in a row of the same head, from when. A pause (the
