@@ -218,32 +218,57 @@ class Bridge:
 
 def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, framing: str, points: int,
                instances: int = 1, fast_path: str = "auto", subscriptions: int = 1,
-               receive_threads: str = "auto", receive_only: bool = False) -> dict:
+               receive_threads: str = "auto", receive_only: bool = False, bursts: int = 1) -> dict:
     """`instances` bridges of `subscriptions` subscriptions each, on disjoint topics, each
     subscription fed its share of `points` messages by its own preloaded publisher (all at once);
     points/s until InfluxDB acknowledged every point, and CPU per point. `overlap`: the share of
     100 ms intervals in which two or more receive threads (each instance's receive loop, or each
     subscription's receive thread) were each busy (_ReceiveSampler). `receive_only`: the
     destination's link is scheduled hours away (the points go to the journal, influxd idles): the
-    run ends once every message was received, and its rate is the receive rate."""
+    run ends once every message was received, and its rate is the receive rate. `bursts`: the same
+    bridges take that many bursts one after the other and the last is measured (a station's bridge
+    has run before: its queues' memory is its own, memory.retain_freed), the first's figures under
+    `cold` (a bridge just started: every page of its queues faulted in for the first time)."""
     share = points // instances
-    runs = []
+    per_sub = share // subscriptions
+    bridges, feeds = [], []  # feeds: (bridge, endpoint, topic, first seq)
     for k in range(instances):
         db = f"e2e_{label}_{k}"
         influx.query(f'CREATE DATABASE "{db}"')
-        subs, feeds = [], []
+        subs, mine = [], []
         for j in range(subscriptions):
             endpoint = f"tcp://127.0.0.1:{free_port()}"
             topic = f"{TOPIC}_{k}_{j}"
-            n = share // subscriptions
-            frames = stages.messages(framing, n, topic, start_seq=k * share + j * n)
             subs.append(stages.subscription(framing, "bench" if subscriptions == 1 else f"bench{j}", endpoint, topic))
-            feeds.append((endpoint, frames, topic))
+            mine.append((endpoint, topic, k * share + j * per_sub))
         bridge = Bridge(tmp, f"{label}-{k}", influx, redis, db, subs, fast_path, receive_threads, receive_only)
-        for endpoint, frames, topic in feeds:
-            publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
-            runs.append({"db": db, "bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
-    bridges = list({id(run["bridge"]): run["bridge"] for run in runs}.values())
+        bridge.db = db
+        bridges.append(bridge)
+        feeds += [(bridge, *feed) for feed in mine]
+    cold = None
+    for b in range(bursts):
+        result = _burst(influx, redis, label, framing, bridges, feeds, per_sub, points, b * points, receive_only)
+        if b == 0 and bursts > 1:
+            cold = result
+    for bridge in bridges:
+        bridge.stop()
+        count = influx.count(bridge.db, "ticks")
+        if not receive_only and count != per_sub * subscriptions * bursts:
+            raise RuntimeError(f"{label}: {count} of {per_sub * subscriptions * bursts} points in InfluxDB")
+    result["cold"] = cold
+    result["bursts"] = bursts
+    return result
+
+
+def _burst(influx: Influxd, redis: RedisServer, label: str, framing: str, bridges: list, feeds: list,
+           per_sub: int, points: int, offset: int, receive_only: bool) -> dict:
+    """One burst of end_to_end: a preloaded publisher per feed, every bridge measured until InfluxDB
+    acknowledged (or, receive only, it received) its share; `offset`: added to every message's seq."""
+    runs = []
+    for bridge, endpoint, topic, seq in feeds:
+        frames = stages.messages(framing, per_sub, topic, start_seq=offset + seq)
+        publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
+        runs.append({"bridge": bridge, "publisher": publisher, "loaded": loaded, "go": go})
     for run in runs:
         if not run["loaded"].wait(60):
             raise RuntimeError("publisher not ready: " + run["bridge"].tail())
@@ -254,6 +279,7 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
         pids[f"publisher{k}"] = run["publisher"].pid
     sampler = _ReceiveSampler([b.process.pid for b in bridges])
     background = quiesce(influx.process.pid)  # earlier phases' compactions are not this phase's cost
+    base = [bridge.counts() for bridge in bridges]  # what earlier bursts left in the counters
     before = {name: cpu_seconds(pid) for name, pid in pids.items()}
     threads_before = [thread_groups(bridge.process.pid) for bridge in bridges]
     scrapes_before = [bridge.scrapes for bridge in bridges]
@@ -261,21 +287,22 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     started = time.perf_counter()
     for run in runs:
         run["go"].set()
-    pending = list(bridges)
-    total = share // subscriptions * subscriptions
+    pending = list(range(len(bridges)))
+    total = per_sub * (len(feeds) // len(bridges))
     receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges)
     received_s = 0.0
     while pending:
-        counts = [bridge.counts() for bridge in pending]
-        if not received_s and len(pending) == len(bridges) and all(r >= total for r, _ in counts):
+        counts = {k: bridges[k].counts() for k in pending}
+        if not received_s and len(pending) == len(bridges) and \
+                all(r - base[k][0] >= total for k, (r, _) in counts.items()):
             received_s = time.perf_counter() - started  # the receive phase: every message received
             sampler.until()
             receive_cpu = sum(thread_groups(b.process.pid)["receive loop"] for b in bridges) - receive_cpu
             if receive_only:  # nothing is written: the run ends here
                 break
-        pending = [bridge for bridge, (_, written) in zip(pending, counts, strict=True) if written < total]
+        pending = [k for k, (_, written) in counts.items() if written - base[k][1] < total]
         if time.perf_counter() - started > 300:
-            raise RuntimeError(f"{label}: not all points written within 300 s: " + pending[0].tail())
+            raise RuntimeError(f"{label}: not all points written within 300 s: " + bridges[pending[0]].tail())
         time.sleep(0.02)
     elapsed = time.perf_counter() - started
     overlap = sampler.stop()
@@ -297,14 +324,9 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     for run in runs:
         run["publisher"].terminate()
         run["publisher"].join()
-    for bridge, run in zip(bridges, runs[::subscriptions], strict=True):
-        bridge.stop()
-        count = influx.count(run["db"], "ticks")
-        if not receive_only and count != share // subscriptions * subscriptions:
-            raise RuntimeError(f"{label}: {count} of {share} points in InfluxDB")
-    bridge = sum(v for k, v in cpu.items() if k.startswith("bridge")) - scrape_us
-    threads["other (metrics, ledger, exited threads)"] = bridge - sum(threads.values())
-    return {"rate": points / elapsed, "bridge": bridge, "influxd": cpu["influxd"], "redis": cpu["redis"],
+    bridge_us = sum(v for k, v in cpu.items() if k.startswith("bridge")) - scrape_us
+    threads["other (metrics, ledger, exited threads)"] = bridge_us - sum(threads.values())
+    return {"rate": points / elapsed, "bridge": bridge_us, "influxd": cpu["influxd"], "redis": cpu["redis"],
             "publisher": sum(v for k, v in cpu.items() if k.startswith("publisher")), "threads": threads,
             "rss": rss, "scrape_us": scrape_us, "path": path, "background": background, "overlap": overlap,
             "receive_cores": receive_cores, "receive_rate": points / received_s,
@@ -591,6 +613,8 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--points", type=int, default=300_000)
     parser.add_argument("--naive-points", type=int, default=100_000)
+    parser.add_argument("--bursts", type=int, default=2,
+                        help="bursts each (b) bridge takes, the last measured (the first: cold, shown beside)")
     parser.add_argument("--stage-points", type=int, default=100_000)
     parser.add_argument("--latency-seconds", type=float, default=10)
     parser.add_argument("--latency-runs", type=int, default=5)
@@ -648,10 +672,11 @@ def main() -> None:
             compiled: dict[str, dict | str] = {}
             for label, framing in stages.FRAMINGS.items():
                 results[label] = end_to_end(tmp, influx, redis, framing.replace("_", ""), framing, args.points,
-                                            fast_path="off")
+                                            fast_path="off", bursts=args.bursts)
                 say(f"{label}: {results[label]['rate']:,.0f}/s, bridge {results[label]['bridge']:.2f} us/point, "
                     f"influxd {results[label]['influxd']:.2f}")
-                run = end_to_end(tmp, influx, redis, framing.replace("_", "") + "c", framing, args.points)
+                run = end_to_end(tmp, influx, redis, framing.replace("_", "") + "c", framing, args.points,
+                                 bursts=args.bursts)
                 if run["path"] != "compiled":
                     compiled[label] = run["path"]
                     say(f"{label}: the compiled path does not run: {run['path']}")
@@ -810,6 +835,15 @@ def latency_rows(args: argparse.Namespace, steady: dict) -> list[tuple[str, str,
     return out
 
 
+def _cold(r: dict) -> str:
+    """A (b) row's first burst, beside the measured one (end_to_end's `bursts`)."""
+    c = r.get("cold")
+    if not c:
+        return ""
+    return (f"; burst {r['bursts']} of {r['bursts']} (the first, bridge just started: "
+            f"{c['bridge']:.2f} / {c['influxd']:.2f} us = {c['bridge'] / c['influxd']:.2f})")
+
+
 def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, steady) -> list[tuple[str, str, str]]:
     """The table. (b) is Python only (fast_path: off), (b') the bridge as a station runs it
     (fast_path: auto, the compiled path); the targets of issue 15 apply to the station's bridge."""
@@ -837,9 +871,10 @@ def rows(args, a, a_influxd, c, results, compiled, scaled, stage_cost, hot, stea
         cr = compiled.get(label)
         if isinstance(cr, dict):
             out.append((f"CPU per point, {label}, compiled (b'): bridge / influxd",
-                        f"{cr['bridge']:.2f} / {cr['influxd']:.2f} us", f"{cr['bridge'] / cr['influxd']:.2f}{target}"))
+                        f"{cr['bridge']:.2f} / {cr['influxd']:.2f} us", f"{cr['bridge'] / cr['influxd']:.2f}{target}"
+                        + _cold(cr)))
         out.append((f"CPU per point, {label}, Python (b): bridge / influxd",
-                    f"{r['bridge']:.2f} / {r['influxd']:.2f} us", f"{r['bridge'] / r['influxd']:.2f}"))
+                    f"{r['bridge']:.2f} / {r['influxd']:.2f} us", f"{r['bridge'] / r['influxd']:.2f}" + _cold(r)))
     for name, r in (("compiled", compiled.get("msgpack")), ("Python", m)):
         if isinstance(r, dict):
             split = ", ".join(f"{k.split(' (')[0]} {v:.2f}" for k, v in r["threads"].items())

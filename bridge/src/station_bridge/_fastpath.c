@@ -342,6 +342,9 @@ typedef struct {
     /* a batch between its stage and its commit (one thread: owner) */
     buf_t stage; rec_t *recs; int nrecs; int busy; unsigned long owner;
     int64_t with_gil;  /* staged messages mapped again with the GIL (S_GIL) */
+    /* the receive-time window's clock: read once per NOW_EVERY points within one call (map, drain,
+     * a stage), never carried from one call to the next (now_left = 0 at each start) */
+    int64_t now_ns; int now_left;
 } Plan;
 
 static PyObject *str_append, *str_frombytes;
@@ -359,6 +362,7 @@ static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) <
  * (|v| < 10^18); any longer one, in a key the mapping uses or ignores, hands the message back
  * and Python decides (its int parsing limits, its ranges, its reasons). */
 #define INT_DIGITS_MAX 18
+#define NOW_EVERY 64  /* points per clock read of the receive-time window (point_time) */
 #define INT_ABS_LIMIT 1000000000000000000LL  /* 10^18 */
 static inline int int_too_long(int64_t v) { return v >= INT_ABS_LIMIT || v <= -INT_ABS_LIMIT; }
 
@@ -420,6 +424,22 @@ bin:
     return hdr + len;
 }
 
+/* A str's bytes at p (< end) without the UTF-8 check mp_value makes: bytes used, or -1 (not a
+ * str, truncated). */
+static inline Py_ssize_t mp_str_raw(const unsigned char *p, const unsigned char *end, const char **s,
+                                    Py_ssize_t *n) {
+    Py_ssize_t avail = end - p, len, hdr;
+    unsigned char c = p[0];
+    if (c >= 0xa0 && c <= 0xbf) { len = c & 0x1f; hdr = 1; }
+    else if (c == 0xd9 && avail >= 2) { len = p[1]; hdr = 2; }
+    else if (c == 0xda && avail >= 3) { len = be16(p + 1); hdr = 3; }
+    else if (c == 0xdb && avail >= 5) { len = be32(p + 1); hdr = 5; }
+    else return -1;
+    if (avail - hdr < len) return -1;
+    *s = (const char *)p + hdr; *n = len;
+    return hdr + len;
+}
+
 static inline int find_slot(Plan *pl, const char *k, Py_ssize_t n) {
     for (int s = 0; s < pl->nslots; s++)
         if (pl->slot_n[s] == n && memcmp(pl->slot_key[s], k, n) == 0) return s;
@@ -449,14 +469,16 @@ static int mp_record(Plan *pl, const unsigned char *p, Py_ssize_t n, val_t *vals
     else if (c == 0xdf) { if (n < 5) return 1; count = be32(p + 1); p += 5; }
     else return 1;
     for (int s = 0; s < pl->nslots; s++) vals[s].type = V_ABSENT;
-    val_t key, tmp;
+    val_t tmp;
     for (uint32_t e = 0; e < count; e++) {
         if (p >= end) return 1;
-        Py_ssize_t used = mp_value(p, end, &key);
-        if (used < 0 || key.type != V_STR) return 1;  /* only str keys on this path */
+        const char *k;
+        Py_ssize_t kn, used = mp_str_raw(p, end, &k, &kn);
+        if (used < 0) return 1;  /* only str keys on this path */
         p += used;
         if (p >= end) return 1;
-        int s = find_slot_at(pl, key.s, key.n, e);
+        int s = find_slot_at(pl, k, kn, e);
+        if (s < 0 && !utf8_valid((const unsigned char *)k, kn)) return 1;  /* a slot's key is valid UTF-8 */
         if (s >= 0) {
             if (vals[s].type != V_ABSENT) return 1;  /* a duplicate key: the Python path decides */
             used = mp_value(p, end, &vals[s]);
@@ -742,9 +764,13 @@ checks:
     if (*ts < pl->tmin || *ts > pl->tmax) return -1;
     if (pl->ahead >= 0 || pl->behind >= 0) {
         /* outside the window around the receive time: Python refuses it (Mapper.check_window) */
-        struct timespec now;
-        clock_gettime(CLOCK_REALTIME, &now);
-        __int128 delta = (__int128)*ts - ((__int128)now.tv_sec * 1000000000 + now.tv_nsec);
+        if (pl->now_left-- <= 0) {
+            struct timespec now;
+            clock_gettime(CLOCK_REALTIME, &now);
+            pl->now_ns = (int64_t)now.tv_sec * 1000000000 + now.tv_nsec;
+            pl->now_left = NOW_EVERY - 1;
+        }
+        __int128 delta = (__int128)*ts - (__int128)pl->now_ns;
         if ((pl->ahead >= 0 && delta > pl->ahead) || (pl->behind >= 0 && -delta > pl->behind)) return -1;
     }
     return 0;
@@ -2628,7 +2654,7 @@ static int frames_of(PyObject *message, const char **t, Py_ssize_t *tn, const ch
 /* map and drain hold the GIL throughout (the form before "Two phases", which fastpath.py uses);
  * they refuse a plan whose batch another thread has staged. */
 static int plan_in_use(Plan *pl) {
-    if (!pl->busy && !pl->nrecs) return 0;
+    if (!pl->busy && !pl->nrecs) { pl->now_left = 0; return 0; }
     PyErr_SetString(PyExc_RuntimeError, "a compiled plan is used by one thread at a time: a batch is staged");
     return 1;
 }
@@ -2810,6 +2836,7 @@ static int stage_begin(Plan *pl) {
     if (!pl->recs && !(pl->recs = PyMem_Calloc(STAGE_MAX, sizeof(rec_t)))) { PyErr_NoMemory(); return -1; }
     pl->stage.quiet = 1;
     pl->stage.len = 0;
+    pl->now_left = 0;
     pl->busy = 1;
     pl->owner = PyThread_get_thread_ident();
     return 0;
