@@ -131,7 +131,15 @@ def test_the_bridges_own_defaults_are_what_the_role_checks(tmp_path):
     # A stop timeout below the bridge's own flush timeout is refused with the bridge's value.
     rc, _, out = preflight(tmp_path / "stop", {**source(tmp_path), "bridge_instances": {"one": instance},
                                                "bridge_timeout_stop_sec": 5})
-    assert rc != 0 and "must be less than bridge_timeout_stop_sec (5)" in out
+    assert rc != 0 and "must fit in bridge_timeout_stop_sec (5)" in out
+    # Below it by less than the stop's overrun (2.1 s measured): refused too (it was accepted).
+    tight = {**instance, "shutdown_timeout": "28s"}
+    rc, _, out = preflight(tmp_path / "tight", {**source(tmp_path), "bridge_instances": {"one": tight},
+                                                "bridge_timeout_stop_sec": 30})
+    assert rc != 0 and "shutdown_timeout 28.0 s and the stop's overrun past it (5.0 s) must fit in" in out, out
+    rc, _, out = preflight(tmp_path / "fits", {**source(tmp_path), "bridge_instances": {"one": {**instance,
+                                               "shutdown_timeout": "25s"}}, "bridge_timeout_stop_sec": 30})
+    assert rc == 0, out
 
 
 def test_a_bad_configuration_fails_with_the_bridges_message(tmp_path):

@@ -41,6 +41,11 @@ FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
 FIELD_TYPES = ("float", "integer", "boolean", "string")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 MIN_DURATION_S = 0.001  # a positive duration below a millisecond is a mistake here
+MAX_COUNT = 2**31 - 1  # every count (messages, points, series, connections): a C int, as libzmq's rcvhwm
+MAX_BYTES = 2**50  # every size in bytes: 1024TiB (beyond it a typo; 2^60 overflowed at run start)
+# What a stop may take past shutdown_timeout: a destination's flush gets at least 1 s and a request
+# in flight at the deadline is cut (2.1 s measured with two paced destinations and a live feed).
+STOP_OVERRUN_S = 5.0
 MAX_DURATION_S = 3650 * 86400.0  # ten years: any longer duration is a mistake (and overflows dates)
 _DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|ms|s|m|h|d|w)")
 _UNITS = {"ns": 1e-9, "us": 1e-6, "µs": 1e-6, "ms": 1e-3, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0,
@@ -490,6 +495,8 @@ class Config:
                 "feed_measurement": self.self_metrics.feed_measurement, "instance": self.self_metrics.instance},
             "validation": None if self.validation is None else self.validation.contract(),
             "shutdown_timeout_s": self.shutdown_timeout,
+            # what systemd's TimeoutStopSec must allow: the timeout and the stop's overrun past it
+            "stop_needs_s": self.shutdown_timeout + STOP_OVERRUN_S,
             "log": {"level": self.log_level, "rate_limit_per_s": self.log_rate_per_s},
             "fast_path": self.fast_path,
             "receive_threads": self.receive_threads,
@@ -534,6 +541,9 @@ class _Reader:
             raise self.fail(name, f"expected {names}, got {value!r}")
         if choices and value not in choices:
             raise self.fail(name, f"{value!r} is not one of {', '.join(map(str, choices))}")
+        if kind is int and abs(value) > MAX_COUNT:
+            # rcvhwm 2^32 passed check-config, then libzmq's setsockopt overflowed at run start
+            raise self.fail(name, f"must be at most {MAX_COUNT:,}, got {value!r}")
         return value
 
     def positive(self, name: str, kind: type, default: Any = ...) -> Any:
@@ -557,8 +567,15 @@ class _Reader:
         return seconds
 
     def size(self, name: str, default: Any = ...) -> int:
+        """Bytes from `512MiB`, `2GiB` or a plain number: never negative (journal.max_bytes -1
+        passed check-config), at most MAX_BYTES (1024TiB)."""
         value = self.get(name, (str, int), default)
-        return parse_size(value, f"{self.source}: {self.key(name)}")
+        size = parse_size(value, f"{self.source}: {self.key(name)}")
+        if size < 0:
+            raise self.fail(name, f"must not be negative, got {value!r}")
+        if size > MAX_BYTES:
+            raise self.fail(name, f"must be at most 1024TiB, got {value!r}")
+        return size
 
     def child(self, name: str, default: Any = ...) -> _Reader | None:
         value = self.get(name, dict, default)
@@ -903,8 +920,7 @@ def _subscription(r: _Reader, station: str | None) -> SubscriptionSpec:
         max_frame_bytes=r.size("max_frame_bytes", 1_048_576),
         mapping=mapping, binning=binning, require_connection=r.get("require_connection", bool, not bind),
         cache=r.get("cache", bool, True),
-        message_bytes=(parse_size(text, f"{r.source}: {r.key('message_bytes')}")
-                       if (text := r.get("message_bytes", (str, int), None)) is not None else None),
+        message_bytes=r.size("message_bytes") if r.get("message_bytes", (str, int), None) is not None else None,
         expected_interval=r.duration("expected_interval", None),
         ignore=tuple(_ignore(i) for i in r.items("ignore", [])),
     )

@@ -39,6 +39,7 @@ MIN_BUDGET = 8 << 20
 RECEIVE_SHARE = 0.5  # of the budget, for libzmq's receive queues; the rest for the destinations' queues
 ZMQ_OVERHEAD = 256  # bytes libzmq holds per queued message beyond its payload (measured: ~200)
 MIN_RCVHWM = 100
+MAX_RCVHWM = 2**31 - 1
 BURST_BYTES = 8 << 20  # a receive burst's bytes (and, by default, one each message's points)
 # glibc's mallopt(3) parameters (malloc.h)
 M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
@@ -111,7 +112,8 @@ def derived_rcvhwm(share: int, endpoints: int, message_bytes: int) -> int:
     `MIN_RCVHWM` only where that many fit (large messages get fewer, never a queue beyond the
     share), at least 1."""
     fits = share // max(1, endpoints) // (message_bytes + ZMQ_OVERHEAD)
-    return max(1, fits if fits < MIN_RCVHWM else max(MIN_RCVHWM, fits))
+    # at most a C int: libzmq's option (a 1024TiB budget of small messages overflowed it)
+    return min(MAX_RCVHWM, max(1, fits if fits < MIN_RCVHWM else max(MIN_RCVHWM, fits)))
 
 
 def retain_freed(budget: Budget) -> bool:
