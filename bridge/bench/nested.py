@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import random
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import msgpack
@@ -46,10 +47,11 @@ TELEMETRY = {"measurement": "telemetry", "each": "sensors.<sensor>", "tags": {"d
              "time": {"path": "$.ts", "format": "epoch_s"}}
 
 
-def book_messages(count: int, topic: bytes, seed: int = 11) -> list[list[bytes]]:
-    """`count` book snapshots, a pair each in turn, LEVELS levels a side, 1 ms apart."""
+def book_messages(count: int, topic: bytes, seed: int = 11, later: float = 0.0) -> list[list[bytes]]:
+    """`count` book snapshots, a pair each in turn, LEVELS levels a side, 1 ms apart, from an hour
+    ago (+ `later` seconds)."""
     rng = random.Random(seed)
-    base = time.time() - 3600
+    base = time.time() - 3600 + later
     mids = {pair: 100.0 * (k + 1) for k, pair in enumerate(PAIRS)}
     out = []
     for i in range(count):
@@ -62,10 +64,11 @@ def book_messages(count: int, topic: bytes, seed: int = 11) -> list[list[bytes]]
     return out
 
 
-def telemetry_messages(count: int, topic: bytes, seed: int = 13) -> list[list[bytes]]:
-    """`count` documents, a device each in turn, every sensor under its own key, 1 ms apart."""
+def telemetry_messages(count: int, topic: bytes, seed: int = 13, later: float = 0.0) -> list[list[bytes]]:
+    """`count` documents, a device each in turn, every sensor under its own key, 1 ms apart, from
+    an hour ago (+ `later` seconds)."""
     rng = random.Random(seed)
-    base = time.time() - 3600
+    base = time.time() - 3600 + later
     out = []
     for i in range(count):
         sensors = {name: {"value": round(rng.uniform(0, 100), 3), "status": rng.randrange(4)} for name in SENSORS}
@@ -74,8 +77,8 @@ def telemetry_messages(count: int, topic: bytes, seed: int = 13) -> list[list[by
     return out
 
 
-def lab_messages(count: int, topic: bytes) -> list[list[bytes]]:
-    return stages.messages("msgpack", count, topic.decode())
+def lab_messages(count: int, topic: bytes, later: float = 0.0) -> list[list[bytes]]:
+    return stages.messages("msgpack", count, topic.decode())  # stamped now: later than any burst before
 
 
 # name -> (mapping, messages(count, topic), points per message, measurement, a field to count)
@@ -97,19 +100,50 @@ def _metric(text: str, name: str, subscription: str = "bench") -> float:
 
 
 def feed_end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, mapping: dict,
-                    frames: list[list[bytes]], per_message: int, measurement: str, field: str,
-                    fast_path: str = "auto") -> dict:
-    """One bridge, one subscription of `mapping`, fed `frames` by a preloaded publisher: points/s
-    until InfluxDB acknowledged every point, CPU per point of the bridge and influxd (as
-    run.end_to_end measures them), and the path the subscription ran."""
+                    make: Callable[[int], list[list[bytes]]], per_message: int, measurement: str, field: str,
+                    fast_path: str = "auto", bursts: int = 2) -> dict:
+    """One bridge, one subscription of `mapping`, fed `make(burst)`'s frames by a preloaded
+    publisher, `bursts` times (as run.end_to_end: the last measured, each after the first into its
+    database dropped and created again, the first's figures under `cold`): points/s until InfluxDB
+    acknowledged every point, CPU per point of the bridge and influxd (as run.end_to_end measures
+    them), and the path the subscription ran."""
     db = f"nested_{label}"
     influx.query(f'CREATE DATABASE "{db}"')
     endpoint = f"tcp://127.0.0.1:{free_port()}"
     topic = f"{bench.TOPIC}_{label}"
     sub = {"name": "bench", "endpoints": [endpoint], "topics": [topic], "rcvhwm": 1_000_000, "framing": "msgpack",
            "mapping": mapping}
-    messages, points = len(frames), len(frames) * per_message
     bridge = bench.Bridge(tmp, label, influx, redis, db, [sub], fast_path)
+    cold = None
+    try:
+        for b in range(bursts):
+            if b:
+                influx.query(f'DROP DATABASE "{db}"')
+                influx.query(f'CREATE DATABASE "{db}"')
+            result = _feed_burst(influx, redis, bridge, label, make(b), per_message, endpoint, topic)
+            stored = influx.count(db, measurement, field)
+            if result["mapped"] != result["messages"] or stored != result["points"]:
+                raise RuntimeError(f"{label}: {result['mapped']:.0f} of {result['messages']} messages mapped, "
+                                   f"{stored} of {result['points']} points in InfluxDB")
+            if b == 0 and bursts > 1:
+                cold = result
+    finally:
+        bridge.stop()
+    result["cold"] = cold
+    result["bursts"] = bursts
+    return result
+
+
+def _feed_burst(influx: Influxd, redis: RedisServer, bridge: bench.Bridge, label: str, frames: list[list[bytes]],
+                per_message: int, endpoint: str, topic: str) -> dict:
+    """One burst of feed_end_to_end, measured; the counters as deltas from before it."""
+    messages, points = len(frames), len(frames) * per_message
+    names = ("bridge_received_messages_total", "bridge_rejected_messages_total", "bridge_fast_path_messages",
+             "bridge_fast_path_handed_back", "bridge_mapped_messages_total")
+    text = stages.scrape(bridge.port)
+    base = {name: _metric(text, name) for name in names}
+    base_written = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
+                       if line.startswith("bridge_written_points_total{"))
     publisher, loaded, go = stages.start_publisher(endpoint, frames, topic)
     try:
         if not loaded.wait(60):
@@ -124,10 +158,10 @@ def feed_end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, 
         while True:
             bridge.scrapes += 1
             text = stages.scrape(bridge.port)
-            received = _metric(text, "bridge_received_messages_total")
-            rejected = _metric(text, "bridge_rejected_messages_total")
+            received = _metric(text, "bridge_received_messages_total") - base["bridge_received_messages_total"]
+            rejected = _metric(text, "bridge_rejected_messages_total") - base["bridge_rejected_messages_total"]
             written = sum(float(line.rsplit(" ", 1)[1]) for line in text.splitlines()
-                          if line.startswith("bridge_written_points_total{"))
+                          if line.startswith("bridge_written_points_total{")) - base_written
             if rejected:
                 raise RuntimeError(f"{label}: {rejected:.0f} messages refused: " + bridge.tail())
             if written >= points:
@@ -143,19 +177,14 @@ def feed_end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, 
                    for name, value in thread_groups(bridge.process.pid).items()}
         text = stages.scrape(bridge.port)
         compiled = _metric(text, "bridge_fast_path_compiled")
-        in_c = _metric(text, "bridge_fast_path_messages")
-        handed_back = _metric(text, "bridge_fast_path_handed_back")
-        mapped = _metric(text, "bridge_mapped_messages_total")
+        in_c = _metric(text, "bridge_fast_path_messages") - base["bridge_fast_path_messages"]
+        handed_back = _metric(text, "bridge_fast_path_handed_back") - base["bridge_fast_path_handed_back"]
+        mapped = _metric(text, "bridge_mapped_messages_total") - base["bridge_mapped_messages_total"]
         reason = bridge.paths()["bench"]
         scrape_us = bridge.scrape_cost() * (bridge.scrapes - scrapes_before) / points * 1e6
     finally:
         publisher.terminate()
         publisher.join()
-        bridge.stop()
-    stored = influx.count(db, measurement, field)
-    if mapped != messages or stored != points:
-        raise RuntimeError(f"{label}: {mapped:.0f} of {messages} messages mapped, {stored} of {points} points "
-                           "in InfluxDB")
     if compiled:
         path = f"compiled (bridge_fast_path_compiled 1; {in_c:,.0f} messages in C, {handed_back:,.0f} handed back)"
     else:
@@ -164,16 +193,24 @@ def feed_end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, 
     threads["other (metrics, ledger, exited threads)"] = bridge_us - sum(threads.values())
     return {"rate": points / elapsed, "messages": messages, "points": points, "bridge": bridge_us,
             "influxd": cpu["influxd"], "redis": cpu["redis"], "background": background, "compiled": bool(compiled),
-            "path": path, "threads": threads, "scrape_us": scrape_us}
+            "path": path, "threads": threads, "scrape_us": scrape_us, "mapped": mapped}
 
 
-def nested_phase(tmp: Path, influx: Influxd, redis: RedisServer, points: int) -> dict[str, dict]:
-    """Every feed of FEEDS end to end with about `points` points each (whole messages)."""
+def nested_phase(tmp: Path, influx: Influxd, redis: RedisServer, points: int, bursts: int = 2) -> dict[str, dict]:
+    """Every feed of FEEDS end to end with about `points` points each (whole messages), `bursts`
+    bursts each, the last measured (feed_end_to_end)."""
     results = {}
     for k, (name, (mapping, make, per_message, measurement, field)) in enumerate(FEEDS.items()):
         label = f"nest{k}"
-        frames = make(max(1, points // per_message), f"{bench.TOPIC}_{label}".encode())
-        result = feed_end_to_end(tmp, influx, redis, label, mapping, frames, per_message, measurement, field)
+        count = max(1, points // per_message)
+        topic = f"{bench.TOPIC}_{label}".encode()
+
+        def frames(burst: int, make=make, count=count, topic=topic) -> list[list[bytes]]:
+            # each burst's times after the last one's (1 ms apart): the uniqueness window's common case
+            return make(count, topic, later=burst * (count / 1000 + 1))
+
+        result = feed_end_to_end(tmp, influx, redis, label, mapping, frames, per_message, measurement, field,
+                                 bursts=bursts)
         results[name] = result
         bench.say(f"nested: {name}: {result['rate']:,.0f} points/s, bridge {result['bridge']:.2f} / influxd "
                   f"{result['influxd']:.2f} us/point, {result['path']}")
@@ -186,7 +223,8 @@ def nested_rows(results: dict[str, dict]) -> list[tuple[str, str, str]]:
     for name, r in results.items():
         out.append((f"nested, end to end: {name}",
                     f"{r['rate']:,.0f} points/s; bridge / influxd {r['bridge']:.2f} / {r['influxd']:.2f} us per point",
-                    f"{r['bridge'] / r['influxd']:.2f}, target <= 0.5; {r['path'].replace('|', '/')}"))
+                    f"{r['bridge'] / r['influxd']:.2f}, target <= 0.5; {r['path'].replace('|', '/')}"
+                    + bench._cold(r)))
         split = ", ".join(f"{k.split(' (')[0]} {v:.2f}" for k, v in r["threads"].items())
         out.append((f"nested, bridge CPU per point by thread (us): {name}", split,
                     f"{r['messages']:,} messages, {r['points']:,} points"))

@@ -27,7 +27,11 @@ Then, from the same run:
   bridge's own split of the mean (a batch's oldest point waiting in memory, the requests' time);
   peak RSS under the (b) burst;
 - influxd's CPU per point net of its background: before each phase the benchmark waits until influxd
-  is quiet (earlier phases' compactions) and subtracts what it still spends idle.
+  is quiet (earlier phases' compactions) and subtracts what it still spends idle;
+- (b), (b') and the nested forms: each bridge takes `--bursts` (2) bursts and the last is measured,
+  into its database dropped and created again (a fresh shard: influxd's side is not the snapshot
+  of the burst before), the first beside it ("bridge just started": a fresh process faults in
+  every page of its queues, on a VM the costliest part of libzmq's I/O thread).
 Only ratios of figures from this run are compared: machines here are noisy.
 
 Issue 22's rows, each phase in a module of its own (run alone with `--only nested,handwritten,gzip`,
@@ -730,7 +734,7 @@ def issue22_phases(tmp: Path, influx: Influxd, redis: RedisServer, args: argpars
     import nested
     out = []
     if "nested" in phases:
-        out += nested.nested_rows(nested.nested_phase(tmp, influx, redis, args.nested_points))
+        out += nested.nested_rows(nested.nested_phase(tmp, influx, redis, args.nested_points, args.bursts))
     if "handwritten" in phases:
         out += handwritten.handwritten_rows(handwritten.handwritten_phase(
             tmp, influx, redis, args.handwritten_points, args.handwritten_repeats))
