@@ -5,7 +5,6 @@ under a real memory cgroup is chaos/test_memory_budget.py."""
 from __future__ import annotations
 
 import json
-import platform
 import subprocess
 import sys
 from pathlib import Path
@@ -126,57 +125,3 @@ def test_a_queue_over_its_bytes_spills_to_the_journal_in_order(tmp_path: Path):
     _, oldest = journal.oldest()
     assert oldest.data.startswith(chunks[0].data)
     assert sink.pending == 300
-
-
-_BURSTS = """
-import ctypes, resource, sys, threading
-from station_bridge import memory
-if sys.argv[1] == "retain":
-    assert memory.retain_freed(memory.Budget(512 << 20, None, "config"))
-libc = ctypes.CDLL("libc.so.6")
-libc.malloc.restype = ctypes.c_void_p
-libc.malloc.argtypes = (ctypes.c_size_t,)
-libc.free.argtypes = (ctypes.c_void_p,)
-faults = []
-def burst():  # what libzmq's I/O thread does in a burst: 18 KiB receive buffers, freed once read
-    before = resource.getrusage(resource.RUSAGE_THREAD).ru_minflt
-    blocks = [libc.malloc(18 << 10) for _ in range(6000)]
-    for block in blocks:
-        ctypes.memset(block, 1, 18 << 10)
-    faults.append(resource.getrusage(resource.RUSAGE_THREAD).ru_minflt - before)
-    for block in blocks:
-        libc.free(block)
-thread = threading.Thread(target=lambda: (burst(), burst()))
-thread.start()
-thread.join()
-print(faults)
-"""
-
-
-GLIBC = platform.libc_ver()[0] == "glibc"
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-def test_freed_memory_is_kept_for_the_next_burst_and_without_it_every_page_faults_again():
-    """memory.retain_freed: a thread's second burst of 105 MiB (beyond one 64 MiB thread-arena
-    heap) takes back the first's pages without a fault; glibc's defaults (the control) return
-    them and fault every page in again (what a running bridge's libzmq I/O thread paid per burst)."""
-    def faults(mode: str) -> list[int]:
-        out = subprocess.run([sys.executable, "-c", _BURSTS, mode], capture_output=True, text=True, timeout=120,
-                             check=True)
-        return json.loads(out.stdout)
-
-    plain = faults("plain")
-    kept = faults("retain")
-    pages = 6000 * 18 * 1024 // 4096
-    assert plain[0] > pages * 0.9 and kept[0] > pages * 0.9  # the first burst faults its pages in
-    assert plain[1] > pages * 0.5, plain  # the control: returned and faulted in again
-    assert kept[1] < pages * 0.02, kept  # kept: taken back without a fault
-
-
-@pytest.mark.skipif(not GLIBC, reason="glibc's malloc only")
-def test_retain_freed_caps_the_trim_threshold_at_what_mallopt_takes():
-    """A budget whose receive share is beyond a C int (8 GiB) and the smallest budget: glibc
-    takes both (the threshold capped at INT_MAX)."""
-    assert memory.retain_freed(memory.Budget(8 << 30, None, "config"))
-    assert memory.retain_freed(memory.Budget(memory.MIN_BUDGET, None, "config"))

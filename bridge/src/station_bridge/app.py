@@ -33,7 +33,6 @@ from collections.abc import Callable
 
 from .config import Config
 from .loop import ReceiveLoop
-from .memory import retain_freed
 from .metrics import Metrics, serve
 from .reload import reload
 from .selfreport import SelfReport
@@ -63,7 +62,6 @@ class Bridge:
 
     def run(self, ready: Callable[[], None] | None = None, signals: Signals | None = None) -> int:
         self.signals = (signals or Signals()).install(self.stop.request)
-        kept = retain_freed(self.parts.budget)  # memory.py: a burst's freed queue memory kept for the next
         self.parts.start()
         self.loop.register()
         # /metrics and /healthz answer once the receive side is set up and has said how (a test or
@@ -72,8 +70,7 @@ class Bridge:
             self.http = serve(self.metrics, self.config.http_listen, self.health,
                               self.config.http_max_connections, self.config.http_timeout)
         log.info("bridge running", extra={"subscriptions": [s.name for s in self.parts.subscriptions],
-                                          "destinations": [s.name for s in self.parts.sinks],
-                                          "freed_memory_kept": kept})
+                                          "destinations": [s.name for s in self.parts.sinks]})
         self.parts.notifier.ready()
         if ready:
             ready()

@@ -15,21 +15,11 @@ messages under a 128 MiB limit peaked at 99 MiB RSS with its 32 MiB budget. It i
 - the rest for the destinations' in-memory queues, evenly per destination: a destination's
   `queue_max_bytes`, unless set. A queue that would exceed it (or `queue_max_points`) spills to
   the journal; a journal that refuses (spool cap, disk reserve) is a counted drop, never memory.
-
-Freed memory is kept for reuse (`retain_freed`, at the start of `run`): glibc's malloc otherwise
-hands a burst's queue memory back to the kernel once it is freed (each libzmq I/O thread's arena
-drops whole 64 MiB heaps, the main heap is trimmed above 128 KiB), and the next burst takes it
-back a page at a time, each page a fault and zeroed (measured: a 600,000-message burst into a
-running bridge, about 17,000 page faults and libzmq's I/O thread 0.30 us per message; with the
-memory kept, under 5,000 and 0.20 us). What is kept is bounded by the budget's receive share
-(what libzmq's queues may hold anyway): held for the next burst instead of returned.
 """
 
 from __future__ import annotations
 
 import contextlib
-import ctypes
-import ctypes.util
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,10 +31,6 @@ ZMQ_OVERHEAD = 256  # bytes libzmq holds per queued message beyond its payload (
 MIN_RCVHWM = 100
 MAX_RCVHWM = 2**31 - 1
 BURST_BYTES = 8 << 20  # a receive burst's bytes (and, by default, one each message's points)
-# glibc's mallopt(3) parameters (malloc.h)
-M_TRIM_THRESHOLD, M_TOP_PAD, M_MMAP_THRESHOLD = -1, -2, -3
-HEAP_MAX = 64 << 20  # a glibc thread arena's heap (2 x DEFAULT_MMAP_THRESHOLD_MAX on 64-bit)
-MMAP_THRESHOLD = 32 << 20  # glibc's own ceiling for its dynamic threshold, fixed
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)
 
 
@@ -114,28 +100,3 @@ def derived_rcvhwm(share: int, endpoints: int, message_bytes: int) -> int:
     fits = share // max(1, endpoints) // (message_bytes + ZMQ_OVERHEAD)
     # at most a C int: libzmq's option (a 1024TiB budget of small messages overflowed it)
     return min(MAX_RCVHWM, max(1, fits if fits < MIN_RCVHWM else max(MIN_RCVHWM, fits)))
-
-
-def retain_freed(budget: Budget) -> bool:
-    """Keep freed heap memory for reuse, up to the budget's receive share (glibc's malloc;
-    elsewhere nothing is done and False returned): the trim threshold at that share, a top pad of
-    the same (at most a whole thread-arena heap: glibc deletes a heap whose top is free beyond the
-    pad, which is how libzmq's I/O thread handed its queue memory back after every burst), and
-    allocations up to 32 MiB from the heap (glibc's dynamic threshold, which setting the others
-    turns off, fixed at its own ceiling). The share is what libzmq's queues may hold anyway: a
-    burst's memory is kept for the next instead of returned and faulted in again, and a small
-    budget (a small MemoryMax) keeps little. True when glibc took all three."""
-    name = ctypes.util.find_library("c")
-    if not name or "libc.so" not in name:
-        return False
-    try:
-        libc = ctypes.CDLL(name)
-        mallopt = libc.mallopt
-        libc.gnu_get_libc_version  # noqa: B018 - glibc only (musl has no gnu_get_libc_version)
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes = (ctypes.c_int, ctypes.c_int)
-    mallopt.restype = ctypes.c_int
-    keep = min(budget.receive, (1 << 31) - 1)
-    return all(mallopt(param, value) == 1 for param, value in
-               ((M_MMAP_THRESHOLD, MMAP_THRESHOLD), (M_TOP_PAD, min(keep, HEAP_MAX)), (M_TRIM_THRESHOLD, keep)))
