@@ -180,6 +180,21 @@ def _large(endpoint: str, count: int, size: int, go: multiprocessing.Event, sent
     context.term()
 
 
+def _watch(bridge: BridgeProcess, count: int, seconds: float) -> tuple[int, float]:
+    """Until `count` messages were received, the bridge died or `seconds` passed: (peak RSS bytes,
+    messages received)."""
+    peak, received, started = 0, 0.0, time.monotonic()
+    while time.monotonic() - started < seconds and bridge.alive:
+        with contextlib.suppress(OSError):
+            peak = max(peak, rss(bridge.process.pid)[1])
+        with contextlib.suppress(OSError):
+            received = bridge.value("bridge_received_messages_total", subscription="kraken")
+            if received >= count:
+                break
+        time.sleep(0.2)
+    return peak, received
+
+
 LARGE_LIMIT = 256 << 20
 LARGE_COUNT = 600  # of 900 KB: 2 times the limit
 
@@ -202,15 +217,7 @@ def test_messages_far_larger_than_message_bytes_do_not_oom_the_bridge(tmp_path, 
         publisher = spawn.Process(target=_large, args=(endpoint, LARGE_COUNT, 900_000, go, sent))
         publisher.start()
         assert go.wait(30)
-        peak, received, started = 0, 0.0, time.monotonic()
-        while time.monotonic() - started < 90 and bridge.alive:
-            with contextlib.suppress(OSError):
-                peak = max(peak, rss(bridge.process.pid)[1])
-            with contextlib.suppress(OSError):
-                received = bridge.value("bridge_received_messages_total", subscription="kraken")
-                if received >= LARGE_COUNT:
-                    break
-            time.sleep(0.2)
+        peak, received = _watch(bridge, LARGE_COUNT, 90)
         alive, oom_kills = bridge.alive, kills()
         report(f"900 KB messages under a 256 MiB limit, InfluxDB down (fast_path {fast_path})",
                published=LARGE_COUNT, received=int(received), peak_rss_mib=peak >> 20, oom_kills=oom_kills,
@@ -229,5 +236,47 @@ def test_messages_far_larger_than_message_bytes_do_not_oom_the_bridge(tmp_path, 
         finally:
             server.stop()
             publisher.join(30)
+            if publisher.is_alive():
+                publisher.kill()
+
+
+OVERSIZED_COUNT = 40  # of 15 MB: 2.3 times the limit; each beyond max_frame_bytes (1 MiB), under
+OVERSIZED_BYTES = 15_000_000  # libzmq's transport limit (16 x max_frame_bytes), so received and counted
+
+
+@pytest.mark.parametrize("fast_path", ["auto", "off"])
+def test_oversized_messages_up_to_the_transport_limit_are_counted_not_oom(tmp_path, endpoint, fast_path):
+    """Attack round 11: 15 MB messages (above max_frame_bytes, under libzmq's transport limit of
+    16 x max_frame_bytes, so libzmq accepts them and the bridge counts them `oversized`) under a
+    256 MiB limit OOM-killed the bridge on both paths (20 of them were enough; 0 received on the
+    compiled path): the derived rcvhwm was sized for max_frame_bytes (1 MiB) messages, and the
+    compiled path's burst of 8 messages held 8 of them (and a copy of each for Python). Now the
+    derived rcvhwm is sized for the transport limit and a compiled burst ends at BURST_BYTES
+    received, so every one is received and counted, nothing killed."""
+    port = free_port()
+    mapping = {**TICKS_MAPPING, "fields": {"bid": "float", "seq": "integer", "note": "string"}}
+    bridge = BridgeProcess(tmp_path, None, "tick", endpoint, subscription={"mapping": mapping},
+                           destination={"url": f"http://127.0.0.1:{port}"}, shutdown_timeout="30s",
+                           fast_path=fast_path)
+    with memory_cgroup(f"bridge-oversized-{os.getpid()}-{fast_path}", LARGE_LIMIT) as (procs, kills):
+        bridge.start(prefix=("sh", "-c", f'echo $$ > {procs} && exec "$@"', "sh"))
+        spawn = multiprocessing.get_context("spawn")
+        go, sent = spawn.Event(), spawn.Event()
+        publisher = spawn.Process(target=_large, args=(endpoint, OVERSIZED_COUNT, OVERSIZED_BYTES, go, sent))
+        publisher.start()
+        try:
+            assert go.wait(30)
+            peak, received = _watch(bridge, OVERSIZED_COUNT, 120)
+            alive, oom_kills = bridge.alive, kills()
+            rejected = bridge.value("bridge_rejected_messages_total", subscription="kraken",
+                                    reason="oversized") if alive else -1
+            report(f"15 MB messages (oversized) under a 256 MiB limit (fast_path {fast_path})",
+                   published=OVERSIZED_COUNT, received=int(received), rejected_oversized=int(rejected),
+                   peak_rss_mib=peak >> 20, oom_kills=oom_kills, alive=alive)
+            assert oom_kills == 0 and alive, f"OOM-killed after receiving {received:.0f} of {OVERSIZED_COUNT}"
+            assert received == rejected == OVERSIZED_COUNT
+            assert bridge.stop() == 0
+        finally:
+            publisher.join(60)
             if publisher.is_alive():
                 publisher.kill()

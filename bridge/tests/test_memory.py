@@ -57,8 +57,11 @@ def test_rcvhwm_and_queue_bytes_are_shares_of_the_budget_and_explicit_values_win
     budget = config.budget()
     assert (budget.total, budget.source, budget.receive, budget.queues) == (64 << 20, "config", 32 << 20, 32 << 20)
     a, b = config.subscriptions
-    # message_bytes unset: sized for max_frame_bytes (1 MiB), the worst case: libzmq never holds more
-    assert config.rcvhwm(a) == (16 << 20) // 2 // ((1 << 20) + memory.ZMQ_OVERHEAD)  # half of 32 MiB, two endpoints
+    # message_bytes unset: sized for the largest message libzmq accepts (16 x max_frame_bytes: 16 MiB,
+    # the worst case; sized for max_frame_bytes, 15 MB messages OOM-killed a bridge under 256 MiB)
+    assert a.largest_message == 16 << 20 == memory.TRANSPORT_LIMIT_FACTOR * a.max_frame_bytes
+    # half of 32 MiB over two endpoints: one 16 MiB message each
+    assert config.rcvhwm(a) == max(1, (16 << 20) // 2 // ((16 << 20) + memory.ZMQ_OVERHEAD))
     declared = cfg.parse({**BASE, "memory": {"budget_bytes": "64MiB"},
                           "subscriptions": [{**BASE["subscriptions"][0], "message_bytes": "1KiB"},
                                             BASE["subscriptions"][1]]})

@@ -366,6 +366,22 @@ static inline uint64_t be64(const unsigned char *p) { return (uint64_t)be32(p) <
 #define INT_ABS_LIMIT 1000000000000000000LL  /* 10^18 */
 static inline int int_too_long(int64_t v) { return v >= INT_ABS_LIMIT || v <= -INT_ABS_LIMIT; }
 
+/* A str's bytes at p (< end), without a UTF-8 check (mp_value makes it): bytes used, or -1 (not
+ * a str, truncated). */
+static inline Py_ssize_t mp_str_raw(const unsigned char *p, const unsigned char *end, const char **s,
+                                    Py_ssize_t *n) {
+    Py_ssize_t avail = end - p, len, hdr;
+    unsigned char c = p[0];
+    if (c >= 0xa0 && c <= 0xbf) { len = c & 0x1f; hdr = 1; }
+    else if (c == 0xd9 && avail >= 2) { len = p[1]; hdr = 2; }
+    else if (c == 0xda && avail >= 3) { len = be16(p + 1); hdr = 3; }
+    else if (c == 0xdb && avail >= 5) { len = be32(p + 1); hdr = 5; }
+    else return -1;
+    if (avail - hdr < len) return -1;
+    *s = (const char *)p + hdr; *n = len;
+    return hdr + len;
+}
+
 /* One scalar at p (< end): fills v, returns bytes used, or -1 (hand back: nested, ext, reserved,
  * truncated, invalid UTF-8, an integer of more than 18 digits). */
 static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val_t *v) {
@@ -374,7 +390,7 @@ static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val
     Py_ssize_t len, hdr;
     if (c <= 0x7f) { v->type = V_INT; v->i = c; return 1; }
     if (c >= 0xe0) { v->type = V_INT; v->i = (int8_t)c; return 1; }
-    if (c >= 0xa0 && c <= 0xbf) { len = c & 0x1f; hdr = 1; goto str; }
+    if ((c >= 0xa0 && c <= 0xbf) || (c >= 0xd9 && c <= 0xdb)) goto str;
     switch (c) {
     case 0xc0: v->type = V_NIL; return 1;
     case 0xc2: v->type = V_BOOL; v->i = 0; return 1;
@@ -405,38 +421,20 @@ static Py_ssize_t mp_value(const unsigned char *p, const unsigned char *end, val
         uint64_t u = be64(p + 1); double d; memcpy(&d, &u, 8);
         v->type = V_FLOAT; v->d = d; return 9;
     }
-    case 0xd9: if (avail < 2) return -1; len = p[1]; hdr = 2; goto str;
-    case 0xda: if (avail < 3) return -1; len = be16(p + 1); hdr = 3; goto str;
-    case 0xdb: if (avail < 5) return -1; len = be32(p + 1); hdr = 5; goto str;
     case 0xc4: if (avail < 2) return -1; len = p[1]; hdr = 2; goto bin;
     case 0xc5: if (avail < 3) return -1; len = be16(p + 1); hdr = 3; goto bin;
     case 0xc6: if (avail < 5) return -1; len = be32(p + 1); hdr = 5; goto bin;
     default: return -1;  /* arrays, maps, ext, 0xc1 */
     }
-str:
-    if (avail - hdr < len) return -1;
-    if (!utf8_valid(p + hdr, len)) return -1;
-    v->type = V_STR; v->s = (const char *)p + hdr; v->n = len;
-    return hdr + len;
+str: {
+    Py_ssize_t used = mp_str_raw(p, end, &v->s, &v->n);
+    if (used < 0 || !utf8_valid((const unsigned char *)v->s, v->n)) return -1;
+    v->type = V_STR;
+    return used;
+}
 bin:
     if (avail - hdr < len) return -1;
     v->type = V_OTHER;
-    return hdr + len;
-}
-
-/* A str's bytes at p (< end) without the UTF-8 check mp_value makes: bytes used, or -1 (not a
- * str, truncated). */
-static inline Py_ssize_t mp_str_raw(const unsigned char *p, const unsigned char *end, const char **s,
-                                    Py_ssize_t *n) {
-    Py_ssize_t avail = end - p, len, hdr;
-    unsigned char c = p[0];
-    if (c >= 0xa0 && c <= 0xbf) { len = c & 0x1f; hdr = 1; }
-    else if (c == 0xd9 && avail >= 2) { len = p[1]; hdr = 2; }
-    else if (c == 0xda && avail >= 3) { len = be16(p + 1); hdr = 3; }
-    else if (c == 0xdb && avail >= 5) { len = be32(p + 1); hdr = 5; }
-    else return -1;
-    if (avail - hdr < len) return -1;
-    *s = (const char *)p + hdr; *n = len;
     return hdr + len;
 }
 
@@ -2875,7 +2873,10 @@ static void stage_extra(rec_t *r, void *socket) {
 static int stage_zmq(Plan *pl, void *socket, Py_ssize_t limit, Py_ssize_t max_bytes, int *error_no) {
     int k = 0;
     pl->in_bytes = pl->in_largest = 0;
-    while (k < limit && (max_bytes <= 0 || pl->stage.len + 21 * (Py_ssize_t)k < max_bytes)) {
+    /* max_bytes bounds the lines staged and the messages held: sixteen 15 MB messages handed back
+     * (oversized) were held at once, and copied for Python, under a 256 MiB limit */
+    while (k < limit && (max_bytes <= 0 || (pl->stage.len + 21 * (Py_ssize_t)k < max_bytes &&
+                                            pl->in_bytes < max_bytes))) {
         rec_t *r = &pl->recs[k];
         zmq_api.init(&r->m[0]);
         if (zmq_api.recv(&r->m[0], socket, ZMQ_DONTWAIT_) < 0) {

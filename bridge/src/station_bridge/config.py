@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
-from .memory import BURST_BYTES, Budget, derived_rcvhwm
+from .memory import BURST_BYTES, TRANSPORT_LIMIT_FACTOR, Budget, derived_rcvhwm
 from .memory import budget as memory_budget
 from .paths import Path as ValuePath
 from .paths import PathError, PathSet, PathSyntaxError, compile_paths
@@ -220,7 +220,13 @@ class SubscriptionSpec:
     cache: bool = True  # false: the subscription's points never reach the Redis cache
     expected_interval: float | None = None  # a feed's cadence: unhealthy after 3 intervals of silence; None: idle is ok
     ignore: tuple[IgnoreRule, ...] = ()  # messages that are not data: counted ignored{rule}
-    message_bytes: int | None = None  # the size rcvhwm is derived for (None: max_frame_bytes, the worst case)
+    message_bytes: int | None = None  # the size rcvhwm is derived for (None: largest_message, the worst case)
+
+    @property
+    def largest_message(self) -> int:
+        """The largest message libzmq accepts (MAXMSGSIZE): larger ones drop the connection; up to
+        it they are received and counted `oversized` (beyond max_frame_bytes)."""
+        return self.max_frame_bytes * TRANSPORT_LIMIT_FACTOR
 
 
 @dataclass(frozen=True)
@@ -379,7 +385,7 @@ class Config:
         if spec.rcvhwm is not None:
             return spec.rcvhwm
         share = (budget or self.budget()).receive // max(1, len(self.subscriptions))
-        return derived_rcvhwm(share, len(spec.endpoints), spec.message_bytes or spec.max_frame_bytes)
+        return derived_rcvhwm(share, len(spec.endpoints), spec.message_bytes or spec.largest_message)
 
     def queue_max_bytes(self, spec: DestinationSpec, budget: Budget | None = None) -> int:
         """A destination's in-memory queue bound in bytes: its own, or its share of the budget."""
@@ -394,10 +400,11 @@ class Config:
         for s in self.subscriptions:
             if s.rcvhwm is None:
                 continue
-            worst = s.rcvhwm * s.max_frame_bytes * max(1, len(s.endpoints))
+            worst = s.rcvhwm * s.largest_message * max(1, len(s.endpoints))
             if worst > budget.total:
-                out.append(f"subscriptions.{s.name}.rcvhwm: {s.rcvhwm} messages of up to max_frame_bytes "
-                           f"({s.max_frame_bytes}) per endpoint can hold {worst} bytes, more than the memory budget "
+                out.append(f"subscriptions.{s.name}.rcvhwm: {s.rcvhwm} messages of up to the transport limit "
+                           f"({s.largest_message} bytes: {TRANSPORT_LIMIT_FACTOR} x max_frame_bytes) per endpoint "
+                           f"can hold {worst} bytes, more than the memory budget "
                            f"of {budget.total} bytes ({budget.source}); leave rcvhwm unset to derive it "
                            "from the budget and message_bytes, or lower max_frame_bytes")
         return out
@@ -431,7 +438,7 @@ class Config:
             subs.append({
                 "name": s.name, "endpoints": s.endpoints, "bind": s.bind, "topics": s.topics, "framing": s.framing,
                 "rcvhwm": self.rcvhwm(s, budget), "rcvhwm_derived": s.rcvhwm is None,
-                "message_bytes": s.message_bytes or s.max_frame_bytes, "max_frame_bytes": s.max_frame_bytes,
+                "message_bytes": s.message_bytes or s.largest_message, "max_frame_bytes": s.max_frame_bytes,
                 "require_connection": s.require_connection,
                 "expected_interval_s": s.expected_interval, "idle_ok": s.expected_interval is None,
                 "ignore": [{"name": i.name, "path": str(i.path) if i.path is not None else None, "in": list(i.values),

@@ -9,7 +9,8 @@ bursts (a receive burst, a batch being written). Measured (chaos/test_memory_bud
 messages under a 128 MiB limit peaked at 99 MiB RSS with its 32 MiB budget. It is shared:
 - `RECEIVE_SHARE` (half) for libzmq's receive queues, evenly per subscription and, within one,
   per endpoint (each connection has its own queue): a subscription's `rcvhwm`, unless set, is
-  its share divided by `message_bytes` (the typical message size, default 1 KiB) plus
+  its share divided by `message_bytes` (the typical message size; unset: the largest message
+  libzmq accepts, TRANSPORT_LIMIT_FACTOR x max_frame_bytes, so that no feed can fill more) plus
   `ZMQ_OVERHEAD` (libzmq's bookkeeping per message: two msg_t of 64 bytes, the content header,
   malloc's), at least 1 (`MIN_RCVHWM` does not raise it past the share);
 - the rest for the destinations' in-memory queues, evenly per destination: a destination's
@@ -29,6 +30,9 @@ MIN_BUDGET = 8 << 20
 RECEIVE_SHARE = 0.5  # of the budget, for libzmq's receive queues; the rest for the destinations' queues
 ZMQ_OVERHEAD = 256  # bytes libzmq holds per queued message beyond its payload (measured: ~200)
 MIN_RCVHWM = 100
+# libzmq accepts messages up to this many max_frame_bytes (MAXMSGSIZE; above, it drops the
+# connection): the bridge receives them and counts them `oversized` instead of losing them unseen
+TRANSPORT_LIMIT_FACTOR = 16
 MAX_RCVHWM = 2**31 - 1
 BURST_BYTES = 8 << 20  # a receive burst's bytes (and, by default, one each message's points)
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)

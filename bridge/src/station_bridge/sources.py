@@ -47,13 +47,12 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import SubscriptionSpec
-from .memory import BURST_BYTES, MIN_RCVHWM
+from .memory import BURST_BYTES, MIN_RCVHWM, TRANSPORT_LIMIT_FACTOR
 
 log = logging.getLogger("station_bridge.source")
 
 # Hard transport limit well above max_frame_bytes: frames between the two are refused
 # and counted by the decoder; larger ones are cut off by ZMQ before they use memory.
-TRANSPORT_LIMIT_FACTOR = 16
 BURST = 2000  # messages taken from one socket before the others get a turn
 # ... or BURST_BYTES (memory.py): large messages never make a burst of gigabytes
 REOPEN_AFTER_S = 0.5  # libzmq retries a normal disconnect within its reconnect interval (100 ms)
