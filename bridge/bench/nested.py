@@ -118,8 +118,7 @@ def feed_end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, 
     try:
         for b in range(bursts):
             if b:
-                influx.query(f'DROP DATABASE "{db}"')
-                influx.query(f'CREATE DATABASE "{db}"')
+                bench.fresh_database(influx, db)
             result = _feed_burst(influx, redis, bridge, label, make(b), per_message, endpoint, topic)
             stored = influx.count(db, measurement, field)
             if result["mapped"] != result["messages"] or stored != result["points"]:

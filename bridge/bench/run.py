@@ -230,11 +230,10 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     subscription's receive thread) were each busy (_ReceiveSampler). `receive_only`: the
     destination's link is scheduled hours away (the points go to the journal, influxd idles): the
     run ends once every message was received, and its rate is the receive rate. `bursts`: the same
-    bridges take that many bursts one after the other and the last is measured (a station's bridge
-    has run before: its queues' memory is its own, memory.retain_freed), each into the database
-    dropped and created again (a fresh shard: influxd's CPU in a burst is not the snapshot of the
-    points the one before left in its cache), the first's figures under `cold` (a bridge just
-    started: every page of its queues faulted in for the first time)."""
+    bridges take that many bursts one after the other and the last is measured (a station's bridge has
+    run before), each into the database dropped and created again (a fresh shard: influxd's CPU in a
+    burst is not the snapshot of the points the one before left in its cache), the first's figures under
+    `cold` (a bridge just started: every page of its queues faulted in for the first time)."""
     share = points // instances
     per_sub = share // subscriptions
     bridges, feeds = [], []  # feeds: (bridge, endpoint, topic, first seq)
@@ -253,10 +252,9 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
         feeds += [(bridge, *feed) for feed in mine]
     cold = None
     for b in range(bursts):
-        if b:  # a fresh database: influxd's side of this burst is not the snapshot of the last one's
+        if b:
             for bridge in bridges:
-                influx.query(f'DROP DATABASE "{bridge.db}"')
-                influx.query(f'CREATE DATABASE "{bridge.db}"')
+                fresh_database(influx, bridge.db)
         result = _burst(influx, redis, label, framing, bridges, feeds, per_sub, points, b * points, receive_only)
         if b == 0 and bursts > 1:
             cold = result
@@ -268,6 +266,13 @@ def end_to_end(tmp: Path, influx: Influxd, redis: RedisServer, label: str, frami
     result["cold"] = cold
     result["bursts"] = bursts
     return result
+
+
+def fresh_database(influx: Influxd, db: str) -> None:
+    """`db` dropped and created again before a burst after the first: a fresh shard, so influxd's
+    CPU in the burst is not the snapshot of the points the one before left in its cache."""
+    influx.query(f'DROP DATABASE "{db}"')
+    influx.query(f'CREATE DATABASE "{db}"')
 
 
 def _burst(influx: Influxd, redis: RedisServer, label: str, framing: str, bridges: list, feeds: list,

@@ -203,8 +203,8 @@ LARGE_COUNT = 600  # of 900 KB: 2 times the limit
 def test_messages_far_larger_than_message_bytes_do_not_oom_the_bridge(tmp_path, endpoint, fast_path):
     """The attacker's case: valid 900 KB messages (under max_frame_bytes) with message_bytes left at
     1 KiB: libzmq's rcvhwm (derived for 1 KiB messages) could hold gigabytes and a burst of 2000
-    messages was 1.8 GB: OOM-killed within 4 s, 0 landed. A derived rcvhwm now starts from
-    max_frame_bytes and follows the sizes received; bursts are bounded by bytes."""
+    messages was 1.8 GB: OOM-killed within 4 s, 0 landed. A derived rcvhwm now starts from the
+    largest message libzmq accepts and follows the sizes received; bursts are bounded by bytes."""
     port = free_port()
     mapping = {**TICKS_MAPPING, "fields": {"bid": "float", "seq": "integer", "note": "string"}}
     bridge = BridgeProcess(tmp_path, None, "tick", endpoint, subscription={"mapping": mapping},

@@ -28,7 +28,7 @@ from typing import Any
 import yaml
 
 from .lineproto import LineError, check_field_key, check_measurement, escape_tag
-from .memory import BURST_BYTES, TRANSPORT_LIMIT_FACTOR, Budget, derived_rcvhwm
+from .memory import BURST_BYTES, MAX_RCVHWM, TRANSPORT_LIMIT_FACTOR, Budget, derived_rcvhwm
 from .memory import budget as memory_budget
 from .paths import Path as ValuePath
 from .paths import PathError, PathSet, PathSyntaxError, compile_paths
@@ -41,7 +41,7 @@ FRAMINGS = ("msgpack", "json", "text_json", "text_delimited")
 FIELD_TYPES = ("float", "integer", "boolean", "string")
 _SIZE = re.compile(r"^(\d+)\s*([KMGT]i?B?|B)?$", re.IGNORECASE)
 MIN_DURATION_S = 0.001  # a positive duration below a millisecond is a mistake here
-MAX_COUNT = 2**31 - 1  # every count (messages, points, series, connections): a C int, as libzmq's rcvhwm
+MAX_COUNT = MAX_RCVHWM  # every count (messages, points, series, connections): a C int, as libzmq's rcvhwm
 MAX_BYTES = 2**50  # every size in bytes: 1024TiB (beyond it a typo; 2^60 overflowed at run start)
 # What a stop may take past shutdown_timeout: a destination's flush gets at least 1 s and a request
 # in flight at the deadline is cut (2.1 s measured with two paced destinations and a live feed).

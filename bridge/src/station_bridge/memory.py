@@ -33,7 +33,7 @@ MIN_RCVHWM = 100
 # libzmq accepts messages up to this many max_frame_bytes (MAXMSGSIZE; above, it drops the
 # connection): the bridge receives them and counts them `oversized` instead of losing them unseen
 TRANSPORT_LIMIT_FACTOR = 16
-MAX_RCVHWM = 2**31 - 1
+MAX_RCVHWM = 2**31 - 1  # libzmq's options are C ints (config.MAX_COUNT bounds every count with it)
 BURST_BYTES = 8 << 20  # a receive burst's bytes (and, by default, one each message's points)
 _UNLIMITED = 1 << 60  # cgroup v1 writes "no limit" as a huge number (9223372036854771712)
 

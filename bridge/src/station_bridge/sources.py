@@ -47,7 +47,7 @@ import zmq
 from zmq.utils.monitor import recv_monitor_message
 
 from .config import SubscriptionSpec
-from .memory import BURST_BYTES, MIN_RCVHWM, TRANSPORT_LIMIT_FACTOR
+from .memory import BURST_BYTES, MIN_RCVHWM
 
 log = logging.getLogger("station_bridge.source")
 
@@ -236,7 +236,7 @@ class Source:
         try:
             socket = self.context.socket(zmq.SUB)
             socket.setsockopt(zmq.RCVHWM, self.rcvhwm)
-            socket.setsockopt(zmq.MAXMSGSIZE, self.spec.max_frame_bytes * TRANSPORT_LIMIT_FACTOR)
+            socket.setsockopt(zmq.MAXMSGSIZE, self.spec.largest_message)
             socket.setsockopt(zmq.LINGER, 0)  # a SUB socket sends nothing that could be lost
             socket.setsockopt(zmq.HANDSHAKE_IVL, max(1, round(self.handshake_grace * 1000)))
             if any(e.startswith("tcp://") and "[" in e for e in self.endpoints):
@@ -380,7 +380,7 @@ class Source:
         if endpoint.repair_delay == REOPEN_AFTER_S or now >= endpoint.next_log:  # first of a series, or a minute on
             endpoint.next_log = now + LOG_EVERY_S
             log.warning("connection dropped by libzmq and not retried (a message above the transport limit of "
-                        f"{self.spec.max_frame_bytes * TRANSPORT_LIMIT_FACTOR} bytes, or a protocol error): "
+                        f"{self.spec.largest_message} bytes, or a protocol error): "
                         "re-opened", extra={"subscription": self.name, "endpoint": endpoint.address,
                                             "next_reopen_after_s": endpoint.repair_delay})
         endpoint.repair_delay = min(SETUP_MAX_S, endpoint.repair_delay * 2)  # reset by a handshake
